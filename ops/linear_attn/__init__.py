@@ -1,0 +1,121 @@
+"""Non-causal (bidirectional) linear attention: one op, its variants as keyword options.
+
+    o = linear_attn(q, k, v, *, feature_map='elu1', normalize=True, scale=None, eps=1e-6, focus_power=3.0,
+                    rope=None, norm='standard', key_padding_mask=None, cu_seqlens=None)
+
+q, k: [B, N, H, K]; v: [B, N, H, V] (K, V <= 256) -> o: [B, N, H, V] in v's dtype. See ``reference.py`` for the
+exact definition of every option. CUDA tensors run the Triton kernels (``kernel.py``), CPU tensors or
+``VLA_OPS_REFERENCE=1`` the plain PyTorch reference. ``linear_attn_triton`` forces the kernels (tests run it on
+CPU tensors under ``TRITON_INTERPRET=1``); ``linear_attn_reference`` is the reference itself.
+"""
+import torch
+
+from ..common import check_dtype, check_same_device, use_triton
+from .reference import linear_attn_reference as _reference
+
+__all__ = ['linear_attn', 'linear_attn_reference', 'linear_attn_triton', 'FEATURE_MAPS', 'MAX_HEAD_DIM']
+
+FEATURE_MAPS = ('identity', 'elu1', 'relu', 'focused')
+NORMS = ('standard', 'linfusion')
+MAX_HEAD_DIM = 256
+
+
+def _check_args(q, k, v, feature_map, normalize, scale, eps, focus_power, rope, norm, key_padding_mask,
+                cu_seqlens):
+    for name, t in (('q', q), ('k', k), ('v', v)):
+        if not isinstance(t, torch.Tensor):
+            raise ValueError(f'{name} must be a torch.Tensor, got {type(t).__name__}')
+        if t.dim() != 4:
+            raise ValueError(f'{name} must have shape [B, N, H, D], got {tuple(t.shape)}')
+        if t.dtype != torch.float64:   # float64 is accepted for reference checks
+            check_dtype(name, t)
+    if not (q.dtype == k.dtype == v.dtype):
+        raise ValueError(f'q, k, v must share one dtype, got {q.dtype}, {k.dtype}, {v.dtype}')
+    if q.shape != k.shape:
+        raise ValueError(f'k must have the shape of q {tuple(q.shape)}, got {tuple(k.shape)}')
+    if v.shape[:3] != q.shape[:3]:
+        raise ValueError(f'v must have shape [B, N, H, V] = {tuple(q.shape[:3])} + [V], got {tuple(v.shape)}')
+    B, N, H, K = q.shape
+    V = v.shape[-1]
+    if not 1 <= K <= MAX_HEAD_DIM:
+        raise ValueError(f'q/k head dim K must be in [1, {MAX_HEAD_DIM}], got {K}')
+    if not 1 <= V <= MAX_HEAD_DIM:
+        raise ValueError(f'v head dim V must be in [1, {MAX_HEAD_DIM}], got {V}')
+    if N < 1 or B < 1 or H < 1:
+        raise ValueError(f'q must have B, N, H >= 1, got {tuple(q.shape)}')
+    check_same_device(q=q, k=k, v=v, key_padding_mask=key_padding_mask, cu_seqlens=cu_seqlens)
+    if feature_map not in FEATURE_MAPS:
+        raise ValueError(f'feature_map must be one of {FEATURE_MAPS}, got {feature_map!r}')
+    if norm not in NORMS:
+        raise ValueError(f'norm must be one of {NORMS}, got {norm!r}')
+    if not isinstance(normalize, bool):
+        raise ValueError(f'normalize must be a bool, got {normalize!r}')
+    if norm != 'standard' and not normalize:
+        raise ValueError(f"norm={norm!r} only applies to normalize=True")
+    if scale is not None and not isinstance(scale, (int, float)):
+        raise ValueError(f'scale must be a python number or None, got {type(scale).__name__}')
+    if not isinstance(eps, (int, float)) or eps < 0:
+        raise ValueError(f'eps must be a non-negative number, got {eps!r}')
+    if not isinstance(focus_power, (int, float)) or not 0 < focus_power <= 16:
+        raise ValueError(f'focus_power must be a number in (0, 16], got {focus_power!r}')
+    if key_padding_mask is not None:
+        if not isinstance(key_padding_mask, torch.Tensor) or key_padding_mask.dtype != torch.bool \
+                or tuple(key_padding_mask.shape) != (B, N):
+            raise ValueError(f'key_padding_mask must be a bool tensor of shape [B, N] = {(B, N)}, got '
+                             f'{getattr(key_padding_mask, "dtype", None)} {tuple(getattr(key_padding_mask, "shape", ()))}')
+    if cu_seqlens is not None:
+        if not isinstance(cu_seqlens, torch.Tensor) or cu_seqlens.dim() != 1 or cu_seqlens.numel() < 2 \
+                or cu_seqlens.dtype not in (torch.int32, torch.int64):
+            raise ValueError('cu_seqlens must be a 1-D int32/int64 tensor [S+1] of sequence offsets')
+        if B != 1:
+            raise ValueError(f'cu_seqlens needs packed inputs with B == 1, got B = {B}')
+        if key_padding_mask is not None:
+            raise ValueError('pass either key_padding_mask or cu_seqlens, not both')
+        cu = cu_seqlens.tolist()
+        if cu[0] != 0 or cu[-1] != N or any(b < a for a, b in zip(cu[:-1], cu[1:])):
+            raise ValueError(f'cu_seqlens must rise from 0 to N = {N}, got {cu[:4]}...{cu[-2:]}')
+    if rope is not None:
+        if not isinstance(rope, (tuple, list)) or len(rope) != 2:
+            raise ValueError('rope must be a (cos, sin) pair of tensors')
+        if K % 2:
+            raise ValueError(f'rope needs an even head dim K, got {K}')
+        for name, t in zip(('rope cos', 'rope sin'), rope):
+            ok = isinstance(t, torch.Tensor) and t.shape[-1] == K // 2 and (
+                (t.dim() == 2 and t.shape[0] == N) or (t.dim() == 3 and tuple(t.shape[:2]) == (N, H)) or
+                (t.dim() == 4 and tuple(t.shape[:3]) == (B, N, H)))
+            if not ok:
+                raise ValueError(f'{name} must have shape [N, K/2], [N, H, K/2] or [B, N, H, K/2] with '
+                                 f'(B, N, H, K/2) = {(B, N, H, K // 2)}, got {tuple(getattr(t, "shape", ()))}')
+            if t.device != q.device:
+                raise ValueError(f'{name} must be on {q.device}, got {t.device}')
+
+
+def linear_attn_triton(q, k, v, *, feature_map='elu1', normalize=True, scale=None, eps=1e-6, focus_power=3.0,
+                       rope=None, norm='standard', key_padding_mask=None, cu_seqlens=None):
+    """The Triton kernels, whatever the device (CPU tensors need ``TRITON_INTERPRET=1``)."""
+    _check_args(q, k, v, feature_map, normalize, scale, eps, focus_power, rope, norm, key_padding_mask,
+                cu_seqlens)
+    from .kernel import linear_attn_fn
+    return linear_attn_fn(q, k, v, feature_map=feature_map, normalize=normalize, scale=scale, eps=eps,
+                          focus_power=focus_power, rope=rope, norm=norm, key_padding_mask=key_padding_mask,
+                          cu_seqlens=cu_seqlens)
+
+
+def linear_attn_reference(q, k, v, *, feature_map='elu1', normalize=True, scale=None, eps=1e-6,
+                          focus_power=3.0, rope=None, norm='standard', key_padding_mask=None, cu_seqlens=None):
+    """The plain PyTorch reference (``reference.py``), with the same argument checks."""
+    _check_args(q, k, v, feature_map, normalize, scale, eps, focus_power, rope, norm, key_padding_mask,
+                cu_seqlens)
+    return _reference(q, k, v, feature_map=feature_map, normalize=normalize, scale=scale, eps=eps,
+                      focus_power=focus_power, rope=rope, norm=norm, key_padding_mask=key_padding_mask,
+                      cu_seqlens=cu_seqlens)
+
+
+def linear_attn(q, k, v, *, feature_map='elu1', normalize=True, scale=None, eps=1e-6, focus_power=3.0,
+                rope=None, norm='standard', key_padding_mask=None, cu_seqlens=None):
+    """Non-causal linear attention (see module doc); Triton on CUDA, the reference on CPU."""
+    kw = dict(feature_map=feature_map, normalize=normalize, scale=scale, eps=eps, focus_power=focus_power,
+              rope=rope, norm=norm, key_padding_mask=key_padding_mask, cu_seqlens=cu_seqlens)
+    if use_triton(q, k, v) and q.dtype != torch.float64:
+        return linear_attn_triton(q, k, v, **kw)
+    return linear_attn_reference(q, k, v, **kw)

@@ -1,0 +1,163 @@
+"""Tests of ops/linear_attn: the reference against a quadratic-form oracle, argument checks, and the Triton
+kernels (under TRITON_INTERPRET=1 on CPU, set by tests/conftest.py) against a float64 reference.
+
+Fresh random inputs every run (the seed is printed, re-run a failure with LA_TEST_SEED=<seed>); kernel outputs
+are poisoned with NaN before the kernels write (``kernel._POISON``) so unwritten elements fail.
+"""
+import os
+import random
+
+import pytest
+import torch
+
+try:
+    from vla_mm.ops.linear_attn import (linear_attn, linear_attn_reference, linear_attn_triton)
+    from vla_mm.ops.linear_attn.reference import feature_map_ref, rotate_pairs, expand_rope_table
+except ImportError:  # running from a source tree without the package installed
+    from ops.linear_attn import (linear_attn, linear_attn_reference, linear_attn_triton)
+    from ops.linear_attn.reference import feature_map_ref, rotate_pairs, expand_rope_table
+
+SEED = int(os.environ.get('LA_TEST_SEED', random.randrange(2 ** 31)))
+print(f'test_linear_attn seed: {SEED} (LA_TEST_SEED={SEED} to repeat)')
+GEN = torch.Generator().manual_seed(SEED)
+
+
+def randn(*shape, dtype=torch.float32, scale=1.0):
+    return (torch.randn(*shape, generator=GEN, dtype=torch.float64) * scale).to(dtype)
+
+
+def rel_err(a, b):
+    a, b = a.double(), b.double()
+    return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
+
+
+def make_rope(B, N, H, K, kind):
+    """Random angle tables of the three accepted shapes."""
+    shape = {'nk': (N, K // 2), 'nhk': (N, H, K // 2), 'bnhk': (B, N, H, K // 2)}[kind]
+    ang = torch.rand(*shape, generator=GEN, dtype=torch.float64) * 6.3
+    return ang.cos(), ang.sin()
+
+
+def oracle(q, k, v, feature_map='elu1', normalize=True, scale=None, eps=1e-6, focus_power=3.0, rope=None,
+           norm='standard', key_padding_mask=None, cu_seqlens=None):
+    """Quadratic form, float64, one (sequence, head) at a time: o_i = sum_j a_ij v_j / (sum_j b_ij + eps')."""
+    q, k, v = q.double(), k.double(), v.double()
+    B, N, H, K = q.shape
+    fq, fk = feature_map_ref(q, feature_map, focus_power), feature_map_ref(k, feature_map, focus_power)
+    if rope is not None:
+        cos = expand_rope_table(rope[0].double(), B, N, H, K // 2)
+        sin = expand_rope_table(rope[1].double(), B, N, H, K // 2)
+        rq, rk = rotate_pairs(fq, cos, sin), rotate_pairs(fk, cos, sin)
+    else:
+        rq, rk = fq, fk
+    o = torch.zeros(B, N, H, v.shape[-1], dtype=torch.float64)
+    seqs = []
+    if cu_seqlens is not None:
+        cu = cu_seqlens.tolist()
+        seqs = [(0, torch.arange(cu[s], cu[s + 1])) for s in range(len(cu) - 1)]
+    else:
+        for b in range(B):
+            idx = torch.arange(N) if key_padding_mask is None else key_padding_mask[b].nonzero()[:, 0]
+            seqs.append((b, idx))
+    for b, idx in seqs:
+        n = len(idx)
+        if n == 0:
+            continue
+        for h in range(H):
+            a = rq[b, idx, h] @ rk[b, idx, h].T                       # [n, n]
+            num = a @ v[b, idx, h]
+            if normalize:
+                den = (fq[b, idx, h] @ fk[b, idx, h].T).sum(1) + (eps * n if norm == 'linfusion' else eps)
+                res = num / den[:, None] * (1.0 if scale is None else scale)
+            else:
+                res = num * (1.0 / n if scale is None else scale)
+            o[b, idx, h] = res
+    return o
+
+
+# ----------------------------------------------------------------------------------------------------------
+# the reference
+# ----------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize('feature_map', ['identity', 'elu1', 'relu', 'focused'])
+@pytest.mark.parametrize('variant', ['norm', 'unnorm', 'linfusion', 'rope', 'mask', 'varlen'])
+def test_reference_matches_oracle(feature_map, variant):
+    B, N, H, K, V = 2, 13, 2, 8, 6
+    kw = dict(feature_map=feature_map)
+    if variant == 'unnorm':
+        kw['normalize'] = False
+    if variant == 'linfusion':
+        kw['norm'] = 'linfusion'
+        kw['eps'] = 1e-2
+    if variant == 'rope':
+        kw['rope'] = make_rope(B, N, H, K, 'nhk')
+    if variant == 'mask':
+        m = torch.rand(B, N, generator=GEN) > 0.3
+        m[0, 0] = True
+        kw['key_padding_mask'] = m
+    if variant == 'varlen':
+        B = 1
+        kw['cu_seqlens'] = torch.tensor([0, 3, 3, 10, N])
+    q, k, v = randn(B, N, H, K), randn(B, N, H, K), randn(B, N, H, V)
+    if feature_map == 'identity' and kw.get('normalize', True):   # keep the normalizer away from zero
+        q, k = q.abs() + 0.5, k.abs() + 0.5
+    out = linear_attn_reference(q, k, v, **kw)
+    assert out.dtype == v.dtype and out.shape == (B, N, H, V)
+    ref = oracle(q, k, v, **kw)
+    assert rel_err(out, ref) < 1e-5
+
+
+def test_reference_float64_and_grad():
+    q, k, v = (randn(1, 9, 2, 6, dtype=torch.float64).requires_grad_() for _ in range(3))
+    for fm in ('elu1', 'focused'):
+        torch.autograd.gradcheck(lambda a, b, c: linear_attn_reference(a, b, c, feature_map=fm), (q, k, v))
+
+
+def test_focused_map_properties():
+    x = randn(5, 16, dtype=torch.float64, scale=3.0)
+    y = feature_map_ref(x, 'focused', 3.0)
+    r = torch.relu(x) + 1e-6
+    assert torch.allclose(y.norm(dim=-1), r.norm(dim=-1))                 # keeps the norm of relu(x)
+    expect = r ** 3 / (r ** 3).norm(dim=-1, keepdim=True) * r.norm(dim=-1, keepdim=True)
+    assert torch.allclose(y, expect)
+    big = feature_map_ref(torch.full((2, 8), 3e4, dtype=torch.bfloat16).float(), 'focused', 3.0)
+    assert torch.isfinite(big).all()
+
+
+def test_public_op_dispatches_to_reference_on_cpu():
+    q, k, v = randn(2, 10, 3, 8), randn(2, 10, 3, 8), randn(2, 10, 3, 4)
+    torch.testing.assert_close(linear_attn(q, k, v), linear_attn_reference(q, k, v), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize('bad, match', [
+    (dict(q=(2, 5, 3, 300)), 'K must be'),
+    (dict(v=(2, 5, 3, 257)), 'V must be'),
+    (dict(k=(2, 6, 3, 8)), 'k must have'),
+    (dict(v=(2, 5, 4, 8)), 'v must have'),
+    (dict(q=(2, 5, 8)), 'q must have shape'),
+    (dict(feature_map='softmax'), 'feature_map'),
+    (dict(norm='l2'), 'norm must'),
+    (dict(norm='linfusion', normalize=False), 'only applies'),
+    (dict(key_padding_mask='float'), 'key_padding_mask'),
+    (dict(cu_seqlens=[0, 2, 5]), 'B == 1'),
+    (dict(rope='odd'), 'rope cos'),
+    (dict(dtype=torch.int32), 'float32'),
+])
+def test_argument_errors(bad, match):
+    shapes = dict(q=(2, 5, 3, 8), k=(2, 5, 3, 8), v=(2, 5, 3, 8))
+    for n in ('q', 'k', 'v'):
+        if n in bad:
+            shapes[n] = bad[n]
+            if n == 'q' and len(bad[n]) == 4:
+                shapes['k'] = bad[n]
+    dt = bad.get('dtype', torch.float32)
+    q, k, v = (randn(*shapes[n]).to(dt) for n in ('q', 'k', 'v'))
+    kw = {n: bad[n] for n in ('feature_map', 'norm', 'normalize') if n in bad}
+    if bad.get('key_padding_mask') == 'float':
+        kw['key_padding_mask'] = torch.ones(2, 5)
+    if 'cu_seqlens' in bad:
+        kw['cu_seqlens'] = torch.tensor(bad['cu_seqlens'])
+    if bad.get('rope') == 'odd':
+        kw['rope'] = (torch.ones(5, 3), torch.ones(5, 3))
+    for fn in (linear_attn, linear_attn_triton):
+        with pytest.raises(ValueError, match=match):
+            fn(q, k, v, **kw)

@@ -1,0 +1,3 @@
+from .linear_vit import LinearViT
+
+__all__ = ['LinearViT']

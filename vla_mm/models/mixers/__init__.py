@@ -1,0 +1,4 @@
+"""Token mixers: ``forward(x [B, N, C], hw) -> [B, N, C]``, registered in ``vla_mm.registry.MIXERS`` by short name."""
+from .linear_attn import LinearAttention
+
+__all__ = ['LinearAttention']

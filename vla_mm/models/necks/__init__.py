@@ -1,0 +1,1 @@
+"""Necks that turn backbone outputs into what OpenMMLab heads expect."""

@@ -1,0 +1,426 @@
+"""Chunked Triton kernels of the (gated) delta rule, forward and backward, in one ``torch.autograd.Function``.
+
+Per chunk of BT tokens (chunk-local cumulative log gates G, state H0 [K, V] at the chunk start):
+
+    A  = strict_lower(diag(b) K K^T * exp(G_i - G_j))        T = (I + A)^-1   (forward substitution)
+    W  = T diag(b exp(G)) K        U~ = T diag(b) V           U = U~ - W H0
+    O  = scale (diag(exp(G)) Q H0 + (Q K^T * exp(G_r - G_i))_{i<=r} U)
+    H_C = exp(G_C) H0 + (diag(exp(G_C - G)) K)^T U
+
+Kernels (forward):  ``_prep`` (parallel over chunks: G, T, W, U~), ``_state`` (sequential over chunks per
+sequence and V block: H0 of every chunk, U, final state), ``_out`` (parallel over chunks: O).
+Backward: ``_dstate`` (sequential, right to left: dU = dL/dU and dH at every chunk end, dH0) and ``_grads``
+(parallel over chunks: dq, dk, dv, dbeta, dg).
+Backward identities used (derived from the forward above): dVb = T^T dU, dA = -strict_lower(dVb U^T),
+dKb = -dVb H0^T, where Vb = diag(b) V and Kb = diag(b exp(G)) K.
+
+Every sequence is a row range of the flattened [B*N, H, .] tensors (``cu_seqlens`` boundaries; without it, B
+equal ranges). ``reverse=True`` maps logical position p of a sequence to row eos-1-p in every load and store:
+no flipped copy is made. No exponential of a positive number is ever used where it could overflow: decays are
+exp(G_r - G_i) over pairs with r >= i (masked elsewhere before the exp), so log gates of -20 per token underflow
+to zero cleanly. fp32 inputs use ``input_precision='ieee'`` in every ``tl.dot``; bf16 / fp16 inputs use tf32.
+"""
+import torch
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _rows(bos, eos, start, BT: tl.constexpr, REVERSE: tl.constexpr):
+    lp = start + tl.arange(0, BT)
+    valid = lp < (eos - bos)
+    if REVERSE:
+        phys = eos - 1 - lp
+    else:
+        phys = bos + lp
+    phys = tl.where(valid, phys, bos).to(tl.int64)
+    return lp, valid, phys
+
+
+@triton.jit
+def _prep_kernel(k, v, beta, g, G_out, T_out, W_out, Ut_out, cu, chunk_info,
+                 H, K, V,
+                 BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+                 USE_G: tl.constexpr, REVERSE: tl.constexpr, PREC: tl.constexpr):
+    ic = tl.program_id(0)
+    ih = tl.program_id(1)
+    n = tl.load(chunk_info + ic * 2)
+    c = tl.load(chunk_info + ic * 2 + 1)
+    bos = tl.load(cu + n)
+    eos = tl.load(cu + n + 1)
+    lp, valid, phys = _rows(bos, eos, c * BT, BT, REVERSE)
+    r = tl.arange(0, BT)
+    ck = tl.arange(0, BK)
+    mk = valid[:, None] & (ck < K)[None, :]
+    kk = tl.load(k + (phys[:, None] * H + ih) * K + ck[None, :], mask=mk, other=0.).to(tl.float32)
+    b = tl.load(beta + phys * H + ih, mask=valid, other=0.).to(tl.float32)
+    if USE_G:
+        gg = tl.load(g + phys * H + ih, mask=valid, other=0.).to(tl.float32)
+        G = tl.cumsum(gg, 0)
+        tl.store(G_out + phys * H + ih, G, mask=valid)
+    else:
+        G = tl.zeros([BT], dtype=tl.float32)
+    strict = r[:, None] > r[None, :]
+    kkt = tl.dot(kk, tl.trans(kk), input_precision=PREC)
+    dec = tl.exp(tl.where(strict, G[:, None] - G[None, :], 0.))
+    A = tl.where(strict, b[:, None] * kkt * dec, 0.)
+    # T = (I + A)^-1 by forward substitution: row i of T is e_i - sum_{j<i} A_ij T_j.
+    T = tl.where(r[:, None] == r[None, :], 1., 0.)
+    for i in range(1, BT):
+        a_i = tl.sum(tl.where(r[:, None] == i, A, 0.), 0)
+        t_i = tl.sum(a_i[:, None] * T, 0)
+        T = tl.where(r[:, None] == i, T - t_i[None, :], T)
+    tl.store(T_out + (ic * H + ih) * BT * BT + r[:, None] * BT + r[None, :], T)
+    w = tl.dot(T, kk * (b * tl.exp(G))[:, None], input_precision=PREC)
+    tl.store(W_out + (phys[:, None] * H + ih) * K + ck[None, :], w, mask=mk)
+    for iv in range(0, tl.cdiv(V, BV)):
+        cv = iv * BV + tl.arange(0, BV)
+        mv = valid[:, None] & (cv < V)[None, :]
+        vv = tl.load(v + (phys[:, None] * H + ih) * V + cv[None, :], mask=mv, other=0.).to(tl.float32)
+        ut = tl.dot(T, vv * b[:, None], input_precision=PREC)
+        tl.store(Ut_out + (phys[:, None] * H + ih) * V + cv[None, :], ut, mask=mv)
+
+
+@triton.jit
+def _state_kernel(k, W, Ut, G, U_out, h_buf, h0, ht, cu, chunk_off,
+                  H, K, V,
+                  BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+                  USE_G: tl.constexpr, USE_H0: tl.constexpr, STORE_HT: tl.constexpr,
+                  REVERSE: tl.constexpr, PREC: tl.constexpr):
+    iv = tl.program_id(0)
+    n = tl.program_id(1)
+    ih = tl.program_id(2)
+    bos = tl.load(cu + n)
+    eos = tl.load(cu + n + 1)
+    L = eos - bos
+    off = tl.load(chunk_off + n)
+    r = tl.arange(0, BT)
+    ck = tl.arange(0, BK)
+    cv = iv * BV + tl.arange(0, BV)
+    mh = (ck < K)[:, None] & (cv < V)[None, :]
+    hs = tl.zeros([BK, BV], dtype=tl.float32)
+    if USE_H0:
+        hs = tl.load(h0 + ((n * H + ih) * K + ck[:, None]) * V + cv[None, :], mask=mh, other=0.).to(tl.float32)
+    for c in range(0, tl.cdiv(L, BT)):
+        ic = (off + c).to(tl.int64)
+        tl.store(h_buf + ((ic * H + ih) * K + ck[:, None]) * V + cv[None, :], hs, mask=mh)
+        lp, valid, phys = _rows(bos, eos, c * BT, BT, REVERSE)
+        mk = valid[:, None] & (ck < K)[None, :]
+        mv = valid[:, None] & (cv < V)[None, :]
+        w = tl.load(W + (phys[:, None] * H + ih) * K + ck[None, :], mask=mk, other=0.)
+        ut = tl.load(Ut + (phys[:, None] * H + ih) * V + cv[None, :], mask=mv, other=0.)
+        u = ut - tl.dot(w, hs, input_precision=PREC)
+        tl.store(U_out + (phys[:, None] * H + ih) * V + cv[None, :], u, mask=mv)
+        kk = tl.load(k + (phys[:, None] * H + ih) * K + ck[None, :], mask=mk, other=0.).to(tl.float32)
+        if USE_G:
+            Gc = tl.load(G + phys * H + ih, mask=valid, other=0.)
+            last = tl.minimum(L - c * BT, BT) - 1
+            Gl = tl.sum(tl.where(r == last, Gc, 0.), 0)
+            kd = kk * tl.where(valid, tl.exp(tl.where(valid, Gl - Gc, 0.)), 0.)[:, None]
+            hs = hs * tl.exp(Gl) + tl.dot(tl.trans(kd), u, input_precision=PREC)
+        else:
+            hs = hs + tl.dot(tl.trans(kk), u, input_precision=PREC)
+    if STORE_HT:
+        tl.store(ht + ((n * H + ih) * K + ck[:, None]) * V + cv[None, :], hs, mask=mh)
+
+
+@triton.jit
+def _out_kernel(q, k, G, U, h_buf, o, cu, chunk_info, scale,
+                H, K, V,
+                BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+                USE_G: tl.constexpr, REVERSE: tl.constexpr, PREC: tl.constexpr):
+    ic = tl.program_id(0)
+    ih = tl.program_id(1)
+    iv = tl.program_id(2)
+    n = tl.load(chunk_info + ic * 2)
+    c = tl.load(chunk_info + ic * 2 + 1)
+    bos = tl.load(cu + n)
+    eos = tl.load(cu + n + 1)
+    lp, valid, phys = _rows(bos, eos, c * BT, BT, REVERSE)
+    r = tl.arange(0, BT)
+    ck = tl.arange(0, BK)
+    cv = iv * BV + tl.arange(0, BV)
+    mk = valid[:, None] & (ck < K)[None, :]
+    mv = valid[:, None] & (cv < V)[None, :]
+    qq = tl.load(q + (phys[:, None] * H + ih) * K + ck[None, :], mask=mk, other=0.).to(tl.float32)
+    kk = tl.load(k + (phys[:, None] * H + ih) * K + ck[None, :], mask=mk, other=0.).to(tl.float32)
+    hs = tl.load(h_buf + ((ic.to(tl.int64) * H + ih) * K + ck[:, None]) * V + cv[None, :],
+                 mask=(ck < K)[:, None] & (cv < V)[None, :], other=0.)
+    u = tl.load(U + (phys[:, None] * H + ih) * V + cv[None, :], mask=mv, other=0.)
+    causal = r[:, None] >= r[None, :]
+    s = tl.dot(qq, tl.trans(kk), input_precision=PREC) * scale
+    if USE_G:
+        Gc = tl.load(G + phys * H + ih, mask=valid, other=0.)
+        p = tl.where(causal, s * tl.exp(tl.where(causal, Gc[:, None] - Gc[None, :], 0.)), 0.)
+        qg = qq * (scale * tl.exp(Gc))[:, None]
+    else:
+        p = tl.where(causal, s, 0.)
+        qg = qq * scale
+    out = tl.dot(qg, hs, input_precision=PREC) + tl.dot(p, u, input_precision=PREC)
+    tl.store(o + (phys[:, None] * H + ih) * V + cv[None, :], out.to(o.dtype.element_ty), mask=mv)
+
+
+@triton.jit
+def _dstate_kernel(q, k, G, W, do, dU_out, dh_buf, dht, dh0, cu, chunk_off, scale,
+                   H, K, V,
+                   BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+                   USE_G: tl.constexpr, USE_DHT: tl.constexpr, STORE_DH0: tl.constexpr,
+                   REVERSE: tl.constexpr, PREC: tl.constexpr):
+    iv = tl.program_id(0)
+    n = tl.program_id(1)
+    ih = tl.program_id(2)
+    bos = tl.load(cu + n)
+    eos = tl.load(cu + n + 1)
+    L = eos - bos
+    off = tl.load(chunk_off + n)
+    NT = tl.cdiv(L, BT)
+    r = tl.arange(0, BT)
+    ck = tl.arange(0, BK)
+    cv = iv * BV + tl.arange(0, BV)
+    mh = (ck < K)[:, None] & (cv < V)[None, :]
+    dh = tl.zeros([BK, BV], dtype=tl.float32)
+    if USE_DHT:
+        dh = tl.load(dht + ((n * H + ih) * K + ck[:, None]) * V + cv[None, :], mask=mh, other=0.).to(tl.float32)
+    for cc in range(0, NT):
+        c = NT - 1 - cc
+        ic = (off + c).to(tl.int64)
+        tl.store(dh_buf + ((ic * H + ih) * K + ck[:, None]) * V + cv[None, :], dh, mask=mh)
+        lp, valid, phys = _rows(bos, eos, c * BT, BT, REVERSE)
+        mk = valid[:, None] & (ck < K)[None, :]
+        mv = valid[:, None] & (cv < V)[None, :]
+        qq = tl.load(q + (phys[:, None] * H + ih) * K + ck[None, :], mask=mk, other=0.).to(tl.float32)
+        kk = tl.load(k + (phys[:, None] * H + ih) * K + ck[None, :], mask=mk, other=0.).to(tl.float32)
+        w = tl.load(W + (phys[:, None] * H + ih) * K + ck[None, :], mask=mk, other=0.)
+        dout = tl.load(do + (phys[:, None] * H + ih) * V + cv[None, :], mask=mv, other=0.).to(tl.float32)
+        # st[i, j] = k_i . q_j ; P^T[i, j] = P[j, i] (nonzero for i <= j)
+        st = tl.dot(kk, tl.trans(qq), input_precision=PREC) * scale
+        upper = r[:, None] <= r[None, :]
+        if USE_G:
+            Gc = tl.load(G + phys * H + ih, mask=valid, other=0.)
+            last = tl.minimum(L - c * BT, BT) - 1
+            Gl = tl.sum(tl.where(r == last, Gc, 0.), 0)
+            pt = tl.where(upper, st * tl.exp(tl.where(upper, Gc[None, :] - Gc[:, None], 0.)), 0.)
+            kd = kk * tl.where(valid, tl.exp(tl.where(valid, Gl - Gc, 0.)), 0.)[:, None]
+            qg = qq * (scale * tl.exp(Gc))[:, None]
+        else:
+            pt = tl.where(upper, st, 0.)
+            kd = kk
+            qg = qq * scale
+        du = tl.dot(pt, dout, input_precision=PREC) + tl.dot(kd, dh, input_precision=PREC)
+        tl.store(dU_out + (phys[:, None] * H + ih) * V + cv[None, :], du, mask=mv)
+        if USE_G:
+            dh = dh * tl.exp(Gl)
+        dh = dh + tl.dot(tl.trans(qg), dout, input_precision=PREC) - tl.dot(tl.trans(w), du, input_precision=PREC)
+    if STORE_DH0:
+        tl.store(dh0 + ((n * H + ih) * K + ck[:, None]) * V + cv[None, :], dh, mask=mh)
+
+
+@triton.jit
+def _grads_kernel(q, k, v, beta, G, T_buf, U, dU, do, h_buf, dh_buf,
+                  dq, dk, dv, dbeta, dg, cu, chunk_info, scale,
+                  H, K, V,
+                  BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+                  USE_G: tl.constexpr, REVERSE: tl.constexpr, PREC: tl.constexpr):
+    ic = tl.program_id(0)
+    ih = tl.program_id(1)
+    n = tl.load(chunk_info + ic * 2)
+    c = tl.load(chunk_info + ic * 2 + 1)
+    bos = tl.load(cu + n)
+    eos = tl.load(cu + n + 1)
+    L = eos - bos
+    lp, valid, phys = _rows(bos, eos, c * BT, BT, REVERSE)
+    r = tl.arange(0, BT)
+    ck = tl.arange(0, BK)
+    mk = valid[:, None] & (ck < K)[None, :]
+    ic64 = ic.to(tl.int64)
+    qq = tl.load(q + (phys[:, None] * H + ih) * K + ck[None, :], mask=mk, other=0.).to(tl.float32)
+    kk = tl.load(k + (phys[:, None] * H + ih) * K + ck[None, :], mask=mk, other=0.).to(tl.float32)
+    b = tl.load(beta + phys * H + ih, mask=valid, other=0.).to(tl.float32)
+    T = tl.load(T_buf + (ic64 * H + ih) * BT * BT + r[:, None] * BT + r[None, :])
+    if USE_G:
+        Gc = tl.load(G + phys * H + ih, mask=valid, other=0.)
+    else:
+        Gc = tl.zeros([BT], dtype=tl.float32)
+
+    dq1 = tl.zeros([BT, BK], dtype=tl.float32)     # dO H0^T
+    dP = tl.zeros([BT, BT], dtype=tl.float32)      # dO U^T
+    dKd = tl.zeros([BT, BK], dtype=tl.float32)     # U dH^T
+    dVbH0 = tl.zeros([BT, BK], dtype=tl.float32)   # dVb H0^T
+    dAa = tl.zeros([BT, BT], dtype=tl.float32)     # dVb U^T
+    db = tl.zeros([BT], dtype=tl.float32)
+    sumH = tl.zeros([BK], dtype=tl.float32)
+    for iv in range(0, tl.cdiv(V, BV)):
+        cv = iv * BV + tl.arange(0, BV)
+        mv = valid[:, None] & (cv < V)[None, :]
+        mh = (ck < K)[:, None] & (cv < V)[None, :]
+        vv = tl.load(v + (phys[:, None] * H + ih) * V + cv[None, :], mask=mv, other=0.).to(tl.float32)
+        u = tl.load(U + (phys[:, None] * H + ih) * V + cv[None, :], mask=mv, other=0.)
+        du = tl.load(dU + (phys[:, None] * H + ih) * V + cv[None, :], mask=mv, other=0.)
+        dout = tl.load(do + (phys[:, None] * H + ih) * V + cv[None, :], mask=mv, other=0.).to(tl.float32)
+        h0 = tl.load(h_buf + ((ic64 * H + ih) * K + ck[:, None]) * V + cv[None, :], mask=mh, other=0.)
+        dhe = tl.load(dh_buf + ((ic64 * H + ih) * K + ck[:, None]) * V + cv[None, :], mask=mh, other=0.)
+        dq1 += tl.dot(dout, tl.trans(h0), input_precision=PREC)
+        dP += tl.dot(dout, tl.trans(u), input_precision=PREC)
+        dKd += tl.dot(u, tl.trans(dhe), input_precision=PREC)
+        dvb = tl.dot(tl.trans(T), du, input_precision=PREC)
+        tl.store(dv + (phys[:, None] * H + ih) * V + cv[None, :], (dvb * b[:, None]).to(dv.dtype.element_ty), mask=mv)
+        db += tl.sum(dvb * vv, 1)
+        dVbH0 += tl.dot(dvb, tl.trans(h0), input_precision=PREC)
+        dAa += tl.dot(dvb, tl.trans(u), input_precision=PREC)
+        if USE_G:
+            sumH += tl.sum(h0 * dhe, 1)
+
+    causal = r[:, None] >= r[None, :]
+    strict = r[:, None] > r[None, :]
+    diff = Gc[:, None] - Gc[None, :]
+    Dc = tl.where(causal, tl.exp(tl.where(causal, diff, 0.)), 0.)
+    Ds = tl.where(strict, Dc, 0.)
+    eG = tl.exp(Gc)
+    last = tl.minimum(L - c * BT, BT) - 1
+    Gl = tl.sum(tl.where(r == last, Gc, 0.), 0)
+    ekd = tl.where(valid, tl.exp(tl.where(valid, Gl - Gc, 0.)), 0.)
+
+    s = tl.dot(qq, tl.trans(kk), input_precision=PREC)
+    dPs = dP * Dc * scale
+    dq_acc = dq1 * (scale * eG)[:, None] + tl.dot(dPs, kk, input_precision=PREC)
+    dk_acc = tl.dot(tl.trans(dPs), qq, input_precision=PREC) + dKd * ekd[:, None]
+    dKb = -dVbH0
+    dk_acc += dKb * (b * eG)[:, None]
+    kdb = tl.sum(dKb * kk, 1)
+    db += kdb * eG
+    kkt = tl.dot(kk, tl.trans(kk), input_precision=PREC)
+    dA = tl.where(strict, -dAa, 0.)
+    dAD = dA * Ds
+    dAg = dAD * b[:, None]
+    dk_acc += tl.dot(dAg, kk, input_precision=PREC) + tl.dot(tl.trans(dAg), kk, input_precision=PREC)
+    db += tl.sum(dAD * kkt, 1)
+    tl.store(dq + (phys[:, None] * H + ih) * K + ck[None, :], dq_acc.to(dq.dtype.element_ty), mask=mk)
+    tl.store(dk + (phys[:, None] * H + ih) * K + ck[None, :], dk_acc.to(dk.dtype.element_ty), mask=mk)
+    tl.store(dbeta + phys * H + ih, db.to(dbeta.dtype.element_ty), mask=valid)
+    if USE_G:
+        dG = tl.sum(qq * dq1, 1) * scale * eG
+        pp = dP * s * Dc * scale
+        dG += tl.sum(pp, 1) - tl.sum(pp, 0)
+        kdt = dKd * kk * ekd[:, None]
+        kdr = tl.sum(kdt, 1)
+        dG -= kdr
+        dG += tl.where(r == last, tl.exp(Gl) * tl.sum(sumH, 0) + tl.sum(kdr, 0), 0.)
+        dG += kdb * b * eG
+        aa = dA * (b[:, None] * kkt * Ds)
+        dG += tl.sum(aa, 1) - tl.sum(aa, 0)
+        dG = tl.where(valid, dG, 0.)
+        dgv = tl.sum(dG, 0) - tl.cumsum(dG, 0) + dG
+        tl.store(dg + phys * H + ih, dgv.to(dg.dtype.element_ty), mask=valid)
+
+
+def _chunk_tables(B, N, cu_seqlens, BT, device):
+    """cu (int32 [S+1]), chunk_info (int32 [NT, 2]: sequence, chunk), chunk_off (int32 [S+1])."""
+    if cu_seqlens is None:
+        nt = triton.cdiv(N, BT)
+        cu = torch.arange(0, B + 1, device=device, dtype=torch.int32) * N
+        seq = torch.arange(B, device=device, dtype=torch.int32).repeat_interleave(nt)
+        cidx = torch.arange(nt, device=device, dtype=torch.int32).repeat(B)
+        off = torch.arange(0, B + 1, device=device, dtype=torch.int32) * nt
+        return cu, torch.stack([seq, cidx], 1).contiguous(), off, B, B * nt
+    lens = [int(x) for x in (cu_seqlens[1:] - cu_seqlens[:-1]).tolist()]
+    nts = [triton.cdiv(L, BT) for L in lens]
+    info = [(s, c) for s, nt in enumerate(nts) for c in range(nt)]
+    offs = [0]
+    for nt in nts:
+        offs.append(offs[-1] + nt)
+    cu = cu_seqlens.to(device=device, dtype=torch.int32)
+    info_t = torch.tensor(info if info else [(0, 0)], dtype=torch.int32).reshape(-1, 2)[:len(info)].to(device)
+    return cu, info_t.contiguous(), torch.tensor(offs, dtype=torch.int32, device=device), len(lens), len(info)
+
+
+def _blocks(K, V):
+    BK = max(16, triton.next_power_of_2(K))
+    BV = min(64, max(16, triton.next_power_of_2(V)))
+    return BK, BV
+
+
+class DeltaRuleFunction(torch.autograd.Function):
+
+    @staticmethod
+    def forward(ctx, q, k, v, beta, g, scale, initial_state, output_final_state, cu_seqlens, reverse, chunk_size):
+        B, N, H, K = q.shape
+        V = v.shape[-1]
+        BT = chunk_size
+        BK, BV = _blocks(K, V)
+        dev = q.device
+        q, k, v, beta = (x.contiguous() for x in (q, k, v, beta))
+        use_g = g is not None
+        if use_g:
+            g = g.contiguous()
+        cu, info, off, S, NT = _chunk_tables(B, N, cu_seqlens, BT, dev)
+        prec = 'ieee' if q.dtype == torch.float32 else 'tf32'
+        f32 = torch.float32
+        TT = B * N
+        G = torch.empty(TT, H, device=dev, dtype=f32) if use_g else beta
+        Tb = torch.empty(NT, H, BT, BT, device=dev, dtype=f32)
+        W = torch.empty(TT, H, K, device=dev, dtype=f32)
+        Ut = torch.empty(TT, H, V, device=dev, dtype=f32)
+        U = torch.empty(TT, H, V, device=dev, dtype=f32)
+        hb = torch.empty(NT, H, K, V, device=dev, dtype=f32)
+        o = torch.empty(B, N, H, V, device=dev, dtype=q.dtype)
+        ht = torch.empty(S, H, K, V, device=dev, dtype=f32) if output_final_state else None
+        h0 = initial_state.contiguous() if initial_state is not None else None
+        nv = triton.cdiv(V, BV)
+        if NT > 0:
+            _prep_kernel[(NT, H)](k, v, beta, g if use_g else beta, G, Tb, W, Ut, cu, info, H, K, V,
+                                  BT=BT, BK=BK, BV=BV, USE_G=use_g, REVERSE=reverse, PREC=prec, num_warps=4)
+        _state_kernel[(nv, S, H)](k, W, Ut, G, U, hb, h0 if h0 is not None else W, ht if ht is not None else W,
+                                  cu, off, H, K, V, BT=BT, BK=BK, BV=BV, USE_G=use_g, USE_H0=h0 is not None,
+                                  STORE_HT=ht is not None, REVERSE=reverse, PREC=prec, num_warps=4)
+        if NT > 0:
+            _out_kernel[(NT, H, nv)](q, k, G, U, hb, o, cu, info, scale, H, K, V, BT=BT, BK=BK, BV=BV,
+                                     USE_G=use_g, REVERSE=reverse, PREC=prec, num_warps=4)
+        ctx.save_for_backward(q, k, v, beta, G if use_g else None, Tb, W, U, hb, h0, cu, info, off)
+        ctx.meta = (scale, use_g, reverse, BT, BK, BV, prec, S, NT, g.dtype if use_g else None)
+        return o, ht
+
+    @staticmethod
+    def backward(ctx, do, dht):
+        q, k, v, beta, G, Tb, W, U, hb, h0, cu, info, off = ctx.saved_tensors
+        scale, use_g, reverse, BT, BK, BV, prec, S, NT, gdtype = ctx.meta
+        B, N, H, K = q.shape
+        V = v.shape[-1]
+        dev = q.device
+        f32 = torch.float32
+        do = do.contiguous()
+        if dht is not None:
+            dht = dht.contiguous()
+        Gp = G if use_g else beta
+        dU = torch.empty(B * N, H, V, device=dev, dtype=f32)
+        dhb = torch.empty(NT, H, K, V, device=dev, dtype=f32)
+        dh0 = torch.empty(S, H, K, V, device=dev, dtype=f32) if h0 is not None else None
+        nv = triton.cdiv(V, BV)
+        _dstate_kernel[(nv, S, H)](q, k, Gp, W, do, dU, dhb, dht if dht is not None else W,
+                                   dh0 if dh0 is not None else W, cu, off, scale, H, K, V,
+                                   BT=BT, BK=BK, BV=BV, USE_G=use_g, USE_DHT=dht is not None,
+                                   STORE_DH0=dh0 is not None, REVERSE=reverse, PREC=prec, num_warps=4)
+        dq = torch.empty_like(q)
+        dk = torch.empty_like(k)
+        dv = torch.empty_like(v)
+        dbeta = torch.empty_like(beta)
+        dg = torch.empty(B, N, H, device=dev, dtype=gdtype) if use_g else None
+        if NT > 0:
+            _grads_kernel[(NT, H)](q, k, v, beta, Gp, Tb, U, dU, do, hb, dhb, dq, dk, dv, dbeta,
+                                   dg if use_g else dbeta, cu, info, scale, H, K, V,
+                                   BT=BT, BK=BK, BV=BV, USE_G=use_g, REVERSE=reverse, PREC=prec, num_warps=8)
+        if dh0 is not None:
+            dh0 = dh0.to(h0.dtype)
+        return dq, dk, dv, dbeta, dg, None, dh0, None, None, None, None
+
+
+def delta_rule_triton(q, k, v, beta, g=None, *, scale=None, initial_state=None, output_final_state=False,
+                      cu_seqlens=None, reverse=False, chunk_size=64):
+    """Triton entry point (no argument checks beyond the public op's; see ``vla_mm.ops.delta_rule``).
+
+    ``chunk_size`` (16, 32 or 64) exists for tests that want many chunk boundaries at small N.
+    Runs on CUDA tensors, or on CPU tensors under ``TRITON_INTERPRET=1``.
+    """
+    if scale is None:
+        scale = q.shape[-1] ** -0.5
+    return DeltaRuleFunction.apply(q, k, v, beta, g, float(scale), initial_state, output_final_state,
+                                   cu_seqlens, reverse, chunk_size)

@@ -1,0 +1,143 @@
+"""Plain PyTorch references of the delta rule (DeltaNet) and the gated delta rule (Gated DeltaNet).
+
+Notation (per batch element and head; the stored state is kept key-major, ``[K, V]``, like
+flash-linear-attention's ``h``):
+
+    H_t = a_t (I - b_t k_t k_t^T) H_{t-1} + b_t k_t v_t^T          (a_t = exp(g_t); a_t = 1 without a gate)
+    o_t = scale * H_t^T q_t
+
+which is the paper's ``S_t = a_t S_{t-1} (I - b_t k_t k_t^T) + b_t v_t k_t^T`` with ``S_t = H_t^T``.
+
+``delta_rule_recurrent`` is the truth: one step per token, in the dtype of its inputs (pass float64 for tests).
+``delta_rule_chunked`` is the same function written the way the Triton kernels compute it (chunks of ``chunk_size``
+tokens, the UT / WY form inside a chunk, state passing between chunks); it exists to document and check the
+algebra and to run long sequences on the CPU faster than the step-by-step loop.
+
+Both accept ``cu_seqlens`` (packed sequences, ``B == 1``) and ``reverse=True`` (the recurrence runs from the last
+token of each sequence to the first, starting from ``initial_state`` at the right end). The references may build
+flipped index copies; the Triton kernels do not.
+"""
+from typing import Optional, Tuple
+
+import torch
+
+
+def _segments(B, N, cu_seqlens):
+    """List of (batch index, start, end) triples, one per independent sequence."""
+    if cu_seqlens is None:
+        return [(b, 0, N) for b in range(B)]
+    cu = [int(x) for x in cu_seqlens.tolist()]
+    return [(0, cu[i], cu[i + 1]) for i in range(len(cu) - 1)]
+
+
+def delta_rule_recurrent(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, beta: torch.Tensor,
+                         g: Optional[torch.Tensor] = None, scale: Optional[float] = None,
+                         initial_state: Optional[torch.Tensor] = None, output_final_state: bool = False,
+                         cu_seqlens: Optional[torch.Tensor] = None, reverse: bool = False
+                         ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """Step-by-step recurrence. Shapes: q, k [B, N, H, K]; v [B, N, H, V]; beta, g [B, N, H];
+    initial_state [S, H, K, V] with S = B (or the number of sequences with ``cu_seqlens``).
+
+    Computes in the promoted dtype of the inputs (float32 at least) and returns ``o`` in that dtype and the
+    final state (or None).
+    """
+    B, N, H, K = q.shape
+    V = v.shape[-1]
+    if scale is None:
+        scale = K ** -0.5
+    dt = torch.promote_types(q.dtype, torch.float32)
+    if initial_state is not None:
+        dt = torch.promote_types(dt, initial_state.dtype)
+    q, k, v, beta = q.to(dt), k.to(dt), v.to(dt), beta.to(dt)
+    g = None if g is None else g.to(dt)
+    segs = _segments(B, N, cu_seqlens)
+    o = q.new_zeros(B, N, H, V)
+    finals = []
+    for s, (b, bos, eos) in enumerate(segs):
+        h = q.new_zeros(H, K, V) if initial_state is None else initial_state[s].to(dt)
+        steps = range(eos - 1, bos - 1, -1) if reverse else range(bos, eos)
+        for t in steps:
+            kt, vt, bt = k[b, t], v[b, t], beta[b, t]                      # [H,K], [H,V], [H]
+            if g is not None:
+                h = h * g[b, t].exp()[:, None, None]
+            # h <- h + b k (v - h^T k)^T
+            vnew = vt - torch.einsum('hkv,hk->hv', h, kt)
+            h = h + torch.einsum('hk,hv->hkv', kt, vnew * bt[:, None])
+            o[b, t] = torch.einsum('hkv,hk->hv', h, q[b, t]) * scale
+        finals.append(h)
+    final = torch.stack(finals) if output_final_state else None
+    return o, final
+
+
+def delta_rule_chunked(q, k, v, beta, g=None, scale=None, initial_state=None, output_final_state=False,
+                       cu_seqlens=None, reverse=False, chunk_size: int = 64):
+    """Chunked UT-form computation (same signature and result as :func:`delta_rule_recurrent`).
+
+    Within a chunk of C tokens with chunk-local cumulative log gates G (G_r = g_1 + ... + g_r) and state H0 at
+    the chunk start:
+
+        A = strict_lower(diag(b) (K K^T) * exp(G_i - G_j)),   T = (I + A)^-1
+        W = T diag(b exp(G)) K,   U~ = T diag(b) V,   U = U~ - W H0
+        O = scale * (diag(exp(G)) Q H0 + (Q K^T * exp(G_r - G_i), i <= r) U)
+        H_C = exp(G_C) H0 + (diag(exp(G_C - G)) K)^T U
+
+    Every decay is the exponential of a difference of cumulative log gates that is <= 0 where it is used, so
+    strong decay underflows to 0 instead of overflowing.
+    """
+    B, N, H, K = q.shape
+    V = v.shape[-1]
+    if scale is None:
+        scale = K ** -0.5
+    dt = torch.promote_types(q.dtype, torch.float32)
+    if initial_state is not None:
+        dt = torch.promote_types(dt, initial_state.dtype)
+    q, k, v, beta = q.to(dt), k.to(dt), v.to(dt), beta.to(dt)
+    g = None if g is None else g.to(dt)
+    segs = _segments(B, N, cu_seqlens)
+    outs = torch.zeros(B, N, H, V, dtype=dt, device=q.device)
+    out_rows = []
+    finals = []
+    for s, (b, bos, eos) in enumerate(segs):
+        idx = torch.arange(bos, eos, device=q.device)
+        if reverse:
+            idx = idx.flip(0)
+        h = q.new_zeros(H, K, V) if initial_state is None else initial_state[s].to(dt)
+        o_seq = []
+        for c0 in range(0, eos - bos, chunk_size):
+            ii = idx[c0:c0 + chunk_size]
+            qc, kc, vc, bc = (x[b, ii].transpose(0, 1) for x in (q, k, v, beta))   # [H, C, .]
+            C = ii.numel()
+            if g is None:
+                G = qc.new_zeros(H, C)
+            else:
+                G = g[b, ii].transpose(0, 1).cumsum(-1)
+            diff = G[:, :, None] - G[:, None, :]                                   # G_r - G_i
+            causal = torch.ones(C, C, dtype=torch.bool, device=q.device).tril()
+            strict = causal.tril(-1)
+            dec_strict = torch.where(strict, diff, torch.full_like(diff, float('-inf'))).exp()
+            dec_causal = torch.where(causal, diff, torch.full_like(diff, float('-inf'))).exp()
+            A = bc[..., None] * (kc @ kc.transpose(-1, -2)) * dec_strict
+            eye = torch.eye(C, dtype=dt, device=q.device)
+            T = torch.linalg.solve_triangular(eye + A, eye.expand(H, C, C), upper=False, unitriangular=True)
+            W = T @ (kc * (bc * G.exp())[..., None])
+            Ut = T @ (vc * bc[..., None])
+            U = Ut - W @ h
+            P = (qc @ kc.transpose(-1, -2)) * dec_causal
+            oc = scale * ((qc * G.exp()[..., None]) @ h + P @ U)
+            o_seq.append((ii, oc))
+            Gl = G[:, -1:]
+            h = Gl.exp()[..., None] * h + (kc * (Gl - G).exp()[..., None]).transpose(-1, -2) @ U
+        for ii, oc in o_seq:
+            out_rows.append((b, ii, oc))
+        finals.append(h)
+    # Scatter without in-place ops on a leaf (keeps autograd happy).
+    index_parts, value_parts = [], []
+    for b, ii, oc in out_rows:
+        index_parts.append(b * N + ii)
+        value_parts.append(oc.transpose(0, 1))
+    flat = outs.reshape(B * N, H, V)
+    if index_parts:
+        flat = flat.index_copy(0, torch.cat(index_parts), torch.cat(value_parts))
+    o = flat.reshape(B, N, H, V)
+    final = torch.stack(finals) if output_final_state else None
+    return o, final

@@ -156,3 +156,58 @@ def test_refuses_foreign_directory_and_bad_params(tmp_path):
         S.resolve_params('det', dict(min_shapes=4, max_shapes=2))
     with pytest.raises(S.ShapesParamError, match='task'):
         S.resolve_params('depth')
+
+
+def test_refuses_to_replace_another_task(tmp_path):
+    root = str(tmp_path / 'x')
+    S.generate('cls', root, dict(image_size=32, num_train=2, num_val=1), logger=None)
+    with pytest.raises(FileExistsError, match="holds shapes 'cls' data"):
+        S.generate('seg', root, dict(image_size=32, num_train=2, num_val=1), logger=None)
+
+
+def _gen_in_child(root, queue):
+    queue.put(S.ensure_generated('seg', root, dict(image_size=32, num_train=12, num_val=2), logger=None))
+
+
+def test_concurrent_processes_generate_once(tmp_path):
+    """Independent processes (no torch.distributed) serialise on the file lock: one generates, one finds it."""
+    import multiprocessing as mp
+    ctx = mp.get_context('fork')
+    queue = ctx.Queue()
+    root = str(tmp_path / 'seg')
+    procs = [ctx.Process(target=_gen_in_child, args=(root, queue)) for _ in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+    assert [p.exitcode for p in procs] == [0, 0]
+    assert sorted(queue.get(timeout=5) for _ in procs) == ['exists', 'generated']
+    assert S.is_up_to_date('seg', root, dict(image_size=32, num_train=12, num_val=2))
+
+
+@pytest.mark.parametrize('rank', [0, 1])
+def test_distributed_only_rank0_generates(tmp_path, monkeypatch, rank):
+    """With world_size > 1, rank 0 generates before the barrier; other ranks only wait (shared storage) or
+    generate their own identical copy after it (node-local storage)."""
+    import mmengine.dist as dist
+    root = str(tmp_path / 'cls')
+    p = dict(image_size=32, num_train=3, num_val=1)
+    events = []
+
+    def barrier():
+        events.append(('barrier', osp.exists(osp.join(root, S.META_FILE))))
+        if rank == 1:  # stands for rank 0 writing to the shared storage meanwhile
+            S.generate('cls', root, p, logger=None)
+
+    monkeypatch.setattr(dist, 'get_dist_info', lambda: (rank, 2))
+    monkeypatch.setattr(dist, 'barrier', barrier)
+    status = S.ensure_generated('cls', root, p, logger=None)
+    if rank == 0:
+        assert events == [('barrier', True)] and status == 'generated'
+    else:
+        assert events == [('barrier', False)] and status == 'exists'
+        # node-local storage: nothing there after the barrier -> this rank generates its own copy
+        events.clear()
+        monkeypatch.setattr(dist, 'barrier', lambda: events.append('barrier'))
+        root2 = str(tmp_path / 'local')
+        assert S.ensure_generated('cls', root2, p, logger=None) == 'generated' and events == ['barrier']

@@ -212,7 +212,7 @@ def _pick_colour(rng: np.random.Generator, under: np.ndarray) -> np.ndarray:
 
 
 def _place_shapes(rng: np.random.Generator, img: np.ndarray, names: Sequence[str], size_range,
-                  max_tries: int = 40) -> List[Tuple[str, np.ndarray]]:
+                  max_tries: int = 24) -> List[Tuple[str, np.ndarray]]:
     """Rejection-sample non-overlapping placements of ``names`` and paint them onto ``img`` (in place).
 
     Returns ``[(name, mask)]`` for the shapes that were placed (the first one always fits)."""
@@ -221,8 +221,11 @@ def _place_shapes(rng: np.random.Generator, img: np.ndarray, names: Sequence[str
     kernel = np.ones((2 * _GAP + 1, 2 * _GAP + 1), np.uint8)
     placed = []
     for name in names:
-        for _ in range(max_tries):
-            r = max(float(_MIN_RADIUS), rng.uniform(*size_range) * size)
+        lo_r, hi_r = size_range
+        for attempt in range(max_tries):
+            # later attempts draw smaller shapes, which fit in the gaps more easily
+            hi_t = hi_r - (hi_r - lo_r) * attempt / max_tries
+            r = max(float(_MIN_RADIUS), rng.uniform(lo_r, hi_t) * size)
             r = min(r, size / 2 - 1)
             lo, hi = int(np.ceil(r)), int(np.floor(size - 1 - r))
             cx, cy = int(rng.integers(lo, hi + 1)), int(rng.integers(lo, hi + 1))
@@ -427,7 +430,8 @@ def generate(task: str, root: Optional[str] = None, params: Optional[dict] = Non
 
     Raises:
         ShapesParamError: invalid parameters.
-        FileExistsError: ``root`` exists, is not empty and was not written by this generator.
+        FileExistsError: ``root`` exists, is not empty and was not written by this generator (or holds the
+            data of another task).
     """
     params = resolve_params(task, params)
     root = osp.abspath(root or DEFAULT_ROOTS[task])
@@ -441,6 +445,10 @@ def generate(task: str, root: Optional[str] = None, params: Optional[dict] = Non
             raise FileExistsError(
                 f'{root} exists and is not a generated shapes data set (no {META_FILE}); '
                 'remove it or choose another root')
+        if isinstance(old, dict) and old.get('task') not in (None, task):
+            raise FileExistsError(
+                f"{root} holds shapes {old.get('task')!r} data; refusing to replace it with {task!r} data "
+                '(use another root)')
         if old != record:
             _log(f'shapes: {root} was generated with different parameters ({_describe_diff(old, record)}); '
                  'regenerating', logger)

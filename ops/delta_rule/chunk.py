@@ -20,9 +20,18 @@ no flipped copy is made. No exponential of a positive number is ever used where 
 exp(G_r - G_i) over pairs with r >= i (masked elsewhere before the exp), so log gates of -20 per token underflow
 to zero cleanly. fp32 inputs use ``input_precision='ieee'`` in every ``tl.dot``; bf16 / fp16 inputs use tf32.
 """
+import os
+
 import torch
 import triton
 import triton.language as tl
+
+
+def _empty(*shape, device, dtype):
+    """torch.empty, or NaN-filled when ``VLA_OPS_POISON=1`` (tests: every element must be written)."""
+    if os.environ.get('VLA_OPS_POISON', '0') not in ('', '0'):
+        return torch.full(shape, float('nan'), device=device, dtype=dtype)
+    return torch.empty(*shape, device=device, dtype=dtype)
 
 
 @triton.jit
@@ -60,7 +69,7 @@ def _prep_kernel(k, v, beta, g, G_out, T_out, W_out, Ut_out, cu, chunk_info,
         tl.store(G_out + phys * H + ih, G, mask=valid)
     else:
         G = tl.zeros([BT], dtype=tl.float32)
-    strict = r[:, None] > r[None, :]
+    strict = (r[:, None] > r[None, :]) & valid[:, None]
     kkt = tl.dot(kk, tl.trans(kk), input_precision=PREC)
     dec = tl.exp(tl.where(strict, G[:, None] - G[None, :], 0.))
     A = tl.where(strict, b[:, None] * kkt * dec, 0.)
@@ -147,7 +156,7 @@ def _out_kernel(q, k, G, U, h_buf, o, cu, chunk_info, scale,
     hs = tl.load(h_buf + ((ic.to(tl.int64) * H + ih) * K + ck[:, None]) * V + cv[None, :],
                  mask=(ck < K)[:, None] & (cv < V)[None, :], other=0.)
     u = tl.load(U + (phys[:, None] * H + ih) * V + cv[None, :], mask=mv, other=0.)
-    causal = r[:, None] >= r[None, :]
+    causal = (r[:, None] >= r[None, :]) & valid[:, None]
     s = tl.dot(qq, tl.trans(kk), input_precision=PREC) * scale
     if USE_G:
         Gc = tl.load(G + phys * H + ih, mask=valid, other=0.)
@@ -194,7 +203,7 @@ def _dstate_kernel(q, k, G, W, do, dU_out, dh_buf, dht, dh0, cu, chunk_off, scal
         dout = tl.load(do + (phys[:, None] * H + ih) * V + cv[None, :], mask=mv, other=0.).to(tl.float32)
         # st[i, j] = k_i . q_j ; P^T[i, j] = P[j, i] (nonzero for i <= j)
         st = tl.dot(kk, tl.trans(qq), input_precision=PREC) * scale
-        upper = r[:, None] <= r[None, :]
+        upper = (r[:, None] <= r[None, :]) & valid[None, :]
         if USE_G:
             Gc = tl.load(G + phys * H + ih, mask=valid, other=0.)
             last = tl.minimum(L - c * BT, BT) - 1
@@ -270,8 +279,8 @@ def _grads_kernel(q, k, v, beta, G, T_buf, U, dU, do, h_buf, dh_buf,
         if USE_G:
             sumH += tl.sum(h0 * dhe, 1)
 
-    causal = r[:, None] >= r[None, :]
-    strict = r[:, None] > r[None, :]
+    causal = (r[:, None] >= r[None, :]) & valid[:, None]
+    strict = (r[:, None] > r[None, :]) & valid[:, None]
     diff = Gc[:, None] - Gc[None, :]
     Dc = tl.where(causal, tl.exp(tl.where(causal, diff, 0.)), 0.)
     Ds = tl.where(strict, Dc, 0.)
@@ -299,17 +308,19 @@ def _grads_kernel(q, k, v, beta, G, T_buf, U, dU, do, h_buf, dh_buf,
     tl.store(dbeta + phys * H + ih, db.to(dbeta.dtype.element_ty), mask=valid)
     if USE_G:
         dG = tl.sum(qq * dq1, 1) * scale * eG
-        pp = dP * s * Dc * scale
+        # Terms that cancel exactly (the diagonal of the intra-chunk decay, the last token's own decay to the
+        # chunk end) are left out rather than added and subtracted: with strong decay the true dg is tiny and
+        # fp32 rounding of the O(1) cancelling pair would swamp it.
+        pp = tl.where(strict, dP * s * Ds * scale, 0.)
         dG += tl.sum(pp, 1) - tl.sum(pp, 0)
-        kdt = dKd * kk * ekd[:, None]
-        kdr = tl.sum(kdt, 1)
+        kdr = tl.where(r == last, 0., tl.sum(dKd * kk * ekd[:, None], 1))
         dG -= kdr
         dG += tl.where(r == last, tl.exp(Gl) * tl.sum(sumH, 0) + tl.sum(kdr, 0), 0.)
         dG += kdb * b * eG
         aa = dA * (b[:, None] * kkt * Ds)
         dG += tl.sum(aa, 1) - tl.sum(aa, 0)
         dG = tl.where(valid, dG, 0.)
-        dgv = tl.sum(dG, 0) - tl.cumsum(dG, 0) + dG
+        dgv = tl.cumsum(dG, 0, reverse=True)
         tl.store(dg + phys * H + ih, dgv.to(dg.dtype.element_ty), mask=valid)
 
 
@@ -356,14 +367,14 @@ class DeltaRuleFunction(torch.autograd.Function):
         prec = 'ieee' if q.dtype == torch.float32 else 'tf32'
         f32 = torch.float32
         TT = B * N
-        G = torch.empty(TT, H, device=dev, dtype=f32) if use_g else beta
-        Tb = torch.empty(NT, H, BT, BT, device=dev, dtype=f32)
-        W = torch.empty(TT, H, K, device=dev, dtype=f32)
-        Ut = torch.empty(TT, H, V, device=dev, dtype=f32)
-        U = torch.empty(TT, H, V, device=dev, dtype=f32)
-        hb = torch.empty(NT, H, K, V, device=dev, dtype=f32)
-        o = torch.empty(B, N, H, V, device=dev, dtype=q.dtype)
-        ht = torch.empty(S, H, K, V, device=dev, dtype=f32) if output_final_state else None
+        G = _empty(TT, H, device=dev, dtype=f32) if use_g else beta
+        Tb = _empty(NT, H, BT, BT, device=dev, dtype=f32)
+        W = _empty(TT, H, K, device=dev, dtype=f32)
+        Ut = _empty(TT, H, V, device=dev, dtype=f32)
+        U = _empty(TT, H, V, device=dev, dtype=f32)
+        hb = _empty(NT, H, K, V, device=dev, dtype=f32)
+        o = _empty(B, N, H, V, device=dev, dtype=q.dtype)
+        ht = _empty(S, H, K, V, device=dev, dtype=f32) if output_final_state else None
         h0 = initial_state.contiguous() if initial_state is not None else None
         nv = triton.cdiv(V, BV)
         if NT > 0:
@@ -391,19 +402,19 @@ class DeltaRuleFunction(torch.autograd.Function):
         if dht is not None:
             dht = dht.contiguous()
         Gp = G if use_g else beta
-        dU = torch.empty(B * N, H, V, device=dev, dtype=f32)
-        dhb = torch.empty(NT, H, K, V, device=dev, dtype=f32)
-        dh0 = torch.empty(S, H, K, V, device=dev, dtype=f32) if h0 is not None else None
+        dU = _empty(B * N, H, V, device=dev, dtype=f32)
+        dhb = _empty(NT, H, K, V, device=dev, dtype=f32)
+        dh0 = _empty(S, H, K, V, device=dev, dtype=f32) if h0 is not None else None
         nv = triton.cdiv(V, BV)
         _dstate_kernel[(nv, S, H)](q, k, Gp, W, do, dU, dhb, dht if dht is not None else W,
                                    dh0 if dh0 is not None else W, cu, off, scale, H, K, V,
                                    BT=BT, BK=BK, BV=BV, USE_G=use_g, USE_DHT=dht is not None,
                                    STORE_DH0=dh0 is not None, REVERSE=reverse, PREC=prec, num_warps=4)
-        dq = torch.empty_like(q)
-        dk = torch.empty_like(k)
-        dv = torch.empty_like(v)
-        dbeta = torch.empty_like(beta)
-        dg = torch.empty(B, N, H, device=dev, dtype=gdtype) if use_g else None
+        dq = _empty(*q.shape, device=dev, dtype=q.dtype)
+        dk = _empty(*k.shape, device=dev, dtype=k.dtype)
+        dv = _empty(*v.shape, device=dev, dtype=v.dtype)
+        dbeta = _empty(*beta.shape, device=dev, dtype=beta.dtype)
+        dg = _empty(B, N, H, device=dev, dtype=gdtype) if use_g else None
         if NT > 0:
             _grads_kernel[(NT, H)](q, k, v, beta, Gp, Tb, U, dU, do, hb, dhb, dq, dk, dv, dbeta,
                                    dg if use_g else dbeta, cu, info, scale, H, K, V,

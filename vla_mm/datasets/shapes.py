@@ -31,7 +31,7 @@ import os.path as osp
 import shutil
 import time
 from multiprocessing import get_context
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import cv2
 import numpy as np

@@ -161,3 +161,127 @@ def test_argument_errors(bad, match):
     for fn in (linear_attn, linear_attn_triton):
         with pytest.raises(ValueError, match=match):
             fn(q, k, v, **kw)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# the Triton kernels (interpreter on CPU), forward and every gradient against a float64 reference
+# ----------------------------------------------------------------------------------------------------------
+try:
+    from vla_mm.ops.linear_attn import kernel as la_kernel
+except ImportError:
+    from ops.linear_attn import kernel as la_kernel
+
+F32, BF16, F16 = torch.float32, torch.bfloat16, torch.float16
+TOL = {F32: 1e-5, BF16: 1e-2, F16: 1e-2}
+
+# (B, N, H, K, V), dtype, feature map, options. Every N in {1, 7, 197, 1031}, K in {16, 32, 48, 64, 128} (and 256,
+# the largest head dim), K != V, several B and H, every feature map, option and dtype appear; not the product.
+KCASES = [
+    ((2, 7, 3, 16, 32), F32, 'elu1', {}),
+    ((1, 197, 2, 32, 16), F32, 'relu', {}),
+    ((3, 197, 1, 48, 40), F32, 'focused', {}),
+    ((1, 1031, 1, 64, 64), F32, 'elu1', {}),
+    ((2, 1, 2, 128, 96), F32, 'elu1', dict(normalize=False)),
+    ((2, 1, 1, 32, 16), F32, 'focused', dict(normalize=False, scale=0.5)),
+    ((2, 7, 2, 128, 256), F32, 'focused', {}),                  # V split over blocks (dq pass apart)
+    ((1, 13, 1, 256, 256), F32, 'relu', {}),                    # largest head dims
+    ((2, 33, 2, 32, 32), F32, 'identity', dict(normalize=False)),
+    ((2, 33, 2, 32, 24), F32, 'identity', dict(positive=True)),
+    ((2, 50, 2, 64, 32), F32, 'elu1', dict(norm='linfusion', eps=1e-2)),
+    ((2, 50, 2, 64, 32), F32, 'focused', dict(normalize=False, scale=0.3)),
+    ((2, 50, 2, 48, 32), F32, 'focused', dict(focus_power=2.5)),
+    ((2, 50, 2, 32, 32), F32, 'elu1', dict(rope='nk')),
+    ((2, 50, 3, 32, 16), F32, 'focused', dict(rope='nhk', normalize=False)),
+    ((2, 50, 2, 64, 64), F32, 'relu', dict(rope='bnhk', norm='linfusion')),
+    ((3, 60, 2, 32, 24), F32, 'elu1', dict(mask=True)),
+    ((3, 60, 2, 48, 24), F32, 'focused', dict(mask=True, rope='nk', normalize=False)),
+    ((1, 90, 2, 32, 24), F32, 'elu1', dict(cu=[0, 7, 7, 50, 90])),
+    ((1, 90, 2, 64, 48), F32, 'focused', dict(cu=[0, 1, 40, 90], rope='nhk')),
+    ((1, 1031, 2, 16, 16), F32, 'relu', dict(cu=[0, 1, 198, 1031], norm='linfusion')),
+    ((2, 64, 2, 32, 48), F32, 'elu1', dict(noncontig='fused')),
+    ((2, 64, 2, 48, 32), F32, 'focused', dict(noncontig='bhnd', mask=True)),
+    ((2, 197, 2, 64, 64), BF16, 'elu1', {}),
+    ((2, 197, 2, 64, 48), BF16, 'focused', dict(mask=True)),
+    ((1, 100, 2, 32, 32), BF16, 'relu', dict(cu=[0, 30, 100], normalize=False)),
+    ((2, 64, 2, 128, 128), BF16, 'elu1', dict(rope='nk', noncontig='fused')),
+    ((2, 197, 2, 48, 64), F16, 'focused', {}),
+    ((2, 64, 2, 32, 32), F16, 'elu1', dict(norm='linfusion', eps=1e-3)),
+]
+
+
+@pytest.fixture
+def poison(monkeypatch):
+    monkeypatch.setattr(la_kernel, '_POISON', True)
+
+
+def make_inputs(shape, dtype, opts, scale=1.0):
+    B, N, H, K, V = shape
+    nc = opts.get('noncontig')
+    if nc == 'fused':      # slices of one projection [B, N, H, 2K + V], as a mixer's unbind gives
+        x = randn(B, N, H, 2 * K + V, dtype=dtype, scale=scale)
+        q, k, v = x[..., :K], x[..., K:2 * K], x[..., 2 * K:]
+    elif nc == 'bhnd':     # [B, H, N, D] storage seen through a transpose
+        q, k = (randn(B, H, N, K, dtype=dtype, scale=scale).transpose(1, 2) for _ in range(2))
+        v = randn(B, H, N, V, dtype=dtype, scale=scale).transpose(1, 2)
+    else:
+        q, k, v = randn(B, N, H, K, dtype=dtype, scale=scale), randn(B, N, H, K, dtype=dtype, scale=scale), \
+            randn(B, N, H, V, dtype=dtype, scale=scale)
+    if opts.get('positive'):
+        q, k = q.abs() + 0.5, k.abs() + 0.5
+    if nc:
+        assert not (q.is_contiguous() or k.is_contiguous() or v.is_contiguous())
+    kw = {n: opts[n] for n in ('normalize', 'scale', 'eps', 'focus_power', 'norm') if n in opts}
+    if 'rope' in opts:
+        kw['rope'] = make_rope(B, N, H, K, opts['rope'])
+    if opts.get('mask'):
+        m = torch.rand(B, N, generator=GEN) > 0.3
+        m[:, 0] = True
+        m[-1, :] = False if B > 2 else m[-1, :]     # one fully padded image when B > 2
+        kw['key_padding_mask'] = m
+    if 'cu' in opts:
+        kw['cu_seqlens'] = torch.tensor(opts['cu'], dtype=torch.int32)
+    return (q, k, v), kw
+
+
+def check_kernel(shape, dtype, fm, opts, scale=1.0):
+    (q, k, v), kw = make_inputs(shape, dtype, opts, scale)
+    q, k, v = (t.requires_grad_() for t in (q, k, v))
+    o = linear_attn_triton(q, k, v, feature_map=fm, **kw)
+    assert o.dtype == v.dtype and o.shape == v.shape[:3] + (v.shape[-1],)
+    g = randn(*o.shape)
+    dq, dk, dv = torch.autograd.grad(o, (q, k, v), g.to(o.dtype))
+    q64, k64, v64 = (t.detach().double().requires_grad_() for t in (q, k, v))
+    ref = linear_attn_reference(q64, k64, v64, feature_map=fm, **kw)
+    rq, rk, rv = torch.autograd.grad(ref, (q64, k64, v64), g.to(o.dtype).double())
+    errs = {n: rel_err(a, b) for n, a, b in (('o', o, ref), ('dq', dq, rq), ('dk', dk, rk), ('dv', dv, rv))}
+    for n, t in (('o', o), ('dq', dq), ('dk', dk), ('dv', dv)):
+        assert torch.isfinite(t).all(), f'{n} has NaN/Inf (unwritten elements are NaN-poisoned)'
+    if 'key_padding_mask' in kw:   # padded tokens: zero output and zero gradients
+        pad = ~kw['key_padding_mask']
+        for n, t in (('o', o), ('dq', dq), ('dk', dk), ('dv', dv)):
+            assert (t[pad] == 0).all(), f'{n} not zero at padded tokens'
+    return errs
+
+
+@pytest.mark.parametrize('shape, dtype, fm, opts', KCASES,
+                         ids=[f'{"x".join(map(str, s))}-{str(d)[6:]}-{f}-{"-".join(o)}' for s, d, f, o in KCASES])
+def test_kernel_matches_float64_reference(poison, shape, dtype, fm, opts):
+    errs = check_kernel(shape, dtype, fm, opts)
+    print(shape, dtype, fm, opts, errs)
+    assert all(e < TOL[dtype] for e in errs.values()), errs
+
+
+@pytest.mark.parametrize('dtype, fm', [(BF16, 'elu1'), (F16, 'focused'), (BF16, 'relu'), (F16, 'elu1')])
+def test_kernel_large_magnitude_half_inputs(poison, dtype, fm):
+    """Inputs of magnitude ~1e3: the states and the normalizer stay in fp32, no overflow, still accurate."""
+    errs = check_kernel((2, 197, 2, 64, 32), dtype, fm, {}, scale=1e3 if dtype == BF16 else 3e2)
+    assert all(e < TOL[dtype] for e in errs.values()), errs
+
+
+def test_kernel_no_grad_and_public_dispatch_env(poison, monkeypatch):
+    (q, k, v), kw = make_inputs((2, 20, 2, 32, 16), F32, {})
+    with torch.no_grad():
+        o = linear_attn_triton(q, k, v)
+    assert rel_err(o, linear_attn_reference(q.double(), k.double(), v.double())) < 1e-5
+    monkeypatch.setenv('VLA_OPS_REFERENCE', '1')
+    torch.testing.assert_close(linear_attn(q, k, v), linear_attn_reference(q, k, v), rtol=0, atol=0)

@@ -1,0 +1,643 @@
+"""Triton kernels of non-causal linear attention (forward and backward in one ``torch.autograd.Function``).
+
+Definition of the op and of every option: ``reference.py``. Two phases per (sequence, head), each a launch:
+
+  forward   F1  S = sum_j R_j phi(k_j) v_j^T, z = sum_j phi(k_j)   N split over programs, fp32 atomics into S, z
+            F2  o_i = sc * (R_i phi(q_i))^T S / (phi(q_i)^T z + eps')   tiled over N
+  backward  B1  u_i = S g_i, d_i = phi(q_i)^T z + eps'; dS = sum_i R_i phi(q_i) (sc g_i / d_i)^T,
+                delta_i = -sc (R_i phi(q_i))^T u_i / d_i^2, dz = sum_i delta_i phi(q_i),
+                dq_i = phi'(q_i)^T [R_i^T (sc u_i / d_i) + delta_i z]          (dq written in the same pass)
+            B2  dk_j = phi'(k_j)^T [R_j^T dS v_j + dz],  dv_j = dS^T R_j phi(k_j)
+
+(R: the optional rotation of interleaved pairs, identity without ``rope``.) The feature map and its derivative
+are recomputed inside the kernels from q and k, so the forward reads q, k, v and writes o, the backward reads
+q, k, v, do and writes dq, dk, dv: one pass over each tensor, plus the small fp32 states S, z, dS, dz.
+Nothing of size N is saved for the backward.
+
+Dots: fp32 inputs use exact fp32 dots (``input_precision='ieee'``); bf16/fp16 inputs use bf16 operands with
+fp32 accumulation (bf16 rather than fp16 so that large states cannot overflow). Feature maps, normalizers and
+all reductions run in fp32.
+"""
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+FOCUS_EPS = 1e-6
+_FMAP = {'identity': 0, 'elu1': 1, 'relu': 2, 'focused': 3}
+
+# Tests set this (or VLA_OPS_POISON=1) to fill every output with NaN before the kernels write, so that an element
+# a kernel forgets to write fails the comparison.
+_POISON = False
+# Launch configuration; the benchmark script sweeps these. None = chosen from the head dims.
+CONFIG = dict(block_n=None, num_warps=None, programs_per_sm=4)
+
+
+def _alloc(shape, dtype, device):
+    if _POISON or os.environ.get('VLA_OPS_POISON', '0') == '1':
+        return torch.full(shape, float('nan'), dtype=dtype, device=device)
+    return torch.empty(shape, dtype=dtype, device=device)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# device helpers
+# --------------------------------------------------------------------------------------------------------------
+@triton.jit
+def _rne_bf16(x):
+    """fp32 -> nearest bf16 value (ties to even), kept in fp32; finite inputs."""
+    bits = x.to(tl.int32, bitcast=True)
+    bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & -65536
+    return bits.to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def _to_out(x, ptr, EMU: tl.constexpr):
+    """Cast an fp32 tile to the element type of ptr (rounding to nearest under the interpreter too)."""
+    if EMU:
+        if ptr.dtype.element_ty == tl.bfloat16:
+            x = _rne_bf16(x)
+    return x.to(ptr.dtype.element_ty)
+
+
+@triton.jit
+def _dot(a, b, IEEE: tl.constexpr, EMU: tl.constexpr):
+    if IEEE:
+        return tl.dot(a, b, input_precision='ieee')
+    elif EMU:
+        # Triton's CPU interpreter computes bf16 tl.dot wrongly (triton 3.8) and its fp32 -> bf16 cast truncates:
+        # round the operands to bf16 (to nearest even), then multiply in fp32, which is what the tensor cores do
+        # with bf16 operands and fp32 accumulation.
+        return tl.dot(_rne_bf16(a.to(tl.float32)), _rne_bf16(b.to(tl.float32)), input_precision='ieee')
+    else:
+        return tl.dot(a.to(tl.bfloat16), b.to(tl.bfloat16))
+
+
+@triton.jit
+def _pow(u, P: tl.constexpr, P_INT: tl.constexpr):
+    """u ** P for u >= 0 (P_INT > 0: P is that integer, exact products)."""
+    if P_INT > 0:
+        y = u
+        for _ in tl.static_range(P_INT - 1):
+            y = y * u
+    else:
+        y = tl.where(u > 0, tl.exp2(tl.log2(tl.maximum(u, 1e-38)) * P).to(tl.float32), 0.0)
+    return y
+
+
+@triton.jit
+def _powm1(u, P: tl.constexpr, P_INT: tl.constexpr):
+    """u ** (P - 1) for u > 0."""
+    if P_INT > 0:
+        y = tl.full(u.shape, 1.0, tl.float32)
+        for _ in tl.static_range(P_INT - 1):
+            y = y * u
+    else:
+        y = tl.where(u > 0, tl.exp2(tl.log2(tl.maximum(u, 1e-38)) * (P - 1.0)).to(tl.float32), 0.0)
+    return y
+
+
+@triton.jit
+def _phi(x, kmask, FMAP: tl.constexpr, P: tl.constexpr, P_INT: tl.constexpr, FEPS: tl.constexpr):
+    """Feature map of an fp32 tile x [BN, BK]; kmask [1, BK] marks the real head-dim columns."""
+    if FMAP == 0:
+        y = x
+    elif FMAP == 1:
+        y = tl.where(x > 0, x + 1.0, tl.exp(tl.minimum(x, 0.0)))
+    elif FMAP == 2:
+        y = tl.maximum(x, 0.0)
+    else:
+        r = tl.where(kmask, tl.maximum(x, 0.0) + FEPS, 0.0)
+        m = tl.max(r, axis=1)                                   # row max > 0: scale-free, no overflow
+        u = r / m[:, None]
+        up = _pow(u, P, P_INT)
+        nu = tl.sqrt(tl.sum(u * u, axis=1))
+        na = tl.sqrt(tl.sum(up * up, axis=1))
+        y = up * (m * nu / na)[:, None]
+    return tl.where(kmask, y, 0.0)
+
+
+@triton.jit
+def _phi_bwd(x, g, kmask, FMAP: tl.constexpr, P: tl.constexpr, P_INT: tl.constexpr, FEPS: tl.constexpr):
+    """dL/dx from g = dL/dphi (both fp32 [BN, BK])."""
+    if FMAP == 0:
+        dx = g
+    elif FMAP == 1:
+        dx = tl.where(x > 0, g, g * tl.exp(tl.minimum(x, 0.0)))
+    elif FMAP == 2:
+        dx = tl.where(x > 0, g, 0.0)
+    else:
+        # r = relu(x) + eps, u = r / m, phi = m u^p |u| / |u^p|:
+        # dL/dr = p (phi / r) (g - s phi / |r|^2) + r s / |r|^2 with s = g . phi, written in u to stay finite
+        r = tl.where(kmask, tl.maximum(x, 0.0) + FEPS, 0.0)
+        m = tl.max(r, axis=1)
+        u = r / m[:, None]
+        up = _pow(u, P, P_INT)
+        nu = tl.sqrt(tl.sum(u * u, axis=1))
+        na = tl.sqrt(tl.sum(up * up, axis=1))
+        s = tl.sum(g * up, axis=1) * (m * nu / na)
+        w = _powm1(u, P, P_INT) * (nu / na)[:, None]
+        dr = (w * P).to(tl.float32) * (g - up * (s / (m * nu * na))[:, None]) + u * (s / (m * nu * nu))[:, None]
+        dx = tl.where(x > 0, dr, 0.0)
+    return tl.where(kmask, dx, 0.0)
+
+
+@triton.jit
+def _rot(x, c, s, BN: tl.constexpr, BK: tl.constexpr):
+    """Rotate interleaved pairs of x [BN, BK] by the angles of c = cos, s = sin [BN, BK // 2]."""
+    e, o = tl.split(tl.reshape(x, (BN, BK // 2, 2)))
+    return tl.reshape(tl.join(e * c - o * s, e * s + o * c), (BN, BK))
+
+
+@triton.jit
+def _work_item(tab, pid_c, CH, N, VARLEN: tl.constexpr):
+    """(sequence, first row, end row) of this program's chunk."""
+    if VARLEN:
+        seq = tl.load(tab + pid_c * 3)
+        start = tl.load(tab + pid_c * 3 + 1)
+        end = tl.load(tab + pid_c * 3 + 2)
+    else:
+        seq = pid_c * 0
+        start = pid_c * CH
+        end = tl.minimum(start + CH, N)
+    return seq, start, end
+
+
+@triton.jit
+def _seq_consts(ntab, seq, n_const, scale, eps, HAS_NTAB: tl.constexpr, SCALE_INV_N: tl.constexpr,
+                EPS_N: tl.constexpr):
+    if HAS_NTAB:
+        n = tl.maximum(tl.load(ntab + seq).to(tl.float32), 1.0)
+    else:
+        n = n_const
+    sc = scale
+    if SCALE_INV_N:
+        sc = 1.0 / n
+    ep = eps
+    if EPS_N:
+        ep = eps * n
+    return sc, ep
+
+
+@triton.jit
+def _valid_rows(mask_ptr, b, offs_n, rm, smb, smn, HAS_MASK: tl.constexpr):
+    if HAS_MASK:
+        mv = tl.load(mask_ptr + b * smb + offs_n * smn, mask=rm, other=0)
+        return rm & (mv != 0)
+    else:
+        return rm
+
+
+@triton.jit
+def _load_rope(c_ptr, s_ptr, b, h, offs_n, rm, scb, scn, sch, scd, ssb, ssn, ssh, ssd,
+               K2, BK: tl.constexpr):
+    offs = tl.arange(0, BK // 2)
+    msk = rm[:, None] & (offs < K2)[None, :]
+    c = tl.load(c_ptr + b * scb + h * sch + offs_n[:, None] * scn + offs[None, :] * scd, mask=msk, other=0.0)
+    s = tl.load(s_ptr + b * ssb + h * ssh + offs_n[:, None] * ssn + offs[None, :] * ssd, mask=msk, other=0.0)
+    return c.to(tl.float32), s.to(tl.float32)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# F1: states S, z
+# --------------------------------------------------------------------------------------------------------------
+@triton.jit
+def _fwd_state_kernel(
+        k_ptr, v_ptr, S_ptr, z_ptr, mask_ptr, tab_ptr, cos_ptr, sin_ptr,
+        N, H, K, V, CH,
+        skb, skn, skh, skk, svb, svn, svh, svv, smb, smn,
+        scb, scn, sch, scd, ssb, ssn, ssh, ssd,
+        FMAP: tl.constexpr, P: tl.constexpr, P_INT: tl.constexpr, FEPS: tl.constexpr,
+        NORMALIZE: tl.constexpr, ROPE: tl.constexpr, HAS_MASK: tl.constexpr, VARLEN: tl.constexpr,
+        IEEE: tl.constexpr, EMU: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr):
+    pid_c = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    vb = tl.program_id(2)
+    b = (pid_bh // H).to(tl.int64)
+    h = pid_bh % H
+    seq, start, end = _work_item(tab_ptr, pid_c, CH, N, VARLEN)
+    if not VARLEN:
+        seq = b
+    offs_k = tl.arange(0, BK)
+    offs_v = vb * BV + tl.arange(0, BV)
+    kmask = offs_k < K
+    vmask = offs_v < V
+    acc = tl.zeros([BK, BV], dtype=tl.float32)
+    zacc = tl.zeros([BK], dtype=tl.float32)
+    for n0 in range(start, end, BN):
+        offs_n = (n0 + tl.arange(0, BN)).to(tl.int64)
+        rm = offs_n < end
+        valid = _valid_rows(mask_ptr, b, offs_n, rm, smb, smn, HAS_MASK)
+        x = tl.load(k_ptr + b * skb + h * skh + offs_n[:, None] * skn + offs_k[None, :] * skk,
+                    mask=rm[:, None] & kmask[None, :], other=0.0).to(tl.float32)
+        fk = _phi(x, kmask[None, :], FMAP, P, P_INT, FEPS)
+        fk = tl.where(valid[:, None], fk, 0.0)
+        vt = tl.load(v_ptr + b * svb + h * svh + offs_n[:, None] * svn + offs_v[None, :] * svv,
+                     mask=rm[:, None] & vmask[None, :], other=0.0)
+        if HAS_MASK:
+            vt = tl.where(valid[:, None], vt, 0.0)
+        if ROPE:
+            c, s = _load_rope(cos_ptr, sin_ptr, b, h, offs_n, rm, scb, scn, sch, scd, ssb, ssn, ssh, ssd,
+                              K // 2, BK)
+            rk = _rot(fk, c, s, BN, BK)
+        else:
+            rk = fk
+        if IEEE:
+            acc += _dot(tl.trans(rk), vt.to(tl.float32), IEEE, EMU)
+        else:
+            acc += _dot(tl.trans(rk), vt, IEEE, EMU)
+        if NORMALIZE:
+            zacc += tl.sum(fk, axis=0)
+    base = seq * H + h
+    tl.atomic_add(S_ptr + base * K * V + offs_k[:, None] * V + offs_v[None, :], acc,
+                  mask=kmask[:, None] & vmask[None, :], sem='relaxed')
+    if NORMALIZE:
+        if vb == 0:
+            tl.atomic_add(z_ptr + base * K + offs_k, zacc, mask=kmask, sem='relaxed')
+
+
+# --------------------------------------------------------------------------------------------------------------
+# F2: outputs
+# --------------------------------------------------------------------------------------------------------------
+@triton.jit
+def _fwd_out_kernel(
+        q_ptr, o_ptr, S_ptr, z_ptr, mask_ptr, tab_ptr, ntab_ptr, cos_ptr, sin_ptr,
+        N, H, K, V, CH, n_const, scale, eps,
+        sqb, sqn, sqh, sqk, sob, son, soh, sov, smb, smn,
+        scb, scn, sch, scd, ssb, ssn, ssh, ssd,
+        FMAP: tl.constexpr, P: tl.constexpr, P_INT: tl.constexpr, FEPS: tl.constexpr,
+        NORMALIZE: tl.constexpr, ROPE: tl.constexpr, HAS_MASK: tl.constexpr, VARLEN: tl.constexpr,
+        HAS_NTAB: tl.constexpr, SCALE_INV_N: tl.constexpr, EPS_N: tl.constexpr,
+        IEEE: tl.constexpr, EMU: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr):
+    pid_c = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    vb = tl.program_id(2)
+    b = (pid_bh // H).to(tl.int64)
+    h = pid_bh % H
+    seq, start, end = _work_item(tab_ptr, pid_c, CH, N, VARLEN)
+    if not VARLEN:
+        seq = b
+    sc, ep = _seq_consts(ntab_ptr, seq, n_const, scale, eps, HAS_NTAB, SCALE_INV_N, EPS_N)
+    offs_k = tl.arange(0, BK)
+    offs_v = vb * BV + tl.arange(0, BV)
+    kmask = offs_k < K
+    vmask = offs_v < V
+    base = seq * H + h
+    S = tl.load(S_ptr + base * K * V + offs_k[:, None] * V + offs_v[None, :],
+                mask=kmask[:, None] & vmask[None, :], other=0.0)
+    if not IEEE:
+        S = S.to(tl.bfloat16)
+    if NORMALIZE:
+        z = tl.load(z_ptr + base * K + offs_k, mask=kmask, other=0.0)
+    for n0 in range(start, end, BN):
+        offs_n = (n0 + tl.arange(0, BN)).to(tl.int64)
+        rm = offs_n < end
+        valid = _valid_rows(mask_ptr, b, offs_n, rm, smb, smn, HAS_MASK)
+        x = tl.load(q_ptr + b * sqb + h * sqh + offs_n[:, None] * sqn + offs_k[None, :] * sqk,
+                    mask=rm[:, None] & kmask[None, :], other=0.0).to(tl.float32)
+        fq = _phi(x, kmask[None, :], FMAP, P, P_INT, FEPS)
+        if ROPE:
+            c, s = _load_rope(cos_ptr, sin_ptr, b, h, offs_n, rm, scb, scn, sch, scd, ssb, ssn, ssh, ssd,
+                              K // 2, BK)
+            rq = _rot(fq, c, s, BN, BK)
+        else:
+            rq = fq
+        num = _dot(rq, S, IEEE, EMU)
+        if NORMALIZE:
+            den = tl.sum(fq * z[None, :], axis=1) + ep
+            o = num * (sc / den)[:, None]
+        else:
+            o = num * sc
+        if HAS_MASK:
+            o = tl.where(valid[:, None], o, 0.0)
+        tl.store(o_ptr + b * sob + h * soh + offs_n[:, None] * son + offs_v[None, :] * sov,
+                 _to_out(o, o_ptr, EMU), mask=rm[:, None] & vmask[None, :])
+
+
+# --------------------------------------------------------------------------------------------------------------
+# B1: dS, dz (reductions over the queries) and dq
+# --------------------------------------------------------------------------------------------------------------
+@triton.jit
+def _bwd_q_kernel(
+        q_ptr, do_ptr, dq_ptr, S_ptr, z_ptr, dS_ptr, dz_ptr, mask_ptr, tab_ptr, ntab_ptr, cos_ptr, sin_ptr,
+        N, H, K, V, CH, n_const, scale, eps,
+        sqb, sqn, sqh, sqk, sgb, sgn, sgh, sgv, sdb, sdn, sdh, sdk, smb, smn,
+        scb, scn, sch, scd, ssb, ssn, ssh, ssd,
+        FMAP: tl.constexpr, P: tl.constexpr, P_INT: tl.constexpr, FEPS: tl.constexpr,
+        NORMALIZE: tl.constexpr, ROPE: tl.constexpr, HAS_MASK: tl.constexpr, VARLEN: tl.constexpr,
+        HAS_NTAB: tl.constexpr, SCALE_INV_N: tl.constexpr, EPS_N: tl.constexpr,
+        DO_DS: tl.constexpr, DO_DQ: tl.constexpr, NV: tl.constexpr,
+        IEEE: tl.constexpr, EMU: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr):
+    """DO_DS: accumulate dS[:, vb] (vb = program_id(2)). DO_DQ: write dq and accumulate dz (all V blocks)."""
+    pid_c = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    vb = tl.program_id(2)
+    b = (pid_bh // H).to(tl.int64)
+    h = pid_bh % H
+    seq, start, end = _work_item(tab_ptr, pid_c, CH, N, VARLEN)
+    if not VARLEN:
+        seq = b
+    sc, ep = _seq_consts(ntab_ptr, seq, n_const, scale, eps, HAS_NTAB, SCALE_INV_N, EPS_N)
+    offs_k = tl.arange(0, BK)
+    kmask = offs_k < K
+    base = seq * H + h
+    offs_v = vb * BV + tl.arange(0, BV)
+    vmask = offs_v < V
+    if NORMALIZE:
+        z = tl.load(z_ptr + base * K + offs_k, mask=kmask, other=0.0)
+    if NV == 1:
+        S0 = tl.load(S_ptr + base * K * V + offs_k[:, None] * V + offs_v[None, :],
+                     mask=kmask[:, None] & vmask[None, :], other=0.0)
+        if not IEEE:
+            S0 = S0.to(tl.bfloat16)
+    dS_acc = tl.zeros([BK, BV], dtype=tl.float32)
+    dz_acc = tl.zeros([BK], dtype=tl.float32)
+    for n0 in range(start, end, BN):
+        offs_n = (n0 + tl.arange(0, BN)).to(tl.int64)
+        rm = offs_n < end
+        valid = _valid_rows(mask_ptr, b, offs_n, rm, smb, smn, HAS_MASK)
+        x = tl.load(q_ptr + b * sqb + h * sqh + offs_n[:, None] * sqn + offs_k[None, :] * sqk,
+                    mask=rm[:, None] & kmask[None, :], other=0.0).to(tl.float32)
+        fq = _phi(x, kmask[None, :], FMAP, P, P_INT, FEPS)
+        if ROPE:
+            c, s = _load_rope(cos_ptr, sin_ptr, b, h, offs_n, rm, scb, scn, sch, scd, ssb, ssn, ssh, ssd,
+                              K // 2, BK)
+            rq = _rot(fq, c, s, BN, BK)
+        else:
+            rq = fq
+        if NORMALIZE:
+            den = tl.sum(fq * z[None, :], axis=1) + ep
+            inv = sc / den
+        else:
+            inv = tl.full([BN], 1.0, tl.float32) * sc
+        if DO_DS:
+            g = tl.load(do_ptr + b * sgb + h * sgh + offs_n[:, None] * sgn + offs_v[None, :] * sgv,
+                        mask=valid[:, None] & vmask[None, :], other=0.0).to(tl.float32)
+            dS_acc += _dot(tl.trans(rq), g * inv[:, None], IEEE, EMU)
+        if DO_DQ:
+            if NV == 1:
+                if not DO_DS:
+                    g = tl.load(do_ptr + b * sgb + h * sgh + offs_n[:, None] * sgn + offs_v[None, :] * sgv,
+                                mask=valid[:, None] & vmask[None, :], other=0.0).to(tl.float32)
+                u = _dot(g, tl.trans(S0), IEEE, EMU)
+            else:
+                u = tl.zeros([BN, BK], dtype=tl.float32)
+                for j in tl.static_range(NV):
+                    offs_v2 = j * BV + tl.arange(0, BV)
+                    vmask2 = offs_v2 < V
+                    g2 = tl.load(do_ptr + b * sgb + h * sgh + offs_n[:, None] * sgn + offs_v2[None, :] * sgv,
+                                 mask=valid[:, None] & vmask2[None, :], other=0.0).to(tl.float32)
+                    S2 = tl.load(S_ptr + base * K * V + offs_k[:, None] * V + offs_v2[None, :],
+                                 mask=kmask[:, None] & vmask2[None, :], other=0.0)
+                    u += _dot(g2, tl.trans(S2), IEEE, EMU)
+            # u = S g (rotated space); gradient w.r.t. the rotated features is inv * u
+            dr = u * inv[:, None]
+            if ROPE:
+                dfq = _rot(dr, c, -s, BN, BK)
+            else:
+                dfq = dr
+            if NORMALIZE:
+                delta = -tl.sum(rq * dr, axis=1) / den
+                dfq += delta[:, None] * z[None, :]
+                dz_acc += tl.sum(delta[:, None] * fq, axis=0)
+            dq = _phi_bwd(x, dfq, kmask[None, :], FMAP, P, P_INT, FEPS)
+            dq = tl.where(valid[:, None], dq, 0.0)
+            tl.store(dq_ptr + b * sdb + h * sdh + offs_n[:, None] * sdn + offs_k[None, :] * sdk,
+                     _to_out(dq, dq_ptr, EMU), mask=rm[:, None] & kmask[None, :])
+    if DO_DS:
+        tl.atomic_add(dS_ptr + base * K * V + offs_k[:, None] * V + offs_v[None, :], dS_acc,
+                      mask=kmask[:, None] & vmask[None, :], sem='relaxed')
+    if DO_DQ:
+        if NORMALIZE:
+            tl.atomic_add(dz_ptr + base * K + offs_k, dz_acc, mask=kmask, sem='relaxed')
+
+
+# --------------------------------------------------------------------------------------------------------------
+# B2: dk, dv
+# --------------------------------------------------------------------------------------------------------------
+@triton.jit
+def _bwd_kv_kernel(
+        k_ptr, v_ptr, dk_ptr, dv_ptr, dS_ptr, dz_ptr, mask_ptr, tab_ptr, cos_ptr, sin_ptr,
+        N, H, K, V, CH,
+        skb, skn, skh, skk, svb, svn, svh, svv, sdkb, sdkn, sdkh, sdkk, sdvb, sdvn, sdvh, sdvv, smb, smn,
+        scb, scn, sch, scd, ssb, ssn, ssh, ssd,
+        FMAP: tl.constexpr, P: tl.constexpr, P_INT: tl.constexpr, FEPS: tl.constexpr,
+        NORMALIZE: tl.constexpr, ROPE: tl.constexpr, HAS_MASK: tl.constexpr, VARLEN: tl.constexpr,
+        NV: tl.constexpr, IEEE: tl.constexpr, EMU: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr):
+    pid_c = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = (pid_bh // H).to(tl.int64)
+    h = pid_bh % H
+    seq, start, end = _work_item(tab_ptr, pid_c, CH, N, VARLEN)
+    if not VARLEN:
+        seq = b
+    offs_k = tl.arange(0, BK)
+    kmask = offs_k < K
+    base = seq * H + h
+    if NORMALIZE:
+        dz = tl.load(dz_ptr + base * K + offs_k, mask=kmask, other=0.0)
+    if NV == 1:
+        offs_v0 = tl.arange(0, BV)
+        dS0 = tl.load(dS_ptr + base * K * V + offs_k[:, None] * V + offs_v0[None, :],
+                      mask=kmask[:, None] & (offs_v0 < V)[None, :], other=0.0)
+        if not IEEE:
+            dS0 = dS0.to(tl.bfloat16)
+    for n0 in range(start, end, BN):
+        offs_n = (n0 + tl.arange(0, BN)).to(tl.int64)
+        rm = offs_n < end
+        valid = _valid_rows(mask_ptr, b, offs_n, rm, smb, smn, HAS_MASK)
+        x = tl.load(k_ptr + b * skb + h * skh + offs_n[:, None] * skn + offs_k[None, :] * skk,
+                    mask=rm[:, None] & kmask[None, :], other=0.0).to(tl.float32)
+        fk = _phi(x, kmask[None, :], FMAP, P, P_INT, FEPS)
+        if ROPE:
+            c, s = _load_rope(cos_ptr, sin_ptr, b, h, offs_n, rm, scb, scn, sch, scd, ssb, ssn, ssh, ssd,
+                              K // 2, BK)
+            rk = _rot(fk, c, s, BN, BK)
+        else:
+            rk = fk
+        acc = tl.zeros([BN, BK], dtype=tl.float32)
+        for j in tl.static_range(NV):
+            offs_v = j * BV + tl.arange(0, BV)
+            vmask = offs_v < V
+            if NV == 1:
+                dSj = dS0
+            else:
+                dSj = tl.load(dS_ptr + base * K * V + offs_k[:, None] * V + offs_v[None, :],
+                              mask=kmask[:, None] & vmask[None, :], other=0.0)
+                if not IEEE:
+                    dSj = dSj.to(tl.bfloat16)
+            vt = tl.load(v_ptr + b * svb + h * svh + offs_n[:, None] * svn + offs_v[None, :] * svv,
+                         mask=valid[:, None] & vmask[None, :], other=0.0)
+            if IEEE:
+                vt = vt.to(tl.float32)
+            acc += _dot(vt, tl.trans(dSj), IEEE, EMU)
+            dv = _dot(rk, dSj, IEEE, EMU)
+            dv = tl.where(valid[:, None], dv, 0.0)
+            tl.store(dv_ptr + b * sdvb + h * sdvh + offs_n[:, None] * sdvn + offs_v[None, :] * sdvv,
+                     _to_out(dv, dv_ptr, EMU), mask=rm[:, None] & vmask[None, :])
+        if ROPE:
+            dfk = _rot(acc, c, -s, BN, BK)
+        else:
+            dfk = acc
+        if NORMALIZE:
+            dfk += dz[None, :]
+        dk = _phi_bwd(x, dfk, kmask[None, :], FMAP, P, P_INT, FEPS)
+        dk = tl.where(valid[:, None], dk, 0.0)
+        tl.store(dk_ptr + b * sdkb + h * sdkh + offs_n[:, None] * sdkn + offs_k[None, :] * sdkk,
+                 _to_out(dk, dk_ptr, EMU), mask=rm[:, None] & kmask[None, :])
+
+
+# --------------------------------------------------------------------------------------------------------------
+# host side
+# --------------------------------------------------------------------------------------------------------------
+def _blocks(K, V):
+    BK = max(16, triton.next_power_of_2(K))
+    BV = min(max(16, triton.next_power_of_2(V)), max(16, 8192 // BK))
+    NV = triton.cdiv(V, BV)
+    BN = CONFIG['block_n'] or max(16, min(128, 8192 // BK))
+    num_warps = CONFIG['num_warps'] or (4 if BK * max(BV, BN) <= 8192 else 8)
+    return BN, BK, BV, NV, num_warps
+
+
+def _num_sms(device):
+    if device.type == 'cuda':
+        return torch.cuda.get_device_properties(device).multi_processor_count
+    return 1
+
+
+class _Plan:
+    """Everything the four kernels share: chunking of N, per-sequence counts, rope tables, flags."""
+
+    def __init__(self, q, v, feature_map, normalize, scale, eps, focus_power, rope, norm, key_padding_mask,
+                 cu_seqlens):
+        B, N, H, K = q.shape
+        V = v.shape[-1]
+        dev = q.device
+        self.B, self.N, self.H, self.K, self.V = B, N, H, K, V
+        self.BN, self.BK, self.BV, self.NV, self.num_warps = _blocks(K, V)
+        BN = self.BN
+        target = CONFIG['programs_per_sm'] * _num_sms(dev)
+        self.varlen = cu_seqlens is not None
+        dummy = torch.empty(1, dtype=torch.int32, device=dev)
+        if self.varlen:
+            cu = cu_seqlens.tolist()
+            self.nseq = len(cu) - 1
+            split = max(1, triton.cdiv(target, H))
+            CH = max(BN, triton.cdiv(triton.cdiv(N, split), BN) * BN)
+            items = [(s, a, min(a + CH, cu[s + 1])) for s in range(self.nseq) for a in range(cu[s], cu[s + 1], CH)]
+            self.nchunks = len(items)
+            self.tab = torch.tensor(items, dtype=torch.int32).to(dev) if items else dummy
+            self.ntab = (cu_seqlens[1:] - cu_seqlens[:-1]).to(torch.float32)
+            self.CH = CH
+        else:
+            self.nseq = B
+            split = max(1, min(triton.cdiv(N, BN), triton.cdiv(target, B * H)))
+            self.CH = triton.cdiv(triton.cdiv(N, split), BN) * BN
+            self.nchunks = triton.cdiv(N, self.CH)
+            self.tab = dummy
+            self.ntab = key_padding_mask.sum(1, dtype=torch.float32) if key_padding_mask is not None else None
+        self.has_ntab = self.ntab is not None
+        if self.ntab is None:
+            self.ntab = torch.empty(1, dtype=torch.float32, device=dev)
+        self.has_mask = key_padding_mask is not None
+        if self.has_mask:
+            self.mask = key_padding_mask.view(torch.uint8)
+            self.smask = self.mask.stride()
+        else:
+            self.mask, self.smask = dummy, (0, 0)
+        self.rope = rope is not None
+        if self.rope:
+            from .reference import expand_rope_table
+            self.cos = expand_rope_table(rope[0].to(torch.float32), B, N, H, K // 2)
+            self.sin = expand_rope_table(rope[1].to(torch.float32), B, N, H, K // 2)
+            self.scos, self.ssin = self.cos.stride(), self.sin.stride()
+        else:
+            self.cos = self.sin = torch.empty(1, dtype=torch.float32, device=dev)
+            self.scos = self.ssin = (0, 0, 0, 0)
+        self.normalize = normalize
+        self.n_const = float(max(N, 1))
+        self.scale = 1.0 if scale is None else float(scale)
+        self.scale_inv_n = scale is None and not normalize
+        self.eps = float(eps)
+        self.eps_n = norm == 'linfusion'
+        p = float(focus_power)
+        p_int = int(p) if p.is_integer() and 1 <= p <= 16 else 0
+        self.consts = dict(FMAP=_FMAP[feature_map], P=p, P_INT=p_int, FEPS=FOCUS_EPS, NORMALIZE=normalize,
+                           ROPE=self.rope, HAS_MASK=self.has_mask, VARLEN=self.varlen,
+                           IEEE=q.dtype == torch.float32, EMU=dev.type != 'cuda')
+        self.seq_consts = dict(HAS_NTAB=self.has_ntab, SCALE_INV_N=self.scale_inv_n, EPS_N=self.eps_n)
+
+    def rope_strides(self):
+        return (*self.scos, *self.ssin)
+
+
+def _forward(q, k, v, plan):
+    P = plan
+    B, N, H, K, V = P.B, P.N, P.H, P.K, P.V
+    state = torch.zeros(P.nseq * H * (K * V + K), dtype=torch.float32, device=q.device)
+    S, z = state[:P.nseq * H * K * V], state[P.nseq * H * K * V:]
+    o = _alloc((B, N, H, V), v.dtype, v.device)
+    if P.nchunks == 0:
+        return o.zero_(), S, z
+    blk = dict(BN=P.BN, BK=P.BK, BV=P.BV, num_warps=P.num_warps)
+    _fwd_state_kernel[(P.nchunks, B * H, P.NV)](
+        k, v, S, z, P.mask, P.tab, P.cos, P.sin,
+        N, H, K, V, P.CH, *k.stride(), *v.stride(), *P.smask, *P.rope_strides(), **P.consts, **blk)
+    _fwd_out_kernel[(P.nchunks, B * H, P.NV)](
+        q, o, S, z, P.mask, P.tab, P.ntab, P.cos, P.sin,
+        N, H, K, V, P.CH, P.n_const, P.scale, P.eps, *q.stride(), *o.stride(), *P.smask, *P.rope_strides(),
+        **P.consts, **P.seq_consts, **blk)
+    return o, S, z
+
+
+def _backward(q, k, v, do, S, z, plan):
+    P = plan
+    B, N, H, K, V = P.B, P.N, P.H, P.K, P.V
+    dstate = torch.zeros(P.nseq * H * (K * V + K), dtype=torch.float32, device=q.device)
+    dS, dz = dstate[:P.nseq * H * K * V], dstate[P.nseq * H * K * V:]
+    dq = _alloc(q.shape, q.dtype, q.device)
+    dk = _alloc(k.shape, k.dtype, k.device)
+    dv = _alloc(v.shape, v.dtype, v.device)
+    if P.nchunks == 0:
+        return dq.zero_(), dk.zero_(), dv.zero_()
+    blk = dict(BN=P.BN, BK=P.BK, BV=P.BV, num_warps=P.num_warps)
+    args = (q, do, dq, S, z, dS, dz, P.mask, P.tab, P.ntab, P.cos, P.sin,
+            N, H, K, V, P.CH, P.n_const, P.scale, P.eps,
+            *q.stride(), *do.stride(), *dq.stride(), *P.smask, *P.rope_strides())
+    if P.NV == 1:
+        _bwd_q_kernel[(P.nchunks, B * H, 1)](*args, **P.consts, **P.seq_consts, DO_DS=True, DO_DQ=True, NV=1,
+                                             **blk)
+    else:
+        _bwd_q_kernel[(P.nchunks, B * H, P.NV)](*args, **P.consts, **P.seq_consts, DO_DS=True, DO_DQ=False,
+                                                NV=P.NV, **blk)
+        _bwd_q_kernel[(P.nchunks, B * H, 1)](*args, **P.consts, **P.seq_consts, DO_DS=False, DO_DQ=True,
+                                             NV=P.NV, **blk)
+    _bwd_kv_kernel[(P.nchunks, B * H)](
+        k, v, dk, dv, dS, dz, P.mask, P.tab, P.cos, P.sin,
+        N, H, K, V, P.CH, *k.stride(), *v.stride(), *dk.stride(), *dv.stride(), *P.smask, *P.rope_strides(),
+        **P.consts, NV=P.NV, **blk)
+    return dq, dk, dv
+
+
+class LinearAttnFunction(torch.autograd.Function):
+
+    @staticmethod
+    def forward(ctx, q, k, v, plan):
+        o, S, z = _forward(q, k, v, plan)
+        ctx.save_for_backward(q, k, v, S, z)
+        ctx.plan = plan
+        return o
+
+    @staticmethod
+    def backward(ctx, do):
+        q, k, v, S, z = ctx.saved_tensors
+        dq, dk, dv = _backward(q, k, v, do, S, z, ctx.plan)
+        return dq, dk, dv, None
+
+
+def linear_attn_fn(q, k, v, *, feature_map='elu1', normalize=True, scale=None, eps=1e-6, focus_power=3.0,
+                   rope=None, norm='standard', key_padding_mask=None, cu_seqlens=None):
+    """Triton path of ``linear_attn`` (arguments already checked by the public function)."""
+    plan = _Plan(q, v, feature_map, normalize, scale, eps, focus_power, rope, norm, key_padding_mask,
+                 cu_seqlens)
+    return LinearAttnFunction.apply(q, k, v, plan)

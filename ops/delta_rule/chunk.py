@@ -27,6 +27,13 @@ import triton
 import triton.language as tl
 
 
+# Launch choices; the benchmark script sweeps them. 'prep': 'blocked' (16x16 block inversion, BT == 64 only)
+# or 'rows' (row-by-row forward substitution); 'bv_state': V block of the sequential kernels (None = choose
+# from the number of programs); warps of each kernel.
+TUNE = {'prep': 'blocked', 'bv_state': None, 'warps_prep': 4, 'warps_state': 4, 'warps_out': 4,
+        'warps_dstate': 4, 'warps_grads': 8}
+
+
 def _empty(*shape, device, dtype):
     """torch.empty, or NaN-filled when ``VLA_OPS_POISON=1`` (tests: every element must be written)."""
     if os.environ.get('VLA_OPS_POISON', '0') not in ('', '0'):
@@ -44,6 +51,160 @@ def _rows(bos, eos, start, BT: tl.constexpr, REVERSE: tl.constexpr):
         phys = bos + lp
     phys = tl.where(valid, phys, bos).to(tl.int64)
     return lp, valid, phys
+
+
+@triton.jit
+def _inv_unit_lower(A, SB: tl.constexpr):
+    """(I + A)^-1 for strictly lower triangular A [SB, SB] by forward substitution:
+    row i of the inverse is e_i - sum_{j<i} A_ij T_j."""
+    r = tl.arange(0, SB)
+    T = tl.where(r[:, None] == r[None, :], 1., 0.)
+    for i in range(1, SB):
+        a_i = tl.sum(tl.where(r[:, None] == i, A, 0.), 0)
+        t_i = tl.sum(a_i[:, None] * T, 0)
+        T = tl.where(r[:, None] == i, T - t_i[None, :], T)
+    return T
+
+
+@triton.jit
+def _blk_A(ki, kj, bi, Gi, Gj, vi, DIAG: tl.constexpr, SB: tl.constexpr, PREC: tl.constexpr):
+    """Block (I, J) of A = diag(b) K K^T * exp(G_i - G_j), strictly lower on the diagonal blocks."""
+    r = tl.arange(0, SB)
+    if DIAG:
+        m = (r[:, None] > r[None, :]) & vi[:, None]
+    else:
+        m = vi[:, None] & (r[None, :] >= 0)
+    kkt = tl.dot(ki, tl.trans(kj), input_precision=PREC)
+    return tl.where(m, bi[:, None] * kkt * tl.exp(tl.where(m, Gi[:, None] - Gj[None, :], 0.)), 0.)
+
+
+@triton.jit
+def _ld_rows(ptr, phys, valid, ih, H, D, cols, DMAX):
+    """Rows ``phys`` of a [rows, H, D] tensor, head ih, columns ``cols`` (masked to D), as float32."""
+    m = valid[:, None] & (cols < D)[None, :]
+    return tl.load(ptr + (phys[:, None] * H + ih) * D + cols[None, :], mask=m, other=0.).to(tl.float32)
+
+
+@triton.jit
+def _st_rows(ptr, x, phys, valid, ih, H, D, cols):
+    m = valid[:, None] & (cols < D)[None, :]
+    tl.store(ptr + (phys[:, None] * H + ih) * D + cols[None, :], x.to(ptr.dtype.element_ty), mask=m)
+
+
+@triton.jit
+def _st_tblk(base, x, I: tl.constexpr, J: tl.constexpr, SB: tl.constexpr, BT: tl.constexpr):
+    r = tl.arange(0, SB)
+    tl.store(base + (I * SB + r[:, None]) * BT + J * SB + r[None, :], x)
+
+
+@triton.jit
+def _prep_blocked_kernel(k, v, beta, g, G_out, T_out, W_out, Ut_out, cu, chunk_info,
+                         H, K, V,
+                         BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+                         USE_G: tl.constexpr, REVERSE: tl.constexpr, PREC: tl.constexpr):
+    """Same outputs as ``_prep_kernel`` for BT == 64, with T built from 16x16 blocks: the four diagonal
+    blocks by forward substitution, the off-diagonal ones by block substitution with tensor-core dots."""
+    SB: tl.constexpr = BT // 4
+    ic = tl.program_id(0)
+    ih = tl.program_id(1)
+    n = tl.load(chunk_info + ic * 2)
+    c = tl.load(chunk_info + ic * 2 + 1)
+    bos = tl.load(cu + n)
+    eos = tl.load(cu + n + 1)
+    ck = tl.arange(0, BK)
+    _l0, v0, p0 = _rows(bos, eos, c * BT, SB, REVERSE)
+    _l1, v1, p1 = _rows(bos, eos, c * BT + SB, SB, REVERSE)
+    _l2, v2, p2 = _rows(bos, eos, c * BT + 2 * SB, SB, REVERSE)
+    _l3, v3, p3 = _rows(bos, eos, c * BT + 3 * SB, SB, REVERSE)
+    k0 = _ld_rows(k, p0, v0, ih, H, K, ck, BK)
+    k1 = _ld_rows(k, p1, v1, ih, H, K, ck, BK)
+    k2 = _ld_rows(k, p2, v2, ih, H, K, ck, BK)
+    k3 = _ld_rows(k, p3, v3, ih, H, K, ck, BK)
+    b0 = tl.load(beta + p0 * H + ih, mask=v0, other=0.).to(tl.float32)
+    b1 = tl.load(beta + p1 * H + ih, mask=v1, other=0.).to(tl.float32)
+    b2 = tl.load(beta + p2 * H + ih, mask=v2, other=0.).to(tl.float32)
+    b3 = tl.load(beta + p3 * H + ih, mask=v3, other=0.).to(tl.float32)
+    if USE_G:
+        g0 = tl.load(g + p0 * H + ih, mask=v0, other=0.).to(tl.float32)
+        g1 = tl.load(g + p1 * H + ih, mask=v1, other=0.).to(tl.float32)
+        g2 = tl.load(g + p2 * H + ih, mask=v2, other=0.).to(tl.float32)
+        g3 = tl.load(g + p3 * H + ih, mask=v3, other=0.).to(tl.float32)
+        G0 = tl.cumsum(g0, 0)
+        G1 = tl.cumsum(g1, 0) + tl.sum(g0, 0)
+        G2 = tl.cumsum(g2, 0) + (tl.sum(g0, 0) + tl.sum(g1, 0))
+        G3 = tl.cumsum(g3, 0) + (tl.sum(g0, 0) + tl.sum(g1, 0) + tl.sum(g2, 0))
+        tl.store(G_out + p0 * H + ih, G0, mask=v0)
+        tl.store(G_out + p1 * H + ih, G1, mask=v1)
+        tl.store(G_out + p2 * H + ih, G2, mask=v2)
+        tl.store(G_out + p3 * H + ih, G3, mask=v3)
+    else:
+        G0 = tl.zeros([SB], dtype=tl.float32)
+        G1 = G0
+        G2 = G0
+        G3 = G0
+    T00 = _inv_unit_lower(_blk_A(k0, k0, b0, G0, G0, v0, True, SB, PREC), SB)
+    T11 = _inv_unit_lower(_blk_A(k1, k1, b1, G1, G1, v1, True, SB, PREC), SB)
+    T22 = _inv_unit_lower(_blk_A(k2, k2, b2, G2, G2, v2, True, SB, PREC), SB)
+    T33 = _inv_unit_lower(_blk_A(k3, k3, b3, G3, G3, v3, True, SB, PREC), SB)
+    A10 = _blk_A(k1, k0, b1, G1, G0, v1, False, SB, PREC)
+    A20 = _blk_A(k2, k0, b2, G2, G0, v2, False, SB, PREC)
+    A21 = _blk_A(k2, k1, b2, G2, G1, v2, False, SB, PREC)
+    A30 = _blk_A(k3, k0, b3, G3, G0, v3, False, SB, PREC)
+    A31 = _blk_A(k3, k1, b3, G3, G1, v3, False, SB, PREC)
+    A32 = _blk_A(k3, k2, b3, G3, G2, v3, False, SB, PREC)
+    T10 = -tl.dot(T11, tl.dot(A10, T00, input_precision=PREC), input_precision=PREC)
+    T21 = -tl.dot(T22, tl.dot(A21, T11, input_precision=PREC), input_precision=PREC)
+    T32 = -tl.dot(T33, tl.dot(A32, T22, input_precision=PREC), input_precision=PREC)
+    T20 = -tl.dot(T22, tl.dot(A20, T00, input_precision=PREC) + tl.dot(A21, T10, input_precision=PREC),
+                  input_precision=PREC)
+    T31 = -tl.dot(T33, tl.dot(A31, T11, input_precision=PREC) + tl.dot(A32, T21, input_precision=PREC),
+                  input_precision=PREC)
+    T30 = -tl.dot(T33, tl.dot(A30, T00, input_precision=PREC) + tl.dot(A31, T10, input_precision=PREC)
+                  + tl.dot(A32, T20, input_precision=PREC), input_precision=PREC)
+    tb = T_out + (ic * H + ih) * BT * BT
+    zero = tl.zeros([SB, SB], dtype=tl.float32)
+    _st_tblk(tb, T00, 0, 0, SB, BT)
+    _st_tblk(tb, zero, 0, 1, SB, BT)
+    _st_tblk(tb, zero, 0, 2, SB, BT)
+    _st_tblk(tb, zero, 0, 3, SB, BT)
+    _st_tblk(tb, T10, 1, 0, SB, BT)
+    _st_tblk(tb, T11, 1, 1, SB, BT)
+    _st_tblk(tb, zero, 1, 2, SB, BT)
+    _st_tblk(tb, zero, 1, 3, SB, BT)
+    _st_tblk(tb, T20, 2, 0, SB, BT)
+    _st_tblk(tb, T21, 2, 1, SB, BT)
+    _st_tblk(tb, T22, 2, 2, SB, BT)
+    _st_tblk(tb, zero, 2, 3, SB, BT)
+    _st_tblk(tb, T30, 3, 0, SB, BT)
+    _st_tblk(tb, T31, 3, 1, SB, BT)
+    _st_tblk(tb, T32, 3, 2, SB, BT)
+    _st_tblk(tb, T33, 3, 3, SB, BT)
+    x0 = k0 * (b0 * tl.exp(G0))[:, None]
+    x1 = k1 * (b1 * tl.exp(G1))[:, None]
+    x2 = k2 * (b2 * tl.exp(G2))[:, None]
+    x3 = k3 * (b3 * tl.exp(G3))[:, None]
+    _st_rows(W_out, tl.dot(T00, x0, input_precision=PREC), p0, v0, ih, H, K, ck)
+    _st_rows(W_out, tl.dot(T10, x0, input_precision=PREC) + tl.dot(T11, x1, input_precision=PREC),
+             p1, v1, ih, H, K, ck)
+    _st_rows(W_out, tl.dot(T20, x0, input_precision=PREC) + tl.dot(T21, x1, input_precision=PREC)
+             + tl.dot(T22, x2, input_precision=PREC), p2, v2, ih, H, K, ck)
+    _st_rows(W_out, tl.dot(T30, x0, input_precision=PREC) + tl.dot(T31, x1, input_precision=PREC)
+             + tl.dot(T32, x2, input_precision=PREC) + tl.dot(T33, x3, input_precision=PREC),
+             p3, v3, ih, H, K, ck)
+    for iv in range(0, tl.cdiv(V, BV)):
+        cv = iv * BV + tl.arange(0, BV)
+        y0 = _ld_rows(v, p0, v0, ih, H, V, cv, BV) * b0[:, None]
+        y1 = _ld_rows(v, p1, v1, ih, H, V, cv, BV) * b1[:, None]
+        y2 = _ld_rows(v, p2, v2, ih, H, V, cv, BV) * b2[:, None]
+        y3 = _ld_rows(v, p3, v3, ih, H, V, cv, BV) * b3[:, None]
+        _st_rows(Ut_out, tl.dot(T00, y0, input_precision=PREC), p0, v0, ih, H, V, cv)
+        _st_rows(Ut_out, tl.dot(T10, y0, input_precision=PREC) + tl.dot(T11, y1, input_precision=PREC),
+                 p1, v1, ih, H, V, cv)
+        _st_rows(Ut_out, tl.dot(T20, y0, input_precision=PREC) + tl.dot(T21, y1, input_precision=PREC)
+                 + tl.dot(T22, y2, input_precision=PREC), p2, v2, ih, H, V, cv)
+        _st_rows(Ut_out, tl.dot(T30, y0, input_precision=PREC) + tl.dot(T31, y1, input_precision=PREC)
+                 + tl.dot(T32, y2, input_precision=PREC) + tl.dot(T33, y3, input_precision=PREC),
+                 p3, v3, ih, H, V, cv)
 
 
 @triton.jit
@@ -73,12 +234,7 @@ def _prep_kernel(k, v, beta, g, G_out, T_out, W_out, Ut_out, cu, chunk_info,
     kkt = tl.dot(kk, tl.trans(kk), input_precision=PREC)
     dec = tl.exp(tl.where(strict, G[:, None] - G[None, :], 0.))
     A = tl.where(strict, b[:, None] * kkt * dec, 0.)
-    # T = (I + A)^-1 by forward substitution: row i of T is e_i - sum_{j<i} A_ij T_j.
-    T = tl.where(r[:, None] == r[None, :], 1., 0.)
-    for i in range(1, BT):
-        a_i = tl.sum(tl.where(r[:, None] == i, A, 0.), 0)
-        t_i = tl.sum(a_i[:, None] * T, 0)
-        T = tl.where(r[:, None] == i, T - t_i[None, :], T)
+    T = _inv_unit_lower(A, BT)
     tl.store(T_out + (ic * H + ih) * BT * BT + r[:, None] * BT + r[None, :], T)
     w = tl.dot(T, kk * (b * tl.exp(G))[:, None], input_precision=PREC)
     tl.store(W_out + (phys[:, None] * H + ih) * K + ck[None, :], w, mask=mk)
@@ -350,6 +506,16 @@ def _blocks(K, V):
     return BK, BV
 
 
+def _bv_state(S, H, V):
+    """V block of the sequential kernels: split V until there are enough programs to fill the GPU."""
+    if TUNE['bv_state']:
+        return TUNE['bv_state']
+    bv = min(64, max(16, triton.next_power_of_2(V)))
+    while bv > 16 and S * H * triton.cdiv(V, bv) < 256:
+        bv //= 2
+    return bv
+
+
 class DeltaRuleFunction(torch.autograd.Function):
 
     @staticmethod
@@ -377,15 +543,21 @@ class DeltaRuleFunction(torch.autograd.Function):
         ht = _empty(S, H, K, V, device=dev, dtype=f32) if output_final_state else None
         h0 = initial_state.contiguous() if initial_state is not None else None
         nv = triton.cdiv(V, BV)
+        BVs = _bv_state(S, H, V)
+        nvs = triton.cdiv(V, BVs)
+        blocked = BT == 64 and TUNE['prep'] == 'blocked'
+        prep = _prep_blocked_kernel if blocked else _prep_kernel
         if NT > 0:
-            _prep_kernel[(NT, H)](k, v, beta, g if use_g else beta, G, Tb, W, Ut, cu, info, H, K, V,
-                                  BT=BT, BK=BK, BV=BV, USE_G=use_g, REVERSE=reverse, PREC=prec, num_warps=4)
-        _state_kernel[(nv, S, H)](k, W, Ut, G, U, hb, h0 if h0 is not None else W, ht if ht is not None else W,
-                                  cu, off, H, K, V, BT=BT, BK=BK, BV=BV, USE_G=use_g, USE_H0=h0 is not None,
-                                  STORE_HT=ht is not None, REVERSE=reverse, PREC=prec, num_warps=4)
+            prep[(NT, H)](k, v, beta, g if use_g else beta, G, Tb, W, Ut, cu, info, H, K, V,
+                                  BT=BT, BK=BK, BV=BV, USE_G=use_g, REVERSE=reverse, PREC=prec,
+                                  num_warps=TUNE['warps_prep'])
+        _state_kernel[(nvs, S, H)](k, W, Ut, G, U, hb, h0 if h0 is not None else W, ht if ht is not None else W,
+                                  cu, off, H, K, V, BT=BT, BK=BK, BV=BVs, USE_G=use_g, USE_H0=h0 is not None,
+                                  STORE_HT=ht is not None, REVERSE=reverse, PREC=prec,
+                                  num_warps=TUNE['warps_state'])
         if NT > 0:
             _out_kernel[(NT, H, nv)](q, k, G, U, hb, o, cu, info, scale, H, K, V, BT=BT, BK=BK, BV=BV,
-                                     USE_G=use_g, REVERSE=reverse, PREC=prec, num_warps=4)
+                                     USE_G=use_g, REVERSE=reverse, PREC=prec, num_warps=TUNE['warps_out'])
         ctx.save_for_backward(q, k, v, beta, G if use_g else None, Tb, W, U, hb, h0, cu, info, off)
         ctx.meta = (scale, use_g, reverse, BT, BK, BV, prec, S, NT, g.dtype if use_g else None)
         return o, ht
@@ -405,11 +577,13 @@ class DeltaRuleFunction(torch.autograd.Function):
         dU = _empty(B * N, H, V, device=dev, dtype=f32)
         dhb = _empty(NT, H, K, V, device=dev, dtype=f32)
         dh0 = _empty(S, H, K, V, device=dev, dtype=f32) if h0 is not None else None
-        nv = triton.cdiv(V, BV)
-        _dstate_kernel[(nv, S, H)](q, k, Gp, W, do, dU, dhb, dht if dht is not None else W,
+        BVs = _bv_state(S, H, V)
+        nvs = triton.cdiv(V, BVs)
+        _dstate_kernel[(nvs, S, H)](q, k, Gp, W, do, dU, dhb, dht if dht is not None else W,
                                    dh0 if dh0 is not None else W, cu, off, scale, H, K, V,
-                                   BT=BT, BK=BK, BV=BV, USE_G=use_g, USE_DHT=dht is not None,
-                                   STORE_DH0=dh0 is not None, REVERSE=reverse, PREC=prec, num_warps=4)
+                                   BT=BT, BK=BK, BV=BVs, USE_G=use_g, USE_DHT=dht is not None,
+                                   STORE_DH0=dh0 is not None, REVERSE=reverse, PREC=prec,
+                                   num_warps=TUNE['warps_dstate'])
         dq = _empty(*q.shape, device=dev, dtype=q.dtype)
         dk = _empty(*k.shape, device=dev, dtype=k.dtype)
         dv = _empty(*v.shape, device=dev, dtype=v.dtype)
@@ -418,7 +592,8 @@ class DeltaRuleFunction(torch.autograd.Function):
         if NT > 0:
             _grads_kernel[(NT, H)](q, k, v, beta, Gp, Tb, U, dU, do, hb, dhb, dq, dk, dv, dbeta,
                                    dg if use_g else dbeta, cu, info, scale, H, K, V,
-                                   BT=BT, BK=BK, BV=BV, USE_G=use_g, REVERSE=reverse, PREC=prec, num_warps=8)
+                                   BT=BT, BK=BK, BV=BV, USE_G=use_g, REVERSE=reverse, PREC=prec,
+                                   num_warps=TUNE['warps_grads'])
         if dh0 is not None:
             dh0 = dh0.to(h0.dtype)
         return dq, dk, dv, dbeta, dg, None, dh0, None, None, None, None

@@ -195,3 +195,14 @@ def test_argument_errors():
         delta_rule(q.double(), k.double(), v.double(), beta.double())
     with pytest.raises(ValueError, match='cu_seqlens must rise'):
         delta_rule(q[:1], k[:1], v[:1], beta[:1], cu_seqlens=torch.tensor([0, 3, 4], dtype=torch.int32))
+
+
+def test_alternative_launch_choices(monkeypatch):
+    """Row-by-row inversion at chunk 64 (the default there is the 16x16 block inversion) and V split into
+    several blocks in the sequential state kernels."""
+    from vla_mm.ops.delta_rule import chunk
+    monkeypatch.setitem(chunk.TUNE, 'prep', 'rows')
+    monkeypatch.setitem(chunk.TUNE, 'bv_state', 16)
+    inputs = make_inputs(1, 90, 1, 16, 40, gate=True, h0=True, g_kind='mixed')
+    res = run_both(inputs, torch.float32, reverse=True, chunk_size=64)
+    check_all(res, torch.float32)

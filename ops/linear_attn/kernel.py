@@ -31,7 +31,7 @@ _FMAP = {'identity': 0, 'elu1': 1, 'relu': 2, 'focused': 3}
 # a kernel forgets to write fails the comparison.
 _POISON = False
 # Launch configuration; the benchmark script sweeps these. None = chosen from the head dims.
-CONFIG = dict(block_n=None, num_warps=None, programs_per_sm=4)
+CONFIG = dict(block_n=None, num_warps=None, num_stages=None, programs_per_sm=4)
 
 
 def _alloc(shape, dtype, device):
@@ -499,6 +499,13 @@ def _blocks(K, V):
     return BN, BK, BV, NV, num_warps
 
 
+def _launch_opts(P):
+    blk = dict(BN=P.BN, BK=P.BK, BV=P.BV, num_warps=P.num_warps)
+    if CONFIG['num_stages']:
+        blk['num_stages'] = CONFIG['num_stages']
+    return blk
+
+
 def _num_sms(device):
     if device.type == 'cuda':
         return torch.cuda.get_device_properties(device).multi_processor_count
@@ -579,7 +586,7 @@ def _forward(q, k, v, plan):
     o = _alloc((B, N, H, V), v.dtype, v.device)
     if P.nchunks == 0:
         return o.zero_(), S, z
-    blk = dict(BN=P.BN, BK=P.BK, BV=P.BV, num_warps=P.num_warps)
+    blk = _launch_opts(P)
     _fwd_state_kernel[(P.nchunks, B * H, P.NV)](
         k, v, S, z, P.mask, P.tab, P.cos, P.sin,
         N, H, K, V, P.CH, *k.stride(), *v.stride(), *P.smask, *P.rope_strides(), **P.consts, **blk)
@@ -600,7 +607,7 @@ def _backward(q, k, v, do, S, z, plan):
     dv = _alloc(v.shape, v.dtype, v.device)
     if P.nchunks == 0:
         return dq.zero_(), dk.zero_(), dv.zero_()
-    blk = dict(BN=P.BN, BK=P.BK, BV=P.BV, num_warps=P.num_warps)
+    blk = _launch_opts(P)
     args = (q, do, dq, S, z, dS, dz, P.mask, P.tab, P.ntab, P.cos, P.sin,
             N, H, K, V, P.CH, P.n_const, P.scale, P.eps,
             *q.stride(), *do.stride(), *dq.stride(), *P.smask, *P.rope_strides())

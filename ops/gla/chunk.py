@@ -1,0 +1,961 @@
+"""Chunked Triton kernels of the gated linear attention core (forward and backward).
+
+Recurrence (per head, state ``S`` of shape ``[K, V]``, fp32)::
+
+    S_t = diag(exp(gk_t)) S_{t-1} diag(exp(gv_t)) + k_t v_t^T,   o_t = scale * S_t^T q_t
+    (with the RWKV6 bonus u: o_t = scale * (S_{t-1} + diag(u) k_t v_t^T)^T q_t)
+
+Algorithm. Time is cut into chunks of ``C`` (64) tokens, chunks into sub-blocks of ``BS`` (16).
+Gates enter only as exp of *differences* of chunk-local cumulative log gates ``b`` (fp32, computed by
+``_cumsum_kernel``), arranged so that every exponent is <= 0 (log gates are <= 0):
+  * inter-chunk: ``o += (q * exp(b_t)) @ S_chunk_start`` and ``S <- exp(b_last) S + (k * exp(b_last - b_s))^T v``;
+  * intra-chunk, sub-block pair (i > j): reference row ``r`` = last row of sub-block i-1, scores
+    ``(q_i * exp(b_i - b_r)) @ (k_j * exp(b_r - b_j))^T`` (both factors <= 1);
+  * intra-chunk, diagonal sub-block: exact ``sum_k q_tk k_sk exp(b_tk - b_sk)`` one column s at a time.
+So log gates of -20 (or -inf) and of ~0 stay finite. ``reverse=True`` maps logical time t to physical row
+``eos - 1 - t`` inside every kernel: nothing is flipped in memory. Packed sequences (``cu_seqlens``) use
+per-chunk tables built on the host.
+
+Backward: the states are recomputed (``_fwd_h_kernel``), state gradients run right to left
+(``_bwd_dh_kernel``), then chunk-parallel ``_bwd_dv_kernel`` and ``_bwd_dqk_kernel``. Gate gradients use
+``dL/db_t = q_t * dq_t - k_t * dk_t`` (value gate: ``o_t * do_t - v_t * dv_t``) plus the final-state term,
+followed by a reverse cumulative sum over time (``_revcumsum_kernel``).
+"""
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+CHUNK = 64
+SUB = 16
+NEG_INF = float('-inf')
+POISON = False  # tests set this: every output buffer starts NaN-filled, so an unwritten element fails
+
+
+def _empty(shape, dtype, device):
+    if POISON:
+        return torch.full(shape, float('nan'), dtype=dtype, device=device)
+    return torch.empty(shape, dtype=dtype, device=device)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# small jit helpers
+# ----------------------------------------------------------------------------------------------------------
+@triton.jit
+def _rows(t, bos, eos, REVERSE: tl.constexpr):
+    if REVERSE:
+        r = eos - 1 - t
+    else:
+        r = bos + t
+    return r
+
+
+@triton.jit
+def _tile(ptr, r, m, c, D, HD, off):
+    p = ptr + r.to(tl.int64)[:, None] * HD + off + c[None, :]
+    return tl.load(p, mask=m[:, None] & (c[None, :] < D), other=0.).to(tl.float32)
+
+
+@triton.jit
+def _store_tile(ptr, x, r, m, c, D, HD, off):
+    p = ptr + r.to(tl.int64)[:, None] * HD + off + c[None, :]
+    tl.store(p, x.to(ptr.dtype.element_ty), mask=m[:, None] & (c[None, :] < D))
+
+
+@triton.jit
+def _row(ptr, r, c, D, HD, off):
+    return tl.load(ptr + r.to(tl.int64) * HD + off + c, mask=c < D, other=0.).to(tl.float32)
+
+
+@triton.jit
+def _gtile(ptr, r, m, c, D, H, i_h, G: tl.constexpr):
+    """Gate tile: [BS, BD] for per-dimension gates (G == 2), [BS, 1] for one gate per head (G == 1)."""
+    if G == 2:
+        x = _tile(ptr, r, m, c, D, H * D, i_h * D)
+    else:
+        x = tl.load(ptr + r.to(tl.int64) * H + i_h, mask=m, other=0.).to(tl.float32)[:, None]
+    return x
+
+
+@triton.jit
+def _grow(ptr, r, c, D, H, i_h, G: tl.constexpr):
+    """Gate row: [1, BD] for G == 2, a scalar for G == 1."""
+    if G == 2:
+        x = _row(ptr, r, c, D, H * D, i_h * D)[None, :]
+    else:
+        x = tl.load(ptr + r.to(tl.int64) * H + i_h).to(tl.float32)
+    return x
+
+
+@triton.jit
+def _gvec(ptr, r, m, H, i_h):
+    return tl.load(ptr + r.to(tl.int64) * H + i_h, mask=m, other=0.).to(tl.float32)
+
+
+@triton.jit
+def _mm(a, b, IEEE: tl.constexpr):
+    if IEEE:
+        out = tl.dot(a, b, input_precision="ieee")
+    else:
+        out = tl.dot(a, b)
+    return out
+
+
+@triton.jit
+def _chunk_info(i_c, i_bh, cu, chunk_seq, chunk_idx, N, NT, H, VARLEN: tl.constexpr):
+    i_b = i_bh // H
+    i_h = i_bh % H
+    if VARLEN:
+        i_n = tl.load(chunk_seq + i_c)
+        i_t = tl.load(chunk_idx + i_c)
+        bos = tl.load(cu + i_n).to(tl.int32)
+        eos = tl.load(cu + i_n + 1).to(tl.int32)
+        hc = i_c
+    else:
+        i_n = i_b
+        i_t = i_c
+        bos = i_b * N
+        eos = bos + N
+        hc = i_b * NT + i_c
+    return i_n, i_h, i_t, bos, eos, hc
+
+
+@triton.jit
+def _seq_info(i_nh, cu, chunk_off, N, NT, H, VARLEN: tl.constexpr):
+    i_n = i_nh // H
+    i_h = i_nh % H
+    if VARLEN:
+        bos = tl.load(cu + i_n).to(tl.int32)
+        eos = tl.load(cu + i_n + 1).to(tl.int32)
+        c0 = tl.load(chunk_off + i_n)
+    else:
+        bos = i_n * N
+        eos = bos + N
+        c0 = i_n * NT
+    return i_n, i_h, bos, eos, c0
+
+
+@triton.jit
+def _diag_scores(L_, bL, R, gR, base, t_i, m_i, seq_len, bos, eos, c, D, H, i_h,
+                 BS: tl.constexpr, STRICT: tl.constexpr, REVERSE: tl.constexpr):
+    """M[t, s] = sum_d L_[t, d] R[s, d] exp(bL[t, d] - gR[s, d]) on a diagonal sub-block, for s <= t (s < t)."""
+    ar = tl.arange(0, BS)
+    M = tl.zeros([BS, BS], dtype=tl.float32)
+    for s in range(BS):
+        ts = base + s
+        ms = ts < seq_len
+        rs = _rows(ts, bos, eos, REVERSE)
+        R_s = tl.load(R + rs.to(tl.int64) * H * D + i_h * D + c, mask=(c < D) & ms, other=0.).to(tl.float32)
+        b_s = tl.load(gR + rs.to(tl.int64) * H * D + i_h * D + c, mask=(c < D) & ms, other=0.).to(tl.float32)
+        if STRICT:
+            keep = (t_i > ts) & m_i
+        else:
+            keep = (t_i >= ts) & m_i
+        e = tl.exp(tl.where(keep[:, None], bL - b_s[None, :], NEG_INF))
+        a = tl.sum(L_ * R_s[None, :] * e, axis=1)
+        M = tl.where(ar[None, :] == s, a[:, None], M)
+    return M
+
+
+@triton.jit
+def _diag_gmm(M, bL, R, gR, base, t_i, m_i, seq_len, bos, eos, c, D, H, i_h,
+              BS: tl.constexpr, BD: tl.constexpr, STRICT: tl.constexpr, REVERSE: tl.constexpr):
+    """Y[t, d] = sum_s M[t, s] R[s, d] exp(bL[t, d] - gR[s, d]) on a diagonal sub-block (s <= t)."""
+    ar = tl.arange(0, BS)
+    Y = tl.zeros([BS, BD], dtype=tl.float32)
+    for s in range(BS):
+        ts = base + s
+        ms = ts < seq_len
+        rs = _rows(ts, bos, eos, REVERSE)
+        R_s = tl.load(R + rs.to(tl.int64) * H * D + i_h * D + c, mask=(c < D) & ms, other=0.).to(tl.float32)
+        b_s = tl.load(gR + rs.to(tl.int64) * H * D + i_h * D + c, mask=(c < D) & ms, other=0.).to(tl.float32)
+        if STRICT:
+            keep = (t_i > ts) & m_i
+        else:
+            keep = (t_i >= ts) & m_i
+        e = tl.exp(tl.where(keep[:, None], bL - b_s[None, :], NEG_INF))
+        mcol = tl.sum(tl.where(ar[None, :] == s, M, 0.), axis=1)
+        Y += mcol[:, None] * R_s[None, :] * e
+    return Y
+
+
+@triton.jit
+def _diag_gmmT(M, L_, bL, gR, base, t_i, m_i, seq_len, bos, eos, c, D, H, i_h,
+               BS: tl.constexpr, BD: tl.constexpr, STRICT: tl.constexpr, REVERSE: tl.constexpr):
+    """Z[s, d] = sum_t M[t, s] L_[t, d] exp(bL[t, d] - gR[s, d]) on a diagonal sub-block (t >= s)."""
+    ar = tl.arange(0, BS)
+    Z = tl.zeros([BS, BD], dtype=tl.float32)
+    for s in range(BS):
+        ts = base + s
+        ms = ts < seq_len
+        rs = _rows(ts, bos, eos, REVERSE)
+        b_s = tl.load(gR + rs.to(tl.int64) * H * D + i_h * D + c, mask=(c < D) & ms, other=0.).to(tl.float32)
+        if STRICT:
+            keep = (t_i > ts) & m_i
+        else:
+            keep = (t_i >= ts) & m_i
+        e = tl.exp(tl.where(keep[:, None], bL - b_s[None, :], NEG_INF))
+        mcol = tl.sum(tl.where(ar[None, :] == s, M, 0.), axis=1)
+        z = tl.sum(mcol[:, None] * L_ * e, axis=0)
+        Z = tl.where(ar[:, None] == s, z[None, :], Z)
+    return Z
+
+
+# ----------------------------------------------------------------------------------------------------------
+# gate cumsums
+# ----------------------------------------------------------------------------------------------------------
+@triton.jit
+def _cumsum_kernel(g, out, cu, chunk_seq, chunk_idx, N, NT, H, D,
+                   C: tl.constexpr, BD: tl.constexpr, SCALAR: tl.constexpr, REVERSE: tl.constexpr,
+                   VARLEN: tl.constexpr):
+    """Chunk-local inclusive cumsum of log gates in logical time order (fp32 out)."""
+    i_c, i_bh = tl.program_id(0), tl.program_id(1)
+    i_n, i_h, i_t, bos, eos, hc = _chunk_info(i_c, i_bh, cu, chunk_seq, chunk_idx, N, NT, H, VARLEN)
+    t = i_t * C + tl.arange(0, C)
+    m = t < eos - bos
+    r = _rows(t, bos, eos, REVERSE)
+    if SCALAR:
+        x = tl.load(g + r.to(tl.int64) * H + i_h, mask=m, other=0.).to(tl.float32)
+        y = tl.cumsum(x, axis=0)
+        tl.store(out + r.to(tl.int64) * H + i_h, y, mask=m)
+    else:
+        c = tl.arange(0, BD)
+        x = _tile(g, r, m, c, D, H * D, i_h * D)
+        y = tl.cumsum(x, axis=0)
+        _store_tile(out, y, r, m, c, D, H * D, i_h * D)
+
+
+@triton.jit
+def _revcumsum_kernel(x, out, cu, chunk_off, N, NT, H, D,
+                      C: tl.constexpr, BD: tl.constexpr, SCALAR: tl.constexpr, REVERSE: tl.constexpr,
+                      VARLEN: tl.constexpr):
+    """out_t = sum_{t' >= t} x_t' over logical time of each sequence (fp32)."""
+    i_d, i_nh = tl.program_id(0), tl.program_id(1)
+    i_n, i_h, bos, eos, c0 = _seq_info(i_nh, cu, chunk_off, N, NT, H, VARLEN)
+    L = eos - bos
+    nt = tl.cdiv(L, C)
+    if SCALAR:
+        carry = tl.zeros([1], dtype=tl.float32)
+        for j in range(nt):
+            it = nt - 1 - j
+            t = it * C + tl.arange(0, C)
+            m = t < L
+            r = _rows(t, bos, eos, REVERSE)
+            xt = tl.load(x + r.to(tl.int64) * H + i_h, mask=m, other=0.).to(tl.float32)
+            cs = tl.cumsum(xt, axis=0)
+            tot = tl.sum(xt, axis=0)
+            y = carry + tot - cs + xt
+            tl.store(out + r.to(tl.int64) * H + i_h, y, mask=m)
+            carry += tot
+    else:
+        c = i_d * BD + tl.arange(0, BD)
+        carry = tl.zeros([BD], dtype=tl.float32)
+        for j in range(nt):
+            it = nt - 1 - j
+            t = it * C + tl.arange(0, C)
+            m = t < L
+            r = _rows(t, bos, eos, REVERSE)
+            xt = _tile(x, r, m, c, D, H * D, i_h * D)
+            cs = tl.cumsum(xt, axis=0)
+            tot = tl.sum(xt, axis=0)
+            y = carry[None, :] + tot[None, :] - cs + xt
+            _store_tile(out, y, r, m, c, D, H * D, i_h * D)
+            carry += tot
+
+
+# ----------------------------------------------------------------------------------------------------------
+# forward
+# ----------------------------------------------------------------------------------------------------------
+@triton.jit
+def _fwd_h_kernel(k, v, gkb, gvb, h, h0, ht, ht_ex, cu, chunk_off, N, NT, H, K, V,
+                  C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, GK: tl.constexpr, GV: tl.constexpr,
+                  USE_H0: tl.constexpr, STORE_HT: tl.constexpr, REVERSE: tl.constexpr, VARLEN: tl.constexpr,
+                  IEEE: tl.constexpr, LOWP: tl.constexpr):
+    """Sequential over chunks: h[c] = state before chunk c; ht = final state."""
+    i_k, i_v, i_nh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    i_n, i_h, bos, eos, c0 = _seq_info(i_nh, cu, chunk_off, N, NT, H, VARLEN)
+    DT = k.dtype.element_ty if LOWP else tl.float32
+    L = eos - bos
+    nt = tl.cdiv(L, C)
+    ck = i_k * BK + tl.arange(0, BK)
+    cv = i_v * BV + tl.arange(0, BV)
+    mkv = (ck[:, None] < K) & (cv[None, :] < V)
+    okv = ck[:, None] * V + cv[None, :]
+    S = tl.zeros([BK, BV], dtype=tl.float32)
+    if USE_H0:
+        S += tl.load(h0 + i_nh.to(tl.int64) * K * V + okv, mask=mkv, other=0.).to(tl.float32)
+    ar = tl.arange(0, C)
+    S_ex = tl.zeros([BK, BV], dtype=tl.float32)
+    for it in range(nt):
+        tl.store(h + ((c0 + it) * H + i_h).to(tl.int64) * K * V + okv, S, mask=mkv)
+        t = it * C + ar
+        m = t < L
+        r = _rows(t, bos, eos, REVERSE)
+        k_c = _tile(k, r, m, ck, K, H * K, i_h * K)
+        v_c = _tile(v, r, m, cv, V, H * V, i_h * V)
+        r_last = _rows(tl.minimum(it * C + C, L) - 1, bos, eos, REVERSE)
+        if GK > 0:
+            b = _gtile(gkb, r, m, ck, K, H, i_h, GK)
+            bl = _grow(gkb, r_last, ck, K, H, i_h, GK)
+            if GK == 2:
+                S = S * tl.exp(tl.reshape(bl, [BK]))[:, None]
+            else:
+                S = S * tl.exp(bl)
+            k_c = k_c * tl.exp(tl.where(m[:, None], bl - b, NEG_INF))
+        if GV:
+            bv = _tile(gvb, r, m, cv, V, H * V, i_h * V)
+            blv = _row(gvb, r_last, cv, V, H * V, i_h * V)
+            S = S * tl.exp(blv)[None, :]
+            v_c = v_c * tl.exp(tl.where(m[:, None], blv[None, :] - bv, NEG_INF))
+        if STORE_HT:
+            if it == nt - 1:
+                # final state without the last token's own k v^T: the gate-gradient term of the final state
+                # is taken from it, so that O(1) parts cancelling exactly are never formed (strong decay)
+                k_ex = tl.where((t != L - 1)[:, None], k_c, 0.)
+                S_ex = S + _mm(tl.trans(k_ex.to(DT)), v_c.to(DT), IEEE)
+        S += _mm(tl.trans(k_c.to(DT)), v_c.to(DT), IEEE)
+    if STORE_HT:
+        tl.store(ht + i_nh.to(tl.int64) * K * V + okv, S, mask=mkv)
+        tl.store(ht_ex + i_nh.to(tl.int64) * K * V + okv, S_ex, mask=mkv)
+
+
+@triton.jit
+def _fwd_o_kernel(q, k, v, gkb, gkr, gvb, u, h, o, cu, chunk_seq, chunk_idx, scale, N, NT, H, K, V,
+                  C: tl.constexpr, BS: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+                  GK: tl.constexpr, GV: tl.constexpr, USE_U: tl.constexpr, REVERSE: tl.constexpr,
+                  VARLEN: tl.constexpr, IEEE: tl.constexpr, LOWP: tl.constexpr):
+    i_v, i_c, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    i_n, i_h, i_t, bos, eos, hc = _chunk_info(i_c, i_bh, cu, chunk_seq, chunk_idx, N, NT, H, VARLEN)
+    DT = q.dtype.element_ty if LOWP else tl.float32
+    L = eos - bos
+    ck = tl.arange(0, BK)
+    cv = i_v * BV + tl.arange(0, BV)
+    ar = tl.arange(0, BS)
+    hs = tl.load(h + (hc * H + i_h).to(tl.int64) * K * V + ck[:, None] * V + cv[None, :],
+                 mask=(ck[:, None] < K) & (cv[None, :] < V), other=0.)
+    if USE_U:
+        uu = tl.load(u + i_h * K + ck, mask=ck < K, other=0.).to(tl.float32)
+    for i in tl.static_range(C // BS):
+        base = i_t * C + i * BS
+        if base < L:
+            t_i = base + ar
+            m_i = t_i < L
+            r_i = _rows(t_i, bos, eos, REVERSE)
+            q_i = _tile(q, r_i, m_i, ck, K, H * K, i_h * K) * scale
+            if GK > 0:
+                bk_i = _gtile(gkb, r_i, m_i, ck, K, H, i_h, GK)
+                if USE_U:
+                    bq_i = bk_i - _gtile(gkr, r_i, m_i, ck, K, H, i_h, GK)
+                else:
+                    bq_i = bk_i
+                qe = q_i * tl.exp(bq_i)
+            else:
+                qe = q_i
+            o_i = _mm(qe.to(DT), hs.to(DT), IEEE)
+            if GV:
+                bv_i = _tile(gvb, r_i, m_i, cv, V, H * V, i_h * V)
+                o_i = o_i * tl.exp(bv_i)
+            if i > 0:
+                r_ref = _rows(base - 1, bos, eos, REVERSE)
+                if GK > 0:
+                    bk_r = _grow(gkb, r_ref, ck, K, H, i_h, GK)
+                    qr = q_i * tl.exp(tl.where(m_i[:, None], bq_i - bk_r, NEG_INF))
+                else:
+                    qr = q_i
+                if GV:
+                    bv_r = _row(gvb, r_ref, cv, V, H * V, i_h * V)[None, :]
+                acc = tl.zeros([BS, BV], dtype=tl.float32)
+                for j in tl.static_range(i):
+                    t_j = i_t * C + j * BS + ar
+                    m_j = t_j < L
+                    r_j = _rows(t_j, bos, eos, REVERSE)
+                    k_j = _tile(k, r_j, m_j, ck, K, H * K, i_h * K)
+                    if GK > 0:
+                        k_j = k_j * tl.exp(bk_r - _gtile(gkb, r_j, m_j, ck, K, H, i_h, GK))
+                    A = _mm(qr.to(DT), tl.trans(k_j.to(DT)), IEEE)
+                    v_j = _tile(v, r_j, m_j, cv, V, H * V, i_h * V)
+                    if GV:
+                        v_j = v_j * tl.exp(bv_r - _tile(gvb, r_j, m_j, cv, V, H * V, i_h * V))
+                    acc += _mm(A.to(DT), v_j.to(DT), IEEE)
+                if GV:
+                    acc = acc * tl.exp(tl.where(m_i[:, None], bv_i - bv_r, NEG_INF))
+                o_i += acc
+            # diagonal sub-block
+            if GK == 2:
+                A = _diag_scores(q_i, bq_i, k, gkb, base, t_i, m_i, L, bos, eos, ck, K, H, i_h, BS, USE_U, REVERSE)
+            else:
+                k_i = _tile(k, r_i, m_i, ck, K, H * K, i_h * K)
+                A = _mm(q_i.to(DT), tl.trans(k_i.to(DT)), IEEE)
+                if USE_U:
+                    keep = (t_i[:, None] > t_i[None, :]) & m_i[:, None]
+                else:
+                    keep = (t_i[:, None] >= t_i[None, :]) & m_i[:, None]
+                if GK == 1:
+                    bkv = _gvec(gkb, r_i, m_i, H, i_h)
+                    if USE_U:
+                        bqv = bkv - _gvec(gkr, r_i, m_i, H, i_h)
+                    else:
+                        bqv = bkv
+                    A = A * tl.exp(tl.where(keep, bqv[:, None] - bkv[None, :], NEG_INF))
+                else:
+                    A = tl.where(keep, A, 0.)
+            if USE_U:
+                k_i2 = _tile(k, r_i, m_i, ck, K, H * K, i_h * K)
+                dg = tl.sum(q_i * uu[None, :] * k_i2, axis=1)
+                A += tl.where(ar[:, None] == ar[None, :], dg[:, None], 0.)
+            if GV:
+                o_i += _diag_gmm(A, bv_i, v, gvb, base, t_i, m_i, L, bos, eos, cv, V, H, i_h, BS, BV, False,
+                                 REVERSE)
+            else:
+                v_i = _tile(v, r_i, m_i, cv, V, H * V, i_h * V)
+                o_i += _mm(A.to(DT), v_i.to(DT), IEEE)
+            _store_tile(o, o_i, r_i, m_i, cv, V, H * V, i_h * V)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# backward
+# ----------------------------------------------------------------------------------------------------------
+@triton.jit
+def _bwd_dh_kernel(q, do, gkb, gkr, gvb, dh, dht, dh0, cu, chunk_off, scale, N, NT, H, K, V,
+                   C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, GK: tl.constexpr, GV: tl.constexpr,
+                   USE_U: tl.constexpr, USE_DHT: tl.constexpr, STORE_DH0: tl.constexpr, REVERSE: tl.constexpr,
+                   VARLEN: tl.constexpr, IEEE: tl.constexpr, LOWP: tl.constexpr):
+    """Right to left over chunks: dh[c] = gradient of the state after chunk c; dh0 = gradient of h0."""
+    i_k, i_v, i_nh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    i_n, i_h, bos, eos, c0 = _seq_info(i_nh, cu, chunk_off, N, NT, H, VARLEN)
+    DT = q.dtype.element_ty if LOWP else tl.float32
+    L = eos - bos
+    nt = tl.cdiv(L, C)
+    ck = i_k * BK + tl.arange(0, BK)
+    cv = i_v * BV + tl.arange(0, BV)
+    mkv = (ck[:, None] < K) & (cv[None, :] < V)
+    okv = ck[:, None] * V + cv[None, :]
+    dS = tl.zeros([BK, BV], dtype=tl.float32)
+    if USE_DHT:
+        dS += tl.load(dht + i_nh.to(tl.int64) * K * V + okv, mask=mkv, other=0.).to(tl.float32)
+    ar = tl.arange(0, C)
+    for j in range(nt):
+        it = nt - 1 - j
+        tl.store(dh + ((c0 + it) * H + i_h).to(tl.int64) * K * V + okv, dS, mask=mkv)
+        t = it * C + ar
+        m = t < L
+        r = _rows(t, bos, eos, REVERSE)
+        q_c = _tile(q, r, m, ck, K, H * K, i_h * K) * scale
+        do_c = _tile(do, r, m, cv, V, H * V, i_h * V)
+        r_last = _rows(tl.minimum(it * C + C, L) - 1, bos, eos, REVERSE)
+        if GK > 0:
+            b = _gtile(gkb, r, m, ck, K, H, i_h, GK)
+            if USE_U:
+                b = b - _gtile(gkr, r, m, ck, K, H, i_h, GK)
+            bl = _grow(gkb, r_last, ck, K, H, i_h, GK)
+            if GK == 2:
+                dS = dS * tl.exp(tl.reshape(bl, [BK]))[:, None]
+            else:
+                dS = dS * tl.exp(bl)
+            q_c = q_c * tl.exp(b)
+        if GV:
+            bv = _tile(gvb, r, m, cv, V, H * V, i_h * V)
+            blv = _row(gvb, r_last, cv, V, H * V, i_h * V)
+            dS = dS * tl.exp(blv)[None, :]
+            do_c = do_c * tl.exp(bv)
+        dS += _mm(tl.trans(q_c.to(DT)), do_c.to(DT), IEEE)
+    if STORE_DH0:
+        tl.store(dh0 + i_nh.to(tl.int64) * K * V + okv, dS, mask=mkv)
+
+
+@triton.jit
+def _bwd_dv_kernel(q, k, v, gkb, gkr, gvb, u, o, do, dh, dv, dbv, cu, chunk_seq, chunk_idx, scale,
+                   N, NT, H, K, V,
+                   C: tl.constexpr, BS: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+                   GK: tl.constexpr, GV: tl.constexpr, USE_U: tl.constexpr, REVERSE: tl.constexpr,
+                   VARLEN: tl.constexpr, IEEE: tl.constexpr, LOWP: tl.constexpr):
+    i_v, i_c, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    i_n, i_h, i_t, bos, eos, hc = _chunk_info(i_c, i_bh, cu, chunk_seq, chunk_idx, N, NT, H, VARLEN)
+    DT = q.dtype.element_ty if LOWP else tl.float32
+    L = eos - bos
+    ck = tl.arange(0, BK)
+    cv = i_v * BV + tl.arange(0, BV)
+    ar = tl.arange(0, BS)
+    dhs = tl.load(dh + (hc * H + i_h).to(tl.int64) * K * V + ck[:, None] * V + cv[None, :],
+                  mask=(ck[:, None] < K) & (cv[None, :] < V), other=0.)
+    r_last = _rows(tl.minimum(i_t * C + C, L) - 1, bos, eos, REVERSE)
+    if GK > 0:
+        bl = _grow(gkb, r_last, ck, K, H, i_h, GK)
+    if GV:
+        blv = _row(gvb, r_last, cv, V, H * V, i_h * V)[None, :]
+    if USE_U:
+        uu = tl.load(u + i_h * K + ck, mask=ck < K, other=0.).to(tl.float32)
+    for j in tl.static_range(C // BS):
+        base_j = i_t * C + j * BS
+        if base_j < L:
+            t_j = base_j + ar
+            m_j = t_j < L
+            r_j = _rows(t_j, bos, eos, REVERSE)
+            k_j = _tile(k, r_j, m_j, ck, K, H * K, i_h * K)
+            if GK > 0:
+                bk_j = _gtile(gkb, r_j, m_j, ck, K, H, i_h, GK)
+                ke = k_j * tl.exp(tl.where(m_j[:, None], bl - bk_j, NEG_INF))
+            else:
+                ke = k_j
+            dv_j = _mm(ke.to(DT), dhs.to(DT), IEEE)
+            if GV:
+                bv_j = _tile(gvb, r_j, m_j, cv, V, H * V, i_h * V)
+                dv_j = dv_j * tl.exp(tl.where(m_j[:, None], blv - bv_j, NEG_INF))
+                # the last token's final-state path is kept out of the value-gate gradient (see dqk kernel)
+                dv_last = tl.where((t_j == L - 1)[:, None], dv_j, 0.)
+            for i in tl.static_range(j + 1, C // BS):
+                base_i = i_t * C + i * BS
+                if base_i < L:
+                    t_i = base_i + ar
+                    m_i = t_i < L
+                    r_i = _rows(t_i, bos, eos, REVERSE)
+                    r_ref = _rows(base_i - 1, bos, eos, REVERSE)
+                    q_i = _tile(q, r_i, m_i, ck, K, H * K, i_h * K) * scale
+                    if GK > 0:
+                        bq_i = _gtile(gkb, r_i, m_i, ck, K, H, i_h, GK)
+                        if USE_U:
+                            bq_i = bq_i - _gtile(gkr, r_i, m_i, ck, K, H, i_h, GK)
+                        bk_r = _grow(gkb, r_ref, ck, K, H, i_h, GK)
+                        qr = q_i * tl.exp(tl.where(m_i[:, None], bq_i - bk_r, NEG_INF))
+                        kr = k_j * tl.exp(bk_r - bk_j)
+                    else:
+                        qr = q_i
+                        kr = k_j
+                    A = _mm(qr.to(DT), tl.trans(kr.to(DT)), IEEE)
+                    do_i = _tile(do, r_i, m_i, cv, V, H * V, i_h * V)
+                    if GV:
+                        bv_i = _tile(gvb, r_i, m_i, cv, V, H * V, i_h * V)
+                        bv_r = _row(gvb, r_ref, cv, V, H * V, i_h * V)[None, :]
+                        dd = do_i * tl.exp(tl.where(m_i[:, None], bv_i - bv_r, NEG_INF))
+                        dv_j += tl.exp(bv_r - bv_j) * _mm(tl.trans(A.to(DT)), dd.to(DT), IEEE)
+                    else:
+                        dv_j += _mm(tl.trans(A.to(DT)), do_i.to(DT), IEEE)
+            # diagonal
+            q_j = _tile(q, r_j, m_j, ck, K, H * K, i_h * K) * scale
+            if GK == 2:
+                bq_j = bk_j
+                if USE_U:
+                    bq_j = bk_j - _gtile(gkr, r_j, m_j, ck, K, H, i_h, GK)
+                A = _diag_scores(q_j, bq_j, k, gkb, base_j, t_j, m_j, L, bos, eos, ck, K, H, i_h, BS, USE_U,
+                                 REVERSE)
+            else:
+                A = _mm(q_j.to(DT), tl.trans(k_j.to(DT)), IEEE)
+                if USE_U:
+                    keep = (t_j[:, None] > t_j[None, :]) & m_j[:, None]
+                else:
+                    keep = (t_j[:, None] >= t_j[None, :]) & m_j[:, None]
+                if GK == 1:
+                    bkv = _gvec(gkb, r_j, m_j, H, i_h)
+                    if USE_U:
+                        bqv = bkv - _gvec(gkr, r_j, m_j, H, i_h)
+                    else:
+                        bqv = bkv
+                    A = A * tl.exp(tl.where(keep, bqv[:, None] - bkv[None, :], NEG_INF))
+                else:
+                    A = tl.where(keep, A, 0.)
+            if USE_U:
+                dg = tl.sum(q_j * uu[None, :] * k_j, axis=1)
+                A += tl.where(ar[:, None] == ar[None, :], dg[:, None], 0.)
+            do_j = _tile(do, r_j, m_j, cv, V, H * V, i_h * V)
+            if GV:
+                dv_j += _diag_gmmT(A, do_j, bv_j, gvb, base_j, t_j, m_j, L, bos, eos, cv, V, H, i_h, BS, BV,
+                                   False, REVERSE)
+            else:
+                dv_j += _mm(tl.trans(A.to(DT)), do_j.to(DT), IEEE)
+            _store_tile(dv, dv_j, r_j, m_j, cv, V, H * V, i_h * V)
+            if GV:
+                o_j = _tile(o, r_j, m_j, cv, V, H * V, i_h * V)
+                v_j = _tile(v, r_j, m_j, cv, V, H * V, i_h * V)
+                _store_tile(dbv, o_j * do_j - v_j * (dv_j - dv_last), r_j, m_j, cv, V, H * V, i_h * V)
+
+
+@triton.jit
+def _bwd_dqk_kernel(q, k, v, gkb, gkr, gvb, u, h, do, dh, dq, dk, dbk, dbq, cu, chunk_seq, chunk_idx, scale,
+                    N, NT, H, K, V,
+                    C: tl.constexpr, BS: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+                    GK: tl.constexpr, GV: tl.constexpr, USE_U: tl.constexpr, REVERSE: tl.constexpr,
+                    VARLEN: tl.constexpr, IEEE: tl.constexpr, LOWP: tl.constexpr):
+    i_c, i_bh = tl.program_id(0), tl.program_id(1)
+    i_n, i_h, i_t, bos, eos, hc = _chunk_info(i_c, i_bh, cu, chunk_seq, chunk_idx, N, NT, H, VARLEN)
+    DT = q.dtype.element_ty if LOWP else tl.float32
+    L = eos - bos
+    ck = tl.arange(0, BK)
+    ar = tl.arange(0, BS)
+    hbase = (hc * H + i_h).to(tl.int64) * K * V
+    r_last = _rows(tl.minimum(i_t * C + C, L) - 1, bos, eos, REVERSE)
+    if GK > 0:
+        bl = _grow(gkb, r_last, ck, K, H, i_h, GK)
+    if USE_U:
+        uu = tl.load(u + i_h * K + ck, mask=ck < K, other=0.).to(tl.float32)
+    for mb in tl.static_range(C // BS):
+        base_m = i_t * C + mb * BS
+        if base_m < L:
+            t_m = base_m + ar
+            m_m = t_m < L
+            r_m = _rows(t_m, bos, eos, REVERSE)
+            q_m = _tile(q, r_m, m_m, ck, K, H * K, i_h * K) * scale
+            k_m = _tile(k, r_m, m_m, ck, K, H * K, i_h * K)
+            if GK > 0:
+                bk_m = _gtile(gkb, r_m, m_m, ck, K, H, i_h, GK)
+                if USE_U:
+                    bq_m = bk_m - _gtile(gkr, r_m, m_m, ck, K, H, i_h, GK)
+                else:
+                    bq_m = bk_m
+            if GK == 1:
+                bkv = _gvec(gkb, r_m, m_m, H, i_h)
+                if USE_U:
+                    bqv = bkv - _gvec(gkr, r_m, m_m, H, i_h)
+                else:
+                    bqv = bkv
+            if USE_U:
+                keep = (t_m[:, None] > t_m[None, :]) & m_m[:, None]
+            else:
+                keep = (t_m[:, None] >= t_m[None, :]) & m_m[:, None]
+            if mb > 0:
+                r_refm = _rows(base_m - 1, bos, eos, REVERSE)
+                if GK > 0:
+                    bk_rm = _grow(gkb, r_refm, ck, K, H, i_h, GK)
+            dq_inter = tl.zeros([BS, BK], dtype=tl.float32)
+            dq_off = tl.zeros([BS, BK], dtype=tl.float32)
+            dq_diag = tl.zeros([BS, BK], dtype=tl.float32)
+            dk_inter = tl.zeros([BS, BK], dtype=tl.float32)
+            dk_off = tl.zeros([BS, BK], dtype=tl.float32)
+            dk_diag = tl.zeros([BS, BK], dtype=tl.float32)
+            dov = tl.zeros([BS], dtype=tl.float32)
+            dA_tt = tl.zeros([BS], dtype=tl.float32)
+            for iv in range(tl.cdiv(V, BV)):
+                cv = iv * BV + tl.arange(0, BV)
+                mkv = (ck[:, None] < K) & (cv[None, :] < V)
+                hs = tl.load(h + hbase + ck[:, None] * V + cv[None, :], mask=mkv, other=0.)
+                dhs = tl.load(dh + hbase + ck[:, None] * V + cv[None, :], mask=mkv, other=0.)
+                do_m = _tile(do, r_m, m_m, cv, V, H * V, i_h * V)
+                v_m = _tile(v, r_m, m_m, cv, V, H * V, i_h * V)
+                if GV:
+                    bv_m = _tile(gvb, r_m, m_m, cv, V, H * V, i_h * V)
+                    blv = _row(gvb, r_last, cv, V, H * V, i_h * V)[None, :]
+                    dd = do_m * tl.exp(bv_m)
+                    vv = v_m * tl.exp(tl.where(m_m[:, None], blv - bv_m, NEG_INF))
+                else:
+                    dd = do_m
+                    vv = v_m
+                dq_inter += _mm(dd.to(DT), tl.trans(hs.to(DT)), IEEE)
+                dk_inter += _mm(vv.to(DT), tl.trans(dhs.to(DT)), IEEE)
+                # dq, off-diagonal: sub-blocks j < mb
+                if mb > 0:
+                    if GV:
+                        bv_rm = _row(gvb, r_refm, cv, V, H * V, i_h * V)[None, :]
+                        ddr = do_m * tl.exp(tl.where(m_m[:, None], bv_m - bv_rm, NEG_INF))
+                    else:
+                        ddr = do_m
+                    for j in tl.static_range(mb):
+                        t_j = i_t * C + j * BS + ar
+                        m_j = t_j < L
+                        r_j = _rows(t_j, bos, eos, REVERSE)
+                        v_j = _tile(v, r_j, m_j, cv, V, H * V, i_h * V)
+                        if GV:
+                            v_j = v_j * tl.exp(bv_rm - _tile(gvb, r_j, m_j, cv, V, H * V, i_h * V))
+                        dA = _mm(ddr.to(DT), tl.trans(v_j.to(DT)), IEEE)
+                        k_j = _tile(k, r_j, m_j, ck, K, H * K, i_h * K)
+                        if GK > 0:
+                            k_j = k_j * tl.exp(bk_rm - _gtile(gkb, r_j, m_j, ck, K, H, i_h, GK))
+                        dq_off += _mm(dA.to(DT), k_j.to(DT), IEEE)
+                # dk, off-diagonal: sub-blocks i > mb
+                for i in tl.static_range(mb + 1, C // BS):
+                    base_i = i_t * C + i * BS
+                    if base_i < L:
+                        t_i = base_i + ar
+                        m_i = t_i < L
+                        r_i = _rows(t_i, bos, eos, REVERSE)
+                        r_ref = _rows(base_i - 1, bos, eos, REVERSE)
+                        do_i = _tile(do, r_i, m_i, cv, V, H * V, i_h * V)
+                        if GV:
+                            bv_r = _row(gvb, r_ref, cv, V, H * V, i_h * V)[None, :]
+                            do_i = do_i * tl.exp(tl.where(m_i[:, None],
+                                                          _tile(gvb, r_i, m_i, cv, V, H * V, i_h * V) - bv_r,
+                                                          NEG_INF))
+                            vr = v_m * tl.exp(bv_r - bv_m)
+                        else:
+                            vr = v_m
+                        dA = _mm(do_i.to(DT), tl.trans(vr.to(DT)), IEEE)
+                        q_i = _tile(q, r_i, m_i, ck, K, H * K, i_h * K) * scale
+                        if GK > 0:
+                            bq_i = _gtile(gkb, r_i, m_i, ck, K, H, i_h, GK)
+                            if USE_U:
+                                bq_i = bq_i - _gtile(gkr, r_i, m_i, ck, K, H, i_h, GK)
+                            bk_r = _grow(gkb, r_ref, ck, K, H, i_h, GK)
+                            q_i = q_i * tl.exp(tl.where(m_i[:, None], bq_i - bk_r, NEG_INF))
+                            dk_off += tl.exp(bk_r - bk_m) * _mm(tl.trans(dA.to(DT)), q_i.to(DT), IEEE)
+                        else:
+                            dk_off += _mm(tl.trans(dA.to(DT)), q_i.to(DT), IEEE)
+                # diagonal
+                if GV:
+                    dA = _diag_scores(do_m, bv_m, v, gvb, base_m, t_m, m_m, L, bos, eos, cv, V, H, i_h, BS,
+                                      USE_U, REVERSE)
+                else:
+                    dA = _mm(do_m.to(DT), tl.trans(v_m.to(DT)), IEEE)
+                    dA = tl.where(keep, dA, 0.)
+                if USE_U:
+                    dov += tl.sum(do_m * v_m, axis=1)
+                # strictly lower part (s < t) apart from the t == s terms, whose gate factor is exp(0): they
+                # cancel exactly in q*dq - k*dk, so they are kept out of the gate gradient altogether
+                if not USE_U:
+                    dA_tt += tl.sum(tl.where(ar[:, None] == ar[None, :], dA, 0.), axis=1)
+                if GK == 2:
+                    dq_diag += _diag_gmm(dA, bq_m, k, gkb, base_m, t_m, m_m, L, bos, eos, ck, K, H, i_h, BS, BK,
+                                         True, REVERSE)
+                    dk_diag += _diag_gmmT(dA, q_m, bq_m, gkb, base_m, t_m, m_m, L, bos, eos, ck, K, H, i_h, BS,
+                                          BK, True, REVERSE)
+                else:
+                    strict = (t_m[:, None] > t_m[None, :]) & m_m[:, None]
+                    if GK == 1:
+                        dA = dA * tl.exp(tl.where(strict, bqv[:, None] - bkv[None, :], NEG_INF))
+                    else:
+                        dA = tl.where(strict, dA, 0.)
+                    dq_diag += _mm(dA.to(DT), k_m.to(DT), IEEE)
+                    dk_diag += _mm(tl.trans(dA.to(DT)), q_m.to(DT), IEEE)
+            if GK > 0:
+                dq_t = dq_inter * tl.exp(bq_m) + dq_diag
+                if mb > 0:
+                    dq_t += dq_off * tl.exp(tl.where(m_m[:, None], bq_m - bk_rm, NEG_INF))
+                # the last token's final-state path (gate factor exp(0)) is kept out of the gate gradient too
+                dk_int = dk_inter * tl.exp(tl.where(m_m[:, None] & (t_m != L - 1)[:, None], bl - bk_m, NEG_INF))
+                dk_t = dk_int + dk_off + dk_diag
+                dbq_t = q_m * dq_t
+                db_t = dbq_t - k_m * dk_t
+                dk_t += tl.where((t_m == L - 1)[:, None], dk_inter, 0.)
+            else:
+                dq_t = dq_inter + dq_off + dq_diag
+                dk_t = dk_inter + dk_off + dk_diag
+            if not USE_U:
+                dq_t += dA_tt[:, None] * k_m
+                dk_t += dA_tt[:, None] * q_m
+            if GK > 0:
+                if GK == 2:
+                    _store_tile(dbk, db_t, r_m, m_m, ck, K, H * K, i_h * K)
+                    if USE_U:
+                        _store_tile(dbq, dbq_t, r_m, m_m, ck, K, H * K, i_h * K)
+                else:
+                    tl.store(dbk + r_m.to(tl.int64) * H + i_h, tl.sum(db_t, axis=1), mask=m_m)
+                    if USE_U:
+                        tl.store(dbq + r_m.to(tl.int64) * H + i_h, tl.sum(dbq_t, axis=1), mask=m_m)
+            if USE_U:
+                dq_t += dov[:, None] * uu[None, :] * k_m
+                dk_t += dov[:, None] * uu[None, :] * q_m
+            _store_tile(dq, dq_t * scale, r_m, m_m, ck, K, H * K, i_h * K)
+            _store_tile(dk, dk_t, r_m, m_m, ck, K, H * K, i_h * K)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# host side
+# ----------------------------------------------------------------------------------------------------------
+class _Meta:
+    """Chunk tables shared by every launch of one call."""
+
+    def __init__(self, B, N, H, cu_seqlens, C, device):
+        self.C = C
+        self.H = H
+        self.N = N
+        if cu_seqlens is None:
+            self.varlen = False
+            self.NT = triton.cdiv(N, C)
+            self.nseq = B
+            self.nchunks = self.NT          # grid axis; B*H on the other axis
+            self.total_chunks = B * self.NT
+            self.nbh = B * H
+            dummy = torch.zeros(1, dtype=torch.int32, device=device)
+            self.cu = self.chunk_seq = self.chunk_idx = self.chunk_off = dummy
+            lasts = torch.arange(B, device=device) * N
+            self.last_rows = lasts  # + (N-1) unless reverse
+            self.ends = lasts + N - 1
+        else:
+            self.varlen = True
+            cu = cu_seqlens.to(device=device, dtype=torch.int32)
+            lens = (cu[1:] - cu[:-1]).long()
+            nts = (lens + C - 1) // C
+            self.NT = 0
+            self.nseq = len(lens)
+            self.total_chunks = int(nts.sum().item())
+            self.nchunks = self.total_chunks
+            self.nbh = H
+            off = torch.zeros(self.nseq + 1, dtype=torch.long, device=device)
+            off[1:] = torch.cumsum(nts, 0)
+            self.cu = cu
+            self.chunk_off = off[:-1].to(torch.int32)
+            seq = torch.repeat_interleave(torch.arange(self.nseq, device=device), nts)
+            self.chunk_seq = seq.to(torch.int32)
+            self.chunk_idx = (torch.arange(self.total_chunks, device=device) - off[seq]).to(torch.int32)
+            self.last_rows = cu[:-1].long()
+            self.ends = cu[1:].long() - 1
+
+    def last_logical_rows(self, reverse):
+        """Physical row of each sequence's last logical step (where the final state is read)."""
+        return self.last_rows if reverse else self.ends
+
+
+def _lowp(ieee):
+    # Triton's CPU interpreter (3.8) computes bf16 tl.dot wrongly: there, dots run in fp32
+    return (not ieee) and os.environ.get('TRITON_INTERPRET', '0') in ('', '0')
+
+
+def _pow2(x, lo=16):
+    return max(lo, triton.next_power_of_2(x))
+
+
+def _gate_cumsum(g, meta, reverse):
+    scalar = g.dim() == 3
+    D = 1 if scalar else g.shape[-1]
+    out = _empty(g.shape, torch.float32, g.device)
+    _cumsum_kernel[(meta.nchunks, meta.nbh)](g, out, meta.cu, meta.chunk_seq, meta.chunk_idx, meta.N, meta.NT,
+                                             meta.H, D, C=meta.C, BD=_pow2(D, 1), SCALAR=scalar,
+                                             REVERSE=reverse, VARLEN=meta.varlen)
+    return out
+
+
+def _revcumsum(x, meta, reverse):
+    scalar = x.dim() == 3
+    D = 1 if scalar else x.shape[-1]
+    BD = 1 if scalar else min(64, _pow2(D))
+    out = _empty(x.shape, x.dtype, x.device)
+    grid = (1 if scalar else triton.cdiv(D, BD), meta.nseq * meta.H)
+    _revcumsum_kernel[grid](x, out, meta.cu, meta.chunk_off, meta.N, meta.NT, meta.H, D, C=meta.C, BD=BD,
+                            SCALAR=scalar, REVERSE=reverse, VARLEN=meta.varlen)
+    return out
+
+
+def _fwd_h(k, v, gkb, gvb, h0, store_ht, meta, GK, reverse, ieee):
+    K, V = k.shape[-1], v.shape[-1]
+    H = meta.H
+    BKh, BVh = min(64, _pow2(K)), min(64, _pow2(V))
+    h = _empty((meta.total_chunks, H, K, V), torch.float32, k.device)
+    ht = _empty((meta.nseq, H, K, V), torch.float32, k.device) if store_ht else h
+    ht_ex = _empty((meta.nseq, H, K, V), torch.float32, k.device) if store_ht else h
+    grid = (triton.cdiv(K, BKh), triton.cdiv(V, BVh), meta.nseq * H)
+    _fwd_h_kernel[grid](k, v, gkb if gkb is not None else k, gvb if gvb is not None else v, h,
+                        h0 if h0 is not None else h, ht, ht_ex, meta.cu, meta.chunk_off, meta.N, meta.NT, H, K, V,
+                        C=meta.C, BK=BKh, BV=BVh, GK=GK, GV=gvb is not None, USE_H0=h0 is not None,
+                        STORE_HT=store_ht, REVERSE=reverse, VARLEN=meta.varlen, IEEE=ieee, LOWP=_lowp(ieee))
+    return h, (ht if store_ht else None), (ht_ex if store_ht else None)
+
+
+def _launch_opts(K):
+    return dict(num_warps=4) if K <= 64 else dict(num_warps=8)
+
+
+def gla_fwd(q, k, v, gk, gv, u, scale, h0, output_final_state, meta, reverse):
+    K, V = q.shape[-1], v.shape[-1]
+    GK = 0 if gk is None else (1 if gk.dim() == 3 else 2)
+    ieee = q.dtype == torch.float32
+    gkb = _gate_cumsum(gk, meta, reverse) if gk is not None else None
+    gvb = _gate_cumsum(gv, meta, reverse) if gv is not None else None
+    h, ht, ht_ex = _fwd_h(k, v, gkb, gvb, h0, output_final_state, meta, GK, reverse, ieee)
+    o = _empty(v.shape, v.dtype, v.device)
+    BK, BV = _pow2(K), min(64, _pow2(V))
+    grid = (triton.cdiv(V, BV), meta.nchunks, meta.nbh)
+    _fwd_o_kernel[grid](q, k, v, gkb if gkb is not None else q, gk if gk is not None else q,
+                        gvb if gvb is not None else v, u if u is not None else q, h, o,
+                        meta.cu, meta.chunk_seq, meta.chunk_idx, scale, meta.N, meta.NT, meta.H, K, V,
+                        C=meta.C, BS=SUB, BK=BK, BV=BV, GK=GK, GV=gv is not None, USE_U=u is not None,
+                        REVERSE=reverse, VARLEN=meta.varlen, IEEE=ieee, LOWP=_lowp(ieee), **_launch_opts(K))
+    return o, ht, ht_ex
+
+
+def gla_bwd(q, k, v, gk, gv, u, scale, h0, o, ht, do, dht, meta, reverse):
+    K, V = q.shape[-1], v.shape[-1]
+    H = meta.H
+    GK = 0 if gk is None else (1 if gk.dim() == 3 else 2)
+    ieee = q.dtype == torch.float32
+    gkb = _gate_cumsum(gk, meta, reverse) if gk is not None else None
+    gvb = _gate_cumsum(gv, meta, reverse) if gv is not None else None
+    h, _, _ = _fwd_h(k, v, gkb, gvb, h0, False, meta, GK, reverse, ieee)
+    do = do.contiguous()
+    BKh, BVh = min(64, _pow2(K)), min(64, _pow2(V))
+    dh = _empty((meta.total_chunks, H, K, V), torch.float32, q.device)
+    dh0 = _empty((meta.nseq, H, K, V), torch.float32, q.device) if h0 is not None else None
+    dummy = q
+    _bwd_dh_kernel[(triton.cdiv(K, BKh), triton.cdiv(V, BVh), meta.nseq * H)](
+        q, do, gkb if gkb is not None else dummy, gk if gk is not None else dummy,
+        gvb if gvb is not None else dummy, dh, dht if dht is not None else dh, dh0 if dh0 is not None else dh,
+        meta.cu, meta.chunk_off, scale, meta.N, meta.NT, H, K, V, C=meta.C, BK=BKh, BV=BVh, GK=GK,
+        GV=gv is not None, USE_U=u is not None, USE_DHT=dht is not None, STORE_DH0=h0 is not None,
+        REVERSE=reverse, VARLEN=meta.varlen, IEEE=ieee, LOWP=_lowp(ieee))
+    BK, BV = _pow2(K), min(64, _pow2(V))
+    dv = _empty(v.shape, v.dtype, v.device)
+    dbv = _empty(v.shape, torch.float32, v.device) if gv is not None else None
+    _bwd_dv_kernel[(triton.cdiv(V, BV), meta.nchunks, meta.nbh)](
+        q, k, v, gkb if gkb is not None else dummy, gk if gk is not None else dummy,
+        gvb if gvb is not None else dummy, u if u is not None else dummy, o if o is not None else dummy, do, dh,
+        dv, dbv if dbv is not None else dummy, meta.cu, meta.chunk_seq, meta.chunk_idx, scale,
+        meta.N, meta.NT, H, K, V, C=meta.C, BS=SUB, BK=BK, BV=BV, GK=GK, GV=gv is not None,
+        USE_U=u is not None, REVERSE=reverse, VARLEN=meta.varlen, IEEE=ieee, LOWP=_lowp(ieee), **_launch_opts(K))
+    dq = _empty(q.shape, q.dtype, q.device)
+    dk = _empty(k.shape, k.dtype, k.device)
+    dbk = _empty(gk.shape, torch.float32, q.device) if gk is not None else None
+    dbq = _empty(gk.shape, torch.float32, q.device) if (gk is not None and u is not None) \
+        else None
+    _bwd_dqk_kernel[(meta.nchunks, meta.nbh)](
+        q, k, v, gkb if gkb is not None else dummy, gk if gk is not None else dummy,
+        gvb if gvb is not None else dummy, u if u is not None else dummy, h, do, dh, dq, dk,
+        dbk if dbk is not None else dummy, dbq if dbq is not None else dummy,
+        meta.cu, meta.chunk_seq, meta.chunk_idx, scale, meta.N, meta.NT, H, K, V,
+        C=meta.C, BS=SUB, BK=BK, BV=BV, GK=GK, GV=gv is not None, USE_U=u is not None,
+        REVERSE=reverse, VARLEN=meta.varlen, IEEE=ieee, LOWP=_lowp(ieee), **_launch_opts(K))
+    rows = meta.last_logical_rows(reverse)
+    dgk = dgv = du = None
+    if gk is not None:
+        if dht is not None and ht is not None:
+            term = (dht.float() * ht).sum(-1)                     # [S, H, K]
+            if GK == 1:
+                term = term.sum(-1)                                # [S, H]
+            flat = dbk.view(-1, *dbk.shape[2:])
+            flat.index_add_(0, rows, term)
+        dgk = _revcumsum(dbk, meta, reverse)
+        if dbq is not None:
+            dgk = dgk - dbq
+        dgk = dgk.to(gk.dtype)
+    if gv is not None:
+        if dht is not None and ht is not None:
+            term = (dht.float() * ht).sum(-2)                     # [S, H, V]
+            flat = dbv.view(-1, *dbv.shape[2:])
+            flat.index_add_(0, rows, term)
+        dgv = _revcumsum(dbv, meta, reverse).to(gv.dtype)
+    if u is not None:
+        dov = (do.float() * v.float()).sum(-1, keepdim=True)
+        du = (scale * dov * q.float() * k.float()).sum((0, 1)).to(u.dtype)
+    return dq, dk, dv, dgk, dgv, du, (dh0.to(h0.dtype) if dh0 is not None else None)
+
+
+class ChunkGLAFunction(torch.autograd.Function):
+
+    @staticmethod
+    def forward(ctx, q, k, v, gk, gv, u, scale, h0, output_final_state, cu_seqlens, reverse, chunk_size):
+        q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
+        gk = gk.contiguous() if gk is not None else None
+        gv = gv.contiguous() if gv is not None else None
+        u = u.contiguous() if u is not None else None
+        h0 = h0.contiguous() if h0 is not None else None
+        B, N, H, K = q.shape
+        meta = _Meta(B, N, H, cu_seqlens, chunk_size, q.device)
+        o, ht, ht_ex = gla_fwd(q, k, v, gk, gv, u, scale, h0, output_final_state, meta, reverse)
+        ctx.save_for_backward(q, k, v, gk, gv, u, h0, o if gv is not None else None, ht_ex)
+        ctx.meta, ctx.scale, ctx.reverse = meta, scale, reverse
+        return o, ht
+
+    @staticmethod
+    def backward(ctx, do, dht):
+        q, k, v, gk, gv, u, h0, o, ht = ctx.saved_tensors
+        dq, dk, dv, dgk, dgv, du, dh0 = gla_bwd(q, k, v, gk, gv, u, ctx.scale, h0, o, ht, do,
+                                                dht.contiguous() if dht is not None else None,
+                                                ctx.meta, ctx.reverse)
+        return dq, dk, dv, dgk, dgv, du, None, dh0, None, None, None, None
+
+
+def chunk_gla_triton(q, k, v, gk=None, gv=None, u=None, scale=None, initial_state=None,
+                     output_final_state=False, cu_seqlens=None, reverse=False, chunk_size=CHUNK):
+    """Triton entry point (no argument checks; see :func:`vla_mm.ops.gla.chunk_gla`)."""
+    if scale is None:
+        scale = q.shape[-1] ** -0.5
+    if chunk_size % SUB != 0:
+        raise ValueError(f'chunk_size must be a multiple of {SUB}, got {chunk_size}')
+    return ChunkGLAFunction.apply(q, k, v, gk, gv, u, float(scale), initial_state, output_final_state,
+                                  cu_seqlens, reverse, chunk_size)

@@ -18,7 +18,9 @@ Every sequence is a row range of the flattened [B*N, H, .] tensors (``cu_seqlens
 equal ranges). ``reverse=True`` maps logical position p of a sequence to row eos-1-p in every load and store:
 no flipped copy is made. No exponential of a positive number is ever used where it could overflow: decays are
 exp(G_r - G_i) over pairs with r >= i (masked elsewhere before the exp), so log gates of -20 per token underflow
-to zero cleanly. fp32 inputs use ``input_precision='ieee'`` in every ``tl.dot``; bf16 / fp16 inputs use tf32.
+to zero cleanly. The chunk-local cumulative gates G are kept in float64 (a few numbers per token) and their
+differences are rounded to float32 only before the exp: in float32 a cumsum that reaches -600 after strong
+decays carries an absolute error of ~4e-5, which would become the relative error of every weak decay after it. fp32 inputs use ``input_precision='ieee'`` in every ``tl.dot``; bf16 / fp16 inputs use tf32.
 """
 import os
 
@@ -75,7 +77,7 @@ def _blk_A(ki, kj, bi, Gi, Gj, vi, DIAG: tl.constexpr, SB: tl.constexpr, PREC: t
     else:
         m = vi[:, None] & (r[None, :] >= 0)
     kkt = tl.dot(ki, tl.trans(kj), input_precision=PREC)
-    return tl.where(m, bi[:, None] * kkt * tl.exp(tl.where(m, Gi[:, None] - Gj[None, :], 0.)), 0.)
+    return tl.where(m, bi[:, None] * kkt * tl.exp(tl.where(m, (Gi[:, None] - Gj[None, :]).to(tl.float32), 0.)), 0.)
 
 
 @triton.jit
@@ -125,10 +127,10 @@ def _prep_blocked_kernel(k, v, beta, g, G_out, T_out, W_out, Ut_out, cu, chunk_i
     b2 = tl.load(beta + p2 * H + ih, mask=v2, other=0.).to(tl.float32)
     b3 = tl.load(beta + p3 * H + ih, mask=v3, other=0.).to(tl.float32)
     if USE_G:
-        g0 = tl.load(g + p0 * H + ih, mask=v0, other=0.).to(tl.float32)
-        g1 = tl.load(g + p1 * H + ih, mask=v1, other=0.).to(tl.float32)
-        g2 = tl.load(g + p2 * H + ih, mask=v2, other=0.).to(tl.float32)
-        g3 = tl.load(g + p3 * H + ih, mask=v3, other=0.).to(tl.float32)
+        g0 = tl.load(g + p0 * H + ih, mask=v0, other=0.).to(tl.float64)
+        g1 = tl.load(g + p1 * H + ih, mask=v1, other=0.).to(tl.float64)
+        g2 = tl.load(g + p2 * H + ih, mask=v2, other=0.).to(tl.float64)
+        g3 = tl.load(g + p3 * H + ih, mask=v3, other=0.).to(tl.float64)
         G0 = tl.cumsum(g0, 0)
         G1 = tl.cumsum(g1, 0) + tl.sum(g0, 0)
         G2 = tl.cumsum(g2, 0) + (tl.sum(g0, 0) + tl.sum(g1, 0))
@@ -138,7 +140,7 @@ def _prep_blocked_kernel(k, v, beta, g, G_out, T_out, W_out, Ut_out, cu, chunk_i
         tl.store(G_out + p2 * H + ih, G2, mask=v2)
         tl.store(G_out + p3 * H + ih, G3, mask=v3)
     else:
-        G0 = tl.zeros([SB], dtype=tl.float32)
+        G0 = tl.zeros([SB], dtype=tl.float64)
         G1 = G0
         G2 = G0
         G3 = G0
@@ -179,10 +181,10 @@ def _prep_blocked_kernel(k, v, beta, g, G_out, T_out, W_out, Ut_out, cu, chunk_i
     _st_tblk(tb, T31, 3, 1, SB, BT)
     _st_tblk(tb, T32, 3, 2, SB, BT)
     _st_tblk(tb, T33, 3, 3, SB, BT)
-    x0 = k0 * (b0 * tl.exp(G0))[:, None]
-    x1 = k1 * (b1 * tl.exp(G1))[:, None]
-    x2 = k2 * (b2 * tl.exp(G2))[:, None]
-    x3 = k3 * (b3 * tl.exp(G3))[:, None]
+    x0 = k0 * (b0 * tl.exp(G0.to(tl.float32)))[:, None]
+    x1 = k1 * (b1 * tl.exp(G1.to(tl.float32)))[:, None]
+    x2 = k2 * (b2 * tl.exp(G2.to(tl.float32)))[:, None]
+    x3 = k3 * (b3 * tl.exp(G3.to(tl.float32)))[:, None]
     _st_rows(W_out, tl.dot(T00, x0, input_precision=PREC), p0, v0, ih, H, K, ck)
     _st_rows(W_out, tl.dot(T10, x0, input_precision=PREC) + tl.dot(T11, x1, input_precision=PREC),
              p1, v1, ih, H, K, ck)
@@ -225,18 +227,18 @@ def _prep_kernel(k, v, beta, g, G_out, T_out, W_out, Ut_out, cu, chunk_info,
     kk = tl.load(k + (phys[:, None] * H + ih) * K + ck[None, :], mask=mk, other=0.).to(tl.float32)
     b = tl.load(beta + phys * H + ih, mask=valid, other=0.).to(tl.float32)
     if USE_G:
-        gg = tl.load(g + phys * H + ih, mask=valid, other=0.).to(tl.float32)
+        gg = tl.load(g + phys * H + ih, mask=valid, other=0.).to(tl.float64)
         G = tl.cumsum(gg, 0)
         tl.store(G_out + phys * H + ih, G, mask=valid)
     else:
-        G = tl.zeros([BT], dtype=tl.float32)
+        G = tl.zeros([BT], dtype=tl.float64)
     strict = (r[:, None] > r[None, :]) & valid[:, None]
     kkt = tl.dot(kk, tl.trans(kk), input_precision=PREC)
-    dec = tl.exp(tl.where(strict, G[:, None] - G[None, :], 0.))
+    dec = tl.exp(tl.where(strict, (G[:, None] - G[None, :]).to(tl.float32), 0.))
     A = tl.where(strict, b[:, None] * kkt * dec, 0.)
     T = _inv_unit_lower(A, BT)
     tl.store(T_out + (ic * H + ih) * BT * BT + r[:, None] * BT + r[None, :], T)
-    w = tl.dot(T, kk * (b * tl.exp(G))[:, None], input_precision=PREC)
+    w = tl.dot(T, kk * (b * tl.exp(G.to(tl.float32)))[:, None], input_precision=PREC)
     tl.store(W_out + (phys[:, None] * H + ih) * K + ck[None, :], w, mask=mk)
     for iv in range(0, tl.cdiv(V, BV)):
         cv = iv * BV + tl.arange(0, BV)
@@ -281,8 +283,8 @@ def _state_kernel(k, W, Ut, G, U_out, h_buf, h0, ht, cu, chunk_off,
             Gc = tl.load(G + phys * H + ih, mask=valid, other=0.)
             last = tl.minimum(L - c * BT, BT) - 1
             Gl = tl.sum(tl.where(r == last, Gc, 0.), 0)
-            kd = kk * tl.where(valid, tl.exp(tl.where(valid, Gl - Gc, 0.)), 0.)[:, None]
-            hs = hs * tl.exp(Gl) + tl.dot(tl.trans(kd), u, input_precision=PREC)
+            kd = kk * tl.where(valid, tl.exp(tl.where(valid, (Gl - Gc).to(tl.float32), 0.)), 0.)[:, None]
+            hs = hs * tl.exp(Gl.to(tl.float32)) + tl.dot(tl.trans(kd), u, input_precision=PREC)
         else:
             hs = hs + tl.dot(tl.trans(kk), u, input_precision=PREC)
     if STORE_HT:
@@ -316,8 +318,8 @@ def _out_kernel(q, k, G, U, h_buf, o, cu, chunk_info, scale,
     s = tl.dot(qq, tl.trans(kk), input_precision=PREC) * scale
     if USE_G:
         Gc = tl.load(G + phys * H + ih, mask=valid, other=0.)
-        p = tl.where(causal, s * tl.exp(tl.where(causal, Gc[:, None] - Gc[None, :], 0.)), 0.)
-        qg = qq * (scale * tl.exp(Gc))[:, None]
+        p = tl.where(causal, s * tl.exp(tl.where(causal, (Gc[:, None] - Gc[None, :]).to(tl.float32), 0.)), 0.)
+        qg = qq * (scale * tl.exp(Gc.to(tl.float32)))[:, None]
     else:
         p = tl.where(causal, s, 0.)
         qg = qq * scale
@@ -364,9 +366,9 @@ def _dstate_kernel(q, k, G, W, do, dU_out, dh_buf, dht, dh0, cu, chunk_off, scal
             Gc = tl.load(G + phys * H + ih, mask=valid, other=0.)
             last = tl.minimum(L - c * BT, BT) - 1
             Gl = tl.sum(tl.where(r == last, Gc, 0.), 0)
-            pt = tl.where(upper, st * tl.exp(tl.where(upper, Gc[None, :] - Gc[:, None], 0.)), 0.)
-            kd = kk * tl.where(valid, tl.exp(tl.where(valid, Gl - Gc, 0.)), 0.)[:, None]
-            qg = qq * (scale * tl.exp(Gc))[:, None]
+            pt = tl.where(upper, st * tl.exp(tl.where(upper, (Gc[None, :] - Gc[:, None]).to(tl.float32), 0.)), 0.)
+            kd = kk * tl.where(valid, tl.exp(tl.where(valid, (Gl - Gc).to(tl.float32), 0.)), 0.)[:, None]
+            qg = qq * (scale * tl.exp(Gc.to(tl.float32)))[:, None]
         else:
             pt = tl.where(upper, st, 0.)
             kd = kk
@@ -374,7 +376,7 @@ def _dstate_kernel(q, k, G, W, do, dU_out, dh_buf, dht, dh0, cu, chunk_off, scal
         du = tl.dot(pt, dout, input_precision=PREC) + tl.dot(kd, dh, input_precision=PREC)
         tl.store(dU_out + (phys[:, None] * H + ih) * V + cv[None, :], du, mask=mv)
         if USE_G:
-            dh = dh * tl.exp(Gl)
+            dh = dh * tl.exp(Gl.to(tl.float32))
         dh = dh + tl.dot(tl.trans(qg), dout, input_precision=PREC) - tl.dot(tl.trans(w), du, input_precision=PREC)
     if STORE_DH0:
         tl.store(dh0 + ((n * H + ih) * K + ck[:, None]) * V + cv[None, :], dh, mask=mh)
@@ -405,7 +407,7 @@ def _grads_kernel(q, k, v, beta, G, T_buf, U, dU, do, h_buf, dh_buf,
     if USE_G:
         Gc = tl.load(G + phys * H + ih, mask=valid, other=0.)
     else:
-        Gc = tl.zeros([BT], dtype=tl.float32)
+        Gc = tl.zeros([BT], dtype=tl.float64)
 
     dq1 = tl.zeros([BT, BK], dtype=tl.float32)     # dO H0^T
     dP = tl.zeros([BT, BT], dtype=tl.float32)      # dO U^T
@@ -437,13 +439,13 @@ def _grads_kernel(q, k, v, beta, G, T_buf, U, dU, do, h_buf, dh_buf,
 
     causal = (r[:, None] >= r[None, :]) & valid[:, None]
     strict = (r[:, None] > r[None, :]) & valid[:, None]
-    diff = Gc[:, None] - Gc[None, :]
+    diff = (Gc[:, None] - Gc[None, :]).to(tl.float32)
     Dc = tl.where(causal, tl.exp(tl.where(causal, diff, 0.)), 0.)
     Ds = tl.where(strict, Dc, 0.)
-    eG = tl.exp(Gc)
+    eG = tl.exp(Gc.to(tl.float32))
     last = tl.minimum(L - c * BT, BT) - 1
     Gl = tl.sum(tl.where(r == last, Gc, 0.), 0)
-    ekd = tl.where(valid, tl.exp(tl.where(valid, Gl - Gc, 0.)), 0.)
+    ekd = tl.where(valid, tl.exp(tl.where(valid, (Gl - Gc).to(tl.float32), 0.)), 0.)
 
     s = tl.dot(qq, tl.trans(kk), input_precision=PREC)
     dPs = dP * Dc * scale
@@ -471,7 +473,7 @@ def _grads_kernel(q, k, v, beta, G, T_buf, U, dU, do, h_buf, dh_buf,
         dG += tl.sum(pp, 1) - tl.sum(pp, 0)
         kdr = tl.where(r == last, 0., tl.sum(dKd * kk * ekd[:, None], 1))
         dG -= kdr
-        dG += tl.where(r == last, tl.exp(Gl) * tl.sum(sumH, 0) + tl.sum(kdr, 0), 0.)
+        dG += tl.where(r == last, tl.exp(Gl.to(tl.float32)) * tl.sum(sumH, 0) + tl.sum(kdr, 0), 0.)
         dG += kdb * b * eG
         aa = dA * (b[:, None] * kkt * Ds)
         dG += tl.sum(aa, 1) - tl.sum(aa, 0)
@@ -533,7 +535,7 @@ class DeltaRuleFunction(torch.autograd.Function):
         prec = 'ieee' if q.dtype == torch.float32 else 'tf32'
         f32 = torch.float32
         TT = B * N
-        G = _empty(TT, H, device=dev, dtype=f32) if use_g else beta
+        G = _empty(TT, H, device=dev, dtype=torch.float64) if use_g else beta
         Tb = _empty(NT, H, BT, BT, device=dev, dtype=f32)
         W = _empty(TT, H, K, device=dev, dtype=f32)
         Ut = _empty(TT, H, V, device=dev, dtype=f32)

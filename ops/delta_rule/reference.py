@@ -50,22 +50,35 @@ def delta_rule_recurrent(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, beta
         dt = torch.promote_types(dt, initial_state.dtype)
     q, k, v, beta = q.to(dt), k.to(dt), v.to(dt), beta.to(dt)
     g = None if g is None else g.to(dt)
-    segs = _segments(B, N, cu_seqlens)
-    o = q.new_zeros(B, N, H, V)
-    finals = []
-    for s, (b, bos, eos) in enumerate(segs):
-        h = q.new_zeros(H, K, V) if initial_state is None else initial_state[s].to(dt)
+    if cu_seqlens is None:
+        # all B sequences step together: state [B, H, K, V]
+        groups = [(slice(None), 0, N)]
+    else:
+        groups = [(slice(0, 1), bos, eos) for _, bos, eos in _segments(B, N, cu_seqlens)]
+    outs, finals = [], []
+    for s, (bsl, bos, eos) in enumerate(groups):
+        nb = B if cu_seqlens is None else 1
+        if initial_state is None:
+            h = q.new_zeros(nb, H, K, V)
+        else:
+            h = (initial_state if cu_seqlens is None else initial_state[s:s + 1]).to(dt)
         steps = range(eos - 1, bos - 1, -1) if reverse else range(bos, eos)
+        o_seg = []
         for t in steps:
-            kt, vt, bt = k[b, t], v[b, t], beta[b, t]                      # [H,K], [H,V], [H]
+            kt, vt, bt = k[bsl, t], v[bsl, t], beta[bsl, t]              # [b,H,K], [b,H,V], [b,H]
             if g is not None:
-                h = h * g[b, t].exp()[:, None, None]
+                h = h * g[bsl, t].exp()[..., None, None]
             # h <- h + b k (v - h^T k)^T
-            vnew = vt - torch.einsum('hkv,hk->hv', h, kt)
-            h = h + torch.einsum('hk,hv->hkv', kt, vnew * bt[:, None])
-            o[b, t] = torch.einsum('hkv,hk->hv', h, q[b, t]) * scale
+            vnew = vt - torch.einsum('bhkv,bhk->bhv', h, kt)
+            h = h + torch.einsum('bhk,bhv->bhkv', kt, vnew * bt[..., None])
+            o_seg.append(torch.einsum('bhkv,bhk->bhv', h, q[bsl, t]) * scale)
+        if reverse:
+            o_seg = o_seg[::-1]
+        if o_seg:
+            outs.append(torch.stack(o_seg, 1))
         finals.append(h)
-    final = torch.stack(finals) if output_final_state else None
+    o = torch.cat(outs, 1) if outs else q.new_zeros(B, N, H, V)
+    final = torch.cat(finals, 0) if output_final_state else None
     return o, final
 
 

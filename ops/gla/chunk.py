@@ -802,6 +802,18 @@ def _pow2(x, lo=16):
     return max(lo, triton.next_power_of_2(x))
 
 
+def _state_blocks(K, V, nprog):
+    """State tiles of the two sequential kernels: smaller tiles when few (sequence, head) pairs would leave
+    most of the GPU idle (one program walks all chunks of its tile)."""
+    BK, BV = min(64, _pow2(K)), min(64, _pow2(V))
+    while nprog * triton.cdiv(K, BK) * triton.cdiv(V, BV) < 264 and max(BK, BV) > 32:
+        if BV >= BK:
+            BV //= 2
+        else:
+            BK //= 2
+    return BK, BV
+
+
 def _gate_cumsum(g, meta, reverse):
     scalar = g.dim() == 3
     D = 1 if scalar else g.shape[-1]
@@ -826,7 +838,7 @@ def _revcumsum(x, meta, reverse):
 def _fwd_h(k, v, gkb, gvb, h0, store_ht, meta, GK, reverse, ieee):
     K, V = k.shape[-1], v.shape[-1]
     H = meta.H
-    BKh, BVh = min(64, _pow2(K)), min(64, _pow2(V))
+    BKh, BVh = _state_blocks(K, V, meta.nseq * H)
     h = _empty((meta.total_chunks, H, K, V), torch.float32, k.device)
     ht = _empty((meta.nseq, H, K, V), torch.float32, k.device) if store_ht else h
     ht_ex = _empty((meta.nseq, H, K, V), torch.float32, k.device) if store_ht else h
@@ -869,7 +881,7 @@ def gla_bwd(q, k, v, gk, gv, u, scale, h0, o, ht, do, dht, meta, reverse):
     gvb = _gate_cumsum(gv, meta, reverse) if gv is not None else None
     h, _, _ = _fwd_h(k, v, gkb, gvb, h0, False, meta, GK, reverse, ieee)
     do = do.contiguous()
-    BKh, BVh = min(64, _pow2(K)), min(64, _pow2(V))
+    BKh, BVh = _state_blocks(K, V, meta.nseq * H)
     dh = _empty((meta.total_chunks, H, K, V), torch.float32, q.device)
     dh0 = _empty((meta.nseq, H, K, V), torch.float32, q.device) if h0 is not None else None
     dummy = q

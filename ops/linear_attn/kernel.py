@@ -31,7 +31,7 @@ _FMAP = {'identity': 0, 'elu1': 1, 'relu': 2, 'focused': 3}
 # a kernel forgets to write fails the comparison.
 _POISON = False
 # Launch configuration; the benchmark script sweeps these. None = chosen from the head dims.
-CONFIG = dict(block_n=None, num_warps=None, num_stages=None, programs_per_sm=4)
+CONFIG = dict(block_n=None, num_warps=None, num_stages=None, programs_per_sm_reduce=4, programs_per_sm_map=16)
 
 
 def _alloc(shape, dtype, device):
@@ -490,26 +490,54 @@ def _bwd_kv_kernel(
 # --------------------------------------------------------------------------------------------------------------
 # host side
 # --------------------------------------------------------------------------------------------------------------
-def _blocks(K, V):
+def _blocks(K, V, ieee):
     BK = max(16, triton.next_power_of_2(K))
-    BV = min(max(16, triton.next_power_of_2(V)), max(16, 8192 // BK))
+    tile = 4096 if ieee else 8192          # fp32 operands take twice the shared memory
+    BV = min(max(16, triton.next_power_of_2(V)), max(16, tile // BK))
     NV = triton.cdiv(V, BV)
-    BN = CONFIG['block_n'] or max(16, min(128, 8192 // BK))
-    num_warps = CONFIG['num_warps'] or (4 if BK * max(BV, BN) <= 8192 else 8)
+    BN = CONFIG['block_n'] or max(16, min(128, tile // BK))
+    num_warps = CONFIG['num_warps'] or (8 if BN * BK >= 8192 else 4)
     return BN, BK, BV, NV, num_warps
 
 
-def _launch_opts(P):
-    blk = dict(BN=P.BN, BK=P.BK, BV=P.BV, num_warps=P.num_warps)
-    if CONFIG['num_stages']:
-        blk['num_stages'] = CONFIG['num_stages']
-    return blk
+_NUM_SMS = {}
+_DUMMIES = {}
+_FALLBACK = {}   # (kernel, constexpr key) -> launch options that fit in shared memory
 
 
 def _num_sms(device):
-    if device.type == 'cuda':
-        return torch.cuda.get_device_properties(device).multi_processor_count
-    return 1
+    if device.type != 'cuda':
+        return 1
+    idx = device.index if device.index is not None else torch.cuda.current_device()
+    if idx not in _NUM_SMS:
+        _NUM_SMS[idx] = torch.cuda.get_device_properties(idx).multi_processor_count
+    return _NUM_SMS[idx]
+
+
+def _dummies(device):
+    if device not in _DUMMIES:
+        _DUMMIES[device] = (torch.empty(1, dtype=torch.int32, device=device),
+                            torch.empty(1, dtype=torch.float32, device=device))
+    return _DUMMIES[device]
+
+
+def _launch(kernel, grid, args, consts, P):
+    """Launch with the plan's blocks; if they do not fit in shared memory, retry with fewer stages and rows."""
+    opts = dict(BN=P.BN, BK=P.BK, BV=P.BV, num_warps=P.num_warps, num_stages=P.num_stages)
+    key = (kernel.fn.__name__ if hasattr(kernel, 'fn') else id(kernel), P.BK, P.BV,
+           tuple(sorted((k, v) for k, v in consts.items())), tuple(sorted(opts.items())))
+    opts = dict(_FALLBACK.get(key, opts))
+    while True:
+        try:
+            return kernel[grid](*args, **consts, **opts)
+        except triton.runtime.errors.OutOfResources:
+            if opts['num_stages'] > 1:
+                opts['num_stages'] = 1
+            elif opts['BN'] > 16:
+                opts['BN'] //= 2
+            else:
+                raise
+            _FALLBACK[key] = dict(opts)
 
 
 class _Plan:
@@ -520,109 +548,105 @@ class _Plan:
         B, N, H, K = q.shape
         V = v.shape[-1]
         dev = q.device
+        ieee = q.dtype == torch.float32
         self.B, self.N, self.H, self.K, self.V = B, N, H, K, V
-        self.BN, self.BK, self.BV, self.NV, self.num_warps = _blocks(K, V)
+        self.BN, self.BK, self.BV, self.NV, self.num_warps = _blocks(K, V, ieee)
+        self.num_stages = CONFIG['num_stages'] or (2 if self.BK * self.BV <= 8192 and not ieee else 1)
         BN = self.BN
-        target = CONFIG['programs_per_sm'] * _num_sms(dev)
+        sms = _num_sms(dev)
         self.varlen = cu_seqlens is not None
-        dummy = torch.empty(1, dtype=torch.int32, device=dev)
+        dummy_i, dummy_f = _dummies(dev)
+        # two chunkings of N: the kernels that end in atomic reductions (F1, B1) take longer chunks than the
+        # kernels that only stream (F2, B2)
+        self.chunks = {}
         if self.varlen:
             cu = cu_seqlens.tolist()
             self.nseq = len(cu) - 1
-            split = max(1, triton.cdiv(target, H))
-            CH = max(BN, triton.cdiv(triton.cdiv(N, split), BN) * BN)
-            items = [(s, a, min(a + CH, cu[s + 1])) for s in range(self.nseq) for a in range(cu[s], cu[s + 1], CH)]
-            self.nchunks = len(items)
-            self.tab = torch.tensor(items, dtype=torch.int32).to(dev) if items else dummy
+            for kind, pps in (('red', CONFIG['programs_per_sm_reduce']), ('map', CONFIG['programs_per_sm_map'])):
+                split = max(1, triton.cdiv(pps * sms, H))
+                CH = max(BN, triton.cdiv(triton.cdiv(N, split), BN) * BN)
+                items = [(s, a, min(a + CH, cu[s + 1])) for s in range(self.nseq)
+                         for a in range(cu[s], cu[s + 1], CH)]
+                tab = torch.tensor(items, dtype=torch.int32).to(dev) if items else dummy_i
+                self.chunks[kind] = (len(items), CH, tab)
             self.ntab = (cu_seqlens[1:] - cu_seqlens[:-1]).to(torch.float32)
-            self.CH = CH
         else:
             self.nseq = B
-            split = max(1, min(triton.cdiv(N, BN), triton.cdiv(target, B * H)))
-            self.CH = triton.cdiv(triton.cdiv(N, split), BN) * BN
-            self.nchunks = triton.cdiv(N, self.CH)
-            self.tab = dummy
+            for kind, pps in (('red', CONFIG['programs_per_sm_reduce']), ('map', CONFIG['programs_per_sm_map'])):
+                split = max(1, min(triton.cdiv(N, BN), triton.cdiv(pps * sms, B * H)))
+                CH = triton.cdiv(triton.cdiv(N, split), BN) * BN
+                self.chunks[kind] = (triton.cdiv(N, CH), CH, dummy_i)
             self.ntab = key_padding_mask.sum(1, dtype=torch.float32) if key_padding_mask is not None else None
         self.has_ntab = self.ntab is not None
         if self.ntab is None:
-            self.ntab = torch.empty(1, dtype=torch.float32, device=dev)
+            self.ntab = dummy_f
         self.has_mask = key_padding_mask is not None
         if self.has_mask:
             self.mask = key_padding_mask.view(torch.uint8)
             self.smask = self.mask.stride()
         else:
-            self.mask, self.smask = dummy, (0, 0)
+            self.mask, self.smask = dummy_i, (0, 0)
         self.rope = rope is not None
         if self.rope:
             from .reference import expand_rope_table
             self.cos = expand_rope_table(rope[0].to(torch.float32), B, N, H, K // 2)
             self.sin = expand_rope_table(rope[1].to(torch.float32), B, N, H, K // 2)
-            self.scos, self.ssin = self.cos.stride(), self.sin.stride()
+            self.rope_strides = (*self.cos.stride(), *self.sin.stride())
         else:
-            self.cos = self.sin = torch.empty(1, dtype=torch.float32, device=dev)
-            self.scos = self.ssin = (0, 0, 0, 0)
+            self.cos = self.sin = dummy_f
+            self.rope_strides = (0,) * 8
         self.normalize = normalize
         self.n_const = float(max(N, 1))
         self.scale = 1.0 if scale is None else float(scale)
-        self.scale_inv_n = scale is None and not normalize
         self.eps = float(eps)
-        self.eps_n = norm == 'linfusion'
         p = float(focus_power)
         p_int = int(p) if p.is_integer() and 1 <= p <= 16 else 0
         self.consts = dict(FMAP=_FMAP[feature_map], P=p, P_INT=p_int, FEPS=FOCUS_EPS, NORMALIZE=normalize,
                            ROPE=self.rope, HAS_MASK=self.has_mask, VARLEN=self.varlen,
-                           IEEE=q.dtype == torch.float32, EMU=dev.type != 'cuda')
-        self.seq_consts = dict(HAS_NTAB=self.has_ntab, SCALE_INV_N=self.scale_inv_n, EPS_N=self.eps_n)
-
-    def rope_strides(self):
-        return (*self.scos, *self.ssin)
+                           IEEE=ieee, EMU=dev.type != 'cuda')
+        self.seq_consts = dict(self.consts, HAS_NTAB=self.has_ntab, SCALE_INV_N=scale is None and not normalize,
+                               EPS_N=norm == 'linfusion')
 
 
-def _forward(q, k, v, plan):
-    P = plan
+def _forward(q, k, v, P):
     B, N, H, K, V = P.B, P.N, P.H, P.K, P.V
     state = torch.zeros(P.nseq * H * (K * V + K), dtype=torch.float32, device=q.device)
     S, z = state[:P.nseq * H * K * V], state[P.nseq * H * K * V:]
     o = _alloc((B, N, H, V), v.dtype, v.device)
-    if P.nchunks == 0:
+    nr, CHr, tabr = P.chunks['red']
+    nm, CHm, tabm = P.chunks['map']
+    if nr == 0:
         return o.zero_(), S, z
-    blk = _launch_opts(P)
-    _fwd_state_kernel[(P.nchunks, B * H, P.NV)](
-        k, v, S, z, P.mask, P.tab, P.cos, P.sin,
-        N, H, K, V, P.CH, *k.stride(), *v.stride(), *P.smask, *P.rope_strides(), **P.consts, **blk)
-    _fwd_out_kernel[(P.nchunks, B * H, P.NV)](
-        q, o, S, z, P.mask, P.tab, P.ntab, P.cos, P.sin,
-        N, H, K, V, P.CH, P.n_const, P.scale, P.eps, *q.stride(), *o.stride(), *P.smask, *P.rope_strides(),
-        **P.consts, **P.seq_consts, **blk)
+    _launch(_fwd_state_kernel, (nr, B * H, P.NV),
+            (k, v, S, z, P.mask, tabr, P.cos, P.sin, N, H, K, V, CHr, *k.stride(), *v.stride(), *P.smask,
+             *P.rope_strides), P.consts, P)
+    _launch(_fwd_out_kernel, (nm, B * H, P.NV),
+            (q, o, S, z, P.mask, tabm, P.ntab, P.cos, P.sin, N, H, K, V, CHm, P.n_const, P.scale, P.eps,
+             *q.stride(), *o.stride(), *P.smask, *P.rope_strides), P.seq_consts, P)
     return o, S, z
 
 
-def _backward(q, k, v, do, S, z, plan):
-    P = plan
+def _backward(q, k, v, do, S, z, P):
     B, N, H, K, V = P.B, P.N, P.H, P.K, P.V
     dstate = torch.zeros(P.nseq * H * (K * V + K), dtype=torch.float32, device=q.device)
     dS, dz = dstate[:P.nseq * H * K * V], dstate[P.nseq * H * K * V:]
     dq = _alloc(q.shape, q.dtype, q.device)
     dk = _alloc(k.shape, k.dtype, k.device)
     dv = _alloc(v.shape, v.dtype, v.device)
-    if P.nchunks == 0:
+    nr, CHr, tabr = P.chunks['red']
+    nm, CHm, tabm = P.chunks['map']
+    if nr == 0:
         return dq.zero_(), dk.zero_(), dv.zero_()
-    blk = _launch_opts(P)
-    args = (q, do, dq, S, z, dS, dz, P.mask, P.tab, P.ntab, P.cos, P.sin,
-            N, H, K, V, P.CH, P.n_const, P.scale, P.eps,
-            *q.stride(), *do.stride(), *dq.stride(), *P.smask, *P.rope_strides())
+    args = (q, do, dq, S, z, dS, dz, P.mask, tabr, P.ntab, P.cos, P.sin, N, H, K, V, CHr, P.n_const, P.scale,
+            P.eps, *q.stride(), *do.stride(), *dq.stride(), *P.smask, *P.rope_strides)
     if P.NV == 1:
-        _bwd_q_kernel[(P.nchunks, B * H, 1)](*args, **P.consts, **P.seq_consts, DO_DS=True, DO_DQ=True, NV=1,
-                                             **blk)
+        _launch(_bwd_q_kernel, (nr, B * H, 1), args, dict(P.seq_consts, DO_DS=True, DO_DQ=True, NV=1), P)
     else:
-        _bwd_q_kernel[(P.nchunks, B * H, P.NV)](*args, **P.consts, **P.seq_consts, DO_DS=True, DO_DQ=False,
-                                                NV=P.NV, **blk)
-        _bwd_q_kernel[(P.nchunks, B * H, 1)](*args, **P.consts, **P.seq_consts, DO_DS=False, DO_DQ=True,
-                                             NV=P.NV, **blk)
-    _bwd_kv_kernel[(P.nchunks, B * H)](
-        k, v, dk, dv, dS, dz, P.mask, P.tab, P.cos, P.sin,
-        N, H, K, V, P.CH, *k.stride(), *v.stride(), *dk.stride(), *dv.stride(), *P.smask, *P.rope_strides(),
-        **P.consts, NV=P.NV, **blk)
+        _launch(_bwd_q_kernel, (nr, B * H, P.NV), args, dict(P.seq_consts, DO_DS=True, DO_DQ=False, NV=P.NV), P)
+        _launch(_bwd_q_kernel, (nr, B * H, 1), args, dict(P.seq_consts, DO_DS=False, DO_DQ=True, NV=P.NV), P)
+    _launch(_bwd_kv_kernel, (nm, B * H),
+            (k, v, dk, dv, dS, dz, P.mask, tabm, P.cos, P.sin, N, H, K, V, CHm, *k.stride(), *v.stride(),
+             *dk.stride(), *dv.stride(), *P.smask, *P.rope_strides), dict(P.consts, NV=P.NV), P)
     return dq, dk, dv
 
 
@@ -642,9 +666,22 @@ class LinearAttnFunction(torch.autograd.Function):
         return dq, dk, dv, None
 
 
+_PLANS = {}
+
+
 def linear_attn_fn(q, k, v, *, feature_map='elu1', normalize=True, scale=None, eps=1e-6, focus_power=3.0,
                    rope=None, norm='standard', key_padding_mask=None, cu_seqlens=None):
     """Triton path of ``linear_attn`` (arguments already checked by the public function)."""
-    plan = _Plan(q, v, feature_map, normalize, scale, eps, focus_power, rope, norm, key_padding_mask,
-                 cu_seqlens)
+    args = (feature_map, normalize, scale, eps, focus_power, rope, norm, key_padding_mask, cu_seqlens)
+    if rope is None and key_padding_mask is None and cu_seqlens is None:
+        # plans without tensors of their own are cached (host overhead matters at small sizes)
+        key = (q.shape, v.shape, q.dtype, q.device, feature_map, normalize, scale, eps, focus_power, norm,
+               tuple(sorted(CONFIG.items())))
+        plan = _PLANS.get(key)
+        if plan is None:
+            if len(_PLANS) > 256:
+                _PLANS.clear()
+            plan = _PLANS[key] = _Plan(q, v, *args)
+    else:
+        plan = _Plan(q, v, *args)
     return LinearAttnFunction.apply(q, k, v, plan)

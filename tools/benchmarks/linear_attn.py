@@ -99,7 +99,7 @@ def check(name, B, N, H, K, V, dtype, opts, scale=1.0):
     return dict(name=name, dtype=str(dtype), errs=errs, finite=finite, ok=ok, rerun_diff=spread)
 
 
-def correctness():
+def correctness(quick=False):
     bf, f32, f16 = torch.bfloat16, torch.float32, torch.float16
     cases = []
     for (B, H, N, D) in SHAPES:
@@ -124,6 +124,10 @@ def correctness():
         ('2x4x2000x32/256', 2, 2000, 4, 32, 256, bf, dict(feature_map='focused')),
         ('8x12x4096x64 fused-qkv non-contig', 8, 4096, 12, 64, 64, bf, dict(noncontig=True)),
     ]
+    if quick:   # the main shape and the cases that did not fit in shared memory in the first GPU run
+        keep = ('8x12x4096x64 elu1', '4x12x4096x64 focused rope fp32', '3x5x1031x48/80 ragged', '2x4x1031x128 V128',
+                '2x4x2000x256 V256 fp32', '2x4x2000x32/256', '1x12x8000x64 varlen', '4x12x4096x64 elu1 mask')
+        cases = [c for c in cases if c[0] in keep]
     res = []
     lak._POISON = True
     for c in cases:
@@ -133,7 +137,7 @@ def correctness():
             log(f'ERROR {c[0]}: {e!r}')
             traceback.print_exc()
             res.append(dict(name=c[0], ok=False, error=repr(e)))
-    for dt, sc in ((bf, 1e3), (f16, 3e2)):
+    for dt, sc in (() if quick else ((bf, 1e3), (f16, 3e2))):
         for fm in ('elu1', 'focused'):
             try:
                 res.append(check(f'large x{sc:g} 8x12x4096 {fm}', 8, 4096, 12, 64, 64, dt, dict(feature_map=fm),
@@ -240,45 +244,69 @@ def fla_fn():
 
 
 def sweep():
+    """Chunking of N (programs per SM for the atomic-reduction kernels F1/B1 and the streaming F2/B2); the block
+    shapes were swept in the first GPU run (docs/benchmarks/linear_attn.md): BN=128, 8 warps, 2 stages."""
     rows = []
-    combos = [(bn, nw, ns) for bn in (64, 128) for nw in (4, 8) for ns in (2, 3)]
     shapes = [(8, 12, 4096, 64), (1, 12, 65536, 64)]
+    sets = [make_sets(B, H, N, D, 1)[0] for (B, H, N, D) in shapes]
 
     def measure():
         tot_f = tot_fb = 0.0
-        for (B, H, N, D) in shapes:
-            q, k, v, do = make_sets(B, H, N, D, 1)[0]
+        for q, k, v, do in sets:
             with torch.no_grad():
                 tot_f += bench(lambda: linear_attn(q, k, v))
             tot_fb += bench(lambda: linear_attn(q, k, v).backward(do), [q, k, v])
         return tot_f, tot_fb
 
     best = None
-    for bn, nw, ns in combos:
-        lak.CONFIG.update(block_n=bn, num_warps=nw, num_stages=ns, programs_per_sm=4)
-        try:
+    for pr in (2, 4, 8):
+        for pm in (4, 16):
+            lak.CONFIG.update(programs_per_sm_reduce=pr, programs_per_sm_map=pm)
             tf, tfb = measure()
-        except Exception as e:
-            log(f'sweep bn={bn} nw={nw} ns={ns}: {e!r}'[:300])
-            continue
-        rows.append(dict(block_n=bn, num_warps=nw, num_stages=ns, programs_per_sm=4, fwd_ms=tf, fb_ms=tfb))
-        log(f'sweep bn={bn:3d} nw={nw} ns={ns} pps=4: fwd {tf:.4f} ms  fwd+bwd {tfb:.4f} ms (sum of 2 shapes)')
-        if best is None or tf + tfb < best[0]:
-            best = (tf + tfb, bn, nw, ns)
-    _, bn, nw, ns = best
-    best_pps = 4
-    best_t = best[0]
-    for pps in (1, 2, 8, 16):
-        lak.CONFIG.update(block_n=bn, num_warps=nw, num_stages=ns, programs_per_sm=pps)
-        tf, tfb = measure()
-        rows.append(dict(block_n=bn, num_warps=nw, num_stages=ns, programs_per_sm=pps, fwd_ms=tf, fb_ms=tfb))
-        log(f'sweep bn={bn:3d} nw={nw} ns={ns} pps={pps}: fwd {tf:.4f} ms  fwd+bwd {tfb:.4f} ms')
-        if tf + tfb < best_t:
-            best_t, best_pps = tf + tfb, pps
-    cfg = dict(block_n=bn, num_warps=nw, num_stages=ns, programs_per_sm=best_pps)
+            rows.append(dict(programs_per_sm_reduce=pr, programs_per_sm_map=pm, fwd_ms=tf, fb_ms=tfb))
+            log(f'sweep pps_reduce={pr} pps_map={pm}: fwd {tf:.4f} ms  fwd+bwd {tfb:.4f} ms (sum of 2 shapes)')
+            if best is None or tf + tfb < best[0]:
+                best = (tf + tfb, pr, pm)
+    cfg = dict(programs_per_sm_reduce=best[1], programs_per_sm_map=best[2])
     lak.CONFIG.update(cfg)
-    log(f'chosen config: {cfg}')
+    log(f'chosen config: {dict(lak.CONFIG)}')
+    del sets
+    torch.cuda.empty_cache()
     return rows, cfg
+
+
+def host_overhead():
+    """Host (CPU) time per call, no synchronisation inside the loop, tiny shape: what launches cost."""
+    q, k, v, do = make_sets(1, 1, 64, 64, 1)[0]
+    res = {}
+
+    def t(name, fn, n=300):
+        for _ in range(20):
+            fn()
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        for _ in range(n):
+            fn()
+        t1 = time.perf_counter()
+        torch.cuda.synchronize()
+        res[name] = (t1 - t0) / n * 1e6
+        log(f'host {name:40s} {res[name]:8.1f} us/call')
+
+    from vla_mm.ops.linear_attn import _check_args
+
+    t('check_args', lambda: _check_args(q, k, v, 'elu1', True, None, 1e-6, 3.0, None, 'standard', None, None))
+    t('_Plan (uncached)', lambda: lak._Plan(q, v, 'elu1', True, None, 1e-6, 3.0, None, 'standard', None, None))
+    plan = lak._Plan(q, v, 'elu1', True, None, 1e-6, 3.0, None, 'standard', None, None)
+    t('_forward (zeros + 2 launches)', lambda: lak._forward(q, k, v, plan))
+    o, S, z = lak._forward(q, k, v, plan)
+    t('_backward (zeros + 2 launches)', lambda: lak._backward(q, k, v, do, S, z, plan))
+    t('torch.zeros(small)', lambda: torch.zeros(4160, device='cuda'))
+    with torch.no_grad():
+        t('linear_attn fwd (no grad)', lambda: linear_attn(q, k, v))
+    t('linear_attn fwd+bwd', lambda: linear_attn(q, k, v).backward(do))
+    x = torch.randn(64, device='cuda')
+    t('torch add (reference launch)', lambda: x.add(1.0))
+    return res
 
 
 def profile_breakdown(B, H, N, D):
@@ -291,6 +319,7 @@ def profile_breakdown(B, H, N, D):
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
         for _ in range(iters):
             linear_attn(q, k, v).backward(do)
+            q.grad = k.grad = v.grad = None
         torch.cuda.synchronize()
     rows = []
     for e in prof.key_averages():
@@ -311,6 +340,7 @@ def main():
     ap.add_argument('--out', default='.')
     ap.add_argument('--skip-correctness', action='store_true')
     ap.add_argument('--no-sweep', action='store_true')
+    ap.add_argument('--quick-correctness', action='store_true')
     args = ap.parse_args()
     os.makedirs(args.out, exist_ok=True)
     LOG_PATH[0] = os.path.join(args.out, 'log.txt')
@@ -320,7 +350,7 @@ def main():
         f'SMs {torch.cuda.get_device_properties(0).multi_processor_count}')
     results = dict(device=dev, torch=torch.__version__, triton=triton.__version__)
     if not args.skip_correctness:
-        results['correctness'] = correctness()
+        results['correctness'] = correctness(args.quick_correctness)
         log(f'[{time.time() - t0:.0f}s]')
     if not args.no_sweep:
         try:
@@ -330,6 +360,11 @@ def main():
             traceback.print_exc()
         log(f'[{time.time() - t0:.0f}s]')
     results['config_used'] = dict(lak.CONFIG)
+    try:
+        results['host_us'] = host_overhead()
+    except Exception as e:
+        log(f'host overhead failed: {e!r}')
+        traceback.print_exc()
     bw = copy_bandwidth()
     log(f'device-to-device copy: {bw / 1e12:.3f} TB/s (read + write)')
     results['copy_TBps'] = bw / 1e12

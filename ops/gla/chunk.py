@@ -137,79 +137,128 @@ def _seq_info(i_nh, cu, chunk_off, N, NT, H, VARLEN: tl.constexpr):
 
 
 @triton.jit
-def _diag_scores(L_, bL, R, gR, base, t_i, m_i, seq_len, bos, eos, c, D, H, i_h,
+def _lpre(g, EXCL: tl.constexpr):
+    """Sub-block-local prefix sums of log gates (inclusive, or exclusive for the bonus form)."""
+    p = tl.cumsum(g, axis=0)
+    if EXCL:
+        p = p - g
+    return p
+
+
+@triton.jit
+def _lsuf(g):
+    """Sub-block-local exclusive suffix sums of log gates: sum over the rows after each row."""
+    return tl.cumsum(g, axis=0, reverse=True) - g
+
+
+# Diagonal sub-blocks. The exponent of pair (t, s), s <= t, is sum_{r in (s, t]} g_r (minus g_t in the bonus form),
+# accumulated column by column from the diagonal outwards (s = BS-1 ... 0): every partial sum covers a run of
+# consecutive same-sign log gates, so it is accurate relative to itself, also for log gates of -20 (a difference
+# of two large cumulative sums would lose ~|cumsum| * 6e-8 in the exponent).
+@triton.jit
+def _diag_scores(L_, gT, R, gR, base, t_i, m_i, seq_len, bos, eos, c, D, H, i_h,
                  BS: tl.constexpr, STRICT: tl.constexpr, REVERSE: tl.constexpr):
-    """M[t, s] = sum_d L_[t, d] R[s, d] exp(bL[t, d] - gR[s, d]) on a diagonal sub-block, for s <= t (s < t)."""
+    """M[t, s] = sum_d L_[t, d] R[s, d] exp(sum_{r in (s, t]} g[r, d] - gT[t, d]) for s <= t (s < t)."""
     ar = tl.arange(0, BS)
     M = tl.zeros([BS, BS], dtype=tl.float32)
-    for s in range(BS):
+    acc = tl.zeros_like(L_)
+    g_next = tl.sum(tl.zeros_like(L_), axis=0)
+    for jj in range(BS):
+        s = BS - 1 - jj
         ts = base + s
         ms = ts < seq_len
         rs = _rows(ts, bos, eos, REVERSE)
+        acc += tl.where((ar > s)[:, None], g_next[None, :], 0.)
         R_s = tl.load(R + rs.to(tl.int64) * H * D + i_h * D + c, mask=(c < D) & ms, other=0.).to(tl.float32)
-        b_s = tl.load(gR + rs.to(tl.int64) * H * D + i_h * D + c, mask=(c < D) & ms, other=0.).to(tl.float32)
+        g_s = tl.load(gR + rs.to(tl.int64) * H * D + i_h * D + c, mask=(c < D) & ms, other=0.).to(tl.float32)
         if STRICT:
             keep = (t_i > ts) & m_i
         else:
             keep = (t_i >= ts) & m_i
-        e = tl.exp(tl.where(keep[:, None], bL - b_s[None, :], NEG_INF))
+        e = tl.exp(tl.where(keep[:, None], acc - gT, NEG_INF))
         a = tl.sum(L_ * R_s[None, :] * e, axis=1)
         M = tl.where(ar[None, :] == s, a[:, None], M)
+        g_next = g_s
     return M
 
 
 @triton.jit
-def _diag_gmm(M, bL, R, gR, base, t_i, m_i, seq_len, bos, eos, c, D, H, i_h,
+def _diag_gmm(M, gT, R, gR, base, t_i, m_i, seq_len, bos, eos, c, D, H, i_h,
               BS: tl.constexpr, BD: tl.constexpr, STRICT: tl.constexpr, REVERSE: tl.constexpr):
-    """Y[t, d] = sum_s M[t, s] R[s, d] exp(bL[t, d] - gR[s, d]) on a diagonal sub-block (s <= t)."""
+    """Y[t, d] = sum_s M[t, s] R[s, d] exp(sum_{r in (s, t]} g[r, d] - gT[t, d]) on a diagonal sub-block."""
     ar = tl.arange(0, BS)
     Y = tl.zeros([BS, BD], dtype=tl.float32)
-    for s in range(BS):
+    acc = tl.zeros([BS, BD], dtype=tl.float32)
+    g_next = tl.zeros([BD], dtype=tl.float32)
+    for jj in range(BS):
+        s = BS - 1 - jj
         ts = base + s
         ms = ts < seq_len
         rs = _rows(ts, bos, eos, REVERSE)
+        acc += tl.where((ar > s)[:, None], g_next[None, :], 0.)
         R_s = tl.load(R + rs.to(tl.int64) * H * D + i_h * D + c, mask=(c < D) & ms, other=0.).to(tl.float32)
-        b_s = tl.load(gR + rs.to(tl.int64) * H * D + i_h * D + c, mask=(c < D) & ms, other=0.).to(tl.float32)
+        g_s = tl.load(gR + rs.to(tl.int64) * H * D + i_h * D + c, mask=(c < D) & ms, other=0.).to(tl.float32)
         if STRICT:
             keep = (t_i > ts) & m_i
         else:
             keep = (t_i >= ts) & m_i
-        e = tl.exp(tl.where(keep[:, None], bL - b_s[None, :], NEG_INF))
+        e = tl.exp(tl.where(keep[:, None], acc - gT, NEG_INF))
         mcol = tl.sum(tl.where(ar[None, :] == s, M, 0.), axis=1)
         Y += mcol[:, None] * R_s[None, :] * e
+        g_next = g_s
     return Y
 
 
 @triton.jit
-def _diag_gmmT(M, L_, bL, gR, base, t_i, m_i, seq_len, bos, eos, c, D, H, i_h,
+def _diag_gmmT(M, L_, gT, gR, base, t_i, m_i, seq_len, bos, eos, c, D, H, i_h,
                BS: tl.constexpr, BD: tl.constexpr, STRICT: tl.constexpr, REVERSE: tl.constexpr):
-    """Z[s, d] = sum_t M[t, s] L_[t, d] exp(bL[t, d] - gR[s, d]) on a diagonal sub-block (t >= s)."""
+    """Z[s, d] = sum_t M[t, s] L_[t, d] exp(sum_{r in (s, t]} g[r, d] - gT[t, d]) on a diagonal sub-block."""
     ar = tl.arange(0, BS)
     Z = tl.zeros([BS, BD], dtype=tl.float32)
-    for s in range(BS):
+    acc = tl.zeros([BS, BD], dtype=tl.float32)
+    g_next = tl.zeros([BD], dtype=tl.float32)
+    for jj in range(BS):
+        s = BS - 1 - jj
         ts = base + s
         ms = ts < seq_len
         rs = _rows(ts, bos, eos, REVERSE)
-        b_s = tl.load(gR + rs.to(tl.int64) * H * D + i_h * D + c, mask=(c < D) & ms, other=0.).to(tl.float32)
+        acc += tl.where((ar > s)[:, None], g_next[None, :], 0.)
+        g_s = tl.load(gR + rs.to(tl.int64) * H * D + i_h * D + c, mask=(c < D) & ms, other=0.).to(tl.float32)
         if STRICT:
             keep = (t_i > ts) & m_i
         else:
             keep = (t_i >= ts) & m_i
-        e = tl.exp(tl.where(keep[:, None], bL - b_s[None, :], NEG_INF))
+        e = tl.exp(tl.where(keep[:, None], acc - gT, NEG_INF))
         mcol = tl.sum(tl.where(ar[None, :] == s, M, 0.), axis=1)
         z = tl.sum(mcol[:, None] * L_ * e, axis=0)
         Z = tl.where(ar[:, None] == s, z[None, :], Z)
+        g_next = g_s
     return Z
+
+
+@triton.jit
+def _diag_decay(gv_t, t_i, m_i, BS: tl.constexpr, SHIFT: tl.constexpr, STRICT: tl.constexpr):
+    """Scalar gates: [BS, BS] decay exp(sum_{r in (s, t]} g_r (- g_t if SHIFT)) masked to s <= t (s < t)."""
+    ar = tl.arange(0, BS)
+    x = tl.cumsum(tl.where(ar[:, None] > ar[None, :], gv_t[:, None], 0.), axis=0)
+    if SHIFT:
+        x = x - gv_t[:, None]
+    if STRICT:
+        keep = (t_i[:, None] > t_i[None, :]) & m_i[:, None]
+    else:
+        keep = (t_i[:, None] >= t_i[None, :]) & m_i[:, None]
+    return tl.exp(tl.where(keep, x, NEG_INF))
 
 
 # ----------------------------------------------------------------------------------------------------------
 # gate cumsums
 # ----------------------------------------------------------------------------------------------------------
 @triton.jit
-def _cumsum_kernel(g, out, cu, chunk_seq, chunk_idx, N, NT, H, D,
+def _cumsum_kernel(g, out, suf, cu, chunk_seq, chunk_idx, N, NT, H, D,
                    C: tl.constexpr, BD: tl.constexpr, SCALAR: tl.constexpr, REVERSE: tl.constexpr,
                    VARLEN: tl.constexpr):
-    """Chunk-local inclusive cumsum of log gates in logical time order (fp32 out)."""
+    """Chunk-local inclusive prefix sums of log gates in logical time order, and exclusive suffix sums
+    (sum over the later rows of the chunk: the exponent of the decay to the chunk end, kept accurate)."""
     i_c, i_bh = tl.program_id(0), tl.program_id(1)
     i_n, i_h, i_t, bos, eos, hc = _chunk_info(i_c, i_bh, cu, chunk_seq, chunk_idx, N, NT, H, VARLEN)
     t = i_t * C + tl.arange(0, C)
@@ -217,13 +266,13 @@ def _cumsum_kernel(g, out, cu, chunk_seq, chunk_idx, N, NT, H, D,
     r = _rows(t, bos, eos, REVERSE)
     if SCALAR:
         x = tl.load(g + r.to(tl.int64) * H + i_h, mask=m, other=0.).to(tl.float32)
-        y = tl.cumsum(x, axis=0)
-        tl.store(out + r.to(tl.int64) * H + i_h, y, mask=m)
+        tl.store(out + r.to(tl.int64) * H + i_h, tl.cumsum(x, axis=0), mask=m)
+        tl.store(suf + r.to(tl.int64) * H + i_h, tl.cumsum(x, axis=0, reverse=True) - x, mask=m)
     else:
         c = tl.arange(0, BD)
         x = _tile(g, r, m, c, D, H * D, i_h * D)
-        y = tl.cumsum(x, axis=0)
-        _store_tile(out, y, r, m, c, D, H * D, i_h * D)
+        _store_tile(out, tl.cumsum(x, axis=0), r, m, c, D, H * D, i_h * D)
+        _store_tile(suf, tl.cumsum(x, axis=0, reverse=True) - x, r, m, c, D, H * D, i_h * D)
 
 
 @triton.jit
@@ -268,7 +317,7 @@ def _revcumsum_kernel(x, out, cu, chunk_off, N, NT, H, D,
 # forward
 # ----------------------------------------------------------------------------------------------------------
 @triton.jit
-def _fwd_h_kernel(k, v, gkb, gvb, h, h0, ht, ht_ex, cu, chunk_off, N, NT, H, K, V,
+def _fwd_h_kernel(k, v, gkb, gks, gvb, gvs, h, h0, ht, ht_ex, cu, chunk_off, N, NT, H, K, V,
                   C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, GK: tl.constexpr, GV: tl.constexpr,
                   USE_H0: tl.constexpr, STORE_HT: tl.constexpr, REVERSE: tl.constexpr, VARLEN: tl.constexpr,
                   IEEE: tl.constexpr, LOWP: tl.constexpr):
@@ -296,18 +345,16 @@ def _fwd_h_kernel(k, v, gkb, gvb, h, h0, ht, ht_ex, cu, chunk_off, N, NT, H, K, 
         v_c = _tile(v, r, m, cv, V, H * V, i_h * V)
         r_last = _rows(tl.minimum(it * C + C, L) - 1, bos, eos, REVERSE)
         if GK > 0:
-            b = _gtile(gkb, r, m, ck, K, H, i_h, GK)
             bl = _grow(gkb, r_last, ck, K, H, i_h, GK)
             if GK == 2:
                 S = S * tl.exp(tl.reshape(bl, [BK]))[:, None]
             else:
                 S = S * tl.exp(bl)
-            k_c = k_c * tl.exp(tl.where(m[:, None], bl - b, NEG_INF))
+            k_c = k_c * tl.exp(tl.where(m[:, None], _gtile(gks, r, m, ck, K, H, i_h, GK), NEG_INF))
         if GV:
-            bv = _tile(gvb, r, m, cv, V, H * V, i_h * V)
             blv = _row(gvb, r_last, cv, V, H * V, i_h * V)
             S = S * tl.exp(blv)[None, :]
-            v_c = v_c * tl.exp(tl.where(m[:, None], blv[None, :] - bv, NEG_INF))
+            v_c = v_c * tl.exp(tl.where(m[:, None], _tile(gvs, r, m, cv, V, H * V, i_h * V), NEG_INF))
         if STORE_HT:
             if it == nt - 1:
                 # final state without the last token's own k v^T: the gate-gradient term of the final state
@@ -321,7 +368,7 @@ def _fwd_h_kernel(k, v, gkb, gvb, h, h0, ht, ht_ex, cu, chunk_off, N, NT, H, K, 
 
 
 @triton.jit
-def _fwd_o_kernel(q, k, v, gkb, gkr, gvb, u, h, o, cu, chunk_seq, chunk_idx, scale, N, NT, H, K, V,
+def _fwd_o_kernel(q, k, v, gkb, gkr, gvb, gvr, u, h, o, cu, chunk_seq, chunk_idx, scale, N, NT, H, K, V,
                   C: tl.constexpr, BS: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
                   GK: tl.constexpr, GV: tl.constexpr, USE_U: tl.constexpr, REVERSE: tl.constexpr,
                   VARLEN: tl.constexpr, IEEE: tl.constexpr, LOWP: tl.constexpr):
@@ -343,24 +390,25 @@ def _fwd_o_kernel(q, k, v, gkb, gkr, gvb, u, h, o, cu, chunk_seq, chunk_idx, sca
             m_i = t_i < L
             r_i = _rows(t_i, bos, eos, REVERSE)
             q_i = _tile(q, r_i, m_i, ck, K, H * K, i_h * K) * scale
+            k_i = _tile(k, r_i, m_i, ck, K, H * K, i_h * K)
+            # inter-chunk: q_t exp(b_t) @ S (b_t: chunk prefix; exclusive with the bonus)
             if GK > 0:
-                bk_i = _gtile(gkb, r_i, m_i, ck, K, H, i_h, GK)
+                g_i = _gtile(gkr, r_i, m_i, ck, K, H, i_h, GK)
+                bq_i = _gtile(gkb, r_i, m_i, ck, K, H, i_h, GK)
                 if USE_U:
-                    bq_i = bk_i - _gtile(gkr, r_i, m_i, ck, K, H, i_h, GK)
-                else:
-                    bq_i = bk_i
-                qe = q_i * tl.exp(bq_i)
+                    bq_i = bq_i - g_i
+                o_i = _mm((q_i * tl.exp(bq_i)).to(DT), hs.to(DT), IEEE)
             else:
-                qe = q_i
-            o_i = _mm(qe.to(DT), hs.to(DT), IEEE)
+                o_i = _mm(q_i.to(DT), hs.to(DT), IEEE)
             if GV:
-                bv_i = _tile(gvb, r_i, m_i, cv, V, H * V, i_h * V)
-                o_i = o_i * tl.exp(bv_i)
+                gv_i = _tile(gvr, r_i, m_i, cv, V, H * V, i_h * V)
+                o_i = o_i * tl.exp(_tile(gvb, r_i, m_i, cv, V, H * V, i_h * V))
+            # earlier sub-blocks j < i, reference row r = last row of sub-block i-1
             if i > 0:
                 r_ref = _rows(base - 1, bos, eos, REVERSE)
                 if GK > 0:
+                    qr = q_i * tl.exp(tl.where(m_i[:, None], _lpre(g_i, USE_U), NEG_INF))
                     bk_r = _grow(gkb, r_ref, ck, K, H, i_h, GK)
-                    qr = q_i * tl.exp(tl.where(m_i[:, None], bq_i - bk_r, NEG_INF))
                 else:
                     qr = q_i
                 if GV:
@@ -372,41 +420,43 @@ def _fwd_o_kernel(q, k, v, gkb, gkr, gvb, u, h, o, cu, chunk_seq, chunk_idx, sca
                     r_j = _rows(t_j, bos, eos, REVERSE)
                     k_j = _tile(k, r_j, m_j, ck, K, H * K, i_h * K)
                     if GK > 0:
-                        k_j = k_j * tl.exp(bk_r - _gtile(gkb, r_j, m_j, ck, K, H, i_h, GK))
+                        if j == i - 1:
+                            k_j = k_j * tl.exp(_lsuf(_gtile(gkr, r_j, m_j, ck, K, H, i_h, GK)))
+                        else:
+                            k_j = k_j * tl.exp(bk_r - _gtile(gkb, r_j, m_j, ck, K, H, i_h, GK))
                     A = _mm(qr.to(DT), tl.trans(k_j.to(DT)), IEEE)
                     v_j = _tile(v, r_j, m_j, cv, V, H * V, i_h * V)
                     if GV:
-                        v_j = v_j * tl.exp(bv_r - _tile(gvb, r_j, m_j, cv, V, H * V, i_h * V))
+                        if j == i - 1:
+                            v_j = v_j * tl.exp(_lsuf(_tile(gvr, r_j, m_j, cv, V, H * V, i_h * V)))
+                        else:
+                            v_j = v_j * tl.exp(bv_r - _tile(gvb, r_j, m_j, cv, V, H * V, i_h * V))
                     acc += _mm(A.to(DT), v_j.to(DT), IEEE)
                 if GV:
-                    acc = acc * tl.exp(tl.where(m_i[:, None], bv_i - bv_r, NEG_INF))
+                    acc = acc * tl.exp(tl.where(m_i[:, None], _lpre(gv_i, False), NEG_INF))
                 o_i += acc
             # diagonal sub-block
             if GK == 2:
-                A = _diag_scores(q_i, bq_i, k, gkb, base, t_i, m_i, L, bos, eos, ck, K, H, i_h, BS, USE_U, REVERSE)
-            else:
-                k_i = _tile(k, r_i, m_i, ck, K, H * K, i_h * K)
-                A = _mm(q_i.to(DT), tl.trans(k_i.to(DT)), IEEE)
                 if USE_U:
-                    keep = (t_i[:, None] > t_i[None, :]) & m_i[:, None]
+                    A = _diag_scores(q_i, g_i, k, gkr, base, t_i, m_i, L, bos, eos, ck, K, H, i_h, BS, True, REVERSE)
                 else:
-                    keep = (t_i[:, None] >= t_i[None, :]) & m_i[:, None]
+                    A = _diag_scores(q_i, tl.zeros_like(q_i), k, gkr, base, t_i, m_i, L, bos, eos, ck, K, H, i_h,
+                                     BS, False, REVERSE)
+            else:
+                A = _mm(q_i.to(DT), tl.trans(k_i.to(DT)), IEEE)
                 if GK == 1:
-                    bkv = _gvec(gkb, r_i, m_i, H, i_h)
-                    if USE_U:
-                        bqv = bkv - _gvec(gkr, r_i, m_i, H, i_h)
-                    else:
-                        bqv = bkv
-                    A = A * tl.exp(tl.where(keep, bqv[:, None] - bkv[None, :], NEG_INF))
+                    A = A * _diag_decay(_gvec(gkr, r_i, m_i, H, i_h), t_i, m_i, BS, USE_U, USE_U)
                 else:
-                    A = tl.where(keep, A, 0.)
+                    if USE_U:
+                        A = tl.where((t_i[:, None] > t_i[None, :]) & m_i[:, None], A, 0.)
+                    else:
+                        A = tl.where((t_i[:, None] >= t_i[None, :]) & m_i[:, None], A, 0.)
             if USE_U:
-                k_i2 = _tile(k, r_i, m_i, ck, K, H * K, i_h * K)
-                dg = tl.sum(q_i * uu[None, :] * k_i2, axis=1)
+                dg = tl.sum(q_i * uu[None, :] * k_i, axis=1)
                 A += tl.where(ar[:, None] == ar[None, :], dg[:, None], 0.)
             if GV:
-                o_i += _diag_gmm(A, bv_i, v, gvb, base, t_i, m_i, L, bos, eos, cv, V, H, i_h, BS, BV, False,
-                                 REVERSE)
+                o_i += _diag_gmm(A, tl.zeros([BS, BV], dtype=tl.float32), v, gvr, base, t_i, m_i, L, bos, eos, cv,
+                                 V, H, i_h, BS, BV, False, REVERSE)
             else:
                 v_i = _tile(v, r_i, m_i, cv, V, H * V, i_h * V)
                 o_i += _mm(A.to(DT), v_i.to(DT), IEEE)
@@ -465,7 +515,7 @@ def _bwd_dh_kernel(q, do, gkb, gkr, gvb, dh, dht, dh0, cu, chunk_off, scale, N, 
 
 
 @triton.jit
-def _bwd_dv_kernel(q, k, v, gkb, gkr, gvb, u, o, do, dh, dv, dbv, cu, chunk_seq, chunk_idx, scale,
+def _bwd_dv_kernel(q, k, v, gkb, gkr, gks, gvb, gvr, gvs, u, o, do, dh, dv, dbv, cu, chunk_seq, chunk_idx, scale,
                    N, NT, H, K, V,
                    C: tl.constexpr, BS: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
                    GK: tl.constexpr, GV: tl.constexpr, USE_U: tl.constexpr, REVERSE: tl.constexpr,
@@ -479,11 +529,6 @@ def _bwd_dv_kernel(q, k, v, gkb, gkr, gvb, u, o, do, dh, dv, dbv, cu, chunk_seq,
     ar = tl.arange(0, BS)
     dhs = tl.load(dh + (hc * H + i_h).to(tl.int64) * K * V + ck[:, None] * V + cv[None, :],
                   mask=(ck[:, None] < K) & (cv[None, :] < V), other=0.)
-    r_last = _rows(tl.minimum(i_t * C + C, L) - 1, bos, eos, REVERSE)
-    if GK > 0:
-        bl = _grow(gkb, r_last, ck, K, H, i_h, GK)
-    if GV:
-        blv = _row(gvb, r_last, cv, V, H * V, i_h * V)[None, :]
     if USE_U:
         uu = tl.load(u + i_h * K + ck, mask=ck < K, other=0.).to(tl.float32)
     for j in tl.static_range(C // BS):
@@ -493,15 +538,16 @@ def _bwd_dv_kernel(q, k, v, gkb, gkr, gvb, u, o, do, dh, dv, dbv, cu, chunk_seq,
             m_j = t_j < L
             r_j = _rows(t_j, bos, eos, REVERSE)
             k_j = _tile(k, r_j, m_j, ck, K, H * K, i_h * K)
+            q_j = _tile(q, r_j, m_j, ck, K, H * K, i_h * K) * scale
             if GK > 0:
-                bk_j = _gtile(gkb, r_j, m_j, ck, K, H, i_h, GK)
-                ke = k_j * tl.exp(tl.where(m_j[:, None], bl - bk_j, NEG_INF))
+                g_j = _gtile(gkr, r_j, m_j, ck, K, H, i_h, GK)
+                ke = k_j * tl.exp(tl.where(m_j[:, None], _gtile(gks, r_j, m_j, ck, K, H, i_h, GK), NEG_INF))
             else:
                 ke = k_j
             dv_j = _mm(ke.to(DT), dhs.to(DT), IEEE)
             if GV:
-                bv_j = _tile(gvb, r_j, m_j, cv, V, H * V, i_h * V)
-                dv_j = dv_j * tl.exp(tl.where(m_j[:, None], blv - bv_j, NEG_INF))
+                gv_j = _tile(gvr, r_j, m_j, cv, V, H * V, i_h * V)
+                dv_j = dv_j * tl.exp(tl.where(m_j[:, None], _tile(gvs, r_j, m_j, cv, V, H * V, i_h * V), NEG_INF))
                 # the last token's final-state path is kept out of the value-gate gradient (see dqk kernel)
                 dv_last = tl.where((t_j == L - 1)[:, None], dv_j, 0.)
             for i in tl.static_range(j + 1, C // BS):
@@ -513,54 +559,53 @@ def _bwd_dv_kernel(q, k, v, gkb, gkr, gvb, u, o, do, dh, dv, dbv, cu, chunk_seq,
                     r_ref = _rows(base_i - 1, bos, eos, REVERSE)
                     q_i = _tile(q, r_i, m_i, ck, K, H * K, i_h * K) * scale
                     if GK > 0:
-                        bq_i = _gtile(gkb, r_i, m_i, ck, K, H, i_h, GK)
-                        if USE_U:
-                            bq_i = bq_i - _gtile(gkr, r_i, m_i, ck, K, H, i_h, GK)
-                        bk_r = _grow(gkb, r_ref, ck, K, H, i_h, GK)
-                        qr = q_i * tl.exp(tl.where(m_i[:, None], bq_i - bk_r, NEG_INF))
-                        kr = k_j * tl.exp(bk_r - bk_j)
+                        qr = q_i * tl.exp(tl.where(m_i[:, None], _lpre(_gtile(gkr, r_i, m_i, ck, K, H, i_h, GK),
+                                                                       USE_U), NEG_INF))
+                        if i == j + 1:
+                            kr = k_j * tl.exp(_lsuf(g_j))
+                        else:
+                            kr = k_j * tl.exp(_grow(gkb, r_ref, ck, K, H, i_h, GK)
+                                              - _gtile(gkb, r_j, m_j, ck, K, H, i_h, GK))
                     else:
                         qr = q_i
                         kr = k_j
                     A = _mm(qr.to(DT), tl.trans(kr.to(DT)), IEEE)
                     do_i = _tile(do, r_i, m_i, cv, V, H * V, i_h * V)
                     if GV:
-                        bv_i = _tile(gvb, r_i, m_i, cv, V, H * V, i_h * V)
-                        bv_r = _row(gvb, r_ref, cv, V, H * V, i_h * V)[None, :]
-                        dd = do_i * tl.exp(tl.where(m_i[:, None], bv_i - bv_r, NEG_INF))
-                        dv_j += tl.exp(bv_r - bv_j) * _mm(tl.trans(A.to(DT)), dd.to(DT), IEEE)
+                        dd = do_i * tl.exp(tl.where(m_i[:, None], _lpre(_tile(gvr, r_i, m_i, cv, V, H * V, i_h * V),
+                                                                        False), NEG_INF))
+                        if i == j + 1:
+                            fv = tl.exp(_lsuf(gv_j))
+                        else:
+                            fv = tl.exp(_row(gvb, r_ref, cv, V, H * V, i_h * V)[None, :]
+                                        - _tile(gvb, r_j, m_j, cv, V, H * V, i_h * V))
+                        dv_j += fv * _mm(tl.trans(A.to(DT)), dd.to(DT), IEEE)
                     else:
                         dv_j += _mm(tl.trans(A.to(DT)), do_i.to(DT), IEEE)
             # diagonal
-            q_j = _tile(q, r_j, m_j, ck, K, H * K, i_h * K) * scale
             if GK == 2:
-                bq_j = bk_j
                 if USE_U:
-                    bq_j = bk_j - _gtile(gkr, r_j, m_j, ck, K, H, i_h, GK)
-                A = _diag_scores(q_j, bq_j, k, gkb, base_j, t_j, m_j, L, bos, eos, ck, K, H, i_h, BS, USE_U,
-                                 REVERSE)
+                    A = _diag_scores(q_j, g_j, k, gkr, base_j, t_j, m_j, L, bos, eos, ck, K, H, i_h, BS, True,
+                                     REVERSE)
+                else:
+                    A = _diag_scores(q_j, tl.zeros_like(q_j), k, gkr, base_j, t_j, m_j, L, bos, eos, ck, K, H, i_h,
+                                     BS, False, REVERSE)
             else:
                 A = _mm(q_j.to(DT), tl.trans(k_j.to(DT)), IEEE)
-                if USE_U:
-                    keep = (t_j[:, None] > t_j[None, :]) & m_j[:, None]
-                else:
-                    keep = (t_j[:, None] >= t_j[None, :]) & m_j[:, None]
                 if GK == 1:
-                    bkv = _gvec(gkb, r_j, m_j, H, i_h)
-                    if USE_U:
-                        bqv = bkv - _gvec(gkr, r_j, m_j, H, i_h)
-                    else:
-                        bqv = bkv
-                    A = A * tl.exp(tl.where(keep, bqv[:, None] - bkv[None, :], NEG_INF))
+                    A = A * _diag_decay(_gvec(gkr, r_j, m_j, H, i_h), t_j, m_j, BS, USE_U, USE_U)
                 else:
-                    A = tl.where(keep, A, 0.)
+                    if USE_U:
+                        A = tl.where((t_j[:, None] > t_j[None, :]) & m_j[:, None], A, 0.)
+                    else:
+                        A = tl.where((t_j[:, None] >= t_j[None, :]) & m_j[:, None], A, 0.)
             if USE_U:
                 dg = tl.sum(q_j * uu[None, :] * k_j, axis=1)
                 A += tl.where(ar[:, None] == ar[None, :], dg[:, None], 0.)
             do_j = _tile(do, r_j, m_j, cv, V, H * V, i_h * V)
             if GV:
-                dv_j += _diag_gmmT(A, do_j, bv_j, gvb, base_j, t_j, m_j, L, bos, eos, cv, V, H, i_h, BS, BV,
-                                   False, REVERSE)
+                dv_j += _diag_gmmT(A, do_j, tl.zeros([BS, BV], dtype=tl.float32), gvr, base_j, t_j, m_j, L, bos, eos,
+                                   cv, V, H, i_h, BS, BV, False, REVERSE)
             else:
                 dv_j += _mm(tl.trans(A.to(DT)), do_j.to(DT), IEEE)
             _store_tile(dv, dv_j, r_j, m_j, cv, V, H * V, i_h * V)
@@ -571,8 +616,8 @@ def _bwd_dv_kernel(q, k, v, gkb, gkr, gvb, u, o, do, dh, dv, dbv, cu, chunk_seq,
 
 
 @triton.jit
-def _bwd_dqk_kernel(q, k, v, gkb, gkr, gvb, u, h, do, dh, dq, dk, dbk, dbq, cu, chunk_seq, chunk_idx, scale,
-                    N, NT, H, K, V,
+def _bwd_dqk_kernel(q, k, v, gkb, gkr, gks, gvb, gvr, gvs, u, h, do, dh, dq, dk, dbk, dbq, cu, chunk_seq, chunk_idx,
+                    scale, N, NT, H, K, V,
                     C: tl.constexpr, BS: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
                     GK: tl.constexpr, GV: tl.constexpr, USE_U: tl.constexpr, REVERSE: tl.constexpr,
                     VARLEN: tl.constexpr, IEEE: tl.constexpr, LOWP: tl.constexpr):
@@ -583,9 +628,6 @@ def _bwd_dqk_kernel(q, k, v, gkb, gkr, gvb, u, h, do, dh, dq, dk, dbk, dbq, cu, 
     ck = tl.arange(0, BK)
     ar = tl.arange(0, BS)
     hbase = (hc * H + i_h).to(tl.int64) * K * V
-    r_last = _rows(tl.minimum(i_t * C + C, L) - 1, bos, eos, REVERSE)
-    if GK > 0:
-        bl = _grow(gkb, r_last, ck, K, H, i_h, GK)
     if USE_U:
         uu = tl.load(u + i_h * K + ck, mask=ck < K, other=0.).to(tl.float32)
     for mb in tl.static_range(C // BS):
@@ -597,25 +639,12 @@ def _bwd_dqk_kernel(q, k, v, gkb, gkr, gvb, u, h, do, dh, dq, dk, dbk, dbq, cu, 
             q_m = _tile(q, r_m, m_m, ck, K, H * K, i_h * K) * scale
             k_m = _tile(k, r_m, m_m, ck, K, H * K, i_h * K)
             if GK > 0:
-                bk_m = _gtile(gkb, r_m, m_m, ck, K, H, i_h, GK)
+                g_m = _gtile(gkr, r_m, m_m, ck, K, H, i_h, GK)
+                bq_m = _gtile(gkb, r_m, m_m, ck, K, H, i_h, GK)
                 if USE_U:
-                    bq_m = bk_m - _gtile(gkr, r_m, m_m, ck, K, H, i_h, GK)
-                else:
-                    bq_m = bk_m
-            if GK == 1:
-                bkv = _gvec(gkb, r_m, m_m, H, i_h)
-                if USE_U:
-                    bqv = bkv - _gvec(gkr, r_m, m_m, H, i_h)
-                else:
-                    bqv = bkv
-            if USE_U:
-                keep = (t_m[:, None] > t_m[None, :]) & m_m[:, None]
-            else:
-                keep = (t_m[:, None] >= t_m[None, :]) & m_m[:, None]
+                    bq_m = bq_m - g_m
             if mb > 0:
                 r_refm = _rows(base_m - 1, bos, eos, REVERSE)
-                if GK > 0:
-                    bk_rm = _grow(gkb, r_refm, ck, K, H, i_h, GK)
             dq_inter = tl.zeros([BS, BK], dtype=tl.float32)
             dq_off = tl.zeros([BS, BK], dtype=tl.float32)
             dq_diag = tl.zeros([BS, BK], dtype=tl.float32)
@@ -632,35 +661,42 @@ def _bwd_dqk_kernel(q, k, v, gkb, gkr, gvb, u, h, do, dh, dq, dk, dbk, dbq, cu, 
                 do_m = _tile(do, r_m, m_m, cv, V, H * V, i_h * V)
                 v_m = _tile(v, r_m, m_m, cv, V, H * V, i_h * V)
                 if GV:
-                    bv_m = _tile(gvb, r_m, m_m, cv, V, H * V, i_h * V)
-                    blv = _row(gvb, r_last, cv, V, H * V, i_h * V)[None, :]
-                    dd = do_m * tl.exp(bv_m)
-                    vv = v_m * tl.exp(tl.where(m_m[:, None], blv - bv_m, NEG_INF))
+                    gv_m = _tile(gvr, r_m, m_m, cv, V, H * V, i_h * V)
+                    dd = do_m * tl.exp(_tile(gvb, r_m, m_m, cv, V, H * V, i_h * V))
+                    vv = v_m * tl.exp(tl.where(m_m[:, None], _tile(gvs, r_m, m_m, cv, V, H * V, i_h * V), NEG_INF))
                 else:
                     dd = do_m
                     vv = v_m
                 dq_inter += _mm(dd.to(DT), tl.trans(hs.to(DT)), IEEE)
                 dk_inter += _mm(vv.to(DT), tl.trans(dhs.to(DT)), IEEE)
-                # dq, off-diagonal: sub-blocks j < mb
+                # dq from earlier sub-blocks j < mb (reference row: last row of sub-block mb-1)
                 if mb > 0:
                     if GV:
+                        ddr = do_m * tl.exp(tl.where(m_m[:, None], _lpre(gv_m, False), NEG_INF))
                         bv_rm = _row(gvb, r_refm, cv, V, H * V, i_h * V)[None, :]
-                        ddr = do_m * tl.exp(tl.where(m_m[:, None], bv_m - bv_rm, NEG_INF))
                     else:
                         ddr = do_m
+                    if GK > 0:
+                        bk_rm = _grow(gkb, r_refm, ck, K, H, i_h, GK)
                     for j in tl.static_range(mb):
                         t_j = i_t * C + j * BS + ar
                         m_j = t_j < L
                         r_j = _rows(t_j, bos, eos, REVERSE)
                         v_j = _tile(v, r_j, m_j, cv, V, H * V, i_h * V)
                         if GV:
-                            v_j = v_j * tl.exp(bv_rm - _tile(gvb, r_j, m_j, cv, V, H * V, i_h * V))
+                            if j == mb - 1:
+                                v_j = v_j * tl.exp(_lsuf(_tile(gvr, r_j, m_j, cv, V, H * V, i_h * V)))
+                            else:
+                                v_j = v_j * tl.exp(bv_rm - _tile(gvb, r_j, m_j, cv, V, H * V, i_h * V))
                         dA = _mm(ddr.to(DT), tl.trans(v_j.to(DT)), IEEE)
                         k_j = _tile(k, r_j, m_j, ck, K, H * K, i_h * K)
                         if GK > 0:
-                            k_j = k_j * tl.exp(bk_rm - _gtile(gkb, r_j, m_j, ck, K, H, i_h, GK))
+                            if j == mb - 1:
+                                k_j = k_j * tl.exp(_lsuf(_gtile(gkr, r_j, m_j, ck, K, H, i_h, GK)))
+                            else:
+                                k_j = k_j * tl.exp(bk_rm - _gtile(gkb, r_j, m_j, ck, K, H, i_h, GK))
                         dq_off += _mm(dA.to(DT), k_j.to(DT), IEEE)
-                # dk, off-diagonal: sub-blocks i > mb
+                # dk from later sub-blocks i > mb (reference row: last row of sub-block i-1)
                 for i in tl.static_range(mb + 1, C // BS):
                     base_i = i_t * C + i * BS
                     if base_i < L:
@@ -670,31 +706,40 @@ def _bwd_dqk_kernel(q, k, v, gkb, gkr, gvb, u, h, do, dh, dq, dk, dbk, dbq, cu, 
                         r_ref = _rows(base_i - 1, bos, eos, REVERSE)
                         do_i = _tile(do, r_i, m_i, cv, V, H * V, i_h * V)
                         if GV:
-                            bv_r = _row(gvb, r_ref, cv, V, H * V, i_h * V)[None, :]
                             do_i = do_i * tl.exp(tl.where(m_i[:, None],
-                                                          _tile(gvb, r_i, m_i, cv, V, H * V, i_h * V) - bv_r,
+                                                          _lpre(_tile(gvr, r_i, m_i, cv, V, H * V, i_h * V), False),
                                                           NEG_INF))
-                            vr = v_m * tl.exp(bv_r - bv_m)
+                            if i == mb + 1:
+                                vr = v_m * tl.exp(_lsuf(gv_m))
+                            else:
+                                vr = v_m * tl.exp(_row(gvb, r_ref, cv, V, H * V, i_h * V)[None, :]
+                                                  - _tile(gvb, r_m, m_m, cv, V, H * V, i_h * V))
                         else:
                             vr = v_m
                         dA = _mm(do_i.to(DT), tl.trans(vr.to(DT)), IEEE)
                         q_i = _tile(q, r_i, m_i, ck, K, H * K, i_h * K) * scale
                         if GK > 0:
-                            bq_i = _gtile(gkb, r_i, m_i, ck, K, H, i_h, GK)
-                            if USE_U:
-                                bq_i = bq_i - _gtile(gkr, r_i, m_i, ck, K, H, i_h, GK)
-                            bk_r = _grow(gkb, r_ref, ck, K, H, i_h, GK)
-                            q_i = q_i * tl.exp(tl.where(m_i[:, None], bq_i - bk_r, NEG_INF))
-                            dk_off += tl.exp(bk_r - bk_m) * _mm(tl.trans(dA.to(DT)), q_i.to(DT), IEEE)
+                            q_i = q_i * tl.exp(tl.where(m_i[:, None],
+                                                        _lpre(_gtile(gkr, r_i, m_i, ck, K, H, i_h, GK), USE_U),
+                                                        NEG_INF))
+                            if i == mb + 1:
+                                fk = tl.exp(_lsuf(g_m))
+                            else:
+                                fk = tl.exp(_grow(gkb, r_ref, ck, K, H, i_h, GK)
+                                            - _gtile(gkb, r_m, m_m, ck, K, H, i_h, GK))
+                            dk_off += fk * _mm(tl.trans(dA.to(DT)), q_i.to(DT), IEEE)
                         else:
                             dk_off += _mm(tl.trans(dA.to(DT)), q_i.to(DT), IEEE)
-                # diagonal
+                # diagonal sub-block
                 if GV:
-                    dA = _diag_scores(do_m, bv_m, v, gvb, base_m, t_m, m_m, L, bos, eos, cv, V, H, i_h, BS,
-                                      USE_U, REVERSE)
+                    dA = _diag_scores(do_m, tl.zeros_like(do_m), v, gvr, base_m, t_m, m_m, L, bos, eos, cv, V, H,
+                                      i_h, BS, USE_U, REVERSE)
                 else:
                     dA = _mm(do_m.to(DT), tl.trans(v_m.to(DT)), IEEE)
-                    dA = tl.where(keep, dA, 0.)
+                    if USE_U:
+                        dA = tl.where((t_m[:, None] > t_m[None, :]) & m_m[:, None], dA, 0.)
+                    else:
+                        dA = tl.where((t_m[:, None] >= t_m[None, :]) & m_m[:, None], dA, 0.)
                 if USE_U:
                     dov += tl.sum(do_m * v_m, axis=1)
                 # strictly lower part (s < t) apart from the t == s terms, whose gate factor is exp(0): they
@@ -702,14 +747,17 @@ def _bwd_dqk_kernel(q, k, v, gkb, gkr, gvb, u, h, do, dh, dq, dk, dbk, dbq, cu, 
                 if not USE_U:
                     dA_tt += tl.sum(tl.where(ar[:, None] == ar[None, :], dA, 0.), axis=1)
                 if GK == 2:
-                    dq_diag += _diag_gmm(dA, bq_m, k, gkb, base_m, t_m, m_m, L, bos, eos, ck, K, H, i_h, BS, BK,
+                    gT = tl.zeros([BS, BK], dtype=tl.float32)
+                    if USE_U:
+                        gT = g_m
+                    dq_diag += _diag_gmm(dA, gT, k, gkr, base_m, t_m, m_m, L, bos, eos, ck, K, H, i_h, BS, BK,
                                          True, REVERSE)
-                    dk_diag += _diag_gmmT(dA, q_m, bq_m, gkb, base_m, t_m, m_m, L, bos, eos, ck, K, H, i_h, BS,
+                    dk_diag += _diag_gmmT(dA, q_m, gT, gkr, base_m, t_m, m_m, L, bos, eos, ck, K, H, i_h, BS,
                                           BK, True, REVERSE)
                 else:
                     strict = (t_m[:, None] > t_m[None, :]) & m_m[:, None]
                     if GK == 1:
-                        dA = dA * tl.exp(tl.where(strict, bqv[:, None] - bkv[None, :], NEG_INF))
+                        dA = dA * _diag_decay(_gvec(gkr, r_m, m_m, H, i_h), t_m, m_m, BS, USE_U, True)
                     else:
                         dA = tl.where(strict, dA, 0.)
                     dq_diag += _mm(dA.to(DT), k_m.to(DT), IEEE)
@@ -717,9 +765,10 @@ def _bwd_dqk_kernel(q, k, v, gkb, gkr, gvb, u, h, do, dh, dq, dk, dbk, dbq, cu, 
             if GK > 0:
                 dq_t = dq_inter * tl.exp(bq_m) + dq_diag
                 if mb > 0:
-                    dq_t += dq_off * tl.exp(tl.where(m_m[:, None], bq_m - bk_rm, NEG_INF))
+                    dq_t += dq_off * tl.exp(tl.where(m_m[:, None], _lpre(g_m, USE_U), NEG_INF))
                 # the last token's final-state path (gate factor exp(0)) is kept out of the gate gradient too
-                dk_int = dk_inter * tl.exp(tl.where(m_m[:, None] & (t_m != L - 1)[:, None], bl - bk_m, NEG_INF))
+                ks = _gtile(gks, r_m, m_m, ck, K, H, i_h, GK)
+                dk_int = dk_inter * tl.exp(tl.where(m_m[:, None] & (t_m != L - 1)[:, None], ks, NEG_INF))
                 dk_t = dk_int + dk_off + dk_diag
                 dbq_t = q_m * dq_t
                 db_t = dbq_t - k_m * dk_t
@@ -793,6 +842,10 @@ class _Meta:
         return self.last_rows if reverse else self.ends
 
 
+def _or(t, dummy):
+    return t if t is not None else dummy
+
+
 def _lowp(ieee):
     # Triton's CPU interpreter (3.8) computes bf16 tl.dot wrongly: there, dots run in fp32
     return (not ieee) and os.environ.get('TRITON_INTERPRET', '0') in ('', '0')
@@ -815,13 +868,17 @@ def _state_blocks(K, V, nprog):
 
 
 def _gate_cumsum(g, meta, reverse):
+    """(chunk-local prefix sums, chunk-local exclusive suffix sums) of the log gates, fp32."""
+    if g is None:
+        return None, None
     scalar = g.dim() == 3
     D = 1 if scalar else g.shape[-1]
     out = _empty(g.shape, torch.float32, g.device)
-    _cumsum_kernel[(meta.nchunks, meta.nbh)](g, out, meta.cu, meta.chunk_seq, meta.chunk_idx, meta.N, meta.NT,
+    suf = _empty(g.shape, torch.float32, g.device)
+    _cumsum_kernel[(meta.nchunks, meta.nbh)](g, out, suf, meta.cu, meta.chunk_seq, meta.chunk_idx, meta.N, meta.NT,
                                              meta.H, D, C=meta.C, BD=_pow2(D, 1), SCALAR=scalar,
                                              REVERSE=reverse, VARLEN=meta.varlen)
-    return out
+    return out, suf
 
 
 def _revcumsum(x, meta, reverse):
@@ -835,7 +892,7 @@ def _revcumsum(x, meta, reverse):
     return out
 
 
-def _fwd_h(k, v, gkb, gvb, h0, store_ht, meta, GK, reverse, ieee):
+def _fwd_h(k, v, gkb, gks, gvb, gvs, h0, store_ht, meta, GK, reverse, ieee):
     K, V = k.shape[-1], v.shape[-1]
     H = meta.H
     BKh, BVh = _state_blocks(K, V, meta.nseq * H)
@@ -843,7 +900,7 @@ def _fwd_h(k, v, gkb, gvb, h0, store_ht, meta, GK, reverse, ieee):
     ht = _empty((meta.nseq, H, K, V), torch.float32, k.device) if store_ht else h
     ht_ex = _empty((meta.nseq, H, K, V), torch.float32, k.device) if store_ht else h
     grid = (triton.cdiv(K, BKh), triton.cdiv(V, BVh), meta.nseq * H)
-    _fwd_h_kernel[grid](k, v, gkb if gkb is not None else k, gvb if gvb is not None else v, h,
+    _fwd_h_kernel[grid](k, v, _or(gkb, k), _or(gks, k), _or(gvb, v), _or(gvs, v), h,
                         h0 if h0 is not None else h, ht, ht_ex, meta.cu, meta.chunk_off, meta.N, meta.NT, H, K, V,
                         C=meta.C, BK=BKh, BV=BVh, GK=GK, GV=gvb is not None, USE_H0=h0 is not None,
                         STORE_HT=store_ht, REVERSE=reverse, VARLEN=meta.varlen, IEEE=ieee, LOWP=_lowp(ieee))
@@ -858,14 +915,13 @@ def gla_fwd(q, k, v, gk, gv, u, scale, h0, output_final_state, meta, reverse):
     K, V = q.shape[-1], v.shape[-1]
     GK = 0 if gk is None else (1 if gk.dim() == 3 else 2)
     ieee = q.dtype == torch.float32
-    gkb = _gate_cumsum(gk, meta, reverse) if gk is not None else None
-    gvb = _gate_cumsum(gv, meta, reverse) if gv is not None else None
-    h, ht, ht_ex = _fwd_h(k, v, gkb, gvb, h0, output_final_state, meta, GK, reverse, ieee)
+    gkb, gks = _gate_cumsum(gk, meta, reverse)
+    gvb, gvs = _gate_cumsum(gv, meta, reverse)
+    h, ht, ht_ex = _fwd_h(k, v, gkb, gks, gvb, gvs, h0, output_final_state, meta, GK, reverse, ieee)
     o = _empty(v.shape, v.dtype, v.device)
     BK, BV = _pow2(K), min(64, _pow2(V))
     grid = (triton.cdiv(V, BV), meta.nchunks, meta.nbh)
-    _fwd_o_kernel[grid](q, k, v, gkb if gkb is not None else q, gk if gk is not None else q,
-                        gvb if gvb is not None else v, u if u is not None else q, h, o,
+    _fwd_o_kernel[grid](q, k, v, _or(gkb, q), _or(gk, q), _or(gvb, v), _or(gv, v), _or(u, q), h, o,
                         meta.cu, meta.chunk_seq, meta.chunk_idx, scale, meta.N, meta.NT, meta.H, K, V,
                         C=meta.C, BS=SUB, BK=BK, BV=BV, GK=GK, GV=gv is not None, USE_U=u is not None,
                         REVERSE=reverse, VARLEN=meta.varlen, IEEE=ieee, LOWP=_lowp(ieee), **_launch_opts(K))
@@ -877,38 +933,32 @@ def gla_bwd(q, k, v, gk, gv, u, scale, h0, o, ht, do, dht, meta, reverse):
     H = meta.H
     GK = 0 if gk is None else (1 if gk.dim() == 3 else 2)
     ieee = q.dtype == torch.float32
-    gkb = _gate_cumsum(gk, meta, reverse) if gk is not None else None
-    gvb = _gate_cumsum(gv, meta, reverse) if gv is not None else None
-    h, _, _ = _fwd_h(k, v, gkb, gvb, h0, False, meta, GK, reverse, ieee)
+    gkb, gks = _gate_cumsum(gk, meta, reverse)
+    gvb, gvs = _gate_cumsum(gv, meta, reverse)
+    h, _, _ = _fwd_h(k, v, gkb, gks, gvb, gvs, h0, False, meta, GK, reverse, ieee)
     do = do.contiguous()
     BKh, BVh = _state_blocks(K, V, meta.nseq * H)
     dh = _empty((meta.total_chunks, H, K, V), torch.float32, q.device)
     dh0 = _empty((meta.nseq, H, K, V), torch.float32, q.device) if h0 is not None else None
-    dummy = q
     _bwd_dh_kernel[(triton.cdiv(K, BKh), triton.cdiv(V, BVh), meta.nseq * H)](
-        q, do, gkb if gkb is not None else dummy, gk if gk is not None else dummy,
-        gvb if gvb is not None else dummy, dh, dht if dht is not None else dh, dh0 if dh0 is not None else dh,
+        q, do, _or(gkb, q), _or(gk, q), _or(gvb, q), dh, _or(dht, dh), _or(dh0, dh),
         meta.cu, meta.chunk_off, scale, meta.N, meta.NT, H, K, V, C=meta.C, BK=BKh, BV=BVh, GK=GK,
         GV=gv is not None, USE_U=u is not None, USE_DHT=dht is not None, STORE_DH0=h0 is not None,
         REVERSE=reverse, VARLEN=meta.varlen, IEEE=ieee, LOWP=_lowp(ieee))
     BK, BV = _pow2(K), min(64, _pow2(V))
     dv = _empty(v.shape, v.dtype, v.device)
     dbv = _empty(v.shape, torch.float32, v.device) if gv is not None else None
+    gates = (_or(gkb, q), _or(gk, q), _or(gks, q), _or(gvb, v), _or(gv, v), _or(gvs, v), _or(u, q))
     _bwd_dv_kernel[(triton.cdiv(V, BV), meta.nchunks, meta.nbh)](
-        q, k, v, gkb if gkb is not None else dummy, gk if gk is not None else dummy,
-        gvb if gvb is not None else dummy, u if u is not None else dummy, o if o is not None else dummy, do, dh,
-        dv, dbv if dbv is not None else dummy, meta.cu, meta.chunk_seq, meta.chunk_idx, scale,
+        q, k, v, *gates, _or(o, v), do, dh, dv, _or(dbv, v), meta.cu, meta.chunk_seq, meta.chunk_idx, scale,
         meta.N, meta.NT, H, K, V, C=meta.C, BS=SUB, BK=BK, BV=BV, GK=GK, GV=gv is not None,
         USE_U=u is not None, REVERSE=reverse, VARLEN=meta.varlen, IEEE=ieee, LOWP=_lowp(ieee), **_launch_opts(K))
     dq = _empty(q.shape, q.dtype, q.device)
     dk = _empty(k.shape, k.dtype, k.device)
     dbk = _empty(gk.shape, torch.float32, q.device) if gk is not None else None
-    dbq = _empty(gk.shape, torch.float32, q.device) if (gk is not None and u is not None) \
-        else None
+    dbq = _empty(gk.shape, torch.float32, q.device) if (gk is not None and u is not None) else None
     _bwd_dqk_kernel[(meta.nchunks, meta.nbh)](
-        q, k, v, gkb if gkb is not None else dummy, gk if gk is not None else dummy,
-        gvb if gvb is not None else dummy, u if u is not None else dummy, h, do, dh, dq, dk,
-        dbk if dbk is not None else dummy, dbq if dbq is not None else dummy,
+        q, k, v, *gates, h, do, dh, dq, dk, _or(dbk, q), _or(dbq, q),
         meta.cu, meta.chunk_seq, meta.chunk_idx, scale, meta.N, meta.NT, H, K, V,
         C=meta.C, BS=SUB, BK=BK, BV=BV, GK=GK, GV=gv is not None, USE_U=u is not None,
         REVERSE=reverse, VARLEN=meta.varlen, IEEE=ieee, LOWP=_lowp(ieee), **_launch_opts(K))

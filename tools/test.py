@@ -38,11 +38,12 @@ def main(argv=None):
     from mmengine.runner import Runner
 
     from vla_mm.utils.cli import (UserError, check_checkpoint, check_data_roots, explain_exception, fail,
-                                  load_config, set_work_dir, to_plain)
+                                  load_config, set_work_dir, to_plain, use_cpu_backend)
     try:
         cfg = load_config(args.config, args.cfg_options)
         check_checkpoint(args.checkpoint)
         cfg.launcher = args.launcher
+        use_cpu_backend(cfg)
         cfg.load_from = args.checkpoint
         cfg.resume = False
         set_work_dir(cfg, args.config, args.work_dir)

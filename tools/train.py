@@ -33,9 +33,11 @@ def parse_args(argv=None):
 
 
 def build_cfg(args):
-    from vla_mm.utils.cli import UserError, check_checkpoint, check_data_roots, load_config, set_work_dir
+    from vla_mm.utils.cli import (UserError, check_checkpoint, check_data_roots, load_config, set_work_dir,
+                                  use_cpu_backend)
     cfg = load_config(args.config, args.cfg_options)
     cfg.launcher = args.launcher
+    use_cpu_backend(cfg)
     set_work_dir(cfg, args.config, args.work_dir)
     if args.amp:
         if cfg.optim_wrapper.get('type', 'OptimWrapper') == 'AmpOptimWrapper':

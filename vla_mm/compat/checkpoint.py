@@ -47,10 +47,21 @@ def _numpy_globals():
     return found
 
 
-def allowed_checkpoint_globals():
-    """The non-tensor globals an MMEngine checkpoint may hold: HistoryBuffer, numpy arrays, dtypes, scalars."""
+def _history_buffer_getattr(obj, name):
+    """Stand-in for ``builtins.getattr`` in checkpoints: HistoryBuffer pickles its statistics methods as
+    ``getattr(HistoryBuffer, 'min')`` etc. Only those lookups are allowed; anything else is refused."""
     from mmengine.logging.history_buffer import HistoryBuffer
-    return [HistoryBuffer] + _numpy_globals() + list(_extra_globals)
+    if obj is HistoryBuffer and isinstance(name, str) and name in HistoryBuffer._statistics_methods:
+        return getattr(obj, name)
+    raise pickle.UnpicklingError(f'Unsupported global: GLOBAL getattr({obj!r}, {name!r}) is not allowed')
+
+
+def allowed_checkpoint_globals():
+    """The non-tensor globals an MMEngine checkpoint may hold: HistoryBuffer (with the ``getattr`` of its
+    statistics methods, and nothing else), numpy arrays, dtypes and scalars."""
+    from mmengine.logging.history_buffer import HistoryBuffer
+    return ([HistoryBuffer, (_history_buffer_getattr, 'builtins.getattr')] + _numpy_globals()
+            + list(_extra_globals))
 
 
 def allow_checkpoint_globals(*objs):

@@ -1,4 +1,4 @@
 """Runner extensions: hooks registered in the vla_mm scope."""
-from .hooks import RNGStateHook
+from .hooks import DeterministicResumeHook
 
-__all__ = ['RNGStateHook']
+__all__ = ['DeterministicResumeHook']

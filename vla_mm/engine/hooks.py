@@ -2,43 +2,33 @@ import random
 
 import numpy as np
 import torch
+from mmengine.dist import get_rank
 from mmengine.hooks import Hook
 
 from ..registry import HOOKS
 
 
 @HOOKS.register_module()
-class RNGStateHook(Hook):
-    """Save the random-number-generator states in every checkpoint and restore them on ``--resume``.
+class DeterministicResumeHook(Hook):
+    """Reseed the Python, numpy and torch (CPU and CUDA) generators from (seed, iteration, rank) before every
+    training iteration.
 
-    MMEngine restores weights, optimizer, schedulers and the sampler's epoch, but not the Python / numpy /
-    torch (CPU and CUDA) generators, so stochastic depth, dropout and main-process augmentations draw other
-    numbers after a resume. With this hook an interrupted run resumed from a checkpoint ends with the same
-    weights as an uninterrupted one (single process, deterministic kernels; in distributed runs each rank's
-    generator state is saved in its own checkpoint entry only for rank 0 — other ranks reseed).
+    MMEngine's resume restores weights, optimizer, schedulers and the sampler's epoch, but not the random
+    generators, and the validation between epochs draws from them too (each DataLoader iterator takes a base
+    seed from torch's generator). Making every draw a function of the iteration instead of the history means a
+    run resumed from any checkpoint draws the same stochastic-depth / dropout masks and main-process
+    augmentations as an uninterrupted run, for epoch- and iteration-based loops, with or without validation.
+    (Dataloader workers are seeded by MMEngine's ``worker_init_fn`` and the sampler by ``seed + epoch``.)
     """
 
-    priority = 'VERY_LOW'
+    priority = 'VERY_HIGH'
 
-    def before_save_checkpoint(self, runner, checkpoint):
-        state = dict(python=random.getstate(), numpy=np.random.get_state(), torch=torch.get_rng_state())
-        if torch.cuda.is_available() and torch.cuda.is_initialized():
-            state['cuda'] = torch.cuda.get_rng_state_all()
-        # plain containers only: loadable with weights_only=True
-        state['python'] = [state['python'][0], list(state['python'][1]), state['python'][2]]
-        np_state = state['numpy']
-        state['numpy'] = [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), int(np_state[2]),
-                          int(np_state[3]), float(np_state[4])]
-        checkpoint['rng_state'] = state
+    def __init__(self, seed=None):
+        self.seed = seed
 
-    def after_load_checkpoint(self, runner, checkpoint):
-        state = checkpoint.get('rng_state')
-        if not state or not runner._resume:
-            return
-        version, internal, gauss = state['python']
-        random.setstate((version, tuple(internal), gauss))
-        name, keys, pos, has_gauss, cached = state['numpy']
-        np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
-        torch.set_rng_state(state['torch'])
-        if 'cuda' in state and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(state['cuda'])
+    def before_train_iter(self, runner, batch_idx, data_batch=None):
+        base = self.seed if self.seed is not None else (runner.seed if runner.seed is not None else 0)
+        s = (int(base) * 1_000_003 + runner.iter * 7919 + get_rank() * 104_729) % (2 ** 31)
+        random.seed(s)
+        np.random.seed(s)
+        torch.manual_seed(s)  # seeds CUDA generators too

@@ -178,6 +178,13 @@ def explain_exception(e):
     return None
 
 
+def use_cpu_backend(cfg):
+    """Distributed runs without a GPU use gloo (NCCL needs CUDA)."""
+    import torch
+    if cfg.get('launcher', 'none') != 'none' and not torch.cuda.is_available():
+        cfg.setdefault('env_cfg', {}).setdefault('dist_cfg', {})['backend'] = 'gloo'
+
+
 def set_work_dir(cfg, config_path, work_dir=None):
     if work_dir is not None:
         cfg.work_dir = work_dir

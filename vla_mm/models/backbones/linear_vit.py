@@ -21,7 +21,7 @@ from mmengine.model import BaseModule
 from mmengine.model.weight_init import trunc_normal_
 
 from ...registry import MIXERS, MODELS
-from ..layers import Mlp, PatchEmbed, resize_abs_pos_embed
+from ..layers import ConvStem, Mlp, PatchEmbed, resize_abs_pos_embed
 
 
 class MixerBlock(nn.Module):
@@ -56,6 +56,7 @@ class LinearViT(BaseModule):
             ``num_layers``, ``num_heads`` (and optionally ``mlp_ratio``).
         img_size (int | tuple): training input size; fixes the stored position-embedding grid.
         patch_size (int): patch side.
+        stem (str): 'patch' (one patchify conv, as ViT/DeiT) or 'conv' (stride-2 3x3 convs, Xiao et al. 2021).
         in_channels (int): image channels.
         mixer (dict): token mixer config, ``type`` a :data:`MIXERS` name (``num_heads`` filled from ``arch``).
         out_indices (int | sequence): blocks whose outputs are returned (negative counts from the end).
@@ -79,9 +80,13 @@ class LinearViT(BaseModule):
     }
     num_extra_tokens = 0
 
-    def __init__(self, arch='tiny', img_size=224, patch_size=16, in_channels=3, mixer=None, out_indices=-1,
+    def __init__(self, arch='tiny', img_size=224, patch_size=16, in_channels=3, stem='patch', mixer=None,
+                 out_indices=-1,
                  out_type='featmap', final_norm=True, drop_path_rate=0.0, drop_rate=0.0, layer_scale_init=None,
                  use_abs_pos_embed=True, frozen_stages=-1, norm_eval=False, with_cp=False, init_cfg=None):
+        if init_cfg is None:  # ViT/DeiT initialisation; embeddings are drawn below
+            init_cfg = [dict(type='TruncNormal', layer='Linear', std=0.02, bias=0.0),
+                        dict(type='Constant', layer='LayerNorm', val=1.0, bias=0.0)]
         super().__init__(init_cfg=init_cfg)
         if isinstance(arch, str):
             if arch.lower() not in self.arch_zoo:
@@ -101,13 +106,19 @@ class LinearViT(BaseModule):
         self.norm_eval = norm_eval
         self.with_cp = with_cp
 
-        self.patch_embed = PatchEmbed(in_channels, self.embed_dims, patch_size)
+        stems = dict(patch=PatchEmbed, conv=ConvStem)
+        if stem not in stems:
+            raise KeyError(f'stem {stem!r} is not one of {sorted(stems)}')
+        self.patch_embed = stems[stem](in_channels, self.embed_dims, patch_size)
         self.patch_resolution = (self.img_size[0] // patch_size, self.img_size[1] // patch_size)
         num_patches = self.patch_resolution[0] * self.patch_resolution[1]
         self.pos_embed = nn.Parameter(torch.zeros(1, num_patches, self.embed_dims)) if use_abs_pos_embed else None
         self.pos_drop = nn.Dropout(drop_rate)
         # SimMIM's learned mask token (unused unless a mask is passed)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, self.embed_dims))
+        trunc_normal_(self.mask_token, std=0.02)
+        if self.pos_embed is not None:
+            trunc_normal_(self.pos_embed, std=0.02)
 
         mixer = copy.deepcopy(mixer) if mixer is not None else dict(type='linear_attn')
         mixer.setdefault('num_heads', arch['num_heads'])
@@ -126,23 +137,7 @@ class LinearViT(BaseModule):
         self._register_load_state_dict_pre_hook(self._prepare_pos_embed)
         self._freeze_stages()
 
-    # ------------------------------------------------------------------ init / checkpoints
-    def init_weights(self):
-        super().init_weights()
-        if isinstance(self.init_cfg, dict) and self.init_cfg.get('type') == 'Pretrained':
-            return  # weights came from the checkpoint
-        if self.pos_embed is not None:
-            trunc_normal_(self.pos_embed, std=0.02)
-        trunc_normal_(self.mask_token, std=0.02)
-        for m in self.modules():
-            if isinstance(m, nn.Linear):
-                trunc_normal_(m.weight, std=0.02)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.LayerNorm):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-
+    # ------------------------------------------------------------------ checkpoints / freezing
     def _prepare_pos_embed(self, state_dict, prefix, *args, **kwargs):
         """Resize a checkpoint's position embedding to this model's grid (checkpoints from other sizes)."""
         name = prefix + 'pos_embed'
@@ -163,6 +158,7 @@ class LinearViT(BaseModule):
     def _freeze_stages(self):
         if self.frozen_stages < 0:
             return
+        # the stem (and a conv stem's BatchNorm, kept in eval mode), embeddings and the first blocks
         frozen = [self.patch_embed, self.mask_token] + list(self.layers[:self.frozen_stages])
         if self.pos_embed is not None:
             frozen.append(self.pos_embed)

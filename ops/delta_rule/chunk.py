@@ -19,7 +19,7 @@ equal ranges). ``reverse=True`` maps logical position p of a sequence to row eos
 no flipped copy is made. No exponential of a positive number is ever used where it could overflow: decays are
 exp(G_r - G_i) over pairs with r >= i (masked elsewhere before the exp), so log gates of -20 per token underflow
 to zero cleanly. The chunk-local cumulative gates G are kept in float64 (a few numbers per token) and their
-differences are rounded to float32 only before the exp: in float32 a cumsum that reaches -600 after strong
+differences are formed in float32 from hi + lo parts (``_pdiff``) just before the exp: in float32 a cumsum that reaches -600 after strong
 decays carries an absolute error of ~4e-5, which would become the relative error of every weak decay after it. fp32 inputs use ``input_precision='ieee'`` in every ``tl.dot``; bf16 / fp16 inputs use tf32.
 """
 import os
@@ -32,8 +32,8 @@ import triton.language as tl
 # Launch choices; the benchmark script sweeps them. 'prep': 'blocked' (16x16 block inversion, BT == 64 only)
 # or 'rows' (row-by-row forward substitution); 'bv_state': V block of the sequential kernels (None = choose
 # from the number of programs); warps of each kernel.
-TUNE = {'prep': 'blocked', 'bv_state': None, 'warps_prep': 4, 'warps_state': 4, 'warps_out': 4,
-        'warps_dstate': 4, 'warps_grads': 8}
+TUNE = {'prep': 'blocked', 'bv_state': None, 'warps_prep': 8, 'warps_state': 4, 'warps_out': 8,
+        'warps_dstate': 8, 'warps_grads': 8, 'stages': 1}
 
 
 def _empty(*shape, device, dtype):
@@ -51,8 +51,20 @@ def _rows(bos, eos, start, BT: tl.constexpr, REVERSE: tl.constexpr):
         phys = eos - 1 - lp
     else:
         phys = bos + lp
-    phys = tl.where(valid, phys, bos).to(tl.int64)
+    phys = tl.where(valid, phys, bos)
     return lp, valid, phys
+
+
+@triton.jit
+def _pdiff(Gi, Gj):
+    """Pairwise G_i - G_j in float32 from float64 vectors without a float64 matrix: each G is split into
+    float32 hi + lo parts; hi_i - hi_j is exact when the two are within a factor 2 (Sterbenz) and otherwise
+    the difference is large and its rounding irrelevant to the exp."""
+    hi_i = Gi.to(tl.float32)
+    lo_i = (Gi - hi_i.to(tl.float64)).to(tl.float32)
+    hi_j = Gj.to(tl.float32)
+    lo_j = (Gj - hi_j.to(tl.float64)).to(tl.float32)
+    return (hi_i[:, None] - hi_j[None, :]) + (lo_i[:, None] - lo_j[None, :])
 
 
 @triton.jit
@@ -77,7 +89,7 @@ def _blk_A(ki, kj, bi, Gi, Gj, vi, DIAG: tl.constexpr, SB: tl.constexpr, PREC: t
     else:
         m = vi[:, None] & (r[None, :] >= 0)
     kkt = tl.dot(ki, tl.trans(kj), input_precision=PREC)
-    return tl.where(m, bi[:, None] * kkt * tl.exp(tl.where(m, (Gi[:, None] - Gj[None, :]).to(tl.float32), 0.)), 0.)
+    return tl.where(m, bi[:, None] * kkt * tl.exp(tl.where(m, _pdiff(Gi, Gj), 0.)), 0.)
 
 
 @triton.jit
@@ -163,7 +175,7 @@ def _prep_blocked_kernel(k, v, beta, g, G_out, T_out, W_out, Ut_out, cu, chunk_i
                   input_precision=PREC)
     T30 = -tl.dot(T33, tl.dot(A30, T00, input_precision=PREC) + tl.dot(A31, T10, input_precision=PREC)
                   + tl.dot(A32, T20, input_precision=PREC), input_precision=PREC)
-    tb = T_out + (ic * H + ih) * BT * BT
+    tb = T_out + (ic * H + ih).to(tl.int64) * BT * BT
     zero = tl.zeros([SB, SB], dtype=tl.float32)
     _st_tblk(tb, T00, 0, 0, SB, BT)
     _st_tblk(tb, zero, 0, 1, SB, BT)
@@ -234,10 +246,10 @@ def _prep_kernel(k, v, beta, g, G_out, T_out, W_out, Ut_out, cu, chunk_info,
         G = tl.zeros([BT], dtype=tl.float64)
     strict = (r[:, None] > r[None, :]) & valid[:, None]
     kkt = tl.dot(kk, tl.trans(kk), input_precision=PREC)
-    dec = tl.exp(tl.where(strict, (G[:, None] - G[None, :]).to(tl.float32), 0.))
+    dec = tl.exp(tl.where(strict, _pdiff(G, G), 0.))
     A = tl.where(strict, b[:, None] * kkt * dec, 0.)
     T = _inv_unit_lower(A, BT)
-    tl.store(T_out + (ic * H + ih) * BT * BT + r[:, None] * BT + r[None, :], T)
+    tl.store(T_out + (ic * H + ih).to(tl.int64) * BT * BT + (r[:, None] * BT + r[None, :]), T)
     w = tl.dot(T, kk * (b * tl.exp(G.to(tl.float32)))[:, None], input_precision=PREC)
     tl.store(W_out + (phys[:, None] * H + ih) * K + ck[None, :], w, mask=mk)
     for iv in range(0, tl.cdiv(V, BV)):
@@ -267,10 +279,10 @@ def _state_kernel(k, W, Ut, G, U_out, h_buf, h0, ht, cu, chunk_off,
     mh = (ck < K)[:, None] & (cv < V)[None, :]
     hs = tl.zeros([BK, BV], dtype=tl.float32)
     if USE_H0:
-        hs = tl.load(h0 + ((n * H + ih) * K + ck[:, None]) * V + cv[None, :], mask=mh, other=0.).to(tl.float32)
+        hs = tl.load(h0 + (n * H + ih).to(tl.int64) * K * V + (ck[:, None] * V + cv[None, :]), mask=mh, other=0.).to(tl.float32)
     for c in range(0, tl.cdiv(L, BT)):
         ic = (off + c).to(tl.int64)
-        tl.store(h_buf + ((ic * H + ih) * K + ck[:, None]) * V + cv[None, :], hs, mask=mh)
+        tl.store(h_buf + (ic * H + ih).to(tl.int64) * K * V + (ck[:, None] * V + cv[None, :]), hs, mask=mh)
         lp, valid, phys = _rows(bos, eos, c * BT, BT, REVERSE)
         mk = valid[:, None] & (ck < K)[None, :]
         mv = valid[:, None] & (cv < V)[None, :]
@@ -288,7 +300,7 @@ def _state_kernel(k, W, Ut, G, U_out, h_buf, h0, ht, cu, chunk_off,
         else:
             hs = hs + tl.dot(tl.trans(kk), u, input_precision=PREC)
     if STORE_HT:
-        tl.store(ht + ((n * H + ih) * K + ck[:, None]) * V + cv[None, :], hs, mask=mh)
+        tl.store(ht + (n * H + ih).to(tl.int64) * K * V + (ck[:, None] * V + cv[None, :]), hs, mask=mh)
 
 
 @triton.jit
@@ -311,14 +323,14 @@ def _out_kernel(q, k, G, U, h_buf, o, cu, chunk_info, scale,
     mv = valid[:, None] & (cv < V)[None, :]
     qq = tl.load(q + (phys[:, None] * H + ih) * K + ck[None, :], mask=mk, other=0.).to(tl.float32)
     kk = tl.load(k + (phys[:, None] * H + ih) * K + ck[None, :], mask=mk, other=0.).to(tl.float32)
-    hs = tl.load(h_buf + ((ic.to(tl.int64) * H + ih) * K + ck[:, None]) * V + cv[None, :],
+    hs = tl.load(h_buf + (ic.to(tl.int64) * H + ih).to(tl.int64) * K * V + (ck[:, None] * V + cv[None, :]),
                  mask=(ck < K)[:, None] & (cv < V)[None, :], other=0.)
     u = tl.load(U + (phys[:, None] * H + ih) * V + cv[None, :], mask=mv, other=0.)
     causal = (r[:, None] >= r[None, :]) & valid[:, None]
     s = tl.dot(qq, tl.trans(kk), input_precision=PREC) * scale
     if USE_G:
         Gc = tl.load(G + phys * H + ih, mask=valid, other=0.)
-        p = tl.where(causal, s * tl.exp(tl.where(causal, (Gc[:, None] - Gc[None, :]).to(tl.float32), 0.)), 0.)
+        p = tl.where(causal, s * tl.exp(tl.where(causal, _pdiff(Gc, Gc), 0.)), 0.)
         qg = qq * (scale * tl.exp(Gc.to(tl.float32)))[:, None]
     else:
         p = tl.where(causal, s, 0.)
@@ -347,11 +359,11 @@ def _dstate_kernel(q, k, G, W, do, dU_out, dh_buf, dht, dh0, cu, chunk_off, scal
     mh = (ck < K)[:, None] & (cv < V)[None, :]
     dh = tl.zeros([BK, BV], dtype=tl.float32)
     if USE_DHT:
-        dh = tl.load(dht + ((n * H + ih) * K + ck[:, None]) * V + cv[None, :], mask=mh, other=0.).to(tl.float32)
+        dh = tl.load(dht + (n * H + ih).to(tl.int64) * K * V + (ck[:, None] * V + cv[None, :]), mask=mh, other=0.).to(tl.float32)
     for cc in range(0, NT):
         c = NT - 1 - cc
         ic = (off + c).to(tl.int64)
-        tl.store(dh_buf + ((ic * H + ih) * K + ck[:, None]) * V + cv[None, :], dh, mask=mh)
+        tl.store(dh_buf + (ic * H + ih).to(tl.int64) * K * V + (ck[:, None] * V + cv[None, :]), dh, mask=mh)
         lp, valid, phys = _rows(bos, eos, c * BT, BT, REVERSE)
         mk = valid[:, None] & (ck < K)[None, :]
         mv = valid[:, None] & (cv < V)[None, :]
@@ -366,7 +378,7 @@ def _dstate_kernel(q, k, G, W, do, dU_out, dh_buf, dht, dh0, cu, chunk_off, scal
             Gc = tl.load(G + phys * H + ih, mask=valid, other=0.)
             last = tl.minimum(L - c * BT, BT) - 1
             Gl = tl.sum(tl.where(r == last, Gc, 0.), 0)
-            pt = tl.where(upper, st * tl.exp(tl.where(upper, (Gc[None, :] - Gc[:, None]).to(tl.float32), 0.)), 0.)
+            pt = tl.where(upper, st * tl.exp(tl.where(upper, -_pdiff(Gc, Gc), 0.)), 0.)
             kd = kk * tl.where(valid, tl.exp(tl.where(valid, (Gl - Gc).to(tl.float32), 0.)), 0.)[:, None]
             qg = qq * (scale * tl.exp(Gc.to(tl.float32)))[:, None]
         else:
@@ -379,7 +391,7 @@ def _dstate_kernel(q, k, G, W, do, dU_out, dh_buf, dht, dh0, cu, chunk_off, scal
             dh = dh * tl.exp(Gl.to(tl.float32))
         dh = dh + tl.dot(tl.trans(qg), dout, input_precision=PREC) - tl.dot(tl.trans(w), du, input_precision=PREC)
     if STORE_DH0:
-        tl.store(dh0 + ((n * H + ih) * K + ck[:, None]) * V + cv[None, :], dh, mask=mh)
+        tl.store(dh0 + (n * H + ih).to(tl.int64) * K * V + (ck[:, None] * V + cv[None, :]), dh, mask=mh)
 
 
 @triton.jit
@@ -403,7 +415,7 @@ def _grads_kernel(q, k, v, beta, G, T_buf, U, dU, do, h_buf, dh_buf,
     qq = tl.load(q + (phys[:, None] * H + ih) * K + ck[None, :], mask=mk, other=0.).to(tl.float32)
     kk = tl.load(k + (phys[:, None] * H + ih) * K + ck[None, :], mask=mk, other=0.).to(tl.float32)
     b = tl.load(beta + phys * H + ih, mask=valid, other=0.).to(tl.float32)
-    T = tl.load(T_buf + (ic64 * H + ih) * BT * BT + r[:, None] * BT + r[None, :])
+    T = tl.load(T_buf + (ic64 * H + ih) * BT * BT + (r[:, None] * BT + r[None, :]))
     if USE_G:
         Gc = tl.load(G + phys * H + ih, mask=valid, other=0.)
     else:
@@ -424,8 +436,8 @@ def _grads_kernel(q, k, v, beta, G, T_buf, U, dU, do, h_buf, dh_buf,
         u = tl.load(U + (phys[:, None] * H + ih) * V + cv[None, :], mask=mv, other=0.)
         du = tl.load(dU + (phys[:, None] * H + ih) * V + cv[None, :], mask=mv, other=0.)
         dout = tl.load(do + (phys[:, None] * H + ih) * V + cv[None, :], mask=mv, other=0.).to(tl.float32)
-        h0 = tl.load(h_buf + ((ic64 * H + ih) * K + ck[:, None]) * V + cv[None, :], mask=mh, other=0.)
-        dhe = tl.load(dh_buf + ((ic64 * H + ih) * K + ck[:, None]) * V + cv[None, :], mask=mh, other=0.)
+        h0 = tl.load(h_buf + (ic64 * H + ih).to(tl.int64) * K * V + (ck[:, None] * V + cv[None, :]), mask=mh, other=0.)
+        dhe = tl.load(dh_buf + (ic64 * H + ih).to(tl.int64) * K * V + (ck[:, None] * V + cv[None, :]), mask=mh, other=0.)
         dq1 += tl.dot(dout, tl.trans(h0), input_precision=PREC)
         dP += tl.dot(dout, tl.trans(u), input_precision=PREC)
         dKd += tl.dot(u, tl.trans(dhe), input_precision=PREC)
@@ -439,7 +451,7 @@ def _grads_kernel(q, k, v, beta, G, T_buf, U, dU, do, h_buf, dh_buf,
 
     causal = (r[:, None] >= r[None, :]) & valid[:, None]
     strict = (r[:, None] > r[None, :]) & valid[:, None]
-    diff = (Gc[:, None] - Gc[None, :]).to(tl.float32)
+    diff = _pdiff(Gc, Gc)
     Dc = tl.where(causal, tl.exp(tl.where(causal, diff, 0.)), 0.)
     Ds = tl.where(strict, Dc, 0.)
     eG = tl.exp(Gc.to(tl.float32))
@@ -531,6 +543,8 @@ class DeltaRuleFunction(torch.autograd.Function):
         use_g = g is not None
         if use_g:
             g = g.contiguous()
+        if B * N * H * max(K, V) >= 2 ** 31:
+            raise ValueError('delta_rule_triton: row offsets are 32-bit; B * N * H * max(K, V) must be < 2**31')
         cu, info, off, S, NT = _chunk_tables(B, N, cu_seqlens, BT, dev)
         prec = 'ieee' if q.dtype == torch.float32 else 'tf32'
         f32 = torch.float32
@@ -552,14 +566,14 @@ class DeltaRuleFunction(torch.autograd.Function):
         if NT > 0:
             prep[(NT, H)](k, v, beta, g if use_g else beta, G, Tb, W, Ut, cu, info, H, K, V,
                                   BT=BT, BK=BK, BV=BV, USE_G=use_g, REVERSE=reverse, PREC=prec,
-                                  num_warps=TUNE['warps_prep'])
+                                  num_warps=TUNE['warps_prep'], num_stages=TUNE['stages'])
         _state_kernel[(nvs, S, H)](k, W, Ut, G, U, hb, h0 if h0 is not None else W, ht if ht is not None else W,
                                   cu, off, H, K, V, BT=BT, BK=BK, BV=BVs, USE_G=use_g, USE_H0=h0 is not None,
                                   STORE_HT=ht is not None, REVERSE=reverse, PREC=prec,
-                                  num_warps=TUNE['warps_state'])
+                                  num_warps=TUNE['warps_state'], num_stages=TUNE['stages'])
         if NT > 0:
             _out_kernel[(NT, H, nv)](q, k, G, U, hb, o, cu, info, scale, H, K, V, BT=BT, BK=BK, BV=BV,
-                                     USE_G=use_g, REVERSE=reverse, PREC=prec, num_warps=TUNE['warps_out'])
+                                     USE_G=use_g, REVERSE=reverse, PREC=prec, num_warps=TUNE['warps_out'], num_stages=TUNE['stages'])
         ctx.save_for_backward(q, k, v, beta, G if use_g else None, Tb, W, U, hb, h0, cu, info, off)
         ctx.meta = (scale, use_g, reverse, BT, BK, BV, prec, S, NT, g.dtype if use_g else None)
         return o, ht
@@ -585,7 +599,7 @@ class DeltaRuleFunction(torch.autograd.Function):
                                    dh0 if dh0 is not None else W, cu, off, scale, H, K, V,
                                    BT=BT, BK=BK, BV=BVs, USE_G=use_g, USE_DHT=dht is not None,
                                    STORE_DH0=dh0 is not None, REVERSE=reverse, PREC=prec,
-                                   num_warps=TUNE['warps_dstate'])
+                                   num_warps=TUNE['warps_dstate'], num_stages=TUNE['stages'])
         dq = _empty(*q.shape, device=dev, dtype=q.dtype)
         dk = _empty(*k.shape, device=dev, dtype=k.dtype)
         dv = _empty(*v.shape, device=dev, dtype=v.dtype)
@@ -595,7 +609,7 @@ class DeltaRuleFunction(torch.autograd.Function):
             _grads_kernel[(NT, H)](q, k, v, beta, Gp, Tb, U, dU, do, hb, dhb, dq, dk, dv, dbeta,
                                    dg if use_g else dbeta, cu, info, scale, H, K, V,
                                    BT=BT, BK=BK, BV=BV, USE_G=use_g, REVERSE=reverse, PREC=prec,
-                                   num_warps=TUNE['warps_grads'])
+                                   num_warps=TUNE['warps_grads'], num_stages=TUNE['stages'])
         if dh0 is not None:
             dh0 = dh0.to(h0.dtype)
         return dq, dk, dv, dbeta, dg, None, dh0, None, None, None, None

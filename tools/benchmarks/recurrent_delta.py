@@ -220,7 +220,9 @@ def tune_sweep(B, N, H, D):
         ('prep=rows', {'prep': 'rows'}),
         ('bv_state=32', {'bv_state': 32}),
         ('bv_state=64', {'bv_state': 64}),
-        ('warps_grads=4', {'warps_grads': 4}),
+        ('warps_grads=16', {'warps_grads': 16}),
+        ('warps_state=8', {'warps_state': 8}),
+        ('stages=2', {'stages': 2}),
     ]
     out = {}
     xs, do = bench_inputs(B, N, H, D, grad=True)

@@ -3,10 +3,10 @@
 
 Each variant runs ``tools/train.py`` pinned to its own pair of cores (``taskset``, 2 torch threads, the config's
 2 dataloader workers sharing those cores), so a 16-core host times up to 7 variants at once as if each had the
-2-core CI machine to itself (memory bandwidth is shared, so the times are upper bounds). Optionally one run goes
-to the GPU. Writes ``sweep.json`` and ``sweep.md`` to --out.
+2-core CI machine to itself (memory bandwidth is shared, so the times are upper bounds). The 'gpu' variants share
+the GPU and give accuracy-per-epoch curves. Writes ``sweep.json`` and ``sweep.md`` to --out.
 
-    python tools/benchmarks/cls_recipe_sweep.py --out DIR [--gpu]
+    python tools/benchmarks/cls_recipe_sweep.py --out DIR [--variants NAME ...] [--timeout S]
 """
 import argparse
 import json
@@ -17,15 +17,22 @@ import sys
 import time
 
 CFG = 'configs/linear_vit/linear-vit-t_shapes-cls.py'
+CONV = ['+model.backbone.stem=conv']
+LEPE = ['+model.backbone.mixer.lepe=True']
+BIG = ['train_dataloader.dataset.data_root=data/shapes/cls_big', 'val_dataloader.dataset.data_root=data/shapes/cls_big', 'test_dataloader.dataset.data_root=data/shapes/cls_big', '+train_dataloader.dataset.generate.size_range=[0.25,0.45]', '+val_dataloader.dataset.generate.size_range=[0.25,0.45]', '+test_dataloader.dataset.generate.size_range=[0.25,0.45]']
+# name -> (where, cfg-options); 'cpu' runs are pinned to 2 cores (timing), 'gpu' runs share the GPU (accuracy curves)
 VARIANTS = {
-    'base': [],
-    'lepe': ['+model.backbone.mixer.lepe=True'],
-    'conv': ['+model.backbone.stem=conv'],
-    'conv+lepe': ['+model.backbone.stem=conv', '+model.backbone.mixer.lepe=True'],
-    'lepe-20ep': ['+model.backbone.mixer.lepe=True', 'train_cfg.max_epochs=20'],
-    'conv+lepe-20ep': ['+model.backbone.stem=conv', '+model.backbone.mixer.lepe=True', 'train_cfg.max_epochs=20'],
-    'conv-20ep-lr3e-3': ['+model.backbone.stem=conv', 'train_cfg.max_epochs=20',
-                         'optim_wrapper.optimizer.lr=0.003'],
+    'cpu-base-6ep': ('cpu', ['train_cfg.max_epochs=6']),
+    'cpu-conv+lepe-6ep': ('cpu', CONV + LEPE + ['train_cfg.max_epochs=6']),
+    'cpu-conv+lepe-big-6ep': ('cpu', CONV + LEPE + BIG + ['train_cfg.max_epochs=6']),
+    'gpu-base-40ep': ('gpu', ['train_cfg.max_epochs=40']),
+    'gpu-conv-40ep': ('gpu', CONV + ['train_cfg.max_epochs=40']),
+    'gpu-lepe-40ep': ('gpu', LEPE + ['train_cfg.max_epochs=40']),
+    'gpu-conv+lepe-40ep': ('gpu', CONV + LEPE + ['train_cfg.max_epochs=40']),
+    'gpu-conv+lepe-lr4e-3-40ep': ('gpu', CONV + LEPE + ['train_cfg.max_epochs=40', 'optim_wrapper.optimizer.lr=0.004']),
+    'gpu-conv+lepe-big-40ep': ('gpu', CONV + LEPE + BIG + ['train_cfg.max_epochs=40']),
+    'gpu-base-big-40ep': ('gpu', BIG + ['train_cfg.max_epochs=40']),
+    'gpu-default-12ep': ('gpu', []),
 }
 
 
@@ -42,30 +49,37 @@ def final_acc(work_dir):
 def main():
     p = argparse.ArgumentParser()
     p.add_argument('--out', required=True)
-    p.add_argument('--gpu', action='store_true', help='also train the default config on the GPU')
     p.add_argument('--variants', nargs='*', default=list(VARIANTS))
+    p.add_argument('--timeout', type=float, default=480)
     args = p.parse_args()
     os.makedirs(args.out, exist_ok=True)
     subprocess.run([sys.executable, 'tools/prepare_data.py', 'shapes', '--task', 'cls'], check=True)
-    ncpu = os.cpu_count()
-    procs = {}
-    for i, name in enumerate(args.variants):
-        cores = f'{(2 * i) % ncpu},{(2 * i + 1) % ncpu}'
+    cpu_i = 0
+    for name in args.variants:
+        where, opts = VARIANTS[name]
         wd = osp.join('work_dirs', 'sweep', name)
-        env = dict(os.environ, OMP_NUM_THREADS='2', CUDA_VISIBLE_DEVICES='')
-        cmd = ['taskset', '-c', cores, sys.executable, 'tools/train.py', CFG, '--work-dir', wd]
-        if VARIANTS[name]:
-            cmd += ['--cfg-options'] + VARIANTS[name]
+        if where == 'cpu':
+            cores = f'{2 * cpu_i},{2 * cpu_i + 1}'
+            cpu_i += 1
+            env = dict(os.environ, OMP_NUM_THREADS='2', CUDA_VISIBLE_DEVICES='')
+            cmd = ['taskset', '-c', cores, sys.executable, 'tools/train.py', CFG, '--work-dir', wd]
+        else:
+            cores = 'gpu'
+            env = dict(os.environ, OMP_NUM_THREADS='1')
+            cmd = ['taskset', '-c', '8-15', sys.executable, 'tools/train.py', CFG, '--work-dir', wd]
+        if opts:
+            cmd += ['--cfg-options'] + opts
         log = open(osp.join(args.out, f'{name}.log'), 'w')
         procs[name] = (subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT), time.time(), wd, cores)
-    if args.gpu:
-        wd = osp.join('work_dirs', 'sweep', 'gpu-base')
-        log = open(osp.join(args.out, 'gpu-base.log'), 'w')
-        procs['gpu-base'] = (subprocess.Popen([sys.executable, 'tools/train.py', CFG, '--work-dir', wd],
-                                              stdout=log, stderr=subprocess.STDOUT), time.time(), wd, 'gpu')
+        if any('cls_big' in o for o in opts) and not osp.isdir('data/shapes/cls_big'):
+            time.sleep(20)  # let the first run of the variant generate its data
     results = {}
     for name, (proc, t0, wd, cores) in procs.items():
-        rc = proc.wait()
+        try:
+            rc = proc.wait(timeout=max(1, args.timeout - (time.time() - t0)))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            rc = 'timeout'
         wall = time.time() - t0
         try:
             accs = final_acc(wd)
@@ -75,11 +89,11 @@ def main():
         print(name, results[name], flush=True)
     json.dump(results, open(osp.join(args.out, 'sweep.json'), 'w'), indent=1)
     with open(osp.join(args.out, 'sweep.md'), 'w') as f:
-        f.write('| variant | where | wall s | final top-1 | best top-1 |\n|---|---|---|---|---|\n')
+        f.write('| variant | where | wall s | final top-1 | best top-1 | epochs to 95% |\n|---|---|---|---|---|---|\n')
         for n, r in results.items():
             accs = [a for a in r['val_top1'] if isinstance(a, float)]
             f.write(f"| {n} | {r['cores']} | {r['wall_s']} | {accs[-1] if accs else '-'} | "
-                    f"{max(accs) if accs else '-'} |\n")
+                    f"{max(accs) if accs else '-'} | {next((i + 1 for i, a in enumerate(accs) if a >= 95), '-')} |\n")
     print(open(osp.join(args.out, 'sweep.md')).read())
 
 

@@ -24,13 +24,23 @@ from ...registry import MIXERS, MODELS
 from ..layers import ConvStem, Mlp, PatchEmbed, resize_abs_pos_embed
 
 
+def build_mixer(cfg):
+    """Build a token mixer by its registered name, whatever the caller's default scope (mmpretrain, mmseg...)."""
+    cfg = dict(cfg)
+    name = cfg.pop('type')
+    cls = MIXERS.get(name)
+    if cls is None:
+        raise KeyError(f'{name} is not in the vla_mm::token mixer registry. Registered: {sorted(MIXERS.module_dict)}')
+    return cls(**cfg)
+
+
 class MixerBlock(nn.Module):
     """``x + drop_path(mixer(norm1(x), hw))`` then ``x + drop_path(mlp(norm2(x)))``."""
 
     def __init__(self, dim, mixer_cfg, mlp_ratio=4.0, drop_path=0.0, drop=0.0, layer_scale_init=None):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, eps=1e-6)
-        self.mixer = MIXERS.build(dict(mixer_cfg, dim=dim))
+        self.mixer = build_mixer(dict(mixer_cfg, dim=dim))
         self.norm2 = nn.LayerNorm(dim, eps=1e-6)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), drop=drop)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()

@@ -33,7 +33,7 @@ import triton.language as tl
 # or 'rows' (row-by-row forward substitution); 'bv_state': V block of the sequential kernels (None = choose
 # from the number of programs); warps of each kernel.
 TUNE = {'prep': 'blocked', 'bv_state': None, 'warps_prep': 8, 'warps_state': 4, 'warps_out': 8,
-        'warps_dstate': 8, 'warps_grads': 8, 'stages': 1}
+        'warps_dstate': 8, 'warps_grads': 8, 'stages': 1, 'grads': 'split'}
 
 
 def _empty(*shape, device, dtype):
@@ -494,6 +494,138 @@ def _grads_kernel(q, k, v, beta, G, T_buf, U, dU, do, h_buf, dh_buf,
         tl.store(dg + phys * H + ih, dgv.to(dg.dtype.element_ty), mask=valid)
 
 
+@triton.jit
+def _grads_wy_kernel(k, v, beta, G, T_buf, U, dU, h_buf, dk_part, dv, dbeta, dG_part, cu, chunk_info,
+                     H, K, V,
+                     BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+                     USE_G: tl.constexpr, REVERSE: tl.constexpr, PREC: tl.constexpr):
+    """Split backward, part 1: everything that flows through T (the UT transform): dv, dbeta, and the parts of
+    dk and dG from W = T diag(b e^G) K and A; written to float32 scratch for part 2."""
+    ic = tl.program_id(0)
+    ih = tl.program_id(1)
+    n = tl.load(chunk_info + ic * 2)
+    c = tl.load(chunk_info + ic * 2 + 1)
+    bos = tl.load(cu + n)
+    eos = tl.load(cu + n + 1)
+    lp, valid, phys = _rows(bos, eos, c * BT, BT, REVERSE)
+    r = tl.arange(0, BT)
+    ck = tl.arange(0, BK)
+    mk = valid[:, None] & (ck < K)[None, :]
+    ic64 = ic.to(tl.int64)
+    b = tl.load(beta + phys * H + ih, mask=valid, other=0.).to(tl.float32)
+    T = tl.load(T_buf + (ic64 * H + ih) * BT * BT + (r[:, None] * BT + r[None, :]))
+    dVbH0 = tl.zeros([BT, BK], dtype=tl.float32)   # dVb H0^T
+    dAa = tl.zeros([BT, BT], dtype=tl.float32)     # dVb U^T
+    db = tl.zeros([BT], dtype=tl.float32)
+    for iv in range(0, tl.cdiv(V, BV)):
+        cv = iv * BV + tl.arange(0, BV)
+        mv = valid[:, None] & (cv < V)[None, :]
+        mh = (ck < K)[:, None] & (cv < V)[None, :]
+        du = tl.load(dU + (phys[:, None] * H + ih) * V + cv[None, :], mask=mv, other=0.)
+        dvb = tl.dot(tl.trans(T), du, input_precision=PREC)
+        tl.store(dv + (phys[:, None] * H + ih) * V + cv[None, :], (dvb * b[:, None]).to(dv.dtype.element_ty), mask=mv)
+        vv = tl.load(v + (phys[:, None] * H + ih) * V + cv[None, :], mask=mv, other=0.).to(tl.float32)
+        db += tl.sum(dvb * vv, 1)
+        h0 = tl.load(h_buf + (ic64 * H + ih) * K * V + (ck[:, None] * V + cv[None, :]), mask=mh, other=0.)
+        dVbH0 += tl.dot(dvb, tl.trans(h0), input_precision=PREC)
+        u = tl.load(U + (phys[:, None] * H + ih) * V + cv[None, :], mask=mv, other=0.)
+        dAa += tl.dot(dvb, tl.trans(u), input_precision=PREC)
+    kk = tl.load(k + (phys[:, None] * H + ih) * K + ck[None, :], mask=mk, other=0.).to(tl.float32)
+    strict = (r[:, None] > r[None, :]) & valid[:, None]
+    if USE_G:
+        Gc = tl.load(G + phys * H + ih, mask=valid, other=0.)
+        Ds = tl.where(strict, tl.exp(tl.where(strict, _pdiff(Gc, Gc), 0.)), 0.)
+        eG = tl.exp(Gc.to(tl.float32))
+    else:
+        Ds = tl.where(strict, 1., 0.)
+        eG = tl.full([BT], 1., dtype=tl.float32)
+    dKb = -dVbH0
+    dk_acc = dKb * (b * eG)[:, None]
+    kdb = tl.sum(dKb * kk, 1)
+    db += kdb * eG
+    kkt = tl.dot(kk, tl.trans(kk), input_precision=PREC)
+    dAD = tl.where(strict, -dAa, 0.) * Ds
+    dAg = dAD * b[:, None]
+    dk_acc += tl.dot(dAg, kk, input_precision=PREC) + tl.dot(tl.trans(dAg), kk, input_precision=PREC)
+    aa = dAD * kkt
+    db += tl.sum(aa, 1)
+    tl.store(dk_part + (phys[:, None] * H + ih) * K + ck[None, :], dk_acc, mask=mk)
+    tl.store(dbeta + phys * H + ih, db.to(dbeta.dtype.element_ty), mask=valid)
+    if USE_G:
+        aab = aa * b[:, None]
+        dGp = kdb * b * eG + tl.sum(aab, 1) - tl.sum(aab, 0)
+        tl.store(dG_part + phys * H + ih, dGp, mask=valid)
+
+
+@triton.jit
+def _grads_qk_kernel(q, k, G, U, do, h_buf, dh_buf, dk_part, dG_part, dq, dk, dg, cu, chunk_info, scale,
+                     H, K, V,
+                     BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+                     USE_G: tl.constexpr, REVERSE: tl.constexpr, PREC: tl.constexpr):
+    """Split backward, part 2: the output and chunk-end-state paths (dq, the rest of dk, dg)."""
+    ic = tl.program_id(0)
+    ih = tl.program_id(1)
+    n = tl.load(chunk_info + ic * 2)
+    c = tl.load(chunk_info + ic * 2 + 1)
+    bos = tl.load(cu + n)
+    eos = tl.load(cu + n + 1)
+    L = eos - bos
+    lp, valid, phys = _rows(bos, eos, c * BT, BT, REVERSE)
+    r = tl.arange(0, BT)
+    ck = tl.arange(0, BK)
+    mk = valid[:, None] & (ck < K)[None, :]
+    ic64 = ic.to(tl.int64)
+    dq1 = tl.zeros([BT, BK], dtype=tl.float32)     # dO H0^T
+    dP = tl.zeros([BT, BT], dtype=tl.float32)      # dO U^T
+    dKd = tl.zeros([BT, BK], dtype=tl.float32)     # U dH^T
+    sumH = tl.zeros([BK], dtype=tl.float32)
+    for iv in range(0, tl.cdiv(V, BV)):
+        cv = iv * BV + tl.arange(0, BV)
+        mv = valid[:, None] & (cv < V)[None, :]
+        mh = (ck < K)[:, None] & (cv < V)[None, :]
+        u = tl.load(U + (phys[:, None] * H + ih) * V + cv[None, :], mask=mv, other=0.)
+        dout = tl.load(do + (phys[:, None] * H + ih) * V + cv[None, :], mask=mv, other=0.).to(tl.float32)
+        h0 = tl.load(h_buf + (ic64 * H + ih) * K * V + (ck[:, None] * V + cv[None, :]), mask=mh, other=0.)
+        dhe = tl.load(dh_buf + (ic64 * H + ih) * K * V + (ck[:, None] * V + cv[None, :]), mask=mh, other=0.)
+        dq1 += tl.dot(dout, tl.trans(h0), input_precision=PREC)
+        dP += tl.dot(dout, tl.trans(u), input_precision=PREC)
+        dKd += tl.dot(u, tl.trans(dhe), input_precision=PREC)
+        if USE_G:
+            sumH += tl.sum(h0 * dhe, 1)
+    qq = tl.load(q + (phys[:, None] * H + ih) * K + ck[None, :], mask=mk, other=0.).to(tl.float32)
+    kk = tl.load(k + (phys[:, None] * H + ih) * K + ck[None, :], mask=mk, other=0.).to(tl.float32)
+    causal = (r[:, None] >= r[None, :]) & valid[:, None]
+    last = tl.minimum(L - c * BT, BT) - 1
+    if USE_G:
+        Gc = tl.load(G + phys * H + ih, mask=valid, other=0.)
+        Dc = tl.where(causal, tl.exp(tl.where(causal, _pdiff(Gc, Gc), 0.)), 0.)
+        eG = tl.exp(Gc.to(tl.float32))
+        Gl = tl.sum(tl.where(r == last, Gc, 0.), 0)
+        ekd = tl.where(valid, tl.exp(tl.where(valid, (Gl - Gc).to(tl.float32), 0.)), 0.)
+    else:
+        Dc = tl.where(causal, 1., 0.)
+        eG = tl.full([BT], 1., dtype=tl.float32)
+        ekd = tl.where(valid, 1., 0.)
+    dPs = dP * Dc * scale
+    dq_acc = dq1 * (scale * eG)[:, None] + tl.dot(dPs, kk, input_precision=PREC)
+    tl.store(dq + (phys[:, None] * H + ih) * K + ck[None, :], dq_acc.to(dq.dtype.element_ty), mask=mk)
+    dk_acc = tl.load(dk_part + (phys[:, None] * H + ih) * K + ck[None, :], mask=mk, other=0.)
+    dk_acc += tl.dot(tl.trans(dPs), qq, input_precision=PREC) + dKd * ekd[:, None]
+    tl.store(dk + (phys[:, None] * H + ih) * K + ck[None, :], dk_acc.to(dk.dtype.element_ty), mask=mk)
+    if USE_G:
+        dG = tl.sum(qq * dq1, 1) * scale * eG + tl.load(dG_part + phys * H + ih, mask=valid, other=0.)
+        s = tl.dot(qq, tl.trans(kk), input_precision=PREC)
+        strict = (r[:, None] > r[None, :]) & valid[:, None]
+        pp = tl.where(strict, dPs * s, 0.)
+        dG += tl.sum(pp, 1) - tl.sum(pp, 0)
+        kdr = tl.where(r == last, 0., tl.sum(dKd * kk * ekd[:, None], 1))
+        dG -= kdr
+        dG += tl.where(r == last, tl.exp(Gl.to(tl.float32)) * tl.sum(sumH, 0) + tl.sum(kdr, 0), 0.)
+        dG = tl.where(valid, dG, 0.)
+        dgv = tl.cumsum(dG, 0, reverse=True)
+        tl.store(dg + phys * H + ih, dgv.to(dg.dtype.element_ty), mask=valid)
+
+
 def _chunk_tables(B, N, cu_seqlens, BT, device):
     """cu (int32 [S+1]), chunk_info (int32 [NT, 2]: sequence, chunk), chunk_off (int32 [S+1])."""
     if cu_seqlens is None:
@@ -605,7 +737,17 @@ class DeltaRuleFunction(torch.autograd.Function):
         dv = _empty(*v.shape, device=dev, dtype=v.dtype)
         dbeta = _empty(*beta.shape, device=dev, dtype=beta.dtype)
         dg = _empty(B, N, H, device=dev, dtype=gdtype) if use_g else None
-        if NT > 0:
+        if NT > 0 and TUNE['grads'] == 'split':
+            dk_part = _empty(B * N, H, K, device=dev, dtype=f32)
+            dG_part = _empty(B * N, H, device=dev, dtype=f32) if use_g else dk_part
+            _grads_wy_kernel[(NT, H)](k, v, beta, Gp, Tb, U, dU, hb, dk_part, dv, dbeta, dG_part, cu, info,
+                                      H, K, V, BT=BT, BK=BK, BV=BV, USE_G=use_g, REVERSE=reverse, PREC=prec,
+                                      num_warps=TUNE['warps_grads'], num_stages=TUNE['stages'])
+            _grads_qk_kernel[(NT, H)](q, k, Gp, U, do, hb, dhb, dk_part, dG_part, dq, dk, dg if use_g else dbeta,
+                                      cu, info, scale, H, K, V, BT=BT, BK=BK, BV=BV, USE_G=use_g,
+                                      REVERSE=reverse, PREC=prec,
+                                      num_warps=TUNE['warps_grads'], num_stages=TUNE['stages'])
+        elif NT > 0:
             _grads_kernel[(NT, H)](q, k, v, beta, Gp, Tb, U, dU, do, hb, dhb, dq, dk, dv, dbeta,
                                    dg if use_g else dbeta, cu, info, scale, H, K, V,
                                    BT=BT, BK=BK, BV=BV, USE_G=use_g, REVERSE=reverse, PREC=prec,

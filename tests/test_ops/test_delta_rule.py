@@ -198,11 +198,12 @@ def test_argument_errors():
 
 
 def test_alternative_launch_choices(monkeypatch):
-    """Row-by-row inversion at chunk 64 (the default there is the 16x16 block inversion) and V split into
-    several blocks in the sequential state kernels."""
+    """Row-by-row inversion at chunk 64 (the default there is the 16x16 block inversion), V split into
+    several blocks in the sequential state kernels, and the one-kernel (fused) gradient pass."""
     from vla_mm.ops.delta_rule import chunk
     monkeypatch.setitem(chunk.TUNE, 'prep', 'rows')
     monkeypatch.setitem(chunk.TUNE, 'bv_state', 16)
+    monkeypatch.setitem(chunk.TUNE, 'grads', 'fused')
     inputs = make_inputs(1, 90, 1, 16, 40, gate=True, h0=True, g_kind='mixed')
     res = run_both(inputs, torch.float32, reverse=True, chunk_size=64)
     check_all(res, torch.float32)

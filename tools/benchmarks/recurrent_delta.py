@@ -222,7 +222,7 @@ def tune_sweep(B, N, H, D):
         ('bv_state=64', {'bv_state': 64}),
         ('warps_grads=16', {'warps_grads': 16}),
         ('warps_state=8', {'warps_state': 8}),
-        ('stages=2', {'stages': 2}),
+        ('grads=fused', {'grads': 'fused'}),
     ]
     out = {}
     xs, do = bench_inputs(B, N, H, D, grad=True)

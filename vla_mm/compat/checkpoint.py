@@ -82,7 +82,13 @@ def safe_torch_load(filename, map_location=None):
         return torch.load(filename, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
         msg = str(e)
-        m = re.search(r'(?:Unsupported global|unsupported GLOBAL|GLOBAL)\s*:?\s*(?:GLOBAL\s+)?([\w.]+)', msg)
+        if not re.search(r'Unsupported global|unsupported GLOBAL|not an allowed global|blocked|Trying to call reduce|'
+                         r'Can only create new object|Unsupported class', msg):
+            detail = re.search(r'WeightsUnpickler error:\s*(.+?)(?:\n\n|$)', msg, re.S)
+            detail = detail.group(1).strip() if detail else (msg.strip().splitlines() or ['unreadable pickle'])[0]
+            raise CheckpointLoadError(
+                f'checkpoint {filename} is truncated or corrupt and could not be read ({detail})') from None
+        m = re.search(r'GLOBAL\s+([\w.]+(?:\([^)]*\))?)', msg) or re.search(r'function (\S+)', msg)
         what = m.group(1) if m else 'an object outside the allowlist'
         raise CheckpointLoadError(
             f'refusing to load checkpoint {filename}: it holds {what}, which is not on vla_mm\'s allowlist of '

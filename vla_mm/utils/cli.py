@@ -162,15 +162,15 @@ def explain_exception(e):
     from vla_mm.compat import CheckpointLoadError
     if isinstance(e, CheckpointLoadError):
         return str(e)
-    msg = str(e)
+    msg = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
     m = _NOT_REGISTERED.search(msg)
     if isinstance(e, KeyError) and m:
         name, scope, reg_name = m.group(1), m.group(2), m.group(3)
         candidates = _registered_names(reg_name)
-        close = difflib.get_close_matches(name, sorted(candidates), n=4, cutoff=0.5)
+        close = difflib.get_close_matches(name, sorted(candidates), n=4, cutoff=0.75)
         if not close:  # case-insensitive / suffix match (e.g. 'linearvit')
             low = {c.lower(): c for c in candidates}
-            close = [low[c] for c in difflib.get_close_matches(name.lower(), list(low), n=4, cutoff=0.5)]
+            close = [low[c] for c in difflib.get_close_matches(name.lower(), list(low), n=4, cutoff=0.75)]
         hint = f'; close matches: {", ".join(close)}' if close else ''
         return f"unknown {reg_name} type '{name}' (registry {scope + '::' if scope else ''}{reg_name}){hint}"
     if isinstance(e, FileNotFoundError):

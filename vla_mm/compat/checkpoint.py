@@ -51,7 +51,10 @@ def _history_buffer_getattr(obj, name):
     """Stand-in for ``builtins.getattr`` in checkpoints: HistoryBuffer pickles its statistics methods as
     ``getattr(HistoryBuffer, 'min')`` etc. Only those lookups are allowed; anything else is refused."""
     from mmengine.logging.history_buffer import HistoryBuffer
-    if obj is HistoryBuffer and isinstance(name, str) and name in HistoryBuffer._statistics_methods:
+    # the built-in statistics are registered on the class by the first HistoryBuffer() only: name them here too,
+    # or a fresh process (tools/test.py, init_cfg=Pretrained) refuses every MMEngine checkpoint
+    known = set(HistoryBuffer._statistics_methods) | {'min', 'max', 'current', 'mean'}
+    if obj is HistoryBuffer and isinstance(name, str) and name in known:
         return getattr(obj, name)
     raise pickle.UnpicklingError(f'Unsupported global: GLOBAL getattr({obj!r}, {name!r}) is not allowed')
 

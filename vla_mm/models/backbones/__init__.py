@@ -1,3 +1,4 @@
 from .linear_vit import LinearViT
+from .linear_vit_mae import LinearViTMAE
 
-__all__ = ['LinearViT']
+__all__ = ['LinearViT', 'LinearViTMAE']

@@ -165,6 +165,20 @@ class LinearViT(BaseModule):
             f'Resize the pos_embed shape from {tuple(ckpt.shape)} to {tuple(self.pos_embed.shape)}.')
         state_dict[name] = resize_abs_pos_embed(ckpt, (side, side), self.patch_resolution, self.num_extra_tokens)
 
+    def get_layer_depth(self, param_name, prefix=''):
+        """Layer-wise depth of a parameter for layer-wise lr decay (mmpretrain's
+        ``LearningRateDecayOptimWrapperConstructor``): embeddings 0, block ``i`` is ``i + 1``, the rest (final
+        norm, neck, head) ``num_layers + 1``; returns ``(depth, num_layers + 2)``."""
+        num_layers = self.num_layers + 2
+        if not param_name.startswith(prefix):
+            return num_layers - 1, num_layers
+        name = param_name[len(prefix):]
+        if name in ('pos_embed', 'mask_token') or name.startswith('patch_embed'):
+            return 0, num_layers
+        if name.startswith('layers.'):
+            return int(name.split('.')[1]) + 1, num_layers
+        return num_layers - 1, num_layers
+
     def _freeze_stages(self):
         if self.frozen_stages < 0:
             return

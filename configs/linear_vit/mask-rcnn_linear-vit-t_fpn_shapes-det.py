@@ -1,0 +1,33 @@
+# Mask R-CNN + LinearViT (192-dim, 8 blocks, patch 8) + SimpleFeaturePyramid + FPN on the synthetic shapes
+# (128x128, 6 classes, COCO layout, bbox + segm AP). Anchors and RoI settings scaled to the small images.
+_base_ = [
+    '../_base_/models/mask-rcnn_linear-vit_fpn.py',
+    '../_base_/datasets/shapes_det.py',
+    '../_base_/schedules/shapes_det.py',
+    '../_base_/default_runtime_det.py',
+]
+model = dict(
+    data_preprocessor=dict(mean=[127.5, 127.5, 127.5], std=[127.5, 127.5, 127.5]),
+    backbone=dict(arch=dict(_delete_=True, embed_dims=192, num_layers=8, num_heads=3, mlp_ratio=4.0),
+                  img_size=128, patch_size=8, out_indices=(1, 3, 5, 7), drop_path_rate=0.05),
+    neck=[
+        dict(type='vla_mm.SimpleFeaturePyramid', in_channels=192, out_channels=128, patch_size=8,
+             out_strides=(4, 8, 16, 32), norm='LN'),
+        dict(type='FPN', in_channels=[128, 128, 128, 128], out_channels=128, num_outs=5),
+    ],
+    rpn_head=dict(in_channels=128, feat_channels=128,
+                  # shapes are 8-40 px: anchors of 16..256 px at strides 4..64 (scale 4)
+                  anchor_generator=dict(scales=[4], ratios=[0.5, 1.0, 2.0], strides=[4, 8, 16, 32, 64])),
+    roi_head=dict(
+        bbox_roi_extractor=dict(out_channels=128, finest_scale=28),
+        bbox_head=dict(in_channels=128, fc_out_channels=256, num_classes=6),
+        mask_roi_extractor=dict(out_channels=128, finest_scale=28),
+        mask_head=dict(in_channels=128, conv_out_channels=128, num_classes=6),
+    ),
+    train_cfg=dict(rpn=dict(sampler=dict(num=128)),
+                   rpn_proposal=dict(nms_pre=1000, max_per_img=300),
+                   rcnn=dict(sampler=dict(num=128))),
+    test_cfg=dict(rpn=dict(nms_pre=500, max_per_img=100),
+                  rcnn=dict(max_per_img=30)),
+)
+default_hooks = dict(logger=dict(interval=20))

@@ -1,0 +1,111 @@
+"""Simple feature pyramid for isotropic backbones (ViTDet, Li et al., "Exploring Plain Vision Transformer
+Backbones for Object Detection", ECCV 2022).
+
+An isotropic backbone has one stride (its patch size ``p``). ``SimpleFeaturePyramid`` turns its last map into
+maps of strides 4/8/16/32 (by default) by up-sampling (stride-2 transposed convolutions) and down-sampling
+(stride-2 max pooling) the one map, or, with several backbone outputs ("per-depth taps"), re-scales output ``i``
+to stride ``i``. Each level then goes through a 1x1 and a 3x3 convolution with a channel norm, so the output is
+a tuple of ``[B, out_channels, H/s, W/s]`` maps that mmseg's ``UPerHead`` and mmdet's ``FPN`` take as they take a
+ResNet's stages.
+"""
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from mmengine.model import BaseModule
+
+from ...registry import MODELS
+
+
+class LayerNorm2d(nn.Module):
+    """LayerNorm over the channels of a ``[B, C, H, W]`` map."""
+
+    def __init__(self, channels, eps=1e-6):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(channels))
+        self.bias = nn.Parameter(torch.zeros(channels))
+        self.eps = eps
+
+    def forward(self, x):
+        x = x.permute(0, 2, 3, 1)
+        x = F.layer_norm(x, x.shape[-1:], self.weight, self.bias, self.eps)
+        return x.permute(0, 3, 1, 2)
+
+
+def make_norm(norm, channels):
+    if norm in (None, 'none'):
+        return nn.Identity()
+    if norm == 'LN':
+        return LayerNorm2d(channels)
+    if norm == 'GN':
+        return nn.GroupNorm(min(32, channels), channels)
+    if norm == 'BN':
+        return nn.BatchNorm2d(channels)
+    if norm == 'SyncBN':
+        return nn.SyncBatchNorm(channels)
+    raise KeyError(f"norm {norm!r} is not one of 'LN', 'GN', 'BN', 'SyncBN', None")
+
+
+def rescale(channels, factor, norm):
+    """Modules turning a map of stride ``s`` into stride ``s / factor`` (factor a power of two)."""
+    steps = int(round(math.log2(factor)))
+    if 2 ** steps != factor and abs(2.0 ** steps - factor) > 1e-6:
+        raise ValueError(f'scale factor {factor} is not a power of two')
+    layers = []
+    if steps > 0:  # up-sample: (deconv, norm, GELU) ... deconv
+        for i in range(steps):
+            layers.append(nn.ConvTranspose2d(channels, channels, 2, stride=2))
+            if i < steps - 1:
+                layers += [make_norm(norm, channels), nn.GELU()]
+    else:
+        layers += [nn.MaxPool2d(2, 2) for _ in range(-steps)]
+    return nn.Sequential(*layers)
+
+
+@MODELS.register_module()
+class SimpleFeaturePyramid(BaseModule):
+    """Multi-scale maps from an isotropic backbone.
+
+    Args:
+        in_channels (int): channels of the backbone maps (its ``embed_dims``).
+        out_channels (int): channels of every output map.
+        patch_size (int): stride of the backbone maps.
+        out_strides (sequence[int]): strides of the outputs (powers of two times ``patch_size`` or its
+            divisors), default 4/8/16/32.
+        norm (str | None): 'LN' (channel LayerNorm, ViTDet), 'GN', 'BN', 'SyncBN' or None.
+        use_last_only (bool | None): True: every level from the last backbone map (ViTDet); False: backbone
+            output ``i`` makes level ``i`` (needs one output per level); None: decided by the number of inputs.
+    """
+
+    def __init__(self, in_channels, out_channels=256, patch_size=16, out_strides=(4, 8, 16, 32), norm='LN',
+                 use_last_only=None, init_cfg=None):
+        if init_cfg is None:
+            init_cfg = [dict(type='Kaiming', layer=['Conv2d', 'ConvTranspose2d'], a=1, mode='fan_in',
+                             nonlinearity='leaky_relu'),
+                        dict(type='Constant', layer=['GroupNorm', 'BatchNorm2d'], val=1.0, bias=0.0)]
+        super().__init__(init_cfg=init_cfg)
+        self.in_channels = in_channels
+        self.out_channels = out_channels
+        self.patch_size = patch_size
+        self.out_strides = tuple(out_strides)
+        self.use_last_only = use_last_only
+        self.rescales = nn.ModuleList([rescale(in_channels, patch_size / s, norm) for s in self.out_strides])
+        self.lateral = nn.ModuleList([
+            nn.Sequential(nn.Conv2d(in_channels, out_channels, 1, bias=norm is None),
+                          make_norm(norm, out_channels)) for _ in self.out_strides])
+        self.output = nn.ModuleList([
+            nn.Sequential(nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=norm is None),
+                          make_norm(norm, out_channels)) for _ in self.out_strides])
+
+    def forward(self, inputs):
+        if not isinstance(inputs, (list, tuple)):
+            inputs = [inputs]
+        last_only = self.use_last_only if self.use_last_only is not None else len(inputs) == 1
+        if not last_only and len(inputs) != len(self.out_strides):
+            raise ValueError(f'per-depth taps need {len(self.out_strides)} backbone outputs, got {len(inputs)}')
+        outs = []
+        for i, (up, lat, out) in enumerate(zip(self.rescales, self.lateral, self.output)):
+            x = inputs[-1] if last_only else inputs[i]
+            outs.append(out(lat(up(x))))
+        return tuple(outs)

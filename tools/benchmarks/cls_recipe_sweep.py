@@ -54,7 +54,9 @@ def main():
     args = p.parse_args()
     os.makedirs(args.out, exist_ok=True)
     subprocess.run([sys.executable, 'tools/prepare_data.py', 'shapes', '--task', 'cls'], check=True)
-    cpu_i = 0
+    procs, cpu_i = {}, 0
+    logdir = osp.join(args.out, 'logs')
+    os.makedirs(logdir, exist_ok=True)
     for name in args.variants:
         where, opts = VARIANTS[name]
         wd = osp.join('work_dirs', 'sweep', name)
@@ -69,7 +71,7 @@ def main():
             cmd = ['taskset', '-c', '8-15', sys.executable, 'tools/train.py', CFG, '--work-dir', wd]
         if opts:
             cmd += ['--cfg-options'] + opts
-        log = open(osp.join(args.out, f'{name}.log'), 'w')
+        log = open(osp.join(logdir, f'{name}.log'), 'w')
         procs[name] = (subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT), time.time(), wd, cores)
         if any('cls_big' in o for o in opts) and not osp.isdir('data/shapes/cls_big'):
             time.sleep(20)  # let the first run of the variant generate its data
@@ -88,6 +90,10 @@ def main():
         results[name] = dict(rc=rc, wall_s=round(wall, 1), cores=cores, val_top1=accs)
         print(name, results[name], flush=True)
     json.dump(results, open(osp.join(args.out, 'sweep.json'), 'w'), indent=1)
+    # at most a few files come back from the GPU machine: pack the logs and curves into one archive
+    subprocess.run(['tar', '-czf', osp.join(args.out, 'logs.tar.gz'), '-C', args.out, 'logs', '-C', osp.abspath('.'),
+                    'work_dirs/sweep', '--exclude=*.pth'], check=False)
+    subprocess.run(['rm', '-rf', logdir])
     with open(osp.join(args.out, 'sweep.md'), 'w') as f:
         f.write('| variant | where | wall s | final top-1 | best top-1 | epochs to 95% |\n|---|---|---|---|---|---|\n')
         for n, r in results.items():

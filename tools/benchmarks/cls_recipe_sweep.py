@@ -91,8 +91,8 @@ def main():
         print(name, results[name], flush=True)
     json.dump(results, open(osp.join(args.out, 'sweep.json'), 'w'), indent=1)
     # at most a few files come back from the GPU machine: pack the logs and curves into one archive
-    subprocess.run(['tar', '-czf', osp.join(args.out, 'logs.tar.gz'), '-C', args.out, 'logs', '-C', osp.abspath('.'),
-                    'work_dirs/sweep', '--exclude=*.pth'], check=False)
+    subprocess.run(['tar', '--exclude=*.pth', '-czf', osp.join(args.out, 'logs.tar.gz'), '-C', args.out, 'logs', '-C', osp.abspath('.'),
+                    'work_dirs/sweep'], check=False)
     subprocess.run(['rm', '-rf', logdir])
     with open(osp.join(args.out, 'sweep.md'), 'w') as f:
         f.write('| variant | where | wall s | final top-1 | best top-1 | epochs to 95% |\n|---|---|---|---|---|---|\n')

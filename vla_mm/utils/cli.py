@@ -183,6 +183,15 @@ def use_cpu_backend(cfg):
     import torch
     if cfg.get('launcher', 'none') != 'none' and not torch.cuda.is_available():
         cfg.setdefault('env_cfg', {}).setdefault('dist_cfg', {})['backend'] = 'gloo'
+        # mmengine's init_dist calls torch.cuda.set_device(LOCAL_RANK) unconditionally, which raises on a host
+        # without a GPU driver (torch >= 2.x): there is no device to select, so make it a no-op in this process
+        torch.cuda.set_device = lambda device: None
+        # and MMEngine's default DDP wrapper passes device_ids=[LOCAL_RANK], which DDP refuses for CPU modules
+        wrapper = dict(cfg.get('model_wrapper_cfg') or dict(type='MMDistributedDataParallel'))
+        wrapper.setdefault('device_ids', None)
+        if 'find_unused_parameters' in cfg and 'find_unused_parameters' not in wrapper:
+            wrapper['find_unused_parameters'] = cfg.find_unused_parameters
+        cfg.model_wrapper_cfg = wrapper
 
 
 def set_work_dir(cfg, config_path, work_dir=None):

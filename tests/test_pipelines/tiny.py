@@ -14,7 +14,7 @@ def write(tmp_path, name, text):
     return str(path)
 
 
-def seg_config(tmp_path, name='seg.py', extra=''):
+def seg_config(tmp_path, name='seg.py', extra='', model_extra='', backbone_extra=''):
     data = tmp_path / 'seg'
     return write(tmp_path, name, f'''
 _base_ = [{osp.join(CFG, 'upernet_linear-vit-t_shapes-seg.py')!r}]
@@ -33,8 +33,10 @@ test_pipeline = [
 ]
 model = dict(
     data_preprocessor=dict(size=crop_size),
-    backbone=dict(arch={TINY_ARCH}, img_size=64, patch_size=4, out_indices=(1, ), drop_path_rate=0.0),
+    backbone=dict(arch={TINY_ARCH}, img_size=64, patch_size=4, out_indices=(1, ), drop_path_rate=0.0,
+                  {backbone_extra}),
     neck=dict(in_channels=32, out_channels=16, patch_size=4),
+    {model_extra}
     decode_head=dict(in_channels=[16, 16, 16, 16], channels=16, pool_scales=(1, 2)),
     auxiliary_head=dict(in_channels=16, channels=8),
 )

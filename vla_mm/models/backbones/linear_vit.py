@@ -217,6 +217,10 @@ class LinearViT(BaseModule):
             if w.shape[1] != N:
                 raise ValueError(f'mask has {w.shape[1]} entries, the image has {N} patches {hw}')
             x = x * (1.0 - w) + self.mask_token.expand(B, N, -1) * w
+        elif self.training and self.mask_token.requires_grad and torch.is_grad_enabled():
+            # unused without a mask: a zero term gives it a (zero) gradient, so DistributedDataParallel needs
+            # no find_unused_parameters for classification and dense tasks
+            x = x + 0.0 * self.mask_token.sum()
         if self.pos_embed is not None:
             pos = resize_abs_pos_embed(self.pos_embed, self.patch_resolution, hw, self.num_extra_tokens)
             x = x + pos

@@ -2,7 +2,7 @@
 
 Per chunk of BT tokens (chunk-local cumulative log gates G, state H0 [K, V] at the chunk start):
 
-    A  = strict_lower(diag(b) K K^T * exp(G_i - G_j))        T = (I + A)^-1   (forward substitution)
+    A  = strict_lower(diag(b) K K^T * exp(G_i - G_j))        T = (I + A)^-1   (product of nilpotent powers)
     W  = T diag(b exp(G)) K        U~ = T diag(b) V           U = U~ - W H0
     O  = scale (diag(exp(G)) Q H0 + (Q K^T * exp(G_r - G_i))_{i<=r} U)
     H_C = exp(G_C) H0 + (diag(exp(G_C - G)) K)^T U
@@ -29,11 +29,12 @@ import triton
 import triton.language as tl
 
 
-# Launch choices; the benchmark script sweeps them. 'prep': 'blocked' (16x16 block inversion, BT == 64 only)
-# or 'rows' (row-by-row forward substitution); 'bv_state': V block of the sequential kernels (None = choose
-# from the number of programs); warps of each kernel.
+# Launch choices; the benchmark script sweeps them. 'prep': 'blocked' (T from 16x16 blocks, BT == 64 only) or
+# 'rows' (T of the whole chunk at once); 'inv_prec': tl.dot precision of the nilpotent-product inversion for
+# bf16/fp16 inputs (fp32 inputs always use 'ieee'); 'bv_state': V block of the sequential kernels (None =
+# default); 'grads': 'split' (two kernels) or 'fused' (one); warps of each kernel.
 TUNE = {'prep': 'blocked', 'bv_state': None, 'warps_prep': 8, 'warps_state': 4, 'warps_out': 8,
-        'warps_dstate': 8, 'warps_grads': 8, 'stages': 1, 'grads': 'split'}
+        'warps_dstate': 8, 'warps_grads': 8, 'stages': 1, 'grads': 'split', 'inv_prec': 'tf32x3'}
 
 
 def _empty(*shape, device, dtype):
@@ -68,15 +69,15 @@ def _pdiff(Gi, Gj):
 
 
 @triton.jit
-def _inv_unit_lower(A, SB: tl.constexpr):
-    """(I + A)^-1 for strictly lower triangular A [SB, SB] by forward substitution:
-    row i of the inverse is e_i - sum_{j<i} A_ij T_j."""
+def _inv_unit_lower(A, SB: tl.constexpr, LOG2: tl.constexpr, IPREC: tl.constexpr):
+    """(I + A)^-1 for strictly lower triangular A [SB, SB] (SB = 2**LOG2): A is nilpotent, so
+    (I + A)^-1 = (I - A)(I + A^2)(I + A^4)...(I + A^(SB/2)), 2 * (LOG2 - 1) small matrix products."""
     r = tl.arange(0, SB)
-    T = tl.where(r[:, None] == r[None, :], 1., 0.)
-    for i in range(1, SB):
-        a_i = tl.sum(tl.where(r[:, None] == i, A, 0.), 0)
-        t_i = tl.sum(a_i[:, None] * T, 0)
-        T = tl.where(r[:, None] == i, T - t_i[None, :], T)
+    T = tl.where(r[:, None] == r[None, :], 1., 0.) - A
+    P = A
+    for _ in tl.static_range(LOG2 - 1):
+        P = tl.dot(P, P, input_precision=IPREC)
+        T = T + tl.dot(T, P, input_precision=IPREC)
     return T
 
 
@@ -115,9 +116,10 @@ def _st_tblk(base, x, I: tl.constexpr, J: tl.constexpr, SB: tl.constexpr, BT: tl
 def _prep_blocked_kernel(k, v, beta, g, G_out, T_out, W_out, Ut_out, cu, chunk_info,
                          H, K, V,
                          BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-                         USE_G: tl.constexpr, REVERSE: tl.constexpr, PREC: tl.constexpr):
+                         USE_G: tl.constexpr, REVERSE: tl.constexpr, PREC: tl.constexpr,
+                         LOG2: tl.constexpr, IPREC: tl.constexpr):
     """Same outputs as ``_prep_kernel`` for BT == 64, with T built from 16x16 blocks: the four diagonal
-    blocks by forward substitution, the off-diagonal ones by block substitution with tensor-core dots."""
+    blocks by the nilpotent product, the off-diagonal ones by block substitution, all with tensor-core dots."""
     SB: tl.constexpr = BT // 4
     ic = tl.program_id(0)
     ih = tl.program_id(1)
@@ -156,10 +158,10 @@ def _prep_blocked_kernel(k, v, beta, g, G_out, T_out, W_out, Ut_out, cu, chunk_i
         G1 = G0
         G2 = G0
         G3 = G0
-    T00 = _inv_unit_lower(_blk_A(k0, k0, b0, G0, G0, v0, True, SB, PREC), SB)
-    T11 = _inv_unit_lower(_blk_A(k1, k1, b1, G1, G1, v1, True, SB, PREC), SB)
-    T22 = _inv_unit_lower(_blk_A(k2, k2, b2, G2, G2, v2, True, SB, PREC), SB)
-    T33 = _inv_unit_lower(_blk_A(k3, k3, b3, G3, G3, v3, True, SB, PREC), SB)
+    T00 = _inv_unit_lower(_blk_A(k0, k0, b0, G0, G0, v0, True, SB, PREC), SB, 4, IPREC)
+    T11 = _inv_unit_lower(_blk_A(k1, k1, b1, G1, G1, v1, True, SB, PREC), SB, 4, IPREC)
+    T22 = _inv_unit_lower(_blk_A(k2, k2, b2, G2, G2, v2, True, SB, PREC), SB, 4, IPREC)
+    T33 = _inv_unit_lower(_blk_A(k3, k3, b3, G3, G3, v3, True, SB, PREC), SB, 4, IPREC)
     A10 = _blk_A(k1, k0, b1, G1, G0, v1, False, SB, PREC)
     A20 = _blk_A(k2, k0, b2, G2, G0, v2, False, SB, PREC)
     A21 = _blk_A(k2, k1, b2, G2, G1, v2, False, SB, PREC)
@@ -225,7 +227,8 @@ def _prep_blocked_kernel(k, v, beta, g, G_out, T_out, W_out, Ut_out, cu, chunk_i
 def _prep_kernel(k, v, beta, g, G_out, T_out, W_out, Ut_out, cu, chunk_info,
                  H, K, V,
                  BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-                 USE_G: tl.constexpr, REVERSE: tl.constexpr, PREC: tl.constexpr):
+                 USE_G: tl.constexpr, REVERSE: tl.constexpr, PREC: tl.constexpr,
+                 LOG2: tl.constexpr, IPREC: tl.constexpr):
     ic = tl.program_id(0)
     ih = tl.program_id(1)
     n = tl.load(chunk_info + ic * 2)
@@ -248,7 +251,7 @@ def _prep_kernel(k, v, beta, g, G_out, T_out, W_out, Ut_out, cu, chunk_info,
     kkt = tl.dot(kk, tl.trans(kk), input_precision=PREC)
     dec = tl.exp(tl.where(strict, _pdiff(G, G), 0.))
     A = tl.where(strict, b[:, None] * kkt * dec, 0.)
-    T = _inv_unit_lower(A, BT)
+    T = _inv_unit_lower(A, BT, LOG2, IPREC)
     tl.store(T_out + (ic * H + ih).to(tl.int64) * BT * BT + (r[:, None] * BT + r[None, :]), T)
     w = tl.dot(T, kk * (b * tl.exp(G.to(tl.float32)))[:, None], input_precision=PREC)
     tl.store(W_out + (phys[:, None] * H + ih) * K + ck[None, :], w, mask=mk)
@@ -653,13 +656,12 @@ def _blocks(K, V):
 
 
 def _bv_state(S, H, V):
-    """V block of the sequential kernels: split V until there are enough programs to fill the GPU."""
+    """V block of the sequential kernels."""
     if TUNE['bv_state']:
         return TUNE['bv_state']
-    bv = min(64, max(16, triton.next_power_of_2(V)))
-    while bv > 16 and S * H * triton.cdiv(V, bv) < 256:
-        bv //= 2
-    return bv
+    # Measured on H100 (8x12x4096x64, bf16): 64 beats 32 and 16 although it gives fewer programs; each V block
+    # repeats the chunk's q/k/W loads and the intra-chunk products.
+    return min(64, max(16, triton.next_power_of_2(V)))
 
 
 class DeltaRuleFunction(torch.autograd.Function):
@@ -698,6 +700,7 @@ class DeltaRuleFunction(torch.autograd.Function):
         if NT > 0:
             prep[(NT, H)](k, v, beta, g if use_g else beta, G, Tb, W, Ut, cu, info, H, K, V,
                                   BT=BT, BK=BK, BV=BV, USE_G=use_g, REVERSE=reverse, PREC=prec,
+                                  LOG2=BT.bit_length() - 1, IPREC='ieee' if prec == 'ieee' else TUNE['inv_prec'],
                                   num_warps=TUNE['warps_prep'], num_stages=TUNE['stages'])
         _state_kernel[(nvs, S, H)](k, W, Ut, G, U, hb, h0 if h0 is not None else W, ht if ht is not None else W,
                                   cu, off, H, K, V, BT=BT, BK=BK, BV=BVs, USE_G=use_g, USE_H0=h0 is not None,

@@ -212,7 +212,7 @@ def fla_crosscheck(B, N, H, D):
     return out
 
 
-def tune_sweep(B, N, H, D):
+def tune_sweep(B, N, H, D, quick=False):
     from vla_mm.ops.delta_rule import chunk as C
     base = dict(C.TUNE)
     variants = [
@@ -224,6 +224,8 @@ def tune_sweep(B, N, H, D):
         ('warps_state=8', {'warps_state': 8}),
         ('grads=fused', {'grads': 'fused'}),
     ]
+    if quick:
+        variants = [('default', {}), ('prep=rows', {'prep': 'rows'}), ('inv_prec=tf32', {'inv_prec': 'tf32'})]
     out = {}
     xs, do = bench_inputs(B, N, H, D, grad=True)
     for name, ch in variants:
@@ -353,6 +355,8 @@ def main():
     ap.add_argument('--plot', default=None, help='results.json to plot (no GPU needed)')
     ap.add_argument('--png', default='docs/benchmarks/recurrent_delta.png')
     ap.add_argument('--smoke', action='store_true', help='CPU dry run of the script logic (tiny, reference path)')
+    ap.add_argument('--quick', action='store_true',
+                    help='re-run after a kernel change: smaller checks, 3 tuning variants, no step-reference timing')
     ap.add_argument('--skip', default='', help='comma list of: check,fla,tune,profile,bench')
     args = ap.parse_args()
     if args.plot:
@@ -386,6 +390,17 @@ def main():
         json.dump(results, open(os.path.join(args.out, 'results.json'), 'w'), indent=1, default=str)
 
     try:
+        if args.quick and 'tune' not in skip:
+            # tune first and adopt the fastest variant, so the checks below verify what the benchmark times
+            from vla_mm.ops.delta_rule import chunk as C
+            variants = {'default': {}, 'prep=rows': {'prep': 'rows'}, 'inv_prec=tf32': {'inv_prec': 'tf32'}}
+            results['tune'] = tune_sweep(8, 4096, 12, 64, quick=True)
+            best = min(results['tune'], key=lambda n: results['tune'][n][1])
+            C.TUNE.update(variants[best])
+            results['tune_best'] = best
+            log(f'[tune] adopted {best}: {C.TUNE}')
+            save()
+            skip.add('tune')
         if 'check' not in skip:
             f32, bf = torch.float32, torch.bfloat16
             cases = [
@@ -402,6 +417,15 @@ def main():
                 ('GDN bf16 N16384', 1, 16384, 2, 64, 64, True, 'random', bf, False, True, None),
                 ('DN bf16 N4096 B2 reverse', 2, 4096, 2, 64, 64, False, 'random', bf, True, True, None),
             ]
+            if args.quick:
+                cases = [
+                    ('GDN fp32 N4096 mixed h0', 1, 4096, 2, 64, 64, True, 'mixed', f32, False, True, None),
+                    ('DN fp32 N4096 reverse h0', 1, 4096, 2, 64, 64, False, 'random', f32, True, True, None),
+                    ('GDN fp32 varlen reverse', 1, 4096, 2, 64, 64, True, 'random', f32, True, True,
+                     [0, 1000, 1001, 2500, 4096]),
+                    ('GDN bf16 N4096 B2 reverse', 2, 4096, 2, 64, 64, True, 'random', bf, True, True, None),
+                    ('DN bf16 N4096', 1, 4096, 2, 64, 64, False, 'random', bf, False, True, None),
+                ]
             results['check'] = correctness(cases)
             save()
         bw = copy_bandwidth()
@@ -411,7 +435,8 @@ def main():
             results['profile'] = profile_kernels(8, 4096, 12, 64)
             save()
         if 'bench' not in skip:
-            results['bench'] = benchmark([(8, 12, 4096, 64), (2, 12, 16384, 64)], bw)
+            results['bench'] = benchmark([(8, 12, 4096, 64), (2, 12, 16384, 64)], bw,
+                                         with_ref_at=-1 if args.quick else 4096)
             save()
             t = table(results['bench'])
             open(os.path.join(args.out, 'table.md'), 'w').write(t + '\n')
@@ -420,7 +445,7 @@ def main():
             results['fla_crosscheck'] = fla_crosscheck(8, 4096, 12, 64)
             save()
         if 'tune' not in skip:
-            results['tune'] = tune_sweep(8, 4096, 12, 64)
+            results['tune'] = tune_sweep(8, 4096, 12, 64, quick=args.quick)
             save()
     except Exception:
         log(traceback.format_exc())

@@ -22,11 +22,15 @@ def free_port():
         return str(s.getsockname()[1])
 
 
-def run(args):
+def run(args, retries=0):
     env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get('PYTHONPATH', ''), OMP_NUM_THREADS='1',
                PORT=free_port())
     env.pop('TRITON_INTERPRET', None)
     out = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, env=env, timeout=900)
+    if out.returncode != 0 and retries and 'terminate called without an active exception' in out.stderr:
+        # a rare abort of a gloo rank at interpreter exit, after training finished (seen once in ~10 runs);
+        # one clean re-run is required
+        return run(args, retries - 1)
     assert out.returncode == 0, (out.stdout[-2000:] + out.stderr[-4000:])
     return out
 
@@ -89,6 +93,6 @@ def test_mim_pretrain_then_layer_decay_finetune(tmp_path, method):
 def test_dist_train_two_gloo_processes(tmp_path, task):
     cfg = getattr(tiny, f'{task}_config')(tmp_path)
     # 2 processes; data generated once by rank 0
-    run(['bash', 'tools/dist_train.sh', cfg, '2', '--work-dir', str(tmp_path / 'w')])
+    run(['bash', 'tools/dist_train.sh', cfg, '2', '--work-dir', str(tmp_path / 'w')], retries=1)
     ckpt = {'seg': 'iter_4.pth', 'det': 'epoch_1.pth'}.get(task, 'epoch_2.pth')
     assert osp.isfile(tmp_path / 'w' / ckpt)

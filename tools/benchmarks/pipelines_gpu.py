@@ -1,0 +1,530 @@
+"""GPU run of the four pipelines on the synthetic shapes data, concurrently on one GPU, each time-bounded.
+
+    source tools/device_prelude.sh && python3 tools/benchmarks/pipelines_gpu.py --out $OUT
+    python tools/benchmarks/pipelines_gpu.py --out /tmp/smoke --smoke        # CPU, tiny sizes, 1-4 iterations
+
+Three task processes run at the same time (separate processes, one GPU):
+  seg  UperNet + LinearViT + SimpleFeaturePyramid   (configs/linear_vit/upernet_linear-vit-t_shapes-seg.py)
+  det  Mask R-CNN + LinearViT + SFP + FPN           (configs/linear_vit/mask-rcnn_linear-vit-t_fpn_shapes-det.py)
+  mim  SimMIM and MAE pre-training (concurrently), then fine-tuning on shapes classification with layer-wise lr
+       decay from each checkpoint and from scratch, equal budgets (linear-vit-t_simmim-pre_shapes-cls-ft.py)
+Every training goes through tools/train.py with a config derived from the real one (written to the work dir)
+and a TimeBudgetHook: after a calibration window it measures the time per iteration and, if the planned
+schedule does not fit the task's budget, shortens it (max iterations / epochs and the lr schedule together), so
+each run ends with its own final validation inside the budget.
+
+Writes to --out (at most 8 files): summary.json (metrics, times, device), curves.png (loss/metric curves of every
+run), seg.png, det.png, mim.png (predictions on validation images), logs.tar.gz (logs + scalars.json + configs).
+"""
+import argparse
+import json
+import os
+import os.path as osp
+import shutil
+import subprocess
+import sys
+import tarfile
+import time
+
+ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
+CFG = osp.join(ROOT, 'configs', 'linear_vit')
+
+HOOK_MODULE = '''
+"""Time budget for a training run (written by tools/benchmarks/pipelines_gpu.py)."""
+import math
+import time
+
+from mmengine.hooks import Hook
+from mmengine.registry import HOOKS
+
+
+@HOOKS.register_module(force=True)
+class TimeBudgetHook(Hook):
+    priority = 'VERY_HIGH'
+
+    def __init__(self, seconds, warmup_iters=10, calib_iters=40, reserve=0.08):
+        self.seconds, self.warmup, self.calib, self.reserve = seconds, warmup_iters, calib_iters, reserve
+        self.t0 = self.t_warm = None
+        self.done = False
+
+    def before_train(self, runner):
+        self.t0 = time.time()
+
+    def _rescale(self, runner, f):
+        for s in runner.param_schedulers if isinstance(runner.param_schedulers, list) else []:
+            if getattr(s, 'by_epoch', False):
+                continue  # epoch-based schedulers of this repo's shapes configs are iteration-converted
+            s.begin, s.end = int(s.begin * f), max(int(s.begin * f) + 2, int(min(s.end, 10 ** 12) * f))
+            if hasattr(s, 'total_iters'):
+                s.total_iters = s.end - s.begin - 1
+            if hasattr(s, 'T_max'):
+                s.T_max = s.end - s.begin
+
+    def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None):
+        it = runner.iter + 1
+        now = time.time()
+        loop = runner.train_loop
+        if it == self.warmup:
+            self.t_warm = now
+        if not self.done and self.t_warm is not None and it == self.warmup + self.calib:
+            self.done = True
+            per_iter = (now - self.t_warm) / self.calib
+            left = self.seconds * (1 - self.reserve) - (now - self.t0)
+            possible = it + max(1, int(left / per_iter))
+            planned = loop.max_iters
+            if possible < planned:
+                if hasattr(loop, '_max_epochs'):
+                    ipe = len(loop.dataloader)
+                    epochs = max(runner.epoch + 1, possible // ipe)
+                    f = epochs * ipe / planned
+                    loop._max_epochs = epochs
+                    loop._max_iters = epochs * ipe
+                    if loop.val_interval > epochs:
+                        loop.val_interval = epochs
+                else:
+                    f = possible / planned
+                    loop._max_iters = possible
+                self._rescale(runner, f)
+                runner.logger.info(f'TimeBudgetHook: {per_iter * 1000:.1f} ms/iter; schedule shortened from '
+                                   f'{planned} to {loop.max_iters} iterations to fit {self.seconds:.0f} s')
+            else:
+                runner.logger.info(f'TimeBudgetHook: {per_iter * 1000:.1f} ms/iter; the schedule fits')
+        # hard stop (iteration-based loops; epoch-based ones stop at the end of the epoch)
+        if now - self.t0 > self.seconds and not hasattr(loop, '_max_epochs') and loop._max_iters > it:
+            runner.logger.info('TimeBudgetHook: time is up, stopping after this iteration')
+            loop._max_iters = it
+
+    def after_train_epoch(self, runner):
+        loop = runner.train_loop
+        if time.time() - self.t0 > self.seconds and loop._max_epochs > runner.epoch + 1:
+            runner.logger.info('TimeBudgetHook: time is up, stopping after this epoch')
+            loop._max_epochs = runner.epoch + 1
+'''
+
+
+# ----------------------------------------------------------------------------------------------- derived configs
+def droot(task):
+    """Private data roots under the work dir (never touch data/shapes of other jobs on the same machine)."""
+    return osp.join(WORK, 'data', 'cls' if task in ('mim', 'cls') else task)
+
+
+def header(base, budget, task):
+    r = droot(task)
+    roots = f"work_data_root = {r!r}\n"
+    if task == 'det':
+        roots += (f"val_evaluator = dict(ann_file={osp.join(r, 'annotations', 'instances_val2017.json')!r})\n"
+                  "test_evaluator = val_evaluator\n")
+    return (f"_base_ = [{base!r}]\n" + roots +
+            "custom_imports = dict(imports=['vla_mm', 'vla_gpu_hooks'], allow_failed_imports=False)\n"
+            "custom_hooks = [dict(type='vla_mm.DeterministicResumeHook'), "
+            f"dict(type='TimeBudgetHook', seconds={budget})]\n")
+
+
+def seg_cfg(smoke, budget):
+    if smoke:
+        return header(osp.join(CFG, 'upernet_linear-vit-t_shapes-seg.py'), budget, 'seg') + '''
+shapes_generate = dict(image_size=64, num_train=8, num_val=4, seed=0)
+crop_size = (64, 64)
+train_pipeline = [dict(type='LoadImageFromFile'), dict(type='LoadAnnotations', reduce_zero_label=False),
+                  dict(type='PackSegInputs')]
+model = dict(data_preprocessor=dict(size=crop_size),
+             backbone=dict(arch=dict(_delete_=True, embed_dims=32, num_layers=4, num_heads=2), img_size=64),
+             neck=dict(in_channels=32))
+train_dataloader = dict(batch_size=2, num_workers=0, dataset=dict(data_root=work_data_root, generate=shapes_generate, pipeline=train_pipeline))
+val_dataloader = dict(num_workers=0, dataset=dict(data_root=work_data_root, generate=shapes_generate))
+test_dataloader = val_dataloader
+param_scheduler = [dict(type='PolyLR', power=1.0, eta_min=0.0, by_epoch=False, begin=0, end=2)]
+train_cfg = dict(max_iters=2, val_interval=2)
+default_hooks = dict(logger=dict(interval=1), checkpoint=dict(interval=2, max_keep_ckpts=1))
+'''
+    return header(osp.join(CFG, 'upernet_linear-vit-t_shapes-seg.py'), budget, 'seg') + '''
+shapes_generate = dict(image_size=128, num_train=1000, num_val=100, seed=0)
+train_dataloader = dict(batch_size=16, num_workers=4, dataset=dict(data_root=work_data_root, generate=shapes_generate))
+val_dataloader = dict(num_workers=2, dataset=dict(data_root=work_data_root, generate=shapes_generate))
+test_dataloader = val_dataloader
+param_scheduler = [
+    dict(type='LinearLR', start_factor=1e-3, by_epoch=False, begin=0, end=200),
+    dict(type='PolyLR', power=1.0, eta_min=0.0, by_epoch=False, begin=200, end=6000),
+]
+train_cfg = dict(max_iters=6000, val_interval=1000)
+default_hooks = dict(logger=dict(interval=50), checkpoint=dict(interval=1000, max_keep_ckpts=1))
+'''
+
+
+def det_cfg(smoke, budget):
+    if smoke:
+        return header(osp.join(CFG, 'mask-rcnn_linear-vit-t_fpn_shapes-det.py'), budget, 'det') + '''
+shapes_generate = dict(image_size=64, num_train=8, num_val=4, seed=0)
+model = dict(backbone=dict(arch=dict(_delete_=True, embed_dims=32, num_layers=4, num_heads=2), img_size=64),
+             neck=[dict(type='vla_mm.SimpleFeaturePyramid', in_channels=32, out_channels=16, patch_size=8),
+                   dict(type='FPN', in_channels=[16, 16, 16, 16], out_channels=16, num_outs=5)],
+             rpn_head=dict(in_channels=16, feat_channels=16),
+             roi_head=dict(bbox_roi_extractor=dict(out_channels=16), bbox_head=dict(in_channels=16),
+                           mask_roi_extractor=dict(out_channels=16), mask_head=dict(in_channels=16)))
+train_dataloader = dict(batch_size=4, num_workers=0, dataset=dict(data_root=work_data_root, generate=shapes_generate))
+val_dataloader = dict(batch_size=2, num_workers=0, dataset=dict(data_root=work_data_root, generate=shapes_generate))
+test_dataloader = val_dataloader
+param_scheduler = [dict(type='LinearLR', start_factor=0.1, by_epoch=False, begin=0, end=2)]
+train_cfg = dict(max_epochs=1, val_interval=1)
+default_hooks = dict(logger=dict(interval=1))
+'''
+    return header(osp.join(CFG, 'mask-rcnn_linear-vit-t_fpn_shapes-det.py'), budget, 'det') + '''
+shapes_generate = dict(image_size=128, num_train=1000, num_val=100, seed=0)
+train_dataloader = dict(batch_size=16, num_workers=4, dataset=dict(data_root=work_data_root, generate=shapes_generate))
+val_dataloader = dict(batch_size=16, num_workers=2, dataset=dict(data_root=work_data_root, generate=shapes_generate))
+test_dataloader = val_dataloader
+optim_wrapper = dict(optimizer=dict(lr=3e-4))
+param_scheduler = [
+    dict(type='LinearLR', start_factor=1e-3, by_epoch=False, begin=0, end=200),
+    dict(type='CosineAnnealingLR', eta_min=1e-6, by_epoch=True, begin=0, end=60, convert_to_iter_based=True),
+]
+train_cfg = dict(max_epochs=60, val_interval=10)
+default_hooks = dict(logger=dict(interval=50), checkpoint=dict(interval=10, max_keep_ckpts=1))
+'''
+
+
+def pre_cfg(method, smoke, budget):
+    base = osp.join(CFG, f'{method}_linear-vit-t_shapes.py')
+    if smoke:
+        return header(base, budget, 'mim') + '''
+shapes_generate = dict(image_size=32, num_train=32, num_val=16, seed=0)
+train_dataloader = dict(batch_size=16, num_workers=0, dataset=dict(data_root=work_data_root, generate=shapes_generate))
+param_scheduler = [dict(type='CosineAnnealingLR', eta_min=1e-5, by_epoch=True, begin=0, end=2,
+                        convert_to_iter_based=True)]
+train_cfg = dict(max_epochs=2)
+default_hooks = dict(logger=dict(interval=1), checkpoint=dict(interval=1))
+'''
+    return header(base, budget, 'mim') + '''
+train_dataloader = dict(batch_size=128, num_workers=3, dataset=dict(data_root=work_data_root))
+optim_wrapper = dict(optimizer=dict(lr=2e-3))
+param_scheduler = [
+    dict(type='LinearLR', start_factor=1e-3, by_epoch=True, begin=0, end=5, convert_to_iter_based=True),
+    dict(type='CosineAnnealingLR', eta_min=1e-5, by_epoch=True, begin=5, end=150, convert_to_iter_based=True),
+]
+train_cfg = dict(max_epochs=150)
+default_hooks = dict(logger=dict(interval=23), checkpoint=dict(interval=50, max_keep_ckpts=1))
+'''
+
+
+def ft_cfg(ckpt, decay, smoke, budget):
+    base = osp.join(CFG, 'linear-vit-t_simmim-pre_shapes-cls-ft.py')
+    init = 'None' if ckpt is None else f"dict(type='Pretrained', checkpoint={ckpt!r}, prefix='backbone.')"
+    text = header(base, budget, 'cls') + f'''
+model = dict(backbone=dict(init_cfg={init}))
+optim_wrapper = dict(paramwise_cfg=dict(layer_decay_rate={decay}))
+'''
+    if smoke:
+        return text + '''
+shapes_generate = dict(image_size=32, num_train=32, num_val=16, seed=0)
+train_dataloader = dict(batch_size=16, num_workers=0, dataset=dict(data_root=work_data_root, generate=shapes_generate, indices=16))
+val_dataloader = dict(num_workers=0, dataset=dict(data_root=work_data_root, generate=shapes_generate))
+test_dataloader = val_dataloader
+train_cfg = dict(max_epochs=2)
+default_hooks = dict(logger=dict(interval=1), checkpoint=dict(max_keep_ckpts=1, save_best=None))
+'''
+    return text + '''
+train_dataloader = dict(num_workers=2, dataset=dict(data_root=work_data_root))
+val_dataloader = dict(num_workers=2, dataset=dict(data_root=work_data_root))
+test_dataloader = val_dataloader
+default_hooks = dict(checkpoint=dict(max_keep_ckpts=1, save_best=None))
+'''
+
+
+# ----------------------------------------------------------------------------------------------- helpers
+def env():
+    e = dict(os.environ)
+    e['PYTHONPATH'] = os.pathsep.join([WORK, ROOT] + [p for p in e.get('PYTHONPATH', '').split(os.pathsep) if p])
+    e.setdefault('OMP_NUM_THREADS', '2')
+    return e
+
+
+def train(name, text, log):
+    cfg = osp.join(WORK, f'{name}.py')
+    with open(cfg, 'w') as f:
+        f.write(text)
+    wd = osp.join(WORK, name)
+    t = time.time()
+    with open(osp.join(WORK, f'{name}.stdout'), 'w') as out:
+        rc = subprocess.call([sys.executable, osp.join(ROOT, 'tools/train.py'), cfg, '--work-dir', wd],
+                             cwd=ROOT, env=env(), stdout=out, stderr=subprocess.STDOUT)
+    log(f'{name}: tools/train.py rc={rc} in {time.time() - t:.0f}s')
+    ckpt = None
+    last = osp.join(wd, 'last_checkpoint')
+    if osp.isfile(last):
+        ckpt = open(last).read().strip()
+    return cfg, wd, ckpt, rc
+
+
+def scalars(wd):
+    files = sorted(osp.join(dp, f) for dp, _, fs in os.walk(wd) for f in fs if f == 'scalars.json')
+    if not files:
+        return []
+    return [json.loads(line) for line in open(files[-1]) if line.strip()]
+
+
+def final_metric(wd, key):
+    vals = [r[key] for r in scalars(wd) if key in r]
+    return vals[-1] if vals else None
+
+
+def last_step(wd, key):
+    return max([r.get('step', 0) for r in scalars(wd) if key in r] or [0])
+
+
+def palette(n):
+    import numpy as np
+    rng = np.random.default_rng(3)
+    p = rng.integers(40, 255, size=(n, 3)).astype(np.uint8)
+    p[0] = (0, 0, 0)
+    return p
+
+
+def grid(rows, scale=2):
+    """rows: list of lists of HxWx3 uint8 (RGB) -> one image."""
+    import cv2
+    import numpy as np
+    rows = [np.concatenate([cv2.resize(im, None, fx=scale, fy=scale, interpolation=cv2.INTER_NEAREST)
+                            for im in r], axis=1) for r in rows]
+    w = max(r.shape[1] for r in rows)
+    rows = [np.pad(r, ((0, 4), (0, w - r.shape[1]), (0, 0)), constant_values=255) for r in rows]
+    return np.concatenate(rows, axis=0)
+
+
+def save_png(path, rgb):
+    import cv2
+    cv2.imwrite(path, rgb[..., ::-1].copy())
+
+
+# ----------------------------------------------------------------------------------------------- tasks
+def task_seg(smoke, budget, log):
+    cfg, wd, ckpt, rc = train('seg', seg_cfg(smoke, budget), log)
+    res = dict(rc=rc, mIoU=final_metric(wd, 'mIoU'), aAcc=final_metric(wd, 'aAcc'), iters=last_step(wd, 'loss'))
+    if ckpt:
+        try:
+            import cv2
+            import numpy as np
+            import vla_mm  # noqa: F401
+            from mmseg.apis import inference_model, init_model
+            from mmengine.config import Config
+            c = Config.fromfile(cfg)
+            model = init_model(c, ckpt, device=DEVICE)
+            root = droot('seg')
+            names = sorted(os.listdir(osp.join(root, 'images/validation')))[:6]
+            pal = palette(7)
+            rows = []
+            for n in names:
+                img = cv2.imread(osp.join(root, 'images/validation', n))
+                gt = cv2.imread(osp.join(root, 'annotations/validation', n.replace('.jpg', '.png')), 0)
+                pred = inference_model(model, img).pred_sem_seg.data[0].cpu().numpy()
+                rows.append([img[..., ::-1], pal[gt], pal[pred]])
+            save_png(osp.join(OUT, 'seg.png'), grid(rows))
+        except Exception as e:  # a picture must not lose the numbers
+            log(f'seg picture failed: {e!r}')
+    return res
+
+
+def task_det(smoke, budget, log):
+    cfg, wd, ckpt, rc = train('det', det_cfg(smoke, budget), log)
+    res = dict(rc=rc, iters=last_step(wd, 'loss'))
+    for k in ('coco/bbox_mAP', 'coco/bbox_mAP_50', 'coco/bbox_mAP_75', 'coco/segm_mAP', 'coco/segm_mAP_50',
+              'coco/segm_mAP_75'):
+        res[k] = final_metric(wd, k)
+    if ckpt:
+        try:
+            import cv2
+            import numpy as np
+            import vla_mm  # noqa: F401
+            from mmdet.apis import inference_detector, init_detector
+            from mmengine.config import Config
+            c = Config.fromfile(cfg)
+            model = init_detector(c, ckpt, device=DEVICE)
+            root = droot('det')
+            names = sorted(os.listdir(osp.join(root, 'val2017')))[:6]
+            pal = palette(8)[1:]
+            rows = []
+            for n in names:
+                img = cv2.imread(osp.join(root, 'val2017', n))
+                r = inference_detector(model, img).pred_instances
+                keep = r.scores > 0.5
+                over = img[..., ::-1].copy()
+                boxes = r.bboxes[keep].cpu().numpy().astype(int)
+                labels = r.labels[keep].cpu().numpy()
+                masks = r.masks[keep].cpu().numpy() if 'masks' in r else np.zeros((0, ) + img.shape[:2], bool)
+                for m, lab in zip(masks, labels):
+                    over[m] = (0.5 * over[m] + 0.5 * pal[lab % len(pal)]).astype(np.uint8)
+                for b, lab in zip(boxes, labels):
+                    cv2.rectangle(over, (b[0], b[1]), (b[2], b[3]), tuple(int(v) for v in pal[lab % len(pal)]), 1)
+                rows.append([img[..., ::-1], over])
+            save_png(osp.join(OUT, 'det.png'), grid(rows))
+        except Exception as e:
+            log(f'det picture failed: {e!r}')
+    return res
+
+
+def task_mim(smoke, budget, log):
+    from concurrent.futures import ThreadPoolExecutor
+    pre_budget = budget * 0.5
+    ft_budget = budget * 0.4
+    with ThreadPoolExecutor(4) as ex:
+        pre = {m: ex.submit(train, f'{m}_pre', pre_cfg(m, smoke, pre_budget), log) for m in ('simmim', 'mae')}
+        pre = {m: f.result() for m, f in pre.items()}
+        runs = dict(ft_simmim=(pre['simmim'][2], 0.75), ft_mae=(pre['mae'][2], 0.75),
+                    scratch_ld=(None, 0.75), scratch=(None, 1.0))
+        runs = {k: v for k, v in runs.items() if k.startswith('scratch') or v[0]}
+        fts = {k: ex.submit(train, k, ft_cfg(ck, d, smoke, ft_budget), log) for k, (ck, d) in runs.items()}
+        fts = {k: f.result() for k, f in fts.items()}
+    res = {}
+    for m, (_, wd, ckpt, rc) in pre.items():
+        losses = [r['loss'] for r in scalars(wd) if 'loss' in r]
+        res[f'{m}_pretrain'] = dict(rc=rc, first_loss=losses[0] if losses else None,
+                                    last_loss=losses[-1] if losses else None, iters=last_step(wd, 'loss'))
+    for k, (_, wd, _, rc) in fts.items():
+        accs = [r['accuracy/top1'] for r in scalars(wd) if 'accuracy/top1' in r]
+        res[k] = dict(rc=rc, final_top1=accs[-1] if accs else None, best_top1=max(accs) if accs else None,
+                      epochs=len(accs), layer_decay=runs[k][1])
+    ckpt = pre['simmim'][2]
+    if ckpt:
+        try:
+            import cv2
+            import numpy as np
+            import torch
+            import vla_mm  # noqa: F401
+            from mmengine.config import Config
+            from mmengine.registry import DefaultScope, MODELS
+            from mmengine.runner import load_checkpoint
+            c = Config.fromfile(pre['simmim'][0])
+            with DefaultScope.overwrite_default_scope('mmpretrain'):
+                model = MODELS.build(c.model)
+            load_checkpoint(model, ckpt, map_location='cpu')
+            model = model.to(DEVICE).eval()
+            from mmpretrain.datasets.transforms import SimMIMMaskGenerator
+            gen = SimMIMMaskGenerator(input_size=32, mask_patch_size=8, model_patch_size=4, mask_ratio=0.6)
+            root = osp.join(droot('mim'), 'val')
+            files = [l.split()[0] for l in open(osp.join(droot('mim'), 'meta/val.txt'))][::75][:8]
+            rows = []
+            for fn in files:
+                img = cv2.imread(osp.join(root, fn))[..., ::-1].copy()
+                x = torch.from_numpy(img).permute(2, 0, 1)[None].float().to(DEVICE) / 127.5 - 1
+                mask = torch.from_numpy(gen({})['mask'])[None].to(DEVICE)
+                with torch.no_grad():
+                    rec = model.neck(model.backbone(x, mask)[0])
+                m = mask.repeat_interleave(4, 1).repeat_interleave(4, 2)[0, :, :, None].cpu().numpy() > 0
+                rec = ((rec[0].permute(1, 2, 0).cpu().numpy() + 1) * 127.5).clip(0, 255).astype(np.uint8)
+                masked = np.where(m, 127, img).astype(np.uint8)
+                filled = np.where(m, rec, img).astype(np.uint8)
+                rows.append([img, masked, filled])
+            save_png(osp.join(OUT, 'mim.png'), grid(rows, scale=4))
+        except Exception as e:
+            log(f'mim picture failed: {e!r}')
+    return res
+
+
+# ----------------------------------------------------------------------------------------------- parent
+def curves(tasks):
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    panels = [('seg', 'loss', 'UperNet train loss'), ('seg', 'mIoU', 'UperNet val mIoU'),
+              ('det', 'loss', 'Mask R-CNN train loss'), ('det', 'coco/bbox_mAP', 'Mask R-CNN val AP'),
+              (('simmim_pre', 'mae_pre'), 'loss', 'MIM pre-training loss'),
+              (('ft_simmim', 'ft_mae', 'scratch_ld', 'scratch'), 'accuracy/top1', 'fine-tune val top-1 (600 labels)')]
+    fig, axes = plt.subplots(2, 3, figsize=(15, 8))
+    for ax, (names, key, title) in zip(axes.flat, panels):
+        names = names if isinstance(names, tuple) else (names, )
+        for n in names:
+            rows = [r for r in scalars(osp.join(WORK, n)) if key in r]
+            if not rows:
+                continue
+            xs = [r.get('step', i) for i, r in enumerate(rows)]
+            ax.plot(xs, [r[key] for r in rows], label=n, marker='.' if len(rows) < 40 else None)
+            if n == 'det':
+                segm = [r for r in scalars(osp.join(WORK, n)) if 'coco/segm_mAP' in r]
+                if segm and key == 'coco/bbox_mAP':
+                    ax.plot([r.get('step', i) for i, r in enumerate(segm)], [r['coco/segm_mAP'] for r in segm],
+                            label='det segm')
+        ax.set_title(title)
+        ax.set_xlabel('epoch' if 'accuracy' in key or 'coco' in key else 'iteration (or step)')
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(osp.join(OUT, 'curves.png'), dpi=80)
+
+
+def main():
+    global WORK, OUT, DEVICE
+    p = argparse.ArgumentParser()
+    p.add_argument('--out', required=True)
+    p.add_argument('--work', default=None, help='work dir (default: work_dirs/pipelines_gpu[_smoke])')
+    p.add_argument('--smoke', action='store_true', help='tiny sizes on CPU, a few iterations')
+    p.add_argument('--deadline', type=float, default=480.0, help='seconds for all tasks together')
+    p.add_argument('--task', choices=['seg', 'det', 'mim'], help='(internal) run one task')
+    p.add_argument('--budget', type=float, default=300.0)
+    a = p.parse_args()
+    OUT = osp.abspath(a.out)
+    WORK = osp.abspath(a.work or osp.join(ROOT, 'work_dirs', 'pipelines_gpu' + ('_smoke' if a.smoke else '')))
+    os.makedirs(OUT, exist_ok=True)
+    os.makedirs(WORK, exist_ok=True)
+    import torch
+    DEVICE = 'cuda' if torch.cuda.is_available() else 'cpu'
+
+    if a.task:  # child
+        logf = open(osp.join(WORK, f'{a.task}.task.log'), 'a')
+
+        def log(msg):
+            line = f'[{time.strftime("%H:%M:%S")}] {msg}'
+            print(line, flush=True)
+            logf.write(line + '\n')
+            logf.flush()
+        res = dict(seg=task_seg, det=task_det, mim=task_mim)[a.task](a.smoke, a.budget, log)
+        with open(osp.join(WORK, f'{a.task}.result.json'), 'w') as f:
+            json.dump(res, f, indent=1)
+        return
+
+    t0 = time.time()
+    with open(osp.join(WORK, 'vla_gpu_hooks.py'), 'w') as f:
+        f.write(HOOK_MODULE)
+    # budgets: training seconds per run; the rest of the deadline is start-up, data generation and evaluation
+    budgets = dict(seg=a.deadline * 0.62, det=a.deadline * 0.62, mim=a.deadline * 0.78)
+    if a.smoke:
+        budgets = dict(seg=60, det=60, mim=60)
+    procs = {}
+    for t in ('seg', 'det', 'mim'):
+        procs[t] = subprocess.Popen([sys.executable, osp.abspath(__file__), '--task', t, '--out', OUT, '--work', WORK,
+                                     '--budget', str(budgets[t])] + (['--smoke'] if a.smoke else []),
+                                    cwd=ROOT, env=env())
+    for t, pr in procs.items():
+        try:
+            pr.wait(timeout=max(1.0, a.deadline + 40 - (time.time() - t0)))
+        except subprocess.TimeoutExpired:
+            print(f'{t}: over the deadline, killed', flush=True)
+            pr.kill()
+    summary = dict(device=torch.cuda.get_device_name(0) if DEVICE == 'cuda' else 'cpu', smoke=a.smoke,
+                   torch=torch.__version__, wall_s=round(time.time() - t0, 1), budgets_s=budgets)
+    for t in procs:
+        f = osp.join(WORK, f'{t}.result.json')
+        summary[t] = json.load(open(f)) if osp.isfile(f) else dict(error='no result (crashed or killed)')
+    try:
+        import triton
+        summary['triton'] = triton.__version__
+    except ImportError:
+        pass
+    with open(osp.join(OUT, 'summary.json'), 'w') as f:
+        json.dump(summary, f, indent=1)
+    print(json.dumps(summary, indent=1), flush=True)
+    try:
+        curves(list(procs))
+    except Exception as e:
+        print(f'curves failed: {e!r}', flush=True)
+    with tarfile.open(osp.join(OUT, 'logs.tar.gz'), 'w:gz') as tar:
+        for dp, _, fs in os.walk(WORK):
+            for fn in fs:
+                if fn.endswith(('.log', '.json', '.py', '.stdout')) and not fn.endswith('.pth'):
+                    full = osp.join(dp, fn)
+                    tar.add(full, arcname=osp.relpath(full, WORK))
+    print('files:', sorted(os.listdir(OUT)), flush=True)
+
+
+WORK = OUT = DEVICE = None
+
+if __name__ == '__main__':
+    main()

@@ -31,7 +31,7 @@ import triton.language as tl
 
 # Launch choices; the benchmark script sweeps them. 'prep': 'blocked' (T from 16x16 blocks, BT == 64 only) or
 # 'rows' (T of the whole chunk at once); 'inv_prec': tl.dot precision of the nilpotent-product inversion for
-# bf16/fp16 inputs (fp32 inputs always use 'ieee'); 'bv_state': V block of the sequential kernels (None =
+# bf16/fp16 inputs (fp32 inputs use 'ieee'), or 'subst' for row-by-row forward substitution; 'bv_state': V block of the sequential kernels (None =
 # default); 'grads': 'split' (two kernels) or 'fused' (one); warps of each kernel.
 TUNE = {'prep': 'blocked', 'bv_state': None, 'warps_prep': 8, 'warps_state': 4, 'warps_out': 8,
         'warps_dstate': 8, 'warps_grads': 8, 'stages': 1, 'grads': 'split', 'inv_prec': 'tf32x3'}
@@ -73,11 +73,19 @@ def _inv_unit_lower(A, SB: tl.constexpr, LOG2: tl.constexpr, IPREC: tl.constexpr
     """(I + A)^-1 for strictly lower triangular A [SB, SB] (SB = 2**LOG2): A is nilpotent, so
     (I + A)^-1 = (I - A)(I + A^2)(I + A^4)...(I + A^(SB/2)), 2 * (LOG2 - 1) small matrix products."""
     r = tl.arange(0, SB)
-    T = tl.where(r[:, None] == r[None, :], 1., 0.) - A
-    P = A
-    for _ in tl.static_range(LOG2 - 1):
-        P = tl.dot(P, P, input_precision=IPREC)
-        T = T + tl.dot(T, P, input_precision=IPREC)
+    if IPREC == 'subst':
+        # row-by-row forward substitution (exact fp32, no tensor cores): row i is e_i - sum_{j<i} A_ij T_j
+        T = tl.where(r[:, None] == r[None, :], 1., 0.)
+        for i in range(1, SB):
+            a_i = tl.sum(tl.where(r[:, None] == i, A, 0.), 0)
+            t_i = tl.sum(a_i[:, None] * T, 0)
+            T = tl.where(r[:, None] == i, T - t_i[None, :], T)
+    else:
+        T = tl.where(r[:, None] == r[None, :], 1., 0.) - A
+        P = A
+        for _ in tl.static_range(LOG2 - 1):
+            P = tl.dot(P, P, input_precision=IPREC)
+            T = T + tl.dot(T, P, input_precision=IPREC)
     return T
 
 
@@ -655,6 +663,12 @@ def _blocks(K, V):
     return BK, BV
 
 
+def _inv_prec(prec):
+    if TUNE['inv_prec'] == 'subst' or prec != 'ieee':
+        return TUNE['inv_prec']
+    return 'ieee'
+
+
 def _bv_state(S, H, V):
     """V block of the sequential kernels."""
     if TUNE['bv_state']:
@@ -700,7 +714,7 @@ class DeltaRuleFunction(torch.autograd.Function):
         if NT > 0:
             prep[(NT, H)](k, v, beta, g if use_g else beta, G, Tb, W, Ut, cu, info, H, K, V,
                                   BT=BT, BK=BK, BV=BV, USE_G=use_g, REVERSE=reverse, PREC=prec,
-                                  LOG2=BT.bit_length() - 1, IPREC='ieee' if prec == 'ieee' else TUNE['inv_prec'],
+                                  LOG2=BT.bit_length() - 1, IPREC=_inv_prec(prec),
                                   num_warps=TUNE['warps_prep'], num_stages=TUNE['stages'])
         _state_kernel[(nvs, S, H)](k, W, Ut, G, U, hb, h0 if h0 is not None else W, ht if ht is not None else W,
                                   cu, off, H, K, V, BT=BT, BK=BK, BV=BVs, USE_G=use_g, USE_H0=h0 is not None,

@@ -204,6 +204,7 @@ def test_alternative_launch_choices(monkeypatch):
     monkeypatch.setitem(chunk.TUNE, 'prep', 'rows')
     monkeypatch.setitem(chunk.TUNE, 'bv_state', 16)
     monkeypatch.setitem(chunk.TUNE, 'grads', 'fused')
+    monkeypatch.setitem(chunk.TUNE, 'inv_prec', 'subst')
     inputs = make_inputs(1, 90, 1, 16, 40, gate=True, h0=True, g_kind='mixed')
     res = run_both(inputs, torch.float32, reverse=True, chunk_size=64)
     check_all(res, torch.float32)

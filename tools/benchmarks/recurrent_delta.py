@@ -225,7 +225,8 @@ def tune_sweep(B, N, H, D, quick=False):
         ('grads=fused', {'grads': 'fused'}),
     ]
     if quick:
-        variants = [('default', {}), ('prep=rows', {'prep': 'rows'}), ('inv_prec=tf32', {'inv_prec': 'tf32'})]
+        variants = [('default', {}), ('prep=rows', {'prep': 'rows'}), ('inv_prec=tf32', {'inv_prec': 'tf32'}),
+                    ('inv_prec=subst', {'inv_prec': 'subst'})]
     out = {}
     xs, do = bench_inputs(B, N, H, D, grad=True)
     for name, ch in variants:
@@ -393,7 +394,8 @@ def main():
         if args.quick and 'tune' not in skip:
             # tune first and adopt the fastest variant, so the checks below verify what the benchmark times
             from vla_mm.ops.delta_rule import chunk as C
-            variants = {'default': {}, 'prep=rows': {'prep': 'rows'}, 'inv_prec=tf32': {'inv_prec': 'tf32'}}
+            variants = {'default': {}, 'prep=rows': {'prep': 'rows'}, 'inv_prec=tf32': {'inv_prec': 'tf32'},
+                        'inv_prec=subst': {'inv_prec': 'subst'}}
             results['tune'] = tune_sweep(8, 4096, 12, 64, quick=True)
             best = min(results['tune'], key=lambda n: results['tune'][n][1])
             C.TUNE.update(variants[best])

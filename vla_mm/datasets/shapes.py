@@ -56,7 +56,7 @@ SPLIT_DIRS = {
 SPLITS = ('train', 'val')
 META_FILE = 'shapes_meta.json'
 
-_COMMON_DEFAULTS = dict(seed=0, classes=list(ALL_CLASSES))
+_COMMON_DEFAULTS = dict(seed=0, classes=list(ALL_CLASSES), clutter=1.0)
 #: Default generation parameters per task. ``size_range`` is the shape radius as a fraction of image size.
 DEFAULT_PARAMS = {
     'cls': dict(image_size=32, num_train=3000, num_val=600, min_shapes=1, max_shapes=3,
@@ -109,6 +109,10 @@ def resolve_params(task: str, params: Optional[dict] = None) -> dict:
             or not 0 < sr[0] <= sr[1] <= 0.5):
         raise ShapesParamError(f'size_range must be [lo, hi] with 0 < lo <= hi <= 0.5, got {sr!r}')
     out['size_range'] = [float(sr[0]), float(sr[1])]
+    if isinstance(out['clutter'], bool) or not isinstance(out['clutter'], (int, float)) \
+            or not 0 <= out['clutter'] <= 1:
+        raise ShapesParamError(f"clutter must be a number in [0, 1], got {out['clutter']!r}")
+    out['clutter'] = float(out['clutter'])
     classes = out['classes']
     if isinstance(classes, str) or not isinstance(classes, (list, tuple)) or len(classes) == 0:
         raise ShapesParamError(f'classes must be a non-empty list of names from {ALL_CLASSES}, got {classes!r}')
@@ -170,8 +174,12 @@ def _shape_mask(name: str, size: int, cx: int, cy: int, r: float, angle: float) 
     return mask
 
 
-def _background(rng: np.random.Generator, size: int) -> np.ndarray:
-    """float32 HxWx3 textured background: colour gradient + low-frequency noise + lines + translucent blobs."""
+def _background(rng: np.random.Generator, size: int, clutter: float = 1.0) -> np.ndarray:
+    """float32 HxWx3 textured background: colour gradient + low-frequency noise + lines + translucent blobs.
+
+    ``clutter`` in [0, 1] scales how many of the drawn lines and blobs are painted (1: all; the random draws are
+    the same whatever its value, so clutter=1 reproduces the original images exactly).
+    """
     c0, c1 = rng.uniform(0, 255, 3), rng.uniform(0, 255, 3)
     phi = rng.uniform(0, 2 * np.pi)
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / max(size - 1, 1)
@@ -181,19 +189,24 @@ def _background(rng: np.random.Generator, size: int) -> np.ndarray:
     grid = rng.normal(0, 25, (4, 4, 3)).astype(np.float32)
     img = img + cv2.resize(grid, (size, size), interpolation=cv2.INTER_CUBIC)
     img = np.clip(img, 0, 255).astype(np.float32)
-    for _ in range(int(rng.integers(2, 7))):  # random lines
+    n_lines = int(rng.integers(2, 7))
+    for i in range(n_lines):  # random lines
         p0 = tuple(int(v) for v in rng.integers(0, size, 2))
         p1 = tuple(int(v) for v in rng.integers(0, size, 2))
         colour = tuple(float(v) for v in rng.uniform(0, 255, 3))
-        cv2.line(img, p0, p1, colour, thickness=int(rng.integers(1, 3)), lineType=cv2.LINE_AA)
-    for _ in range(int(rng.integers(1, 5))):  # translucent elliptic blobs
+        thickness = int(rng.integers(1, 3))
+        if i < round(n_lines * clutter):
+            cv2.line(img, p0, p1, colour, thickness=thickness, lineType=cv2.LINE_AA)
+    n_blobs = int(rng.integers(1, 5))
+    for i in range(n_blobs):  # translucent elliptic blobs
         over = img.copy()
         centre = tuple(int(v) for v in rng.integers(0, size, 2))
         axes = tuple(int(v) for v in rng.integers(max(2, size // 16), max(3, size // 4), 2))
         colour = tuple(float(v) for v in rng.uniform(0, 255, 3))
         cv2.ellipse(over, centre, axes, float(rng.uniform(0, 180)), 0, 360, colour, -1, cv2.LINE_AA)
         a = float(rng.uniform(0.2, 0.45))
-        img = cv2.addWeighted(over, a, img, 1 - a, 0)
+        if i < round(n_blobs * clutter):
+            img = cv2.addWeighted(over, a, img, 1 - a, 0)
     return img
 
 
@@ -255,7 +268,7 @@ def make_cls_image(params: dict, split: str, index: int) -> Tuple[np.ndarray, in
     classes = params['classes']
     label = int(rng.integers(len(classes)))
     n = int(rng.integers(params['min_shapes'], params['max_shapes'] + 1))
-    img = _background(rng, params['image_size'])
+    img = _background(rng, params['image_size'], params['clutter'])
     _place_shapes(rng, img, [classes[label]] * n, params['size_range'])
     return _finish(rng, img), label
 
@@ -270,7 +283,7 @@ def make_scene(params: dict, split: str, index: int) -> Tuple[np.ndarray, np.nda
     size = params['image_size']
     n = int(rng.integers(params['min_shapes'], params['max_shapes'] + 1))
     names = [classes[int(k)] for k in rng.integers(len(classes), size=n)]
-    img = _background(rng, size)
+    img = _background(rng, size, params['clutter'])
     placed = _place_shapes(rng, img, names, params['size_range'])
     label_map = np.zeros((size, size), np.uint8)
     instances = []

@@ -433,9 +433,6 @@ def main():
         bw = copy_bandwidth()
         results['copy_GBps'] = bw
         log(f'[copy] device-to-device copy {bw:.0f} GB/s (read + write)')
-        if 'profile' not in skip:
-            results['profile'] = profile_kernels(8, 4096, 12, 64)
-            save()
         if 'bench' not in skip:
             results['bench'] = benchmark([(8, 12, 4096, 64), (2, 12, 16384, 64)], bw,
                                          with_ref_at=-1 if args.quick else 4096)
@@ -443,6 +440,9 @@ def main():
             t = table(results['bench'])
             open(os.path.join(args.out, 'table.md'), 'w').write(t + '\n')
             log(t)
+        if 'profile' not in skip:
+            results['profile'] = profile_kernels(8, 4096, 12, 64)
+            save()
         if 'fla' not in skip:
             results['fla_crosscheck'] = fla_crosscheck(8, 4096, 12, 64)
             save()

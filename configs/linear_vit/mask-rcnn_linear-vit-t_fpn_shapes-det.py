@@ -1,5 +1,6 @@
-# Mask R-CNN + LinearViT (192-dim, 8 blocks, patch 8) + SimpleFeaturePyramid + FPN on the synthetic shapes
-# (128x128, 6 classes, COCO layout, bbox + segm AP). Anchors and RoI settings scaled to the small images.
+# Mask R-CNN + LinearViT (192-dim, 8 blocks, patch 4: a 32x32 token grid) + SimpleFeaturePyramid + FPN on
+# the synthetic shapes (128x128, 6 classes, COCO layout, bbox + segm AP). Anchors and RoI settings scaled to
+# the small images.
 _base_ = [
     '../_base_/models/mask-rcnn_linear-vit_fpn.py',
     '../_base_/datasets/shapes_det.py',
@@ -9,9 +10,9 @@ _base_ = [
 model = dict(
     data_preprocessor=dict(mean=[127.5, 127.5, 127.5], std=[127.5, 127.5, 127.5]),
     backbone=dict(arch=dict(_delete_=True, embed_dims=192, num_layers=8, num_heads=3, mlp_ratio=4.0),
-                  img_size=128, patch_size=8, out_indices=(1, 3, 5, 7), drop_path_rate=0.05),
+                  img_size=128, patch_size=4, out_indices=(1, 3, 5, 7), drop_path_rate=0.05),
     neck=[
-        dict(type='vla_mm.SimpleFeaturePyramid', in_channels=192, out_channels=128, patch_size=8,
+        dict(type='vla_mm.SimpleFeaturePyramid', in_channels=192, out_channels=128, patch_size=4,
              out_strides=(4, 8, 16, 32), norm='LN'),
         dict(type='FPN', in_channels=[128, 128, 128, 128], out_channels=128, num_outs=5),
     ],

@@ -128,7 +128,8 @@ crop_size = (64, 64)
 train_pipeline = [dict(type='LoadImageFromFile'), dict(type='LoadAnnotations', reduce_zero_label=False),
                   dict(type='PackSegInputs')]
 model = dict(data_preprocessor=dict(size=crop_size),
-             backbone=dict(arch=dict(_delete_=True, embed_dims=32, num_layers=4, num_heads=2), img_size=64),
+             backbone=dict(arch=dict(_delete_=True, embed_dims=32, num_layers=4, num_heads=2), img_size=64,
+                           out_indices=(0, 1, 2, 3)),
              neck=dict(in_channels=32))
 train_dataloader = dict(batch_size=2, num_workers=0, dataset=dict(data_root=work_data_root, generate=shapes_generate, pipeline=train_pipeline))
 val_dataloader = dict(num_workers=0, dataset=dict(data_root=work_data_root, generate=shapes_generate))
@@ -155,8 +156,9 @@ def det_cfg(smoke, budget):
     if smoke:
         return header(osp.join(CFG, 'mask-rcnn_linear-vit-t_fpn_shapes-det.py'), budget, 'det') + '''
 shapes_generate = dict(image_size=64, num_train=8, num_val=4, seed=0)
-model = dict(backbone=dict(arch=dict(_delete_=True, embed_dims=32, num_layers=4, num_heads=2), img_size=64),
-             neck=[dict(type='vla_mm.SimpleFeaturePyramid', in_channels=32, out_channels=16, patch_size=8),
+model = dict(backbone=dict(arch=dict(_delete_=True, embed_dims=32, num_layers=4, num_heads=2), img_size=64,
+                           out_indices=(0, 1, 2, 3)),
+             neck=[dict(type='vla_mm.SimpleFeaturePyramid', in_channels=32, out_channels=16, patch_size=4),
                    dict(type='FPN', in_channels=[16, 16, 16, 16], out_channels=16, num_outs=5)],
              rpn_head=dict(in_channels=16, feat_channels=16),
              roi_head=dict(bbox_roi_extractor=dict(out_channels=16), bbox_head=dict(in_channels=16),
@@ -456,7 +458,7 @@ def main():
     p.add_argument('--out', required=True)
     p.add_argument('--work', default=None, help='work dir (default: work_dirs/pipelines_gpu[_smoke])')
     p.add_argument('--smoke', action='store_true', help='tiny sizes on CPU, a few iterations')
-    p.add_argument('--deadline', type=float, default=480.0, help='seconds for all tasks together')
+    p.add_argument('--deadline', type=float, default=420.0, help='seconds for all tasks together')
     p.add_argument('--task', choices=['seg', 'det', 'mim'], help='(internal) run one task')
     p.add_argument('--budget', type=float, default=300.0)
     a = p.parse_args()
@@ -484,7 +486,7 @@ def main():
     with open(osp.join(WORK, 'vla_gpu_hooks.py'), 'w') as f:
         f.write(HOOK_MODULE)
     # budgets: training seconds per run; the rest of the deadline is start-up, data generation and evaluation
-    budgets = dict(seg=a.deadline * 0.62, det=a.deadline * 0.62, mim=a.deadline * 0.78)
+    budgets = dict(seg=a.deadline * 0.72, det=a.deadline * 0.72, mim=a.deadline * 0.85)
     if a.smoke:
         budgets = dict(seg=60, det=60, mim=60)
     procs = {}

@@ -139,7 +139,7 @@ train_cfg = dict(max_iters=2, val_interval=2)
 default_hooks = dict(logger=dict(interval=1), checkpoint=dict(interval=2, max_keep_ckpts=1))
 '''
     return header(osp.join(CFG, 'upernet_linear-vit-t_shapes-seg.py'), budget, 'seg') + '''
-shapes_generate = dict(image_size=128, num_train=1000, num_val=100, seed=0)
+shapes_generate = dict(image_size=128, num_train=2000, num_val=100, seed=0)
 train_dataloader = dict(batch_size=16, num_workers=4, dataset=dict(data_root=work_data_root, generate=shapes_generate))
 val_dataloader = dict(num_workers=2, dataset=dict(data_root=work_data_root, generate=shapes_generate))
 test_dataloader = val_dataloader
@@ -171,7 +171,7 @@ train_cfg = dict(max_epochs=1, val_interval=1)
 default_hooks = dict(logger=dict(interval=1))
 '''
     return header(osp.join(CFG, 'mask-rcnn_linear-vit-t_fpn_shapes-det.py'), budget, 'det') + '''
-shapes_generate = dict(image_size=128, num_train=1000, num_val=100, seed=0)
+shapes_generate = dict(image_size=128, num_train=2000, num_val=100, seed=0)
 train_dataloader = dict(batch_size=16, num_workers=4, dataset=dict(data_root=work_data_root, generate=shapes_generate))
 val_dataloader = dict(batch_size=16, num_workers=2, dataset=dict(data_root=work_data_root, generate=shapes_generate))
 test_dataloader = val_dataloader

@@ -494,12 +494,27 @@ def main():
         procs[t] = subprocess.Popen([sys.executable, osp.abspath(__file__), '--task', t, '--out', OUT, '--work', WORK,
                                      '--budget', str(budgets[t])] + (['--smoke'] if a.smoke else []),
                                     cwd=ROOT, env=env())
-    for t, pr in procs.items():
-        try:
-            pr.wait(timeout=max(1.0, a.deadline + 40 - (time.time() - t0)))
-        except subprocess.TimeoutExpired:
-            print(f'{t}: over the deadline, killed', flush=True)
-            pr.kill()
+    def write_summary():
+        summary = dict(device=torch.cuda.get_device_name(0) if DEVICE == 'cuda' else 'cpu', smoke=a.smoke,
+                       torch=torch.__version__, wall_s=round(time.time() - t0, 1), budgets_s=budgets)
+        for t in procs:
+            f = osp.join(WORK, f'{t}.result.json')
+            summary[t] = json.load(open(f)) if osp.isfile(f) else dict(error='no result (crashed, killed or running)')
+        with open(osp.join(OUT, 'summary.json'), 'w') as f:
+            json.dump(summary, f, indent=1)
+    pending = dict(procs)
+    while pending:  # a partial summary as soon as each task ends (the device lease may end before the last)
+        for t, pr in list(pending.items()):
+            if pr.poll() is not None:
+                del pending[t]
+                write_summary()
+                print(f'{t}: finished (rc={pr.returncode}) at {time.time() - t0:.0f}s', flush=True)
+        if time.time() - t0 > a.deadline + 40:
+            for t, pr in pending.items():
+                print(f'{t}: over the deadline, killed', flush=True)
+                pr.kill()
+            break
+        time.sleep(1)
     summary = dict(device=torch.cuda.get_device_name(0) if DEVICE == 'cuda' else 'cpu', smoke=a.smoke,
                    torch=torch.__version__, wall_s=round(time.time() - t0, 1), budgets_s=budgets)
     for t in procs:

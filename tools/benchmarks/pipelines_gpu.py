@@ -368,10 +368,12 @@ def task_mim(smoke, budget, log):
     pre_budget = budget * 0.5
     ft_budget = budget * 0.4
     with ThreadPoolExecutor(4) as ex:
-        pre = {m: ex.submit(train, f'{m}_pre', pre_cfg(m, smoke, pre_budget), log) for m in ('simmim', 'mae')}
+        methods = ('simmim', ) if LEAN else ('simmim', 'mae')
+        pre = {m: ex.submit(train, f'{m}_pre', pre_cfg(m, smoke, pre_budget), log) for m in methods}
         pre = {m: f.result() for m, f in pre.items()}
-        runs = dict(ft_simmim=(pre['simmim'][2], 0.75), ft_mae=(pre['mae'][2], 0.75),
-                    scratch_ld=(None, 0.75), scratch=(None, 1.0))
+        runs = dict(ft_simmim=(pre['simmim'][2], 0.75), scratch=(None, 1.0))
+        if not LEAN:
+            runs.update(ft_mae=(pre['mae'][2], 0.75), scratch_ld=(None, 0.75))
         runs = {k: v for k, v in runs.items() if k.startswith('scratch') or v[0]}
         fts = {k: ex.submit(train, k, ft_cfg(ck, d, smoke, ft_budget), log) for k, (ck, d) in runs.items()}
         fts = {k: f.result() for k, f in fts.items()}
@@ -461,7 +463,10 @@ def main():
     p.add_argument('--deadline', type=float, default=420.0, help='seconds for all tasks together')
     p.add_argument('--task', choices=['seg', 'det', 'mim'], help='(internal) run one task')
     p.add_argument('--budget', type=float, default=300.0)
+    p.add_argument('--lean', action='store_true', help='SimMIM only (no MAE), one scratch baseline')
     a = p.parse_args()
+    global LEAN
+    LEAN = a.lean
     OUT = osp.abspath(a.out)
     WORK = osp.abspath(a.work or osp.join(ROOT, 'work_dirs', 'pipelines_gpu' + ('_smoke' if a.smoke else '')))
     os.makedirs(OUT, exist_ok=True)
@@ -492,7 +497,8 @@ def main():
     procs = {}
     for t in ('seg', 'det', 'mim'):
         procs[t] = subprocess.Popen([sys.executable, osp.abspath(__file__), '--task', t, '--out', OUT, '--work', WORK,
-                                     '--budget', str(budgets[t])] + (['--smoke'] if a.smoke else []),
+                                     '--budget', str(budgets[t])] + (['--smoke'] if a.smoke else [])
+                                    + (['--lean'] if a.lean else []),
                                     cwd=ROOT, env=env())
     def write_summary():
         summary = dict(device=torch.cuda.get_device_name(0) if DEVICE == 'cuda' else 'cpu', smoke=a.smoke,
@@ -542,6 +548,7 @@ def main():
 
 
 WORK = OUT = DEVICE = None
+LEAN = False
 
 if __name__ == '__main__':
     main()

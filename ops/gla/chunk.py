@@ -95,8 +95,12 @@ def _gvec(ptr, r, m, H, i_h):
 
 @triton.jit
 def _mm(a, b, IEEE: tl.constexpr):
+    """fp32 operands: exact fp32 ("ieee") for fp32 inputs, tf32 otherwise (explicit, so an importer that
+    changes TRITON_F32_DEFAULT changes nothing); 16-bit operands: bf16/fp16 tensor cores, fp32 accumulate."""
     if IEEE:
         out = tl.dot(a, b, input_precision="ieee")
+    elif a.dtype == tl.float32:
+        out = tl.dot(a, b, input_precision="tf32")
     else:
         out = tl.dot(a, b)
     return out
@@ -137,18 +141,35 @@ def _seq_info(i_nh, cu, chunk_off, N, NT, H, VARLEN: tl.constexpr):
 
 
 @triton.jit
-def _lpre(g, EXCL: tl.constexpr):
-    """Sub-block-local prefix sums of log gates (inclusive, or exclusive for the bonus form)."""
-    p = tl.cumsum(g, axis=0)
-    if EXCL:
-        p = p - g
+def _lpre(g, EXCL: tl.constexpr, G: tl.constexpr, BS: tl.constexpr):
+    """Sub-block-local prefix sums of a gate tile (inclusive, or exclusive for the bonus form).
+    G == 1 (tile [BS, 1]): masked sums instead of tl.cumsum, whose lowering of [BS, 1] tensors trips an
+    assertion in Triton 3.6 (ScanOpToLLVM)."""
+    if G == 1:
+        ar = tl.arange(0, BS)
+        g1 = tl.sum(g, axis=1)
+        if EXCL:
+            msk = ar[None, :] < ar[:, None]
+        else:
+            msk = ar[None, :] <= ar[:, None]
+        p = tl.sum(tl.where(msk, g1[None, :], 0.), axis=1)[:, None]
+    else:
+        p = tl.cumsum(g, axis=0)
+        if EXCL:
+            p = p - g
     return p
 
 
 @triton.jit
-def _lsuf(g):
-    """Sub-block-local exclusive suffix sums of log gates: sum over the rows after each row."""
-    return tl.cumsum(g, axis=0, reverse=True) - g
+def _lsuf(g, G: tl.constexpr, BS: tl.constexpr):
+    """Sub-block-local exclusive suffix sums of a gate tile: sum over the rows after each row."""
+    if G == 1:
+        ar = tl.arange(0, BS)
+        g1 = tl.sum(g, axis=1)
+        p = tl.sum(tl.where(ar[None, :] > ar[:, None], g1[None, :], 0.), axis=1)[:, None]
+    else:
+        p = tl.cumsum(g, axis=0, reverse=True) - g
+    return p
 
 
 # Diagonal sub-blocks. The exponent of pair (t, s), s <= t, is sum_{r in (s, t]} g_r (minus g_t in the bonus form),
@@ -240,7 +261,9 @@ def _diag_gmmT(M, L_, gT, gR, base, t_i, m_i, seq_len, bos, eos, c, D, H, i_h,
 def _diag_decay(gv_t, t_i, m_i, BS: tl.constexpr, SHIFT: tl.constexpr, STRICT: tl.constexpr):
     """Scalar gates: [BS, BS] decay exp(sum_{r in (s, t]} g_r (- g_t if SHIFT)) masked to s <= t (s < t)."""
     ar = tl.arange(0, BS)
-    x = tl.cumsum(tl.where(ar[:, None] > ar[None, :], gv_t[:, None], 0.), axis=0)
+    # x[t, s] = sum_{r in (s, t]} g_r as a masked sum over r (axis 2)
+    inr = (ar[None, None, :] > ar[None, :, None]) & (ar[None, None, :] <= ar[:, None, None])
+    x = tl.sum(tl.where(inr, gv_t[None, None, :], 0.), axis=2)
     if SHIFT:
         x = x - gv_t[:, None]
     if STRICT:
@@ -407,7 +430,7 @@ def _fwd_o_kernel(q, k, v, gkb, gkr, gvb, gvr, u, h, o, cu, chunk_seq, chunk_idx
             if i > 0:
                 r_ref = _rows(base - 1, bos, eos, REVERSE)
                 if GK > 0:
-                    qr = q_i * tl.exp(tl.where(m_i[:, None], _lpre(g_i, USE_U), NEG_INF))
+                    qr = q_i * tl.exp(tl.where(m_i[:, None], _lpre(g_i, USE_U, GK, BS), NEG_INF))
                     bk_r = _grow(gkb, r_ref, ck, K, H, i_h, GK)
                 else:
                     qr = q_i
@@ -421,19 +444,19 @@ def _fwd_o_kernel(q, k, v, gkb, gkr, gvb, gvr, u, h, o, cu, chunk_seq, chunk_idx
                     k_j = _tile(k, r_j, m_j, ck, K, H * K, i_h * K)
                     if GK > 0:
                         if j == i - 1:
-                            k_j = k_j * tl.exp(_lsuf(_gtile(gkr, r_j, m_j, ck, K, H, i_h, GK)))
+                            k_j = k_j * tl.exp(_lsuf(_gtile(gkr, r_j, m_j, ck, K, H, i_h, GK), GK, BS))
                         else:
                             k_j = k_j * tl.exp(bk_r - _gtile(gkb, r_j, m_j, ck, K, H, i_h, GK))
                     A = _mm(qr.to(DT), tl.trans(k_j.to(DT)), IEEE)
                     v_j = _tile(v, r_j, m_j, cv, V, H * V, i_h * V)
                     if GV:
                         if j == i - 1:
-                            v_j = v_j * tl.exp(_lsuf(_tile(gvr, r_j, m_j, cv, V, H * V, i_h * V)))
+                            v_j = v_j * tl.exp(_lsuf(_tile(gvr, r_j, m_j, cv, V, H * V, i_h * V), 2, BS))
                         else:
                             v_j = v_j * tl.exp(bv_r - _tile(gvb, r_j, m_j, cv, V, H * V, i_h * V))
                     acc += _mm(A.to(DT), v_j.to(DT), IEEE)
                 if GV:
-                    acc = acc * tl.exp(tl.where(m_i[:, None], _lpre(gv_i, False), NEG_INF))
+                    acc = acc * tl.exp(tl.where(m_i[:, None], _lpre(gv_i, False, 2, BS), NEG_INF))
                 o_i += acc
             # diagonal sub-block
             if GK == 2:
@@ -560,9 +583,9 @@ def _bwd_dv_kernel(q, k, v, gkb, gkr, gks, gvb, gvr, gvs, u, o, do, dh, dv, dbv,
                     q_i = _tile(q, r_i, m_i, ck, K, H * K, i_h * K) * scale
                     if GK > 0:
                         qr = q_i * tl.exp(tl.where(m_i[:, None], _lpre(_gtile(gkr, r_i, m_i, ck, K, H, i_h, GK),
-                                                                       USE_U), NEG_INF))
+                                                                       USE_U, GK, BS), NEG_INF))
                         if i == j + 1:
-                            kr = k_j * tl.exp(_lsuf(g_j))
+                            kr = k_j * tl.exp(_lsuf(g_j, GK, BS))
                         else:
                             kr = k_j * tl.exp(_grow(gkb, r_ref, ck, K, H, i_h, GK)
                                               - _gtile(gkb, r_j, m_j, ck, K, H, i_h, GK))
@@ -573,9 +596,9 @@ def _bwd_dv_kernel(q, k, v, gkb, gkr, gks, gvb, gvr, gvs, u, o, do, dh, dv, dbv,
                     do_i = _tile(do, r_i, m_i, cv, V, H * V, i_h * V)
                     if GV:
                         dd = do_i * tl.exp(tl.where(m_i[:, None], _lpre(_tile(gvr, r_i, m_i, cv, V, H * V, i_h * V),
-                                                                        False), NEG_INF))
+                                                                        False, 2, BS), NEG_INF))
                         if i == j + 1:
-                            fv = tl.exp(_lsuf(gv_j))
+                            fv = tl.exp(_lsuf(gv_j, 2, BS))
                         else:
                             fv = tl.exp(_row(gvb, r_ref, cv, V, H * V, i_h * V)[None, :]
                                         - _tile(gvb, r_j, m_j, cv, V, H * V, i_h * V))
@@ -672,7 +695,7 @@ def _bwd_dqk_kernel(q, k, v, gkb, gkr, gks, gvb, gvr, gvs, u, h, do, dh, dq, dk,
                 # dq from earlier sub-blocks j < mb (reference row: last row of sub-block mb-1)
                 if mb > 0:
                     if GV:
-                        ddr = do_m * tl.exp(tl.where(m_m[:, None], _lpre(gv_m, False), NEG_INF))
+                        ddr = do_m * tl.exp(tl.where(m_m[:, None], _lpre(gv_m, False, 2, BS), NEG_INF))
                         bv_rm = _row(gvb, r_refm, cv, V, H * V, i_h * V)[None, :]
                     else:
                         ddr = do_m
@@ -685,14 +708,14 @@ def _bwd_dqk_kernel(q, k, v, gkb, gkr, gks, gvb, gvr, gvs, u, h, do, dh, dq, dk,
                         v_j = _tile(v, r_j, m_j, cv, V, H * V, i_h * V)
                         if GV:
                             if j == mb - 1:
-                                v_j = v_j * tl.exp(_lsuf(_tile(gvr, r_j, m_j, cv, V, H * V, i_h * V)))
+                                v_j = v_j * tl.exp(_lsuf(_tile(gvr, r_j, m_j, cv, V, H * V, i_h * V), 2, BS))
                             else:
                                 v_j = v_j * tl.exp(bv_rm - _tile(gvb, r_j, m_j, cv, V, H * V, i_h * V))
                         dA = _mm(ddr.to(DT), tl.trans(v_j.to(DT)), IEEE)
                         k_j = _tile(k, r_j, m_j, ck, K, H * K, i_h * K)
                         if GK > 0:
                             if j == mb - 1:
-                                k_j = k_j * tl.exp(_lsuf(_gtile(gkr, r_j, m_j, ck, K, H, i_h, GK)))
+                                k_j = k_j * tl.exp(_lsuf(_gtile(gkr, r_j, m_j, ck, K, H, i_h, GK), GK, BS))
                             else:
                                 k_j = k_j * tl.exp(bk_rm - _gtile(gkb, r_j, m_j, ck, K, H, i_h, GK))
                         dq_off += _mm(dA.to(DT), k_j.to(DT), IEEE)
@@ -707,10 +730,10 @@ def _bwd_dqk_kernel(q, k, v, gkb, gkr, gks, gvb, gvr, gvs, u, h, do, dh, dq, dk,
                         do_i = _tile(do, r_i, m_i, cv, V, H * V, i_h * V)
                         if GV:
                             do_i = do_i * tl.exp(tl.where(m_i[:, None],
-                                                          _lpre(_tile(gvr, r_i, m_i, cv, V, H * V, i_h * V), False),
+                                                          _lpre(_tile(gvr, r_i, m_i, cv, V, H * V, i_h * V), False, 2, BS),
                                                           NEG_INF))
                             if i == mb + 1:
-                                vr = v_m * tl.exp(_lsuf(gv_m))
+                                vr = v_m * tl.exp(_lsuf(gv_m, 2, BS))
                             else:
                                 vr = v_m * tl.exp(_row(gvb, r_ref, cv, V, H * V, i_h * V)[None, :]
                                                   - _tile(gvb, r_m, m_m, cv, V, H * V, i_h * V))
@@ -720,10 +743,10 @@ def _bwd_dqk_kernel(q, k, v, gkb, gkr, gks, gvb, gvr, gvs, u, h, do, dh, dq, dk,
                         q_i = _tile(q, r_i, m_i, ck, K, H * K, i_h * K) * scale
                         if GK > 0:
                             q_i = q_i * tl.exp(tl.where(m_i[:, None],
-                                                        _lpre(_gtile(gkr, r_i, m_i, ck, K, H, i_h, GK), USE_U),
+                                                        _lpre(_gtile(gkr, r_i, m_i, ck, K, H, i_h, GK), USE_U, GK, BS),
                                                         NEG_INF))
                             if i == mb + 1:
-                                fk = tl.exp(_lsuf(g_m))
+                                fk = tl.exp(_lsuf(g_m, GK, BS))
                             else:
                                 fk = tl.exp(_grow(gkb, r_ref, ck, K, H, i_h, GK)
                                             - _gtile(gkb, r_m, m_m, ck, K, H, i_h, GK))
@@ -765,7 +788,7 @@ def _bwd_dqk_kernel(q, k, v, gkb, gkr, gks, gvb, gvr, gvs, u, h, do, dh, dq, dk,
             if GK > 0:
                 dq_t = dq_inter * tl.exp(bq_m) + dq_diag
                 if mb > 0:
-                    dq_t += dq_off * tl.exp(tl.where(m_m[:, None], _lpre(g_m, USE_U), NEG_INF))
+                    dq_t += dq_off * tl.exp(tl.where(m_m[:, None], _lpre(g_m, USE_U, GK, BS), NEG_INF))
                 # the last token's final-state path (gate factor exp(0)) is kept out of the gate gradient too
                 ks = _gtile(gks, r_m, m_m, ck, K, H, i_h, GK)
                 dk_int = dk_inter * tl.exp(tl.where(m_m[:, None] & (t_m != L - 1)[:, None], ks, NEG_INF))
@@ -918,7 +941,8 @@ def gla_fwd(q, k, v, gk, gv, u, scale, h0, output_final_state, meta, reverse):
     gkb, gks = _gate_cumsum(gk, meta, reverse)
     gvb, gvs = _gate_cumsum(gv, meta, reverse)
     h, ht, ht_ex = _fwd_h(k, v, gkb, gks, gvb, gvs, h0, output_final_state, meta, GK, reverse, ieee)
-    o = _empty(v.shape, v.dtype, v.device)
+    # with value gates the backward reads o (dL/dgv = o * do - v * dv): keep it in fp32 for that
+    o = _empty(v.shape, torch.float32 if gv is not None else v.dtype, v.device)
     BK, BV = _pow2(K), min(64, _pow2(V))
     grid = (triton.cdiv(V, BV), meta.nchunks, meta.nbh)
     _fwd_o_kernel[grid](q, k, v, _or(gkb, q), _or(gk, q), _or(gvb, v), _or(gv, v), _or(u, q), h, o,
@@ -952,7 +976,8 @@ def gla_bwd(q, k, v, gk, gv, u, scale, h0, o, ht, do, dht, meta, reverse):
     _bwd_dv_kernel[(triton.cdiv(V, BV), meta.nchunks, meta.nbh)](
         q, k, v, *gates, _or(o, v), do, dh, dv, _or(dbv, v), meta.cu, meta.chunk_seq, meta.chunk_idx, scale,
         meta.N, meta.NT, H, K, V, C=meta.C, BS=SUB, BK=BK, BV=BV, GK=GK, GV=gv is not None,
-        USE_U=u is not None, REVERSE=reverse, VARLEN=meta.varlen, IEEE=ieee, LOWP=_lowp(ieee), **_launch_opts(K))
+        USE_U=u is not None, REVERSE=reverse, VARLEN=meta.varlen, IEEE=ieee,
+        LOWP=_lowp(ieee) and gv is None, **_launch_opts(K))
     dq = _empty(q.shape, q.dtype, q.device)
     dk = _empty(k.shape, k.dtype, k.device)
     dbk = _empty(gk.shape, torch.float32, q.device) if gk is not None else None
@@ -961,7 +986,7 @@ def gla_bwd(q, k, v, gk, gv, u, scale, h0, o, ht, do, dht, meta, reverse):
         q, k, v, *gates, h, do, dh, dq, dk, _or(dbk, q), _or(dbq, q),
         meta.cu, meta.chunk_seq, meta.chunk_idx, scale, meta.N, meta.NT, H, K, V,
         C=meta.C, BS=SUB, BK=BK, BV=BV, GK=GK, GV=gv is not None, USE_U=u is not None,
-        REVERSE=reverse, VARLEN=meta.varlen, IEEE=ieee, LOWP=_lowp(ieee), **_launch_opts(K))
+        REVERSE=reverse, VARLEN=meta.varlen, IEEE=ieee, LOWP=False, **_launch_opts(K))
     rows = meta.last_logical_rows(reverse)
     dgk = dgv = du = None
     if gk is not None:
@@ -1001,7 +1026,7 @@ class ChunkGLAFunction(torch.autograd.Function):
         o, ht, ht_ex = gla_fwd(q, k, v, gk, gv, u, scale, h0, output_final_state, meta, reverse)
         ctx.save_for_backward(q, k, v, gk, gv, u, h0, o if gv is not None else None, ht_ex)
         ctx.meta, ctx.scale, ctx.reverse = meta, scale, reverse
-        return o, ht
+        return o.to(v.dtype), ht
 
     @staticmethod
     def backward(ctx, do, dht):

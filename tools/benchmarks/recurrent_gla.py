@@ -180,6 +180,15 @@ def run_correctness(which):
             ('hgrn bf16', lambda: check_hgrn('hgrn 2x4096x768', 2, 4096, 768, bf)),
             ('gsa bf16', lambda: check_gsa('gsa M=64 N=4096', 2, 4096, 4, 64, 64, 64, bf)),
         ],
+        'light': [
+            ('gla vector bf16', lambda: check_gla('gla vector N=4096', 2, 4096, 4, 64, 64, bf)),
+            ('gla scalar fp32', lambda: check_gla('gla scalar N=2048 reverse h0 final', 2, 2048, 2, 64, 64, f32,
+                                                  gate='scalar', h0=True, final=True, reverse=True)),
+            ('gla scalar strong', lambda: check_gla('gla scalar log a=-20 reverse', 1, 2048, 2, 64, 64, f32,
+                                                    gate='scalar', h0=True, final=True, reverse=True, strength=-20.)),
+            ('gla rwkv6', lambda: check_gla('gla vector+u (rwkv6) N=2048', 2, 2048, 2, 64, 64, bf, u=True)),
+            ('gsa bf16', lambda: check_gsa('gsa M=64 N=2048', 2, 2048, 4, 64, 64, 64, bf)),
+        ],
         'extra': [
             ('gla strong', lambda: check_gla('gla vector log a=-20 reverse', 1, 2048, 2, 64, 64, f32, h0=True,
                                              final=True, reverse=True, strength=-20.)),
@@ -322,9 +331,11 @@ def copy_bw():
     return bw
 
 
-def run_bench(bw, shapes, ref_n):
+def run_bench(bw, shapes, ref_n, with_fla=True):
     bf = torch.bfloat16
     try:
+        if not with_fla:
+            raise ImportError('fla timings skipped (its autotuning takes minutes of device time)')
         from fla.ops.gla import chunk_gla as fla_gla
         from fla.ops.gsa import chunk_gsa as fla_gsa
         from fla.ops.hgrn import chunk_hgrn as fla_hgrn
@@ -464,6 +475,13 @@ PRECOMPILE = [
 ]
 
 
+PRECOMPILE_LIGHT = [
+    ('gla', dict(gate='vector')), ('gla', dict(gate='scalar')), ('gla', dict(gate='vector', u=True)),
+    ('gla', dict(gate='scalar', fp32=True, reverse=True, h0=True, final=True)),
+    ('gsa', dict()), ('hgrn', dict()),
+]
+
+
 def _compile_job(job):
     fam, o = job
     try:
@@ -492,10 +510,10 @@ def _compile_job(job):
         return f'{fam} {o}: {type(e).__name__}: {str(e)[:300]}'
 
 
-def precompile():
+def precompile(jobs):
     import multiprocessing as mp
-    with mp.get_context('spawn').Pool(min(12, len(PRECOMPILE))) as pool:
-        for r in pool.imap_unordered(_compile_job, PRECOMPILE):
+    with mp.get_context('spawn').Pool(min(12, len(jobs))) as pool:
+        for r in pool.imap_unordered(_compile_job, jobs):
             log(f'{elapsed()} precompile {r}')
 
 
@@ -517,14 +535,18 @@ def main():
     log(f'copy bandwidth {bw / 1e12:.3f} TB/s')
     parts = args.parts.split(',')
     if 'precompile' in parts:
-        precompile()
+        precompile(PRECOMPILE)
+    if 'precompile_light' in parts:
+        precompile(PRECOMPILE_LIGHT)
     if 'main' in parts:
         run_correctness('main')
+    if 'main_light' in parts:
+        run_correctness('light')
     gla_chunk.POISON = False
     hgrn_scan.POISON = False
-    if 'bench' in parts:
+    if 'bench' in parts or 'bench_nofla' in parts:
         try:
-            run_bench(bw, [(8, 12, 4096, 64), (2, 12, 16384, 64)], 4096)
+            run_bench(bw, [(8, 12, 4096, 64), (2, 12, 16384, 64)], 4096, with_fla='bench' in parts)
         except Exception:  # noqa: BLE001
             log(traceback.format_exc()[-2000:])
         write_report(bw)

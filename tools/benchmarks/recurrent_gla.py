@@ -331,7 +331,7 @@ def copy_bw():
     return bw
 
 
-def run_bench(bw, shapes, ref_n, with_fla=True):
+def run_bench(bw, shapes, ref_n, with_fla=True, only=None):
     bf = torch.bfloat16
     try:
         if not with_fla:
@@ -369,6 +369,8 @@ def run_bench(bw, shapes, ref_n, with_fla=True):
              (lambda *a: fla_gsa(*a)[0]) if have_fla else None,
              lambda *a: gsa_recurrent_reference(*a)[0]),
         ]
+        if only is not None:
+            fams = [f for f in fams if f[0] in only]
         for name, ours, ins, nf, nfb, theirs, ref in fams:
             row = {'family': name, 'shape': [B, H, N, D], 'sdpa_fwd': t_sdpa[0], 'sdpa_fwdbwd': t_sdpa[1],
                    'floor_fwd': nf * E / bw * 1e3, 'floor_fwdbwd': nfb * E / bw * 1e3}
@@ -544,6 +546,19 @@ def main():
         run_correctness('light')
     gla_chunk.POISON = False
     hgrn_scan.POISON = False
+    if 'bench_min' in parts:
+        # smallest useful run: one float64 check of the bf16 gated core, then ours vs SDPA (no reference, no fla)
+        try:
+            check_gla('gla vector N=2048', 1, 2048, 2, 64, 64, torch.bfloat16)
+        except Exception:  # noqa: BLE001
+            log(traceback.format_exc()[-1500:])
+        gla_chunk.POISON = False
+        try:
+            run_bench(bw, [(8, 12, 4096, 64), (2, 12, 16384, 64)], -1, with_fla=False,
+                      only=('gla vector', 'hgrn', 'gsa M=64'))
+        except Exception:  # noqa: BLE001
+            log(traceback.format_exc()[-2000:])
+        write_report(bw)
     if 'bench' in parts or 'bench_nofla' in parts:
         try:
             run_bench(bw, [(8, 12, 4096, 64), (2, 12, 16384, 64)], 4096, with_fla='bench' in parts)

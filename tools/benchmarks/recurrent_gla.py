@@ -548,14 +548,16 @@ def main():
     hgrn_scan.POISON = False
     if 'bench_min' in parts:
         # smallest useful run: one float64 check of the bf16 gated core, then ours vs SDPA (no reference, no fla)
-        try:
-            check_gla('gla vector N=2048', 1, 2048, 2, 64, 64, torch.bfloat16)
-        except Exception:  # noqa: BLE001
-            log(traceback.format_exc()[-1500:])
         gla_chunk.POISON = False
         try:
-            run_bench(bw, [(8, 12, 4096, 64), (2, 12, 16384, 64)], -1, with_fla=False,
-                      only=('gla vector', 'hgrn', 'gsa M=64'))
+            run_bench(bw, [(8, 12, 4096, 64)], -1, with_fla=False, only=('gla vector',))
+            write_report(bw)
+            gla_chunk.POISON = True
+            check_gla('gla vector N=2048', 1, 2048, 2, 64, 64, torch.bfloat16)
+            gla_chunk.POISON = False
+            run_bench(bw, [(2, 12, 16384, 64)], -1, with_fla=False, only=('gla vector',))
+            write_report(bw)
+            run_bench(bw, [(8, 12, 4096, 64), (2, 12, 16384, 64)], -1, with_fla=False, only=('hgrn', 'gsa M=64'))
         except Exception:  # noqa: BLE001
             log(traceback.format_exc()[-2000:])
         write_report(bw)

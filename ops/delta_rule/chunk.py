@@ -19,8 +19,10 @@ equal ranges). ``reverse=True`` maps logical position p of a sequence to row eos
 no flipped copy is made. No exponential of a positive number is ever used where it could overflow: decays are
 exp(G_r - G_i) over pairs with r >= i (masked elsewhere before the exp), so log gates of -20 per token underflow
 to zero cleanly. The chunk-local cumulative gates G are kept in float64 (a few numbers per token) and their
-differences are formed in float32 from hi + lo parts (``_pdiff``) just before the exp: in float32 a cumsum that reaches -600 after strong
-decays carries an absolute error of ~4e-5, which would become the relative error of every weak decay after it. fp32 inputs use ``input_precision='ieee'`` in every ``tl.dot``; bf16 / fp16 inputs use tf32.
+differences are formed in float32 from hi + lo parts (``_pdiff``) just before the exp: in float32 a cumsum
+that reaches -600 after strong decays carries an absolute error of ~4e-5, which would become the relative error
+of every weak decay after it. fp32 inputs use ``input_precision='ieee'`` in every ``tl.dot``; bf16 / fp16
+inputs keep every intermediate in float32 and use tf32 dots (the inversion of I + A included).
 """
 import os
 
@@ -29,12 +31,15 @@ import triton
 import triton.language as tl
 
 
-# Launch choices; the benchmark script sweeps them. 'prep': 'blocked' (T from 16x16 blocks, BT == 64 only) or
-# 'rows' (T of the whole chunk at once); 'inv_prec': tl.dot precision of the nilpotent-product inversion for
-# bf16/fp16 inputs (fp32 inputs use 'ieee'), or 'subst' for row-by-row forward substitution; 'bv_state': V block of the sequential kernels (None =
-# default); 'grads': 'split' (two kernels) or 'fused' (one); warps of each kernel.
+# Launch choices; the benchmark script sweeps them.
+#   'prep': 'blocked' (T from 16x16 blocks, BT == 64 only) or 'rows' (T of the whole chunk at once);
+#   'inv_prec': tl.dot precision of the nilpotent-product inversion for bf16/fp16 inputs (fp32 inputs use
+#       'ieee'), or 'subst' for row-by-row forward substitution (any dtype);
+#   'bv_state': V block of the sequential kernels (None = default, see _bv_state);
+#   'grads': 'split' (two kernels, fewer register spills) or 'fused' (one); warps of each kernel; num_stages.
+# Defaults are the fastest measured on H100 (docs/benchmarks/recurrent_delta.md).
 TUNE = {'prep': 'blocked', 'bv_state': None, 'warps_prep': 8, 'warps_state': 4, 'warps_out': 8,
-        'warps_dstate': 8, 'warps_grads': 8, 'stages': 1, 'grads': 'split', 'inv_prec': 'tf32x3'}
+        'warps_dstate': 8, 'warps_grads': 8, 'stages': 1, 'grads': 'split', 'inv_prec': 'tf32'}
 
 
 def _empty(*shape, device, dtype):
@@ -290,7 +295,8 @@ def _state_kernel(k, W, Ut, G, U_out, h_buf, h0, ht, cu, chunk_off,
     mh = (ck < K)[:, None] & (cv < V)[None, :]
     hs = tl.zeros([BK, BV], dtype=tl.float32)
     if USE_H0:
-        hs = tl.load(h0 + (n * H + ih).to(tl.int64) * K * V + (ck[:, None] * V + cv[None, :]), mask=mh, other=0.).to(tl.float32)
+        hs = tl.load(h0 + (n * H + ih).to(tl.int64) * K * V + (ck[:, None] * V + cv[None, :]),
+                     mask=mh, other=0.).to(tl.float32)
     for c in range(0, tl.cdiv(L, BT)):
         ic = (off + c).to(tl.int64)
         tl.store(h_buf + (ic * H + ih).to(tl.int64) * K * V + (ck[:, None] * V + cv[None, :]), hs, mask=mh)
@@ -370,7 +376,8 @@ def _dstate_kernel(q, k, G, W, do, dU_out, dh_buf, dht, dh0, cu, chunk_off, scal
     mh = (ck < K)[:, None] & (cv < V)[None, :]
     dh = tl.zeros([BK, BV], dtype=tl.float32)
     if USE_DHT:
-        dh = tl.load(dht + (n * H + ih).to(tl.int64) * K * V + (ck[:, None] * V + cv[None, :]), mask=mh, other=0.).to(tl.float32)
+        dh = tl.load(dht + (n * H + ih).to(tl.int64) * K * V + (ck[:, None] * V + cv[None, :]),
+                     mask=mh, other=0.).to(tl.float32)
     for cc in range(0, NT):
         c = NT - 1 - cc
         ic = (off + c).to(tl.int64)
@@ -448,7 +455,8 @@ def _grads_kernel(q, k, v, beta, G, T_buf, U, dU, do, h_buf, dh_buf,
         du = tl.load(dU + (phys[:, None] * H + ih) * V + cv[None, :], mask=mv, other=0.)
         dout = tl.load(do + (phys[:, None] * H + ih) * V + cv[None, :], mask=mv, other=0.).to(tl.float32)
         h0 = tl.load(h_buf + (ic64 * H + ih).to(tl.int64) * K * V + (ck[:, None] * V + cv[None, :]), mask=mh, other=0.)
-        dhe = tl.load(dh_buf + (ic64 * H + ih).to(tl.int64) * K * V + (ck[:, None] * V + cv[None, :]), mask=mh, other=0.)
+        dhe = tl.load(dh_buf + (ic64 * H + ih).to(tl.int64) * K * V + (ck[:, None] * V + cv[None, :]),
+                      mask=mh, other=0.)
         dq1 += tl.dot(dout, tl.trans(h0), input_precision=PREC)
         dP += tl.dot(dout, tl.trans(u), input_precision=PREC)
         dKd += tl.dot(u, tl.trans(dhe), input_precision=PREC)
@@ -673,9 +681,13 @@ def _bv_state(S, H, V):
     """V block of the sequential kernels."""
     if TUNE['bv_state']:
         return TUNE['bv_state']
-    # Measured on H100 (8x12x4096x64, bf16): 64 beats 32 and 16 although it gives fewer programs; each V block
-    # repeats the chunk's q/k/W loads and the intra-chunk products.
-    return min(64, max(16, triton.next_power_of_2(V)))
+    # H100 measurements (docs/benchmarks/recurrent_delta.md): at 8x12 sequences x heads, V block 64 (96
+    # programs) beat 32 and 16 (each V block repeats the chunk's q/k/W loads and intra-chunk products); at 2x12,
+    # 64 leaves only 24 programs and 16 was faster. So: the widest block that still gives ~96 programs.
+    bv = min(64, max(16, triton.next_power_of_2(V)))
+    while bv > 16 and S * H * triton.cdiv(V, bv) < 96:
+        bv //= 2
+    return bv
 
 
 class DeltaRuleFunction(torch.autograd.Function):
@@ -722,7 +734,8 @@ class DeltaRuleFunction(torch.autograd.Function):
                                   num_warps=TUNE['warps_state'], num_stages=TUNE['stages'])
         if NT > 0:
             _out_kernel[(NT, H, nv)](q, k, G, U, hb, o, cu, info, scale, H, K, V, BT=BT, BK=BK, BV=BV,
-                                     USE_G=use_g, REVERSE=reverse, PREC=prec, num_warps=TUNE['warps_out'], num_stages=TUNE['stages'])
+                                     USE_G=use_g, REVERSE=reverse, PREC=prec, num_warps=TUNE['warps_out'],
+                                     num_stages=TUNE['stages'])
         ctx.save_for_backward(q, k, v, beta, G if use_g else None, Tb, W, U, hb, h0, cu, info, off)
         ctx.meta = (scale, use_g, reverse, BT, BK, BV, prec, S, NT, g.dtype if use_g else None)
         return o, ht

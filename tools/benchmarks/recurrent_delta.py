@@ -269,7 +269,8 @@ def benchmark(shapes, copy_gbs, with_ref_at=4096):
             tok = B * N * H
             # HBM floor: inputs read once, outputs written once.
             fwd_bytes = tok * (3 * D + 1 + (1 if kind == 'gated' else 0)) * el + tok * D * el
-            bwd_bytes = tok * (4 * D + 1 + (1 if kind == 'gated' else 0)) * el + tok * (3 * D + 1 + (kind == 'gated')) * el
+            n_gate = 1 if kind == 'gated' else 0
+            bwd_bytes = tok * (4 * D + 1 + n_gate) * el + tok * (3 * D + 1 + n_gate) * el
             floor_f = fwd_bytes / copy_gbs / 1e6
             floor_fb = (fwd_bytes + bwd_bytes) / copy_gbs / 1e6
             row = {'B': B, 'H': H, 'N': N, 'D': D, 'kind': kind, 'floor_fwd_ms': floor_f, 'floor_fwdbwd_ms': floor_fb}
@@ -314,7 +315,8 @@ def table(rows):
         lines.append(
             f"| {r['B']}×{r['H']}×{r['N']}×{r['D']} | {'DeltaNet' if r['kind'] == 'plain' else 'Gated DeltaNet'} | "
             f"{f(r.get('ours_fwd_ms'))} | {f(o)} | {f(r.get('fla_fwd_ms')) if 'fla_fwd_ms' in r else 'refused'} | "
-            f"{f(fl) if fl else 'refused'} | {f(r.get('sdpa_fwd_ms'))} | {f(sd)} | {f(r.get('ref_fwd_ms'))} | {f(rf)} | "
+            f"{f(fl) if fl else 'refused'} | {f(r.get('sdpa_fwd_ms'))} | {f(sd)} | "
+            f"{f(r.get('ref_fwd_ms'))} | {f(rf)} | "
             f"{r['floor_fwd_ms']:.3f} / {r['floor_fwdbwd_ms']:.3f} | "
             f"{(o / fl) if (o and fl) else float('nan'):.2f} | {(rf / o) if (o and rf) else float('nan'):.0f} | "
             f"{(sd / o) if (o and sd) else float('nan'):.2f} | {o / r['floor_fwdbwd_ms'] if o else float('nan'):.1f} |")

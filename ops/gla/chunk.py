@@ -406,7 +406,7 @@ def _fwd_o_kernel(q, k, v, gkb, gkr, gvb, gvr, u, h, o, cu, chunk_seq, chunk_idx
                  mask=(ck[:, None] < K) & (cv[None, :] < V), other=0.)
     if USE_U:
         uu = tl.load(u + i_h * K + ck, mask=ck < K, other=0.).to(tl.float32)
-    for i in tl.static_range(C // BS):
+    for i in range(C // BS):
         base = i_t * C + i * BS
         if base < L:
             t_i = base + ar
@@ -428,7 +428,7 @@ def _fwd_o_kernel(q, k, v, gkb, gkr, gvb, gvr, u, h, o, cu, chunk_seq, chunk_idx
                 o_i = o_i * tl.exp(_tile(gvb, r_i, m_i, cv, V, H * V, i_h * V))
             # earlier sub-blocks j < i, reference row r = last row of sub-block i-1
             if i > 0:
-                r_ref = _rows(base - 1, bos, eos, REVERSE)
+                r_ref = _rows(tl.maximum(base - 1, 0), bos, eos, REVERSE)
                 if GK > 0:
                     qr = q_i * tl.exp(tl.where(m_i[:, None], _lpre(g_i, USE_U, GK, BS), NEG_INF))
                     bk_r = _grow(gkb, r_ref, ck, K, H, i_h, GK)
@@ -437,7 +437,7 @@ def _fwd_o_kernel(q, k, v, gkb, gkr, gvb, gvr, u, h, o, cu, chunk_seq, chunk_idx
                 if GV:
                     bv_r = _row(gvb, r_ref, cv, V, H * V, i_h * V)[None, :]
                 acc = tl.zeros([BS, BV], dtype=tl.float32)
-                for j in tl.static_range(i):
+                for j in range(i):
                     t_j = i_t * C + j * BS + ar
                     m_j = t_j < L
                     r_j = _rows(t_j, bos, eos, REVERSE)
@@ -554,7 +554,7 @@ def _bwd_dv_kernel(q, k, v, gkb, gkr, gks, gvb, gvr, gvs, u, o, do, dh, dv, dbv,
                   mask=(ck[:, None] < K) & (cv[None, :] < V), other=0.)
     if USE_U:
         uu = tl.load(u + i_h * K + ck, mask=ck < K, other=0.).to(tl.float32)
-    for j in tl.static_range(C // BS):
+    for j in range(C // BS):
         base_j = i_t * C + j * BS
         if base_j < L:
             t_j = base_j + ar
@@ -573,7 +573,7 @@ def _bwd_dv_kernel(q, k, v, gkb, gkr, gks, gvb, gvr, gvs, u, o, do, dh, dv, dbv,
                 dv_j = dv_j * tl.exp(tl.where(m_j[:, None], _tile(gvs, r_j, m_j, cv, V, H * V, i_h * V), NEG_INF))
                 # the last token's final-state path is kept out of the value-gate gradient (see dqk kernel)
                 dv_last = tl.where((t_j == L - 1)[:, None], dv_j, 0.)
-            for i in tl.static_range(j + 1, C // BS):
+            for i in range(j + 1, C // BS):
                 base_i = i_t * C + i * BS
                 if base_i < L:
                     t_i = base_i + ar
@@ -653,7 +653,8 @@ def _bwd_dqk_kernel(q, k, v, gkb, gkr, gks, gvb, gvr, gvs, u, h, do, dh, dq, dk,
     hbase = (hc * H + i_h).to(tl.int64) * K * V
     if USE_U:
         uu = tl.load(u + i_h * K + ck, mask=ck < K, other=0.).to(tl.float32)
-    for mb in tl.static_range(C // BS):
+    # dynamic loops (not unrolled): one sub-block's tiles live at a time, which keeps this kernel in registers
+    for mb in range(C // BS):
         base_m = i_t * C + mb * BS
         if base_m < L:
             t_m = base_m + ar
@@ -666,14 +667,12 @@ def _bwd_dqk_kernel(q, k, v, gkb, gkr, gks, gvb, gvr, gvs, u, h, do, dh, dq, dk,
                 bq_m = _gtile(gkb, r_m, m_m, ck, K, H, i_h, GK)
                 if USE_U:
                     bq_m = bq_m - g_m
-            if mb > 0:
-                r_refm = _rows(base_m - 1, bos, eos, REVERSE)
-            dq_inter = tl.zeros([BS, BK], dtype=tl.float32)
-            dq_off = tl.zeros([BS, BK], dtype=tl.float32)
-            dq_diag = tl.zeros([BS, BK], dtype=tl.float32)
-            dk_inter = tl.zeros([BS, BK], dtype=tl.float32)
-            dk_off = tl.zeros([BS, BK], dtype=tl.float32)
-            dk_diag = tl.zeros([BS, BK], dtype=tl.float32)
+            r_refm = _rows(tl.maximum(base_m - 1, 0), bos, eos, REVERSE)
+            # three accumulators (gate factors applied as each term is formed): dq, dk without the last
+            # token's final-state path, and that path alone
+            dq_t = tl.zeros([BS, BK], dtype=tl.float32)
+            dk_t = tl.zeros([BS, BK], dtype=tl.float32)
+            dk_last = tl.zeros([BS, BK], dtype=tl.float32)
             dov = tl.zeros([BS], dtype=tl.float32)
             dA_tt = tl.zeros([BS], dtype=tl.float32)
             for iv in range(tl.cdiv(V, BV)):
@@ -690,8 +689,16 @@ def _bwd_dqk_kernel(q, k, v, gkb, gkr, gks, gvb, gvr, gvs, u, h, do, dh, dq, dk,
                 else:
                     dd = do_m
                     vv = v_m
-                dq_inter += _mm(dd.to(DT), tl.trans(hs.to(DT)), IEEE)
-                dk_inter += _mm(vv.to(DT), tl.trans(dhs.to(DT)), IEEE)
+                dqi = _mm(dd.to(DT), tl.trans(hs.to(DT)), IEEE)
+                dki = _mm(vv.to(DT), tl.trans(dhs.to(DT)), IEEE)
+                if GK > 0:
+                    dq_t += dqi * tl.exp(bq_m)
+                    dk_t += dki * tl.exp(tl.where(m_m[:, None] & (t_m != L - 1)[:, None],
+                                                  _gtile(gks, r_m, m_m, ck, K, H, i_h, GK), NEG_INF))
+                    dk_last += tl.where((t_m == L - 1)[:, None], dki, 0.)
+                else:
+                    dq_t += dqi
+                    dk_t += dki
                 # dq from earlier sub-blocks j < mb (reference row: last row of sub-block mb-1)
                 if mb > 0:
                     if GV:
@@ -701,7 +708,8 @@ def _bwd_dqk_kernel(q, k, v, gkb, gkr, gks, gvb, gvr, gvs, u, h, do, dh, dq, dk,
                         ddr = do_m
                     if GK > 0:
                         bk_rm = _grow(gkb, r_refm, ck, K, H, i_h, GK)
-                    for j in tl.static_range(mb):
+                    dq_off = tl.zeros([BS, BK], dtype=tl.float32)
+                    for j in range(mb):
                         t_j = i_t * C + j * BS + ar
                         m_j = t_j < L
                         r_j = _rows(t_j, bos, eos, REVERSE)
@@ -719,8 +727,12 @@ def _bwd_dqk_kernel(q, k, v, gkb, gkr, gks, gvb, gvr, gvs, u, h, do, dh, dq, dk,
                             else:
                                 k_j = k_j * tl.exp(bk_rm - _gtile(gkb, r_j, m_j, ck, K, H, i_h, GK))
                         dq_off += _mm(dA.to(DT), k_j.to(DT), IEEE)
+                    if GK > 0:
+                        dq_t += dq_off * tl.exp(tl.where(m_m[:, None], _lpre(g_m, USE_U, GK, BS), NEG_INF))
+                    else:
+                        dq_t += dq_off
                 # dk from later sub-blocks i > mb (reference row: last row of sub-block i-1)
-                for i in tl.static_range(mb + 1, C // BS):
+                for i in range(mb + 1, C // BS):
                     base_i = i_t * C + i * BS
                     if base_i < L:
                         t_i = base_i + ar
@@ -750,9 +762,9 @@ def _bwd_dqk_kernel(q, k, v, gkb, gkr, gks, gvb, gvr, gvs, u, h, do, dh, dq, dk,
                             else:
                                 fk = tl.exp(_grow(gkb, r_ref, ck, K, H, i_h, GK)
                                             - _gtile(gkb, r_m, m_m, ck, K, H, i_h, GK))
-                            dk_off += fk * _mm(tl.trans(dA.to(DT)), q_i.to(DT), IEEE)
+                            dk_t += fk * _mm(tl.trans(dA.to(DT)), q_i.to(DT), IEEE)
                         else:
-                            dk_off += _mm(tl.trans(dA.to(DT)), q_i.to(DT), IEEE)
+                            dk_t += _mm(tl.trans(dA.to(DT)), q_i.to(DT), IEEE)
                 # diagonal sub-block
                 if GV:
                     dA = _diag_scores(do_m, tl.zeros_like(do_m), v, gvr, base_m, t_m, m_m, L, bos, eos, cv, V, H,
@@ -773,9 +785,9 @@ def _bwd_dqk_kernel(q, k, v, gkb, gkr, gks, gvb, gvr, gvs, u, h, do, dh, dq, dk,
                     gT = tl.zeros([BS, BK], dtype=tl.float32)
                     if USE_U:
                         gT = g_m
-                    dq_diag += _diag_gmm(dA, gT, k, gkr, base_m, t_m, m_m, L, bos, eos, ck, K, H, i_h, BS, BK,
+                    dq_t += _diag_gmm(dA, gT, k, gkr, base_m, t_m, m_m, L, bos, eos, ck, K, H, i_h, BS, BK,
                                          True, REVERSE)
-                    dk_diag += _diag_gmmT(dA, q_m, gT, gkr, base_m, t_m, m_m, L, bos, eos, ck, K, H, i_h, BS,
+                    dk_t += _diag_gmmT(dA, q_m, gT, gkr, base_m, t_m, m_m, L, bos, eos, ck, K, H, i_h, BS,
                                           BK, True, REVERSE)
                 else:
                     strict = (t_m[:, None] > t_m[None, :]) & m_m[:, None]
@@ -783,22 +795,12 @@ def _bwd_dqk_kernel(q, k, v, gkb, gkr, gks, gvb, gvr, gvs, u, h, do, dh, dq, dk,
                         dA = dA * _diag_decay(_gvec(gkr, r_m, m_m, H, i_h), t_m, m_m, BS, USE_U, True)
                     else:
                         dA = tl.where(strict, dA, 0.)
-                    dq_diag += _mm(dA.to(DT), k_m.to(DT), IEEE)
-                    dk_diag += _mm(tl.trans(dA.to(DT)), q_m.to(DT), IEEE)
+                    dq_t += _mm(dA.to(DT), k_m.to(DT), IEEE)
+                    dk_t += _mm(tl.trans(dA.to(DT)), q_m.to(DT), IEEE)
             if GK > 0:
-                dq_t = dq_inter * tl.exp(bq_m) + dq_diag
-                if mb > 0:
-                    dq_t += dq_off * tl.exp(tl.where(m_m[:, None], _lpre(g_m, USE_U, GK, BS), NEG_INF))
-                # the last token's final-state path (gate factor exp(0)) is kept out of the gate gradient too
-                ks = _gtile(gks, r_m, m_m, ck, K, H, i_h, GK)
-                dk_int = dk_inter * tl.exp(tl.where(m_m[:, None] & (t_m != L - 1)[:, None], ks, NEG_INF))
-                dk_t = dk_int + dk_off + dk_diag
                 dbq_t = q_m * dq_t
                 db_t = dbq_t - k_m * dk_t
-                dk_t += tl.where((t_m == L - 1)[:, None], dk_inter, 0.)
-            else:
-                dq_t = dq_inter + dq_off + dq_diag
-                dk_t = dk_inter + dk_off + dk_diag
+                dk_t += dk_last
             if not USE_U:
                 dq_t += dA_tt[:, None] * k_m
                 dk_t += dA_tt[:, None] * q_m

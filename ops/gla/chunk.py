@@ -917,7 +917,7 @@ def _revcumsum(x, meta, reverse):
     return out
 
 
-def _fwd_h(k, v, gkb, gks, gvb, gvs, h0, store_ht, meta, GK, reverse, ieee):
+def _fwd_h(k, v, gkb, gks, gvb, gvs, h0, store_ht, meta, GK, reverse, ieee, lowp=None):
     K, V = k.shape[-1], v.shape[-1]
     H = meta.H
     BKh, BVh = _state_blocks(K, V, meta.nseq * H)
@@ -928,7 +928,8 @@ def _fwd_h(k, v, gkb, gks, gvb, gvs, h0, store_ht, meta, GK, reverse, ieee):
     _fwd_h_kernel[grid](k, v, _or(gkb, k), _or(gks, k), _or(gvb, v), _or(gvs, v), h,
                         h0 if h0 is not None else h, ht, ht_ex, meta.cu, meta.chunk_off, meta.N, meta.NT, H, K, V,
                         C=meta.C, BK=BKh, BV=BVh, GK=GK, GV=gvb is not None, USE_H0=h0 is not None,
-                        STORE_HT=store_ht, REVERSE=reverse, VARLEN=meta.varlen, IEEE=ieee, LOWP=_lowp(ieee))
+                        STORE_HT=store_ht, REVERSE=reverse, VARLEN=meta.varlen, IEEE=ieee,
+                        LOWP=_lowp(ieee) if lowp is None else lowp)
     return h, (ht if store_ht else None), (ht_ex if store_ht else None)
 
 
@@ -961,7 +962,10 @@ def gla_bwd(q, k, v, gk, gv, u, scale, h0, o, ht, do, dht, meta, reverse):
     ieee = q.dtype == torch.float32
     gkb, gks = _gate_cumsum(gk, meta, reverse)
     gvb, gvs = _gate_cumsum(gv, meta, reverse)
-    h, _, _ = _fwd_h(k, v, gkb, gks, gvb, gvs, h0, False, meta, GK, reverse, ieee)
+    # 16-bit inputs: the backward's state, state-gradient and dq/dk kernels take fp32 operands (tf32 tensor
+    # cores): the gate gradient q*dq - k*dk cancels, and bf16 operands there gave dL/dg errors of 2-3e-2 at
+    # N = 4096 on the H100 (tf32: ~8x smaller operand rounding)
+    h, _, _ = _fwd_h(k, v, gkb, gks, gvb, gvs, h0, False, meta, GK, reverse, ieee, lowp=False)
     do = do.contiguous()
     BKh, BVh = _state_blocks(K, V, meta.nseq * H)
     dh = _empty((meta.total_chunks, H, K, V), torch.float32, q.device)
@@ -970,7 +974,7 @@ def gla_bwd(q, k, v, gk, gv, u, scale, h0, o, ht, do, dht, meta, reverse):
         q, do, _or(gkb, q), _or(gk, q), _or(gvb, q), dh, _or(dht, dh), _or(dh0, dh),
         meta.cu, meta.chunk_off, scale, meta.N, meta.NT, H, K, V, C=meta.C, BK=BKh, BV=BVh, GK=GK,
         GV=gv is not None, USE_U=u is not None, USE_DHT=dht is not None, STORE_DH0=h0 is not None,
-        REVERSE=reverse, VARLEN=meta.varlen, IEEE=ieee, LOWP=_lowp(ieee))
+        REVERSE=reverse, VARLEN=meta.varlen, IEEE=ieee, LOWP=False)
     BK, BV = _pow2(K), min(64, _pow2(V))
     dv = _empty(v.shape, v.dtype, v.device)
     dbv = _empty(v.shape, torch.float32, v.device) if gv is not None else None

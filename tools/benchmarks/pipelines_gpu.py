@@ -475,6 +475,7 @@ def main():
     DEVICE = 'cuda' if torch.cuda.is_available() else 'cpu'
 
     if a.task:  # child
+        sys.path.insert(0, WORK)  # vla_gpu_hooks (custom_imports of the derived configs) for the pictures
         logf = open(osp.join(WORK, f'{a.task}.task.log'), 'a')
 
         def log(msg):

@@ -100,9 +100,10 @@ def test_chunk_gla_strong_weak_decay(gate, strength):
     _check(1, 70, 1, 16, 16, gate=gate, h0=True, reverse=strength < -1, chunk_size=32, strength=strength)
 
 
-def test_chunk_gla_bf16():
+def test_chunk_gla_bf16_fp16():
     _check(1, 100, 1, 32, 32, gate='vector', h0=True, dtype=torch.bfloat16, chunk_size=64)
     _check(1, 60, 2, 32, 32, gate='scalar', u=True, h0=False, dtype=torch.bfloat16, reverse=True, chunk_size=32)
+    _check(1, 40, 1, 16, 16, gate='vector', h0=True, dtype=torch.float16, chunk_size=32)
 
 
 def test_public_op_dispatch_and_checks():

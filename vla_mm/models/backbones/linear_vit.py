@@ -66,7 +66,8 @@ class LinearViT(BaseModule):
             ``num_layers``, ``num_heads`` (and optionally ``mlp_ratio``).
         img_size (int | tuple): training input size; fixes the stored position-embedding grid.
         patch_size (int): patch side.
-        stem (str): 'patch' (one patchify conv, as ViT/DeiT) or 'conv' (stride-2 3x3 convs, Xiao et al. 2021).
+        stem (str | dict): 'patch' (one patchify conv, as ViT/DeiT) or 'conv' (stride-2 3x3 convs, Xiao et al.
+            2021); a dict passes options, e.g. ``dict(type='conv', convs_per_stage=2)``.
         in_channels (int): image channels.
         mixer (dict): token mixer config, ``type`` a :data:`MIXERS` name (``num_heads`` filled from ``arch``).
         out_indices (int | sequence): blocks whose outputs are returned (negative counts from the end).
@@ -117,9 +118,11 @@ class LinearViT(BaseModule):
         self.with_cp = with_cp
 
         stems = dict(patch=PatchEmbed, conv=ConvStem)
-        if stem not in stems:
-            raise KeyError(f'stem {stem!r} is not one of {sorted(stems)}')
-        self.patch_embed = stems[stem](in_channels, self.embed_dims, patch_size)
+        stem = dict(type=stem) if isinstance(stem, str) else dict(stem)
+        stem_type = stem.pop('type', 'patch')
+        if stem_type not in stems:
+            raise KeyError(f'stem {stem_type!r} is not one of {sorted(stems)}')
+        self.patch_embed = stems[stem_type](in_channels, self.embed_dims, patch_size, **stem)
         self.patch_resolution = (self.img_size[0] // patch_size, self.img_size[1] // patch_size)
         num_patches = self.patch_resolution[0] * self.patch_resolution[1]
         self.pos_embed = nn.Parameter(torch.zeros(1, num_patches, self.embed_dims)) if use_abs_pos_embed else None

@@ -30,10 +30,11 @@ class ConvStem(nn.Module):
 
     Xiao et al., "Early Convolutions Help Transformers See Better" (NeurIPS 2021): replacing the patchify conv by
     a few small convolutions makes ViTs train faster and more stably, which matters most on small data. Same
-    interface as :class:`PatchEmbed` (``patch_size`` must be a power of two).
+    interface as :class:`PatchEmbed` (``patch_size`` must be a power of two). ``convs_per_stage > 1`` adds stride-1
+    convs after each stride-2 one (a deeper stem: more local capacity before the token mixers).
     """
 
-    def __init__(self, in_channels=3, embed_dim=768, patch_size=16, norm_layer=None):
+    def __init__(self, in_channels=3, embed_dim=768, patch_size=16, norm_layer=None, convs_per_stage=1):
         super().__init__()
         n = patch_size.bit_length() - 1
         if patch_size < 2 or 2 ** n != patch_size:
@@ -42,8 +43,10 @@ class ConvStem(nn.Module):
         layers, c = [], in_channels
         for i in range(n):
             out = max(embed_dim // 2 ** (n - i), 16)
-            layers += [nn.Conv2d(c, out, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(out), nn.ReLU(True)]
-            c = out
+            for j in range(convs_per_stage):  # the first conv of a stage halves the resolution
+                layers += [nn.Conv2d(c, out, 3, stride=2 if j == 0 else 1, padding=1, bias=False),
+                           nn.BatchNorm2d(out), nn.ReLU(True)]
+                c = out
         layers.append(nn.Conv2d(c, embed_dim, 1))
         self.proj = nn.Sequential(*layers)
         self.norm = norm_layer(embed_dim) if norm_layer else nn.Identity()

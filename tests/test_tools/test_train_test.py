@@ -34,8 +34,8 @@ def tiny_config(tmp_path, name='tiny.py', extra=''):
     text = f'''
 _base_ = [{DEFAULT_CFG!r}]
 shapes_generate = dict(image_size=32, num_train=128, num_val=64, seed=1)
-model = dict(backbone=dict(arch=dict(embed_dims=32, num_layers=2, num_heads=2, mlp_ratio=2.0),
-                           drop_path_rate=0.2), head=dict(in_channels=32))
+model = dict(backbone=dict(arch=dict(embed_dims=32, num_layers=2, num_heads=2, mlp_ratio=2.0), img_size=32,
+                           patch_size=4, stem='patch', drop_path_rate=0.2), head=dict(in_channels=32))
 train_dataloader = dict(batch_size=16, num_workers=0,
                         sampler=dict(type='DefaultSampler', shuffle=True, seed=0),
                         dataset=dict(data_root={str(data)!r}, generate=shapes_generate))
@@ -96,7 +96,7 @@ def test_dist_train_two_gloo_processes_equal_one_process_double_batch(tmp_path):
               f"custom_hooks = [dict(type='vla_mm.DeterministicResumeHook'), "
               f"dict(type='RankMarkerHook', out_dir={str(marks)!r})]\n"
               "model = dict(backbone=dict(drop_path_rate=0.0))\n"
-              "train_cfg = dict(max_epochs=1)\n"
+              "train_cfg = dict(max_epochs=2)\n"
               "train_pipeline = [dict(type='LoadImageFromFile'), dict(type='PackInputs')]\n")
     two = tiny_config(tmp_path, 'two.py', extra=common + "train_dataloader = dict(batch_size=8, "
                       "dataset=dict(pipeline=train_pipeline))\n")
@@ -107,13 +107,30 @@ def test_dist_train_two_gloo_processes_equal_one_process_double_batch(tmp_path):
     os.remove(marks / 'rank0.done')
     dist = run(['bash', 'tools/dist_train.sh', two, '2', '--work-dir', str(tmp_path / 'two')])
     assert dist.returncode == 0, dist.stderr[-3000:]
-    # both ranks trained the same number of iterations (128 images / (2 x 8) = 8)
+    # both ranks trained the same number of iterations (2 epochs x 128 images / (2 x 8) = 16)
     assert sorted(os.listdir(marks)) == ['rank0.done', 'rank1.done']
-    assert all((marks / f).read_text() == '8' for f in os.listdir(marks))
+    assert all((marks / f).read_text() == '16' for f in os.listdir(marks))
     # rank 0 alone wrote checkpoints and logs: one run folder, one log file
-    assert osp.isfile(tmp_path / 'two' / 'epoch_1.pth')
+    assert osp.isfile(tmp_path / 'two' / 'epoch_2.pth')
     logs = glob.glob(str(tmp_path / 'two' / '*' / '*.log'))
     assert len(logs) == 1, logs
-    a, b = state(tmp_path / 'one' / 'epoch_1.pth'), state(tmp_path / 'two' / 'epoch_1.pth')
+    a, b = state(tmp_path / 'one' / 'epoch_2.pth'), state(tmp_path / 'two' / 'epoch_2.pth')
     for k in a:
         assert torch.allclose(a[k], b[k], rtol=1e-4, atol=1e-5), f'{k}: max diff {(a[k] - b[k]).abs().max()}'
+
+
+def test_default_job_reaches_95_and_test_tool_reproduces_it(tmp_path):
+    """The README's main job: the default config trains to >= 95% top-1 on the synthetic val split, and
+    tools/test.py on the saved checkpoint gives the same accuracy."""
+    work = tmp_path / 'default'
+    train = run([sys.executable, 'tools/train.py', DEFAULT_CFG, '--work-dir', str(work)])
+    assert train.returncode == 0, train.stderr[-3000:]
+    run_dir = sorted(d for d in os.listdir(work) if osp.isdir(work / d) and d.startswith('20'))[-1]
+    val = [json.loads(line) for line in open(work / run_dir / 'vis_data' / 'scalars.json')]
+    accs = [r['accuracy/top1'] for r in val if 'accuracy/top1' in r]
+    assert accs and accs[-1] >= 95.0, accs
+    ckpt = open(work / 'last_checkpoint').read().strip()
+    test = run([sys.executable, 'tools/test.py', DEFAULT_CFG, ckpt, '--work-dir', str(tmp_path / 'test')])
+    assert test.returncode == 0, test.stderr[-3000:]
+    metrics = json.load(open(tmp_path / 'test' / 'test_metrics.json'))['metrics']
+    assert metrics['accuracy/top1'] == pytest.approx(accs[-1], abs=1e-6)

@@ -59,8 +59,8 @@ META_FILE = 'shapes_meta.json'
 _COMMON_DEFAULTS = dict(seed=0, classes=list(ALL_CLASSES), clutter=1.0)
 #: Default generation parameters per task. ``size_range`` is the shape radius as a fraction of image size.
 DEFAULT_PARAMS = {
-    'cls': dict(image_size=32, num_train=3000, num_val=600, min_shapes=1, max_shapes=3,
-                size_range=[0.14, 0.30], **_COMMON_DEFAULTS),
+    'cls': dict(image_size=48, num_train=10000, num_val=600, min_shapes=1, max_shapes=1,
+                size_range=[0.3, 0.45], **dict(_COMMON_DEFAULTS, clutter=0.5)),
     'seg': dict(image_size=128, num_train=400, num_val=100, min_shapes=2, max_shapes=6,
                 size_range=[0.06, 0.15], **_COMMON_DEFAULTS),
     'det': dict(image_size=128, num_train=400, num_val=100, min_shapes=2, max_shapes=6,

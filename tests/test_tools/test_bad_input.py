@@ -35,6 +35,18 @@ def _cwd(monkeypatch):
     monkeypatch.chdir(ROOT)
 
 
+@pytest.fixture(autouse=True)
+def _fresh_loggers():
+    """In-process runs: MMEngine loggers made by an earlier test hold handlers on that test's (now closed)
+    captured stderr; drop them so each test's output is its own."""
+    from mmengine.logging import MMLogger
+    for logger in list(MMLogger._instance_dict.values()):
+        for h in list(logger.handlers):
+            logger.removeHandler(h)
+    MMLogger._instance_dict.clear()
+    yield
+
+
 def test_missing_config(capsys):
     msg = _expect_error(capsys, 'train', 'configs/linear_vit/linear-vit-t_shapes-clz.py')
     assert 'config file not found' in msg and 'linear-vit-t_shapes-cls.py' in msg  # names the close match

@@ -31,3 +31,19 @@ def check_same_device(**tensors):
     devs = {n: t.device for n, t in tensors.items() if t is not None}
     if len(set(devs.values())) > 1:
         raise ValueError(f'all inputs must be on one device, got {devs}')
+
+
+def check_qkv(q, k, v, max_head_dim_k):
+    """Shapes of the [B, N, H, K] / [B, N, H, V] layout every recurrent op takes; returns (B, N, H, K)."""
+    if q.dim() != 4:
+        raise ValueError(f'q must be [B, N, H, K], got shape {tuple(q.shape)}')
+    B, N, H, K = q.shape
+    if k.shape != q.shape:
+        raise ValueError(f'k must have the shape of q {tuple(q.shape)}, got {tuple(k.shape)}')
+    if v.dim() != 4 or v.shape[:3] != q.shape[:3]:
+        raise ValueError(f'v must be [B, N, H, V] with B, N, H = {B, N, H}, got {tuple(v.shape)}')
+    if k.dtype != q.dtype or v.dtype != q.dtype:
+        raise ValueError(f'q, k, v must share one dtype, got {q.dtype}, {k.dtype}, {v.dtype}')
+    if K > max_head_dim_k:
+        raise ValueError(f'q / k head dim K must be <= {max_head_dim_k}, got {K}')
+    return B, N, H, K

@@ -8,7 +8,8 @@ from mmengine.registry import HOOKS
 
 @HOOKS.register_module()
 class InterruptAfterEpochHook(Hook):
-    """Kill the run right after epoch ``epoch`` was checkpointed, as a crash or a pre-emption would."""
+    """Kill the run right after epoch ``epoch`` (1-based, as ``epoch_<n>.pth``) was checkpointed, as a crash or a
+    pre-emption would. (``runner.epoch`` is still 0-based during ``after_train_epoch``.)"""
 
     priority = 'LOWEST'  # after CheckpointHook
 
@@ -16,7 +17,7 @@ class InterruptAfterEpochHook(Hook):
         self.epoch = epoch
 
     def after_train_epoch(self, runner):
-        if runner.epoch == self.epoch:
+        if runner.epoch + 1 == self.epoch:
             os._exit(3)
 
 

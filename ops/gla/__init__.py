@@ -11,7 +11,7 @@ from typing import Optional, Tuple
 
 import torch
 
-from ..common import check_dtype, check_same_device, use_triton
+from ..common import check_dtype, check_qkv, check_same_device, use_triton
 from .chunk import chunk_gla_triton
 from .reference import gla_chunk_reference, gla_recurrent_reference
 
@@ -27,17 +27,7 @@ def _check(q, k, v, g, gate, gv, u, initial_state, cu_seqlens):
         if t is not None:
             check_dtype(name, t)
     check_same_device(q=q, k=k, v=v, g=g, gv=gv, u=u, initial_state=initial_state, cu_seqlens=cu_seqlens)
-    if q.dim() != 4:
-        raise ValueError(f'q must be [B, N, H, K], got shape {tuple(q.shape)}')
-    B, N, H, K = q.shape
-    if k.shape != q.shape:
-        raise ValueError(f'k must have the shape of q {tuple(q.shape)}, got {tuple(k.shape)}')
-    if v.dim() != 4 or v.shape[:3] != q.shape[:3]:
-        raise ValueError(f'v must be [B, N, H, V] with B, N, H = {B, N, H}, got {tuple(v.shape)}')
-    if k.dtype != q.dtype or v.dtype != q.dtype:
-        raise ValueError(f'q, k, v must share one dtype, got {q.dtype}, {k.dtype}, {v.dtype}')
-    if K > MAX_HEAD_DIM_K:
-        raise ValueError(f'q / k head dim K must be <= {MAX_HEAD_DIM_K}, got {K}')
+    B, N, H, K = check_qkv(q, k, v, MAX_HEAD_DIM_K)
     V = v.shape[-1]
     if gate not in (None, 'none', 'scalar', 'vector'):
         raise ValueError(f"gate must be 'none', 'scalar' or 'vector', got {gate!r}")

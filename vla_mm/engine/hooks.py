@@ -10,8 +10,8 @@ from ..registry import HOOKS
 
 @HOOKS.register_module()
 class DeterministicResumeHook(Hook):
-    """Reseed the Python, numpy and torch (CPU and CUDA) generators from (seed, iteration, rank) before every
-    training iteration.
+    """Reseed the Python, numpy and torch (CPU and CUDA) generators from (seed, epoch or iteration, rank) before
+    every training epoch and iteration.
 
     MMEngine's resume restores weights, optimizer, schedulers and the sampler's epoch, but not the random
     generators, and the validation between epochs draws from them too (each DataLoader iterator takes a base
@@ -26,9 +26,18 @@ class DeterministicResumeHook(Hook):
     def __init__(self, seed=None):
         self.seed = seed
 
-    def before_train_iter(self, runner, batch_idx, data_batch=None):
+    def _reseed(self, runner, step, salt):
         base = self.seed if self.seed is not None else (runner.seed if runner.seed is not None else 0)
-        s = (int(base) * 1_000_003 + runner.iter * 7919 + get_rank() * 104_729) % (2 ** 31)
+        s = (int(base) * 1_000_003 + step * 7919 + get_rank() * 104_729 + salt) % (2 ** 31)
         random.seed(s)
         np.random.seed(s)
         torch.manual_seed(s)  # seeds CUDA generators too
+
+    def before_train_epoch(self, runner):
+        # the epoch's first batch is drawn (main-process augmentations, the DataLoader iterator's base seed)
+        # before before_train_iter runs: seed that from the epoch
+        self._reseed(runner, runner.epoch, salt=15_485_863)
+
+    def before_train_iter(self, runner, batch_idx, data_batch=None):
+        # covers this iteration's model randomness and the fetch of the next batch
+        self._reseed(runner, runner.iter, salt=0)

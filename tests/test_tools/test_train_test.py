@@ -28,17 +28,19 @@ def run(args, **kw):
     return out
 
 
-def tiny_config(tmp_path, name='tiny.py', extra=''):
+def tiny_config(tmp_path, name='tiny.py', extra='', batch_size=16, plain_pipeline=False, drop_path_rate=0.2):
     """The default config on a small private copy of the data, with stochastic depth on (RNG matters)."""
     data = tmp_path / 'cls'
     text = f'''
 _base_ = [{DEFAULT_CFG!r}]
 shapes_generate = dict(image_size=32, num_train=128, num_val=64, seed=1)
 model = dict(backbone=dict(arch=dict(embed_dims=32, num_layers=2, num_heads=2, mlp_ratio=2.0), img_size=32,
-                           patch_size=4, stem='patch', drop_path_rate=0.2), head=dict(in_channels=32))
-train_dataloader = dict(batch_size=16, num_workers=0,
+                           patch_size=4, stem='patch', drop_path_rate={drop_path_rate}), head=dict(in_channels=32))
+train_pipeline = [dict(type='LoadImageFromFile'), dict(type='PackInputs')]
+train_dataloader = dict(batch_size={batch_size}, num_workers=0,
                         sampler=dict(type='DefaultSampler', shuffle=True, seed=0),
-                        dataset=dict(data_root={str(data)!r}, generate=shapes_generate))
+                        dataset=dict(data_root={str(data)!r}, generate=shapes_generate{
+                            ', pipeline=train_pipeline' if plain_pipeline else ''}))
 val_dataloader = dict(num_workers=0, dataset=dict(data_root={str(data)!r}, generate=shapes_generate))
 test_dataloader = val_dataloader
 train_cfg = dict(max_epochs=3)
@@ -95,13 +97,10 @@ def test_dist_train_two_gloo_processes_equal_one_process_double_batch(tmp_path):
     common = ("custom_imports = dict(imports=['vla_mm', 'tests.instrumentation'], allow_failed_imports=False)\n"
               f"custom_hooks = [dict(type='vla_mm.DeterministicResumeHook'), "
               f"dict(type='RankMarkerHook', out_dir={str(marks)!r})]\n"
-              "model = dict(backbone=dict(drop_path_rate=0.0))\n"
-              "train_cfg = dict(max_epochs=2)\n"
-              "train_pipeline = [dict(type='LoadImageFromFile'), dict(type='PackInputs')]\n")
-    two = tiny_config(tmp_path, 'two.py', extra=common + "train_dataloader = dict(batch_size=8, "
-                      "dataset=dict(pipeline=train_pipeline))\n")
-    one = tiny_config(tmp_path, 'one.py', extra=common + "train_dataloader = dict(batch_size=16, "
-                      "dataset=dict(pipeline=train_pipeline))\n")
+              "train_cfg = dict(max_epochs=2)\n")
+    # no random augmentation: the two runs must see the same pixels
+    two = tiny_config(tmp_path, 'two.py', extra=common, batch_size=8, plain_pipeline=True, drop_path_rate=0.0)
+    one = tiny_config(tmp_path, 'one.py', extra=common, batch_size=16, plain_pipeline=True, drop_path_rate=0.0)
     single = run([sys.executable, 'tools/train.py', one, '--work-dir', str(tmp_path / 'one')])
     assert single.returncode == 0, single.stderr[-3000:]
     os.remove(marks / 'rank0.done')
@@ -109,7 +108,8 @@ def test_dist_train_two_gloo_processes_equal_one_process_double_batch(tmp_path):
     assert dist.returncode == 0, dist.stderr[-3000:]
     # both ranks trained the same number of iterations (2 epochs x 128 images / (2 x 8) = 16)
     assert sorted(os.listdir(marks)) == ['rank0.done', 'rank1.done']
-    assert all((marks / f).read_text() == '16' for f in os.listdir(marks))
+    iters = {f: (marks / f).read_text() for f in os.listdir(marks)}
+    assert set(iters.values()) == {'16'}, iters
     # rank 0 alone wrote checkpoints and logs: one run folder, one log file
     assert osp.isfile(tmp_path / 'two' / 'epoch_2.pth')
     logs = glob.glob(str(tmp_path / 'two' / '*' / '*.log'))

@@ -25,7 +25,7 @@ class PatchEmbed(nn.Module):
         return self.norm(x.flatten(2).transpose(1, 2)), hw
 
 
-class ConvStem(nn.Module):
+class ConvStem(PatchEmbed):
     """Convolutional stem: stride-2 3x3 conv + BN + ReLU blocks down to the patch stride, then a 1x1 projection.
 
     Xiao et al., "Early Convolutions Help Transformers See Better" (NeurIPS 2021): replacing the patchify conv by
@@ -36,6 +36,7 @@ class ConvStem(nn.Module):
 
     def __init__(self, in_channels=3, embed_dim=768, patch_size=16, norm_layer=None, convs_per_stage=1):
         super().__init__()
+        nn.Module.__init__(self)  # PatchEmbed's forward (padding, flatten, norm) over a different projection
         n = patch_size.bit_length() - 1
         if patch_size < 2 or 2 ** n != patch_size:
             raise ValueError(f'ConvStem needs a power-of-two patch_size >= 2, got {patch_size}')
@@ -50,13 +51,3 @@ class ConvStem(nn.Module):
         layers.append(nn.Conv2d(c, embed_dim, 1))
         self.proj = nn.Sequential(*layers)
         self.norm = norm_layer(embed_dim) if norm_layer else nn.Identity()
-
-    def forward(self, x):
-        H, W = x.shape[-2:]
-        p = self.patch_size
-        pad_h, pad_w = (-H) % p, (-W) % p
-        if pad_h or pad_w:
-            x = nn.functional.pad(x, (0, pad_w, 0, pad_h))
-        x = self.proj(x)
-        hw = (x.shape[2], x.shape[3])
-        return self.norm(x.flatten(2).transpose(1, 2)), hw

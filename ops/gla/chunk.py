@@ -31,6 +31,11 @@ CHUNK = 64
 SUB = 16
 NEG_INF = tl.constexpr(float('-inf'))
 POISON = False  # tests set this: every output buffer starts NaN-filled, so an unwritten element fails
+# 16-bit inputs: fp32 (tf32) operands in the backward's state / state-gradient / dq-dk kernels (see gla_bwd)
+BWD_FP32 = True
+F32_OPERANDS = 'tf32'  # how those fp32 operands meet the tensor cores: 'tf32' or 'tf32x3'
+# per-kernel launch options ('fwd_o', 'dv', 'dqk': dict(num_warps=..., num_stages=...)) over _launch_opts
+LAUNCH = {}
 
 
 def _empty(shape, dtype, device):
@@ -95,12 +100,16 @@ def _gvec(ptr, r, m, H, i_h):
 
 @triton.jit
 def _mm(a, b, IEEE: tl.constexpr):
-    """fp32 operands: exact fp32 ("ieee") for fp32 inputs, tf32 otherwise (explicit, so an importer that
-    changes TRITON_F32_DEFAULT changes nothing); 16-bit operands: bf16/fp16 tensor cores, fp32 accumulate."""
-    if IEEE:
+    """fp32 operands: exact fp32 ("ieee", IEEE == 1) for fp32 inputs, else tf32 (IEEE == 0) or 3xtf32 (IEEE == 2,
+    ~fp32 accuracy at three tensor-core passes; explicit, so an importer that changes TRITON_F32_DEFAULT changes
+    nothing); 16-bit operands: bf16/fp16 tensor cores, fp32 accumulate."""
+    if IEEE == 1:
         out = tl.dot(a, b, input_precision="ieee")
     elif a.dtype == tl.float32:
-        out = tl.dot(a, b, input_precision="tf32")
+        if IEEE == 2:
+            out = tl.dot(a, b, input_precision="tf32x3")
+        else:
+            out = tl.dot(a, b, input_precision="tf32")
     else:
         out = tl.dot(a, b)
     return out
@@ -231,29 +240,34 @@ def _diag_gmm(M, gT, R, gR, base, t_i, m_i, seq_len, bos, eos, c, D, H, i_h,
 
 
 @triton.jit
-def _diag_gmmT(M, L_, gT, gR, base, t_i, m_i, seq_len, bos, eos, c, D, H, i_h,
-               BS: tl.constexpr, BD: tl.constexpr, STRICT: tl.constexpr, REVERSE: tl.constexpr):
-    """Z[s, d] = sum_t M[t, s] L_[t, d] exp(sum_{r in (s, t]} g[r, d] - gT[t, d]) on a diagonal sub-block."""
+def _diag_gmmT(M, Lp, l_scale, gR, base, seq_len, bos, eos, c, D, H, i_h,
+               BS: tl.constexpr, BD: tl.constexpr, STRICT: tl.constexpr, SHIFT: tl.constexpr,
+               REVERSE: tl.constexpr):
+    """Z[s, d] = sum_t M[t, s] L[t, d] exp(sum_{r in (s, t]} g[r, d] (- g[t, d] if SHIFT)) for s <= t (s < t)
+    on a diagonal sub-block. One outer product per row t: L's row is read from memory (times ``l_scale``), M's
+    row is a column of M^T (a within-warp reduction); a sum over t inside a tile would cross warps every step."""
     ar = tl.arange(0, BS)
+    MT = tl.trans(M)
     Z = tl.zeros([BS, BD], dtype=tl.float32)
     acc = tl.zeros([BS, BD], dtype=tl.float32)
-    g_next = tl.zeros([BD], dtype=tl.float32)
-    for jj in range(BS):
-        s = BS - 1 - jj
-        ts = base + s
-        ms = ts < seq_len
-        rs = _rows(ts, bos, eos, REVERSE)
-        acc += tl.where((ar > s)[:, None], g_next[None, :], 0.)
-        g_s = tl.load(gR + rs.to(tl.int64) * H * D + i_h * D + c, mask=(c < D) & ms, other=0.).to(tl.float32)
-        if STRICT:
-            keep = (t_i > ts) & m_i
+    for t in range(BS):
+        tt = base + t
+        mt = tt < seq_len
+        off = _rows(tt, bos, eos, REVERSE).to(tl.int64) * H * D + i_h * D + c
+        g_t = tl.load(gR + off, mask=(c < D) & mt, other=0.).to(tl.float32)
+        L_t = tl.load(Lp + off, mask=(c < D) & mt, other=0.).to(tl.float32) * l_scale
+        acc += tl.where((ar < t)[:, None], g_t[None, :], 0.)
+        if SHIFT:
+            x = acc - g_t[None, :]
         else:
-            keep = (t_i >= ts) & m_i
-        e = tl.exp(tl.where(keep[:, None], acc - gT, NEG_INF))
-        mcol = tl.sum(tl.where(ar[None, :] == s, M, 0.), axis=1)
-        z = tl.sum(mcol[:, None] * L_ * e, axis=0)
-        Z = tl.where(ar[:, None] == s, z[None, :], Z)
-        g_next = g_s
+            x = acc
+        if STRICT:
+            keep = (ar < t) & mt
+        else:
+            keep = (ar <= t) & mt
+        e = tl.exp(tl.where(keep[:, None], x, NEG_INF))
+        mrow = tl.sum(tl.where(ar[None, :] == t, MT, 0.), axis=1)
+        Z += mrow[:, None] * L_t[None, :] * e
     return Z
 
 
@@ -627,8 +641,7 @@ def _bwd_dv_kernel(q, k, v, gkb, gkr, gks, gvb, gvr, gvs, u, o, do, dh, dv, dbv,
                 A += tl.where(ar[:, None] == ar[None, :], dg[:, None], 0.)
             do_j = _tile(do, r_j, m_j, cv, V, H * V, i_h * V)
             if GV:
-                dv_j += _diag_gmmT(A, do_j, tl.zeros([BS, BV], dtype=tl.float32), gvr, base_j, t_j, m_j, L, bos, eos,
-                                   cv, V, H, i_h, BS, BV, False, REVERSE)
+                dv_j += _diag_gmmT(A, do, 1.0, gvr, base_j, L, bos, eos, cv, V, H, i_h, BS, BV, False, False, REVERSE)
             else:
                 dv_j += _mm(tl.trans(A.to(DT)), do_j.to(DT), IEEE)
             _store_tile(dv, dv_j, r_j, m_j, cv, V, H * V, i_h * V)
@@ -787,8 +800,8 @@ def _bwd_dqk_kernel(q, k, v, gkb, gkr, gks, gvb, gvr, gvs, u, h, do, dh, dq, dk,
                         gT = g_m
                     dq_t += _diag_gmm(dA, gT, k, gkr, base_m, t_m, m_m, L, bos, eos, ck, K, H, i_h, BS, BK,
                                          True, REVERSE)
-                    dk_t += _diag_gmmT(dA, q_m, gT, gkr, base_m, t_m, m_m, L, bos, eos, ck, K, H, i_h, BS,
-                                          BK, True, REVERSE)
+                    dk_t += _diag_gmmT(dA, q, scale, gkr, base_m, L, bos, eos, ck, K, H, i_h, BS, BK, True, USE_U,
+                                       REVERSE)
                 else:
                     strict = (t_m[:, None] > t_m[None, :]) & m_m[:, None]
                     if GK == 1:
@@ -876,6 +889,12 @@ def _lowp(ieee):
     return (not ieee) and os.environ.get('TRITON_INTERPRET', '0') in ('', '0')
 
 
+def _prec(ieee):
+    """IEEE code of the kernels: 1 for fp32 inputs; for 16-bit inputs, where a kernel takes fp32 operands,
+    0 (tf32) or 2 (3xtf32) after F32_OPERANDS."""
+    return 1 if ieee else (2 if F32_OPERANDS == 'tf32x3' else 0)
+
+
 def _pow2(x, lo=16):
     return max(lo, triton.next_power_of_2(x))
 
@@ -928,13 +947,17 @@ def _fwd_h(k, v, gkb, gks, gvb, gvs, h0, store_ht, meta, GK, reverse, ieee, lowp
     _fwd_h_kernel[grid](k, v, _or(gkb, k), _or(gks, k), _or(gvb, v), _or(gvs, v), h,
                         h0 if h0 is not None else h, ht, ht_ex, meta.cu, meta.chunk_off, meta.N, meta.NT, H, K, V,
                         C=meta.C, BK=BKh, BV=BVh, GK=GK, GV=gvb is not None, USE_H0=h0 is not None,
-                        STORE_HT=store_ht, REVERSE=reverse, VARLEN=meta.varlen, IEEE=ieee,
+                        STORE_HT=store_ht, REVERSE=reverse, VARLEN=meta.varlen, IEEE=_prec(ieee),
                         LOWP=_lowp(ieee) if lowp is None else lowp)
     return h, (ht if store_ht else None), (ht_ex if store_ht else None)
 
 
-def _launch_opts(K):
-    return dict(num_warps=4) if K <= 64 else dict(num_warps=8)
+def _launch_opts(K, name=None):
+    opts = dict(num_warps=4) if K <= 64 else dict(num_warps=8)
+    if name == 'fwd_o':
+        opts['num_stages'] = 1  # H100, gla vector 8x12x4096x64 bf16: 0.87 ms against 1.04 ms (2 stages)
+    opts.update(LAUNCH.get(name, {}))
+    return opts
 
 
 def gla_fwd(q, k, v, gk, gv, u, scale, h0, output_final_state, meta, reverse):
@@ -943,7 +966,10 @@ def gla_fwd(q, k, v, gk, gv, u, scale, h0, output_final_state, meta, reverse):
     ieee = q.dtype == torch.float32
     gkb, gks = _gate_cumsum(gk, meta, reverse)
     gvb, gvs = _gate_cumsum(gv, meta, reverse)
-    h, ht, ht_ex = _fwd_h(k, v, gkb, gks, gvb, gvs, h0, output_final_state, meta, GK, reverse, ieee)
+    # value gates: dL/dgv = o * do - v * dv cancels, and o comes from this pass: it must be computed with the
+    # backward's operand precision, or the two roundings do not cancel (GSA bf16 dg 3e-2 on the H100)
+    lowp = _lowp(ieee) and (gv is None or not BWD_FP32)
+    h, ht, ht_ex = _fwd_h(k, v, gkb, gks, gvb, gvs, h0, output_final_state, meta, GK, reverse, ieee, lowp=lowp)
     # with value gates the backward reads o (dL/dgv = o * do - v * dv): keep it in fp32 for that
     o = _empty(v.shape, torch.float32 if gv is not None else v.dtype, v.device)
     BK, BV = _pow2(K), min(64, _pow2(V))
@@ -951,11 +977,12 @@ def gla_fwd(q, k, v, gk, gv, u, scale, h0, output_final_state, meta, reverse):
     _fwd_o_kernel[grid](q, k, v, _or(gkb, q), _or(gk, q), _or(gvb, v), _or(gv, v), _or(u, q), h, o,
                         meta.cu, meta.chunk_seq, meta.chunk_idx, scale, meta.N, meta.NT, meta.H, K, V,
                         C=meta.C, BS=SUB, BK=BK, BV=BV, GK=GK, GV=gv is not None, USE_U=u is not None,
-                        REVERSE=reverse, VARLEN=meta.varlen, IEEE=ieee, LOWP=_lowp(ieee), **_launch_opts(K))
+                        REVERSE=reverse, VARLEN=meta.varlen, IEEE=_prec(ieee), LOWP=lowp,
+                        **_launch_opts(K, 'fwd_o'))
     return o, ht, ht_ex
 
 
-def gla_bwd(q, k, v, gk, gv, u, scale, h0, o, ht, do, dht, meta, reverse):
+def gla_bwd(q, k, v, gk, gv, u, scale, h0, o, do, dht, meta, reverse):
     K, V = q.shape[-1], v.shape[-1]
     H = meta.H
     GK = 0 if gk is None else (1 if gk.dim() == 3 else 2)
@@ -965,7 +992,12 @@ def gla_bwd(q, k, v, gk, gv, u, scale, h0, o, ht, do, dht, meta, reverse):
     # 16-bit inputs: the backward's state, state-gradient and dq/dk kernels take fp32 operands (tf32 tensor
     # cores): the gate gradient q*dq - k*dk cancels, and bf16 operands there gave dL/dg errors of 2-3e-2 at
     # N = 4096 on the H100 (tf32: ~8x smaller operand rounding)
-    h, _, _ = _fwd_h(k, v, gkb, gks, gvb, gvs, h0, False, meta, GK, reverse, ieee, lowp=False)
+    lowp = _lowp(ieee) and not BWD_FP32
+    # the final-state gate-gradient term (dht * final state without the last token) cancels against the dk/dv
+    # terms of that path: the state is taken from this recompute, in the backward's precision, not the forward's
+    # (bf16 operands there: GSA dL/dg 2e-2 on the H100)
+    need_ht = dht is not None and (gk is not None or gv is not None)
+    h, _, ht = _fwd_h(k, v, gkb, gks, gvb, gvs, h0, need_ht, meta, GK, reverse, ieee, lowp=lowp)
     do = do.contiguous()
     BKh, BVh = _state_blocks(K, V, meta.nseq * H)
     dh = _empty((meta.total_chunks, H, K, V), torch.float32, q.device)
@@ -974,7 +1006,7 @@ def gla_bwd(q, k, v, gk, gv, u, scale, h0, o, ht, do, dht, meta, reverse):
         q, do, _or(gkb, q), _or(gk, q), _or(gvb, q), dh, _or(dht, dh), _or(dh0, dh),
         meta.cu, meta.chunk_off, scale, meta.N, meta.NT, H, K, V, C=meta.C, BK=BKh, BV=BVh, GK=GK,
         GV=gv is not None, USE_U=u is not None, USE_DHT=dht is not None, STORE_DH0=h0 is not None,
-        REVERSE=reverse, VARLEN=meta.varlen, IEEE=ieee, LOWP=False)
+        REVERSE=reverse, VARLEN=meta.varlen, IEEE=_prec(ieee), LOWP=lowp)
     BK, BV = _pow2(K), min(64, _pow2(V))
     dv = _empty(v.shape, v.dtype, v.device)
     dbv = _empty(v.shape, torch.float32, v.device) if gv is not None else None
@@ -982,8 +1014,8 @@ def gla_bwd(q, k, v, gk, gv, u, scale, h0, o, ht, do, dht, meta, reverse):
     _bwd_dv_kernel[(triton.cdiv(V, BV), meta.nchunks, meta.nbh)](
         q, k, v, *gates, _or(o, v), do, dh, dv, _or(dbv, v), meta.cu, meta.chunk_seq, meta.chunk_idx, scale,
         meta.N, meta.NT, H, K, V, C=meta.C, BS=SUB, BK=BK, BV=BV, GK=GK, GV=gv is not None,
-        USE_U=u is not None, REVERSE=reverse, VARLEN=meta.varlen, IEEE=ieee,
-        LOWP=_lowp(ieee) and gv is None, **_launch_opts(K))
+        USE_U=u is not None, REVERSE=reverse, VARLEN=meta.varlen, IEEE=_prec(ieee),
+        LOWP=_lowp(ieee) and gv is None, **_launch_opts(K, 'dv'))
     dq = _empty(q.shape, q.dtype, q.device)
     dk = _empty(k.shape, k.dtype, k.device)
     dbk = _empty(gk.shape, torch.float32, q.device) if gk is not None else None
@@ -992,7 +1024,7 @@ def gla_bwd(q, k, v, gk, gv, u, scale, h0, o, ht, do, dht, meta, reverse):
         q, k, v, *gates, h, do, dh, dq, dk, _or(dbk, q), _or(dbq, q),
         meta.cu, meta.chunk_seq, meta.chunk_idx, scale, meta.N, meta.NT, H, K, V,
         C=meta.C, BS=SUB, BK=BK, BV=BV, GK=GK, GV=gv is not None, USE_U=u is not None,
-        REVERSE=reverse, VARLEN=meta.varlen, IEEE=ieee, LOWP=False, **_launch_opts(K))
+        REVERSE=reverse, VARLEN=meta.varlen, IEEE=_prec(ieee), LOWP=lowp, **_launch_opts(K, 'dqk'))
     rows = meta.last_logical_rows(reverse)
     dgk = dgv = du = None
     if gk is not None:
@@ -1029,15 +1061,15 @@ class ChunkGLAFunction(torch.autograd.Function):
         h0 = h0.contiguous() if h0 is not None else None
         B, N, H, K = q.shape
         meta = _Meta(B, N, H, cu_seqlens, chunk_size, q.device)
-        o, ht, ht_ex = gla_fwd(q, k, v, gk, gv, u, scale, h0, output_final_state, meta, reverse)
-        ctx.save_for_backward(q, k, v, gk, gv, u, h0, o if gv is not None else None, ht_ex)
+        o, ht, _ = gla_fwd(q, k, v, gk, gv, u, scale, h0, output_final_state, meta, reverse)
+        ctx.save_for_backward(q, k, v, gk, gv, u, h0, o if gv is not None else None)
         ctx.meta, ctx.scale, ctx.reverse = meta, scale, reverse
         return o.to(v.dtype), ht
 
     @staticmethod
     def backward(ctx, do, dht):
-        q, k, v, gk, gv, u, h0, o, ht = ctx.saved_tensors
-        dq, dk, dv, dgk, dgv, du, dh0 = gla_bwd(q, k, v, gk, gv, u, ctx.scale, h0, o, ht, do,
+        q, k, v, gk, gv, u, h0, o = ctx.saved_tensors
+        dq, dk, dv, dgk, dgv, du, dh0 = gla_bwd(q, k, v, gk, gv, u, ctx.scale, h0, o, do,
                                                 dht.contiguous() if dht is not None else None,
                                                 ctx.meta, ctx.reverse)
         return dq, dk, dv, dgk, dgv, du, None, dh0, None, None, None, None

@@ -180,6 +180,8 @@ def run_correctness(which):
             ('gla scalar fp32', lambda: check_gla('gla scalar N=4096 reverse h0 final', 2, 4096, 2, 64, 64, f32,
                                                   gate='scalar', h0=True, final=True, reverse=True)),
             ('gla rwkv6', lambda: check_gla('gla vector+u (rwkv6) N=4096', 2, 4096, 2, 64, 64, bf, u=True)),
+            ('gla final bf16', lambda: check_gla('gla vector N=4096 reverse h0 final', 2, 4096, 4, 64, 64, bf,
+                                                 h0=True, final=True, reverse=True)),
             ('gla none', lambda: check_gla('gla none (linear attn) N=4096', 2, 4096, 2, 64, 64, bf, gate='none')),
             ('hgrn fp32', lambda: check_hgrn('hgrn N=16384 reverse h0', 1, 16384, 256, f32, h0=True, reverse=True)),
             ('hgrn bf16', lambda: check_hgrn('hgrn 2x4096x768', 2, 4096, 768, bf)),
@@ -406,20 +408,87 @@ def run_bench(bw, shapes, ref_n, with_fla=True, only=None):
             torch.cuda.empty_cache()
 
 
+PROFILE_BWD_FP32 = (True, )  # (True, False): also the cost and the bf16 errors without fp32 backward operands
+
+
 def run_profile():
+    """Per-kernel CUDA time of fwd+bwd at 8x12x4096x64 bf16 (gla vector, gla scalar, gsa M=64), with the
+    backward's fp32 operands on (default) and off (gla_chunk.BWD_FP32), and the bf16 accuracy of the latter."""
+    from torch.profiler import ProfilerActivity, profile
+    B, H, N, D = 8, 12, 4096, 64
+    cases = []
+    for gate in ('vector', 'scalar'):
+        i = gla_inputs(B, N, H, D, D, gate, False, False, B, torch.bfloat16)
+        ins = [i[n].requires_grad_() for n in ('q', 'k', 'v', 'g')]
+        cases.append((f'gla {gate}', fwd_bwd(lambda q, k, v, g: chunk_gla(q, k, v, g)[0], ins)))
+    gsa_in = [t.requires_grad_() for t in gsa_inputs(B, N, H, D, D, 64, torch.bfloat16)]
+    cases.append(('gsa M=64', fwd_bwd(lambda *a: gsa(*a)[0], gsa_in)))
+    for fp32 in PROFILE_BWD_FP32:
+        gla_chunk.BWD_FP32 = fp32
+        for name, f in cases:
+            f()
+            torch.cuda.synchronize()
+            with profile(activities=[ProfilerActivity.CUDA]) as prof:
+                for _ in range(5):
+                    f()
+                torch.cuda.synchronize()
+            tab = prof.key_averages().table(sort_by='cuda_time_total', row_limit=12)
+            RESULTS.setdefault('profile', {})[f'{name} bwd_fp32={fp32}'] = {
+                e.key: e.device_time_total / 5e3 for e in prof.key_averages()}
+            log(f'{elapsed()} profile {name} fwd+bwd 8x12x4096x64 bf16, BWD_FP32={fp32} (5 iterations):\n' + tab)
+            log(f'  {name} BWD_FP32={fp32}: fwd+bwd {bench(f):.3f} ms')
+        gla_chunk.POISON = True
+        check_gla(f'gla vector N=4096 BWD_FP32={fp32}', 2, 4096, 4, 64, 64, torch.bfloat16)
+        check_gsa(f'gsa M=64 N=4096 BWD_FP32={fp32}', 2, 4096, 4, 64, 64, 64, torch.bfloat16)
+        gla_chunk.POISON = False
+    gla_chunk.BWD_FP32 = True
+    save()
+
+
+SWEEP_LAUNCH = [{}, {'dqk': dict(num_warps=8)}, {'dqk': dict(num_stages=1)},
+                {'dqk': dict(num_warps=8, num_stages=1), 'fwd_o': dict(num_warps=8), 'dv': dict(num_warps=8)},
+                {'fwd_o': dict(num_stages=1), 'dv': dict(num_stages=1)}]
+
+
+def run_sweep():
+    """Launch options of the three chunk kernels (gla vector, 8x12x4096x64 bf16: per-kernel CUDA time), then the
+    fp32-operand precision of the backward (tf32 / 3xtf32): bf16 accuracy of gla vector and GSA, and time."""
     from torch.profiler import ProfilerActivity, profile
     B, H, N, D = 8, 12, 4096, 64
     i = gla_inputs(B, N, H, D, D, 'vector', False, False, B, torch.bfloat16)
     ins = [i[n].requires_grad_() for n in ('q', 'k', 'v', 'g')]
     f = fwd_bwd(lambda q, k, v, g: chunk_gla(q, k, v, g)[0], ins)
-    f()
-    torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        for _ in range(5):
+    gsa_in = [t.requires_grad_() for t in gsa_inputs(B, N, H, D, D, 64, torch.bfloat16)]
+    fg = fwd_bwd(lambda *a: gsa(*a)[0], gsa_in)
+    out = RESULTS.setdefault('sweep', [])
+    for cfg in SWEEP_LAUNCH:
+        gla_chunk.LAUNCH = cfg
+        try:
             f()
-        torch.cuda.synchronize()
-    tab = prof.key_averages().table(sort_by='cuda_time_total', row_limit=14)
-    log('profile gla vector fwd+bwd 8x12x4096x64 bf16 (5 iterations):\n' + tab)
+            torch.cuda.synchronize()
+            with profile(activities=[ProfilerActivity.CUDA]) as prof:
+                for _ in range(5):
+                    f()
+                torch.cuda.synchronize()
+            ker = {e.key: round(e.device_time_total / 5e3, 4) for e in prof.key_averages() if e.key.startswith('_')}
+            row = dict(launch=repr(cfg), fwdbwd=bench(f), kernels=ker)
+        except Exception as e:  # noqa: BLE001
+            row = dict(launch=repr(cfg), error=repr(e)[:300])
+        out.append(row)
+        log(f'{elapsed()} sweep {json.dumps(row)}')
+        save()
+    gla_chunk.LAUNCH = {}
+    for prec in ('tf32', 'tf32x3'):
+        gla_chunk.F32_OPERANDS = prec
+        row = dict(f32_operands=prec, gla_fwdbwd=bench(f), gsa_fwdbwd=bench(fg))
+        gla_chunk.POISON = True
+        check_gla(f'gla vector N=4096 f32_operands={prec}', 2, 4096, 4, 64, 64, torch.bfloat16)
+        check_gsa(f'gsa M=64 N=4096 f32_operands={prec}', 2, 4096, 4, 64, 64, 64, torch.bfloat16)
+        gla_chunk.POISON = False
+        out.append(row)
+        log(f'{elapsed()} sweep {json.dumps(row)}')
+        save()
+    gla_chunk.F32_OPERANDS = 'tf32'
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -578,6 +647,8 @@ def main():
         gla_chunk.POISON = True
         hgrn_scan.POISON = True
         run_correctness('extra')
+    if 'sweep' in parts:
+        run_sweep()
     if 'profile' in parts:
         try:
             run_profile()

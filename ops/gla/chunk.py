@@ -17,9 +17,10 @@ So log gates of -20 (or -inf) and of ~0 stay finite. ``reverse=True`` maps logic
 per-chunk tables built on the host.
 
 Backward: the states are recomputed (``_fwd_h_kernel``), state gradients run right to left
-(``_bwd_dh_kernel``), then chunk-parallel ``_bwd_dv_kernel`` and ``_bwd_dqk_kernel``. Gate gradients use
-``dL/db_t = q_t * dq_t - k_t * dk_t`` (value gate: ``o_t * do_t - v_t * dv_t``) plus the final-state term,
-followed by a reverse cumulative sum over time (``_revcumsum_kernel``).
+(``_bwd_dh_kernel``), then chunk-parallel ``_bwd_dv_kernel``, ``_bwd_dq_kernel`` and ``_bwd_dk_kernel``. Gate
+gradients use ``dL/db_t = q_t * dq_t - k_t * dk_t`` (value gate: ``o_t * do_t - v_t * dv_t``) plus the final-state
+term, followed by a reverse cumulative sum over time (``_revcumsum_kernel``); the dq kernel writes ``q * dq``
+(fp32) into the key-gate buffer, the dk kernel (launched after it) subtracts ``k * dk``.
 """
 import os
 
@@ -34,7 +35,8 @@ POISON = False  # tests set this: every output buffer starts NaN-filled, so an u
 # 16-bit inputs: fp32 (tf32) operands in the backward's state / state-gradient / dq-dk kernels (see gla_bwd)
 BWD_FP32 = True
 F32_OPERANDS = 'tf32'  # how those fp32 operands meet the tensor cores: 'tf32' or 'tf32x3'
-# per-kernel launch options ('fwd_o', 'dv', 'dqk': dict(num_warps=..., num_stages=...)) over _launch_opts
+# per-kernel launch options ('fwd_o', 'dv', 'dq', 'dk'; 'dqk' for both: dict(num_warps=..., num_stages=...))
+# over _launch_opts
 LAUNCH = {}
 
 
@@ -652,11 +654,39 @@ def _bwd_dv_kernel(q, k, v, gkb, gkr, gks, gvb, gvr, gvs, u, o, do, dh, dv, dbv,
 
 
 @triton.jit
-def _bwd_dqk_kernel(q, k, v, gkb, gkr, gks, gvb, gvr, gvs, u, h, do, dh, dq, dk, dbk, dbq, cu, chunk_seq, chunk_idx,
-                    scale, N, NT, H, K, V,
-                    C: tl.constexpr, BS: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-                    GK: tl.constexpr, GV: tl.constexpr, USE_U: tl.constexpr, REVERSE: tl.constexpr,
-                    VARLEN: tl.constexpr, IEEE: tl.constexpr, LOWP: tl.constexpr):
+def _bwd_diag_dA(do_m, v_m, v, gvr, base_m, t_m, m_m, L, bos, eos, cv, V, H, i_h,
+                 BS: tl.constexpr, GV: tl.constexpr, USE_U: tl.constexpr, REVERSE: tl.constexpr,
+                 IEEE: tl.constexpr, DT: tl.constexpr):
+    """dL/dA of a diagonal sub-block: dA[t, s] = do_t . v_s (value gates between s and t applied) for s <= t
+    (s < t in the bonus form, where the diagonal is the bonus term)."""
+    if GV:
+        dA = _diag_scores(do_m, tl.zeros_like(do_m), v, gvr, base_m, t_m, m_m, L, bos, eos, cv, V, H, i_h, BS,
+                          USE_U, REVERSE)
+    else:
+        dA = _mm(do_m.to(DT), tl.trans(v_m.to(DT)), IEEE)
+        if USE_U:
+            dA = tl.where((t_m[:, None] > t_m[None, :]) & m_m[:, None], dA, 0.)
+        else:
+            dA = tl.where((t_m[:, None] >= t_m[None, :]) & m_m[:, None], dA, 0.)
+    return dA
+
+
+# dq and dk: two kernels, each walking the sub-blocks of one chunk. Dynamic loops (not unrolled) keep one
+# sub-block's tiles live at a time; tiles needed only at the end of a sub-block are loaded there. Each term (inter-
+# chunk, off-diagonal sub-blocks, diagonal) has a loop over V blocks of its own, on purpose: Triton picks the warp
+# layout of a tl.dot from the dots connected to it *within one region*; in one shared loop body the [BS, BS]
+# diagonal dot pulled the [BS, BK] @ [BK, BV] state dot onto warpsPerCTA [4, 1], where with BS = 16 rows every warp
+# computes the whole product and holds the whole fp32 state tile (128 registers per thread). The former single
+# dq/dk kernel (both state tiles so) spilled ~2.5 KB per thread on sm_90 with per-dimension gates; these two kernels
+# compile without spills (bf16, K = V = 64, num_warps 4).
+@triton.jit
+def _bwd_dq_kernel(q, k, v, gkb, gkr, gvb, gvr, u, h, do, dq, dbk, dbq, cu, chunk_seq, chunk_idx,
+                   scale, N, NT, H, K, V,
+                   C: tl.constexpr, BS: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+                   GK: tl.constexpr, GV: tl.constexpr, USE_U: tl.constexpr, REVERSE: tl.constexpr,
+                   VARLEN: tl.constexpr, IEEE: tl.constexpr, LOWP: tl.constexpr):
+    """dq, and the query half of the key-gate gradient, q * dq (fp32), into dbk (and dbq with the bonus):
+    inter-chunk term from h, earlier sub-blocks j < mb, diagonal sub-block."""
     i_c, i_bh = tl.program_id(0), tl.program_id(1)
     i_n, i_h, i_t, bos, eos, hc = _chunk_info(i_c, i_bh, cu, chunk_seq, chunk_idx, N, NT, H, VARLEN)
     DT = q.dtype.element_ty if LOWP else tl.float32
@@ -664,58 +694,39 @@ def _bwd_dqk_kernel(q, k, v, gkb, gkr, gks, gvb, gvr, gvs, u, h, do, dh, dq, dk,
     ck = tl.arange(0, BK)
     ar = tl.arange(0, BS)
     hbase = (hc * H + i_h).to(tl.int64) * K * V
-    if USE_U:
-        uu = tl.load(u + i_h * K + ck, mask=ck < K, other=0.).to(tl.float32)
-    # dynamic loops (not unrolled): one sub-block's tiles live at a time, which keeps this kernel in registers
     for mb in range(C // BS):
         base_m = i_t * C + mb * BS
         if base_m < L:
             t_m = base_m + ar
             m_m = t_m < L
             r_m = _rows(t_m, bos, eos, REVERSE)
-            q_m = _tile(q, r_m, m_m, ck, K, H * K, i_h * K) * scale
-            k_m = _tile(k, r_m, m_m, ck, K, H * K, i_h * K)
-            if GK > 0:
-                g_m = _gtile(gkr, r_m, m_m, ck, K, H, i_h, GK)
-                bq_m = _gtile(gkb, r_m, m_m, ck, K, H, i_h, GK)
-                if USE_U:
-                    bq_m = bq_m - g_m
             r_refm = _rows(tl.maximum(base_m - 1, 0), bos, eos, REVERSE)
-            # three accumulators (gate factors applied as each term is formed): dq, dk without the last
-            # token's final-state path, and that path alone
             dq_t = tl.zeros([BS, BK], dtype=tl.float32)
-            dk_t = tl.zeros([BS, BK], dtype=tl.float32)
-            dk_last = tl.zeros([BS, BK], dtype=tl.float32)
             dov = tl.zeros([BS], dtype=tl.float32)
             dA_tt = tl.zeros([BS], dtype=tl.float32)
+            # inter-chunk term: (do_t exp(bv_t)) @ h^T, times exp(b_t) (b_t: chunk prefix; exclusive with the bonus)
             for iv in range(tl.cdiv(V, BV)):
                 cv = iv * BV + tl.arange(0, BV)
-                mkv = (ck[:, None] < K) & (cv[None, :] < V)
-                hs = tl.load(h + hbase + ck[:, None] * V + cv[None, :], mask=mkv, other=0.)
-                dhs = tl.load(dh + hbase + ck[:, None] * V + cv[None, :], mask=mkv, other=0.)
-                do_m = _tile(do, r_m, m_m, cv, V, H * V, i_h * V)
-                v_m = _tile(v, r_m, m_m, cv, V, H * V, i_h * V)
+                hs = tl.load(h + hbase + ck[:, None] * V + cv[None, :], mask=(ck[:, None] < K) & (cv[None, :] < V),
+                             other=0.)
+                dd = _tile(do, r_m, m_m, cv, V, H * V, i_h * V)
                 if GV:
-                    gv_m = _tile(gvr, r_m, m_m, cv, V, H * V, i_h * V)
-                    dd = do_m * tl.exp(_tile(gvb, r_m, m_m, cv, V, H * V, i_h * V))
-                    vv = v_m * tl.exp(tl.where(m_m[:, None], _tile(gvs, r_m, m_m, cv, V, H * V, i_h * V), NEG_INF))
-                else:
-                    dd = do_m
-                    vv = v_m
-                dqi = _mm(dd.to(DT), tl.trans(hs.to(DT)), IEEE)
-                dki = _mm(vv.to(DT), tl.trans(dhs.to(DT)), IEEE)
-                if GK > 0:
-                    dq_t += dqi * tl.exp(bq_m)
-                    dk_t += dki * tl.exp(tl.where(m_m[:, None] & (t_m != L - 1)[:, None],
-                                                  _gtile(gks, r_m, m_m, ck, K, H, i_h, GK), NEG_INF))
-                    dk_last += tl.where((t_m == L - 1)[:, None], dki, 0.)
-                else:
-                    dq_t += dqi
-                    dk_t += dki
-                # dq from earlier sub-blocks j < mb (reference row: last row of sub-block mb-1)
-                if mb > 0:
+                    dd = dd * tl.exp(_tile(gvb, r_m, m_m, cv, V, H * V, i_h * V))
+                dq_t += _mm(dd.to(DT), tl.trans(hs.to(DT)), IEEE)
+            if GK > 0:
+                bq_m = _gtile(gkb, r_m, m_m, ck, K, H, i_h, GK)
+                if USE_U:
+                    bq_m = bq_m - _gtile(gkr, r_m, m_m, ck, K, H, i_h, GK)
+                dq_t = dq_t * tl.exp(bq_m)
+            # earlier sub-blocks j < mb (reference row: last row of sub-block mb-1)
+            if mb > 0:
+                for iv in range(tl.cdiv(V, BV)):
+                    cv = iv * BV + tl.arange(0, BV)
+                    do_m = _tile(do, r_m, m_m, cv, V, H * V, i_h * V)
                     if GV:
-                        ddr = do_m * tl.exp(tl.where(m_m[:, None], _lpre(gv_m, False, 2, BS), NEG_INF))
+                        ddr = do_m * tl.exp(tl.where(m_m[:, None],
+                                                     _lpre(_tile(gvr, r_m, m_m, cv, V, H * V, i_h * V), False, 2, BS),
+                                                     NEG_INF))
                         bv_rm = _row(gvb, r_refm, cv, V, H * V, i_h * V)[None, :]
                     else:
                         ddr = do_m
@@ -741,10 +752,98 @@ def _bwd_dqk_kernel(q, k, v, gkb, gkr, gks, gvb, gvr, gvs, u, h, do, dh, dq, dk,
                                 k_j = k_j * tl.exp(bk_rm - _gtile(gkb, r_j, m_j, ck, K, H, i_h, GK))
                         dq_off += _mm(dA.to(DT), k_j.to(DT), IEEE)
                     if GK > 0:
+                        g_m = _gtile(gkr, r_m, m_m, ck, K, H, i_h, GK)
                         dq_t += dq_off * tl.exp(tl.where(m_m[:, None], _lpre(g_m, USE_U, GK, BS), NEG_INF))
                     else:
                         dq_t += dq_off
-                # dk from later sub-blocks i > mb (reference row: last row of sub-block i-1)
+            # diagonal sub-block
+            for iv in range(tl.cdiv(V, BV)):
+                cv = iv * BV + tl.arange(0, BV)
+                do_m = _tile(do, r_m, m_m, cv, V, H * V, i_h * V)
+                v_m = _tile(v, r_m, m_m, cv, V, H * V, i_h * V)
+                dA = _bwd_diag_dA(do_m, v_m, v, gvr, base_m, t_m, m_m, L, bos, eos, cv, V, H, i_h, BS, GV, USE_U,
+                                  REVERSE, IEEE, DT)
+                if USE_U:
+                    dov += tl.sum(do_m * v_m, axis=1)
+                else:
+                    # the t == s terms (gate factor exp(0)) cancel exactly in q*dq - k*dk: added after the gate
+                    # gradient is taken (here and in _bwd_dk_kernel)
+                    dA_tt += tl.sum(tl.where(ar[:, None] == ar[None, :], dA, 0.), axis=1)
+                if GK == 2:
+                    if USE_U:
+                        gT = _gtile(gkr, r_m, m_m, ck, K, H, i_h, GK)
+                    else:
+                        gT = tl.zeros([BS, BK], dtype=tl.float32)
+                    dq_t += _diag_gmm(dA, gT, k, gkr, base_m, t_m, m_m, L, bos, eos, ck, K, H, i_h, BS, BK, True,
+                                      REVERSE)
+                else:
+                    if GK == 1:
+                        dA = dA * _diag_decay(_gvec(gkr, r_m, m_m, H, i_h), t_m, m_m, BS, USE_U, True)
+                    else:
+                        dA = tl.where((t_m[:, None] > t_m[None, :]) & m_m[:, None], dA, 0.)
+                    k_m = _tile(k, r_m, m_m, ck, K, H * K, i_h * K)
+                    dq_t += _mm(dA.to(DT), k_m.to(DT), IEEE)
+            if GK > 0:
+                dbq_t = _tile(q, r_m, m_m, ck, K, H * K, i_h * K) * scale * dq_t
+                if GK == 2:
+                    _store_tile(dbk, dbq_t, r_m, m_m, ck, K, H * K, i_h * K)
+                    if USE_U:
+                        _store_tile(dbq, dbq_t, r_m, m_m, ck, K, H * K, i_h * K)
+                else:
+                    tl.store(dbk + r_m.to(tl.int64) * H + i_h, tl.sum(dbq_t, axis=1), mask=m_m)
+                    if USE_U:
+                        tl.store(dbq + r_m.to(tl.int64) * H + i_h, tl.sum(dbq_t, axis=1), mask=m_m)
+            k_m = _tile(k, r_m, m_m, ck, K, H * K, i_h * K)
+            if USE_U:
+                uu = tl.load(u + i_h * K + ck, mask=ck < K, other=0.).to(tl.float32)
+                dq_t += dov[:, None] * uu[None, :] * k_m
+            else:
+                dq_t += dA_tt[:, None] * k_m
+            _store_tile(dq, dq_t * scale, r_m, m_m, ck, K, H * K, i_h * K)
+
+
+@triton.jit
+def _bwd_dk_kernel(q, k, v, gkb, gkr, gks, gvb, gvr, gvs, u, do, dh, dk, dbk, cu, chunk_seq, chunk_idx,
+                   scale, N, NT, H, K, V,
+                   C: tl.constexpr, BS: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+                   GK: tl.constexpr, GV: tl.constexpr, USE_U: tl.constexpr, REVERSE: tl.constexpr,
+                   VARLEN: tl.constexpr, IEEE: tl.constexpr, LOWP: tl.constexpr):
+    """dk: inter-chunk term from dh, later sub-blocks i > mb, diagonal sub-block; and the key-gate gradient
+    db = q * dq - k * dk, completing dbk, which holds q * dq from _bwd_dq_kernel (launched before)."""
+    i_c, i_bh = tl.program_id(0), tl.program_id(1)
+    i_n, i_h, i_t, bos, eos, hc = _chunk_info(i_c, i_bh, cu, chunk_seq, chunk_idx, N, NT, H, VARLEN)
+    DT = q.dtype.element_ty if LOWP else tl.float32
+    L = eos - bos
+    ck = tl.arange(0, BK)
+    ar = tl.arange(0, BS)
+    hbase = (hc * H + i_h).to(tl.int64) * K * V
+    for mb in range(C // BS):
+        base_m = i_t * C + mb * BS
+        if base_m < L:
+            t_m = base_m + ar
+            m_m = t_m < L
+            r_m = _rows(t_m, bos, eos, REVERSE)
+            dk_t = tl.zeros([BS, BK], dtype=tl.float32)
+            dov = tl.zeros([BS], dtype=tl.float32)
+            dA_tt = tl.zeros([BS], dtype=tl.float32)
+            # inter-chunk term: (v_s exp(bv_last - bv_s)) @ dh^T, times exp(b_last - b_s)
+            for iv in range(tl.cdiv(V, BV)):
+                cv = iv * BV + tl.arange(0, BV)
+                dhs = tl.load(dh + hbase + ck[:, None] * V + cv[None, :], mask=(ck[:, None] < K) & (cv[None, :] < V),
+                              other=0.)
+                vv = _tile(v, r_m, m_m, cv, V, H * V, i_h * V)
+                if GV:
+                    vv = vv * tl.exp(tl.where(m_m[:, None], _tile(gvs, r_m, m_m, cv, V, H * V, i_h * V), NEG_INF))
+                dk_t += _mm(vv.to(DT), tl.trans(dhs.to(DT)), IEEE)
+            if GK > 0:
+                # the last token's final-state path, kept out of the gate gradient (added to dk at the end)
+                dk_last = tl.where((t_m == L - 1)[:, None], dk_t, 0.)
+                dk_t = dk_t * tl.exp(tl.where(m_m[:, None] & (t_m != L - 1)[:, None],
+                                              _gtile(gks, r_m, m_m, ck, K, H, i_h, GK), NEG_INF))
+            # later sub-blocks i > mb (reference row: last row of sub-block i-1)
+            for iv in range(tl.cdiv(V, BV)):
+                cv = iv * BV + tl.arange(0, BV)
+                v_m = _tile(v, r_m, m_m, cv, V, H * V, i_h * V)
                 for i in range(mb + 1, C // BS):
                     base_i = i_t * C + i * BS
                     if base_i < L:
@@ -755,10 +854,10 @@ def _bwd_dqk_kernel(q, k, v, gkb, gkr, gks, gvb, gvr, gvs, u, h, do, dh, dq, dk,
                         do_i = _tile(do, r_i, m_i, cv, V, H * V, i_h * V)
                         if GV:
                             do_i = do_i * tl.exp(tl.where(m_i[:, None],
-                                                          _lpre(_tile(gvr, r_i, m_i, cv, V, H * V, i_h * V), False, 2, BS),
-                                                          NEG_INF))
+                                                          _lpre(_tile(gvr, r_i, m_i, cv, V, H * V, i_h * V), False, 2,
+                                                                BS), NEG_INF))
                             if i == mb + 1:
-                                vr = v_m * tl.exp(_lsuf(gv_m, 2, BS))
+                                vr = v_m * tl.exp(_lsuf(_tile(gvr, r_m, m_m, cv, V, H * V, i_h * V), 2, BS))
                             else:
                                 vr = v_m * tl.exp(_row(gvb, r_ref, cv, V, H * V, i_h * V)[None, :]
                                                   - _tile(gvb, r_m, m_m, cv, V, H * V, i_h * V))
@@ -771,65 +870,49 @@ def _bwd_dqk_kernel(q, k, v, gkb, gkr, gks, gvb, gvr, gvs, u, h, do, dh, dq, dk,
                                                         _lpre(_gtile(gkr, r_i, m_i, ck, K, H, i_h, GK), USE_U, GK, BS),
                                                         NEG_INF))
                             if i == mb + 1:
-                                fk = tl.exp(_lsuf(g_m, GK, BS))
+                                fk = tl.exp(_lsuf(_gtile(gkr, r_m, m_m, ck, K, H, i_h, GK), GK, BS))
                             else:
                                 fk = tl.exp(_grow(gkb, r_ref, ck, K, H, i_h, GK)
                                             - _gtile(gkb, r_m, m_m, ck, K, H, i_h, GK))
                             dk_t += fk * _mm(tl.trans(dA.to(DT)), q_i.to(DT), IEEE)
                         else:
                             dk_t += _mm(tl.trans(dA.to(DT)), q_i.to(DT), IEEE)
-                # diagonal sub-block
-                if GV:
-                    dA = _diag_scores(do_m, tl.zeros_like(do_m), v, gvr, base_m, t_m, m_m, L, bos, eos, cv, V, H,
-                                      i_h, BS, USE_U, REVERSE)
-                else:
-                    dA = _mm(do_m.to(DT), tl.trans(v_m.to(DT)), IEEE)
-                    if USE_U:
-                        dA = tl.where((t_m[:, None] > t_m[None, :]) & m_m[:, None], dA, 0.)
-                    else:
-                        dA = tl.where((t_m[:, None] >= t_m[None, :]) & m_m[:, None], dA, 0.)
+            # diagonal sub-block
+            for iv in range(tl.cdiv(V, BV)):
+                cv = iv * BV + tl.arange(0, BV)
+                do_m = _tile(do, r_m, m_m, cv, V, H * V, i_h * V)
+                v_m = _tile(v, r_m, m_m, cv, V, H * V, i_h * V)
+                dA = _bwd_diag_dA(do_m, v_m, v, gvr, base_m, t_m, m_m, L, bos, eos, cv, V, H, i_h, BS, GV, USE_U,
+                                  REVERSE, IEEE, DT)
                 if USE_U:
                     dov += tl.sum(do_m * v_m, axis=1)
-                # strictly lower part (s < t) apart from the t == s terms, whose gate factor is exp(0): they
-                # cancel exactly in q*dq - k*dk, so they are kept out of the gate gradient altogether
-                if not USE_U:
+                else:
                     dA_tt += tl.sum(tl.where(ar[:, None] == ar[None, :], dA, 0.), axis=1)
                 if GK == 2:
-                    gT = tl.zeros([BS, BK], dtype=tl.float32)
-                    if USE_U:
-                        gT = g_m
-                    dq_t += _diag_gmm(dA, gT, k, gkr, base_m, t_m, m_m, L, bos, eos, ck, K, H, i_h, BS, BK,
-                                         True, REVERSE)
                     dk_t += _diag_gmmT(dA, q, scale, gkr, base_m, L, bos, eos, ck, K, H, i_h, BS, BK, True, USE_U,
                                        REVERSE)
                 else:
-                    strict = (t_m[:, None] > t_m[None, :]) & m_m[:, None]
                     if GK == 1:
                         dA = dA * _diag_decay(_gvec(gkr, r_m, m_m, H, i_h), t_m, m_m, BS, USE_U, True)
                     else:
-                        dA = tl.where(strict, dA, 0.)
-                    dq_t += _mm(dA.to(DT), k_m.to(DT), IEEE)
+                        dA = tl.where((t_m[:, None] > t_m[None, :]) & m_m[:, None], dA, 0.)
+                    q_m = _tile(q, r_m, m_m, ck, K, H * K, i_h * K) * scale
                     dk_t += _mm(tl.trans(dA.to(DT)), q_m.to(DT), IEEE)
             if GK > 0:
-                dbq_t = q_m * dq_t
-                db_t = dbq_t - k_m * dk_t
-                dk_t += dk_last
-            if not USE_U:
-                dq_t += dA_tt[:, None] * k_m
-                dk_t += dA_tt[:, None] * q_m
-            if GK > 0:
+                kdk = _tile(k, r_m, m_m, ck, K, H * K, i_h * K) * dk_t
                 if GK == 2:
+                    db_t = _tile(dbk, r_m, m_m, ck, K, H * K, i_h * K) - kdk
                     _store_tile(dbk, db_t, r_m, m_m, ck, K, H * K, i_h * K)
-                    if USE_U:
-                        _store_tile(dbq, dbq_t, r_m, m_m, ck, K, H * K, i_h * K)
                 else:
-                    tl.store(dbk + r_m.to(tl.int64) * H + i_h, tl.sum(db_t, axis=1), mask=m_m)
-                    if USE_U:
-                        tl.store(dbq + r_m.to(tl.int64) * H + i_h, tl.sum(dbq_t, axis=1), mask=m_m)
+                    db_t = _gvec(dbk, r_m, m_m, H, i_h) - tl.sum(kdk, axis=1)
+                    tl.store(dbk + r_m.to(tl.int64) * H + i_h, db_t, mask=m_m)
+                dk_t += dk_last
+            q_m = _tile(q, r_m, m_m, ck, K, H * K, i_h * K) * scale
             if USE_U:
-                dq_t += dov[:, None] * uu[None, :] * k_m
+                uu = tl.load(u + i_h * K + ck, mask=ck < K, other=0.).to(tl.float32)
                 dk_t += dov[:, None] * uu[None, :] * q_m
-            _store_tile(dq, dq_t * scale, r_m, m_m, ck, K, H * K, i_h * K)
+            else:
+                dk_t += dA_tt[:, None] * q_m
             _store_tile(dk, dk_t, r_m, m_m, ck, K, H * K, i_h * K)
 
 
@@ -952,11 +1035,14 @@ def _fwd_h(k, v, gkb, gks, gvb, gvs, h0, store_ht, meta, GK, reverse, ieee, lowp
     return h, (ht if store_ht else None), (ht_ex if store_ht else None)
 
 
-def _launch_opts(K, name=None):
+def _launch_opts(K, *names):
+    """Launch options of a kernel; LAUNCH entries of ``names`` override in order ('dqk' applies to both the dq
+    and the dk kernel, 'dq' / 'dk' to one)."""
     opts = dict(num_warps=4) if K <= 64 else dict(num_warps=8)
-    if name == 'fwd_o':
+    if 'fwd_o' in names:
         opts['num_stages'] = 1  # H100, gla vector 8x12x4096x64 bf16: 0.87 ms against 1.04 ms (2 stages)
-    opts.update(LAUNCH.get(name, {}))
+    for name in names:
+        opts.update(LAUNCH.get(name, {}))
     return opts
 
 
@@ -1020,11 +1106,17 @@ def gla_bwd(q, k, v, gk, gv, u, scale, h0, o, do, dht, meta, reverse):
     dk = _empty(k.shape, k.dtype, k.device)
     dbk = _empty(gk.shape, torch.float32, q.device) if gk is not None else None
     dbq = _empty(gk.shape, torch.float32, q.device) if (gk is not None and u is not None) else None
-    _bwd_dqk_kernel[(meta.nchunks, meta.nbh)](
-        q, k, v, *gates, h, do, dh, dq, dk, _or(dbk, q), _or(dbq, q),
-        meta.cu, meta.chunk_seq, meta.chunk_idx, scale, meta.N, meta.NT, H, K, V,
-        C=meta.C, BS=SUB, BK=BK, BV=BV, GK=GK, GV=gv is not None, USE_U=u is not None,
-        REVERSE=reverse, VARLEN=meta.varlen, IEEE=_prec(ieee), LOWP=lowp, **_launch_opts(K, 'dqk'))
+    # dq first: it writes q * dq into dbk, which the dk kernel completes to q * dq - k * dk
+    common = dict(C=meta.C, BS=SUB, BK=BK, BV=BV, GK=GK, GV=gv is not None, USE_U=u is not None, REVERSE=reverse,
+                  VARLEN=meta.varlen, IEEE=_prec(ieee), LOWP=lowp)
+    _bwd_dq_kernel[(meta.nchunks, meta.nbh)](
+        q, k, v, _or(gkb, q), _or(gk, q), _or(gvb, v), _or(gv, v), _or(u, q), h, do, dq, _or(dbk, q), _or(dbq, q),
+        meta.cu, meta.chunk_seq, meta.chunk_idx, scale, meta.N, meta.NT, H, K, V, **common,
+        **_launch_opts(K, 'dqk', 'dq'))
+    _bwd_dk_kernel[(meta.nchunks, meta.nbh)](
+        q, k, v, *gates, do, dh, dk, _or(dbk, q),
+        meta.cu, meta.chunk_seq, meta.chunk_idx, scale, meta.N, meta.NT, H, K, V, **common,
+        **_launch_opts(K, 'dqk', 'dk'))
     rows = meta.last_logical_rows(reverse)
     dgk = dgv = du = None
     if gk is not None:

@@ -464,6 +464,7 @@ def main():
     p.add_argument('--task', choices=['seg', 'det', 'mim'], help='(internal) run one task')
     p.add_argument('--budget', type=float, default=300.0)
     p.add_argument('--lean', action='store_true', help='SimMIM only (no MAE), one scratch baseline')
+    p.add_argument('--tasks', default='seg,det,mim', help='which tasks this call runs (comma-separated)')
     a = p.parse_args()
     global LEAN
     LEAN = a.lean
@@ -496,7 +497,7 @@ def main():
     if a.smoke:
         budgets = dict(seg=60, det=60, mim=60)
     procs = {}
-    for t in ('seg', 'det', 'mim'):
+    for t in a.tasks.split(','):
         procs[t] = subprocess.Popen([sys.executable, osp.abspath(__file__), '--task', t, '--out', OUT, '--work', WORK,
                                      '--budget', str(budgets[t])] + (['--smoke'] if a.smoke else [])
                                     + (['--lean'] if a.lean else []),

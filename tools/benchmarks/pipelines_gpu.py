@@ -402,9 +402,10 @@ def task_mim(smoke, budget, log):
             load_checkpoint(model, ckpt, map_location='cpu')
             model = model.to(DEVICE).eval()
             from mmpretrain.datasets.transforms import SimMIMMaskGenerator
-            gen = SimMIMMaskGenerator(input_size=32, mask_patch_size=8, model_patch_size=4, mask_ratio=0.6)
             root = osp.join(droot('mim'), 'val')
             files = [l.split()[0] for l in open(osp.join(droot('mim'), 'meta/val.txt'))][::75][:8]
+            size = cv2.imread(osp.join(root, files[0])).shape[0]  # the data's image size (32, 48, ...)
+            gen = SimMIMMaskGenerator(input_size=size, mask_patch_size=8, model_patch_size=4, mask_ratio=0.6)
             rows = []
             for fn in files:
                 img = cv2.imread(osp.join(root, fn))[..., ::-1].copy()

@@ -975,6 +975,8 @@ def _lowp(ieee):
 def _prec(ieee):
     """IEEE code of the kernels: 1 for fp32 inputs; for 16-bit inputs, where a kernel takes fp32 operands,
     0 (tf32) or 2 (3xtf32) after F32_OPERANDS."""
+    if F32_OPERANDS not in ('tf32', 'tf32x3'):
+        raise ValueError(f"F32_OPERANDS must be 'tf32' or 'tf32x3', got {F32_OPERANDS!r}")
     return 1 if ieee else (2 if F32_OPERANDS == 'tf32x3' else 0)
 
 

@@ -106,6 +106,18 @@ def test_chunk_gla_bf16_fp16():
     _check(1, 40, 1, 16, 16, gate='vector', h0=True, dtype=torch.float16, chunk_size=32)
 
 
+def test_chunk_gla_precision_and_launch_options(monkeypatch):
+    # the benchmark's knobs: 3xtf32 fp32 operands, bf16 backward operands, per-kernel launch options
+    monkeypatch.setattr(chunk, 'F32_OPERANDS', 'tf32x3')
+    monkeypatch.setattr(chunk, 'LAUNCH', {'dq': dict(num_warps=2), 'dk': dict(num_stages=1)})
+    _check(1, 40, 1, 16, 16, gate='vector', h0=True, dtype=torch.bfloat16, chunk_size=32)
+    monkeypatch.setattr(chunk, 'BWD_FP32', False)
+    _check(1, 40, 1, 16, 16, gate='vector', gv=True, h0=True, dtype=torch.bfloat16, reverse=True, chunk_size=32)
+    monkeypatch.setattr(chunk, 'F32_OPERANDS', 'fp64')
+    with pytest.raises(ValueError, match='F32_OPERANDS'):
+        _check(1, 8, 1, 16, 16, gate='vector', dtype=torch.bfloat16, chunk_size=16)
+
+
 def test_public_op_dispatch_and_checks():
     q = torch.randn(1, 9, 2, 8)
     g = F.logsigmoid(torch.randn(1, 9, 2, 8))

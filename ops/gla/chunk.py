@@ -118,6 +118,25 @@ def _mm(a, b, IEEE: tl.constexpr):
 
 
 @triton.jit
+def _state_tile(ptr, hc, H, i_h, ck, cv, K, V):
+    """[BK, BV] tile of the fp32 per-chunk state (h or dh) of chunk row ``hc``, head ``i_h``."""
+    return tl.load(ptr + (hc * H + i_h).to(tl.int64) * K * V + ck[:, None] * V + cv[None, :],
+                   mask=(ck[:, None] < K) & (cv[None, :] < V), other=0.)
+
+
+@triton.jit
+def _diag_self_term(dov, dA_tt, x, u, i_h, ck, K, USE_U: tl.constexpr):
+    """The t == s terms of dq (x = k) or dk (x = q), left out of the gate gradient: the bonus
+    (do.v) u * x, or dA[t, t] * x."""
+    if USE_U:
+        uu = tl.load(u + i_h * K + ck, mask=ck < K, other=0.).to(tl.float32)
+        out = dov[:, None] * uu[None, :] * x
+    else:
+        out = dA_tt[:, None] * x
+    return out
+
+
+@triton.jit
 def _chunk_info(i_c, i_bh, cu, chunk_seq, chunk_idx, N, NT, H, VARLEN: tl.constexpr):
     i_b = i_bh // H
     i_h = i_bh % H
@@ -418,8 +437,7 @@ def _fwd_o_kernel(q, k, v, gkb, gkr, gvb, gvr, u, h, o, cu, chunk_seq, chunk_idx
     ck = tl.arange(0, BK)
     cv = i_v * BV + tl.arange(0, BV)
     ar = tl.arange(0, BS)
-    hs = tl.load(h + (hc * H + i_h).to(tl.int64) * K * V + ck[:, None] * V + cv[None, :],
-                 mask=(ck[:, None] < K) & (cv[None, :] < V), other=0.)
+    hs = _state_tile(h, hc, H, i_h, ck, cv, K, V)
     if USE_U:
         uu = tl.load(u + i_h * K + ck, mask=ck < K, other=0.).to(tl.float32)
     for i in range(C // BS):
@@ -566,8 +584,7 @@ def _bwd_dv_kernel(q, k, v, gkb, gkr, gks, gvb, gvr, gvs, u, o, do, dh, dv, dbv,
     ck = tl.arange(0, BK)
     cv = i_v * BV + tl.arange(0, BV)
     ar = tl.arange(0, BS)
-    dhs = tl.load(dh + (hc * H + i_h).to(tl.int64) * K * V + ck[:, None] * V + cv[None, :],
-                  mask=(ck[:, None] < K) & (cv[None, :] < V), other=0.)
+    dhs = _state_tile(dh, hc, H, i_h, ck, cv, K, V)
     if USE_U:
         uu = tl.load(u + i_h * K + ck, mask=ck < K, other=0.).to(tl.float32)
     for j in range(C // BS):
@@ -693,7 +710,6 @@ def _bwd_dq_kernel(q, k, v, gkb, gkr, gvb, gvr, u, h, do, dq, dbk, dbq, cu, chun
     L = eos - bos
     ck = tl.arange(0, BK)
     ar = tl.arange(0, BS)
-    hbase = (hc * H + i_h).to(tl.int64) * K * V
     for mb in range(C // BS):
         base_m = i_t * C + mb * BS
         if base_m < L:
@@ -707,8 +723,7 @@ def _bwd_dq_kernel(q, k, v, gkb, gkr, gvb, gvr, u, h, do, dq, dbk, dbq, cu, chun
             # inter-chunk term: (do_t exp(bv_t)) @ h^T, times exp(b_t) (b_t: chunk prefix; exclusive with the bonus)
             for iv in range(tl.cdiv(V, BV)):
                 cv = iv * BV + tl.arange(0, BV)
-                hs = tl.load(h + hbase + ck[:, None] * V + cv[None, :], mask=(ck[:, None] < K) & (cv[None, :] < V),
-                             other=0.)
+                hs = _state_tile(h, hc, H, i_h, ck, cv, K, V)
                 dd = _tile(do, r_m, m_m, cv, V, H * V, i_h * V)
                 if GV:
                     dd = dd * tl.exp(_tile(gvb, r_m, m_m, cv, V, H * V, i_h * V))
@@ -793,12 +808,7 @@ def _bwd_dq_kernel(q, k, v, gkb, gkr, gvb, gvr, u, h, do, dq, dbk, dbq, cu, chun
                     tl.store(dbk + r_m.to(tl.int64) * H + i_h, tl.sum(dbq_t, axis=1), mask=m_m)
                     if USE_U:
                         tl.store(dbq + r_m.to(tl.int64) * H + i_h, tl.sum(dbq_t, axis=1), mask=m_m)
-            k_m = _tile(k, r_m, m_m, ck, K, H * K, i_h * K)
-            if USE_U:
-                uu = tl.load(u + i_h * K + ck, mask=ck < K, other=0.).to(tl.float32)
-                dq_t += dov[:, None] * uu[None, :] * k_m
-            else:
-                dq_t += dA_tt[:, None] * k_m
+            dq_t += _diag_self_term(dov, dA_tt, _tile(k, r_m, m_m, ck, K, H * K, i_h * K), u, i_h, ck, K, USE_U)
             _store_tile(dq, dq_t * scale, r_m, m_m, ck, K, H * K, i_h * K)
 
 
@@ -816,7 +826,6 @@ def _bwd_dk_kernel(q, k, v, gkb, gkr, gks, gvb, gvr, gvs, u, do, dh, dk, dbk, cu
     L = eos - bos
     ck = tl.arange(0, BK)
     ar = tl.arange(0, BS)
-    hbase = (hc * H + i_h).to(tl.int64) * K * V
     for mb in range(C // BS):
         base_m = i_t * C + mb * BS
         if base_m < L:
@@ -829,8 +838,7 @@ def _bwd_dk_kernel(q, k, v, gkb, gkr, gks, gvb, gvr, gvs, u, do, dh, dk, dbk, cu
             # inter-chunk term: (v_s exp(bv_last - bv_s)) @ dh^T, times exp(b_last - b_s)
             for iv in range(tl.cdiv(V, BV)):
                 cv = iv * BV + tl.arange(0, BV)
-                dhs = tl.load(dh + hbase + ck[:, None] * V + cv[None, :], mask=(ck[:, None] < K) & (cv[None, :] < V),
-                              other=0.)
+                dhs = _state_tile(dh, hc, H, i_h, ck, cv, K, V)
                 vv = _tile(v, r_m, m_m, cv, V, H * V, i_h * V)
                 if GV:
                     vv = vv * tl.exp(tl.where(m_m[:, None], _tile(gvs, r_m, m_m, cv, V, H * V, i_h * V), NEG_INF))
@@ -908,11 +916,7 @@ def _bwd_dk_kernel(q, k, v, gkb, gkr, gks, gvb, gvr, gvs, u, do, dh, dk, dbk, cu
                     tl.store(dbk + r_m.to(tl.int64) * H + i_h, db_t, mask=m_m)
                 dk_t += dk_last
             q_m = _tile(q, r_m, m_m, ck, K, H * K, i_h * K) * scale
-            if USE_U:
-                uu = tl.load(u + i_h * K + ck, mask=ck < K, other=0.).to(tl.float32)
-                dk_t += dov[:, None] * uu[None, :] * q_m
-            else:
-                dk_t += dA_tt[:, None] * q_m
+            dk_t += _diag_self_term(dov, dA_tt, q_m, u, i_h, ck, K, USE_U)
             _store_tile(dk, dk_t, r_m, m_m, ck, K, H * K, i_h * K)
 
 

@@ -509,8 +509,14 @@ def main():
         for t in procs:
             f = osp.join(WORK, f'{t}.result.json')
             summary[t] = json.load(open(f)) if osp.isfile(f) else dict(error='no result (crashed, killed or running)')
+        try:
+            import triton
+            summary['triton'] = triton.__version__
+        except ImportError:
+            pass
         with open(osp.join(OUT, 'summary.json'), 'w') as f:
             json.dump(summary, f, indent=1)
+        return summary
     pending = dict(procs)
     while pending:  # a partial summary as soon as each task ends (the device lease may end before the last)
         for t, pr in list(pending.items()):
@@ -524,18 +530,7 @@ def main():
                 pr.kill()
             break
         time.sleep(1)
-    summary = dict(device=torch.cuda.get_device_name(0) if DEVICE == 'cuda' else 'cpu', smoke=a.smoke,
-                   torch=torch.__version__, wall_s=round(time.time() - t0, 1), budgets_s=budgets)
-    for t in procs:
-        f = osp.join(WORK, f'{t}.result.json')
-        summary[t] = json.load(open(f)) if osp.isfile(f) else dict(error='no result (crashed or killed)')
-    try:
-        import triton
-        summary['triton'] = triton.__version__
-    except ImportError:
-        pass
-    with open(osp.join(OUT, 'summary.json'), 'w') as f:
-        json.dump(summary, f, indent=1)
+    summary = write_summary()
     print(json.dumps(summary, indent=1), flush=True)
     try:
         curves(list(procs))

@@ -408,13 +408,24 @@ def run_bench(bw, shapes, ref_n, with_fla=True, only=None):
             torch.cuda.empty_cache()
 
 
+def _profiled(f, iters=5):
+    """torch.profiler (CUDA activity) over ``iters`` calls of f after one warm-up call."""
+    from torch.profiler import ProfilerActivity, profile
+    f()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(iters):
+            f()
+        torch.cuda.synchronize()
+    return prof
+
+
 PROFILE_BWD_FP32 = (True, )  # (True, False): also the cost and the bf16 errors without fp32 backward operands
 
 
 def run_profile():
     """Per-kernel CUDA time of fwd+bwd at 8x12x4096x64 bf16 (gla vector, gla scalar, gsa M=64), with the
     backward's fp32 operands on (default) and off (gla_chunk.BWD_FP32), and the bf16 accuracy of the latter."""
-    from torch.profiler import ProfilerActivity, profile
     B, H, N, D = 8, 12, 4096, 64
     cases = []
     for gate in ('vector', 'scalar'):
@@ -426,12 +437,7 @@ def run_profile():
     for fp32 in PROFILE_BWD_FP32:
         gla_chunk.BWD_FP32 = fp32
         for name, f in cases:
-            f()
-            torch.cuda.synchronize()
-            with profile(activities=[ProfilerActivity.CUDA]) as prof:
-                for _ in range(5):
-                    f()
-                torch.cuda.synchronize()
+            prof = _profiled(f)
             tab = prof.key_averages().table(sort_by='cuda_time_total', row_limit=12)
             RESULTS.setdefault('profile', {})[f'{name} bwd_fp32={fp32}'] = {
                 e.key: e.device_time_total / 5e3 for e in prof.key_averages()}
@@ -453,7 +459,6 @@ SWEEP_LAUNCH = [{}, {'dqk': dict(num_warps=8)}, {'dqk': dict(num_stages=1)},
 def run_sweep():
     """Launch options of the three chunk kernels (gla vector, 8x12x4096x64 bf16: per-kernel CUDA time), then the
     fp32-operand precision of the backward (tf32 / 3xtf32): bf16 accuracy of gla vector and GSA, and time."""
-    from torch.profiler import ProfilerActivity, profile
     B, H, N, D = 8, 12, 4096, 64
     i = gla_inputs(B, N, H, D, D, 'vector', False, False, B, torch.bfloat16)
     ins = [i[n].requires_grad_() for n in ('q', 'k', 'v', 'g')]
@@ -464,12 +469,7 @@ def run_sweep():
     for cfg in SWEEP_LAUNCH:
         gla_chunk.LAUNCH = cfg
         try:
-            f()
-            torch.cuda.synchronize()
-            with profile(activities=[ProfilerActivity.CUDA]) as prof:
-                for _ in range(5):
-                    f()
-                torch.cuda.synchronize()
+            prof = _profiled(f)
             ker = {e.key: round(e.device_time_total / 5e3, 4) for e in prof.key_averages() if e.key.startswith('_')}
             row = dict(launch=repr(cfg), fwdbwd=bench(f), kernels=ker)
         except Exception as e:  # noqa: BLE001

@@ -29,95 +29,25 @@ import time
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 CFG = osp.join(ROOT, 'configs', 'linear_vit')
 
-HOOK_MODULE = '''
-"""Time budget for a training run (written by tools/benchmarks/pipelines_gpu.py)."""
-import math
-import time
-
-from mmengine.hooks import Hook
-from mmengine.registry import HOOKS
-
-
-@HOOKS.register_module(force=True)
-class TimeBudgetHook(Hook):
-    priority = 'VERY_HIGH'
-
-    def __init__(self, seconds, warmup_iters=10, calib_iters=40, reserve=0.08):
-        self.seconds, self.warmup, self.calib, self.reserve = seconds, warmup_iters, calib_iters, reserve
-        self.t0 = self.t_warm = None
-        self.done = False
-
-    def before_train(self, runner):
-        self.t0 = time.time()
-
-    def _rescale(self, runner, f):
-        for s in runner.param_schedulers if isinstance(runner.param_schedulers, list) else []:
-            if getattr(s, 'by_epoch', False):
-                continue  # epoch-based schedulers of this repo's shapes configs are iteration-converted
-            s.begin, s.end = int(s.begin * f), max(int(s.begin * f) + 2, int(min(s.end, 10 ** 12) * f))
-            if hasattr(s, 'total_iters'):
-                s.total_iters = s.end - s.begin - 1
-            if hasattr(s, 'T_max'):
-                s.T_max = s.end - s.begin
-
-    def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None):
-        it = runner.iter + 1
-        now = time.time()
-        loop = runner.train_loop
-        if it == self.warmup:
-            self.t_warm = now
-        if not self.done and self.t_warm is not None and it == self.warmup + self.calib:
-            self.done = True
-            per_iter = (now - self.t_warm) / self.calib
-            left = self.seconds * (1 - self.reserve) - (now - self.t0)
-            possible = it + max(1, int(left / per_iter))
-            planned = loop.max_iters
-            if possible < planned:
-                if hasattr(loop, '_max_epochs'):
-                    ipe = len(loop.dataloader)
-                    epochs = max(runner.epoch + 1, possible // ipe)
-                    f = epochs * ipe / planned
-                    loop._max_epochs = epochs
-                    loop._max_iters = epochs * ipe
-                    if loop.val_interval > epochs:
-                        loop.val_interval = epochs
-                else:
-                    f = possible / planned
-                    loop._max_iters = possible
-                self._rescale(runner, f)
-                runner.logger.info(f'TimeBudgetHook: {per_iter * 1000:.1f} ms/iter; schedule shortened from '
-                                   f'{planned} to {loop.max_iters} iterations to fit {self.seconds:.0f} s')
-            else:
-                runner.logger.info(f'TimeBudgetHook: {per_iter * 1000:.1f} ms/iter; the schedule fits')
-        # hard stop (iteration-based loops; epoch-based ones stop at the end of the epoch)
-        if now - self.t0 > self.seconds and not hasattr(loop, '_max_epochs') and loop._max_iters > it:
-            runner.logger.info('TimeBudgetHook: time is up, stopping after this iteration')
-            loop._max_iters = it
-
-    def after_train_epoch(self, runner):
-        loop = runner.train_loop
-        if time.time() - self.t0 > self.seconds and loop._max_epochs > runner.epoch + 1:
-            runner.logger.info('TimeBudgetHook: time is up, stopping after this epoch')
-            loop._max_epochs = runner.epoch + 1
-'''
-
-
 # ----------------------------------------------------------------------------------------------- derived configs
 def droot(task):
     """Private data roots under the work dir (never touch data/shapes of other jobs on the same machine)."""
     return osp.join(WORK, 'data', 'cls' if task in ('mim', 'cls') else task)
 
 
-def header(base, budget, task):
+def header(base, budget, task, lr_plan=None):
+    """Derived-config preamble: private data root, vla_mm.TimeBudgetHook (with ``lr_plan`` it owns the lr: the
+    config's lr schedulers are dropped)."""
     r = droot(task)
     roots = f"work_data_root = {r!r}\n"
     if task == 'det':
         roots += (f"val_evaluator = dict(ann_file={osp.join(r, 'annotations', 'instances_val2017.json')!r})\n"
                   "test_evaluator = val_evaluator\n")
+    plan = '' if lr_plan is None else f', lr_plan={lr_plan!r}'
     return (f"_base_ = [{base!r}]\n" + roots +
-            "custom_imports = dict(imports=['vla_mm', 'vla_gpu_hooks'], allow_failed_imports=False)\n"
             "custom_hooks = [dict(type='vla_mm.DeterministicResumeHook'), "
-            f"dict(type='TimeBudgetHook', seconds={budget})]\n")
+            f"dict(type='vla_mm.TimeBudgetHook', seconds={budget}{plan})]\n"
+            + ('param_scheduler = []\n' if lr_plan is not None else ''))
 
 
 def seg_cfg(smoke, budget):
@@ -152,12 +82,43 @@ default_hooks = dict(logger=dict(interval=50), checkpoint=dict(interval=1000, ma
 '''
 
 
-def det_cfg(smoke, budget):
+DET_LR_PLAN = dict(warmup=100, decay='cosine', min_ratio=0.01)
+
+
+def det_pre_cfg(smoke, budget):
+    """Classification pre-training of the det backbone (configs/linear_vit/linear-vit-t-p4_shapes-cls.py)."""
+    base = osp.join(CFG, 'linear-vit-t-p4_shapes-cls.py')
+    plan = dict(warmup=50 if not smoke else 1, decay='cosine', min_ratio=0.01)
     if smoke:
-        return header(osp.join(CFG, 'mask-rcnn_linear-vit-t_fpn_shapes-det.py'), budget, 'det') + '''
+        return header(base, budget, 'det_pre', plan) + '''
+shapes_generate = dict(image_size=32, num_train=32, num_val=16, seed=0)
+model = dict(backbone=dict(arch=dict(_delete_=True, embed_dims=32, num_layers=4, num_heads=2), img_size=32))
+model.update(head=dict(in_channels=32))
+train_dataloader = dict(batch_size=16, num_workers=0, dataset=dict(data_root=work_data_root, generate=shapes_generate))
+val_dataloader = dict(num_workers=0, dataset=dict(data_root=work_data_root, generate=shapes_generate))
+test_dataloader = val_dataloader
+train_cfg = dict(max_epochs=1)
+default_hooks = dict(logger=dict(interval=1), checkpoint=dict(interval=1, save_best=None))
+'''
+    return header(base, budget, 'det_pre', plan) + '''
+train_dataloader = dict(batch_size=128, num_workers=6, persistent_workers=True, dataset=dict(data_root=work_data_root))
+val_dataloader = dict(num_workers=2, dataset=dict(data_root=work_data_root))
+test_dataloader = val_dataloader
+train_cfg = dict(max_epochs=40, val_interval=5)
+default_hooks = dict(checkpoint=dict(interval=40, max_keep_ckpts=1, save_best=None, save_last=True))
+'''
+
+
+def det_cfg(smoke, budget, init=None):
+    base = osp.join(CFG, 'mask-rcnn_linear-vit-t_fpn_shapes-det.py')
+    text = header(base, budget, 'det', DET_LR_PLAN if not smoke else dict(warmup=1))
+    # one `model = ...` per derived file: a second top-level assignment would replace the first
+    init = f"init_cfg=dict(type='Pretrained', checkpoint={init!r}, prefix='backbone.')" if init else ''
+    if smoke:
+        return text + '''
 shapes_generate = dict(image_size=64, num_train=8, num_val=4, seed=0)
 model = dict(backbone=dict(arch=dict(_delete_=True, embed_dims=32, num_layers=4, num_heads=2), img_size=64,
-                           out_indices=(0, 1, 2, 3)),
+                           out_indices=(0, 1, 2, 3), INIT),
              neck=[dict(type='vla_mm.SimpleFeaturePyramid', in_channels=32, out_channels=16, patch_size=4),
                    dict(type='FPN', in_channels=[16, 16, 16, 16], out_channels=16, num_outs=5)],
              rpn_head=dict(in_channels=16, feat_channels=16),
@@ -166,20 +127,18 @@ model = dict(backbone=dict(arch=dict(_delete_=True, embed_dims=32, num_layers=4,
 train_dataloader = dict(batch_size=4, num_workers=0, dataset=dict(data_root=work_data_root, generate=shapes_generate))
 val_dataloader = dict(batch_size=2, num_workers=0, dataset=dict(data_root=work_data_root, generate=shapes_generate))
 test_dataloader = val_dataloader
-param_scheduler = [dict(type='LinearLR', start_factor=0.1, by_epoch=False, begin=0, end=2)]
 train_cfg = dict(max_epochs=1, val_interval=1)
 default_hooks = dict(logger=dict(interval=1))
-'''
-    return header(osp.join(CFG, 'mask-rcnn_linear-vit-t_fpn_shapes-det.py'), budget, 'det') + '''
+'''.replace('INIT', init)
+    if init:
+        text += f"model = dict(backbone=dict({init}))\n"
+    return text + '''
 shapes_generate = dict(image_size=128, num_train=2000, num_val=100, seed=0)
-train_dataloader = dict(batch_size=16, num_workers=4, dataset=dict(data_root=work_data_root, generate=shapes_generate))
+train_dataloader = dict(batch_size=16, num_workers=6, persistent_workers=True,
+                        dataset=dict(data_root=work_data_root, generate=shapes_generate))
 val_dataloader = dict(batch_size=16, num_workers=2, dataset=dict(data_root=work_data_root, generate=shapes_generate))
 test_dataloader = val_dataloader
 optim_wrapper = dict(optimizer=dict(lr=3e-4))
-param_scheduler = [
-    dict(type='LinearLR', start_factor=1e-3, by_epoch=False, begin=0, end=200),
-    dict(type='CosineAnnealingLR', eta_min=1e-6, by_epoch=True, begin=0, end=60, convert_to_iter_based=True),
-]
 train_cfg = dict(max_epochs=60, val_interval=10)
 default_hooks = dict(logger=dict(interval=50), checkpoint=dict(interval=10, max_keep_ckpts=1))
 '''
@@ -326,8 +285,17 @@ def task_seg(smoke, budget, log):
 
 
 def task_det(smoke, budget, log):
-    cfg, wd, ckpt, rc = train('det', det_cfg(smoke, budget), log)
-    res = dict(rc=rc, iters=last_step(wd, 'loss'))
+    res, init = {}, None
+    if DET_INIT == 'cls':  # classification pre-training of the backbone first (the ImageNet step of real configs)
+        t = time.time()
+        pre_budget = 60 if smoke else min(110.0, 0.22 * budget)
+        _, pwd, init, prc = train('det_pre', det_pre_cfg(smoke, pre_budget), log)
+        accs = [r['accuracy/top1'] for r in scalars(pwd) if 'accuracy/top1' in r]
+        res['pretrain'] = dict(rc=prc, top1=accs[-1] if accs else None, epochs=len(accs),
+                               iters=last_step(pwd, 'loss'), seconds=round(time.time() - t, 1))
+        budget = budget - (time.time() - t)
+    cfg, wd, ckpt, rc = train('det', det_cfg(smoke, budget, init), log)
+    res.update(rc=rc, init=DET_INIT, iters=last_step(wd, 'loss'))
     for k in ('coco/bbox_mAP', 'coco/bbox_mAP_50', 'coco/bbox_mAP_75', 'coco/segm_mAP', 'coco/segm_mAP_50',
               'coco/segm_mAP_75'):
         res[k] = final_metric(wd, k)
@@ -466,9 +434,11 @@ def main():
     p.add_argument('--budget', type=float, default=300.0)
     p.add_argument('--lean', action='store_true', help='SimMIM only (no MAE), one scratch baseline')
     p.add_argument('--tasks', default='seg,det,mim', help='which tasks this call runs (comma-separated)')
+    p.add_argument('--det-init', choices=['cls', 'scratch'], default='cls',
+                   help='Mask R-CNN backbone: classification pre-training on the shapes first (default), or scratch')
     a = p.parse_args()
-    global LEAN
-    LEAN = a.lean
+    global LEAN, DET_INIT
+    LEAN, DET_INIT = a.lean, a.det_init
     OUT = osp.abspath(a.out)
     WORK = osp.abspath(a.work or osp.join(ROOT, 'work_dirs', 'pipelines_gpu' + ('_smoke' if a.smoke else '')))
     os.makedirs(OUT, exist_ok=True)
@@ -477,7 +447,6 @@ def main():
     DEVICE = 'cuda' if torch.cuda.is_available() else 'cpu'
 
     if a.task:  # child
-        sys.path.insert(0, WORK)  # vla_gpu_hooks (custom_imports of the derived configs) for the pictures
         logf = open(osp.join(WORK, f'{a.task}.task.log'), 'a')
 
         def log(msg):
@@ -491,8 +460,6 @@ def main():
         return
 
     t0 = time.time()
-    with open(osp.join(WORK, 'vla_gpu_hooks.py'), 'w') as f:
-        f.write(HOOK_MODULE)
     # budgets: training seconds per run; the rest of the deadline is start-up, data generation and evaluation
     budgets = dict(seg=a.deadline * 0.72, det=a.deadline * 0.72, mim=a.deadline * 0.85)
     if a.smoke:
@@ -501,7 +468,7 @@ def main():
     for t in a.tasks.split(','):
         procs[t] = subprocess.Popen([sys.executable, osp.abspath(__file__), '--task', t, '--out', OUT, '--work', WORK,
                                      '--budget', str(budgets[t])] + (['--smoke'] if a.smoke else [])
-                                    + (['--lean'] if a.lean else []),
+                                    + (['--lean'] if a.lean else []) + ['--det-init', a.det_init],
                                     cwd=ROOT, env=env())
     def write_summary():
         summary = dict(device=torch.cuda.get_device_name(0) if DEVICE == 'cuda' else 'cpu', smoke=a.smoke,
@@ -547,6 +514,7 @@ def main():
 
 WORK = OUT = DEVICE = None
 LEAN = False
+DET_INIT = 'cls'
 
 if __name__ == '__main__':
     main()

@@ -1,4 +1,4 @@
 """Runner extensions: hooks registered in the vla_mm scope."""
-from .hooks import DeterministicResumeHook
+from .hooks import DeterministicResumeHook, TimeBudgetHook
 
-__all__ = ['DeterministicResumeHook']
+__all__ = ['DeterministicResumeHook', 'TimeBudgetHook']

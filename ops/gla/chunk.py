@@ -35,8 +35,14 @@ POISON = False  # tests set this: every output buffer starts NaN-filled, so an u
 # 16-bit inputs: fp32 (tf32) operands in the backward's state / state-gradient / dq-dk kernels (see gla_bwd)
 BWD_FP32 = True
 F32_OPERANDS = 'tf32'  # how those fp32 operands meet the tensor cores: 'tf32' or 'tf32x3'
-# per-kernel launch options ('fwd_o', 'dv', 'dq', 'dk'; 'dqk' for both: dict(num_warps=..., num_stages=...))
-# over _launch_opts
+# intra-chunk matrix path (A path) for every call without value gates: the intra-chunk scores are formed once
+# per chunk (forward: A, kept for the backward; backward: dA) instead of in each of four sub-block kernels.
+# False: the sub-block kernels for every call (the value-gate path always takes them)
+A_PATH = True
+# per-kernel launch options (dict(num_warps=..., num_stages=...)) over _launch_opts, by name:
+#   A path:          'fwd_A' (_fwd_A_kernel), 'fwd_oA' (_fwd_oA_kernel), 'dA' (_bwd_dA_kernel),
+#                    'dvA' (_bwd_dvA_kernel), 'intra' (_bwd_intra_kernel), 'inter' (_bwd_inter_kernel);
+#   sub-block path:  'fwd_o', 'dv', 'dq', 'dk' ('dqk' for both dq and dk)
 LAUNCH = {}
 
 
@@ -921,6 +927,306 @@ def _bwd_dk_kernel(q, k, v, gkb, gkr, gks, gvb, gvr, gvs, u, do, dh, dk, dbk, cu
 
 
 # ----------------------------------------------------------------------------------------------------------
+# intra-chunk matrix path (no value gates): the intra-chunk scores A (forward) and their gradient dA (backward)
+# are formed once per chunk and stored (fp32 [B, N, H, C], row = physical row of t, column = logical offset of s
+# in the chunk); the output, dv and the inter-chunk dq/dk terms are then full-chunk matmuls. Only two kernels
+# walk sub-blocks: _fwd_A_kernel (A) and _bwd_intra_kernel (the intra-chunk dq/dk from dA). Each keeps the
+# sub-block scheme above (reference rows, exponents <= 0, exact diagonal sub-blocks); the full-chunk kernels hold
+# only [C, *] x [*, *] dots, the sub-block kernels only [BS, *] ones (no mixed dot sizes in one kernel).
+# ----------------------------------------------------------------------------------------------------------
+@triton.jit
+def _fwd_A_kernel(q, k, gkb, gkr, u, A, cu, chunk_seq, chunk_idx, scale, N, NT, H, K,
+                  C: tl.constexpr, BS: tl.constexpr, BK: tl.constexpr, GK: tl.constexpr, USE_U: tl.constexpr,
+                  REVERSE: tl.constexpr, VARLEN: tl.constexpr, IEEE: tl.constexpr, LOWP: tl.constexpr):
+    """Rows of sub-block program_id(0) of A[t, s] = scale * sum_k q_tk k_sk exp(bq_tk - b_sk) for s <= t (bq = b),
+    with the bonus for s < t (bq = b - g: exclusive prefix) and A[t, t] = scale * q_t . (u * k_t); zero above."""
+    i_i, i_c, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    i_n, i_h, i_t, bos, eos, hc = _chunk_info(i_c, i_bh, cu, chunk_seq, chunk_idx, N, NT, H, VARLEN)
+    DT = q.dtype.element_ty if LOWP else tl.float32
+    L = eos - bos
+    ck = tl.arange(0, BK)
+    ar = tl.arange(0, BS)
+    base = i_t * C + i_i * BS
+    if base < L:
+        t_i = base + ar
+        m_i = t_i < L
+        r_i = _rows(t_i, bos, eos, REVERSE)
+        q_i = _tile(q, r_i, m_i, ck, K, H * K, i_h * K) * scale
+        k_i = _tile(k, r_i, m_i, ck, K, H * K, i_h * K)
+        if GK > 0:
+            g_i = _gtile(gkr, r_i, m_i, ck, K, H, i_h, GK)
+        # earlier sub-blocks j < i: reference row r = last row of sub-block i-1, both factors <= 1
+        if i_i > 0:
+            r_ref = _rows(base - 1, bos, eos, REVERSE)
+            if GK > 0:
+                qr = q_i * tl.exp(tl.where(m_i[:, None], _lpre(g_i, USE_U, GK, BS), NEG_INF))
+                bk_r = _grow(gkb, r_ref, ck, K, H, i_h, GK)
+            else:
+                qr = q_i
+            for j in range(i_i):
+                t_j = i_t * C + j * BS + ar
+                m_j = t_j < L
+                r_j = _rows(t_j, bos, eos, REVERSE)
+                k_j = _tile(k, r_j, m_j, ck, K, H * K, i_h * K)
+                if GK > 0:
+                    if j == i_i - 1:
+                        k_j = k_j * tl.exp(_lsuf(_gtile(gkr, r_j, m_j, ck, K, H, i_h, GK), GK, BS))
+                    else:
+                        k_j = k_j * tl.exp(bk_r - _gtile(gkb, r_j, m_j, ck, K, H, i_h, GK))
+                A_ij = _mm(qr.to(DT), tl.trans(k_j.to(DT)), IEEE)
+                _store_tile(A, A_ij, r_i, m_i, j * BS + ar, C, H * C, i_h * C)
+        # diagonal sub-block (exact)
+        if GK == 2:
+            if USE_U:
+                A_ii = _diag_scores(q_i, g_i, k, gkr, base, t_i, m_i, L, bos, eos, ck, K, H, i_h, BS, True, REVERSE)
+            else:
+                A_ii = _diag_scores(q_i, tl.zeros_like(q_i), k, gkr, base, t_i, m_i, L, bos, eos, ck, K, H, i_h,
+                                    BS, False, REVERSE)
+        else:
+            A_ii = _mm(q_i.to(DT), tl.trans(k_i.to(DT)), IEEE)
+            if GK == 1:
+                A_ii = A_ii * _diag_decay(_gvec(gkr, r_i, m_i, H, i_h), t_i, m_i, BS, USE_U, USE_U)
+            else:
+                if USE_U:
+                    A_ii = tl.where((t_i[:, None] > t_i[None, :]) & m_i[:, None], A_ii, 0.)
+                else:
+                    A_ii = tl.where((t_i[:, None] >= t_i[None, :]) & m_i[:, None], A_ii, 0.)
+        if USE_U:
+            uu = tl.load(u + i_h * K + ck, mask=ck < K, other=0.).to(tl.float32)
+            dg = tl.sum(q_i * uu[None, :] * k_i, axis=1)
+            A_ii += tl.where(ar[:, None] == ar[None, :], dg[:, None], 0.)
+        _store_tile(A, A_ii, r_i, m_i, i_i * BS + ar, C, H * C, i_h * C)
+        for j in range(i_i + 1, C // BS):
+            _store_tile(A, tl.zeros([BS, BS], dtype=tl.float32), r_i, m_i, j * BS + ar, C, H * C, i_h * C)
+
+
+@triton.jit
+def _fwd_oA_kernel(q, v, gkb, gkr, h, A, o, cu, chunk_seq, chunk_idx, scale, N, NT, H, K, V,
+                   C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, GK: tl.constexpr, USE_U: tl.constexpr,
+                   REVERSE: tl.constexpr, VARLEN: tl.constexpr, IEEE: tl.constexpr, LOWP: tl.constexpr):
+    """o = scale * (q * exp(bq)) @ S_chunk_start + A @ v, one chunk (all C rows) per program."""
+    i_v, i_c, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    i_n, i_h, i_t, bos, eos, hc = _chunk_info(i_c, i_bh, cu, chunk_seq, chunk_idx, N, NT, H, VARLEN)
+    DT = q.dtype.element_ty if LOWP else tl.float32
+    L = eos - bos
+    ac = tl.arange(0, C)
+    t = i_t * C + ac
+    m = t < L
+    r = _rows(t, bos, eos, REVERSE)
+    cv = i_v * BV + tl.arange(0, BV)
+    b_o = tl.zeros([C, BV], dtype=tl.float32)
+    for ik in range(tl.cdiv(K, BK)):
+        ck = ik * BK + tl.arange(0, BK)
+        qe = _tile(q, r, m, ck, K, H * K, i_h * K) * scale
+        if GK > 0:
+            bq = _gtile(gkb, r, m, ck, K, H, i_h, GK)
+            if USE_U:
+                bq = bq - _gtile(gkr, r, m, ck, K, H, i_h, GK)
+            qe = qe * tl.exp(bq)
+        b_o += _mm(qe.to(DT), _state_tile(h, hc, H, i_h, ck, cv, K, V).to(DT), IEEE)
+    a = _tile(A, r, m, ac, C, H * C, i_h * C)
+    b_o += _mm(a.to(DT), _tile(v, r, m, cv, V, H * V, i_h * V).to(DT), IEEE)
+    _store_tile(o, b_o, r, m, cv, V, H * V, i_h * V)
+
+
+@triton.jit
+def _bwd_dA_kernel(v, do, dA, cu, chunk_seq, chunk_idx, scale, N, NT, H, V,
+                   C: tl.constexpr, BV: tl.constexpr, REVERSE: tl.constexpr, VARLEN: tl.constexpr,
+                   IEEE: tl.constexpr, LOWP: tl.constexpr):
+    """dA[t, s] = scale * do_t . v_s for s <= t, zero above (fp32 [B, N, H, C], laid out as A)."""
+    i_c, i_bh = tl.program_id(0), tl.program_id(1)
+    i_n, i_h, i_t, bos, eos, hc = _chunk_info(i_c, i_bh, cu, chunk_seq, chunk_idx, N, NT, H, VARLEN)
+    DT = v.dtype.element_ty if LOWP else tl.float32
+    L = eos - bos
+    ac = tl.arange(0, C)
+    t = i_t * C + ac
+    m = t < L
+    r = _rows(t, bos, eos, REVERSE)
+    acc = tl.zeros([C, C], dtype=tl.float32)
+    for iv in range(tl.cdiv(V, BV)):
+        cv = iv * BV + tl.arange(0, BV)
+        acc += _mm(_tile(do, r, m, cv, V, H * V, i_h * V).to(DT),
+                   tl.trans(_tile(v, r, m, cv, V, H * V, i_h * V).to(DT)), IEEE)
+    acc = tl.where(ac[None, :] <= ac[:, None], acc * scale, 0.)
+    _store_tile(dA, acc, r, m, ac, C, H * C, i_h * C)
+
+
+@triton.jit
+def _bwd_dvA_kernel(k, gks, A, do, dh, dv, cu, chunk_seq, chunk_idx, N, NT, H, K, V,
+                    C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, GK: tl.constexpr, REVERSE: tl.constexpr,
+                    VARLEN: tl.constexpr, IEEE: tl.constexpr, LOWP: tl.constexpr):
+    """dv = A^T @ do + (k * exp(b_last - b)) @ dh, one chunk per program."""
+    i_v, i_c, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    i_n, i_h, i_t, bos, eos, hc = _chunk_info(i_c, i_bh, cu, chunk_seq, chunk_idx, N, NT, H, VARLEN)
+    DT = k.dtype.element_ty if LOWP else tl.float32
+    L = eos - bos
+    ac = tl.arange(0, C)
+    t = i_t * C + ac
+    m = t < L
+    r = _rows(t, bos, eos, REVERSE)
+    cv = i_v * BV + tl.arange(0, BV)
+    b_dv = tl.zeros([C, BV], dtype=tl.float32)
+    for ik in range(tl.cdiv(K, BK)):
+        ck = ik * BK + tl.arange(0, BK)
+        ke = _tile(k, r, m, ck, K, H * K, i_h * K)
+        if GK > 0:
+            ke = ke * tl.exp(tl.where(m[:, None], _gtile(gks, r, m, ck, K, H, i_h, GK), NEG_INF))
+        b_dv += _mm(ke.to(DT), _state_tile(dh, hc, H, i_h, ck, cv, K, V).to(DT), IEEE)
+    a = _tile(A, r, m, ac, C, H * C, i_h * C)
+    b_dv += _mm(tl.trans(a.to(DT)), _tile(do, r, m, cv, V, H * V, i_h * V).to(DT), IEEE)
+    _store_tile(dv, b_dv, r, m, cv, V, H * V, i_h * V)
+
+
+@triton.jit
+def _bwd_intra_kernel(q, k, gkb, gkr, dA, dqi, dki, cu, chunk_seq, chunk_idx, N, NT, H, K,
+                      C: tl.constexpr, BS: tl.constexpr, BK: tl.constexpr, GK: tl.constexpr, USE_U: tl.constexpr,
+                      REVERSE: tl.constexpr, VARLEN: tl.constexpr, IEEE: tl.constexpr, LOWP: tl.constexpr):
+    """Intra-chunk dq and dk of sub-block program_id(0) % (C // BS), key block program_id(0) // (C // BS), from dA,
+    strict pairs only (s < t; the t == s terms are added by _bwd_inter_kernel), fp32:
+    dq_t = sum_{s<t} dA[t, s] k_s exp(bq_t - b_s),  dk_s = sum_{t>s} dA[t, s] q_t exp(bq_t - b_s)."""
+    i_ki, i_c, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    i_n, i_h, i_t, bos, eos, hc = _chunk_info(i_c, i_bh, cu, chunk_seq, chunk_idx, N, NT, H, VARLEN)
+    DT = q.dtype.element_ty if LOWP else tl.float32
+    NS: tl.constexpr = C // BS
+    i_k = i_ki // NS
+    i_i = i_ki % NS
+    L = eos - bos
+    ck = i_k * BK + tl.arange(0, BK)
+    ar = tl.arange(0, BS)
+    base = i_t * C + i_i * BS
+    if base < L:
+        t_i = base + ar
+        m_i = t_i < L
+        r_i = _rows(t_i, bos, eos, REVERSE)
+        ci = i_i * BS + ar
+        if GK > 0:
+            g_i = _gtile(gkr, r_i, m_i, ck, K, H, i_h, GK)
+        # dq from earlier sub-blocks j < i (reference row: last row of sub-block i-1)
+        dq_i = tl.zeros([BS, BK], dtype=tl.float32)
+        if i_i > 0:
+            r_ref = _rows(base - 1, bos, eos, REVERSE)
+            if GK > 0:
+                bk_r = _grow(gkb, r_ref, ck, K, H, i_h, GK)
+            for j in range(i_i):
+                t_j = i_t * C + j * BS + ar
+                m_j = t_j < L
+                r_j = _rows(t_j, bos, eos, REVERSE)
+                k_j = _tile(k, r_j, m_j, ck, K, H * K, i_h * K)
+                if GK > 0:
+                    if j == i_i - 1:
+                        k_j = k_j * tl.exp(_lsuf(_gtile(gkr, r_j, m_j, ck, K, H, i_h, GK), GK, BS))
+                    else:
+                        k_j = k_j * tl.exp(bk_r - _gtile(gkb, r_j, m_j, ck, K, H, i_h, GK))
+                dA_ij = _tile(dA, r_i, m_i, j * BS + ar, C, H * C, i_h * C)
+                dq_i += _mm(dA_ij.to(DT), k_j.to(DT), IEEE)
+            if GK > 0:
+                dq_i = dq_i * tl.exp(tl.where(m_i[:, None], _lpre(g_i, USE_U, GK, BS), NEG_INF))
+        # dk from later sub-blocks j > i (reference row: last row of sub-block j-1)
+        dk_i = tl.zeros([BS, BK], dtype=tl.float32)
+        for j in range(i_i + 1, NS):
+            base_j = i_t * C + j * BS
+            if base_j < L:
+                t_j = base_j + ar
+                m_j = t_j < L
+                r_j = _rows(t_j, bos, eos, REVERSE)
+                q_j = _tile(q, r_j, m_j, ck, K, H * K, i_h * K)
+                dA_ji = _tile(dA, r_j, m_j, ci, C, H * C, i_h * C)
+                if GK > 0:
+                    q_j = q_j * tl.exp(tl.where(m_j[:, None],
+                                                _lpre(_gtile(gkr, r_j, m_j, ck, K, H, i_h, GK), USE_U, GK, BS),
+                                                NEG_INF))
+                    if j == i_i + 1:
+                        fk = tl.exp(_lsuf(g_i, GK, BS))
+                    else:
+                        fk = tl.exp(_grow(gkb, _rows(base_j - 1, bos, eos, REVERSE), ck, K, H, i_h, GK)
+                                    - _gtile(gkb, r_i, m_i, ck, K, H, i_h, GK))
+                    dk_i += fk * _mm(tl.trans(dA_ji.to(DT)), q_j.to(DT), IEEE)
+                else:
+                    dk_i += _mm(tl.trans(dA_ji.to(DT)), q_j.to(DT), IEEE)
+        # diagonal sub-block (exact), strict pairs
+        dA_ii = _tile(dA, r_i, m_i, ci, C, H * C, i_h * C)
+        if GK == 2:
+            if USE_U:
+                gT = g_i
+            else:
+                gT = tl.zeros([BS, BK], dtype=tl.float32)
+            dq_i += _diag_gmm(dA_ii, gT, k, gkr, base, t_i, m_i, L, bos, eos, ck, K, H, i_h, BS, BK, True, REVERSE)
+            dk_i += _diag_gmmT(dA_ii, q, 1.0, gkr, base, L, bos, eos, ck, K, H, i_h, BS, BK, True, USE_U, REVERSE)
+        else:
+            if GK == 1:
+                dA_ii = dA_ii * _diag_decay(_gvec(gkr, r_i, m_i, H, i_h), t_i, m_i, BS, USE_U, True)
+            else:
+                dA_ii = tl.where((t_i[:, None] > t_i[None, :]) & m_i[:, None], dA_ii, 0.)
+            dq_i += _mm(dA_ii.to(DT), _tile(k, r_i, m_i, ck, K, H * K, i_h * K).to(DT), IEEE)
+            dk_i += _mm(tl.trans(dA_ii.to(DT)), _tile(q, r_i, m_i, ck, K, H * K, i_h * K).to(DT), IEEE)
+        _store_tile(dqi, dq_i, r_i, m_i, ck, K, H * K, i_h * K)
+        _store_tile(dki, dk_i, r_i, m_i, ck, K, H * K, i_h * K)
+
+
+@triton.jit
+def _bwd_inter_kernel(q, k, v, gkb, gkr, gks, u, h, do, dh, dA, dqi, dki, dq, dk, dbk, dbq,
+                      cu, chunk_seq, chunk_idx, scale, N, NT, H, K, V,
+                      C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, GK: tl.constexpr, USE_U: tl.constexpr,
+                      REVERSE: tl.constexpr, VARLEN: tl.constexpr, IEEE: tl.constexpr, LOWP: tl.constexpr):
+    """dq = scale * (do @ h^T) * exp(bq) + intra, dk = (v @ dh^T) * exp(b_last - b) + intra, one chunk and key
+    block per program; the key-gate gradient q * dq - k * dk into dbk (q * dq also into dbq with the bonus), without
+    the t == s terms and the last token's final-state path, which are added to dq / dk afterwards."""
+    i_k, i_c, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    i_n, i_h, i_t, bos, eos, hc = _chunk_info(i_c, i_bh, cu, chunk_seq, chunk_idx, N, NT, H, VARLEN)
+    DT = q.dtype.element_ty if LOWP else tl.float32
+    L = eos - bos
+    ac = tl.arange(0, C)
+    t = i_t * C + ac
+    m = t < L
+    r = _rows(t, bos, eos, REVERSE)
+    ck = i_k * BK + tl.arange(0, BK)
+    dq_c = tl.zeros([C, BK], dtype=tl.float32)
+    dk_c = tl.zeros([C, BK], dtype=tl.float32)
+    for iv in range(tl.cdiv(V, BV)):
+        cv = iv * BV + tl.arange(0, BV)
+        dq_c += _mm(_tile(do, r, m, cv, V, H * V, i_h * V).to(DT),
+                    tl.trans(_state_tile(h, hc, H, i_h, ck, cv, K, V).to(DT)), IEEE)
+        dk_c += _mm(_tile(v, r, m, cv, V, H * V, i_h * V).to(DT),
+                    tl.trans(_state_tile(dh, hc, H, i_h, ck, cv, K, V).to(DT)), IEEE)
+    dq_c = dq_c * scale
+    if GK > 0:
+        bq = _gtile(gkb, r, m, ck, K, H, i_h, GK)
+        if USE_U:
+            bq = bq - _gtile(gkr, r, m, ck, K, H, i_h, GK)
+        dq_c = dq_c * tl.exp(bq)
+        # the last token's final-state path, kept out of the gate gradient (added to dk below)
+        dk_last = tl.where((t == L - 1)[:, None], dk_c, 0.)
+        dk_c = dk_c * tl.exp(tl.where(m[:, None] & (t != L - 1)[:, None], _gtile(gks, r, m, ck, K, H, i_h, GK),
+                                      NEG_INF))
+    dq_c += _tile(dqi, r, m, ck, K, H * K, i_h * K)
+    dk_c += _tile(dki, r, m, ck, K, H * K, i_h * K)
+    q_c = _tile(q, r, m, ck, K, H * K, i_h * K)
+    k_c = _tile(k, r, m, ck, K, H * K, i_h * K)
+    if GK > 0:
+        qdq = q_c * dq_c
+        if GK == 2:
+            _store_tile(dbk, qdq - k_c * dk_c, r, m, ck, K, H * K, i_h * K)
+            if USE_U:
+                _store_tile(dbq, qdq, r, m, ck, K, H * K, i_h * K)
+        else:
+            tl.store(dbk + r.to(tl.int64) * H + i_h, tl.sum(qdq - k_c * dk_c, axis=1), mask=m)
+            if USE_U:
+                tl.store(dbq + r.to(tl.int64) * H + i_h, tl.sum(qdq, axis=1), mask=m)
+        dk_c += dk_last
+    # t == s terms: dA[t, t] (scale * do_t . v_t) times k_t / q_t, or u * k_t / u * q_t with the bonus
+    dA_tt = tl.load(dA + r.to(tl.int64) * H * C + i_h * C + ac, mask=m, other=0.)
+    if USE_U:
+        uu = tl.load(u + i_h * K + ck, mask=ck < K, other=0.).to(tl.float32)[None, :]
+        dq_c += dA_tt[:, None] * uu * k_c
+        dk_c += dA_tt[:, None] * uu * q_c
+    else:
+        dq_c += dA_tt[:, None] * k_c
+        dk_c += dA_tt[:, None] * q_c
+    _store_tile(dq, dq_c, r, m, ck, K, H * K, i_h * K)
+    _store_tile(dk, dk_c, r, m, ck, K, H * K, i_h * K)
+
+
+# ----------------------------------------------------------------------------------------------------------
 # host side
 # ----------------------------------------------------------------------------------------------------------
 class _Meta:
@@ -965,6 +1271,10 @@ class _Meta:
     def last_logical_rows(self, reverse):
         """Physical row of each sequence's last logical step (where the final state is read)."""
         return self.last_rows if reverse else self.ends
+
+
+def _use_A(gv):
+    return A_PATH and gv is None
 
 
 def _or(t, dummy):
@@ -1047,6 +1357,11 @@ def _launch_opts(K, *names):
     opts = dict(num_warps=4) if K <= 64 else dict(num_warps=8)
     if 'fwd_o' in names:
         opts['num_stages'] = 1  # H100, gla vector 8x12x4096x64 bf16: 0.87 ms against 1.04 ms (2 stages)
+    if any(n in names for n in ('fwd_oA', 'dA', 'dvA', 'inter')):
+        # full-chunk kernels: their K / V loops run once at K = V <= 64, so stages only cost shared memory;
+        # _bwd_inter_kernel (bf16, K = V = 64, 4 warps, sm_90a) needs 255 registers and spills with 3 stages,
+        # 244 and none with 1
+        opts['num_stages'] = 1
     for name in names:
         opts.update(LAUNCH.get(name, {}))
     return opts
@@ -1062,6 +1377,20 @@ def gla_fwd(q, k, v, gk, gv, u, scale, h0, output_final_state, meta, reverse):
     # backward's operand precision, or the two roundings do not cancel (GSA bf16 dg 3e-2 on the H100)
     lowp = _lowp(ieee) and (gv is None or not BWD_FP32)
     h, ht, ht_ex = _fwd_h(k, v, gkb, gks, gvb, gvs, h0, output_final_state, meta, GK, reverse, ieee, lowp=lowp)
+    if _use_A(gv):
+        # intra-chunk scores once (A, fp32, kept for the backward's dv), then full-chunk matmuls
+        A = _empty((*q.shape[:3], meta.C), torch.float32, q.device)
+        _fwd_A_kernel[(meta.C // SUB, meta.nchunks, meta.nbh)](
+            q, k, _or(gkb, q), _or(gk, q), _or(u, q), A, meta.cu, meta.chunk_seq, meta.chunk_idx, scale, meta.N,
+            meta.NT, meta.H, K, C=meta.C, BS=SUB, BK=_pow2(K), GK=GK, USE_U=u is not None, REVERSE=reverse,
+            VARLEN=meta.varlen, IEEE=_prec(ieee), LOWP=lowp, **_launch_opts(K, 'fwd_A'))
+        o = _empty(v.shape, v.dtype, v.device)
+        BK, BV = min(64, _pow2(K)), min(64, _pow2(V))
+        _fwd_oA_kernel[(triton.cdiv(V, BV), meta.nchunks, meta.nbh)](
+            q, v, _or(gkb, q), _or(gk, q), h, A, o, meta.cu, meta.chunk_seq, meta.chunk_idx, scale, meta.N, meta.NT,
+            meta.H, K, V, C=meta.C, BK=BK, BV=BV, GK=GK, USE_U=u is not None, REVERSE=reverse, VARLEN=meta.varlen,
+            IEEE=_prec(ieee), LOWP=lowp, **_launch_opts(K, 'fwd_oA'))
+        return o, ht, ht_ex, A
     # with value gates the backward reads o (dL/dgv = o * do - v * dv): keep it in fp32 for that
     o = _empty(v.shape, torch.float32 if gv is not None else v.dtype, v.device)
     BK, BV = _pow2(K), min(64, _pow2(V))
@@ -1071,10 +1400,10 @@ def gla_fwd(q, k, v, gk, gv, u, scale, h0, output_final_state, meta, reverse):
                         C=meta.C, BS=SUB, BK=BK, BV=BV, GK=GK, GV=gv is not None, USE_U=u is not None,
                         REVERSE=reverse, VARLEN=meta.varlen, IEEE=_prec(ieee), LOWP=lowp,
                         **_launch_opts(K, 'fwd_o'))
-    return o, ht, ht_ex
+    return o, ht, ht_ex, None
 
 
-def gla_bwd(q, k, v, gk, gv, u, scale, h0, o, do, dht, meta, reverse):
+def gla_bwd(q, k, v, gk, gv, u, scale, h0, o, do, dht, meta, reverse, A=None):
     K, V = q.shape[-1], v.shape[-1]
     H = meta.H
     GK = 0 if gk is None else (1 if gk.dim() == 3 else 2)
@@ -1099,30 +1428,12 @@ def gla_bwd(q, k, v, gk, gv, u, scale, h0, o, do, dht, meta, reverse):
         meta.cu, meta.chunk_off, scale, meta.N, meta.NT, H, K, V, C=meta.C, BK=BKh, BV=BVh, GK=GK,
         GV=gv is not None, USE_U=u is not None, USE_DHT=dht is not None, STORE_DH0=h0 is not None,
         REVERSE=reverse, VARLEN=meta.varlen, IEEE=_prec(ieee), LOWP=lowp)
-    BK, BV = _pow2(K), min(64, _pow2(V))
-    dv = _empty(v.shape, v.dtype, v.device)
-    dbv = _empty(v.shape, torch.float32, v.device) if gv is not None else None
-    gates = (_or(gkb, q), _or(gk, q), _or(gks, q), _or(gvb, v), _or(gv, v), _or(gvs, v), _or(u, q))
-    _bwd_dv_kernel[(triton.cdiv(V, BV), meta.nchunks, meta.nbh)](
-        q, k, v, *gates, _or(o, v), do, dh, dv, _or(dbv, v), meta.cu, meta.chunk_seq, meta.chunk_idx, scale,
-        meta.N, meta.NT, H, K, V, C=meta.C, BS=SUB, BK=BK, BV=BV, GK=GK, GV=gv is not None,
-        USE_U=u is not None, REVERSE=reverse, VARLEN=meta.varlen, IEEE=_prec(ieee),
-        LOWP=_lowp(ieee) and gv is None, **_launch_opts(K, 'dv'))
-    dq = _empty(q.shape, q.dtype, q.device)
-    dk = _empty(k.shape, k.dtype, k.device)
-    dbk = _empty(gk.shape, torch.float32, q.device) if gk is not None else None
-    dbq = _empty(gk.shape, torch.float32, q.device) if (gk is not None and u is not None) else None
-    # dq first: it writes q * dq into dbk, which the dk kernel completes to q * dq - k * dk
-    common = dict(C=meta.C, BS=SUB, BK=BK, BV=BV, GK=GK, GV=gv is not None, USE_U=u is not None, REVERSE=reverse,
-                  VARLEN=meta.varlen, IEEE=_prec(ieee), LOWP=lowp)
-    _bwd_dq_kernel[(meta.nchunks, meta.nbh)](
-        q, k, v, _or(gkb, q), _or(gk, q), _or(gvb, v), _or(gv, v), _or(u, q), h, do, dq, _or(dbk, q), _or(dbq, q),
-        meta.cu, meta.chunk_seq, meta.chunk_idx, scale, meta.N, meta.NT, H, K, V, **common,
-        **_launch_opts(K, 'dqk', 'dq'))
-    _bwd_dk_kernel[(meta.nchunks, meta.nbh)](
-        q, k, v, *gates, do, dh, dk, _or(dbk, q),
-        meta.cu, meta.chunk_seq, meta.chunk_idx, scale, meta.N, meta.NT, H, K, V, **common,
-        **_launch_opts(K, 'dqk', 'dk'))
+    if A is not None:
+        dq, dk, dv, dbk, dbq = _bwd_A(q, k, v, gkb, gk, gks, u, scale, h, dh, A, do, meta, GK, reverse, ieee, lowp)
+        dbv = None
+    else:
+        dq, dk, dv, dbk, dbv, dbq = _bwd_sub(q, k, v, gkb, gk, gks, gv, gvb, gvs, u, scale, h, dh, o, do, meta, GK,
+                                             reverse, ieee, lowp)
     rows = meta.last_logical_rows(reverse)
     dgk = dgv = du = None
     if gk is not None:
@@ -1148,6 +1459,71 @@ def gla_bwd(q, k, v, gk, gv, u, scale, h0, o, do, dht, meta, reverse):
     return dq, dk, dv, dgk, dgv, du, (dh0.to(h0.dtype) if dh0 is not None else None)
 
 
+def _bwd_A(q, k, v, gkb, gk, gks, u, scale, h, dh, A, do, meta, GK, reverse, ieee, lowp):
+    """Backward chunk kernels of the intra-chunk matrix path (no value gates): dA, dv, intra-chunk dq/dk, then
+    dq, dk and the key-gate gradient buffers (dbk = q*dq - k*dk; dbq = q*dq with the bonus)."""
+    K, V = q.shape[-1], v.shape[-1]
+    H = meta.H
+    BK, BV = min(64, _pow2(K)), min(64, _pow2(V))
+    cm = dict(REVERSE=reverse, VARLEN=meta.varlen, IEEE=_prec(ieee))
+    tabs = (meta.cu, meta.chunk_seq, meta.chunk_idx)
+    dA = _empty(A.shape, torch.float32, q.device)
+    _bwd_dA_kernel[(meta.nchunks, meta.nbh)](v, do, dA, *tabs, scale, meta.N, meta.NT, H, V, C=meta.C, BV=BV,
+                                            LOWP=lowp, **cm, **_launch_opts(K, 'dA'))
+    dv = _empty(v.shape, v.dtype, v.device)
+    _bwd_dvA_kernel[(triton.cdiv(V, BV), meta.nchunks, meta.nbh)](
+        k, _or(gks, k), A, do, dh, dv, *tabs, meta.N, meta.NT, H, K, V, C=meta.C, BK=BK, BV=BV, GK=GK,
+        LOWP=_lowp(ieee), **cm, **_launch_opts(K, 'dvA'))
+    dqi = _empty(q.shape, torch.float32, q.device)
+    dki = _empty(k.shape, torch.float32, k.device)
+    _bwd_intra_kernel[(triton.cdiv(K, BK) * (meta.C // SUB), meta.nchunks, meta.nbh)](
+        q, k, _or(gkb, q), _or(gk, q), dA, dqi, dki, *tabs, meta.N, meta.NT, H, K, C=meta.C, BS=SUB, BK=BK, GK=GK,
+        USE_U=u is not None, LOWP=lowp, **cm, **_launch_opts(K, 'intra'))
+    dq = _empty(q.shape, q.dtype, q.device)
+    dk = _empty(k.shape, k.dtype, k.device)
+    dbk = _empty(gk.shape, torch.float32, q.device) if gk is not None else None
+    dbq = _empty(gk.shape, torch.float32, q.device) if (gk is not None and u is not None) else None
+    # one gate per head: the gate gradient sums over all of K, so one key block
+    BKi = _pow2(K) if GK == 1 else BK
+    _bwd_inter_kernel[(triton.cdiv(K, BKi), meta.nchunks, meta.nbh)](
+        q, k, v, _or(gkb, q), _or(gk, q), _or(gks, q), _or(u, q), h, do, dh, dA, dqi, dki, dq, dk, _or(dbk, q),
+        _or(dbq, q), *tabs, scale, meta.N, meta.NT, H, K, V, C=meta.C, BK=BKi, BV=BV, GK=GK, USE_U=u is not None,
+        LOWP=lowp, **cm, **_launch_opts(K, 'inter'))
+    return dq, dk, dv, dbk, dbq
+
+
+def _bwd_sub(q, k, v, gkb, gk, gks, gv, gvb, gvs, u, scale, h, dh, o, do, meta, GK, reverse, ieee, lowp):
+    """Backward chunk kernels that walk sub-blocks (the value-gate path): dv, dq, dk and the gate-gradient
+    buffers (dbk, dbv, dbq)."""
+    K, V = q.shape[-1], v.shape[-1]
+    H = meta.H
+    BK, BV = _pow2(K), min(64, _pow2(V))
+    dv = _empty(v.shape, v.dtype, v.device)
+    dbv = _empty(v.shape, torch.float32, v.device) if gv is not None else None
+    gates = (_or(gkb, q), _or(gk, q), _or(gks, q), _or(gvb, v), _or(gv, v), _or(gvs, v), _or(u, q))
+    _bwd_dv_kernel[(triton.cdiv(V, BV), meta.nchunks, meta.nbh)](
+        q, k, v, *gates, _or(o, v), do, dh, dv, _or(dbv, v), meta.cu, meta.chunk_seq, meta.chunk_idx, scale,
+        meta.N, meta.NT, H, K, V, C=meta.C, BS=SUB, BK=BK, BV=BV, GK=GK, GV=gv is not None,
+        USE_U=u is not None, REVERSE=reverse, VARLEN=meta.varlen, IEEE=_prec(ieee),
+        LOWP=_lowp(ieee) and gv is None, **_launch_opts(K, 'dv'))
+    dq = _empty(q.shape, q.dtype, q.device)
+    dk = _empty(k.shape, k.dtype, k.device)
+    dbk = _empty(gk.shape, torch.float32, q.device) if gk is not None else None
+    dbq = _empty(gk.shape, torch.float32, q.device) if (gk is not None and u is not None) else None
+    # dq first: it writes q * dq into dbk, which the dk kernel completes to q * dq - k * dk
+    common = dict(C=meta.C, BS=SUB, BK=BK, BV=BV, GK=GK, GV=gv is not None, USE_U=u is not None, REVERSE=reverse,
+                  VARLEN=meta.varlen, IEEE=_prec(ieee), LOWP=lowp)
+    _bwd_dq_kernel[(meta.nchunks, meta.nbh)](
+        q, k, v, _or(gkb, q), _or(gk, q), _or(gvb, v), _or(gv, v), _or(u, q), h, do, dq, _or(dbk, q), _or(dbq, q),
+        meta.cu, meta.chunk_seq, meta.chunk_idx, scale, meta.N, meta.NT, H, K, V, **common,
+        **_launch_opts(K, 'dqk', 'dq'))
+    _bwd_dk_kernel[(meta.nchunks, meta.nbh)](
+        q, k, v, *gates, do, dh, dk, _or(dbk, q),
+        meta.cu, meta.chunk_seq, meta.chunk_idx, scale, meta.N, meta.NT, H, K, V, **common,
+        **_launch_opts(K, 'dqk', 'dk'))
+    return dq, dk, dv, dbk, dbv, dbq
+
+
 class ChunkGLAFunction(torch.autograd.Function):
 
     @staticmethod
@@ -1159,17 +1535,18 @@ class ChunkGLAFunction(torch.autograd.Function):
         h0 = h0.contiguous() if h0 is not None else None
         B, N, H, K = q.shape
         meta = _Meta(B, N, H, cu_seqlens, chunk_size, q.device)
-        o, ht, _ = gla_fwd(q, k, v, gk, gv, u, scale, h0, output_final_state, meta, reverse)
-        ctx.save_for_backward(q, k, v, gk, gv, u, h0, o if gv is not None else None)
+        o, ht, _, A = gla_fwd(q, k, v, gk, gv, u, scale, h0, output_final_state, meta, reverse)
+        # the A path keeps the intra-chunk scores A (fp32 [B, N, H, C]) for dv; the value-gate path keeps o
+        ctx.save_for_backward(q, k, v, gk, gv, u, h0, o if gv is not None else None, A)
         ctx.meta, ctx.scale, ctx.reverse = meta, scale, reverse
         return o.to(v.dtype), ht
 
     @staticmethod
     def backward(ctx, do, dht):
-        q, k, v, gk, gv, u, h0, o = ctx.saved_tensors
+        q, k, v, gk, gv, u, h0, o, A = ctx.saved_tensors
         dq, dk, dv, dgk, dgv, du, dh0 = gla_bwd(q, k, v, gk, gv, u, ctx.scale, h0, o, do,
                                                 dht.contiguous() if dht is not None else None,
-                                                ctx.meta, ctx.reverse)
+                                                ctx.meta, ctx.reverse, A=A)
         return dq, dk, dv, dgk, dgv, du, None, dh0, None, None, None, None
 
 

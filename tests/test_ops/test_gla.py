@@ -118,6 +118,46 @@ def test_chunk_gla_precision_and_launch_options(monkeypatch):
         _check(1, 8, 1, 16, 16, gate='vector', dtype=torch.bfloat16, chunk_size=16)
 
 
+class _Refuse:
+    """Stands in for a kernel that must not be launched."""
+
+    def __init__(self, name):
+        self.name = name
+
+    def __getitem__(self, grid):
+        raise AssertionError(f'{self.name} launched')
+
+
+@pytest.mark.parametrize('gate,u,reverse,cu,K,V', [
+    ('none', True, False, None, 16, 16),             # no gate with the bonus
+    ('scalar', True, True, [0, 5, 40, 70], 16, 16),  # packed sequences, one gate per head, bonus, reverse
+    ('vector', True, False, [0, 33, 34, 70], 16, 16),
+    ('vector', False, True, None, 80, 72),           # several key / value blocks, masked tails (BK = BV = 64)
+    ('scalar', False, False, None, 80, 72),
+])
+def test_chunk_gla_A_path(monkeypatch, gate, u, reverse, cu, K, V):
+    # without value gates the intra-chunk matrix path runs: none of the sub-block chunk kernels may launch
+    for name in ('_fwd_o_kernel', '_bwd_dv_kernel', '_bwd_dq_kernel', '_bwd_dk_kernel'):
+        monkeypatch.setattr(chunk, name, _Refuse(name))
+    B = 1 if cu is not None else 2
+    _check(B, 70, 1, K, V, gate=gate, u=u, h0=True, reverse=reverse, cu=cu, chunk_size=32)
+
+
+@pytest.mark.parametrize('gate,u', [('vector', True), ('scalar', False)])
+def test_chunk_gla_sub_block_path(monkeypatch, gate, u):
+    # A_PATH = False: the sub-block kernels for calls without value gates (kept for comparison)
+    monkeypatch.setattr(chunk, 'A_PATH', False)
+    for name in ('_fwd_A_kernel', '_bwd_intra_kernel', '_bwd_inter_kernel'):
+        monkeypatch.setattr(chunk, name, _Refuse(name))
+    _check(1, 50, 1, 16, 16, gate=gate, u=u, h0=True, reverse=True, chunk_size=32)
+
+
+def test_chunk_gla_A_path_launch_options(monkeypatch):
+    monkeypatch.setattr(chunk, 'LAUNCH', {n: dict(num_warps=2, num_stages=2)
+                                          for n in ('fwd_A', 'fwd_oA', 'dA', 'dvA', 'intra', 'inter')})
+    _check(1, 40, 1, 16, 16, gate='vector', u=True, h0=True, dtype=torch.bfloat16, chunk_size=32)
+
+
 def test_public_op_dispatch_and_checks():
     q = torch.randn(1, 9, 2, 8)
     g = F.logsigmoid(torch.randn(1, 9, 2, 8))

@@ -16,11 +16,25 @@ So log gates of -20 (or -inf) and of ~0 stay finite. ``reverse=True`` maps logic
 ``eos - 1 - t`` inside every kernel: nothing is flipped in memory. Packed sequences (``cu_seqlens``) use
 per-chunk tables built on the host.
 
+Two paths share the state kernels (``_fwd_h_kernel``, ``_bwd_dh_kernel``) and gate cumsums:
+
+* A path (every call without value gates, ``A_PATH``): ``_fwd_A_kernel`` forms the intra-chunk scores
+  ``A[t, s] = scale * sum_k q_tk k_sk exp(bq_tk - b_sk)`` (s <= t; with the bonus s < t and ``A[t, t] =
+  scale * q_t . (u * k_t)``) once per chunk with the sub-block scheme above, fp32 ``[B, N, H, C]``, kept for the
+  backward; ``_fwd_oA_kernel``: ``o = scale * (q * exp(bq)) @ S + A @ v``. Backward: ``_bwd_dA_kernel``
+  (``dA = scale * tril(do @ v^T)``), ``_bwd_dvA_kernel`` (``dv = A^T @ do + (k * exp(b_last - b)) @ dh``),
+  ``_bwd_intra_kernel`` (intra-chunk dq/dk from dA, sub-block scheme, once), ``_bwd_inter_kernel`` (inter-chunk
+  dq/dk from h/dh, the t == s terms, the key-gate gradient buffer). Only the two sub-block kernels hold [BS, *]
+  dots; the other four are full-chunk matmuls.
+* sub-block path (value gates, GSA's first pass): ``_fwd_o_kernel``, ``_bwd_dv_kernel``, ``_bwd_dq_kernel``,
+  ``_bwd_dk_kernel`` each walk the sub-blocks and re-form the intra-chunk scores.
+
 Backward: the states are recomputed (``_fwd_h_kernel``), state gradients run right to left
-(``_bwd_dh_kernel``), then chunk-parallel ``_bwd_dv_kernel``, ``_bwd_dq_kernel`` and ``_bwd_dk_kernel``. Gate
-gradients use ``dL/db_t = q_t * dq_t - k_t * dk_t`` (value gate: ``o_t * do_t - v_t * dv_t``) plus the final-state
-term, followed by a reverse cumulative sum over time (``_revcumsum_kernel``); the dq kernel writes ``q * dq``
-(fp32) into the key-gate buffer, the dk kernel (launched after it) subtracts ``k * dk``.
+(``_bwd_dh_kernel``), then the chunk-parallel kernels of the path. Gate gradients use
+``dL/db_t = q_t * dq_t - k_t * dk_t`` (value gate: ``o_t * do_t - v_t * dv_t``) plus the final-state term,
+followed by a reverse cumulative sum over time (``_revcumsum_kernel``); on the sub-block path the dq kernel writes
+``q * dq`` (fp32) into the key-gate buffer and the dk kernel (launched after it) subtracts ``k * dk``; on the
+A path ``_bwd_inter_kernel`` writes the difference.
 """
 import os
 

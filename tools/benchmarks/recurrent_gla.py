@@ -13,7 +13,7 @@
 Writes log.txt, results.json, recurrent_gla.md and recurrent_gla.png under --out.
 
 Parts (--parts, comma-separated): precompile (all kernel specializations in parallel processes), main, extra
-(correctness), bench_nofla (default: ours, SDPA, reference) or bench (adds fla timings: its autotuning takes
+(correctness), ab (A path against the sub-block path), bench_nofla (default: ours, SDPA, reference) or bench (adds fla timings: its autotuning takes
 several minutes of device time), fla (output cross-check against fla), profile; light variants:
 precompile_light, main_light, bench_min. The default (~5 minutes on an H100) leaves out fla.
 """
@@ -451,9 +451,33 @@ def run_profile():
     save()
 
 
-SWEEP_LAUNCH = [{}, {'dqk': dict(num_warps=8)}, {'dqk': dict(num_stages=1)},
-                {'dqk': dict(num_warps=8, num_stages=1), 'fwd_o': dict(num_warps=8), 'dv': dict(num_warps=8)},
-                {'fwd_o': dict(num_stages=1), 'dv': dict(num_stages=1)}]
+SWEEP_LAUNCH = [{}, {'inter': dict(num_warps=8)}, {'intra': dict(num_warps=8)}, {'fwd_A': dict(num_stages=1)},
+                {'fwd_oA': dict(num_warps=8), 'dvA': dict(num_warps=8), 'dA': dict(num_warps=8)},
+                {'intra': dict(num_stages=1), 'fwd_A': dict(num_warps=2)}]
+
+
+def run_ab():
+    """A path (intra-chunk matrices formed once per pass) against the sub-block path, same process, bf16."""
+    RESULTS.setdefault('ab', [])
+    for gate, u in (('vector', False), ('scalar', False), ('none', False), ('vector', True)):
+        i = gla_inputs(8, 4096, 12, 64, 64, gate, u, False, 8, torch.bfloat16)
+        ins = [i[n].requires_grad_() for n in ('q', 'k', 'v', 'g', 'u') if i[n] is not None]
+        if gate == 'none':
+            def fn(q, k, v, *a):
+                return chunk_gla(q, k, v, None, u=a[0] if a else None)[0]
+        else:
+            def fn(q, k, v, g, *a):
+                return chunk_gla(q, k, v, g, u=a[0] if a else None)[0]
+        res = {}
+        for ap in (True, False):
+            gla_chunk.A_PATH = ap
+            res[ap] = (bench(fwd_bwd(fn, ins)), bench(lambda: fn(*ins)))
+        gla_chunk.A_PATH = True
+        RESULTS['ab'].append(dict(gate=gate, u=u, a_fwd_bwd=res[True][0], a_fwd=res[True][1],
+                                  sub_fwd_bwd=res[False][0], sub_fwd=res[False][1]))
+        log(f'{elapsed()} ab {gate} u={u}: A path fwd+bwd {res[True][0]:.3f} fwd {res[True][1]:.3f} | '
+            f'sub-block path fwd+bwd {res[False][0]:.3f} fwd {res[False][1]:.3f} ms')
+    save()
 
 
 def run_sweep():
@@ -647,6 +671,11 @@ def main():
         gla_chunk.POISON = True
         hgrn_scan.POISON = True
         run_correctness('extra')
+    if 'ab' in parts:
+        try:
+            run_ab()
+        except Exception:  # noqa: BLE001
+            log(traceback.format_exc()[-1500:])
     if 'sweep' in parts:
         run_sweep()
     if 'profile' in parts:

@@ -15,7 +15,7 @@ Writes log.txt, results.json, recurrent_gla.md and recurrent_gla.png under --out
 Parts (--parts, comma-separated): precompile (all kernel specializations in parallel processes), main, extra
 (correctness), ab (A path against the sub-block path), bench_nofla (default: ours, SDPA, reference) or bench (adds fla timings: its autotuning takes
 several minutes of device time), fla (output cross-check against fla), profile; light variants:
-precompile_light, main_light, bench_min. The default (~5 minutes on an H100) leaves out fla.
+precompile_light, main_light, bench_min, bench_noref (ours and SDPA only). The default (~5 minutes on an H100) leaves out fla.
 """
 import argparse
 import json
@@ -451,8 +451,10 @@ def run_profile():
     save()
 
 
-SWEEP_LAUNCH = [{}, {'inter': dict(num_warps=8)}, {'intra': dict(num_warps=8)}, {'fwd_A': dict(num_stages=1)},
+SWEEP_LAUNCH = [{}, {'inter': dict(num_warps=8)}, {'intra': dict(num_warps=8)}, {'intra': dict(num_warps=2)},
+                {'fwd_A': dict(num_stages=1)}, {'fwd_A': dict(num_warps=8)},
                 {'fwd_oA': dict(num_warps=8), 'dvA': dict(num_warps=8), 'dA': dict(num_warps=8)},
+                {'fwd_oA': dict(num_stages=2), 'dvA': dict(num_stages=2), 'dA': dict(num_stages=2)},
                 {'intra': dict(num_stages=1), 'fwd_A': dict(num_warps=2)}]
 
 
@@ -656,6 +658,12 @@ def main():
             run_bench(bw, [(2, 12, 16384, 64)], -1, with_fla=False, only=('gla vector',))
             write_report(bw)
             run_bench(bw, [(8, 12, 4096, 64), (2, 12, 16384, 64)], -1, with_fla=False, only=('hgrn', 'gsa M=64'))
+        except Exception:  # noqa: BLE001
+            log(traceback.format_exc()[-2000:])
+        write_report(bw)
+    if 'bench_noref' in parts:  # ours and SDPA only (no step reference, no fla): quick re-timing after a change
+        try:
+            run_bench(bw, [(8, 12, 4096, 64), (2, 12, 16384, 64)], -1, with_fla=False)
         except Exception:  # noqa: BLE001
             log(traceback.format_exc()[-2000:])
         write_report(bw)

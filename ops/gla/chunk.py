@@ -29,7 +29,8 @@ Two paths share the state kernels (``_fwd_h_kernel``, ``_bwd_dh_kernel``) and ga
 * sub-block path (value gates, GSA's first pass): ``_fwd_o_kernel``, ``_bwd_dv_kernel``, ``_bwd_dq_kernel``,
   ``_bwd_dk_kernel`` each walk the sub-blocks and re-form the intra-chunk scores.
 
-Backward: the states are recomputed (``_fwd_h_kernel``), state gradients run right to left
+Backward: the gate cumsums are the forward's (kept in the autograd context, ``KEEP_CUMSUM``), the states are
+recomputed (``_fwd_h_kernel``), state gradients run right to left
 (``_bwd_dh_kernel``), then the chunk-parallel kernels of the path. Gate gradients use
 ``dL/db_t = q_t * dq_t - k_t * dk_t`` (value gate: ``o_t * do_t - v_t * dv_t``) plus the final-state term,
 followed by a reverse cumulative sum over time (``_revcumsum_kernel``); on the sub-block path the dq kernel writes
@@ -53,6 +54,9 @@ F32_OPERANDS = 'tf32'  # how those fp32 operands meet the tensor cores: 'tf32' o
 # per chunk (forward: A, kept for the backward; backward: dA) instead of in each of four sub-block kernels.
 # False: the sub-block kernels for every call (the value-gate path always takes them)
 A_PATH = True
+# keep the forward's chunk-local gate cumsums (fp32, see ChunkGLAFunction.forward) for the backward instead of
+# recomputing them there. False: the backward recomputes them (less memory held between forward and backward)
+KEEP_CUMSUM = True
 # per-kernel launch options (dict(num_warps=..., num_stages=...)) over _launch_opts, by name:
 #   A path:          'fwd_A' (_fwd_A_kernel), 'fwd_oA' (_fwd_oA_kernel), 'dA' (_bwd_dA_kernel),
 #                    'dvA' (_bwd_dvA_kernel), 'intra' (_bwd_intra_kernel), 'inter' (_bwd_inter_kernel);
@@ -1369,6 +1373,11 @@ def _launch_opts(K, *names):
     """Launch options of a kernel; LAUNCH entries of ``names`` override in order ('dqk' applies to both the dq
     and the dk kernel, 'dq' / 'dk' to one)."""
     opts = dict(num_warps=4) if K <= 64 else dict(num_warps=8)
+    if 'fwd_A' in names and K <= 64:
+        # H100, gla vector 8x12x4096x64 bf16: 0.43 ms against 0.57 ms (4 warps); offline sm_90a ptxas, bf16,
+        # K = 64, 2 warps: 128 / 168 registers (vector gates without / with the bonus), 118 / 128 (scalar),
+        # 58 / 104 (no gate), no spills
+        opts['num_warps'] = 2
     if 'fwd_o' in names:
         opts['num_stages'] = 1  # H100, gla vector 8x12x4096x64 bf16: 0.87 ms against 1.04 ms (2 stages)
     if any(n in names for n in ('fwd_oA', 'dA', 'dvA', 'inter')):
@@ -1404,7 +1413,7 @@ def gla_fwd(q, k, v, gk, gv, u, scale, h0, output_final_state, meta, reverse):
             q, v, _or(gkb, q), _or(gk, q), h, A, o, meta.cu, meta.chunk_seq, meta.chunk_idx, scale, meta.N, meta.NT,
             meta.H, K, V, C=meta.C, BK=BK, BV=BV, GK=GK, USE_U=u is not None, REVERSE=reverse, VARLEN=meta.varlen,
             IEEE=_prec(ieee), LOWP=lowp, **_launch_opts(K, 'fwd_oA'))
-        return o, ht, ht_ex, A
+        return o, ht, ht_ex, A, (gkb, gks, gvb, gvs)
     # with value gates the backward reads o (dL/dgv = o * do - v * dv): keep it in fp32 for that
     o = _empty(v.shape, torch.float32 if gv is not None else v.dtype, v.device)
     BK, BV = _pow2(K), min(64, _pow2(V))
@@ -1414,16 +1423,22 @@ def gla_fwd(q, k, v, gk, gv, u, scale, h0, output_final_state, meta, reverse):
                         C=meta.C, BS=SUB, BK=BK, BV=BV, GK=GK, GV=gv is not None, USE_U=u is not None,
                         REVERSE=reverse, VARLEN=meta.varlen, IEEE=_prec(ieee), LOWP=lowp,
                         **_launch_opts(K, 'fwd_o'))
-    return o, ht, ht_ex, None
+    return o, ht, ht_ex, None, (gkb, gks, gvb, gvs)
 
 
-def gla_bwd(q, k, v, gk, gv, u, scale, h0, o, do, dht, meta, reverse, A=None):
+def gla_bwd(q, k, v, gk, gv, u, scale, h0, o, do, dht, meta, reverse, A=None, cums=None):
+    """``cums``: the forward's gate cumsums ``(gkb, gks, gvb, gvs)`` (gla_fwd's last output, computed from the
+    same gates, meta and direction); None: computed here."""
     K, V = q.shape[-1], v.shape[-1]
     H = meta.H
     GK = 0 if gk is None else (1 if gk.dim() == 3 else 2)
     ieee = q.dtype == torch.float32
-    gkb, gks = _gate_cumsum(gk, meta, reverse)
-    gvb, gvs = _gate_cumsum(gv, meta, reverse)
+    if cums is not None:
+        gkb, gks, gvb, gvs = cums
+        assert (gkb is None) == (gk is None) and (gvb is None) == (gv is None), 'cums do not match the gates'
+    else:
+        gkb, gks = _gate_cumsum(gk, meta, reverse)
+        gvb, gvs = _gate_cumsum(gv, meta, reverse)
     # 16-bit inputs: the backward's state, state-gradient and dq/dk kernels take fp32 operands (tf32 tensor
     # cores): the gate gradient q*dq - k*dk cancels, and bf16 operands there gave dL/dg errors of 2-3e-2 at
     # N = 4096 on the H100 (tf32: ~8x smaller operand rounding)
@@ -1549,18 +1564,25 @@ class ChunkGLAFunction(torch.autograd.Function):
         h0 = h0.contiguous() if h0 is not None else None
         B, N, H, K = q.shape
         meta = _Meta(B, N, H, cu_seqlens, chunk_size, q.device)
-        o, ht, _, A = gla_fwd(q, k, v, gk, gv, u, scale, h0, output_final_state, meta, reverse)
-        # the A path keeps the intra-chunk scores A (fp32 [B, N, H, C]) for dv; the value-gate path keeps o
-        ctx.save_for_backward(q, k, v, gk, gv, u, h0, o if gv is not None else None, A)
+        o, ht, _, A, cums = gla_fwd(q, k, v, gk, gv, u, scale, h0, output_final_state, meta, reverse)
+        # the A path keeps the intra-chunk scores A (fp32 [B, N, H, C]) for dv; the value-gate path keeps o.
+        # KEEP_CUMSUM: also the chunk-local gate cumsums, so the backward does not relaunch _cumsum_kernel:
+        # gkb, gks (prefix / exclusive suffix sums of gk) with gk, gvb, gvs with gv; each fp32 in its gate's shape
+        # ([B, N, H, K] vector gates, [B, N, H] one gate per head; gv: [B, N, H, V]). Held until the backward:
+        # 8 bytes per gate element and gate (bf16 vector gk at 8x12x4096x64: 2 x 100 MB, 4x the gate itself)
+        keep = cums if KEEP_CUMSUM else (None,) * 4
+        ctx.save_for_backward(q, k, v, gk, gv, u, h0, o if gv is not None else None, A, *keep)
         ctx.meta, ctx.scale, ctx.reverse = meta, scale, reverse
+        ctx.kept_cums = KEEP_CUMSUM
         return o.to(v.dtype), ht
 
     @staticmethod
     def backward(ctx, do, dht):
-        q, k, v, gk, gv, u, h0, o, A = ctx.saved_tensors
+        q, k, v, gk, gv, u, h0, o, A, *cums = ctx.saved_tensors
         dq, dk, dv, dgk, dgv, du, dh0 = gla_bwd(q, k, v, gk, gv, u, ctx.scale, h0, o, do,
                                                 dht.contiguous() if dht is not None else None,
-                                                ctx.meta, ctx.reverse, A=A)
+                                                ctx.meta, ctx.reverse, A=A,
+                                                cums=tuple(cums) if ctx.kept_cums else None)
         return dq, dk, dv, dgk, dgv, du, None, dh0, None, None, None, None
 
 

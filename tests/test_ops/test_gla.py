@@ -179,3 +179,52 @@ def test_public_op_dispatch_and_checks():
     gr = gla_ops.retention_log_decay(2).expand(1, 9, 2)
     o4, _ = gla_recurrent_reference(q, q, q, gk=gr)
     assert torch.allclose(o3, o4, atol=1e-6)
+
+
+class _Count:
+    """Wraps a kernel and counts its launches."""
+
+    def __init__(self, kernel):
+        self.kernel, self.n = kernel, 0
+
+    def __getitem__(self, grid):
+        self.n += 1
+        return self.kernel[grid]
+
+
+@pytest.mark.parametrize('gate,gv,u', [('vector', False, True),    # A path
+                                       ('scalar', False, False),   # A path, one gate per head
+                                       ('vector', True, False)])   # sub-block path (value gates)
+def test_chunk_gla_backward_reuses_gate_cumsums(monkeypatch, gate, gv, u):
+    # the forward launches _cumsum_kernel once per gate; the backward takes the kept cumsums and launches none
+    ngates = 1 + int(gv)
+    torch.manual_seed(0)
+    ins = _inputs(1, 50, 2, 16, 16, gate, gv, u, True, 1, torch.float32)
+    cus = None
+    results = {}
+    for keep in (True, False):
+        monkeypatch.setattr(chunk, 'KEEP_CUMSUM', keep)
+        count = _Count(chunk._cumsum_kernel)
+        monkeypatch.setattr(chunk, '_cumsum_kernel', count)
+        xs = [x.detach().clone().requires_grad_(True) if x is not None else None for x in ins]
+        q, k, v, g, gvv, uu, hh = xs
+        o, ht = chunk_gla_triton(q, k, v, gk=g, gv=gvv, u=uu, initial_state=hh, output_final_state=True,
+                                 cu_seqlens=cus, reverse=True, chunk_size=32)
+        assert count.n == ngates
+        torch.manual_seed(1)
+        loss = (o * torch.randn_like(o)).sum() + (ht * torch.randn_like(ht)).sum()
+        grads = torch.autograd.grad(loss, [x for x in xs if x is not None])
+        assert count.n == (ngates if keep else 2 * ngates), f'backward launched _cumsum_kernel (keep={keep})'
+        results[keep] = [o, ht, *grads]
+    # reusing the forward's cumsums changes no result (same kernel, same inputs: bitwise equal)
+    for a, b in zip(results[True], results[False]):
+        assert torch.isfinite(a).all() and torch.equal(a, b)
+
+
+def test_fwd_A_default_launch(monkeypatch):
+    # _fwd_A_kernel launches with 2 warps at K <= 64 by default; LAUNCH['fwd_A'] still overrides
+    assert chunk._launch_opts(64, 'fwd_A')['num_warps'] == 2
+    assert chunk._launch_opts(128, 'fwd_A')['num_warps'] == 8
+    assert chunk._launch_opts(64, 'fwd_oA')['num_warps'] == 4
+    monkeypatch.setattr(chunk, 'LAUNCH', {'fwd_A': dict(num_warps=4, num_stages=1)})
+    assert chunk._launch_opts(64, 'fwd_A') == dict(num_warps=4, num_stages=1)

@@ -15,7 +15,7 @@ Writes log.txt, results.json, recurrent_gla.md and recurrent_gla.png under --out
 Parts (--parts, comma-separated): precompile (all kernel specializations in parallel processes), main, extra
 (correctness), ab (A path against the sub-block path), bench_nofla (default: ours, SDPA, reference) or bench (adds fla timings: its autotuning takes
 several minutes of device time), fla (output cross-check against fla), profile; light variants:
-precompile_light, main_light, bench_min, bench_noref (ours and SDPA only). The default (~5 minutes on an H100) leaves out fla.
+precompile_light, main_light, bench_min, bench_noref (ours and SDPA only), bench_fla_vector (gla vector and hgrn against fla). The default (~5 minutes on an H100) leaves out fla.
 """
 import argparse
 import json
@@ -667,6 +667,12 @@ def main():
         except Exception:  # noqa: BLE001
             log(traceback.format_exc()[-2000:])
         write_report(bw)
+    if 'bench_fla_vector' in parts:  # gla vector: ours against fla's chunk_gla in this process (fla autotunes)
+        try:
+            run_bench(bw, [(8, 12, 4096, 64)], -1, with_fla=True, only=('gla vector', 'hgrn'))
+        except Exception:  # noqa: BLE001
+            log(traceback.format_exc()[-2000:])
+        write_report(bw)
     if 'bench' in parts or 'bench_nofla' in parts:
         try:
             run_bench(bw, [(8, 12, 4096, 64), (2, 12, 16384, 64)], 4096, with_fla='bench' in parts)
@@ -679,6 +685,8 @@ def main():
         gla_chunk.POISON = True
         hgrn_scan.POISON = True
         run_correctness('extra')
+        gla_chunk.POISON = False  # (NaN-filled output buffers cost time: never on during timings)
+        hgrn_scan.POISON = False
     if 'ab' in parts:
         try:
             run_ab()

@@ -6,7 +6,7 @@ Detection and segmentation heads (RoIAlign in Mask R-CNN's RoI extractors and ma
 the post-processing) run mmcv's CUDA kernels on the GPU and its C++ kernels on the CPU. A wheel built for other
 GPU architectures, or a miscompiled kernel, need not raise: it can return zeros or garbage, and a detector then
 trains its RPN but not its RoI heads. This compares, on random inputs: RoIAlign forward and input gradient
-(aligned and not, sampling_ratio 0 and 2), nms keep sets and batched_nms.
+(aligned and not, sampling_ratio 0 and 2), RoIAlign on a channels-last map, nms keep sets and batched_nms.
 """
 import argparse
 import sys
@@ -37,6 +37,14 @@ def check_roi_align(device, gen):
             (y0, g0), (y1, g1) = xs['cpu'], xs[device]
             err = max(((y1 - y0).norm() / y0.norm()).item(), ((g1 - g0).norm() / g0.norm()).item())
             out.append((f'roi_align aligned={aligned} sampling_ratio={sr}', err, err < 1e-4 and y1.abs().sum() > 0))
+    # a channels-last map (what convolutions return after a permute-based channel LayerNorm) must pool the same:
+    # mmcv 2.1.0 reads raw memory as NCHW; vla_mm.compat makes the input contiguous first
+    import vla_mm  # noqa: F401
+    xd = x.to(device)
+    y0 = roi_align(xd, rois.to(device), (7, 7), 1 / 4, 0, 'avg', True)
+    y1 = roi_align(xd.contiguous(memory_format=torch.channels_last), rois.to(device), (7, 7), 1 / 4, 0, 'avg', True)
+    err = ((y1 - y0).norm() / y0.norm()).item()
+    out.append(('roi_align on a channels-last input (with vla_mm.compat)', err, err < 1e-6))
     return out
 
 

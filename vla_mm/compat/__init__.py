@@ -3,6 +3,7 @@
 Each fix is measured in ``../shared/ENVIRONMENT.md`` and documented in README.md ("Compatibility").
 """
 from .checkpoint import CheckpointLoadError, allowed_checkpoint_globals, install_safe_checkpoint_loading
+from .mmcv_ops import make_roi_align_stride_safe
 from .multimodal import disable_mmpretrain_multimodal_if_broken
 
 _applied = False
@@ -15,8 +16,10 @@ def apply_all():
         return
     install_safe_checkpoint_loading()
     disable_mmpretrain_multimodal_if_broken()
+    make_roi_align_stride_safe()
     _applied = True
 
 
 __all__ = ['apply_all', 'CheckpointLoadError', 'allowed_checkpoint_globals',
-           'install_safe_checkpoint_loading', 'disable_mmpretrain_multimodal_if_broken']
+           'install_safe_checkpoint_loading', 'disable_mmpretrain_multimodal_if_broken',
+           'make_roi_align_stride_safe']

@@ -30,7 +30,9 @@ class LayerNorm2d(nn.Module):
     def forward(self, x):
         x = x.permute(0, 2, 3, 1)
         x = F.layer_norm(x, x.shape[-1:], self.weight, self.bias, self.eps)
-        return x.permute(0, 3, 1, 2)
+        # NCHW-contiguous out: a channels-last view here propagates through every later conv, and mmcv's
+        # RoIAlign reads raw memory as NCHW (see vla_mm/compat/mmcv_ops.py)
+        return x.permute(0, 3, 1, 2).contiguous()
 
 
 def make_norm(norm, channels):

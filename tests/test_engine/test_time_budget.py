@@ -46,6 +46,17 @@ class _Record(Hook):
         self.lrs.append([g['lr'] for g in runner.optim_wrapper.optimizer.param_groups])
 
 
+@pytest.fixture(autouse=True)
+def _keep_default_scope():
+    """A Runner makes its scope the current DefaultScope (process-global): undo that, so later tests that build
+    vla_mm modules by bare name still resolve them in their own scope."""
+    from mmengine.registry import DefaultScope
+    before = dict(DefaultScope._instance_dict)
+    yield
+    DefaultScope._instance_dict.clear()
+    DefaultScope._instance_dict.update(before)
+
+
 def _runner(tmp_path, budget_hook, max_iters=100, by_epoch=False, scheduler=None):
     rec = _Record()
     loop = dict(type='EpochBasedTrainLoop', max_epochs=max_iters // 4) if by_epoch else \

@@ -332,6 +332,48 @@ def _diag_decay(gv_t, t_i, m_i, BS: tl.constexpr, SHIFT: tl.constexpr, STRICT: t
     return tl.exp(tl.where(keep, x, NEG_INF))
 
 
+@triton.jit
+def _to_ref(x, gr, gb, b_ref, r, m, adjacent, c, D, H, i_h, G: tl.constexpr, BS: tl.constexpr):
+    """Tile ``x`` of an earlier sub-block scaled to the reference row (the last row before the current sub-block),
+    every factor <= 1: the adjacent sub-block by its own suffix sums of log gates ``gr``, farther ones by
+    ``b_ref - b`` (chunk prefix sums ``gb``). G == 0: no gate (``b_ref`` unused)."""
+    if G > 0:
+        if adjacent:
+            x = x * tl.exp(_lsuf(_gtile(gr, r, m, c, D, H, i_h, G), G, BS))
+        else:
+            x = x * tl.exp(b_ref - _gtile(gb, r, m, c, D, H, i_h, G))
+    return x
+
+
+@triton.jit
+def _diag_block_scores(q_i, k_i, g_i, uu, k, gkr, base, t_i, m_i, r_i, seq_len, bos, eos, ck, K, H, i_h,
+                       BS: tl.constexpr, GK: tl.constexpr, USE_U: tl.constexpr, REVERSE: tl.constexpr,
+                       DT: tl.constexpr, IEEE: tl.constexpr):
+    """Exact scores of a diagonal sub-block: sum_k q_tk k_sk exp(bq_tk - b_sk) for s <= t (s < t with the bonus,
+    whose q_t . (u * k_t) then fills the diagonal). ``g_i`` (GK == 2 with the bonus) and ``uu`` (with the bonus)
+    are unused otherwise."""
+    ar = tl.arange(0, BS)
+    if GK == 2:
+        if USE_U:
+            A = _diag_scores(q_i, g_i, k, gkr, base, t_i, m_i, seq_len, bos, eos, ck, K, H, i_h, BS, True, REVERSE)
+        else:
+            A = _diag_scores(q_i, tl.zeros_like(q_i), k, gkr, base, t_i, m_i, seq_len, bos, eos, ck, K, H, i_h,
+                             BS, False, REVERSE)
+    else:
+        A = _mm(q_i.to(DT), tl.trans(k_i.to(DT)), IEEE)
+        if GK == 1:
+            A = A * _diag_decay(_gvec(gkr, r_i, m_i, H, i_h), t_i, m_i, BS, USE_U, USE_U)
+        else:
+            if USE_U:
+                A = tl.where((t_i[:, None] > t_i[None, :]) & m_i[:, None], A, 0.)
+            else:
+                A = tl.where((t_i[:, None] >= t_i[None, :]) & m_i[:, None], A, 0.)
+    if USE_U:
+        dg = tl.sum(q_i * uu[None, :] * k_i, axis=1)
+        A += tl.where(ar[:, None] == ar[None, :], dg[:, None], 0.)
+    return A
+
+
 # ----------------------------------------------------------------------------------------------------------
 # gate cumsums
 # ----------------------------------------------------------------------------------------------------------
@@ -464,6 +506,8 @@ def _fwd_o_kernel(q, k, v, gkb, gkr, gvb, gvr, u, h, o, cu, chunk_seq, chunk_idx
     hs = _state_tile(h, hc, H, i_h, ck, cv, K, V)
     if USE_U:
         uu = tl.load(u + i_h * K + ck, mask=ck < K, other=0.).to(tl.float32)
+    else:
+        uu = 0.  # unused
     for i in range(C // BS):
         base = i_t * C + i * BS
         if base < L:
@@ -480,6 +524,7 @@ def _fwd_o_kernel(q, k, v, gkb, gkr, gvb, gvr, u, h, o, cu, chunk_seq, chunk_idx
                     bq_i = bq_i - g_i
                 o_i = _mm((q_i * tl.exp(bq_i)).to(DT), hs.to(DT), IEEE)
             else:
+                g_i = 0.  # unused
                 o_i = _mm(q_i.to(DT), hs.to(DT), IEEE)
             if GV:
                 gv_i = _tile(gvr, r_i, m_i, cv, V, H * V, i_h * V)
@@ -492,49 +537,27 @@ def _fwd_o_kernel(q, k, v, gkb, gkr, gvb, gvr, u, h, o, cu, chunk_seq, chunk_idx
                     bk_r = _grow(gkb, r_ref, ck, K, H, i_h, GK)
                 else:
                     qr = q_i
+                    bk_r = 0.
                 if GV:
-                    bv_r = _row(gvb, r_ref, cv, V, H * V, i_h * V)[None, :]
+                    bv_r = _grow(gvb, r_ref, cv, V, H, i_h, 2)
                 acc = tl.zeros([BS, BV], dtype=tl.float32)
                 for j in range(i):
                     t_j = i_t * C + j * BS + ar
                     m_j = t_j < L
                     r_j = _rows(t_j, bos, eos, REVERSE)
-                    k_j = _tile(k, r_j, m_j, ck, K, H * K, i_h * K)
-                    if GK > 0:
-                        if j == i - 1:
-                            k_j = k_j * tl.exp(_lsuf(_gtile(gkr, r_j, m_j, ck, K, H, i_h, GK), GK, BS))
-                        else:
-                            k_j = k_j * tl.exp(bk_r - _gtile(gkb, r_j, m_j, ck, K, H, i_h, GK))
+                    k_j = _to_ref(_tile(k, r_j, m_j, ck, K, H * K, i_h * K), gkr, gkb, bk_r, r_j, m_j, j == i - 1,
+                                  ck, K, H, i_h, GK, BS)
                     A = _mm(qr.to(DT), tl.trans(k_j.to(DT)), IEEE)
                     v_j = _tile(v, r_j, m_j, cv, V, H * V, i_h * V)
                     if GV:
-                        if j == i - 1:
-                            v_j = v_j * tl.exp(_lsuf(_tile(gvr, r_j, m_j, cv, V, H * V, i_h * V), 2, BS))
-                        else:
-                            v_j = v_j * tl.exp(bv_r - _tile(gvb, r_j, m_j, cv, V, H * V, i_h * V))
+                        v_j = _to_ref(v_j, gvr, gvb, bv_r, r_j, m_j, j == i - 1, cv, V, H, i_h, 2, BS)
                     acc += _mm(A.to(DT), v_j.to(DT), IEEE)
                 if GV:
                     acc = acc * tl.exp(tl.where(m_i[:, None], _lpre(gv_i, False, 2, BS), NEG_INF))
                 o_i += acc
             # diagonal sub-block
-            if GK == 2:
-                if USE_U:
-                    A = _diag_scores(q_i, g_i, k, gkr, base, t_i, m_i, L, bos, eos, ck, K, H, i_h, BS, True, REVERSE)
-                else:
-                    A = _diag_scores(q_i, tl.zeros_like(q_i), k, gkr, base, t_i, m_i, L, bos, eos, ck, K, H, i_h,
-                                     BS, False, REVERSE)
-            else:
-                A = _mm(q_i.to(DT), tl.trans(k_i.to(DT)), IEEE)
-                if GK == 1:
-                    A = A * _diag_decay(_gvec(gkr, r_i, m_i, H, i_h), t_i, m_i, BS, USE_U, USE_U)
-                else:
-                    if USE_U:
-                        A = tl.where((t_i[:, None] > t_i[None, :]) & m_i[:, None], A, 0.)
-                    else:
-                        A = tl.where((t_i[:, None] >= t_i[None, :]) & m_i[:, None], A, 0.)
-            if USE_U:
-                dg = tl.sum(q_i * uu[None, :] * k_i, axis=1)
-                A += tl.where(ar[:, None] == ar[None, :], dg[:, None], 0.)
+            A = _diag_block_scores(q_i, k_i, g_i, uu, k, gkr, base, t_i, m_i, r_i, L, bos, eos, ck, K, H, i_h,
+                                   BS, GK, USE_U, REVERSE, DT, IEEE)
             if GV:
                 o_i += _diag_gmm(A, tl.zeros([BS, BV], dtype=tl.float32), v, gvr, base, t_i, m_i, L, bos, eos, cv,
                                  V, H, i_h, BS, BV, False, REVERSE)
@@ -771,6 +794,8 @@ def _bwd_dq_kernel(q, k, v, gkb, gkr, gvb, gvr, u, h, do, dq, dbk, dbq, cu, chun
                         ddr = do_m
                     if GK > 0:
                         bk_rm = _grow(gkb, r_refm, ck, K, H, i_h, GK)
+                    else:
+                        bk_rm = 0.
                     dq_off = tl.zeros([BS, BK], dtype=tl.float32)
                     for j in range(mb):
                         t_j = i_t * C + j * BS + ar
@@ -778,17 +803,10 @@ def _bwd_dq_kernel(q, k, v, gkb, gkr, gvb, gvr, u, h, do, dq, dbk, dbq, cu, chun
                         r_j = _rows(t_j, bos, eos, REVERSE)
                         v_j = _tile(v, r_j, m_j, cv, V, H * V, i_h * V)
                         if GV:
-                            if j == mb - 1:
-                                v_j = v_j * tl.exp(_lsuf(_tile(gvr, r_j, m_j, cv, V, H * V, i_h * V), 2, BS))
-                            else:
-                                v_j = v_j * tl.exp(bv_rm - _tile(gvb, r_j, m_j, cv, V, H * V, i_h * V))
+                            v_j = _to_ref(v_j, gvr, gvb, bv_rm, r_j, m_j, j == mb - 1, cv, V, H, i_h, 2, BS)
                         dA = _mm(ddr.to(DT), tl.trans(v_j.to(DT)), IEEE)
-                        k_j = _tile(k, r_j, m_j, ck, K, H * K, i_h * K)
-                        if GK > 0:
-                            if j == mb - 1:
-                                k_j = k_j * tl.exp(_lsuf(_gtile(gkr, r_j, m_j, ck, K, H, i_h, GK), GK, BS))
-                            else:
-                                k_j = k_j * tl.exp(bk_rm - _gtile(gkb, r_j, m_j, ck, K, H, i_h, GK))
+                        k_j = _to_ref(_tile(k, r_j, m_j, ck, K, H * K, i_h * K), gkr, gkb, bk_rm, r_j, m_j,
+                                      j == mb - 1, ck, K, H, i_h, GK, BS)
                         dq_off += _mm(dA.to(DT), k_j.to(DT), IEEE)
                     if GK > 0:
                         g_m = _gtile(gkr, r_m, m_m, ck, K, H, i_h, GK)
@@ -973,6 +991,8 @@ def _fwd_A_kernel(q, k, gkb, gkr, u, A, cu, chunk_seq, chunk_idx, scale, N, NT, 
         k_i = _tile(k, r_i, m_i, ck, K, H * K, i_h * K)
         if GK > 0:
             g_i = _gtile(gkr, r_i, m_i, ck, K, H, i_h, GK)
+        else:
+            g_i = 0.  # unused
         # earlier sub-blocks j < i: reference row r = last row of sub-block i-1, both factors <= 1
         if i_i > 0:
             r_ref = _rows(base - 1, bos, eos, REVERSE)
@@ -981,38 +1001,22 @@ def _fwd_A_kernel(q, k, gkb, gkr, u, A, cu, chunk_seq, chunk_idx, scale, N, NT, 
                 bk_r = _grow(gkb, r_ref, ck, K, H, i_h, GK)
             else:
                 qr = q_i
+                bk_r = 0.
             for j in range(i_i):
                 t_j = i_t * C + j * BS + ar
                 m_j = t_j < L
                 r_j = _rows(t_j, bos, eos, REVERSE)
-                k_j = _tile(k, r_j, m_j, ck, K, H * K, i_h * K)
-                if GK > 0:
-                    if j == i_i - 1:
-                        k_j = k_j * tl.exp(_lsuf(_gtile(gkr, r_j, m_j, ck, K, H, i_h, GK), GK, BS))
-                    else:
-                        k_j = k_j * tl.exp(bk_r - _gtile(gkb, r_j, m_j, ck, K, H, i_h, GK))
+                k_j = _to_ref(_tile(k, r_j, m_j, ck, K, H * K, i_h * K), gkr, gkb, bk_r, r_j, m_j, j == i_i - 1,
+                              ck, K, H, i_h, GK, BS)
                 A_ij = _mm(qr.to(DT), tl.trans(k_j.to(DT)), IEEE)
                 _store_tile(A, A_ij, r_i, m_i, j * BS + ar, C, H * C, i_h * C)
         # diagonal sub-block (exact)
-        if GK == 2:
-            if USE_U:
-                A_ii = _diag_scores(q_i, g_i, k, gkr, base, t_i, m_i, L, bos, eos, ck, K, H, i_h, BS, True, REVERSE)
-            else:
-                A_ii = _diag_scores(q_i, tl.zeros_like(q_i), k, gkr, base, t_i, m_i, L, bos, eos, ck, K, H, i_h,
-                                    BS, False, REVERSE)
-        else:
-            A_ii = _mm(q_i.to(DT), tl.trans(k_i.to(DT)), IEEE)
-            if GK == 1:
-                A_ii = A_ii * _diag_decay(_gvec(gkr, r_i, m_i, H, i_h), t_i, m_i, BS, USE_U, USE_U)
-            else:
-                if USE_U:
-                    A_ii = tl.where((t_i[:, None] > t_i[None, :]) & m_i[:, None], A_ii, 0.)
-                else:
-                    A_ii = tl.where((t_i[:, None] >= t_i[None, :]) & m_i[:, None], A_ii, 0.)
         if USE_U:
             uu = tl.load(u + i_h * K + ck, mask=ck < K, other=0.).to(tl.float32)
-            dg = tl.sum(q_i * uu[None, :] * k_i, axis=1)
-            A_ii += tl.where(ar[:, None] == ar[None, :], dg[:, None], 0.)
+        else:
+            uu = 0.  # unused
+        A_ii = _diag_block_scores(q_i, k_i, g_i, uu, k, gkr, base, t_i, m_i, r_i, L, bos, eos, ck, K, H, i_h,
+                                  BS, GK, USE_U, REVERSE, DT, IEEE)
         _store_tile(A, A_ii, r_i, m_i, i_i * BS + ar, C, H * C, i_h * C)
         for j in range(i_i + 1, C // BS):
             _store_tile(A, tl.zeros([BS, BS], dtype=tl.float32), r_i, m_i, j * BS + ar, C, H * C, i_h * C)
@@ -1125,16 +1129,14 @@ def _bwd_intra_kernel(q, k, gkb, gkr, dA, dqi, dki, cu, chunk_seq, chunk_idx, N,
             r_ref = _rows(base - 1, bos, eos, REVERSE)
             if GK > 0:
                 bk_r = _grow(gkb, r_ref, ck, K, H, i_h, GK)
+            else:
+                bk_r = 0.
             for j in range(i_i):
                 t_j = i_t * C + j * BS + ar
                 m_j = t_j < L
                 r_j = _rows(t_j, bos, eos, REVERSE)
-                k_j = _tile(k, r_j, m_j, ck, K, H * K, i_h * K)
-                if GK > 0:
-                    if j == i_i - 1:
-                        k_j = k_j * tl.exp(_lsuf(_gtile(gkr, r_j, m_j, ck, K, H, i_h, GK), GK, BS))
-                    else:
-                        k_j = k_j * tl.exp(bk_r - _gtile(gkb, r_j, m_j, ck, K, H, i_h, GK))
+                k_j = _to_ref(_tile(k, r_j, m_j, ck, K, H * K, i_h * K), gkr, gkb, bk_r, r_j, m_j, j == i_i - 1,
+                              ck, K, H, i_h, GK, BS)
                 dA_ij = _tile(dA, r_i, m_i, j * BS + ar, C, H * C, i_h * C)
                 dq_i += _mm(dA_ij.to(DT), k_j.to(DT), IEEE)
             if GK > 0:
@@ -1233,13 +1235,8 @@ def _bwd_inter_kernel(q, k, v, gkb, gkr, gks, u, h, do, dh, dA, dqi, dki, dq, dk
         dk_c += dk_last
     # t == s terms: dA[t, t] (scale * do_t . v_t) times k_t / q_t, or u * k_t / u * q_t with the bonus
     dA_tt = tl.load(dA + r.to(tl.int64) * H * C + i_h * C + ac, mask=m, other=0.)
-    if USE_U:
-        uu = tl.load(u + i_h * K + ck, mask=ck < K, other=0.).to(tl.float32)[None, :]
-        dq_c += dA_tt[:, None] * uu * k_c
-        dk_c += dA_tt[:, None] * uu * q_c
-    else:
-        dq_c += dA_tt[:, None] * k_c
-        dk_c += dA_tt[:, None] * q_c
+    dq_c += _diag_self_term(dA_tt, dA_tt, k_c, u, i_h, ck, K, USE_U)
+    dk_c += _diag_self_term(dA_tt, dA_tt, q_c, u, i_h, ck, K, USE_U)
     _store_tile(dq, dq_c, r, m, ck, K, H * K, i_h * K)
     _store_tile(dk, dk_c, r, m, ck, K, H * K, i_h * K)
 

@@ -619,6 +619,29 @@ def precompile(jobs):
             log(f'{elapsed()} precompile {r}')
 
 
+def guarded(fn, *args, report=None, **kwargs):
+    """Run one part: a failure is logged, not fatal (the later parts still run); ``report`` (the copy bandwidth)
+    rewrites the report afterwards."""
+    try:
+        fn(*args, **kwargs)
+    except Exception:  # noqa: BLE001
+        log(traceback.format_exc()[-2000:])
+    if report is not None:
+        write_report(report)
+
+
+def run_bench_min(bw):
+    """Smallest useful run: one float64 check of the bf16 gated core, then ours vs SDPA (no reference, no fla)."""
+    run_bench(bw, [(8, 12, 4096, 64)], -1, with_fla=False, only=('gla vector',))
+    write_report(bw)
+    gla_chunk.POISON = True
+    check_gla('gla vector N=2048', 1, 2048, 2, 64, 64, torch.bfloat16)
+    gla_chunk.POISON = False
+    run_bench(bw, [(2, 12, 16384, 64)], -1, with_fla=False, only=('gla vector',))
+    write_report(bw)
+    run_bench(bw, [(8, 12, 4096, 64), (2, 12, 16384, 64)], -1, with_fla=False, only=('hgrn', 'gsa M=64'))
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument('--out', default='.')
@@ -646,39 +669,15 @@ def main():
         run_correctness('light')
     gla_chunk.POISON = False
     hgrn_scan.POISON = False
+    both = [(8, 12, 4096, 64), (2, 12, 16384, 64)]
     if 'bench_min' in parts:
-        # smallest useful run: one float64 check of the bf16 gated core, then ours vs SDPA (no reference, no fla)
-        gla_chunk.POISON = False
-        try:
-            run_bench(bw, [(8, 12, 4096, 64)], -1, with_fla=False, only=('gla vector',))
-            write_report(bw)
-            gla_chunk.POISON = True
-            check_gla('gla vector N=2048', 1, 2048, 2, 64, 64, torch.bfloat16)
-            gla_chunk.POISON = False
-            run_bench(bw, [(2, 12, 16384, 64)], -1, with_fla=False, only=('gla vector',))
-            write_report(bw)
-            run_bench(bw, [(8, 12, 4096, 64), (2, 12, 16384, 64)], -1, with_fla=False, only=('hgrn', 'gsa M=64'))
-        except Exception:  # noqa: BLE001
-            log(traceback.format_exc()[-2000:])
-        write_report(bw)
+        guarded(run_bench_min, bw, report=bw)
     if 'bench_noref' in parts:  # ours and SDPA only (no step reference, no fla): quick re-timing after a change
-        try:
-            run_bench(bw, [(8, 12, 4096, 64), (2, 12, 16384, 64)], -1, with_fla=False)
-        except Exception:  # noqa: BLE001
-            log(traceback.format_exc()[-2000:])
-        write_report(bw)
+        guarded(run_bench, bw, both, -1, with_fla=False, report=bw)
     if 'bench_fla_vector' in parts:  # gla vector: ours against fla's chunk_gla in this process (fla autotunes)
-        try:
-            run_bench(bw, [(8, 12, 4096, 64)], -1, with_fla=True, only=('gla vector', 'hgrn'))
-        except Exception:  # noqa: BLE001
-            log(traceback.format_exc()[-2000:])
-        write_report(bw)
+        guarded(run_bench, bw, [(8, 12, 4096, 64)], -1, with_fla=True, only=('gla vector', 'hgrn'), report=bw)
     if 'bench' in parts or 'bench_nofla' in parts:
-        try:
-            run_bench(bw, [(8, 12, 4096, 64), (2, 12, 16384, 64)], 4096, with_fla='bench' in parts)
-        except Exception:  # noqa: BLE001
-            log(traceback.format_exc()[-2000:])
-        write_report(bw)
+        guarded(run_bench, bw, both, 4096, with_fla='bench' in parts, report=bw)
     if 'fla' in parts:
         run_fla()
     if 'extra' in parts:
@@ -688,17 +687,11 @@ def main():
         gla_chunk.POISON = False  # (NaN-filled output buffers cost time: never on during timings)
         hgrn_scan.POISON = False
     if 'ab' in parts:
-        try:
-            run_ab()
-        except Exception:  # noqa: BLE001
-            log(traceback.format_exc()[-1500:])
+        guarded(run_ab)
     if 'sweep' in parts:
         run_sweep()
     if 'profile' in parts:
-        try:
-            run_profile()
-        except Exception:  # noqa: BLE001
-            log(traceback.format_exc()[-1500:])
+        guarded(run_profile)
     n_fail = sum(1 for c in RESULTS['correctness'] if not c.get('pass'))
     log(f'{elapsed()} done: {len(RESULTS["correctness"])} correctness cases, {n_fail} failing')
     save()

@@ -139,7 +139,7 @@ train_dataloader = dict(batch_size=16, num_workers=6, persistent_workers=True,
 val_dataloader = dict(batch_size=16, num_workers=2, dataset=dict(data_root=work_data_root, generate=shapes_generate))
 test_dataloader = val_dataloader
 optim_wrapper = dict(optimizer=dict(lr=3e-4))
-train_cfg = dict(max_epochs=60, val_interval=10)
+train_cfg = dict(max_epochs=60, val_interval=2)  # 100 validation scenes take ~3 s: an AP curve, not one point
 default_hooks = dict(logger=dict(interval=50), checkpoint=dict(interval=10, max_keep_ckpts=1))
 '''
 
@@ -394,15 +394,20 @@ def task_mim(smoke, budget, log):
 
 # ----------------------------------------------------------------------------------------------- parent
 def curves(tasks):
+    """curves.png: two panels (training loss, validation metric) per task in ``tasks`` whose logs are under WORK."""
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
-    panels = [('seg', 'loss', 'UperNet train loss'), ('seg', 'mIoU', 'UperNet val mIoU'),
-              ('det', 'loss', 'Mask R-CNN train loss'), ('det', 'coco/bbox_mAP', 'Mask R-CNN val AP'),
-              (('simmim_pre', 'mae_pre'), 'loss', 'MIM pre-training loss'),
-              (('ft_simmim', 'ft_mae', 'scratch_ld', 'scratch'), 'accuracy/top1', 'fine-tune val top-1 (600 labels)')]
-    fig, axes = plt.subplots(2, 3, figsize=(15, 8))
-    for ax, (names, key, title) in zip(axes.flat, panels):
+    panels = dict(seg=[('seg', 'loss', 'UperNet train loss'), ('seg', 'mIoU', 'UperNet val mIoU')],
+                  det=[('det', 'loss', 'Mask R-CNN train loss'), ('det', 'coco/bbox_mAP', 'Mask R-CNN val AP')],
+                  mim=[(('simmim_pre', 'mae_pre'), 'loss', 'MIM pre-training loss'),
+                       (('ft_simmim', 'ft_mae', 'scratch_ld', 'scratch'), 'accuracy/top1',
+                        'fine-tune val top-1 (600 labels)')])
+    tasks = [t for t in ('seg', 'det', 'mim') if t in tasks]
+    if not tasks:
+        return
+    fig, axes = plt.subplots(2, len(tasks), figsize=(5 * len(tasks), 8), squeeze=False)  # a column per task
+    for ax, (names, key, title) in zip(axes.T.flat, [pan for t in tasks for pan in panels[t]]):
         names = names if isinstance(names, tuple) else (names, )
         for n in names:
             rows = [r for r in scalars(osp.join(WORK, n)) if key in r]
@@ -414,10 +419,11 @@ def curves(tasks):
                 segm = [r for r in scalars(osp.join(WORK, n)) if 'coco/segm_mAP' in r]
                 if segm and key == 'coco/bbox_mAP':
                     ax.plot([r.get('step', i) for i, r in enumerate(segm)], [r['coco/segm_mAP'] for r in segm],
-                            label='det segm')
+                            label='det segm', marker='.')
         ax.set_title(title)
         ax.set_xlabel('epoch' if 'accuracy' in key or 'coco' in key else 'iteration (or step)')
-        ax.legend(fontsize=8)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
         ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(osp.join(OUT, 'curves.png'), dpi=80)
@@ -429,13 +435,17 @@ def main():
     p.add_argument('--out', required=True)
     p.add_argument('--work', default=None, help='work dir (default: work_dirs/pipelines_gpu[_smoke])')
     p.add_argument('--smoke', action='store_true', help='tiny sizes on CPU, a few iterations')
-    p.add_argument('--deadline', type=float, default=420.0, help='seconds for all tasks together')
+    p.add_argument('--deadline', type=float, default=600.0,
+                   help='seconds for this call (all its tasks together; one task per call gets the GPU to itself)')
     p.add_argument('--task', choices=['seg', 'det', 'mim'], help='(internal) run one task')
     p.add_argument('--budget', type=float, default=300.0)
     p.add_argument('--lean', action='store_true', help='SimMIM only (no MAE), one scratch baseline')
     p.add_argument('--tasks', default='seg,det,mim', help='which tasks this call runs (comma-separated)')
     p.add_argument('--det-init', choices=['cls', 'scratch'], default='cls',
                    help='Mask R-CNN backbone: classification pre-training on the shapes first (default), or scratch')
+    p.add_argument('--replot', action='store_true',
+                   help='only draw curves.png for --tasks from the logs already under --work (e.g. several calls\' '
+                        'logs.tar.gz unpacked into one folder)')
     a = p.parse_args()
     global LEAN, DET_INIT
     LEAN, DET_INIT = a.lean, a.det_init
@@ -443,6 +453,10 @@ def main():
     WORK = osp.abspath(a.work or osp.join(ROOT, 'work_dirs', 'pipelines_gpu' + ('_smoke' if a.smoke else '')))
     os.makedirs(OUT, exist_ok=True)
     os.makedirs(WORK, exist_ok=True)
+    if a.replot:
+        curves(a.tasks.split(','))
+        print('files:', sorted(os.listdir(OUT)), flush=True)
+        return
     import torch
     DEVICE = 'cuda' if torch.cuda.is_available() else 'cpu'
 

@@ -1,4 +1,4 @@
 """Runner extensions: hooks registered in the vla_mm scope."""
-from .hooks import DeterministicResumeHook, TimeBudgetHook
+from .hooks import DeterministicResumeHook, GlobalMeanLogHook, TimeBudgetHook
 
-__all__ = ['DeterministicResumeHook', 'TimeBudgetHook']
+__all__ = ['DeterministicResumeHook', 'GlobalMeanLogHook', 'TimeBudgetHook']

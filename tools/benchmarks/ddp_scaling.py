@@ -34,7 +34,8 @@ def batch(model, n, size, device):
         return x, samples
     from mmpretrain.structures import DataSample
     ncls = model.head.num_classes
-    return x, [DataSample().set_gt_label(int(torch.randint(0, ncls, ()))) for _ in range(n)]
+    # labels on the model's device (label smoothing builds its one-hot targets from them)
+    return x, [DataSample().set_gt_label(int(torch.randint(0, ncls, ()))).to(device) for _ in range(n)]
 
 
 def main():

@@ -13,6 +13,7 @@ Steps, in this order (each is skipped when the deadline would be passed; results
            LinearViT-T at 512 (ADE20K config); synthetic batches, bf16
   nnodes   NNODES=2 NODE_RANK=0|1 MASTER_ADDR=127.0.0.1: two launches of dist_train.sh CONFIG 1 on one host
            (one GPU each) form one 2-process job; its loss curve vs the 2-GPU run of `parity`
+  repeat   the 2-GPU run of `parity` again: the run-to-run noise floor (fp32 atomics in the kernels)
 Writes results.json, parity.png and logs.tar.gz to --out.
 """
 import argparse
@@ -287,6 +288,18 @@ def step_nnodes(res):
                          top1=[r['accuracy/top1'] for r in scalars(osp.join(WORK, 'nn')) if 'accuracy/top1' in r])
 
 
+def step_repeat(res):
+    """The noise floor of the parity check: the same 2-process run again. The linear-attention kernels reduce
+    over sequence blocks with fp32 atomics, so GPU runs are not bitwise repeatable; with training's amplification
+    this is the scale below which 1 x 2b vs 2 x b differences mean nothing."""
+    two = osp.join(WORK, 'cls_two.py')
+    rc, t = sh('repeat_2xb', ['bash', 'tools/dist_train.sh', two, '2', '--work-dir', osp.join(WORK, 'two_again')])
+    lb = [r['loss'] for r in scalars(osp.join(WORK, 'two')) if 'loss' in r]
+    lr = [r['loss'] for r in scalars(osp.join(WORK, 'two_again')) if 'loss' in r]
+    diff = [abs(x - y) for x, y in zip(lb, lr)]
+    res['repeat'] = dict(rc=rc, seconds=t, loss=lr, max_abs_loss_diff_vs_2gpu=max(diff) if diff else None)
+
+
 def write_results(res):
     res['wall_s'] = round(time.time() - T0, 1)
     with open(osp.join(OUT, 'results.json'), 'w') as f:
@@ -302,9 +315,9 @@ def plot(res):
     for k, lab in (('loss_1x2b', '1 GPU x batch 2b'), ('loss_2xb', 'dist_train.sh: 2 GPUs x batch b')):
         if p.get(k):
             ax[0].plot(range(1, len(p[k]) + 1), p[k], label=lab)
-    if res.get('nnodes', {}).get('loss'):
-        ax[0].plot(range(1, len(res['nnodes']['loss']) + 1), res['nnodes']['loss'], '--',
-                   label='NNODES=2 x 1 GPU (one host)')
+    for k, lab in (('nnodes', 'NNODES=2 x 1 GPU (one host)'), ('repeat', '2 GPUs x batch b, again')):
+        if res.get(k, {}).get('loss'):
+            ax[0].plot(range(1, len(res[k]['loss']) + 1), res[k]['loss'], '--', label=lab)
     ax[0].set(xlabel='iteration', ylabel='training loss', title='classification, same seed')
     ax[0].legend()
     if p.get('loss_1x2b') and p.get('loss_2xb'):
@@ -321,7 +334,7 @@ def main():
     p.add_argument('--work', default=None)
     p.add_argument('--smoke', action='store_true')
     p.add_argument('--deadline', type=float, default=380.0, help='seconds for the whole call')
-    p.add_argument('--steps', default='parity,test,pipes,scaling,nnodes')
+    p.add_argument('--steps', default='parity,test,pipes,scaling,nnodes,repeat')
     a = p.parse_args()
     T0, SMOKE, DEADLINE = time.time(), a.smoke, a.deadline
     OUT = osp.abspath(a.out)
@@ -331,7 +344,8 @@ def main():
     import torch
     res = dict(device=[torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] or 'cpu (gloo)',
                torch=torch.__version__)
-    steps = dict(parity=step_parity, test=step_test, pipes=step_pipes, scaling=step_scaling, nnodes=step_nnodes)
+    steps = dict(parity=step_parity, test=step_test, pipes=step_pipes, scaling=step_scaling, nnodes=step_nnodes,
+                 repeat=step_repeat)
     for s in a.steps.split(','):
         if time.time() - T0 > DEADLINE - 45:
             res.setdefault('skipped', []).append(s)

@@ -37,8 +37,8 @@ def main(argv=None):
     from mmengine.registry import RUNNERS
     from mmengine.runner import Runner
 
-    from vla_mm.utils.cli import (UserError, check_checkpoint, check_data_roots, explain_exception, fail,
-                                  load_config, set_work_dir, to_plain, use_cpu_backend)
+    from vla_mm.utils.cli import (UserError, check_checkpoint, check_data_roots, close_distributed, explain_exception,
+                                  fail, load_config, set_work_dir, to_plain, use_cpu_backend)
     try:
         cfg = load_config(args.config, args.cfg_options)
         check_checkpoint(args.checkpoint)
@@ -71,6 +71,7 @@ def main(argv=None):
             json.dump(dict(config=args.config, checkpoint=args.checkpoint, metrics=to_plain(metrics)), f, indent=2)
         print(json.dumps(to_plain(metrics)))
         print(f'metrics written to {osp.abspath(out)}')
+    close_distributed()
 
 
 if __name__ == '__main__':

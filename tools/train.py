@@ -67,7 +67,7 @@ def main(argv=None):
     from mmengine.registry import RUNNERS
     from mmengine.runner import Runner
 
-    from vla_mm.utils.cli import UserError, explain_exception, fail
+    from vla_mm.utils.cli import UserError, close_distributed, explain_exception, fail
     try:
         cfg = build_cfg(args)
         runner = Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)
@@ -81,6 +81,7 @@ def main(argv=None):
         fail(msg)
     print(f'checkpoints and logs: {osp.abspath(runner.work_dir)}')
     print(f'last checkpoint: {runner.cfg.get("work_dir")}/{_last_checkpoint(runner.work_dir)}')
+    close_distributed()
 
 
 def _last_checkpoint(work_dir):

@@ -7,6 +7,10 @@ q, k: [B, N, H, K]; v: [B, N, H, V] (K, V <= 256) -> o: [B, N, H, V] in v's dtyp
 exact definition of every option. CUDA tensors run the Triton kernels (``kernel.py``), CPU tensors or
 ``VLA_OPS_REFERENCE=1`` the plain PyTorch reference. ``linear_attn_triton`` forces the kernels (tests run it on
 CPU tensors under ``TRITON_INTERPRET=1``); ``linear_attn_reference`` is the reference itself.
+
+Reproducibility: the kernels sum the states over blocks of N with fp32 atomics, whose order varies between GPU
+runs (differences of ~1e-7 that training amplifies). Under ``torch.use_deterministic_algorithms(True)`` each
+sequence's states are summed by one program instead: the same bits every run, with less parallelism over N.
 """
 import torch
 

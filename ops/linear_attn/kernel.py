@@ -3,6 +3,7 @@
 Definition of the op and of every option: ``reference.py``. Two phases per (sequence, head), each a launch:
 
   forward   F1  S = sum_j R_j phi(k_j) v_j^T, z = sum_j phi(k_j)   N split over programs, fp32 atomics into S, z
+                (one program per sequence under torch.use_deterministic_algorithms(True): repeatable bits)
             F2  o_i = sc * (R_i phi(q_i))^T S / (phi(q_i)^T z + eps')   tiled over N
   backward  B1  u_i = S g_i, d_i = phi(q_i)^T z + eps'; dS = sum_i R_i phi(q_i) (sc g_i / d_i)^T,
                 delta_i = -sc (R_i phi(q_i))^T u_i / d_i^2, dz = sum_i delta_i phi(q_i),
@@ -557,14 +558,21 @@ class _Plan:
         self.varlen = cu_seqlens is not None
         dummy_i, dummy_f = _dummies(dev)
         # two chunkings of N: the kernels that end in atomic reductions (F1, B1) take longer chunks than the
-        # kernels that only stream (F2, B2)
+        # kernels that only stream (F2, B2). Under torch.use_deterministic_algorithms(True) the reducing kernels
+        # take one chunk per sequence: every element of S, z, dS, dz then receives exactly one fp32 atomic add
+        # onto zero, so the result no longer depends on the order in which programs finish (bitwise repeatable
+        # runs, at the cost of parallelism over N when B x H is small)
+        self.deterministic = torch.are_deterministic_algorithms_enabled()
         self.chunks = {}
         if self.varlen:
             cu = cu_seqlens.tolist()
             self.nseq = len(cu) - 1
+            longest = max((b - a for a, b in zip(cu[:-1], cu[1:])), default=0)
             for kind, pps in (('red', CONFIG['programs_per_sm_reduce']), ('map', CONFIG['programs_per_sm_map'])):
                 split = max(1, triton.cdiv(pps * sms, H))
                 CH = max(BN, triton.cdiv(triton.cdiv(N, split), BN) * BN)
+                if kind == 'red' and self.deterministic:
+                    CH = max(BN, triton.cdiv(longest, BN) * BN)
                 items = [(s, a, min(a + CH, cu[s + 1])) for s in range(self.nseq)
                          for a in range(cu[s], cu[s + 1], CH)]
                 tab = torch.tensor(items, dtype=torch.int32).to(dev) if items else dummy_i
@@ -574,6 +582,8 @@ class _Plan:
             self.nseq = B
             for kind, pps in (('red', CONFIG['programs_per_sm_reduce']), ('map', CONFIG['programs_per_sm_map'])):
                 split = max(1, min(triton.cdiv(N, BN), triton.cdiv(pps * sms, B * H)))
+                if kind == 'red' and self.deterministic:
+                    split = 1
                 CH = triton.cdiv(triton.cdiv(N, split), BN) * BN
                 self.chunks[kind] = (triton.cdiv(N, CH), CH, dummy_i)
             self.ntab = key_padding_mask.sum(1, dtype=torch.float32) if key_padding_mask is not None else None
@@ -676,7 +686,7 @@ def linear_attn_fn(q, k, v, *, feature_map='elu1', normalize=True, scale=None, e
     if rope is None and key_padding_mask is None and cu_seqlens is None:
         # plans without tensors of their own are cached (host overhead matters at small sizes)
         key = (q.shape, v.shape, q.dtype, q.device, feature_map, normalize, scale, eps, focus_power, norm,
-               tuple(sorted(CONFIG.items())))
+               tuple(sorted(CONFIG.items())), torch.are_deterministic_algorithms_enabled())
         plan = _PLANS.get(key)
         if plan is None:
             if len(_PLANS) > 256:

@@ -285,3 +285,32 @@ def test_kernel_no_grad_and_public_dispatch_env(poison, monkeypatch):
     assert rel_err(o, linear_attn_reference(q.double(), k.double(), v.double())) < 1e-5
     monkeypatch.setenv('VLA_OPS_REFERENCE', '1')
     torch.testing.assert_close(linear_attn(q, k, v), linear_attn_reference(q, k, v), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize('shape, opts', [((1, 1031, 1, 16, 16), {}), ((1, 1031, 2, 16, 16), dict(cu=[0, 1, 198, 1031]))],
+                         ids=['dense', 'varlen'])
+def test_kernel_deterministic_mode(poison, shape, opts):
+    """Under torch.use_deterministic_algorithms(True) the reducing kernels (F1, B1) take one program per
+    sequence, so each element of S, z, dS, dz gets exactly one fp32 atomic add (bitwise repeatable on a GPU,
+    where the default split over N adds in a run-dependent order); results stay exact."""
+    (q, k, v), kw = make_inputs(shape, F32, opts)
+    nseq = shape[0] if 'cu' not in opts else len(opts['cu']) - 1
+
+    def plan():
+        return la_kernel._Plan(q, v, 'elu1', True, None, 1e-6, 3.0, None, 'standard', None, kw.get('cu_seqlens'))
+    default = plan()
+    assert default.chunks['red'][0] > nseq  # the default plan splits a sequence over several reducing programs
+    prev = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        det = plan()
+        assert det.deterministic and det.chunks['red'][0] == nseq
+        assert det.chunks['map'][:2] == default.chunks['map'][:2]  # the streaming kernels keep their split
+        errs = check_kernel(shape, F32, 'elu1', opts)
+        assert all(e < TOL[F32] for e in errs.values()), errs
+        o1 = linear_attn_triton(q, k, v, **kw)
+        o2 = linear_attn_triton(q, k, v, **kw)
+        assert torch.equal(o1, o2)
+    finally:
+        torch.use_deterministic_algorithms(prev)
+    assert not plan().deterministic

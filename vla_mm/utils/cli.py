@@ -18,6 +18,18 @@ def fail(msg, code=2):
     sys.exit(code)
 
 
+def close_distributed():
+    """End a distributed run cleanly: every rank waits for the others, then the process group is destroyed.
+
+    Left to interpreter exit, the gloo process group is torn down while its threads may still run, and now and
+    then a rank aborts after training has finished ('terminate called without an active exception', SIGABRT),
+    which fails the whole torchrun job."""
+    import torch.distributed as dist
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 # --------------------------------------------------------------------------------------------- config
 def _lookup(node, parts):
     """Return (found, parent_keys) for the dotted key ``parts`` inside a config dict/list."""

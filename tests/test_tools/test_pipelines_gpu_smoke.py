@@ -30,6 +30,16 @@ def test_pipelines_gpu_smoke_seg_and_det(tmp_path):
     derived = (work / 'det.py').read_text()
     assert "type='vla_mm.TimeBudgetHook'" in derived and 'lr_plan=' in derived and 'param_scheduler = []' in derived
     assert (out / 'det.png').is_file() and (out / 'seg.png').is_file()
+    # curves of the tasks run (a column each), and the same figure again from the logs alone (--replot)
+    from PIL import Image
+    w, h = Image.open(out / 'curves.png').size
+    assert w / h < 1.5  # 2 columns (5 x 8 in each): 1.25; 3 columns would be 1.875
+    replot = tmp_path / 'replot'
+    r = subprocess.run([sys.executable, osp.join(ROOT, 'tools/benchmarks/pipelines_gpu.py'), '--replot',
+                        '--tasks', 'seg,det', '--out', str(replot), '--work', str(work)],
+                       capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert Image.open(replot / 'curves.png').size == Image.open(out / 'curves.png').size
 
 
 def test_detection_configs_with_classification_pretraining():

@@ -634,6 +634,8 @@ def _bwd_dv_kernel(q, k, v, gkb, gkr, gks, gvb, gvr, gvs, u, o, do, dh, dv, dbv,
     dhs = _state_tile(dh, hc, H, i_h, ck, cv, K, V)
     if USE_U:
         uu = tl.load(u + i_h * K + ck, mask=ck < K, other=0.).to(tl.float32)
+    else:
+        uu = 0.  # unused
     for j in range(C // BS):
         base_j = i_t * C + j * BS
         if base_j < L:
@@ -646,6 +648,7 @@ def _bwd_dv_kernel(q, k, v, gkb, gkr, gks, gvb, gvr, gvs, u, o, do, dh, dv, dbv,
                 g_j = _gtile(gkr, r_j, m_j, ck, K, H, i_h, GK)
                 ke = k_j * tl.exp(tl.where(m_j[:, None], _gtile(gks, r_j, m_j, ck, K, H, i_h, GK), NEG_INF))
             else:
+                g_j = 0.  # unused
                 ke = k_j
             dv_j = _mm(ke.to(DT), dhs.to(DT), IEEE)
             if GV:
@@ -686,25 +689,8 @@ def _bwd_dv_kernel(q, k, v, gkb, gkr, gks, gvb, gvr, gvs, u, o, do, dh, dv, dbv,
                     else:
                         dv_j += _mm(tl.trans(A.to(DT)), do_i.to(DT), IEEE)
             # diagonal
-            if GK == 2:
-                if USE_U:
-                    A = _diag_scores(q_j, g_j, k, gkr, base_j, t_j, m_j, L, bos, eos, ck, K, H, i_h, BS, True,
-                                     REVERSE)
-                else:
-                    A = _diag_scores(q_j, tl.zeros_like(q_j), k, gkr, base_j, t_j, m_j, L, bos, eos, ck, K, H, i_h,
-                                     BS, False, REVERSE)
-            else:
-                A = _mm(q_j.to(DT), tl.trans(k_j.to(DT)), IEEE)
-                if GK == 1:
-                    A = A * _diag_decay(_gvec(gkr, r_j, m_j, H, i_h), t_j, m_j, BS, USE_U, USE_U)
-                else:
-                    if USE_U:
-                        A = tl.where((t_j[:, None] > t_j[None, :]) & m_j[:, None], A, 0.)
-                    else:
-                        A = tl.where((t_j[:, None] >= t_j[None, :]) & m_j[:, None], A, 0.)
-            if USE_U:
-                dg = tl.sum(q_j * uu[None, :] * k_j, axis=1)
-                A += tl.where(ar[:, None] == ar[None, :], dg[:, None], 0.)
+            A = _diag_block_scores(q_j, k_j, g_j, uu, k, gkr, base_j, t_j, m_j, r_j, L, bos, eos, ck, K, H, i_h,
+                                   BS, GK, USE_U, REVERSE, DT, IEEE)
             do_j = _tile(do, r_j, m_j, cv, V, H * V, i_h * V)
             if GV:
                 dv_j += _diag_gmmT(A, do, 1.0, gvr, base_j, L, bos, eos, cv, V, H, i_h, BS, BV, False, False, REVERSE)

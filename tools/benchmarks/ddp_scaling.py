@@ -9,6 +9,7 @@ is fixed, so ideal scaling doubles images/s with 2 GPUs. Rank 0 appends one JSON
 Without CUDA it runs on the CPU with gloo (tiny sizes, for the test).
 """
 import argparse
+import ast
 import json
 import os
 import sys
@@ -50,7 +51,7 @@ def main():
     a = p.parse_args()
     import torch
     import torch.distributed as dist
-    from mmengine.config import Config, DictAction  # noqa: F401
+    from mmengine.config import Config
     import vla_mm  # noqa: F401  (registers backbones, applies the compatibility fixes)
     from mmengine.registry import MODELS, init_default_scope
 
@@ -63,7 +64,6 @@ def main():
     cfg = Config.fromfile(a.config)
     for kv in a.cfg_options:
         k, v = kv.split('=', 1)
-        import ast
         cfg.merge_from_dict({k: ast.literal_eval(v)})
     init_default_scope(cfg.get('default_scope', 'mmengine'))
     model = MODELS.build(cfg.model)

@@ -26,6 +26,8 @@ import sys
 import tarfile
 import time
 
+from pipelines_gpu import scalars  # the newest run's scalars.json under a work dir (this script's folder)
+
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 CFG = osp.join(ROOT, 'configs', 'linear_vit')
 PY = sys.executable
@@ -55,11 +57,6 @@ def sh(name, args, **extra):
     if rc:
         print(open(osp.join(WORK, f'{name}.log')).read()[-3000:], flush=True)
     return rc, dt
-
-
-def scalars(wd):
-    files = sorted(osp.join(dp, f) for dp, _, fs in os.walk(wd) for f in fs if f == 'scalars.json')
-    return [json.loads(line) for line in open(files[-1])] if files else []
 
 
 def metrics(wd):
@@ -279,6 +276,8 @@ def step_nnodes(res):
                                       env=env(NNODES='2', NODE_RANK=str(node), MASTER_ADDR='127.0.0.1', PORT=port,
                                               CUDA_VISIBLE_DEVICES=str(node))))
     rcs = [p.wait() for p in procs]
+    for f in logs:
+        f.close()
     print(f'[{time.time() - T0:5.0f}s] nnodes: rc={rcs} in {time.time() - t:.1f}s', flush=True)
     lb = [r['loss'] for r in scalars(osp.join(WORK, 'two')) if 'loss' in r]
     ln = [r['loss'] for r in scalars(osp.join(WORK, 'nn')) if 'loss' in r]

@@ -410,13 +410,14 @@ def curves(tasks):
     for ax, (names, key, title) in zip(axes.T.flat, [pan for t in tasks for pan in panels[t]]):
         names = names if isinstance(names, tuple) else (names, )
         for n in names:
-            rows = [r for r in scalars(osp.join(WORK, n)) if key in r]
+            logged = scalars(osp.join(WORK, n))
+            rows = [r for r in logged if key in r]
             if not rows:
                 continue
             xs = [r.get('step', i) for i, r in enumerate(rows)]
             ax.plot(xs, [r[key] for r in rows], label=n, marker='.' if len(rows) < 40 else None)
             if n == 'det':
-                segm = [r for r in scalars(osp.join(WORK, n)) if 'coco/segm_mAP' in r]
+                segm = [r for r in logged if 'coco/segm_mAP' in r]
                 if segm and key == 'coco/bbox_mAP':
                     ax.plot([r.get('step', i) for i, r in enumerate(segm)], [r['coco/segm_mAP'] for r in segm],
                             label='det segm', marker='.')

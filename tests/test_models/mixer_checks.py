@@ -1,0 +1,58 @@
+"""Shared checks every token mixer's CPU test runs (tiny sizes: the zoo has many mixers and CI is 2 cores).
+
+A mixer test calls :func:`check_mixer` with the mixer's config; it asserts, on a non-square 3x5 token grid:
+output shape, finite values, every trainable parameter reached by the gradient, float64 agreement of the
+float32 model within tolerance (the CPU ops are the references), and, for directional mixers, that a route
+changes the result while keeping shape and finiteness (skipped until ``vla_mm.models.scans`` exists).
+"""
+import copy
+
+import torch
+
+import vla_mm  # noqa: F401
+from vla_mm.models.mixers.base import MixerContext, build_mixer
+
+DIM, HEADS, GRID, BATCH = 32, 2, (3, 5), 2
+
+
+def make(cfg, dim=DIM, num_heads=HEADS, layer_idx=0):
+    torch.manual_seed(0)
+    return build_mixer(cfg, dim=dim, num_heads=num_heads, layer_idx=layer_idx)
+
+
+def run(mixer, x, route=None, hw=GRID):
+    return mixer(x, MixerContext(hw=hw, route=route))
+
+
+def check_mixer(cfg, dim=DIM, num_heads=HEADS, unused=(), routes=('bi', 'cross'), atol64=1e-4):
+    """Build ``cfg`` and run the shared checks; returns the mixer. ``unused``: parameter names a design leaves
+    without gradient on purpose (say why in the test)."""
+    m = make(cfg, dim, num_heads)
+    x = torch.randn(BATCH, GRID[0] * GRID[1], dim, requires_grad=True)
+    y = run(m, x)
+    assert y.shape == x.shape, (cfg, y.shape)
+    assert torch.isfinite(y).all(), cfg
+    (y.square().mean()).backward()
+    assert torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0, cfg
+    missing = [n for n, p in m.named_parameters()
+               if p.requires_grad and n not in unused and (p.grad is None or not torch.isfinite(p.grad).all())]
+    assert not missing, f'{cfg}: no finite gradient for {missing}'
+
+    m64 = copy.deepcopy(m).double()
+    y64 = run(m64, x.detach().double())
+    err = ((y.detach().double() - y64).norm() / y64.norm().clamp_min(1e-30)).item()
+    assert err < atol64, f'{cfg}: float32 vs float64 relative error {err:.2e}'
+
+    if getattr(m, 'directional', False) and routes:
+        try:
+            from vla_mm.models.scans import build_scan
+        except ImportError:
+            return m
+        with torch.no_grad():
+            base = run(m, x)
+            for name in routes:
+                route = build_scan(dict(type=name))
+                yr = run(m, x, route=route)
+                assert yr.shape == x.shape and torch.isfinite(yr).all(), (cfg, name)
+                assert not torch.allclose(yr, base), f'{cfg}: route {name} left a directional mixer unchanged'
+    return m

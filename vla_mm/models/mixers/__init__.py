@@ -2,3 +2,4 @@
 from .linear_attn import LinearAttention
 
 __all__ = ['LinearAttention']
+from .gla import GatedLinearAttention  # noqa: E402,F401

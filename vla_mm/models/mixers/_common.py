@@ -1,0 +1,133 @@
+"""Pieces several mixers share: head ids for route-split cores, direction-aware token shift and short convolution,
+the gated RMS norm of the output, a low-rank projection, HGRN's forget-gate lower bound.
+
+Directional cores run under a scan route, which may hand a core only some heads (a multi-head route gives head
+groups different orders) and may run it right to left (``reverse=True``). So everything a core does per head
+reads the heads it holds from a ``hid`` input (``[B, N, H]`` long, made by :func:`head_ids`, routed like any
+other input), and everything that looks at neighbouring tokens (token shift, short convolution) looks in the
+pass's own direction and stops at packed-sequence boundaries (``cu_seqlens``).
+"""
+import math
+from typing import Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from einops import rearrange
+
+__all__ = ['head_ids', 'core_heads', 'shift_tokens', 'ShortConv', 'GatedRMSNorm', 'low_rank', 'LowerBound']
+
+
+def head_ids(x: torch.Tensor, num_heads: int) -> torch.Tensor:
+    """``[B, N, num_heads]`` long view of ``arange(num_heads)`` for tokens ``x [B, N, ...]`` (no copy)."""
+    return torch.arange(num_heads, device=x.device).expand(x.shape[0], x.shape[1], num_heads)
+
+
+def core_heads(hid: torch.Tensor, num_heads: int) -> Optional[torch.Tensor]:
+    """The heads a core call holds, or None when it holds all of them in order (then no indexing is needed)."""
+    heads = hid[0, 0]
+    if heads.numel() == num_heads and bool((heads == torch.arange(num_heads, device=heads.device)).all()):
+        return None
+    return heads
+
+
+def _seq_pos(n: int, cu_seqlens: torch.Tensor, reverse: bool) -> torch.Tensor:
+    """For each of ``n`` packed tokens: its distance to the start (``reverse``: the end) of its sequence."""
+    t = torch.arange(n, device=cu_seqlens.device)
+    seg = torch.searchsorted(cu_seqlens.to(t.dtype), t, right=True) - 1
+    return cu_seqlens[seg + 1].to(t.dtype) - 1 - t if reverse else t - cu_seqlens[seg].to(t.dtype)
+
+
+def shift_tokens(x: torch.Tensor, j: int = 1, reverse: bool = False,
+                 cu_seqlens: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """``x [B, N, ...]`` -> the token ``j`` steps earlier in the pass (``x_{t-j}``; ``x_{t+j}`` when ``reverse``),
+    zero where that step would leave the sequence (its start, or its end when ``reverse``)."""
+    if j == 0:
+        return x
+    n = x.shape[1]
+    pad = [0, 0] * (x.dim() - 2)
+    if j >= n:
+        return torch.zeros_like(x)
+    out = F.pad(x[:, :n - j], pad + [j, 0]) if not reverse else F.pad(x[:, j:], pad + [0, j])
+    if cu_seqlens is not None:
+        keep = _seq_pos(n, cu_seqlens, reverse) >= j
+        out = out * keep.view(1, n, *([1] * (x.dim() - 2))).to(out.dtype)
+    return out
+
+
+class ShortConv(nn.Module):
+    """Depthwise causal convolution along the 1-D order (the "short convolution" of the GLA / HGRN / DeltaNet
+    language-model layers), run in the pass's own direction: ``o_t = sum_i w_i x_{t-(W-1)+i}`` forward,
+    ``x_{t+(W-1)-i}`` under ``reverse``, so a reversed pass equals the forward pass of the flipped sequence.
+
+    ``forward(x [B, N, Hs, d], heads, reverse, cu_seqlens)``: channels are laid out ``(head, d)``; ``heads`` picks
+    the weight rows of the heads the call holds (None: all).
+    """
+
+    def __init__(self, channels: int, kernel_size: int = 4, bias: bool = False, activation: Optional[str] = 'silu'):
+        super().__init__()
+        if activation not in (None, 'silu'):
+            raise ValueError(f"activation must be None or 'silu', got {activation!r}")
+        self.kernel_size = kernel_size
+        self.activation = activation
+        self.weight = nn.Parameter(torch.empty(channels, kernel_size))
+        self.bias = nn.Parameter(torch.zeros(channels)) if bias else None
+        nn.init.uniform_(self.weight, -1 / math.sqrt(kernel_size), 1 / math.sqrt(kernel_size))  # nn.Conv1d's range
+
+    def forward(self, x, heads=None, reverse=False, cu_seqlens=None):
+        d = x.shape[-1]
+        w = self.weight.view(-1, d, self.kernel_size)
+        b = self.bias.view(-1, d) if self.bias is not None else None
+        if heads is not None:
+            w = w[heads]
+            b = b[heads] if b is not None else None
+        W = self.kernel_size
+        o = sum(shift_tokens(x, W - 1 - i, reverse, cu_seqlens) * w[..., i] for i in range(W))
+        if b is not None:
+            o = o + b
+        return F.silu(o) if self.activation == 'silu' else o
+
+    def extra_repr(self):
+        return f'{self.weight.shape[0]}, kernel_size={self.kernel_size}, activation={self.activation}'
+
+
+class GatedRMSNorm(nn.Module):
+    """RMSNorm over the last dimension, in float32, optionally times ``swish(gate)`` (flash-linear-attention's
+    ``FusedRMSNormGated`` / ``RMSNorm``: the output norm and gate of GLA, RetNet, HGRN, HGRN2, lightnet)."""
+
+    def __init__(self, dim: int, eps: float = 1e-5, elementwise_affine: bool = True):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim)) if elementwise_affine else None
+
+    def forward(self, x, gate=None):
+        w = self.weight.float() if self.weight is not None else None
+        y = F.rms_norm(x.float(), (x.shape[-1],), w, self.eps)
+        if gate is not None:
+            y = y * F.silu(gate.float())
+        return y.to(x.dtype)
+
+
+def low_rank(Linear, in_features: int, rank: int, out_features: int, bias: bool = True) -> nn.Sequential:
+    """``in -> rank -> out`` projection (GLA's gate, lightnet's output gate): two linear layers, no activation."""
+    return nn.Sequential(Linear(in_features, rank, bias=False), Linear(rank, out_features, bias=bias))
+
+
+class LowerBound(nn.Module):
+    """HGRN's forget-gate lower bound ``f' = gamma + (1 - gamma) f`` in log space, one learned ``gamma`` per
+    channel in (0, 1), started at ``layer_idx / num_layers``: the published value at initialisation
+    (``cumsum(softmax(0)) - first``), but a parameter of this layer, not tied by a softmax across layers (the
+    mixer contract has no cross-layer parameters), so the bound is not forced to rise with depth."""
+
+    def __init__(self, channels: int, layer_idx: int, num_layers: int):
+        super().__init__()
+        if not 0 < layer_idx < num_layers:
+            raise ValueError(f'the lower bound needs 0 < layer_idx < num_layers, got {layer_idx}, {num_layers}')
+        self.logit = nn.Parameter(torch.full((channels,), math.log(layer_idx / (num_layers - layer_idx))))
+
+    def forward(self, log_f, heads=None):
+        """``log_f [B, N, Hs, d]`` log forget gates -> ``log(gamma + (1 - gamma) exp(log_f))``."""
+        lg = rearrange(self.logit, '(h d) -> h d', d=log_f.shape[-1])
+        if heads is not None:
+            lg = lg[heads]
+        return torch.logaddexp(F.logsigmoid(lg), F.logsigmoid(-lg) + log_f)

@@ -104,3 +104,47 @@ def test_shift_tokens_respects_packed_sequences():
     assert shift_tokens(x, 1, cu_seqlens=cu).flatten().tolist() == [0, 1, 2, 0, 4, 5, 6]
     assert shift_tokens(x, 1, reverse=True, cu_seqlens=cu).flatten().tolist() == [2, 3, 0, 5, 6, 7, 0]
     assert shift_tokens(x, 2).flatten().tolist() == [0, 0, 1, 2, 3, 4, 5]
+
+
+# -------------------------------------------------------------------------------------------------------- retnet
+@pytest.mark.parametrize('cfg', [dict(type='retnet'), dict(type='retnet', use_short_conv=True, rotary=False)])
+def test_retnet_checks(cfg):
+    check_mixer(cfg)
+
+
+def rotate(x, pos, base=10000.0):
+    """Rotary embedding written out per pair (i, i + d/2): angle pos * base^(-2i/d)."""
+    d = x.shape[-1]
+    out = x.clone()
+    for i in range(d // 2):
+        a = pos * base ** (-2 * i / d)
+        c, s = torch.cos(a)[None, :, None], torch.sin(a)[None, :, None]
+        out[..., i] = x[..., i] * c - x[..., i + d // 2] * s
+        out[..., i + d // 2] = x[..., i + d // 2] * c + x[..., i] * s
+    return out
+
+
+def test_retnet_core_is_retention_with_fixed_decays():
+    m = make(dict(type='retnet', num_heads=4)).double()
+    Hr, dk, dv = 4, m.head_k_dim, m.head_v_dim
+    q, k, v = rand(B, N, Hr, dk), rand(B, N, Hr, dk), rand(B, N, Hr, dv)
+    hid = head_ids(q, Hr)
+    gamma = torch.tensor([1 - 2 ** (-5 - h) for h in range(Hr)], dtype=torch.float64)  # 31/32, 63/64, ...
+    pos = torch.arange(N, dtype=torch.float64)
+    qr, kr = rotate(q, pos), rotate(k, pos)
+    o = torch.zeros(B, N, Hr, dv, dtype=torch.float64)
+    for t in range(N):  # o_t = sum_{s<=t} gamma^(t-s) (q_t . k_s) v_s
+        for s in range(t + 1):
+            w = gamma ** (t - s) * (qr[:, t] * kr[:, s]).sum(-1) * dk ** -0.5
+            o[:, t] += w[..., None] * v[:, s]
+    torch.testing.assert_close(m.core(q, k, v, hid), o, rtol=1e-9, atol=1e-9)
+    assert_reverse_is_flip(m.core, (q, k, v, hid))
+    # heads 2 and 3 alone keep their own decays
+    torch.testing.assert_close(m.core(q[:, :, 2:], k[:, :, 2:], v[:, :, 2:], hid[:, :, 2:]), o[:, :, 2:])
+
+
+def test_retnet_params_small():
+    C, Hs = 384, 6
+    K, V = C, 2 * C
+    published = 2 * C * K + 2 * C * V + V * C + V // Hs  # q k v g o norm
+    assert n_params(make(dict(type='retnet'), dim=C, num_heads=Hs)) == published

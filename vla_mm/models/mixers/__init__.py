@@ -3,3 +3,4 @@ from .linear_attn import LinearAttention
 
 __all__ = ['LinearAttention']
 from .gla import GatedLinearAttention  # noqa: E402,F401
+from .retnet import MultiScaleRetention  # noqa: E402,F401

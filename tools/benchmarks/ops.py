@@ -1,0 +1,583 @@
+"""Op benchmark: every public op of ``vla_mm.ops`` beside its peers, driven by op specs, in one process.
+
+    source tools/device_prelude.sh --peers && python3 tools/benchmarks/ops.py --out $OUT [--ops all]
+        [--N 1024,4096,16384] [--B 8 --H 12 --K 64 --V 64] [--modes fwd,fwdbwd] [--check] [--host] [--graph]
+        [--profile gla_vector@4096] [--peers fla,sdpa,mamba,vrwkv] [--deadline 540]
+    python tools/benchmarks/ops.py --smoke --out /tmp/ops_smoke        # CPU, tiny shapes (CI)
+
+For each op spec (``SPECS``: how to make inputs at B, H, N, K, V, dtype; our call; the float64 reference; the
+peers) and each N: median time (``common.bench``) of the forward (no grad) and of forward + backward of the
+autograd call as a user makes it, for ours and for each peer that is installed (flash-linear-attention 0.6.0,
+``F.scaled_dot_product_attention``, mamba's ``selective_scan_cuda``, Vision-RWKV's ``bi_wkv``), beside the HBM
+floor: the bytes of every input and output of the pass (forward: inputs + output; backward: inputs + output
+gradient read, input gradients written), each moved once, divided by the device-to-device copy bandwidth
+measured in the same run. ``--check``: forward and every input gradient against the float64 reference at a
+small shape (outputs NaN-filled first where the kernels support it). ``--host``: host microseconds per call at
+a tiny shape (launch cost). ``--graph``: also the CUDA-graph replay time. ``--profile OP@N``: kernel table.
+Writes log.txt, results.json (after every case), ops.md, ops.png (time vs N per op), profile.md under --out.
+"""
+import argparse
+import importlib
+import importlib.util
+import os
+import os.path as osp
+import sys
+from dataclasses import dataclass, field
+from typing import Callable, Dict, Optional, Tuple
+
+sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+import common  # noqa: E402
+
+
+# ----------------------------------------------------------------------------------------------- specs
+@dataclass
+class Peer:
+    """Another implementation of an op: ``prepare`` turns our inputs into its own (its layout, fresh leaves),
+    ``call`` runs it and returns the output tensor. ``module``: what must be importable (else skipped)."""
+    call: Callable
+    prepare: Callable = None
+    module: Optional[str] = None
+    cuda_only: bool = True
+    note: str = ''
+
+
+@dataclass
+class OpSpec:
+    """One op: ``make(B, H, N, K, V, dtype, device)`` -> dict of inputs (tensors or None, our [B, N, H, D]
+    layout); ``ours(inputs)`` -> output (None: the family's op is not in the tree yet, peers only);
+    ``reference(inputs in float64)`` -> output; ``grads``: inputs that receive a gradient; ``nbytes``: optional
+    (fwd, fwd+bwd) byte count override of the generic floor."""
+    name: str
+    make: Callable
+    ours: Optional[Callable]
+    reference: Optional[Callable] = None
+    grads: Tuple[str, ...] = ('q', 'k', 'v')
+    peers: Dict[str, Peer] = field(default_factory=dict)
+    causal: bool = True
+    note: str = ''
+    nbytes: Optional[Callable] = None
+
+
+def _randn(*shape, dtype, device, scale=1.0):
+    return (torch.randn(*shape, device=device) * scale).to(dtype)
+
+
+def _qkv(B, H, N, K, V, dtype, device, k_unit=False):
+    q = _randn(B, N, H, K, dtype=dtype, device=device)
+    k = torch.randn(B, N, H, K, device=device)
+    k = (F.normalize(k, dim=-1) if k_unit else k).to(dtype)
+    return dict(q=q, k=k, v=_randn(B, N, H, V, dtype=dtype, device=device))
+
+
+def _sdpa(causal):
+    def prepare(x):
+        return {n: x[n].detach().transpose(1, 2).contiguous() for n in ('q', 'k', 'v')}
+    return Peer(lambda p: F.scaled_dot_product_attention(p['q'], p['k'], p['v'], is_causal=causal),
+                prepare, cuda_only=False, note='causal' if causal else 'non-causal')
+
+
+def _fla(module, fn, call, note=''):
+    """A flash-linear-attention op, imported only when the peer wheels are installed."""
+    def run(p):
+        f = getattr(importlib.import_module(module), fn)
+        out = call(f, p)
+        return out[0] if isinstance(out, tuple) else out
+    return Peer(run, module=module, note=note or f'{module}.{fn}')
+
+
+def _ours(module, fn):
+    """Our public op ``vla_mm.ops.<module>.<fn>``, looked up at call time (None when the family is missing)."""
+    try:
+        mod = importlib.import_module(f'vla_mm.ops.{module}')
+    except ImportError:
+        return None
+    return getattr(mod, fn, None)
+
+
+def _first(out):
+    return out[0] if isinstance(out, tuple) else out
+
+
+def make_linear_attn(B, H, N, K, V, dtype, device):
+    return _qkv(B, H, N, K, V, dtype, device)
+
+
+def make_gla(gate, u=False):
+    def make(B, H, N, K, V, dtype, device):
+        x = _qkv(B, H, N, K, V, dtype, device)
+        if gate == 'vector':
+            x['g'] = F.logsigmoid(torch.randn(B, N, H, K, device=device) + 2.0).to(dtype)
+        elif gate == 'scalar':
+            x['g'] = F.logsigmoid(torch.randn(B, N, H, device=device) + 2.0).to(dtype)
+        if u:  # RWKV6: scale 1, so r and k are scaled to keep r.k near 1
+            x['q'], x['k'] = (t * K ** -0.25 for t in (x['q'], x['k']))
+            x['u'] = _randn(H, K, dtype=dtype, device=device)
+        return x
+    return make
+
+
+def make_delta(gated):
+    def make(B, H, N, K, V, dtype, device):
+        x = _qkv(B, H, N, K, V, dtype, device, k_unit=True)
+        x['beta'] = (torch.rand(B, N, H, device=device) * 0.9 + 0.05).to(dtype)
+        if gated:
+            x['g'] = (-F.softplus(torch.randn(B, N, H, device=device))).to(dtype)
+        return x
+    return make
+
+
+def make_hgrn(B, H, N, K, V, dtype, device):
+    D = H * K
+    return dict(x=_randn(B, N, D, dtype=dtype, device=device),
+                g=F.logsigmoid(torch.randn(B, N, D, device=device) + 2.0).to(dtype))
+
+
+GSA_SLOTS = [64]
+
+
+def make_gsa(B, H, N, K, V, dtype, device):
+    M = GSA_SLOTS[0]
+    x = _qkv(B, H, N, K, V, dtype, device)
+    x['s'] = torch.randn(B, N, H, M, device=device).softmax(-1).to(dtype)
+    x['g'] = F.logsigmoid(torch.randn(B, N, H, M, device=device) + 3.0).to(dtype)
+    return x
+
+
+def make_selective_scan(B, H, N, K, V, dtype, device, state=16):
+    """mamba's layout: u, delta [B, D, L] with D = H * K channels, A [D, state], B, C [B, state, L]."""
+    D = H * K
+    return dict(u=_randn(B, D, N, dtype=dtype, device=device), delta=_randn(B, D, N, dtype=dtype, device=device),
+                A=-torch.rand(D, state, device=device).add(0.5), B=_randn(B, state, N, dtype=dtype, device=device),
+                C=_randn(B, state, N, dtype=dtype, device=device), D=torch.ones(D, device=device),
+                delta_bias=torch.zeros(D, device=device).uniform_(-4, -2))
+
+
+def make_bi_wkv(B, H, N, K, V, dtype, device):
+    """Vision-RWKV's layout: k, v [B, T, C] fp32 with C = H * K; w (already -exp(w) / T) and u / T over C."""
+    C = H * K
+    return dict(w=-torch.rand(C, device=device).exp() / N, u=torch.randn(C, device=device) / N,
+                k=torch.randn(B, N, C, device=device), v=torch.randn(B, N, C, device=device))
+
+
+class _SelectiveScan(torch.autograd.Function):
+    """mamba's selective_scan_cuda.fwd / bwd as a differentiable call (delta_softplus=True, no z)."""
+
+    @staticmethod
+    def forward(ctx, u, delta, A, B, C, D, delta_bias):
+        import selective_scan_cuda
+        out, x, *_ = selective_scan_cuda.fwd(u, delta, A, B, C, D, None, delta_bias, True)
+        ctx.save_for_backward(u, delta, A, B, C, D, delta_bias, x)
+        return out
+
+    @staticmethod
+    def backward(ctx, dout):
+        import selective_scan_cuda
+        u, delta, A, B, C, D, delta_bias, x = ctx.saved_tensors
+        du, ddelta, dA, dB, dC, dD, ddelta_bias, *_ = selective_scan_cuda.bwd(
+            u, delta, A, B, C, D, None, delta_bias, dout.contiguous(), x, None, None, True, False)
+        return du, ddelta, dA, dB, dC, dD, ddelta_bias
+
+
+class _BiWKV(torch.autograd.Function):
+    """Vision-RWKV's bi_wkv_forward / bi_wkv_backward as a differentiable call (fp32)."""
+
+    @staticmethod
+    def forward(ctx, w, u, k, v):
+        import bi_wkv
+        ctx.save_for_backward(w, u, k, v)
+        return bi_wkv.bi_wkv_forward(w, u, k, v)
+
+    @staticmethod
+    def backward(ctx, gy):
+        import bi_wkv
+        w, u, k, v = ctx.saved_tensors
+        gw, gu, gk, gv = bi_wkv.bi_wkv_backward(w, u, k, v, gy.contiguous())
+        return gw, gu, gk, gv
+
+
+def _specs():
+    from vla_mm.ops.delta_rule import delta_rule, delta_rule_recurrent
+    from vla_mm.ops.gla import chunk_gla, chunk_retention, chunk_rwkv6, gla_recurrent_reference, retention_log_decay
+    from vla_mm.ops.gsa import gsa, gsa_recurrent_reference
+    from vla_mm.ops.hgrn import hgrn, hgrn_recurrent_reference
+    from vla_mm.ops.linear_attn import linear_attn, linear_attn_reference
+
+    def gla_ref(x):
+        return gla_recurrent_reference(x['q'], x['k'], x['v'], gk=x.get('g'), u=x.get('u'),
+                                       scale=1.0 if 'u' in x else None)[0]
+
+    fla_gla_vector = _fla('fla.ops.gla', 'chunk_gla', lambda f, p: f(p['q'], p['k'], p['v'], p['g']))
+    specs = [
+        OpSpec('linear_attn', make_linear_attn, lambda x: linear_attn(x['q'], x['k'], x['v']),
+               lambda x: linear_attn_reference(x['q'], x['k'], x['v']), causal=False,
+               note='non-causal, elu+1, normalized',
+               peers=dict(sdpa=_sdpa(False),
+                          fla=_fla('fla.ops.linear_attn', 'chunk_linear_attn',
+                                   lambda f, p: f(p['q'], p['k'], p['v'], normalize=False),
+                                   note='fla chunk_linear_attn: causal, unnormalized (scale reference only)'))),
+        OpSpec('gla_vector', make_gla('vector'), lambda x: chunk_gla(x['q'], x['k'], x['v'], x['g'])[0], gla_ref,
+               grads=('q', 'k', 'v', 'g'), note='GLA, gates [B, N, H, K]',
+               peers=dict(fla=fla_gla_vector, sdpa=_sdpa(True))),
+        OpSpec('gla_scalar', make_gla('scalar'), lambda x: chunk_gla(x['q'], x['k'], x['v'], x['g'])[0], gla_ref,
+               grads=('q', 'k', 'v', 'g'), note='simple GLA / Mamba2-style, gates [B, N, H]',
+               peers=dict(fla=_fla('fla.ops.simple_gla', 'chunk_simple_gla',
+                                   lambda f, p: f(p['q'], p['k'], p['v'], g=p['g'])), sdpa=_sdpa(True))),
+        OpSpec('gla_none', make_gla('none'), lambda x: chunk_gla(x['q'], x['k'], x['v'])[0], gla_ref,
+               note='causal linear attention (no gate)',
+               peers=dict(fla=_fla('fla.ops.linear_attn', 'chunk_linear_attn',
+                                   lambda f, p: f(p['q'], p['k'], p['v'], normalize=False)), sdpa=_sdpa(True))),
+        OpSpec('retention', make_gla('none'), lambda x: chunk_retention(x['q'], x['k'], x['v'])[0],
+               lambda x: gla_recurrent_reference(
+                   x['q'], x['k'], x['v'],
+                   gk=retention_log_decay(x['q'].shape[2], x['q'].device, x['q'].dtype).expand(x['q'].shape[:3]))[0],
+               note='RetNet: fixed decay per head',
+               peers=dict(fla=_fla('fla.ops.retention', 'chunk_retention', lambda f, p: f(p['q'], p['k'], p['v'])))),
+        OpSpec('rwkv6', make_gla('vector', u=True),
+               lambda x: chunk_rwkv6(x['q'], x['k'], x['v'], x['g'], x['u'])[0], gla_ref,
+               grads=('q', 'k', 'v', 'g', 'u'), note='RWKV6: vector decay + bonus u, scale 1',
+               peers=dict(fla=_fla('fla.ops.rwkv6', 'chunk_rwkv6',
+                                   lambda f, p: f(p['q'], p['k'], p['v'], p['g'], p['u'], scale=1.0)))),
+        OpSpec('delta_rule', make_delta(False),
+               lambda x: delta_rule(x['q'], x['k'], x['v'], x['beta'])[0],
+               lambda x: delta_rule_recurrent(x['q'], x['k'], x['v'], x['beta'])[0],
+               grads=('q', 'k', 'v', 'beta'), note='DeltaNet',
+               peers=dict(fla=_fla('fla.ops.delta_rule', 'chunk_delta_rule',
+                                   lambda f, p: f(p['q'], p['k'], p['v'], p['beta'])), sdpa=_sdpa(True))),
+        OpSpec('gated_delta_rule', make_delta(True),
+               lambda x: delta_rule(x['q'], x['k'], x['v'], x['beta'], x['g'])[0],
+               lambda x: delta_rule_recurrent(x['q'], x['k'], x['v'], x['beta'], x['g'])[0],
+               grads=('q', 'k', 'v', 'beta', 'g'), note='Gated DeltaNet',
+               peers=dict(fla=_fla('fla.ops.gated_delta_rule', 'chunk_gated_delta_rule',
+                                   lambda f, p: f(p['q'], p['k'], p['v'], p['g'], p['beta'])))),
+        OpSpec('hgrn', make_hgrn, lambda x: hgrn(x['x'], x['g'], gated_input=False)[0],
+               lambda x: hgrn_recurrent_reference(x['x'], x['g'], gated_input=False)[0], grads=('x', 'g'),
+               note='HGRN, D = H * K channels, ungated input (fla\'s form)',
+               peers=dict(fla=_fla('fla.ops.hgrn', 'chunk_hgrn', lambda f, p: f(p['x'], p['g'])))),
+        OpSpec('gsa', make_gsa, lambda x: gsa(x['q'], x['k'], x['v'], x['s'], x['g'])[0],
+               lambda x: gsa_recurrent_reference(x['q'], x['k'], x['v'], x['s'], x['g'])[0],
+               grads=('q', 'k', 'v', 's', 'g'), note=f'gated slot attention, M = {GSA_SLOTS[0]} slots',
+               peers=dict(fla=_fla('fla.ops.gsa', 'chunk_gsa',
+                                   lambda f, p: f(p['q'], p['k'], p['v'], p['s'], p['g'])))),
+        # later families: the peers are timed now; ours joins when vla_mm.ops.<family> exists
+        OpSpec('selective_scan', make_selective_scan, None, grads=('u', 'delta', 'B', 'C'),
+               note='Mamba selective scan, D = H * K channels, state 16 (ours: not in the tree yet)',
+               peers=dict(mamba=Peer(lambda p: _SelectiveScan.apply(p['u'], p['delta'], p['A'], p['B'], p['C'],
+                                                                    p['D'], p['delta_bias']),
+                                     module='selective_scan_cuda', note='mamba selective_scan_cuda'))),
+        OpSpec('bi_wkv', make_bi_wkv, None, grads=('k', 'v'), causal=False,
+               note='Vision-RWKV Bi-WKV, C = H * K channels, fp32 (ours: not in the tree yet)',
+               peers=dict(vrwkv=Peer(lambda p: _BiWKV.apply(p['w'], p['u'], p['k'], p['v']), module='bi_wkv',
+                                     note='Vision-RWKV bi_wkv'))),
+    ]
+    return {s.name: s for s in specs}
+
+
+# ----------------------------------------------------------------------------------------------- running
+def poison(on):
+    """Output buffers start NaN-filled in the kernels that support it (an unwritten element then fails)."""
+    os.environ['VLA_OPS_POISON'] = '1' if on else '0'
+    for name, mod in list(sys.modules.items()):
+        if name.startswith('vla_mm.ops.'):
+            for attr in ('POISON', '_POISON'):
+                if isinstance(getattr(mod, attr, None), bool):
+                    setattr(mod, attr, on)
+
+
+def peer_status(peer, device):
+    if peer.cuda_only and device.type != 'cuda':
+        return 'needs CUDA'
+    if peer.module and importlib.util.find_spec(peer.module.split('.')[0]) is None:
+        return f'{peer.module} not installed'
+    return 'ok'
+
+
+class Impl:
+    """One implementation at one shape: inputs with gradient leaves, output gradient, timed calls."""
+
+    def __init__(self, call, inputs, grads):
+        self.call, self.x = call, inputs
+        self.leaves = [t.requires_grad_() for n, t in inputs.items() if n in grads and isinstance(t, torch.Tensor)
+                       and t.is_floating_point()]
+        with torch.no_grad():
+            self.do = torch.randn_like(self.fwd())
+
+    def fwd(self):
+        return self.call(self.x)
+
+    def fwd_nograd(self):
+        with torch.no_grad():
+            return self.call(self.x)
+
+    def fwdbwd(self):
+        self.call(self.x).backward(self.do)
+
+
+def make_impl(spec, name, base):
+    """Our call or a peer's on fresh leaves made from ``base`` (the spec's inputs)."""
+    fresh = {n: (t.detach().clone() if isinstance(t, torch.Tensor) else t) for n, t in base.items()}
+    if name == 'ours':
+        return Impl(spec.ours, fresh, spec.grads)
+    peer = spec.peers[name]
+    p = peer.prepare(fresh) if peer.prepare else fresh
+    return Impl(peer.call, p, set(spec.grads) & set(p))
+
+
+def floor_bytes(spec, base, out):
+    """(forward, forward + backward) bytes: every input and the output once; backward re-reads the inputs, reads
+    the output gradient and writes one gradient per differentiable input."""
+    ins = [t for t in base.values() if isinstance(t, torch.Tensor)]
+    fwd = common.nbytes(*ins, out)
+    bwd = common.nbytes(*ins, out) + common.nbytes(*[base[n] for n in spec.grads if base.get(n) is not None])
+    return (spec.nbytes(base) if spec.nbytes else (fwd, fwd + bwd))
+
+
+def check(spec, a, dtype, device, log):
+    """Ours against the float64 reference: output and every input gradient (relative error, NaN-poisoned)."""
+    base = spec.make(a.check_B, a.check_H, a.check_N, a.K, a.V, dtype, device)
+    poison(True)
+    try:
+        ours = make_impl(spec, 'ours', base)
+        o = ours.fwd()
+        grads = torch.autograd.grad(o, ours.leaves, ours.do)
+    finally:
+        poison(False)
+    x64 = {n: (t.detach().double().requires_grad_(n in spec.grads) if isinstance(t, torch.Tensor)
+               and t.is_floating_point() else t) for n, t in base.items()}
+    ref = spec.reference(x64)
+    leaves64 = [x64[n] for n in spec.grads if isinstance(x64.get(n), torch.Tensor)]
+    grads64 = torch.autograd.grad(ref, leaves64, ours.do.double())
+    names = [n for n in spec.grads if isinstance(base.get(n), torch.Tensor)]
+    errs = dict(o=common.rel(o, ref), **{f'd{n}': common.rel(g, r) for n, g, r in zip(names, grads, grads64)})
+    tol = common.tolerance(dtype)
+    ok = all(e < tol for e in errs.values())
+    log(f'check {spec.name} {"PASS" if ok else "FAIL"} B{a.check_B} H{a.check_H} N{a.check_N} {dtype} tol {tol:g}: '
+        + ' '.join(f'{n}={e:.1e}' for n, e in errs.items()))
+    return dict(op=spec.name, N=a.check_N, dtype=str(dtype), tol=tol, ok=ok, errs=errs)
+
+
+def time_case(spec, names, base, modes, bw, a, device):
+    """One (op, N) case: per implementation and mode the median ms, the fwd+bwd peak memory, errors."""
+    row = {}
+    for name in names:
+        try:
+            impl = make_impl(spec, name, base)
+            for mode in modes:
+                fn = impl.fwd_nograd if mode == 'fwd' else impl.fwdbwd
+                grads = impl.leaves if mode == 'fwdbwd' else None
+                row[f'{name}_{mode}_ms'] = common.bench(fn, grad_to_none=grads, device=device,
+                                                        warmup=a.warmup, rep=a.rep)
+                if a.graph and device.type == 'cuda':
+                    try:
+                        row[f'{name}_{mode}_graph_ms'] = common.bench(fn, grad_to_none=grads, graph=True,
+                                                                      rep=a.rep, device=device)
+                    except Exception as e:  # noqa: BLE001  (capture refused: the figure is missing, not fatal)
+                        row[f'{name}_{mode}_graph_error'] = f'{type(e).__name__}: {str(e)[:160]}'
+            if 'fwdbwd' in modes:
+                row[f'{name}_peak_MiB'] = common.peak_mib(impl.fwdbwd, device)
+            if 'floor_fwd_ms' not in row and bw:
+                fb, fbb = floor_bytes(spec, base, impl.fwd_nograd())
+                row['floor_fwd_ms'], row['floor_fwdbwd_ms'] = common.floor_ms(fb, bw), common.floor_ms(fbb, bw)
+            del impl
+        except Exception as e:  # noqa: BLE001  (a refusal or a crash of one implementation)
+            row[f'{name}_error'] = f'{type(e).__name__}: {str(e)[:200]}'
+        if device.type == 'cuda':
+            torch.cuda.empty_cache()
+    return row
+
+
+def host_costs(spec, names, a, dtype, device):
+    """Host microseconds per call (no synchronisation between calls) at B1 H1 N64: what launches cost."""
+    base = spec.make(1, 1, a.host_N, a.K, a.V, dtype, device)
+    row = dict(op=spec.name)
+    for name in names:
+        try:
+            impl = make_impl(spec, name, base)
+            row[f'{name}_fwd_us'] = common.host_us(impl.fwd_nograd, n=a.host_calls, device=device)
+            row[f'{name}_fwdbwd_us'] = common.host_us(impl.fwdbwd, n=a.host_calls, device=device)
+        except Exception as e:  # noqa: BLE001
+            row[f'{name}_error'] = f'{type(e).__name__}: {str(e)[:200]}'
+    return row
+
+
+def impl_names(spec, peers, device, log, status):
+    names = ['ours'] if spec.ours is not None else []
+    for pname, peer in spec.peers.items():
+        if pname not in peers:
+            continue
+        st = peer_status(peer, device)
+        status[f'{spec.name}/{pname}'] = st
+        if st == 'ok':
+            names.append(pname)
+        else:
+            log(f'{spec.name}: peer {pname} skipped ({st})')
+    return names
+
+
+# ----------------------------------------------------------------------------------------------- report
+def report(res, out):
+    rows = res['bench']
+    peers = [p for p in ('fla', 'sdpa', 'mamba', 'vrwkv') if any(f'{p}_fwd_ms' in r or f'{p}_fwdbwd_ms' in r
+                                                                 for r in rows)]
+    md = [f"# Op benchmark ({res['env'].get('device')}, {res['args']['dtype']})", '',
+          f"torch {res['env'].get('torch')}, triton {res['env'].get('triton')}, fla {res['env'].get('fla', '-')}, "
+          f"commit {str(res['env'].get('commit'))[:12]}; copy bandwidth {common.fmt(res.get('copy_TBps'))} TB/s "
+          '(read + written; the floor is bytes / this). Times: median ms of the autograd call.', '']
+    for mode in res['args']['modes']:
+        cols = [('op', 'op'), ('B×H×N×K×V', 'shape'), ('ours', f'ours_{mode}_ms')]
+        cols += [(p, f'{p}_{mode}_ms') for p in peers]
+        cols += [('floor', f'floor_{mode}_ms'),
+                 ('ours / floor', lambda r, m=mode: common.ratio(r.get(f'ours_{m}_ms'), r.get(f'floor_{m}_ms')))]
+        cols += [(f'ours / {p}', lambda r, m=mode, p=p: common.ratio(r.get(f'ours_{m}_ms'), r.get(f'{p}_{m}_ms')))
+                 for p in peers]
+        if res['args'].get('graph'):
+            cols.append(('ours (graph)', f'ours_{mode}_graph_ms'))
+        md += [f"## {'forward' if mode == 'fwd' else 'forward + backward'}", '', common.md_table(rows, cols), '']
+    errs = [(r['op'], r['N'], k, v) for r in rows for k, v in r.items() if k.endswith('_error')]
+    if errs:
+        md += ['## refused or failed', ''] + [f'- {op} N={n} {k[:-6]}: {v}' for op, n, k, v in errs] + ['']
+    if res.get('host'):
+        cols = [('op', 'op')] + [(f'{p} {m} µs', f'{p}_{m}_us') for p in ['ours'] + peers for m in ('fwd', 'fwdbwd')]
+        md += [f"## host time per call (B1 H1 N{res['args']['host_N']}, no synchronisation between calls)", '',
+               common.md_table(res['host'], cols), '']
+    if res.get('checks'):
+        md += ['## float64 checks', '', common.md_table(res['checks'], [
+            ('op', 'op'), ('N', 'N'), ('dtype', 'dtype'), ('pass', 'ok'),
+            ('worst', lambda r: max(r['errs'].items(), key=lambda kv: kv[1])[0] if r.get('errs') else r.get('error')),
+            ('rel. error', lambda r: max(r['errs'].values()) if r.get('errs') else None)]), '']
+    notes = res.get('notes', {})
+    if notes:
+        md += ['## ops', ''] + [f'- {k}: {v}' for k, v in notes.items()]
+    common.write_text(osp.join(out, 'ops.md'), '\n'.join(md))
+    panels = []
+    for op in dict.fromkeys(r['op'] for r in rows):
+        rs = [r for r in rows if r['op'] == op]
+        xs = [r['N'] for r in rs]
+        series = {}
+        for impl, style in [('ours', '-o'), ('fla', '-s'), ('sdpa', '-^'), ('mamba', '-s'), ('vrwkv', '-s'),
+                            ('floor', 'k:')]:
+            for mode in res['args']['modes']:
+                key = f'{impl}_{mode}_ms'
+                if any(key in r for r in rs):
+                    series[f'{impl} {mode}'] = (xs, [r.get(key) for r in rs], style if mode == 'fwdbwd' else
+                                                style.replace('-', '--'))
+        panels.append((op, 'N (tokens)', 'ms (median)', series))
+    common.plot_panels(osp.join(out, 'ops.png'), panels,
+                       title=f"{res['env'].get('device')}, {res['args']['dtype']}, B{res['args']['B']} "
+                             f"H{res['args']['H']} K{res['args']['K']} V{res['args']['V']}")
+
+
+# ----------------------------------------------------------------------------------------------- main
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    p.add_argument('--out', required=True)
+    p.add_argument('--ops', default='all', help="comma-separated spec names, or 'all'")
+    p.add_argument('--N', default='1024,4096,16384', help='sequence lengths')
+    p.add_argument('--B', type=int, default=8)
+    p.add_argument('--H', type=int, default=12)
+    p.add_argument('--K', type=int, default=64)
+    p.add_argument('--V', type=int, default=64)
+    p.add_argument('--slots', type=int, default=64, help='GSA slots M')
+    p.add_argument('--dtype', default='bf16', choices=['bf16', 'fp16', 'fp32'])
+    p.add_argument('--modes', default='fwd,fwdbwd')
+    p.add_argument('--peers', default='fla,sdpa,mamba,vrwkv', help="comma-separated, or 'none'")
+    p.add_argument('--B-at', dest='B_at', type=int, default=4096,
+                   help='B is the batch at this N; at other N the batch is B * B_at / N (at least 1), so every N '
+                        'moves about the same tokens (8x12x4096, 2x12x16384, 1x12x65536); 0: B at every N')
+    p.add_argument('--check', action='store_true', help='float64 checks of ours first')
+    p.add_argument('--check-N', dest='check_N', type=int, default=2048)
+    p.add_argument('--check-B', dest='check_B', type=int, default=2)
+    p.add_argument('--check-H', dest='check_H', type=int, default=2)
+    p.add_argument('--host', action='store_true', help='host microseconds per call at B1 H1 N64')
+    p.add_argument('--host-N', dest='host_N', type=int, default=64)
+    p.add_argument('--host-calls', dest='host_calls', type=int, default=300)
+    p.add_argument('--graph', action='store_true', help='also time CUDA-graph replays')
+    p.add_argument('--profile', default='', help='OP@N[,OP@N]: torch.profiler kernel table of ours fwd+bwd')
+    p.add_argument('--warmup', type=float, default=25, help='ms of warm-up calls')
+    p.add_argument('--rep', type=float, default=100, help='ms of timed calls')
+    p.add_argument('--deadline', type=float, default=540, help='seconds for the whole call')
+    p.add_argument('--smoke', action='store_true', help='CPU, tiny shapes, float32 (CI)')
+    a = p.parse_args(argv)
+    if a.smoke:
+        a.N, a.B, a.H, a.K, a.V, a.dtype, a.slots = '16,32', 1, 2, 8, 8, 'fp32', 4
+        a.check_N, a.check_B, a.check_H, a.warmup, a.rep, a.B_at = 16, 1, 2, 1, 5, 0
+        a.host_N, a.host_calls = 16, 2
+        a.check = a.host = True
+    return a
+
+
+def main(argv=None):
+    a = parse_args(argv)
+    os.makedirs(a.out, exist_ok=True)
+    log = common.Log(osp.join(a.out, 'log.txt'))
+    deadline = common.Deadline(a.deadline)
+    device = torch.device('cpu' if a.smoke or not torch.cuda.is_available() else 'cuda')
+    dtype = dict(bf16=torch.bfloat16, fp16=torch.float16, fp32=torch.float32)[a.dtype]
+    GSA_SLOTS[0] = a.slots
+    specs = _specs()
+    names = list(specs) if a.ops == 'all' else a.ops.split(',')
+    unknown = [n for n in names if n not in specs]
+    if unknown:
+        sys.exit(f'error: unknown op spec(s) {unknown}; known: {sorted(specs)}')
+    peers = set() if a.peers == 'none' else set(a.peers.split(','))
+    Ns = [int(n) for n in a.N.split(',')]
+    modes = a.modes.split(',')
+    res = dict(env=common.describe_env(), args=dict(vars(a), modes=modes), bench=[], checks=[], host=[],
+               peer_status={}, notes={n: specs[n].note for n in names})
+    out_json = osp.join(a.out, 'results.json')
+    log(res['env'])
+    bw = common.copy_bandwidth(nbytes=(1 << 30) if device.type == 'cuda' else (1 << 24), device=device)
+    res['copy_TBps'] = bw / 1e12
+    log(f'device-to-device copy {bw / 1e12:.3f} TB/s (read + written)')
+    if a.check:
+        for n in names:
+            if specs[n].ours is None or specs[n].reference is None:
+                continue
+            if deadline.expired(60):
+                res['checks'].append(dict(op=n, ok=False, error='skipped: deadline'))
+                continue
+            r = common.guarded(log, f'check {n}', check, specs[n], a, dtype, device, log)
+            res['checks'].append(r or dict(op=n, ok=False, error='raised (see log)'))
+            common.write_json(out_json, res)
+    if a.host:
+        for n in names:
+            res['host'].append(host_costs(specs[n], impl_names(specs[n], peers, device, log, {}), a, dtype, device))
+        common.write_json(out_json, res)
+    for n in names:
+        spec = specs[n]
+        todo = impl_names(spec, peers, device, log, res['peer_status'])
+        for N in Ns:
+            B = max(1, round(a.B * a.B_at / N)) if a.B_at else a.B
+            row = dict(op=n, B=B, H=a.H, N=N, K=a.K, V=a.V, shape=f'{B}×{a.H}×{N}×{a.K}×{a.V}')
+            if deadline.expired(30):
+                row['skipped'] = 'deadline'
+                log(f'{n} N={N}: skipped (deadline)')
+            else:
+                base = spec.make(B, a.H, N, a.K, a.V, dtype, device)
+                row.update(time_case(spec, todo, base, modes, bw, a, device))
+                del base
+                log(f'{n} N={N}: ' + ', '.join(f'{k}={common.fmt(v)}' for k, v in row.items()
+                                              if k.endswith(('_ms', '_error'))))
+            res['bench'].append(row)
+            common.write_json(out_json, res)
+    for item in filter(None, a.profile.split(',')):
+        op, N = item.split('@')
+        def prof(op=op, N=int(N)):
+            impl = make_impl(specs[op], 'ours', specs[op].make(a.B, a.H, N, a.K, a.V, dtype, device))
+            table, rows = common.profile(impl.fwdbwd, iters=5, device=device)
+            res.setdefault('profile', {})[item] = rows[:40]
+            with open(osp.join(a.out, 'profile.md'), 'a') as f:
+                f.write(f'## {op} fwd+bwd B{a.B} H{a.H} N{N}, 5 iterations\n\n```\n{table}\n```\n\n')
+        common.guarded(log, f'profile {item}', prof)
+    common.write_json(out_json, res)
+    common.guarded(log, 'report', report, res, a.out)
+    fails = [c['op'] for c in res['checks'] if not c.get('ok')]
+    log(f'done: {len(res["bench"])} cases, checks failed: {fails or "none"}; files: {sorted(os.listdir(a.out))}')
+    return 1 if fails else 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

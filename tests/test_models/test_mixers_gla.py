@@ -1,6 +1,8 @@
 """GLA-family token mixers (gla, hgrn, hgrn2, lightnet, retnet, rwkv6): the shared mixer checks, each core
 against a hand-written per-token recurrence of the published formula (float64), reversed passes against the
 flipped sequence, and parameter counts at Small (dim 384, 6 heads) against the published layers' formulas."""
+import sys
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -8,16 +10,18 @@ import torch.nn.functional as F
 import vla_mm.ops.common as ops_common
 from tests.test_models.mixer_checks import check_mixer, make
 from vla_mm.models.mixers._common import head_ids, shift_tokens
+from vla_mm.models.mixers.base import MixerContext
 
 B, N, C, H = 2, 7, 32, 2
 
 
 @pytest.fixture(autouse=True)
 def float64_reference_ops(monkeypatch):
-    """The CPU references compute in float64 when given float64, but the gla / hgrn ops' dtype check still
-    refuses it (linear_attn accepts it); let float64 through until ops/ does so itself."""
-    if torch.float64 not in ops_common.SUPPORTED_DTYPES:
-        monkeypatch.setattr(ops_common, 'SUPPORTED_DTYPES', ops_common.SUPPORTED_DTYPES + (torch.float64,))
+    """The CPU references compute in float64 when given float64, but the gla op's dtype check still refuses it
+    (hgrn and linear_attn take it); let float64 through until ops/ does so itself."""
+    checks = sys.modules[ops_common.check_dtype.__module__]
+    if torch.float64 not in checks.SUPPORTED_DTYPES:
+        monkeypatch.setattr(checks, 'SUPPORTED_DTYPES', checks.SUPPORTED_DTYPES + (torch.float64,))
 
 
 def n_params(m):
@@ -148,3 +152,183 @@ def test_retnet_params_small():
     K, V = C, 2 * C
     published = 2 * C * K + 2 * C * V + V * C + V // Hs  # q k v g o norm
     assert n_params(make(dict(type='retnet'), dim=C, num_heads=Hs)) == published
+
+
+# ---------------------------------------------------------------------------------------------------------- hgrn
+@pytest.mark.parametrize('cfg', [dict(type='hgrn'), dict(type='hgrn', use_short_conv=True, num_layers=12)])
+def test_hgrn_checks(cfg):
+    check_mixer(cfg)
+
+
+def test_hgrn_lower_bound_layer_and_params():
+    first = make(dict(type='hgrn', num_layers=12), layer_idx=0)
+    assert first.lower_bound is None  # the first layer has none, as published
+    m = make(dict(type='hgrn', num_layers=12), layer_idx=3)
+    torch.testing.assert_close(m.lower_bound.logit.sigmoid(), torch.full((C,), 3 / 12))
+    C_, Hs = 384, 6
+    published = 3 * C_ * C_ + C_ + C_ * C_  # i f g, gated norm, o (expand_ratio 1)
+    assert n_params(make(dict(type='hgrn'), dim=C_, num_heads=Hs)) == published
+    # the lower bounds: the published model holds num_layers x C logits; here each layer > 0 holds its C
+    assert n_params(make(dict(type='hgrn', num_layers=12), dim=C_, num_heads=Hs, layer_idx=5)) == published + C_
+
+
+def test_hgrn_core_is_the_gated_recurrence():
+    m = make(dict(type='hgrn', use_short_conv=True, num_layers=4), layer_idx=2).double()
+    with torch.no_grad():
+        m.lower_bound.logit.uniform_(-2, 2)
+    d = m.head_dim
+    i, f = rand(B, N, H, d), rand(B, N, H, d)
+    hid = head_ids(i, H)
+    ic = causal_conv(i.flatten(2), m.i_conv1d.weight, act=False)
+    fc = causal_conv(f.flatten(2), m.f_conv1d.weight, act=False)
+    gamma = m.lower_bound.logit.sigmoid()
+    ft = gamma + (1 - gamma) * fc.sigmoid()  # forget gate with its lower bound
+    h = torch.zeros(B, H * d, dtype=torch.float64)
+    ref = torch.zeros(B, N, H * d, dtype=torch.float64)
+    for t in range(N):
+        h = ft[:, t] * h + (1 - ft[:, t]) * F.silu(ic[:, t])
+        ref[:, t] = h
+    torch.testing.assert_close(m.core(i, f, hid), ref.view(B, N, H, d), rtol=1e-9, atol=1e-9)
+    assert_reverse_is_flip(m.core, (i, f, hid))
+    torch.testing.assert_close(m.core(i[:, :, 1:], f[:, :, 1:], hid[:, :, 1:]), ref.view(B, N, H, d)[:, :, 1:])
+
+
+# --------------------------------------------------------------------------------------------------------- hgrn2
+@pytest.mark.parametrize('cfg', [dict(type='hgrn2'), dict(type='hgrn2', use_short_conv=True, expand_ratio=8,
+                                                          num_layers=12)])
+def test_hgrn2_checks(cfg):
+    check_mixer(cfg)
+
+
+def test_hgrn2_core_is_the_expanded_state_recurrence():
+    m = make(dict(type='hgrn2', expand_ratio=8, use_short_conv=True, num_layers=4), layer_idx=1).double()
+    with torch.no_grad():
+        m.lower_bound.logit.uniform_(-2, 2)
+    df, di = 8, C // H
+    q, f, i = rand(B, N, H, df), rand(B, N, H, df), rand(B, N, H, di)
+    hid = head_ids(q, H)
+    qc, fc, ic = (causal_conv(t.flatten(2), c.weight, act=False).view_as(t)
+                  for t, c in ((q, m.q_conv1d), (f, m.f_conv1d), (i, m.i_conv1d)))
+    gamma = m.lower_bound.logit.sigmoid().view(H, df)
+    ft = gamma + (1 - gamma) * fc.sigmoid()  # forget gate with its lower bound
+    S = torch.zeros(B, H, df, di, dtype=torch.float64)  # per head an expand_ratio x (C/H) state
+    ref = torch.zeros(B, N, H, di, dtype=torch.float64)
+    for t in range(N):
+        S = ft[:, t, :, :, None] * S + (1 - ft[:, t])[..., None] * ic[:, t, :, None, :]  # outer product
+        ref[:, t] = torch.einsum('bhf,bhfi->bhi', F.silu(qc[:, t]), S) * df ** -0.5
+    torch.testing.assert_close(m.core(q, f, i, hid), ref, rtol=1e-9, atol=1e-9)
+    assert_reverse_is_flip(m.core, (q, f, i, hid))
+    torch.testing.assert_close(m.core(q[:, :, 1:], f[:, :, 1:], i[:, :, 1:], hid[:, :, 1:]), ref[:, :, 1:])
+
+
+@pytest.mark.parametrize('expand_ratio', [None, 128])
+def test_hgrn2_params_small(expand_ratio):
+    C_, Hs = 384, 6
+    Fd = Hs * (expand_ratio or C_ // Hs)  # forget / query width: heads x state expansion
+    published = 2 * C_ * Fd + C_ * C_ + C_ + C_ * C_  # q f i, norm, o
+    assert n_params(make(dict(type='hgrn2', expand_ratio=expand_ratio), dim=C_, num_heads=Hs)) == published
+
+
+# ------------------------------------------------------------------------------------------------------ lightnet
+@pytest.mark.parametrize('cfg', [dict(type='lightnet'), dict(type='lightnet', use_short_conv=True, expand_ratio=8)])
+def test_lightnet_checks(cfg):
+    check_mixer(cfg)
+
+
+def test_lightnet_core_is_a_running_softmax_of_the_keys():
+    m = make(dict(type='lightnet', expand_ratio=8)).double()
+    dk, dv = 8, C // H
+    q, k, v = rand(B, N, H, dk), 3 * rand(B, N, H, dk), rand(B, N, H, dv)
+    hid = head_ids(q, H)
+    ref = torch.zeros(B, N, H, dv, dtype=torch.float64)
+    for t in range(N):  # per key channel, the values so far weighted by a softmax of their keys
+        w = torch.softmax(k[:, :t + 1], dim=1)  # [B, t+1, H, dk]
+        S = torch.einsum('bshk,bshv->bhkv', w, v[:, :t + 1])
+        ref[:, t] = torch.einsum('bhk,bhkv->bhv', F.silu(q[:, t]), S) * dk ** -0.5
+    torch.testing.assert_close(m.core(q, k, v, hid), ref, rtol=1e-9, atol=1e-9)
+    assert_reverse_is_flip(m.core, (q, k, v, hid))
+    # packed sequences: each one normalises on its own
+    cu = torch.tensor([0, 3, N])
+    packed = m.core(q[:1], k[:1], v[:1], hid, cu_seqlens=cu)
+    torch.testing.assert_close(packed[:, 3:], m.core(q[:1, 3:], k[:1, 3:], v[:1, 3:], hid))
+    torch.testing.assert_close(m.core(q[:1], k[:1], v[:1], hid, reverse=True, cu_seqlens=cu)[:, :3],
+                               m.core(q[:1, :3], k[:1, :3], v[:1, :3], hid, reverse=True))
+
+
+def test_lightnet_params_small():
+    C_, Hs = 384, 6
+    K = C_  # heads x expand_ratio (default the head size)
+    published = 2 * C_ * K + C_ * C_ + (C_ * 128 + 128 * C_) + C_ + C_ * C_  # q k v, rank-128 gate, norm, o
+    assert n_params(make(dict(type='lightnet'), dim=C_, num_heads=Hs)) == published
+
+
+# --------------------------------------------------------------------------------------------------------- rwkv6
+@pytest.mark.parametrize('cfg', [dict(type='rwkv6')])
+def test_rwkv6_checks(cfg):
+    check_mixer(cfg)
+
+
+def test_rwkv6_core_is_the_finch_time_mix():
+    m = make(dict(type='rwkv6')).double()
+    with torch.no_grad():  # away from the zero initialisation so that every term shows
+        m.x_mu.normal_()
+        m.bonus.normal_()
+        m.norm_weight.normal_()
+        m.norm_bias.normal_()
+        for up in m.x_up:
+            up.bias.normal_()
+    dk, dv = m.head_k_dim, m.head_v_dim
+    x = rand(B, N, C)
+    hid = head_ids(x, H)
+    xh = x.unsqueeze(2).expand(-1, -1, H, -1)
+    lin = lambda mod, t: mod(t)  # noqa: E731
+    S = torch.zeros(B, H, dk, dv, dtype=torch.float64)
+    ref = torch.zeros(B, N, H, dv, dtype=torch.float64)
+    for t in range(N):
+        xt = x[:, t]
+        delta = (x[:, t - 1] if t > 0 else torch.zeros_like(xt)) - xt  # token shift: the previous token
+        z = torch.tanh(lin(m.x_down, xt + delta * m.x_mu)).view(B, 5, -1)
+        mix = [lin(m.x_up[j], z[:, j]) for j in range(5)]
+        r, w, k, v, g = (lin(p, xt + delta * mj) for p, mj in
+                         zip((m.r_proj, m.w_proj, m.k_proj, m.v_proj, m.g_proj), mix))
+        r, w, k = (a.view(B, H, dk) for a in (r, w, k))
+        v, g = v.view(B, H, dv), g.view(B, H, dv)
+        kv = k[..., None] * v[..., None, :]
+        o = torch.einsum('bhk,bhkv->bhv', r, S + m.bonus[None, :, :, None] * kv)  # bonus: the current token
+        S = torch.exp(-torch.exp(w))[..., None] * S + kv
+        mu, var = o.mean(-1, keepdim=True), o.var(-1, unbiased=False, keepdim=True)
+        o = (o - mu) / torch.sqrt(var + 1e-5) * m.norm_weight.view(H, dv) + m.norm_bias.view(H, dv)
+        ref[:, t] = o * F.silu(g)
+    torch.testing.assert_close(m.core(xh, hid), ref, rtol=1e-9, atol=1e-9)
+    assert_reverse_is_flip(m.core, (xh, hid))
+    torch.testing.assert_close(m.core(xh[:, :, 1:], hid[:, :, 1:]), ref[:, :, 1:])
+
+
+def test_rwkv6_params_small():
+    C_, Hs = 384, 6
+    K, V, r, rw = C_ // 2, C_, 32, 64
+    published = (C_ + C_ * 5 * r + 5 * r * C_ + 5 * C_  # ddlerp: mu, LoRA down / up, x_bias
+                 + 2 * C_ * K + 2 * C_ * V  # r k v g
+                 + C_ * rw + rw * K + K  # decay LoRA
+                 + K + 2 * V + V * C_)  # bonus, GroupNorm, o
+    assert n_params(make(dict(type='rwkv6'), dim=C_, num_heads=Hs)) == published
+
+
+# ------------------------------------------------------------------------------------------------ head groups
+@pytest.mark.parametrize('cfg', [
+    dict(type='gla', use_short_conv=True), dict(type='retnet', use_short_conv=True),
+    dict(type='hgrn', use_short_conv=True, num_layers=4), dict(type='hgrn2', use_short_conv=True, num_layers=4),
+    dict(type='lightnet', use_short_conv=True), dict(type='rwkv6')])
+def test_head_groups_keep_their_own_parameters(cfg):
+    """A multi-head route whose groups all scan row-major is the plain pass: each group's core call must use its
+    own heads' convolutions, decays, lower bounds, bonus and norms."""
+    from vla_mm.models.scans import build_scan
+    m = make(cfg, num_heads=4, layer_idx=2)
+    for p in m.parameters():  # no zero-initialised parameter may hide a misplaced head
+        with torch.no_grad():
+            p.add_(0.1 * torch.randn_like(p))
+    x = torch.randn(B, 15, C)
+    with torch.no_grad():
+        plain = m(x, MixerContext(hw=(3, 5)))
+        grouped = m(x, MixerContext(hw=(3, 5), route=build_scan(dict(type='multi_head_2d', directions=('row', 'row')))))
+    torch.testing.assert_close(grouped, plain, rtol=1e-5, atol=1e-6)

@@ -4,3 +4,7 @@ from .linear_attn import LinearAttention
 __all__ = ['LinearAttention']
 from .gla import GatedLinearAttention  # noqa: E402,F401
 from .retnet import MultiScaleRetention  # noqa: E402,F401
+from .hgrn import HGRNMixer  # noqa: E402,F401
+from .hgrn2 import HGRN2Mixer  # noqa: E402,F401
+from .lightnet import LightNetMixer  # noqa: E402,F401
+from .rwkv6 import RWKV6Mixer  # noqa: E402,F401

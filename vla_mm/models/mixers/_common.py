@@ -3,8 +3,8 @@ the gated RMS norm of the output, a low-rank projection, HGRN's forget-gate lowe
 
 Directional cores run under a scan route, which may hand a core only some heads (a multi-head route gives head
 groups different orders) and may run it right to left (``reverse=True``). So everything a core does per head
-reads the heads it holds from a ``hid`` input (``[B, N, H]`` long, made by :func:`head_ids`, routed like any
-other input), and everything that looks at neighbouring tokens (token shift, short convolution) looks in the
+reads the heads it holds from a ``hid`` input (``[1, 1, H]`` long, made by :func:`head_ids`, sliced by heads like
+any other input), and everything that looks at neighbouring tokens (token shift, short convolution) looks in the
 pass's own direction and stops at packed-sequence boundaries (``cu_seqlens``).
 """
 import math
@@ -15,20 +15,29 @@ import torch.nn as nn
 import torch.nn.functional as F
 from einops import rearrange
 
-__all__ = ['head_ids', 'core_heads', 'shift_tokens', 'ShortConv', 'GatedRMSNorm', 'low_rank', 'LowerBound']
+__all__ = ['head_ids', 'core_heads', 'shift_tokens', 'ShortConv', 'GatedRMSNorm', 'low_rank', 'LowerBound', 'upcast']
+
+
+def upcast(t: torch.Tensor) -> torch.Tensor:
+    """``t`` in float32 for norms and gates, float64 left as it is (reference checks)."""
+    return t if t.dtype == torch.float64 else t.float()
 
 
 def head_ids(x: torch.Tensor, num_heads: int) -> torch.Tensor:
-    """``[B, N, num_heads]`` long view of ``arange(num_heads)`` for tokens ``x [B, N, ...]`` (no copy)."""
-    return torch.arange(num_heads, device=x.device).expand(x.shape[0], x.shape[1], num_heads)
+    """``[1, 1, num_heads]`` long ``arange(num_heads)``: a one-token input, which a route slices by heads but never
+    gathers. Kept on the CPU whatever ``x``'s device, so reading it in a core never waits for the GPU."""
+    return torch.arange(num_heads).view(1, 1, num_heads)
 
 
-def core_heads(hid: torch.Tensor, num_heads: int) -> Optional[torch.Tensor]:
-    """The heads a core call holds, or None when it holds all of them in order (then no indexing is needed)."""
-    heads = hid[0, 0]
-    if heads.numel() == num_heads and bool((heads == torch.arange(num_heads, device=heads.device)).all()):
+def core_heads(hid: torch.Tensor, num_heads: int):
+    """The heads a core call holds: None when it holds all of them in order (no indexing needed), else a slice
+    (a contiguous range, what routes hand out) or a long tensor, to index per-head parameters with."""
+    ids = hid.reshape(-1, hid.shape[2])[0].tolist()
+    if ids == list(range(num_heads)):
         return None
-    return heads
+    if ids == list(range(ids[0], ids[0] + len(ids))):
+        return slice(ids[0], ids[0] + len(ids))
+    return torch.tensor(ids)
 
 
 def _seq_pos(n: int, cu_seqlens: torch.Tensor, reverse: bool) -> torch.Tensor:
@@ -101,10 +110,10 @@ class GatedRMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim)) if elementwise_affine else None
 
     def forward(self, x, gate=None):
-        w = self.weight.float() if self.weight is not None else None
-        y = F.rms_norm(x.float(), (x.shape[-1],), w, self.eps)
+        w = upcast(self.weight) if self.weight is not None else None
+        y = F.rms_norm(upcast(x), (x.shape[-1],), w, self.eps)
         if gate is not None:
-            y = y * F.silu(gate.float())
+            y = y * F.silu(upcast(gate))
         return y.to(x.dtype)
 
 

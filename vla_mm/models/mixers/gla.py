@@ -77,7 +77,7 @@ class GatedLinearAttention(BaseMixer):
 
     def core(self, q, k, v, gk, hid, reverse=False, cu_seqlens=None):
         """One pass of the recurrence: q, k, gk ``[B, N, Hs, dk]``, v ``[B, N, Hs, dv]`` (pre-convolution
-        projections), hid ``[B, N, Hs]`` -> o ``[B, N, Hs, dv]``. The short convolutions run in the pass's
+        projections), hid ``[1, 1, Hs]`` -> o ``[B, N, Hs, dv]``. The short convolutions run in the pass's
         direction."""
         if self.use_short_conv:
             heads = core_heads(hid, self.num_heads)

@@ -86,7 +86,7 @@ class MultiScaleRetention(BaseMixer):
 
     def core(self, q, k, v, hid, reverse=False, cu_seqlens=None):
         """One pass: q, k ``[B, N, Hs, dk]``, v ``[B, N, Hs, dv]`` (pre-convolution projections), hid
-        ``[B, N, Hs]`` (which heads, hence which decays) -> o ``[B, N, Hs, dv]``."""
+        ``[1, 1, Hs]`` (which heads, hence which decays) -> o ``[B, N, Hs, dv]``."""
         heads = core_heads(hid, self.num_heads)
         if self.use_short_conv:
             q, k, v = (conv(t, heads, reverse, cu_seqlens)

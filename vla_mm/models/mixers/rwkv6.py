@@ -1,0 +1,111 @@
+"""RWKV6 ("Finch") time-mixing token mixer.
+
+Peng et al., "Eagle and Finch: RWKV with Matrix-Valued States and Dynamic Recurrence" (arXiv 2404.05892), as
+flash-linear-attention's ``RWKV6Attention``: token shift ``delta_t = x_{t-1} - x_t``; data-dependent linear
+interpolation (ddlerp): a rank-32 tanh LoRA of ``x + mu * delta`` gives five mixes ``m_*`` (plus biases), and
+``r, w, k, v, g = W_*(x + m_* delta)`` (``w`` through a rank-64 tanh LoRA with bias); decay ``exp(-exp(w_t))``
+per key channel; ``S_t = diag(exp(-exp(w_t))) S_{t-1} + k_t v_t^T`` and ``o_t = (S_{t-1} + diag(u) k_t v_t^T)^T
+r_t`` (the bonus ``u`` weighs the current token); per-head GroupNorm times ``swish(g)`` then ``W_o``; key / value
+widths ``dim * 0.5`` / ``dim * 1``.
+Vision departs from the language model's layer in the order: the token shift, the projections that follow it
+and the recurrence all run along the scan route's 1-D order, each pass shifting from the previous token in its
+own direction (so the core holds the whole time-mix but ``W_o``; a reversed pass equals the forward pass of the
+flipped sequence); no recurrent inference mode; PyTorch's default initialisation (``mu``, the mix biases and
+``u`` start at zero as in flash-linear-attention, not RWKV-LM's per-layer decay schedule).
+"""
+from functools import partial
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from einops import rearrange
+
+from vla_mm.ops.gla import chunk_rwkv6
+
+from ...registry import MIXERS
+from ._common import core_heads, head_ids, shift_tokens, upcast
+from .base import BaseMixer, linear_factory
+
+MIXES = ('r', 'w', 'k', 'v', 'g')
+
+
+@MIXERS.register_module(name='rwkv6')
+class RWKV6Mixer(BaseMixer):
+    """RWKV6 time-mix.
+
+    Args:
+        dim (int): channels C of the tokens.
+        num_heads (int): heads.
+        expand_k (float): key / receptance / decay width ``C * expand_k`` (published 0.5).
+        expand_v (float): value / gate width ``C * expand_v`` (published 1).
+        proj_low_rank_dim (int): rank of the ddlerp LoRA, per mix (published 32).
+        gate_low_rank_dim (int): rank of the decay LoRA (published 64).
+        norm_eps (float), elementwise_affine (bool): the per-head GroupNorm.
+        linear_cfg (dict, optional): the linear layer of every projection.
+    """
+
+    directional = True
+
+    def __init__(self, dim, num_heads=4, expand_k=0.5, expand_v=1.0, proj_low_rank_dim=32, gate_low_rank_dim=64,
+                 norm_eps=1e-5, elementwise_affine=True, linear_cfg=None):
+        super().__init__()
+        self.num_heads = num_heads
+        self.key_dim, self.value_dim = int(dim * expand_k), int(dim * expand_v)
+        if self.key_dim % num_heads or self.value_dim % num_heads:
+            raise ValueError(f'key / value widths ({self.key_dim}, {self.value_dim}) must be divisible by '
+                             f'num_heads ({num_heads})')
+        self.head_k_dim, self.head_v_dim = self.key_dim // num_heads, self.value_dim // num_heads
+        self.proj_low_rank_dim = proj_low_rank_dim
+        self.norm_eps = norm_eps
+        self.Linear = Linear = linear_factory(linear_cfg)
+
+        # ddlerp: mu and a rank-r LoRA per mix (down for all five at once, up one per mix; its bias is x_bias)
+        self.x_mu = nn.Parameter(torch.zeros(dim))
+        self.x_down = Linear(dim, proj_low_rank_dim * len(MIXES), bias=False)
+        self.x_up = nn.ModuleList(Linear(proj_low_rank_dim, dim, bias=True) for _ in MIXES)
+        for up in self.x_up:
+            nn.init.zeros_(up.bias)
+        self.r_proj = Linear(dim, self.key_dim, bias=False)
+        self.w_proj = nn.Sequential(Linear(dim, gate_low_rank_dim, bias=False), nn.Tanh(),
+                                    Linear(gate_low_rank_dim, self.key_dim, bias=True))
+        self.k_proj = Linear(dim, self.key_dim, bias=False)
+        self.v_proj = Linear(dim, self.value_dim, bias=False)
+        self.g_proj = Linear(dim, self.value_dim, bias=False)
+        self.bonus = nn.Parameter(torch.zeros(num_heads, self.head_k_dim))
+        self.norm_weight = nn.Parameter(torch.ones(self.value_dim)) if elementwise_affine else None
+        self.norm_bias = nn.Parameter(torch.zeros(self.value_dim)) if elementwise_affine else None
+        self.o_proj = Linear(self.value_dim, dim, bias=False)
+
+    def time_mix(self, x, delta):
+        """``r, w, k, v, g`` (all heads, ``[B, N, width]``) from tokens and their shift differences."""
+        z = torch.tanh(self.x_down(x + delta * self.x_mu))
+        z = rearrange(z, 'b n (m r) -> b n m r', r=self.proj_low_rank_dim).unbind(2)
+        mixes = [up(zi) for up, zi in zip(self.x_up, z)]
+        projs = (self.r_proj, self.w_proj, self.k_proj, self.v_proj, self.g_proj)
+        return [p(x + delta * m) for p, m in zip(projs, mixes)]
+
+    def core(self, x, hid, reverse=False, cu_seqlens=None):
+        """One pass of the whole time-mix but ``W_o``: x ``[B, N, Hs, C]`` (the tokens, repeated over the heads
+        the call holds: one route order per call), hid ``[1, 1, Hs]`` -> gated, normalised o ``[B, N, Hs, dv]``."""
+        heads = core_heads(hid, self.num_heads)
+        x = x[:, :, 0].contiguous()  # a gathered x repeated over heads is freed after this pass
+        delta = shift_tokens(x, 1, reverse, cu_seqlens) - x
+        r, w, k, v, g = self.time_mix(x, delta)
+        r, w, k = (rearrange(t, 'b n (h d) -> b n h d', d=self.head_k_dim) for t in (r, w, k))
+        v, g = (rearrange(t, 'b n (h d) -> b n h d', d=self.head_v_dim) for t in (v, g))
+        u, nw, nb = self.bonus, self.norm_weight, self.norm_bias
+        if nw is not None:
+            nw, nb = (rearrange(t, '(h d) -> h d', d=self.head_v_dim) for t in (nw, nb))
+        if heads is not None:
+            r, w, k, v, g, u = r[:, :, heads], w[:, :, heads], k[:, :, heads], v[:, :, heads], g[:, :, heads], u[heads]
+            nw, nb = (nw[heads], nb[heads]) if nw is not None else (None, None)
+        o = chunk_rwkv6(r, k, v, -upcast(w).exp(), u, cu_seqlens=cu_seqlens, reverse=reverse)[0]
+        o = F.layer_norm(upcast(o), (self.head_v_dim,), eps=self.norm_eps)  # GroupNorm with one group per head
+        if nw is not None:
+            o = o * nw + nb
+        return (o * F.silu(upcast(g))).to(v.dtype)
+
+    def forward(self, x, ctx):
+        xh = x.unsqueeze(2).expand(-1, -1, self.num_heads, -1)  # a view; gathered only by routes with index maps
+        o = self.scan(partial(self.core, cu_seqlens=ctx.cu_seqlens), (xh, head_ids(x, self.num_heads)), ctx)
+        return self.o_proj(rearrange(o, 'b n h d -> b n (h d)'))

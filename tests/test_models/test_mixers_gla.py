@@ -332,3 +332,21 @@ def test_head_groups_keep_their_own_parameters(cfg):
         plain = m(x, MixerContext(hw=(3, 5)))
         grouped = m(x, MixerContext(hw=(3, 5), route=build_scan(dict(type='multi_head_2d', directions=('row', 'row')))))
     torch.testing.assert_close(grouped, plain, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize('cfg', [
+    dict(type='gla', use_short_conv=True), dict(type='retnet', use_short_conv=True),
+    dict(type='hgrn', use_short_conv=True), dict(type='hgrn2', use_short_conv=True),
+    dict(type='lightnet', use_short_conv=True), dict(type='rwkv6')])
+@pytest.mark.parametrize('route', [None, 'bi'])
+def test_packed_sequences_equal_separate_ones(cfg, route):
+    """Two images packed into one sequence (cu_seqlens) give what they give apart: short convolutions, token
+    shifts and running normalisers stop at the boundary, in both directions."""
+    from vla_mm.models.scans import build_scan
+    m = make(cfg)
+    x = torch.randn(2, 15, C)
+    r = build_scan(route)
+    with torch.no_grad():
+        apart = m(x, MixerContext(hw=(3, 5), route=r))
+        packed = m(x.reshape(1, 30, C), MixerContext(hw=(3, 5), route=r, cu_seqlens=torch.tensor([0, 15, 30])))
+    torch.testing.assert_close(packed.view(2, 15, C), apart, rtol=1e-5, atol=1e-6)

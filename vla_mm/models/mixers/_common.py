@@ -15,7 +15,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 from einops import rearrange
 
-__all__ = ['head_ids', 'core_heads', 'shift_tokens', 'ShortConv', 'GatedRMSNorm', 'low_rank', 'LowerBound', 'upcast']
+__all__ = ['head_ids', 'core_heads', 'shift_tokens', 'ShortConv', 'GatedRMSNorm', 'low_rank', 'LowerBound', 'upcast',
+           'FEATURE_MAPS']
+
+#: feature maps on q and k the language-model layers offer (``None``: none)
+FEATURE_MAPS = {None: None, 'identity': None, 'relu': F.relu, 'silu': F.silu, 'swish': F.silu,
+                'elu1': lambda x: F.elu(x) + 1}
 
 
 def upcast(t: torch.Tensor) -> torch.Tensor:

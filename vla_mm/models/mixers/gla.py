@@ -16,11 +16,8 @@ from einops import rearrange
 from vla_mm.ops.gla import chunk_gla
 
 from ...registry import MIXERS
-from ._common import GatedRMSNorm, ShortConv, core_heads, head_ids, low_rank
+from ._common import FEATURE_MAPS, GatedRMSNorm, ShortConv, core_heads, head_ids, low_rank
 from .base import BaseMixer, linear_factory
-
-FEATURE_MAPS = {None: None, 'identity': None, 'relu': F.relu, 'silu': F.silu, 'swish': F.silu,
-                'elu1': lambda x: F.elu(x) + 1}
 
 
 @MIXERS.register_module(name='gla')

@@ -17,9 +17,8 @@ from einops import rearrange
 from vla_mm.ops.gla import chunk_simple_gla, retention_log_decay
 
 from ...registry import MIXERS
-from ._common import GatedRMSNorm, ShortConv, core_heads, head_ids
+from ._common import FEATURE_MAPS, GatedRMSNorm, ShortConv, core_heads, head_ids
 from .base import BaseMixer, linear_factory
-from .gla import FEATURE_MAPS
 
 
 def rotary(x, reverse=False, base=10000.0):

@@ -1,6 +1,6 @@
 """Chunked Triton kernels of the (gated) delta rule, forward and backward, in one ``torch.autograd.Function``.
 
-Per chunk of BT tokens (chunk-local cumulative log gates G, state H0 [K, V] at the chunk start):
+Per chunk of BT = 64 tokens (chunk-local cumulative log gates G, state H0 [K, V] at the chunk start):
 
     A  = strict_lower(diag(b) K K^T * exp(G_i - G_j))        T = (I + A)^-1   (product of nilpotent powers)
     W  = T diag(b exp(G)) K        U~ = T diag(b) V           U = U~ - W H0
@@ -9,10 +9,10 @@ Per chunk of BT tokens (chunk-local cumulative log gates G, state H0 [K, V] at t
 
 Kernels (forward):  ``_prep`` (parallel over chunks: G, T, W, U~), ``_state`` (sequential over chunks per
 sequence and V block: H0 of every chunk, U, final state), ``_out`` (parallel over chunks: O).
-Backward: ``_dstate`` (sequential, right to left: dU = dL/dU and dH at every chunk end, dH0) and ``_grads``
-(parallel over chunks: dq, dk, dv, dbeta, dg).
-Backward identities used (derived from the forward above): dVb = T^T dU, dA = -strict_lower(dVb U^T),
-dKb = -dVb H0^T, where Vb = diag(b) V and Kb = diag(b exp(G)) K.
+Backward: ``_dstate`` (sequential, right to left: dU = dL/dU and dH at every chunk end, dH0), ``_grads_wy``
+(parallel: everything that flows through T: dv, dbeta and parts of dk, dg) and ``_grads_qk`` (parallel: dq and
+the rest of dk, dg). Backward identities used (derived from the forward above): dVb = T^T dU,
+dA = -strict_lower(dVb U^T), dKb = -dVb H0^T, where Vb = diag(b) V and Kb = diag(b exp(G)) K.
 
 Every sequence is a row range of the flattened [B*N, H, .] tensors (``cu_seqlens`` boundaries; without it, B
 equal ranges). ``reverse=True`` maps logical position p of a sequence to row eos-1-p in every load and store:
@@ -21,32 +21,35 @@ exp(G_r - G_i) over pairs with r >= i (masked elsewhere before the exp), so log 
 to zero cleanly. The chunk-local cumulative gates G are kept in float64 (a few numbers per token) and their
 differences are formed in float32 from hi + lo parts (``_pdiff``) just before the exp: in float32 a cumsum
 that reaches -600 after strong decays carries an absolute error of ~4e-5, which would become the relative error
-of every weak decay after it. fp32 inputs use ``input_precision='ieee'`` in every ``tl.dot``; bf16 / fp16
-inputs keep every intermediate in float32 and use tf32 dots (the inversion of I + A included).
+of every weak decay after it.
+
+Precision (:func:`dot_precision`): every intermediate is float32. fp32 inputs use ``input_precision='ieee'``
+in every ``tl.dot``; bf16 / fp16 inputs use tf32 tensor-core dots at K <= 64 and 'ieee' dots at K > 64
+(docs/benchmarks/recurrent_delta.md, "K > 64 in 16-bit": the tf32 build of these kernels at K > 64 died with
+an illegal memory access on Hopper with triton 3.6, the 'ieee' build of the same kernels at the same shapes
+did not).
 """
-import os
+from types import MappingProxyType
 
 import torch
 import triton
 import triton.language as tl
 
+from ..common import alloc, current_options
 
-# Launch choices; the benchmark script sweeps them.
-#   'prep': 'blocked' (T from 16x16 blocks, BT == 64 only) or 'rows' (T of the whole chunk at once);
-#   'inv_prec': tl.dot precision of the nilpotent-product inversion for bf16/fp16 inputs (fp32 inputs use
-#       'ieee'), or 'subst' for row-by-row forward substitution (any dtype);
-#   'bv_state': V block of the sequential kernels (None = default, see _bv_state);
-#   'grads': 'split' (two kernels, fewer register spills) or 'fused' (one); warps of each kernel; num_stages.
-# Defaults are the fastest measured on H100 (docs/benchmarks/recurrent_delta.md).
-TUNE = {'prep': 'blocked', 'bv_state': None, 'warps_prep': 8, 'warps_state': 4, 'warps_out': 8,
-        'warps_dstate': 8, 'warps_grads': 8, 'stages': 1, 'grads': 'split', 'inv_prec': 'tf32'}
+BT = 64                  # chunk length (the blocked inversion in ``_prep_kernel`` is written for 4 x 16 rows)
+MAX_HEAD_DIM_K = 256     # one [BT, K] tile of q / k / W per program
+MAX_TF32_K = 64          # 16-bit inputs with K above this use 'ieee' dots (see the module docstring)
+MIN_PROGRAMS_STATE = 96  # the sequential kernels narrow their V block until S * H * V blocks reach this
+# Launch settings per kernel (measurements behind them: docs/benchmarks/recurrent_delta.md).
+LAUNCH = MappingProxyType({name: MappingProxyType(dict(num_warps=w, num_stages=1)) for name, w in (
+    ('prep', 8), ('state', 4), ('out', 8), ('dstate', 8), ('grads_wy', 8), ('grads_qk', 8))})
 
 
-def _empty(*shape, device, dtype):
-    """torch.empty, or NaN-filled when ``VLA_OPS_POISON=1`` (tests: every element must be written)."""
-    if os.environ.get('VLA_OPS_POISON', '0') not in ('', '0'):
-        return torch.full(shape, float('nan'), device=device, dtype=dtype)
-    return torch.empty(*shape, device=device, dtype=dtype)
+def _launch(name):
+    """Launch settings of kernel ``name``: the constants above, overridden by
+    ``kernel_options(launch={'delta_rule_<name>': {...}})``."""
+    return {**LAUNCH[name], **current_options().launch_for('delta_rule_' + name)}
 
 
 @triton.jit
@@ -74,23 +77,15 @@ def _pdiff(Gi, Gj):
 
 
 @triton.jit
-def _inv_unit_lower(A, SB: tl.constexpr, LOG2: tl.constexpr, IPREC: tl.constexpr):
+def _inv_unit_lower(A, SB: tl.constexpr, LOG2: tl.constexpr, PREC: tl.constexpr):
     """(I + A)^-1 for strictly lower triangular A [SB, SB] (SB = 2**LOG2): A is nilpotent, so
     (I + A)^-1 = (I - A)(I + A^2)(I + A^4)...(I + A^(SB/2)), 2 * (LOG2 - 1) small matrix products."""
     r = tl.arange(0, SB)
-    if IPREC == 'subst':
-        # row-by-row forward substitution (exact fp32, no tensor cores): row i is e_i - sum_{j<i} A_ij T_j
-        T = tl.where(r[:, None] == r[None, :], 1., 0.)
-        for i in range(1, SB):
-            a_i = tl.sum(tl.where(r[:, None] == i, A, 0.), 0)
-            t_i = tl.sum(a_i[:, None] * T, 0)
-            T = tl.where(r[:, None] == i, T - t_i[None, :], T)
-    else:
-        T = tl.where(r[:, None] == r[None, :], 1., 0.) - A
-        P = A
-        for _ in tl.static_range(LOG2 - 1):
-            P = tl.dot(P, P, input_precision=IPREC)
-            T = T + tl.dot(T, P, input_precision=IPREC)
+    T = tl.where(r[:, None] == r[None, :], 1., 0.) - A
+    P = A
+    for _ in tl.static_range(LOG2 - 1):
+        P = tl.dot(P, P, input_precision=PREC)
+        T = T + tl.dot(T, P, input_precision=PREC)
     return T
 
 
@@ -107,7 +102,7 @@ def _blk_A(ki, kj, bi, Gi, Gj, vi, DIAG: tl.constexpr, SB: tl.constexpr, PREC: t
 
 
 @triton.jit
-def _ld_rows(ptr, phys, valid, ih, H, D, cols, DMAX):
+def _ld_rows(ptr, phys, valid, ih, H, D, cols):
     """Rows ``phys`` of a [rows, H, D] tensor, head ih, columns ``cols`` (masked to D), as float32."""
     m = valid[:, None] & (cols < D)[None, :]
     return tl.load(ptr + (phys[:, None] * H + ih) * D + cols[None, :], mask=m, other=0.).to(tl.float32)
@@ -126,13 +121,12 @@ def _st_tblk(base, x, I: tl.constexpr, J: tl.constexpr, SB: tl.constexpr, BT: tl
 
 
 @triton.jit
-def _prep_blocked_kernel(k, v, beta, g, G_out, T_out, W_out, Ut_out, cu, chunk_info,
-                         H, K, V,
-                         BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-                         USE_G: tl.constexpr, REVERSE: tl.constexpr, PREC: tl.constexpr,
-                         LOG2: tl.constexpr, IPREC: tl.constexpr):
-    """Same outputs as ``_prep_kernel`` for BT == 64, with T built from 16x16 blocks: the four diagonal
-    blocks by the nilpotent product, the off-diagonal ones by block substitution, all with tensor-core dots."""
+def _prep_kernel(k, v, beta, g, G_out, T_out, W_out, Ut_out, cu, chunk_info,
+                 H, K, V,
+                 BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+                 USE_G: tl.constexpr, REVERSE: tl.constexpr, PREC: tl.constexpr):
+    """Per chunk (parallel): G (chunk-local cumulative log gates), T = (I + A)^-1, W and U~. T is built from
+    16x16 blocks (BT == 64): the four diagonal blocks by the nilpotent product, the others by block substitution."""
     SB: tl.constexpr = BT // 4
     ic = tl.program_id(0)
     ih = tl.program_id(1)
@@ -145,10 +139,10 @@ def _prep_blocked_kernel(k, v, beta, g, G_out, T_out, W_out, Ut_out, cu, chunk_i
     _l1, v1, p1 = _rows(bos, eos, c * BT + SB, SB, REVERSE)
     _l2, v2, p2 = _rows(bos, eos, c * BT + 2 * SB, SB, REVERSE)
     _l3, v3, p3 = _rows(bos, eos, c * BT + 3 * SB, SB, REVERSE)
-    k0 = _ld_rows(k, p0, v0, ih, H, K, ck, BK)
-    k1 = _ld_rows(k, p1, v1, ih, H, K, ck, BK)
-    k2 = _ld_rows(k, p2, v2, ih, H, K, ck, BK)
-    k3 = _ld_rows(k, p3, v3, ih, H, K, ck, BK)
+    k0 = _ld_rows(k, p0, v0, ih, H, K, ck)
+    k1 = _ld_rows(k, p1, v1, ih, H, K, ck)
+    k2 = _ld_rows(k, p2, v2, ih, H, K, ck)
+    k3 = _ld_rows(k, p3, v3, ih, H, K, ck)
     b0 = tl.load(beta + p0 * H + ih, mask=v0, other=0.).to(tl.float32)
     b1 = tl.load(beta + p1 * H + ih, mask=v1, other=0.).to(tl.float32)
     b2 = tl.load(beta + p2 * H + ih, mask=v2, other=0.).to(tl.float32)
@@ -171,10 +165,10 @@ def _prep_blocked_kernel(k, v, beta, g, G_out, T_out, W_out, Ut_out, cu, chunk_i
         G1 = G0
         G2 = G0
         G3 = G0
-    T00 = _inv_unit_lower(_blk_A(k0, k0, b0, G0, G0, v0, True, SB, PREC), SB, 4, IPREC)
-    T11 = _inv_unit_lower(_blk_A(k1, k1, b1, G1, G1, v1, True, SB, PREC), SB, 4, IPREC)
-    T22 = _inv_unit_lower(_blk_A(k2, k2, b2, G2, G2, v2, True, SB, PREC), SB, 4, IPREC)
-    T33 = _inv_unit_lower(_blk_A(k3, k3, b3, G3, G3, v3, True, SB, PREC), SB, 4, IPREC)
+    T00 = _inv_unit_lower(_blk_A(k0, k0, b0, G0, G0, v0, True, SB, PREC), SB, 4, PREC)
+    T11 = _inv_unit_lower(_blk_A(k1, k1, b1, G1, G1, v1, True, SB, PREC), SB, 4, PREC)
+    T22 = _inv_unit_lower(_blk_A(k2, k2, b2, G2, G2, v2, True, SB, PREC), SB, 4, PREC)
+    T33 = _inv_unit_lower(_blk_A(k3, k3, b3, G3, G3, v3, True, SB, PREC), SB, 4, PREC)
     A10 = _blk_A(k1, k0, b1, G1, G0, v1, False, SB, PREC)
     A20 = _blk_A(k2, k0, b2, G2, G0, v2, False, SB, PREC)
     A21 = _blk_A(k2, k1, b2, G2, G1, v2, False, SB, PREC)
@@ -222,10 +216,10 @@ def _prep_blocked_kernel(k, v, beta, g, G_out, T_out, W_out, Ut_out, cu, chunk_i
              p3, v3, ih, H, K, ck)
     for iv in range(0, tl.cdiv(V, BV)):
         cv = iv * BV + tl.arange(0, BV)
-        y0 = _ld_rows(v, p0, v0, ih, H, V, cv, BV) * b0[:, None]
-        y1 = _ld_rows(v, p1, v1, ih, H, V, cv, BV) * b1[:, None]
-        y2 = _ld_rows(v, p2, v2, ih, H, V, cv, BV) * b2[:, None]
-        y3 = _ld_rows(v, p3, v3, ih, H, V, cv, BV) * b3[:, None]
+        y0 = _ld_rows(v, p0, v0, ih, H, V, cv) * b0[:, None]
+        y1 = _ld_rows(v, p1, v1, ih, H, V, cv) * b1[:, None]
+        y2 = _ld_rows(v, p2, v2, ih, H, V, cv) * b2[:, None]
+        y3 = _ld_rows(v, p3, v3, ih, H, V, cv) * b3[:, None]
         _st_rows(Ut_out, tl.dot(T00, y0, input_precision=PREC), p0, v0, ih, H, V, cv)
         _st_rows(Ut_out, tl.dot(T10, y0, input_precision=PREC) + tl.dot(T11, y1, input_precision=PREC),
                  p1, v1, ih, H, V, cv)
@@ -234,46 +228,6 @@ def _prep_blocked_kernel(k, v, beta, g, G_out, T_out, W_out, Ut_out, cu, chunk_i
         _st_rows(Ut_out, tl.dot(T30, y0, input_precision=PREC) + tl.dot(T31, y1, input_precision=PREC)
                  + tl.dot(T32, y2, input_precision=PREC) + tl.dot(T33, y3, input_precision=PREC),
                  p3, v3, ih, H, V, cv)
-
-
-@triton.jit
-def _prep_kernel(k, v, beta, g, G_out, T_out, W_out, Ut_out, cu, chunk_info,
-                 H, K, V,
-                 BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-                 USE_G: tl.constexpr, REVERSE: tl.constexpr, PREC: tl.constexpr,
-                 LOG2: tl.constexpr, IPREC: tl.constexpr):
-    ic = tl.program_id(0)
-    ih = tl.program_id(1)
-    n = tl.load(chunk_info + ic * 2)
-    c = tl.load(chunk_info + ic * 2 + 1)
-    bos = tl.load(cu + n)
-    eos = tl.load(cu + n + 1)
-    lp, valid, phys = _rows(bos, eos, c * BT, BT, REVERSE)
-    r = tl.arange(0, BT)
-    ck = tl.arange(0, BK)
-    mk = valid[:, None] & (ck < K)[None, :]
-    kk = tl.load(k + (phys[:, None] * H + ih) * K + ck[None, :], mask=mk, other=0.).to(tl.float32)
-    b = tl.load(beta + phys * H + ih, mask=valid, other=0.).to(tl.float32)
-    if USE_G:
-        gg = tl.load(g + phys * H + ih, mask=valid, other=0.).to(tl.float64)
-        G = tl.cumsum(gg, 0)
-        tl.store(G_out + phys * H + ih, G, mask=valid)
-    else:
-        G = tl.zeros([BT], dtype=tl.float64)
-    strict = (r[:, None] > r[None, :]) & valid[:, None]
-    kkt = tl.dot(kk, tl.trans(kk), input_precision=PREC)
-    dec = tl.exp(tl.where(strict, _pdiff(G, G), 0.))
-    A = tl.where(strict, b[:, None] * kkt * dec, 0.)
-    T = _inv_unit_lower(A, BT, LOG2, IPREC)
-    tl.store(T_out + (ic * H + ih).to(tl.int64) * BT * BT + (r[:, None] * BT + r[None, :]), T)
-    w = tl.dot(T, kk * (b * tl.exp(G.to(tl.float32)))[:, None], input_precision=PREC)
-    tl.store(W_out + (phys[:, None] * H + ih) * K + ck[None, :], w, mask=mk)
-    for iv in range(0, tl.cdiv(V, BV)):
-        cv = iv * BV + tl.arange(0, BV)
-        mv = valid[:, None] & (cv < V)[None, :]
-        vv = tl.load(v + (phys[:, None] * H + ih) * V + cv[None, :], mask=mv, other=0.).to(tl.float32)
-        ut = tl.dot(T, vv * b[:, None], input_precision=PREC)
-        tl.store(Ut_out + (phys[:, None] * H + ih) * V + cv[None, :], ut, mask=mv)
 
 
 @triton.jit
@@ -413,107 +367,6 @@ def _dstate_kernel(q, k, G, W, do, dU_out, dh_buf, dht, dh0, cu, chunk_off, scal
 
 
 @triton.jit
-def _grads_kernel(q, k, v, beta, G, T_buf, U, dU, do, h_buf, dh_buf,
-                  dq, dk, dv, dbeta, dg, cu, chunk_info, scale,
-                  H, K, V,
-                  BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-                  USE_G: tl.constexpr, REVERSE: tl.constexpr, PREC: tl.constexpr):
-    ic = tl.program_id(0)
-    ih = tl.program_id(1)
-    n = tl.load(chunk_info + ic * 2)
-    c = tl.load(chunk_info + ic * 2 + 1)
-    bos = tl.load(cu + n)
-    eos = tl.load(cu + n + 1)
-    L = eos - bos
-    lp, valid, phys = _rows(bos, eos, c * BT, BT, REVERSE)
-    r = tl.arange(0, BT)
-    ck = tl.arange(0, BK)
-    mk = valid[:, None] & (ck < K)[None, :]
-    ic64 = ic.to(tl.int64)
-    qq = tl.load(q + (phys[:, None] * H + ih) * K + ck[None, :], mask=mk, other=0.).to(tl.float32)
-    kk = tl.load(k + (phys[:, None] * H + ih) * K + ck[None, :], mask=mk, other=0.).to(tl.float32)
-    b = tl.load(beta + phys * H + ih, mask=valid, other=0.).to(tl.float32)
-    T = tl.load(T_buf + (ic64 * H + ih) * BT * BT + (r[:, None] * BT + r[None, :]))
-    if USE_G:
-        Gc = tl.load(G + phys * H + ih, mask=valid, other=0.)
-    else:
-        Gc = tl.zeros([BT], dtype=tl.float64)
-
-    dq1 = tl.zeros([BT, BK], dtype=tl.float32)     # dO H0^T
-    dP = tl.zeros([BT, BT], dtype=tl.float32)      # dO U^T
-    dKd = tl.zeros([BT, BK], dtype=tl.float32)     # U dH^T
-    dVbH0 = tl.zeros([BT, BK], dtype=tl.float32)   # dVb H0^T
-    dAa = tl.zeros([BT, BT], dtype=tl.float32)     # dVb U^T
-    db = tl.zeros([BT], dtype=tl.float32)
-    sumH = tl.zeros([BK], dtype=tl.float32)
-    for iv in range(0, tl.cdiv(V, BV)):
-        cv = iv * BV + tl.arange(0, BV)
-        mv = valid[:, None] & (cv < V)[None, :]
-        mh = (ck < K)[:, None] & (cv < V)[None, :]
-        vv = tl.load(v + (phys[:, None] * H + ih) * V + cv[None, :], mask=mv, other=0.).to(tl.float32)
-        u = tl.load(U + (phys[:, None] * H + ih) * V + cv[None, :], mask=mv, other=0.)
-        du = tl.load(dU + (phys[:, None] * H + ih) * V + cv[None, :], mask=mv, other=0.)
-        dout = tl.load(do + (phys[:, None] * H + ih) * V + cv[None, :], mask=mv, other=0.).to(tl.float32)
-        h0 = tl.load(h_buf + (ic64 * H + ih).to(tl.int64) * K * V + (ck[:, None] * V + cv[None, :]), mask=mh, other=0.)
-        dhe = tl.load(dh_buf + (ic64 * H + ih).to(tl.int64) * K * V + (ck[:, None] * V + cv[None, :]),
-                      mask=mh, other=0.)
-        dq1 += tl.dot(dout, tl.trans(h0), input_precision=PREC)
-        dP += tl.dot(dout, tl.trans(u), input_precision=PREC)
-        dKd += tl.dot(u, tl.trans(dhe), input_precision=PREC)
-        dvb = tl.dot(tl.trans(T), du, input_precision=PREC)
-        tl.store(dv + (phys[:, None] * H + ih) * V + cv[None, :], (dvb * b[:, None]).to(dv.dtype.element_ty), mask=mv)
-        db += tl.sum(dvb * vv, 1)
-        dVbH0 += tl.dot(dvb, tl.trans(h0), input_precision=PREC)
-        dAa += tl.dot(dvb, tl.trans(u), input_precision=PREC)
-        if USE_G:
-            sumH += tl.sum(h0 * dhe, 1)
-
-    causal = (r[:, None] >= r[None, :]) & valid[:, None]
-    strict = (r[:, None] > r[None, :]) & valid[:, None]
-    diff = _pdiff(Gc, Gc)
-    Dc = tl.where(causal, tl.exp(tl.where(causal, diff, 0.)), 0.)
-    Ds = tl.where(strict, Dc, 0.)
-    eG = tl.exp(Gc.to(tl.float32))
-    last = tl.minimum(L - c * BT, BT) - 1
-    Gl = tl.sum(tl.where(r == last, Gc, 0.), 0)
-    ekd = tl.where(valid, tl.exp(tl.where(valid, (Gl - Gc).to(tl.float32), 0.)), 0.)
-
-    s = tl.dot(qq, tl.trans(kk), input_precision=PREC)
-    dPs = dP * Dc * scale
-    dq_acc = dq1 * (scale * eG)[:, None] + tl.dot(dPs, kk, input_precision=PREC)
-    dk_acc = tl.dot(tl.trans(dPs), qq, input_precision=PREC) + dKd * ekd[:, None]
-    dKb = -dVbH0
-    dk_acc += dKb * (b * eG)[:, None]
-    kdb = tl.sum(dKb * kk, 1)
-    db += kdb * eG
-    kkt = tl.dot(kk, tl.trans(kk), input_precision=PREC)
-    dA = tl.where(strict, -dAa, 0.)
-    dAD = dA * Ds
-    dAg = dAD * b[:, None]
-    dk_acc += tl.dot(dAg, kk, input_precision=PREC) + tl.dot(tl.trans(dAg), kk, input_precision=PREC)
-    db += tl.sum(dAD * kkt, 1)
-    tl.store(dq + (phys[:, None] * H + ih) * K + ck[None, :], dq_acc.to(dq.dtype.element_ty), mask=mk)
-    tl.store(dk + (phys[:, None] * H + ih) * K + ck[None, :], dk_acc.to(dk.dtype.element_ty), mask=mk)
-    tl.store(dbeta + phys * H + ih, db.to(dbeta.dtype.element_ty), mask=valid)
-    if USE_G:
-        dG = tl.sum(qq * dq1, 1) * scale * eG
-        # Terms that cancel exactly (the diagonal of the intra-chunk decay, the last token's own decay to the
-        # chunk end) are left out rather than added and subtracted: with strong decay the true dg is tiny and
-        # fp32 rounding of the O(1) cancelling pair would swamp it.
-        pp = tl.where(strict, dP * s * Ds * scale, 0.)
-        dG += tl.sum(pp, 1) - tl.sum(pp, 0)
-        kdr = tl.where(r == last, 0., tl.sum(dKd * kk * ekd[:, None], 1))
-        dG -= kdr
-        dG += tl.where(r == last, tl.exp(Gl.to(tl.float32)) * tl.sum(sumH, 0) + tl.sum(kdr, 0), 0.)
-        dG += kdb * b * eG
-        aa = dA * (b[:, None] * kkt * Ds)
-        dG += tl.sum(aa, 1) - tl.sum(aa, 0)
-        dG = tl.where(valid, dG, 0.)
-        dgv = tl.cumsum(dG, 0, reverse=True)
-        tl.store(dg + phys * H + ih, dgv.to(dg.dtype.element_ty), mask=valid)
-
-
-@triton.jit
 def _grads_wy_kernel(k, v, beta, G, T_buf, U, dU, h_buf, dk_part, dv, dbeta, dG_part, cu, chunk_info,
                      H, K, V,
                      BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
@@ -645,8 +498,8 @@ def _grads_qk_kernel(q, k, G, U, do, h_buf, dh_buf, dk_part, dG_part, dq, dk, dg
         tl.store(dg + phys * H + ih, dgv.to(dg.dtype.element_ty), mask=valid)
 
 
-def _chunk_tables(B, N, cu_seqlens, BT, device):
-    """cu (int32 [S+1]), chunk_info (int32 [NT, 2]: sequence, chunk), chunk_off (int32 [S+1])."""
+def _chunk_tables(B, N, cu_seqlens, device):
+    """cu (int32 [S+1]), chunk_info (int32 [NT, 2]: sequence, chunk), chunk_off (int32 [S+1]), S, NT."""
     if cu_seqlens is None:
         nt = triton.cdiv(N, BT)
         cu = torch.arange(0, B + 1, device=device, dtype=torch.int32) * N
@@ -666,84 +519,82 @@ def _chunk_tables(B, N, cu_seqlens, BT, device):
 
 
 def _blocks(K, V):
-    BK = max(16, triton.next_power_of_2(K))
-    BV = min(64, max(16, triton.next_power_of_2(V)))
-    return BK, BV
-
-
-def _inv_prec(prec):
-    if TUNE['inv_prec'] == 'subst' or prec != 'ieee':
-        return TUNE['inv_prec']
-    return 'ieee'
+    """K block (the whole head dim, one tile) and V block of the parallel kernels."""
+    return max(16, triton.next_power_of_2(K)), min(64, max(16, triton.next_power_of_2(V)))
 
 
 def _bv_state(S, H, V):
-    """V block of the sequential kernels."""
-    if TUNE['bv_state']:
-        return TUNE['bv_state']
-    # H100 measurements (docs/benchmarks/recurrent_delta.md): at 8x12 sequences x heads, V block 64 (96
-    # programs) beat 32 and 16 (each V block repeats the chunk's q/k/W loads and intra-chunk products); at 2x12,
-    # 64 leaves only 24 programs and 16 was faster. So: the widest block that still gives ~96 programs.
+    """V block of the sequential kernels: the widest (<= 64) that still gives MIN_PROGRAMS_STATE programs
+    (each V block repeats the chunk's q / k / W loads and intra-chunk products)."""
     bv = min(64, max(16, triton.next_power_of_2(V)))
-    while bv > 16 and S * H * triton.cdiv(V, bv) < 96:
+    while bv > 16 and S * H * triton.cdiv(V, bv) < MIN_PROGRAMS_STATE:
         bv //= 2
     return bv
+
+
+def dot_precision(dtype, K):
+    """``input_precision`` of every ``tl.dot``: 'ieee' for fp32 inputs and for K > MAX_TF32_K, else 'tf32'."""
+    return 'tf32' if dtype != torch.float32 and K <= MAX_TF32_K else 'ieee'
+
+
+def check_kernel_args(B, N, H, K, V):
+    """What the kernels cannot take, as a ``ValueError`` naming the argument, before any launch (the public op's
+    shape / dtype / device checks come first; this adds the kernels' own limits)."""
+    if not 1 <= K <= MAX_HEAD_DIM_K:
+        raise ValueError(f'q / k head dim K must be in [1, {MAX_HEAD_DIM_K}], got {K}')
+    if V < 1:
+        raise ValueError(f'v head dim V must be >= 1, got {V}')
+    if B * N * H * max(K, V) >= 2 ** 31:
+        raise ValueError(f'q / v too large for 32-bit row offsets: B * N * H * max(K, V) = '
+                         f'{B * N * H * max(K, V)} must be < 2**31 (split the batch)')
 
 
 class DeltaRuleFunction(torch.autograd.Function):
 
     @staticmethod
-    def forward(ctx, q, k, v, beta, g, scale, initial_state, output_final_state, cu_seqlens, reverse, chunk_size):
+    def forward(ctx, q, k, v, beta, g, scale, initial_state, output_final_state, cu_seqlens, reverse):
         B, N, H, K = q.shape
         V = v.shape[-1]
-        BT = chunk_size
         BK, BV = _blocks(K, V)
         dev = q.device
         q, k, v, beta = (x.contiguous() for x in (q, k, v, beta))
         use_g = g is not None
         if use_g:
             g = g.contiguous()
-        if B * N * H * max(K, V) >= 2 ** 31:
-            raise ValueError('delta_rule_triton: row offsets are 32-bit; B * N * H * max(K, V) must be < 2**31')
-        cu, info, off, S, NT = _chunk_tables(B, N, cu_seqlens, BT, dev)
-        prec = 'ieee' if q.dtype == torch.float32 else 'tf32'
+        cu, info, off, S, NT = _chunk_tables(B, N, cu_seqlens, dev)
+        prec = dot_precision(q.dtype, K)
         f32 = torch.float32
         TT = B * N
-        G = _empty(TT, H, device=dev, dtype=torch.float64) if use_g else beta
-        Tb = _empty(NT, H, BT, BT, device=dev, dtype=f32)
-        W = _empty(TT, H, K, device=dev, dtype=f32)
-        Ut = _empty(TT, H, V, device=dev, dtype=f32)
-        U = _empty(TT, H, V, device=dev, dtype=f32)
-        hb = _empty(NT, H, K, V, device=dev, dtype=f32)
-        o = _empty(B, N, H, V, device=dev, dtype=q.dtype)
-        ht = _empty(S, H, K, V, device=dev, dtype=f32) if output_final_state else None
+        G = alloc((TT, H), torch.float64, dev) if use_g else beta
+        Tb = alloc((NT, H, BT, BT), f32, dev)
+        W = alloc((TT, H, K), f32, dev)
+        Ut = alloc((TT, H, V), f32, dev)
+        U = alloc((TT, H, V), f32, dev)
+        hb = alloc((NT, H, K, V), f32, dev)
+        o = alloc((B, N, H, V), q.dtype, dev)
+        ht = alloc((S, H, K, V), f32, dev) if output_final_state else None
         h0 = initial_state.contiguous() if initial_state is not None else None
         nv = triton.cdiv(V, BV)
         BVs = _bv_state(S, H, V)
         nvs = triton.cdiv(V, BVs)
-        blocked = BT == 64 and TUNE['prep'] == 'blocked'
-        prep = _prep_blocked_kernel if blocked else _prep_kernel
         if NT > 0:
-            prep[(NT, H)](k, v, beta, g if use_g else beta, G, Tb, W, Ut, cu, info, H, K, V,
-                                  BT=BT, BK=BK, BV=BV, USE_G=use_g, REVERSE=reverse, PREC=prec,
-                                  LOG2=BT.bit_length() - 1, IPREC=_inv_prec(prec),
-                                  num_warps=TUNE['warps_prep'], num_stages=TUNE['stages'])
+            _prep_kernel[(NT, H)](k, v, beta, g if use_g else beta, G, Tb, W, Ut, cu, info, H, K, V,
+                                  BT=BT, BK=BK, BV=BV, USE_G=use_g, REVERSE=reverse, PREC=prec, **_launch('prep'))
         _state_kernel[(nvs, S, H)](k, W, Ut, G, U, hb, h0 if h0 is not None else W, ht if ht is not None else W,
-                                  cu, off, H, K, V, BT=BT, BK=BK, BV=BVs, USE_G=use_g, USE_H0=h0 is not None,
-                                  STORE_HT=ht is not None, REVERSE=reverse, PREC=prec,
-                                  num_warps=TUNE['warps_state'], num_stages=TUNE['stages'])
+                                   cu, off, H, K, V, BT=BT, BK=BK, BV=BVs, USE_G=use_g, USE_H0=h0 is not None,
+                                   STORE_HT=ht is not None, REVERSE=reverse, PREC=prec, **_launch('state'))
         if NT > 0:
             _out_kernel[(NT, H, nv)](q, k, G, U, hb, o, cu, info, scale, H, K, V, BT=BT, BK=BK, BV=BV,
-                                     USE_G=use_g, REVERSE=reverse, PREC=prec, num_warps=TUNE['warps_out'],
-                                     num_stages=TUNE['stages'])
+                                     USE_G=use_g, REVERSE=reverse, PREC=prec, **_launch('out'))
         ctx.save_for_backward(q, k, v, beta, G if use_g else None, Tb, W, U, hb, h0, cu, info, off)
-        ctx.meta = (scale, use_g, reverse, BT, BK, BV, prec, S, NT, g.dtype if use_g else None)
+        ctx.meta = (scale, use_g, reverse, BK, BV, prec, S, NT, g.dtype if use_g else None)
+        ctx.launch = {n: _launch(n) for n in ('dstate', 'grads_wy', 'grads_qk')}   # the forward's options
         return o, ht
 
     @staticmethod
     def backward(ctx, do, dht):
         q, k, v, beta, G, Tb, W, U, hb, h0, cu, info, off = ctx.saved_tensors
-        scale, use_g, reverse, BT, BK, BV, prec, S, NT, gdtype = ctx.meta
+        scale, use_g, reverse, BK, BV, prec, S, NT, gdtype = ctx.meta
         B, N, H, K = q.shape
         V = v.shape[-1]
         dev = q.device
@@ -752,49 +603,42 @@ class DeltaRuleFunction(torch.autograd.Function):
         if dht is not None:
             dht = dht.contiguous()
         Gp = G if use_g else beta
-        dU = _empty(B * N, H, V, device=dev, dtype=f32)
-        dhb = _empty(NT, H, K, V, device=dev, dtype=f32)
-        dh0 = _empty(S, H, K, V, device=dev, dtype=f32) if h0 is not None else None
+        dU = alloc((B * N, H, V), f32, dev)
+        dhb = alloc((NT, H, K, V), f32, dev)
+        dh0 = alloc((S, H, K, V), f32, dev) if h0 is not None else None
         BVs = _bv_state(S, H, V)
         nvs = triton.cdiv(V, BVs)
         _dstate_kernel[(nvs, S, H)](q, k, Gp, W, do, dU, dhb, dht if dht is not None else W,
-                                   dh0 if dh0 is not None else W, cu, off, scale, H, K, V,
-                                   BT=BT, BK=BK, BV=BVs, USE_G=use_g, USE_DHT=dht is not None,
-                                   STORE_DH0=dh0 is not None, REVERSE=reverse, PREC=prec,
-                                   num_warps=TUNE['warps_dstate'], num_stages=TUNE['stages'])
-        dq = _empty(*q.shape, device=dev, dtype=q.dtype)
-        dk = _empty(*k.shape, device=dev, dtype=k.dtype)
-        dv = _empty(*v.shape, device=dev, dtype=v.dtype)
-        dbeta = _empty(*beta.shape, device=dev, dtype=beta.dtype)
-        dg = _empty(B, N, H, device=dev, dtype=gdtype) if use_g else None
-        if NT > 0 and TUNE['grads'] == 'split':
-            dk_part = _empty(B * N, H, K, device=dev, dtype=f32)
-            dG_part = _empty(B * N, H, device=dev, dtype=f32) if use_g else dk_part
+                                    dh0 if dh0 is not None else W, cu, off, scale, H, K, V,
+                                    BT=BT, BK=BK, BV=BVs, USE_G=use_g, USE_DHT=dht is not None,
+                                    STORE_DH0=dh0 is not None, REVERSE=reverse, PREC=prec, **ctx.launch['dstate'])
+        dq = alloc(q.shape, q.dtype, dev)
+        dk = alloc(k.shape, k.dtype, dev)
+        dv = alloc(v.shape, v.dtype, dev)
+        dbeta = alloc(beta.shape, beta.dtype, dev)
+        dg = alloc((B, N, H), gdtype, dev) if use_g else None
+        if NT > 0:
+            dk_part = alloc((B * N, H, K), f32, dev)
+            dG_part = alloc((B * N, H), f32, dev) if use_g else dk_part
             _grads_wy_kernel[(NT, H)](k, v, beta, Gp, Tb, U, dU, hb, dk_part, dv, dbeta, dG_part, cu, info,
                                       H, K, V, BT=BT, BK=BK, BV=BV, USE_G=use_g, REVERSE=reverse, PREC=prec,
-                                      num_warps=TUNE['warps_grads'], num_stages=TUNE['stages'])
+                                      **ctx.launch['grads_wy'])
             _grads_qk_kernel[(NT, H)](q, k, Gp, U, do, hb, dhb, dk_part, dG_part, dq, dk, dg if use_g else dbeta,
                                       cu, info, scale, H, K, V, BT=BT, BK=BK, BV=BV, USE_G=use_g,
-                                      REVERSE=reverse, PREC=prec,
-                                      num_warps=TUNE['warps_grads'], num_stages=TUNE['stages'])
-        elif NT > 0:
-            _grads_kernel[(NT, H)](q, k, v, beta, Gp, Tb, U, dU, do, hb, dhb, dq, dk, dv, dbeta,
-                                   dg if use_g else dbeta, cu, info, scale, H, K, V,
-                                   BT=BT, BK=BK, BV=BV, USE_G=use_g, REVERSE=reverse, PREC=prec,
-                                   num_warps=TUNE['warps_grads'], num_stages=TUNE['stages'])
+                                      REVERSE=reverse, PREC=prec, **ctx.launch['grads_qk'])
         if dh0 is not None:
             dh0 = dh0.to(h0.dtype)
-        return dq, dk, dv, dbeta, dg, None, dh0, None, None, None, None
+        return dq, dk, dv, dbeta, dg, None, dh0, None, None, None
 
 
 def delta_rule_triton(q, k, v, beta, g=None, *, scale=None, initial_state=None, output_final_state=False,
-                      cu_seqlens=None, reverse=False, chunk_size=64):
-    """Triton entry point (no argument checks beyond the public op's; see ``vla_mm.ops.delta_rule``).
-
-    ``chunk_size`` (16, 32 or 64) exists for tests that want many chunk boundaries at small N.
-    Runs on CUDA tensors, or on CPU tensors under ``TRITON_INTERPRET=1``.
-    """
+                      cu_seqlens=None, reverse=False):
+    """Triton entry point: the kernels' own limits (:func:`check_kernel_args`) are checked here; shapes, dtypes
+    and devices by the public op (``vla_mm.ops.delta_rule``). Runs on CUDA tensors, or on CPU tensors under
+    ``TRITON_INTERPRET=1``."""
+    B, N, H, K = q.shape
+    check_kernel_args(B, N, H, K, v.shape[-1])
     if scale is None:
-        scale = q.shape[-1] ** -0.5
+        scale = K ** -0.5
     return DeltaRuleFunction.apply(q, k, v, beta, g, float(scale), initial_state, output_final_state,
-                                   cu_seqlens, reverse, chunk_size)
+                                   cu_seqlens, reverse)

@@ -2,13 +2,15 @@
 float64 step-by-step reference: outputs, final state and the gradients of q, k, v, beta, g and the initial state.
 
 Fresh random inputs each run (the seed is printed); every buffer the kernels allocate is NaN-poisoned first
-(``VLA_OPS_POISON=1``), so an element a kernel forgets to write fails the test.
+(``VLA_OPS_POISON=1``), so an element a kernel forgets to write fails the test. ``test_no_access_outside_buffers``
+also puts every input, output and scratch buffer between guard bytes: a read outside a buffer brings NaN into
+the results, a write outside changes the guard.
 """
 import pytest
 import torch
 import torch.nn.functional as F
 
-from vla_mm.ops.delta_rule import delta_rule, delta_rule_chunked, delta_rule_recurrent, delta_rule_triton
+from vla_mm.ops.delta_rule import chunk, delta_rule, delta_rule_chunked, delta_rule_recurrent, delta_rule_triton
 
 TOL = {torch.float32: 1e-5, torch.bfloat16: 1e-2, torch.float16: 1e-2}
 NAMES = ('q', 'k', 'v', 'beta', 'g', 'initial_state')
@@ -27,7 +29,7 @@ def rel(a, b):
     return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
 
 
-def make_inputs(B, N, H, K, V, gate=True, h0=True, g_kind='random', unit_keys=True):
+def make_inputs(B, N, H, K, V, gate=True, h0=True, g_kind='random', unit_keys=True, S=None):
     q = torch.randn(B, N, H, K, dtype=torch.float64)
     k = torch.randn(B, N, H, K, dtype=torch.float64)
     k = F.normalize(k, dim=-1) if unit_keys else k * 0.3
@@ -44,14 +46,15 @@ def make_inputs(B, N, H, K, V, gate=True, h0=True, g_kind='random', unit_keys=Tr
         elif g_kind == 'mixed':   # strong and weak decay side by side in one chunk
             g = torch.where(torch.rand(B, N, H) < 0.3, torch.full((B, N, H), -20.0, dtype=torch.float64),
                             -torch.rand(B, N, H, dtype=torch.float64) * 1e-3)
-    S = B
-    init = torch.randn(S, H, K, V, dtype=torch.float64) if h0 else None
+    init = torch.randn(B if S is None else S, H, K, V, dtype=torch.float64) if h0 else None
     return [q, k, v, beta, g, init]
 
 
-def run_both(inputs, dtype, reverse=False, cu_seqlens=None, chunk_size=64, scale=None):
+def run_both(inputs, dtype, reverse=False, cu_seqlens=None, scale=None, place=None):
     """Forward + backward of the Triton kernel (in ``dtype``) and of the float64 reference on the same
-    (dtype-rounded) inputs with the same random cotangents. Returns dict name -> (triton, reference)."""
+    (dtype-rounded) inputs with the same random cotangents. Returns dict name -> (triton, reference).
+    ``place(tensor)`` puts each kernel input (and cotangent) where the test wants it (default: as it is)."""
+    place = place or (lambda t: t)
     q = inputs[0]
     o_shape = (*q.shape[:3], inputs[2].shape[-1])
     n_seq = q.shape[0] if cu_seqlens is None else cu_seqlens.numel() - 1
@@ -65,16 +68,17 @@ def run_both(inputs, dtype, reverse=False, cu_seqlens=None, chunk_size=64, scale
                 xs.append(None)
                 continue
             xd = x.to(dtype) if name != 'initial_state' else x.float()
-            if which == 'ref':
-                xd = xd.double()
+            xd = xd.double() if which == 'ref' else place(xd)
             xs.append(xd.detach().requires_grad_())
         fn = delta_rule_triton if which == 'tri' else delta_rule_recurrent
-        kw = dict(chunk_size=chunk_size) if which == 'tri' else {}
-        o, ht = fn(*xs[:5], scale=scale, initial_state=xs[5], output_final_state=True, cu_seqlens=cu_seqlens,
-                   reverse=reverse, **kw)
+        cu = cu_seqlens if which == 'ref' or cu_seqlens is None else place(cu_seqlens)
+        o, ht = fn(*xs[:5], scale=scale, initial_state=xs[5], output_final_state=True, cu_seqlens=cu,
+                   reverse=reverse)
         assert o.dtype == (dtype if which == 'tri' else torch.float64)
-        loss = (o.double() * do).sum() + (ht.double() * dht).sum()
-        loss.backward()
+        if which == 'tri':
+            torch.autograd.backward([o, ht], [place(do.to(dtype)), place(dht.float())])
+        else:
+            torch.autograd.backward([o, ht], [do.to(dtype).double(), dht.float().double()])
         results[which] = {'o': o, 'final_state': ht}
         for name, x in zip(NAMES, xs):
             if x is not None:
@@ -90,44 +94,43 @@ def check_all(res, dtype, extra_tol=1.0):
     assert not bad, f'relative error above {tol}: {bad}'
 
 
-# Every listed N (1, 7, 63, 197) and chunk size appears; forward and reverse, with and without a gate and an
-# initial state, fp32 / bf16 / fp16, head dims that are not powers of two, and V wider than one V block (64).
+# Chunks are 64 tokens: N = 1, 63, 64, 65, 130 and 197 give one partial chunk up to four chunks; forward and
+# reverse, with and without a gate and an initial state, fp32 / bf16 / fp16, head dims that are not powers of
+# two, V wider than one V block (64), and K above 64 (16-bit inputs take the 'ieee' dots there).
 CASES = [
-    # B, N, H, K, V, chunk, gate, h0, reverse, dtype
-    (1, 1, 2, 16, 16, 16, True, True, False, torch.float32),
-    (2, 7, 2, 16, 16, 16, False, False, True, torch.float32),
-    (1, 63, 2, 20, 12, 16, True, True, True, torch.float32),
-    (1, 197, 1, 32, 32, 64, True, True, False, torch.float32),
-    (2, 197, 1, 16, 32, 32, False, True, True, torch.float32),
-    (1, 40, 1, 16, 80, 16, True, False, False, torch.float32),
-    (1, 197, 1, 32, 16, 32, False, True, False, torch.bfloat16),
-    (1, 63, 2, 16, 16, 64, True, False, True, torch.bfloat16),
-    (1, 50, 1, 16, 16, 16, True, True, False, torch.float16),
+    # B, N, H, K, V, gate, h0, reverse, dtype
+    (1, 1, 2, 16, 16, True, True, False, torch.float32),
+    (2, 63, 1, 20, 12, True, True, True, torch.float32),
+    (1, 64, 1, 16, 80, False, False, True, torch.float32),
+    (1, 197, 1, 32, 32, True, True, False, torch.float32),
+    (2, 65, 1, 16, 32, False, True, True, torch.float32),
+    (1, 130, 1, 32, 16, False, True, False, torch.bfloat16),
+    (1, 63, 2, 16, 16, True, False, True, torch.bfloat16),
+    (1, 65, 1, 96, 48, True, True, False, torch.bfloat16),
+    (1, 50, 1, 16, 16, True, True, False, torch.float16),
 ]
 
 
-@pytest.mark.parametrize('B,N,H,K,V,chunk,gate,h0,reverse,dtype', CASES)
-def test_kernel_matches_reference(B, N, H, K, V, chunk, gate, h0, reverse, dtype):
+@pytest.mark.parametrize('B,N,H,K,V,gate,h0,reverse,dtype', CASES)
+def test_kernel_matches_reference(B, N, H, K, V, gate, h0, reverse, dtype):
     inputs = make_inputs(B, N, H, K, V, gate=gate, h0=h0)
-    res = run_both(inputs, dtype, reverse=reverse, chunk_size=chunk)
+    res = run_both(inputs, dtype, reverse=reverse)
     check_all(res, dtype)
 
 
 @pytest.mark.parametrize('g_kind,reverse', [('strong', False), ('weak', True), ('mixed', False), ('mixed', True)])
 def test_strong_and_weak_decay(g_kind, reverse):
-    inputs = make_inputs(1, 70, 2, 16, 16, gate=True, h0=True, g_kind=g_kind)
-    res = run_both(inputs, torch.float32, reverse=reverse, chunk_size=32)
+    inputs = make_inputs(1, 100, 1, 16, 16, gate=True, h0=True, g_kind=g_kind)
+    res = run_both(inputs, torch.float32, reverse=reverse)
     check_all(res, torch.float32)
 
 
 @pytest.mark.parametrize('reverse,gate', [(False, True), (True, True), (True, False)])
 def test_packed_sequences(reverse, gate):
-    lens = [7, 1, 63, 30]
+    lens = [7, 1, 70, 30]
     cu = torch.tensor([0] + torch.tensor(lens).cumsum(0).tolist(), dtype=torch.int32)
-    N = sum(lens)
-    inputs = make_inputs(1, N, 2, 16, 16, gate=gate, h0=False)
-    inputs[5] = torch.randn(len(lens), 2, 16, 16, dtype=torch.float64)
-    res = run_both(inputs, torch.float32, reverse=reverse, cu_seqlens=cu, chunk_size=16)
+    inputs = make_inputs(1, sum(lens), 2, 16, 16, gate=gate, S=len(lens))
+    res = run_both(inputs, torch.float32, reverse=reverse, cu_seqlens=cu)
     check_all(res, torch.float32)
     # and packing equals running each sequence on its own (reference)
     q, k, v, beta, g, h0 = inputs
@@ -138,20 +141,144 @@ def test_packed_sequences(reverse, gate):
         torch.testing.assert_close(o_packed[:, a:b], o_i)
 
 
+class Guarded:
+    """Allocates tensors as views into the middle of byte buffers whose rest is 0xFF (a NaN in every float
+    dtype): ``check()`` lists the buffers whose guard bytes changed (a write outside the tensor)."""
+
+    PAD = 4096   # elements of guard on each side
+
+    def __init__(self):
+        self.bufs = []
+
+    def alloc(self, shape, dtype, device=None):
+        n = 1
+        for s in shape:
+            n *= s
+        es = torch.empty((), dtype=dtype).element_size()
+        raw = torch.full(((n + 2 * self.PAD) * es,), 0xFF, dtype=torch.uint8)
+        self.bufs.append((raw, self.PAD * es, n * es, tuple(shape), dtype))
+        return raw[self.PAD * es:(self.PAD + n) * es].view(dtype).view(*shape)
+
+    def place(self, t):
+        out = self.alloc(t.shape, t.dtype)
+        out.copy_(t)
+        return out
+
+    def poisoned(self, shape, dtype, device=None):
+        out = self.alloc(shape, dtype)
+        return out.fill_(float('nan')) if dtype.is_floating_point else out
+
+    def check(self):
+        bad = []
+        for raw, lo, n, shape, dtype in self.bufs:
+            guard = torch.cat([raw[:lo], raw[lo + n:]])
+            if not bool((guard == 0xFF).all()):
+                bad.append((shape, dtype, int((guard != 0xFF).sum())))
+        return bad
+
+
+@pytest.mark.parametrize('reverse,packed', [(False, False), (True, True)])
+def test_no_access_outside_buffers(monkeypatch, reverse, packed):
+    """The crash of issue 15 (Gated DeltaNet, bf16, K = 96 / V = 80: an illegal memory access on the GPU) at
+    its smallest shape: two chunks (N = 65), two V blocks, K above 64. Every input, cotangent, table and
+    scratch buffer sits between guard bytes: no kernel may read or write outside its tensor, and the outputs
+    and gradients still match float64. (The GPU fault itself came from the compiled tf32 dots, which the
+    interpreter does not model; the guard rules out the kernels' own indexing as its cause.)"""
+    guard = Guarded()
+    monkeypatch.setattr(chunk, 'alloc', guard.poisoned)
+    tables = chunk._chunk_tables
+    monkeypatch.setattr(chunk, '_chunk_tables', lambda *a: tuple(
+        guard.place(t) if torch.is_tensor(t) else t for t in tables(*a)))
+    cu = torch.tensor([0, 1, 64, 65], dtype=torch.int32) if packed else None
+    inputs = make_inputs(1, 65, 1, 96, 80, gate=True, h0=True, S=3 if packed else 1)
+    res = run_both(inputs, torch.bfloat16, reverse=reverse, cu_seqlens=cu, place=guard.place)
+    assert len(guard.bufs) > 20
+    assert guard.check() == [], 'a kernel wrote outside its buffer'
+    check_all(res, torch.bfloat16)
+
+
+def test_guard_detects_out_of_bounds_writes():
+    """The guard itself: a write one element past a tensor is found."""
+    guard = Guarded()
+    t = guard.alloc((3, 5), torch.bfloat16)
+    t.fill_(1.0)
+    assert guard.check() == []
+    torch.as_strided(t, (16,), (1,))[15] = 2.0
+    assert guard.check() == [((3, 5), torch.bfloat16, 2)]
+
+
+class _Recorder:
+    """Stands in for a @triton.jit kernel: records the launch keyword arguments, then launches."""
+
+    def __init__(self, kernel, name, log):
+        self.kernel, self.name, self.log = kernel, name, log
+
+    def __getitem__(self, grid):
+        def launch(*args, **kw):
+            self.log.append((self.name, kw))
+            return self.kernel[grid](*args, **kw)
+        return launch
+
+
+KERNELS = ('_prep_kernel', '_state_kernel', '_out_kernel', '_dstate_kernel', '_grads_wy_kernel', '_grads_qk_kernel')
+
+
+def _launches(monkeypatch, dtype, K, **options):
+    from vla_mm.ops.common import kernel_options
+    log = []
+    for name in KERNELS:
+        monkeypatch.setattr(chunk, name, _Recorder(getattr(chunk, name), name, log))
+    q, k, v, beta, g = [x.to(dtype).requires_grad_() for x in make_inputs(1, 3, 1, K, 16, h0=False)[:5]]
+    with kernel_options(**options):
+        o, _ = delta_rule_triton(q, k, v, beta, g)
+        o.float().sum().backward()
+    return log
+
+
+def test_16bit_inputs_above_k64_use_ieee_dots(monkeypatch):
+    """The fix of issue 15's crash: 16-bit inputs at K > 64 launch every kernel with 'ieee' dots (the build that
+    ran clean on the GPU at the shapes where tf32 failed); tf32 stays at K <= 64, fp32 inputs are always 'ieee'."""
+    for dtype, K, want in [(torch.bfloat16, 96, 'ieee'), (torch.float16, 65, 'ieee'), (torch.bfloat16, 64, 'tf32'),
+                           (torch.float32, 32, 'ieee')]:
+        log = _launches(monkeypatch, dtype, K)
+        monkeypatch.undo()
+        assert sorted(n for n, _ in log) == sorted(KERNELS)
+        assert {kw['PREC'] for _, kw in log} == {want}, (dtype, K, log)
+
+
+def test_launch_settings_are_constants_overridable_per_call(monkeypatch):
+    log = _launches(monkeypatch, torch.float32, 16, launch={'delta_rule_state': dict(num_warps=2)})
+    warps = {n: kw['num_warps'] for n, kw in log}
+    assert warps['_state_kernel'] == 2 and warps['_prep_kernel'] == chunk.LAUNCH['prep']['num_warps']
+    assert all(kw['num_stages'] == 1 for _, kw in log)
+
+
+def test_kernel_limits_are_value_errors_before_any_launch(monkeypatch):
+    monkeypatch.setattr(chunk, 'DeltaRuleFunction', None)   # any launch attempt would fail differently
+    big = torch.zeros(()).expand(1, 2 ** 22, 4, 256)       # B * N * H * K = 2**32 without memory
+    for shape_q, shape_v, match in [((1, 4, 1, 257), (1, 4, 1, 8), 'head dim K'),
+                                    ((1, 4, 1, 8), (1, 4, 1, 0), 'head dim V'),
+                                    (big.shape, (1, 2 ** 22, 4, 8), '2\\*\\*31')]:
+        q = torch.zeros(()).expand(*shape_q)
+        v = torch.zeros(()).expand(*shape_v)
+        beta = torch.zeros(()).expand(*shape_q[:3])
+        with pytest.raises(ValueError, match=match):
+            delta_rule_triton(q, q, v, beta)
+
+
 def test_unnormalised_keys_and_custom_scale():
     # keys of norm ~1.2 (beta |k|^2 < 2 keeps the recurrence itself stable): still exact, still finite
-    inputs = make_inputs(1, 63, 1, 16, 16, gate=True, h0=True, unit_keys=False)
-    res = run_both(inputs, torch.float32, chunk_size=32, scale=0.7)
+    inputs = make_inputs(1, 70, 1, 16, 16, gate=True, h0=True, unit_keys=False)
+    res = run_both(inputs, torch.float32, scale=0.7)
     check_all(res, torch.float32)
 
 
 def test_reverse_equals_flipped_forward():
-    q, k, v, beta, g, h0 = make_inputs(2, 45, 2, 16, 16, gate=True, h0=True)
+    q, k, v, beta, g, h0 = make_inputs(2, 70, 1, 16, 16, gate=True, h0=True)
     args = [x.float() for x in (q, k, v, beta, g)]
-    o_r, h_r = delta_rule_triton(*args, initial_state=h0.float(), output_final_state=True, reverse=True,
-                                 chunk_size=16)
+    o_r, h_r = delta_rule_triton(*args, initial_state=h0.float(), output_final_state=True, reverse=True)
     flip = [x.flip(1) for x in args]
-    o_f, h_f = delta_rule_triton(*flip, initial_state=h0.float(), output_final_state=True, chunk_size=16)
+    o_f, h_f = delta_rule_triton(*flip, initial_state=h0.float(), output_final_state=True)
     assert rel(o_r, o_f.flip(1)) < 1e-6 and rel(h_r, h_f) < 1e-6
 
 
@@ -195,16 +322,3 @@ def test_argument_errors():
         delta_rule(q.double(), k.double(), v.double(), beta.double())
     with pytest.raises(ValueError, match='cu_seqlens must rise'):
         delta_rule(q[:1], k[:1], v[:1], beta[:1], cu_seqlens=torch.tensor([0, 3, 4], dtype=torch.int32))
-
-
-def test_alternative_launch_choices(monkeypatch):
-    """Row-by-row inversion at chunk 64 (the default there is the 16x16 block inversion), V split into
-    several blocks in the sequential state kernels, and the one-kernel (fused) gradient pass."""
-    from vla_mm.ops.delta_rule import chunk
-    monkeypatch.setitem(chunk.TUNE, 'prep', 'rows')
-    monkeypatch.setitem(chunk.TUNE, 'bv_state', 16)
-    monkeypatch.setitem(chunk.TUNE, 'grads', 'fused')
-    monkeypatch.setitem(chunk.TUNE, 'inv_prec', 'subst')
-    inputs = make_inputs(1, 90, 1, 16, 40, gate=True, h0=True, g_kind='mixed')
-    res = run_both(inputs, torch.float32, reverse=True, chunk_size=64)
-    check_all(res, torch.float32)

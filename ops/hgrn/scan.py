@@ -11,19 +11,13 @@ so decays only ever appear as exp of sums of log gates (<= 0): log gates of -20 
 ``dh_t = do_t + exp(g_{t+1}) dh_{t+1}``, ``dx_t = (1 - exp(g_t)) dh_t``,
 ``dg_t = exp(g_t) (h_{t-1} - x_t) dh_t`` (gated input; without it ``dg_t = exp(g_t) h_{t-1} dh_t``).
 """
-import os
-
 import torch
 import triton
 import triton.language as tl
 
-POISON = False  # tests: outputs start NaN-filled
-
-
-def _empty(shape, dtype, device):
-    if POISON:
-        return torch.full(shape, float('nan'), dtype=dtype, device=device)
-    return torch.empty(shape, dtype=dtype, device=device)
+from ..common.jit import phys_row, seq_bounds
+from ..common.options import alloc
+from ..common.varlen import PackedSeqs
 
 
 @triton.jit
@@ -39,21 +33,10 @@ def _neg_expm1(g):
 
 
 @triton.jit
-def _seq(i_n, cu, N, VARLEN: tl.constexpr):
-    if VARLEN:
-        bos = tl.load(cu + i_n).to(tl.int32)
-        eos = tl.load(cu + i_n + 1).to(tl.int32)
-    else:
-        bos = i_n * N
-        eos = bos + N
-    return bos, eos
-
-
-@triton.jit
 def _hgrn_fwd_kernel(x, g, h0, o, ht, cu, N, D, T: tl.constexpr, BD: tl.constexpr, GATED: tl.constexpr,
                      USE_H0: tl.constexpr, STORE_HT: tl.constexpr, REVERSE: tl.constexpr, VARLEN: tl.constexpr):
     i_d, i_n = tl.program_id(0), tl.program_id(1)
-    bos, eos = _seq(i_n, cu, N, VARLEN)
+    bos, eos = seq_bounds(i_n, cu, N, VARLEN)
     L = eos - bos
     c = i_d * BD + tl.arange(0, BD)
     mc = c < D
@@ -64,10 +47,7 @@ def _hgrn_fwd_kernel(x, g, h0, o, ht, cu, N, D, T: tl.constexpr, BD: tl.constexp
     for it in range(tl.cdiv(L, T)):
         t = it * T + ar
         m = (t < L)[:, None] & mc[None, :]
-        if REVERSE:
-            r = eos - 1 - t
-        else:
-            r = bos + t
+        r = phys_row(t, bos, eos, REVERSE)
         p = r.to(tl.int64)[:, None] * D + c[None, :]
         xt = tl.load(x + p, mask=m, other=0.).to(tl.float32)
         gt = tl.load(g + p, mask=m, other=0.).to(tl.float32)
@@ -86,7 +66,7 @@ def _hgrn_bwd_kernel(x, g, o, h0, do, dht, dx, dg, dh0, cu, N, D, T: tl.constexp
                      GATED: tl.constexpr, USE_H0: tl.constexpr, USE_DHT: tl.constexpr, REVERSE: tl.constexpr,
                      VARLEN: tl.constexpr):
     i_d, i_n = tl.program_id(0), tl.program_id(1)
-    bos, eos = _seq(i_n, cu, N, VARLEN)
+    bos, eos = seq_bounds(i_n, cu, N, VARLEN)
     L = eos - bos
     c = i_d * BD + tl.arange(0, BD)
     mc = c < D
@@ -148,44 +128,33 @@ def _block(D, nseq):
     return BD
 
 
-class HGRNFunction(torch.autograd.Function):
-
-    @staticmethod
-    def forward(ctx, x, g, h0, output_final_state, cu_seqlens, reverse, gated_input, chunk):
-        x, g = x.contiguous(), g.contiguous()
-        h0 = h0.contiguous() if h0 is not None else None
-        B, N, D = x.shape
-        varlen = cu_seqlens is not None
-        nseq = len(cu_seqlens) - 1 if varlen else B
-        cu = cu_seqlens.to(torch.int32) if varlen else torch.zeros(1, dtype=torch.int32, device=x.device)
-        o = _empty(x.shape, x.dtype, x.device)
-        ht = _empty((nseq, D), torch.float32, x.device) if output_final_state else o
-        BD = _block(D, nseq)
-        _hgrn_fwd_kernel[(triton.cdiv(D, BD), nseq)](
-            x, g, h0 if h0 is not None else x, o, ht, cu, N, D, T=chunk, BD=BD, GATED=gated_input,
-            USE_H0=h0 is not None, STORE_HT=output_final_state, REVERSE=reverse, VARLEN=varlen)
-        ctx.save_for_backward(x, g, h0, o, cu)
-        ctx.cfg = (nseq, BD, reverse, gated_input, varlen, chunk)
-        return o, (ht if output_final_state else None)
-
-    @staticmethod
-    def backward(ctx, do, dht):
-        x, g, h0, o, cu = ctx.saved_tensors
-        nseq, BD, reverse, gated_input, varlen, chunk = ctx.cfg
-        B, N, D = x.shape
-        do = do.contiguous()
-        dx = _empty(x.shape, x.dtype, x.device)
-        dg = _empty(g.shape, g.dtype, g.device)
-        dh0 = _empty((nseq, D), torch.float32, x.device) if h0 is not None else None
-        _hgrn_bwd_kernel[(triton.cdiv(D, BD), nseq)](
-            x, g, o, h0 if h0 is not None else x, do, dht.contiguous() if dht is not None else x, dx, dg,
-            dh0 if dh0 is not None else dx, cu, N, D, T=chunk, BD=BD, GATED=gated_input, USE_H0=h0 is not None,
-            USE_DHT=dht is not None, REVERSE=reverse, VARLEN=varlen)
-        return dx, dg, (dh0.to(h0.dtype) if dh0 is not None else None), None, None, None, None, None
+def hgrn_fwd(x, g, h0, output_final_state, cu_seqlens, reverse, gated_input, chunk):
+    """o [B, N, D] in x's dtype and the fp32 final state [S, D] (None unless ``output_final_state``)."""
+    x, g = x.contiguous(), g.contiguous()
+    h0 = h0.contiguous() if h0 is not None else None
+    B, N, D = x.shape
+    seqs = PackedSeqs(B, N, cu_seqlens, x.device)
+    o = alloc(x.shape, x.dtype, x.device)
+    ht = alloc((seqs.nseq, D), torch.float32, x.device) if output_final_state else o
+    BD = _block(D, seqs.nseq)
+    _hgrn_fwd_kernel[(triton.cdiv(D, BD), seqs.nseq)](
+        x, g, h0 if h0 is not None else x, o, ht, seqs.cu, N, D, T=chunk, BD=BD, GATED=gated_input,
+        USE_H0=h0 is not None, STORE_HT=output_final_state, REVERSE=reverse, VARLEN=seqs.varlen)
+    return o, (ht if output_final_state else None)
 
 
-def hgrn_triton(x, g, initial_state=None, output_final_state=False, cu_seqlens=None, reverse=False,
-                gated_input=True, chunk_size=64):
-    """Triton entry point (no argument checks; see :func:`vla_mm.ops.hgrn.hgrn`)."""
-    return HGRNFunction.apply(x, g, initial_state, output_final_state, cu_seqlens, reverse, gated_input,
-                              chunk_size)
+def hgrn_bwd(x, g, h0, o, do, dht, cu_seqlens, reverse, gated_input, chunk):
+    """(dx, dg, dh0) from the forward's output ``o`` (the states); dh0 None without ``h0``."""
+    x, g, o, do = x.contiguous(), g.contiguous(), o.contiguous(), do.contiguous()
+    h0 = h0.contiguous() if h0 is not None else None
+    B, N, D = x.shape
+    seqs = PackedSeqs(B, N, cu_seqlens, x.device)
+    BD = _block(D, seqs.nseq)
+    dx = alloc(x.shape, x.dtype, x.device)
+    dg = alloc(g.shape, g.dtype, g.device)
+    dh0 = alloc((seqs.nseq, D), torch.float32, x.device) if h0 is not None else None
+    _hgrn_bwd_kernel[(triton.cdiv(D, BD), seqs.nseq)](
+        x, g, o, h0 if h0 is not None else x, do, dht.contiguous() if dht is not None else x, dx, dg,
+        dh0 if dh0 is not None else dx, seqs.cu, N, D, T=chunk, BD=BD, GATED=gated_input, USE_H0=h0 is not None,
+        USE_DHT=dht is not None, REVERSE=reverse, VARLEN=seqs.varlen)
+    return dx, dg, (dh0.to(h0.dtype) if dh0 is not None else None)

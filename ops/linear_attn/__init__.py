@@ -4,9 +4,17 @@
                     rope=None, norm='standard', key_padding_mask=None, cu_seqlens=None)
 
 q, k: [B, N, H, K]; v: [B, N, H, V] (K, V <= 256) -> o: [B, N, H, V] in v's dtype. See ``reference.py`` for the
-exact definition of every option. CUDA tensors run the Triton kernels (``kernel.py``), CPU tensors or
+exact definition of every option. The op is the custom op ``vla_mm::linear_attn`` (``torch.compile`` traces
+through it): CUDA tensors run the Triton kernels (``kernel.py``), CPU tensors, float64 inputs or
 ``VLA_OPS_REFERENCE=1`` the plain PyTorch reference. ``linear_attn_triton`` forces the kernels (tests run it on
 CPU tensors under ``TRITON_INTERPRET=1``); ``linear_attn_reference`` is the reference itself.
+
+Of the keyword contract shared by the op families (``scale``, ``initial_state``, ``output_final_state``,
+``cu_seqlens``, ``reverse``) this op takes ``scale`` and ``cu_seqlens`` only: every token attends to its whole
+sequence, so there is no direction to reverse and no running state to start from or return.
+
+q, k, v may be strided views (e.g. ``qkv(x).reshape(B, N, 3, H, D).unbind(2)`` or a transposed ``[B, H, N, D]``
+tensor): the kernels read them through their strides, without a copy.
 
 Reproducibility: the kernels sum the states over blocks of N with fp32 atomics, whose order varies between GPU
 runs (differences of ~1e-7 that training amplifies). Under ``torch.use_deterministic_algorithms(True)`` each
@@ -14,8 +22,8 @@ sequence's states are summed by one program instead: the same bits every run, wi
 """
 import torch
 
-from ..common import check_dtype, check_same_device, use_triton
-from .reference import linear_attn_reference as _reference
+from ..common import check_cu_seqlens, check_dtype, check_same_device, kernel_options, register_op, use_triton
+from .reference import linear_attn_reference as _reference_impl
 
 __all__ = ['linear_attn', 'linear_attn_reference', 'linear_attn_triton', 'FEATURE_MAPS', 'MAX_HEAD_DIM']
 
@@ -31,8 +39,7 @@ def _check_args(q, k, v, feature_map, normalize, scale, eps, focus_power, rope, 
             raise ValueError(f'{name} must be a torch.Tensor, got {type(t).__name__}')
         if t.dim() != 4:
             raise ValueError(f'{name} must have shape [B, N, H, D], got {tuple(t.shape)}')
-        if t.dtype != torch.float64:   # float64 is accepted for reference checks
-            check_dtype(name, t)
+        check_dtype(name, t, allow_float64=True)   # float64 takes the reference
     if not (q.dtype == k.dtype == v.dtype):
         raise ValueError(f'q, k, v must share one dtype, got {q.dtype}, {k.dtype}, {v.dtype}')
     if q.shape != k.shape:
@@ -67,17 +74,9 @@ def _check_args(q, k, v, feature_map, normalize, scale, eps, focus_power, rope, 
                 or tuple(key_padding_mask.shape) != (B, N):
             raise ValueError(f'key_padding_mask must be a bool tensor of shape [B, N] = {(B, N)}, got '
                              f'{getattr(key_padding_mask, "dtype", None)} {tuple(getattr(key_padding_mask, "shape", ()))}')
-    if cu_seqlens is not None:
-        if not isinstance(cu_seqlens, torch.Tensor) or cu_seqlens.dim() != 1 or cu_seqlens.numel() < 2 \
-                or cu_seqlens.dtype not in (torch.int32, torch.int64):
-            raise ValueError('cu_seqlens must be a 1-D int32/int64 tensor [S+1] of sequence offsets')
-        if B != 1:
-            raise ValueError(f'cu_seqlens needs packed inputs with B == 1, got B = {B}')
-        if key_padding_mask is not None:
-            raise ValueError('pass either key_padding_mask or cu_seqlens, not both')
-        cu = cu_seqlens.tolist()
-        if cu[0] != 0 or cu[-1] != N or any(b < a for a, b in zip(cu[:-1], cu[1:])):
-            raise ValueError(f'cu_seqlens must rise from 0 to N = {N}, got {cu[:4]}...{cu[-2:]}')
+    if cu_seqlens is not None and key_padding_mask is not None:
+        raise ValueError('pass either key_padding_mask or cu_seqlens, not both')
+    check_cu_seqlens(cu_seqlens, B, N)
     if rope is not None:
         if not isinstance(rope, (tuple, list)) or len(rope) != 2:
             raise ValueError('rope must be a (cos, sin) pair of tensors')
@@ -94,32 +93,81 @@ def _check_args(q, k, v, feature_map, normalize, scale, eps, focus_power, rope, 
                 raise ValueError(f'{name} must be on {q.device}, got {t.device}')
 
 
-def linear_attn_triton(q, k, v, *, feature_map='elu1', normalize=True, scale=None, eps=1e-6, focus_power=3.0,
-                       rope=None, norm='standard', key_padding_mask=None, cu_seqlens=None):
-    """The Triton kernels, whatever the device (CPU tensors need ``TRITON_INTERPRET=1``)."""
-    _check_args(q, k, v, feature_map, normalize, scale, eps, focus_power, rope, norm, key_padding_mask,
-                cu_seqlens)
-    from .kernel import linear_attn_fn
-    return linear_attn_fn(q, k, v, feature_map=feature_map, normalize=normalize, scale=scale, eps=eps,
-                          focus_power=focus_power, rope=rope, norm=norm, key_padding_mask=key_padding_mask,
-                          cu_seqlens=cu_seqlens)
+def _reference(q, k, v, feature_map, normalize, scale, eps, focus_power, rope_cos, rope_sin, norm,
+               key_padding_mask, cu_seqlens):
+    rope = None if rope_cos is None else (rope_cos, rope_sin)
+    return (_reference_impl(q, k, v, feature_map=feature_map, normalize=normalize, scale=scale, eps=eps,
+                            focus_power=focus_power, rope=rope, norm=norm, key_padding_mask=key_padding_mask,
+                            cu_seqlens=cu_seqlens),)
 
 
-def linear_attn_reference(q, k, v, *, feature_map='elu1', normalize=True, scale=None, eps=1e-6,
-                          focus_power=3.0, rope=None, norm='standard', key_padding_mask=None, cu_seqlens=None):
-    """The plain PyTorch reference (``reference.py``), with the same argument checks."""
-    _check_args(q, k, v, feature_map, normalize, scale, eps, focus_power, rope, norm, key_padding_mask,
-                cu_seqlens)
-    return _reference(q, k, v, feature_map=feature_map, normalize=normalize, scale=scale, eps=eps,
-                      focus_power=focus_power, rope=rope, norm=norm, key_padding_mask=key_padding_mask,
-                      cu_seqlens=cu_seqlens)
+def _plan(q, v, feature_map, normalize, scale, eps, focus_power, rope_cos, rope_sin, norm, key_padding_mask,
+          cu_seqlens):
+    from . import kernel
+    rope = None if rope_cos is None else (rope_cos, rope_sin)
+    return kernel.plan(q, v, feature_map, normalize, scale, eps, focus_power, rope, norm, key_padding_mask,
+                       cu_seqlens)
+
+
+def _triton(q, k, v, *opts):
+    from . import kernel
+    o, state = kernel.forward(q, k, v, _plan(q, v, *opts))
+    return (o,), (state,)
+
+
+def _triton_backward(grads, outputs, residuals, q, k, v, *opts):
+    from . import kernel
+    do = grads[0] if grads[0] is not None else torch.zeros_like(outputs[0])
+    return kernel.backward(q, k, v, do, residuals[0], _plan(q, v, *opts))
+
+
+def _fake(q, k, v, feature_map, normalize, scale, eps, focus_power, rope_cos, rope_sin, norm, key_padding_mask,
+          cu_seqlens):
+    o = v.new_empty(v.shape)
+    if not use_triton(q, k, v):
+        return (o,)
+    B, N, H, K = q.shape
+    nseq = B if cu_seqlens is None else cu_seqlens.shape[0] - 1
+    return o, q.new_empty(nseq * H * (K * v.shape[-1] + K), dtype=torch.float32)
+
+
+_linear_attn_op = register_op(
+    'linear_attn', '(Tensor q, Tensor k, Tensor v, str feature_map, bool normalize, float? scale, float eps, '
+                   'float focus_power, Tensor? rope_cos, Tensor? rope_sin, str norm, Tensor? key_padding_mask, '
+                   'Tensor? cu_seqlens)',
+    outputs=1, grads=('q', 'k', 'v'), reference=_reference, triton=_triton, triton_backward=_triton_backward,
+    fake=_fake)
+
+
+def _op_args(q, k, v, feature_map, normalize, scale, eps, focus_power, rope, norm, key_padding_mask, cu_seqlens):
+    cos, sin = rope if rope is not None else (None, None)
+    return (q, k, v, feature_map, normalize, None if scale is None else float(scale), float(eps),
+            float(focus_power), cos, sin, norm, key_padding_mask, cu_seqlens)
 
 
 def linear_attn(q, k, v, *, feature_map='elu1', normalize=True, scale=None, eps=1e-6, focus_power=3.0,
                 rope=None, norm='standard', key_padding_mask=None, cu_seqlens=None):
-    """Non-causal linear attention (see module doc); Triton on CUDA, the reference on CPU."""
-    kw = dict(feature_map=feature_map, normalize=normalize, scale=scale, eps=eps, focus_power=focus_power,
-              rope=rope, norm=norm, key_padding_mask=key_padding_mask, cu_seqlens=cu_seqlens)
-    if use_triton(q, k, v) and q.dtype != torch.float64:
-        return linear_attn_triton(q, k, v, **kw)
-    return linear_attn_reference(q, k, v, **kw)
+    """Non-causal linear attention (see module doc): the custom op ``vla_mm::linear_attn``; Triton on CUDA,
+    the reference on CPU (and for float64 inputs or ``VLA_OPS_REFERENCE=1``)."""
+    args = (q, k, v, feature_map, normalize, scale, eps, focus_power, rope, norm, key_padding_mask, cu_seqlens)
+    _check_args(*args)
+    return _linear_attn_op(*_op_args(*args))[0]
+
+
+def linear_attn_triton(q, k, v, *, feature_map='elu1', normalize=True, scale=None, eps=1e-6, focus_power=3.0,
+                       rope=None, norm='standard', key_padding_mask=None, cu_seqlens=None):
+    """The Triton kernels, whatever the device (CPU tensors need ``TRITON_INTERPRET=1``)."""
+    args = (q, k, v, feature_map, normalize, scale, eps, focus_power, rope, norm, key_padding_mask, cu_seqlens)
+    _check_args(*args)
+    with kernel_options(backend='triton'):
+        return _linear_attn_op(*_op_args(*args))[0]
+
+
+def linear_attn_reference(q, k, v, *, feature_map='elu1', normalize=True, scale=None, eps=1e-6,
+                          focus_power=3.0, rope=None, norm='standard', key_padding_mask=None, cu_seqlens=None):
+    """The plain PyTorch reference (``reference.py``), with the same argument checks (no custom op)."""
+    _check_args(q, k, v, feature_map, normalize, scale, eps, focus_power, rope, norm, key_padding_mask,
+                cu_seqlens)
+    return _reference_impl(q, k, v, feature_map=feature_map, normalize=normalize, scale=scale, eps=eps,
+                           focus_power=focus_power, rope=rope, norm=norm, key_padding_mask=key_padding_mask,
+                           cu_seqlens=cu_seqlens)

@@ -19,26 +19,22 @@ Dots: fp32 inputs use exact fp32 dots (``input_precision='ieee'``); bf16/fp16 in
 fp32 accumulation (bf16 rather than fp16 so that large states cannot overflow). Feature maps, normalizers and
 all reductions run in fp32.
 """
-import os
+import functools
+from types import MappingProxyType, SimpleNamespace
 
 import torch
 import triton
 import triton.language as tl
 
+from ..common.options import alloc, current_options, dummy, num_sms
+from ..common.varlen import PackedSeqs
+
 FOCUS_EPS = 1e-6
-_FMAP = {'identity': 0, 'elu1': 1, 'relu': 2, 'focused': 3}
-
-# Tests set this (or VLA_OPS_POISON=1) to fill every output with NaN before the kernels write, so that an element
-# a kernel forgets to write fails the comparison.
-_POISON = False
-# Launch configuration; the benchmark script sweeps these. None = chosen from the head dims.
-CONFIG = dict(block_n=None, num_warps=None, num_stages=None, programs_per_sm_reduce=4, programs_per_sm_map=16)
-
-
-def _alloc(shape, dtype, device):
-    if _POISON or os.environ.get('VLA_OPS_POISON', '0') == '1':
-        return torch.full(shape, float('nan'), dtype=dtype, device=device)
-    return torch.empty(shape, dtype=dtype, device=device)
+_FMAP = MappingProxyType({'identity': 0, 'elu1': 1, 'relu': 2, 'focused': 3})
+# launch settings (``kernel_options(launch={'linear_attn': {...}})`` overrides): None = chosen from the head dims;
+# programs per SM of the reducing (F1, B1) and of the streaming (F2, B2) kernels
+LAUNCH_DEFAULTS = MappingProxyType(dict(block_n=None, num_warps=None, num_stages=None, programs_per_sm_reduce=4,
+                                        programs_per_sm_map=16))
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -491,43 +487,40 @@ def _bwd_kv_kernel(
 # --------------------------------------------------------------------------------------------------------------
 # host side
 # --------------------------------------------------------------------------------------------------------------
-def _blocks(K, V, ieee):
+def _blocks(K, V, ieee, cfg):
     BK = max(16, triton.next_power_of_2(K))
     tile = 4096 if ieee else 8192          # fp32 operands take twice the shared memory
     BV = min(max(16, triton.next_power_of_2(V)), max(16, tile // BK))
     NV = triton.cdiv(V, BV)
-    BN = CONFIG['block_n'] or max(16, min(128, tile // BK))
-    num_warps = CONFIG['num_warps'] or (8 if BN * BK >= 8192 else 4)
+    BN = cfg['block_n'] or max(16, min(128, tile // BK))
+    num_warps = cfg['num_warps'] or (8 if BN * BK >= 8192 else 4)
     return BN, BK, BV, NV, num_warps
 
 
-_NUM_SMS = {}
-_DUMMIES = {}
-_FALLBACK = {}   # (kernel, constexpr key) -> launch options that fit in shared memory
+def launch_config():
+    """This family's launch settings: ``LAUNCH_DEFAULTS`` under the options' ``launch['linear_attn']``."""
+    cfg = dict(LAUNCH_DEFAULTS)
+    extra = current_options().launch_for('linear_attn')
+    unknown = set(extra) - set(cfg)
+    if unknown:
+        raise ValueError(f"launch['linear_attn'] takes {sorted(cfg)}, got {sorted(unknown)}")
+    cfg.update(extra)
+    return cfg
 
 
-def _num_sms(device):
-    if device.type != 'cuda':
-        return 1
-    idx = device.index if device.index is not None else torch.cuda.current_device()
-    if idx not in _NUM_SMS:
-        _NUM_SMS[idx] = torch.cuda.get_device_properties(idx).multi_processor_count
-    return _NUM_SMS[idx]
-
-
-def _dummies(device):
-    if device not in _DUMMIES:
-        _DUMMIES[device] = (torch.empty(1, dtype=torch.int32, device=device),
-                            torch.empty(1, dtype=torch.float32, device=device))
-    return _DUMMIES[device]
+@functools.lru_cache(maxsize=None)
+def _fallback(key):
+    """Launch options found to fit in shared memory for one (kernel, blocks, constexprs) key; filled by _launch."""
+    return {}
 
 
 def _launch(kernel, grid, args, consts, P):
     """Launch with the plan's blocks; if they do not fit in shared memory, retry with fewer stages and rows."""
     opts = dict(BN=P.BN, BK=P.BK, BV=P.BV, num_warps=P.num_warps, num_stages=P.num_stages)
-    key = (kernel.fn.__name__ if hasattr(kernel, 'fn') else id(kernel), P.BK, P.BV,
+    key = (getattr(kernel, 'fn', kernel).__name__, P.BK, P.BV,
            tuple(sorted((k, v) for k, v in consts.items())), tuple(sorted(opts.items())))
-    opts = dict(_FALLBACK.get(key, opts))
+    known = _fallback(key)
+    opts = dict(known or opts)
     while True:
         try:
             return kernel[grid](*args, **consts, **opts)
@@ -538,25 +531,28 @@ def _launch(kernel, grid, args, consts, P):
                 opts['BN'] //= 2
             else:
                 raise
-            _FALLBACK[key] = dict(opts)
+            known.update(opts)
 
 
 class _Plan:
-    """Everything the four kernels share: chunking of N, per-sequence counts, rope tables, flags."""
+    """Everything the four kernels share: chunking of N, per-sequence counts, rope tables, flags.
+
+    ``q`` / ``v`` give only shapes, dtype and device; ``rope`` is a ``(cos, sin)`` pair or None."""
 
     def __init__(self, q, v, feature_map, normalize, scale, eps, focus_power, rope, norm, key_padding_mask,
-                 cu_seqlens):
+                 cu_seqlens, cfg=None):
+        cfg = launch_config() if cfg is None else cfg
         B, N, H, K = q.shape
         V = v.shape[-1]
         dev = q.device
         ieee = q.dtype == torch.float32
         self.B, self.N, self.H, self.K, self.V = B, N, H, K, V
-        self.BN, self.BK, self.BV, self.NV, self.num_warps = _blocks(K, V, ieee)
-        self.num_stages = CONFIG['num_stages'] or (2 if self.BK * self.BV <= 8192 and not ieee else 1)
+        self.BN, self.BK, self.BV, self.NV, self.num_warps = _blocks(K, V, ieee, cfg)
+        self.num_stages = cfg['num_stages'] or (2 if self.BK * self.BV <= 8192 and not ieee else 1)
         BN = self.BN
-        sms = _num_sms(dev)
+        sms = num_sms(dev)
         self.varlen = cu_seqlens is not None
-        dummy_i, dummy_f = _dummies(dev)
+        dummy_i, dummy_f = dummy(dev, torch.int32), dummy(dev, torch.float32)
         # two chunkings of N: the kernels that end in atomic reductions (F1, B1) take longer chunks than the
         # kernels that only stream (F2, B2). Under torch.use_deterministic_algorithms(True) the reducing kernels
         # take one chunk per sequence: every element of S, z, dS, dz then receives exactly one fp32 atomic add
@@ -565,22 +561,20 @@ class _Plan:
         self.deterministic = torch.are_deterministic_algorithms_enabled()
         self.chunks = {}
         if self.varlen:
-            cu = cu_seqlens.tolist()
-            self.nseq = len(cu) - 1
-            longest = max((b - a for a, b in zip(cu[:-1], cu[1:])), default=0)
-            for kind, pps in (('red', CONFIG['programs_per_sm_reduce']), ('map', CONFIG['programs_per_sm_map'])):
+            seqs = PackedSeqs(B, N, cu_seqlens, dev)
+            self.nseq = seqs.nseq
+            for kind, pps in (('red', cfg['programs_per_sm_reduce']), ('map', cfg['programs_per_sm_map'])):
                 split = max(1, triton.cdiv(pps * sms, H))
                 CH = max(BN, triton.cdiv(triton.cdiv(N, split), BN) * BN)
                 if kind == 'red' and self.deterministic:
-                    CH = max(BN, triton.cdiv(longest, BN) * BN)
-                items = [(s, a, min(a + CH, cu[s + 1])) for s in range(self.nseq)
-                         for a in range(cu[s], cu[s + 1], CH)]
+                    CH = max(BN, triton.cdiv(seqs.longest(), BN) * BN)
+                items = seqs.spans(CH)
                 tab = torch.tensor(items, dtype=torch.int32).to(dev) if items else dummy_i
                 self.chunks[kind] = (len(items), CH, tab)
-            self.ntab = (cu_seqlens[1:] - cu_seqlens[:-1]).to(torch.float32)
+            self.ntab = seqs.lengths(torch.float32)
         else:
             self.nseq = B
-            for kind, pps in (('red', CONFIG['programs_per_sm_reduce']), ('map', CONFIG['programs_per_sm_map'])):
+            for kind, pps in (('red', cfg['programs_per_sm_reduce']), ('map', cfg['programs_per_sm_map'])):
                 split = max(1, min(triton.cdiv(N, BN), triton.cdiv(pps * sms, B * H)))
                 if kind == 'red' and self.deterministic:
                     split = 1
@@ -617,32 +611,63 @@ class _Plan:
         self.seq_consts = dict(self.consts, HAS_NTAB=self.has_ntab, SCALE_INV_N=scale is None and not normalize,
                                EPS_N=norm == 'linfusion')
 
+    def state_views(self, state):
+        """(S [nseq * H * K * V], z [nseq * H * K]) of one fp32 state buffer (forward: S, z; backward: dS, dz)."""
+        n = self.nseq * self.H * self.K * self.V
+        return state[:n], state[n:]
 
-def _forward(q, k, v, P):
+
+def state_size(nseq, H, K, V):
+    return nseq * H * (K * V + K)
+
+
+@functools.lru_cache(maxsize=256)
+def _cached_plan(q_shape, V, dtype, device, feature_map, normalize, scale, eps, focus_power, norm, cfg_items,
+                 deterministic):
+    like_q = SimpleNamespace(shape=q_shape, dtype=dtype, device=device)
+    like_v = SimpleNamespace(shape=(V,))
+    return _Plan(like_q, like_v, feature_map, normalize, scale, eps, focus_power, None, norm, None, None,
+                 cfg=dict(cfg_items))
+
+
+def plan(q, v, feature_map, normalize, scale, eps, focus_power, rope, norm, key_padding_mask, cu_seqlens):
+    """The launch plan of one call; plans without tensors of their own are cached (host overhead matters at
+    small sizes)."""
+    if rope is None and key_padding_mask is None and cu_seqlens is None:
+        return _cached_plan(tuple(q.shape), v.shape[-1], q.dtype, q.device, feature_map, normalize, scale, eps,
+                            focus_power, norm, tuple(sorted(launch_config().items())),
+                            torch.are_deterministic_algorithms_enabled())
+    return _Plan(q, v, feature_map, normalize, scale, eps, focus_power, rope, norm, key_padding_mask, cu_seqlens)
+
+
+def forward(q, k, v, P):
+    """F1 + F2: o [B, N, H, V] in v's dtype and the fp32 state buffer (S, z; see ``_Plan.state_views``)."""
     B, N, H, K, V = P.B, P.N, P.H, P.K, P.V
-    state = torch.zeros(P.nseq * H * (K * V + K), dtype=torch.float32, device=q.device)
-    S, z = state[:P.nseq * H * K * V], state[P.nseq * H * K * V:]
-    o = _alloc((B, N, H, V), v.dtype, v.device)
+    state = torch.zeros(state_size(P.nseq, H, K, V), dtype=torch.float32, device=q.device)
+    S, z = P.state_views(state)
+    o = alloc((B, N, H, V), v.dtype, v.device)
     nr, CHr, tabr = P.chunks['red']
     nm, CHm, tabm = P.chunks['map']
     if nr == 0:
-        return o.zero_(), S, z
+        return o.zero_(), state
     _launch(_fwd_state_kernel, (nr, B * H, P.NV),
             (k, v, S, z, P.mask, tabr, P.cos, P.sin, N, H, K, V, CHr, *k.stride(), *v.stride(), *P.smask,
              *P.rope_strides), P.consts, P)
     _launch(_fwd_out_kernel, (nm, B * H, P.NV),
             (q, o, S, z, P.mask, tabm, P.ntab, P.cos, P.sin, N, H, K, V, CHm, P.n_const, P.scale, P.eps,
              *q.stride(), *o.stride(), *P.smask, *P.rope_strides), P.seq_consts, P)
-    return o, S, z
+    return o, state
 
 
-def _backward(q, k, v, do, S, z, P):
+def backward(q, k, v, do, state, P):
+    """B1 + B2: dq, dk, dv (in the inputs' dtypes) from the forward's state buffer."""
     B, N, H, K, V = P.B, P.N, P.H, P.K, P.V
-    dstate = torch.zeros(P.nseq * H * (K * V + K), dtype=torch.float32, device=q.device)
-    dS, dz = dstate[:P.nseq * H * K * V], dstate[P.nseq * H * K * V:]
-    dq = _alloc(q.shape, q.dtype, q.device)
-    dk = _alloc(k.shape, k.dtype, k.device)
-    dv = _alloc(v.shape, v.dtype, v.device)
+    S, z = P.state_views(state)
+    dstate = torch.zeros_like(state)
+    dS, dz = P.state_views(dstate)
+    dq = alloc(q.shape, q.dtype, q.device)
+    dk = alloc(k.shape, k.dtype, k.device)
+    dv = alloc(v.shape, v.dtype, v.device)
     nr, CHr, tabr = P.chunks['red']
     nm, CHm, tabm = P.chunks['map']
     if nr == 0:
@@ -658,40 +683,3 @@ def _backward(q, k, v, do, S, z, P):
             (k, v, dk, dv, dS, dz, P.mask, tabm, P.cos, P.sin, N, H, K, V, CHm, *k.stride(), *v.stride(),
              *dk.stride(), *dv.stride(), *P.smask, *P.rope_strides), dict(P.consts, NV=P.NV), P)
     return dq, dk, dv
-
-
-class LinearAttnFunction(torch.autograd.Function):
-
-    @staticmethod
-    def forward(ctx, q, k, v, plan):
-        o, S, z = _forward(q, k, v, plan)
-        ctx.save_for_backward(q, k, v, S, z)
-        ctx.plan = plan
-        return o
-
-    @staticmethod
-    def backward(ctx, do):
-        q, k, v, S, z = ctx.saved_tensors
-        dq, dk, dv = _backward(q, k, v, do, S, z, ctx.plan)
-        return dq, dk, dv, None
-
-
-_PLANS = {}
-
-
-def linear_attn_fn(q, k, v, *, feature_map='elu1', normalize=True, scale=None, eps=1e-6, focus_power=3.0,
-                   rope=None, norm='standard', key_padding_mask=None, cu_seqlens=None):
-    """Triton path of ``linear_attn`` (arguments already checked by the public function)."""
-    args = (feature_map, normalize, scale, eps, focus_power, rope, norm, key_padding_mask, cu_seqlens)
-    if rope is None and key_padding_mask is None and cu_seqlens is None:
-        # plans without tensors of their own are cached (host overhead matters at small sizes)
-        key = (q.shape, v.shape, q.dtype, q.device, feature_map, normalize, scale, eps, focus_power, norm,
-               tuple(sorted(CONFIG.items())), torch.are_deterministic_algorithms_enabled())
-        plan = _PLANS.get(key)
-        if plan is None:
-            if len(_PLANS) > 256:
-                _PLANS.clear()
-            plan = _PLANS[key] = _Plan(q, v, *args)
-    else:
-        plan = _Plan(q, v, *args)
-    return LinearAttnFunction.apply(q, k, v, plan)

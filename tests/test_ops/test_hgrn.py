@@ -7,9 +7,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from vla_mm.ops.hgrn import hgrn, hgrn_recurrent_reference, hgrn_triton, scan
+from vla_mm.ops.common import kernel_options
+from vla_mm.ops.hgrn import hgrn, hgrn_recurrent_reference, hgrn_triton
 
-scan.POISON = True
+
+@pytest.fixture(autouse=True)
+def poison():
+    with kernel_options(poison=True):
+        yield
 
 
 def _rel(a, b):

@@ -2,7 +2,7 @@
 kernels (under TRITON_INTERPRET=1 on CPU, set by tests/conftest.py) against a float64 reference.
 
 Fresh random inputs every run (the seed is printed, re-run a failure with LA_TEST_SEED=<seed>); kernel outputs
-are poisoned with NaN before the kernels write (``kernel._POISON``) so unwritten elements fail.
+are poisoned with NaN before the kernels write (``kernel_options(poison=True)``) so unwritten elements fail.
 """
 import os
 import random
@@ -167,8 +167,10 @@ def test_argument_errors(bad, match):
 # the Triton kernels (interpreter on CPU), forward and every gradient against a float64 reference
 # ----------------------------------------------------------------------------------------------------------
 try:
+    from vla_mm.ops.common import kernel_options
     from vla_mm.ops.linear_attn import kernel as la_kernel
 except ImportError:
+    from ops.common import kernel_options
     from ops.linear_attn import kernel as la_kernel
 
 F32, BF16, F16 = torch.float32, torch.bfloat16, torch.float16
@@ -210,8 +212,9 @@ KCASES = [
 
 
 @pytest.fixture
-def poison(monkeypatch):
-    monkeypatch.setattr(la_kernel, '_POISON', True)
+def poison():
+    with kernel_options(poison=True):
+        yield
 
 
 def make_inputs(shape, dtype, opts, scale=1.0):
@@ -297,7 +300,7 @@ def test_kernel_deterministic_mode(poison, shape, opts):
     nseq = shape[0] if 'cu' not in opts else len(opts['cu']) - 1
 
     def plan():
-        return la_kernel._Plan(q, v, 'elu1', True, None, 1e-6, 3.0, None, 'standard', None, kw.get('cu_seqlens'))
+        return la_kernel.plan(q, v, 'elu1', True, None, 1e-6, 3.0, None, 'standard', None, kw.get('cu_seqlens'))
     default = plan()
     assert default.chunks['red'][0] > nseq  # the default plan splits a sequence over several reducing programs
     prev = torch.are_deterministic_algorithms_enabled()
@@ -314,3 +317,61 @@ def test_kernel_deterministic_mode(poison, shape, opts):
     finally:
         torch.use_deterministic_algorithms(prev)
     assert not plan().deterministic
+
+
+class _Spy:
+    """Wraps a kernel and records the positional arguments of each launch."""
+
+    def __init__(self, kernel):
+        self.kernel, self.fn, self.calls = kernel, kernel.fn, []
+
+    def __getitem__(self, grid):
+        launch = self.kernel[grid]
+
+        def run(*args, **kw):
+            self.calls.append(args)
+            return launch(*args, **kw)
+        return run
+
+
+@pytest.mark.parametrize('layout', ['fused', 'bhnd'])
+def test_kernel_reads_strided_views_without_copies(poison, monkeypatch, layout):
+    """q, k, v as views of one projection (``reshape(B, N, 3, H, D).unbind(2)``) or of [B, H, N, D] storage reach
+    the kernels as they are (same storage and strides: no copy), and give the bits of contiguous inputs."""
+    B, N, H, D = 2, 20, 2, 16
+    if layout == 'fused':
+        x = randn(B, N, 3 * H * D).requires_grad_()
+        q, k, v = x.reshape(B, N, 3, H, D).unbind(2)
+    else:
+        x = randn(3, B, H, N, D).requires_grad_()
+        q, k, v = (t.transpose(1, 2) for t in x.unbind(0))
+    assert not any(t.is_contiguous() for t in (q, k, v))
+    names = ('_fwd_state_kernel', '_fwd_out_kernel', '_bwd_q_kernel', '_bwd_kv_kernel')
+    spies = {n: _Spy(getattr(la_kernel, n)) for n in names}
+    for n, spy in spies.items():
+        monkeypatch.setattr(la_kernel, n, spy)
+    do = randn(B, N, H, D)
+    o = linear_attn_triton(q, k, v, feature_map='focused')
+    grads = torch.autograd.grad(o, (q, k, v), do)
+    for n, pos in (('_fwd_state_kernel', (k, v)), ('_fwd_out_kernel', (q,)), ('_bwd_q_kernel', (q,)),
+                   ('_bwd_kv_kernel', (k, v))):
+        assert spies[n].calls, f'{n} not launched'
+        for args in spies[n].calls:
+            for got, want in zip(args, pos):
+                assert got.data_ptr() == want.data_ptr() and got.stride() == want.stride(), f'{n} got a copy'
+    qc, kc, vc = (t.detach().contiguous().requires_grad_() for t in (q, k, v))
+    o2 = linear_attn_triton(qc, kc, vc, feature_map='focused')
+    grads2 = torch.autograd.grad(o2, (qc, kc, vc), do)
+    assert torch.equal(o, o2) and all(torch.equal(a, b) for a, b in zip(grads, grads2))
+
+
+def test_kernel_launch_options(poison):
+    (q, k, v), kw = make_inputs((2, 40, 2, 32, 16), F32, {})
+    ref = linear_attn_reference(q.double(), k.double(), v.double())
+    with kernel_options(launch={'linear_attn': dict(block_n=16, num_warps=2, programs_per_sm_map=1)}):
+        plan = la_kernel.plan(q, v, 'elu1', True, None, 1e-6, 3.0, None, 'standard', None, None)
+        assert plan.BN == 16 and plan.num_warps == 2
+        assert rel_err(linear_attn_triton(q, k, v), ref) < 1e-5
+    with pytest.raises(ValueError, match='block_m'):
+        with kernel_options(launch={'linear_attn': dict(block_m=16)}):
+            linear_attn_triton(q, k, v)

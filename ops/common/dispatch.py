@@ -1,0 +1,214 @@
+"""Dispatch of the public ops and their registration as ``torch.library`` custom ops (``torch.compile``).
+
+Every public op is the custom op ``vla_mm::<name>``: ``torch.compile`` sees one opaque node with a fake (meta)
+implementation and an autograd formula, and never traces into a kernel launcher. Inside the op:
+
+* Triton kernels when :func:`use_triton` says so (CUDA tensors; or ``kernel_options(backend='triton')``);
+* the plain PyTorch reference otherwise (CPU and other devices, float64 inputs, ``VLA_OPS_REFERENCE=1``).
+
+The backward is a second custom op ``vla_mm::<name>_backward``: the Triton path calls the family's Triton
+backward on what its forward kept; the reference path (and a Triton path registered without a backward of its
+own) recomputes the forward under autograd and takes ``torch.autograd.grad``.
+
+Registering a family's op (:func:`register_op`) takes a few lines::
+
+    _op = register_op(
+        'hgrn', '(Tensor x, Tensor g, Tensor? initial_state, Tensor? cu_seqlens, bool output_final_state, '
+                'bool reverse, bool gated_input, int chunk_size)',
+        outputs=2, grads=('x', 'g', 'initial_state'),
+        reference=_reference,             # (*args) -> (o, final_state or empty); differentiable by autograd
+        triton=_triton_forward,           # (*args) -> ((o, final_state), residuals)
+        triton_backward=_triton_backward, # (grad_outputs, outputs, residuals, *args) -> one grad per name in grads
+        fake=_fake)                       # (*args) -> outputs (and residuals on the Triton path): metadata only
+    o, ht = _op(x, g, None, None, False, False, True, 64)
+
+Schemas take tensors, optional tensors, numbers, bools and strings; no tuples and no None returns: a tuple
+argument is split (``rope_cos, rope_sin``) and an output that was not asked for is an empty tensor that the
+family's Python wrapper maps back to None. Argument checks belong to that wrapper, before the op.
+"""
+import os
+
+import torch
+
+from .options import current_options, kernel_options
+
+NAMESPACE = 'vla_mm'
+
+
+def force_reference() -> bool:
+    """``VLA_OPS_REFERENCE=1`` forces the plain PyTorch reference everywhere."""
+    return os.environ.get('VLA_OPS_REFERENCE', '0').lower() not in ('', '0', 'false', 'no')
+
+
+def use_triton(*tensors) -> bool:
+    """Dispatch rule of every public op: the options' ``backend`` if it is 'triton' or 'reference'; else
+    ``VLA_OPS_REFERENCE=1`` -> reference; else CUDA tensors -> Triton, any other device -> reference. float64
+    inputs always take the reference (the kernels compute in fp32).
+
+    Tests run the kernels on CPU tensors under ``TRITON_INTERPRET=1`` through ``backend='triton'`` (each
+    family's ``*_triton`` entry point), so a model's CPU tensors never go through the interpreter by accident.
+    """
+    ts = [t for t in tensors if isinstance(t, torch.Tensor)]
+    if any(t.dtype == torch.float64 for t in ts):
+        return False
+    backend = current_options().backend
+    if backend != 'auto':
+        return backend == 'triton'
+    if force_reference():
+        return False
+    return all(t.is_cuda for t in ts)
+
+
+class _autograd_enabled:
+    """Record autograd inside an op implementation. The dispatcher runs custom-op kernels with the autograd keys
+    excluded (and grad mode off); the recompute backward needs them back for its ``torch.autograd.grad``."""
+
+    def __enter__(self):
+        DK = torch._C.DispatchKey
+        exclude = torch._C._dispatch_tls_local_exclude_set()
+        for key in (DK.AutogradFunctionality, DK.AutogradOther, DK.AutogradNestedTensor):
+            exclude = exclude.remove(key)
+        self._guard = torch._C._ForceDispatchKeyGuard(torch._C._dispatch_tls_local_include_set(), exclude)
+        self._grad = torch.enable_grad()
+        self._guard.__enter__()
+        self._grad.__enter__()
+
+    def __exit__(self, *exc):
+        self._grad.__exit__(*exc)
+        self._guard.__exit__(*exc)
+
+
+def _empty_like_device(args):
+    dev = next(a.device for a in args if isinstance(a, torch.Tensor))
+    return torch.empty(0, dtype=torch.float32, device=dev)
+
+
+def _fresh(outs, args):
+    """Outputs as the op may return them: contiguous, aliasing no input and no other output."""
+    seen = {a.untyped_storage().data_ptr() for a in args if isinstance(a, torch.Tensor) and a.numel()}
+    res = []
+    for o in outs:
+        o = o.contiguous()
+        if o.numel():
+            ptr = o.untyped_storage().data_ptr()
+            if ptr in seen:
+                o = o.clone()
+                ptr = o.untyped_storage().data_ptr()
+            seen.add(ptr)
+        res.append(o)
+    return res
+
+
+def recompute_grads(fn, args, grad_idx, grad_outputs):
+    """Gradients of ``fn(*args)`` (a tuple of outputs) w.r.t. ``args[i]`` for ``i`` in ``grad_idx``, by running
+    ``fn`` again under autograd; None for an argument that is None or unused."""
+    leaves = {i: args[i].detach().requires_grad_() for i in grad_idx if args[i] is not None}
+    call = [leaves.get(i, a) for i, a in enumerate(args)]
+    with _autograd_enabled():
+        outs = fn(*call)
+        pairs = [(o, g) for o, g in zip(outs, grad_outputs)
+                 if g is not None and o.numel() and o.requires_grad]
+        got = torch.autograd.grad([o for o, _ in pairs], list(leaves.values()), [g for _, g in pairs],
+                                  allow_unused=True) if pairs and leaves else [None] * len(leaves)
+    by_idx = dict(zip(leaves, got))
+    return [by_idx.get(i) for i in grad_idx]
+
+
+def register_op(name, schema, *, outputs, grads, reference, triton, fake, triton_backward=None):
+    """Define ``vla_mm::<name>`` and ``vla_mm::<name>_backward``; return ``op(*args) -> tuple of outputs``.
+
+    Args:
+        name: op name in the ``vla_mm`` namespace.
+        schema: the argument list, e.g. ``'(Tensor q, Tensor? g, float scale, bool reverse)'``; the op returns
+            ``Tensor[]`` (its ``outputs`` tensors, then what the Triton forward keeps for the backward).
+        outputs: number of user-visible outputs.
+        grads: names of the differentiable tensor arguments.
+        reference: ``reference(*args) -> tuple of outputs``, plain PyTorch, differentiable by autograd.
+        triton: with ``triton_backward``: ``triton(*args) -> (outputs, residuals)`` (tuples of tensors);
+            without: ``triton(*args) -> outputs``, differentiable by autograd (e.g. an ``autograd.Function``),
+            whose backward recomputes the forward (an extra forward pass).
+        fake: ``fake(*args)`` -> outputs, followed by the residuals when the Triton path with a backward of its
+            own would run (:func:`use_triton` answers the same on fake tensors); metadata only.
+        triton_backward: ``triton_backward(grad_outputs, outputs, residuals, *args)`` -> one gradient (or None)
+            per name in ``grads``; ``grad_outputs`` holds None for an output that received no gradient.
+
+    Float64 inputs and empty outputs need nothing special: the reference handles float64 (:func:`use_triton`).
+    """
+    qual = f'{NAMESPACE}::{name}'
+    parsed = torch._C.parse_schema(f'{qual}{schema} -> Tensor[]')
+    arg_names = [a.name for a in parsed.arguments]
+    unknown = set(grads) - set(arg_names)
+    if unknown:
+        raise ValueError(f'grads {sorted(unknown)} are not arguments of {qual}{schema}')
+    grad_idx = [arg_names.index(n) for n in grads]
+    with_bwd = triton_backward is not None
+
+    def forward_impl(*args):
+        if use_triton(*args):
+            outs, res = triton(*args) if with_bwd else (triton(*args), ())
+        else:
+            outs, res = reference(*args), ()
+        return _fresh([*outs, *res], args)
+
+    def forward_fake(*args):
+        return list(fake(*args))
+
+    def backward_impl(grad_outputs, saved, triton_path, *args):
+        if triton_path and with_bwd:
+            gs = triton_backward(list(grad_outputs), saved[:outputs], saved[outputs:], *args)
+        else:
+            gs = recompute_grads(triton if triton_path else reference, args, grad_idx, grad_outputs)
+        return _grad_list(gs, args, grad_idx, _empty_like_device(args))
+
+    def backward_fake(grad_outputs, saved, triton_path, *args):
+        return [args[i].new_empty(args[i].shape) if args[i] is not None else _empty_like_device(args)
+                for i in grad_idx]
+
+    fwd = torch.library.custom_op(qual, forward_impl, mutates_args=(), schema=f'{schema} -> Tensor[]')
+    fwd.register_fake(forward_fake)
+    bwd_schema = f'(Tensor?[] grad_outputs, Tensor[] saved, bool triton_path, {schema[1:]} -> Tensor[]'
+    bwd = torch.library.custom_op(f'{qual}_backward', backward_impl, mutates_args=(), schema=bwd_schema)
+    bwd.register_fake(backward_fake)
+
+    def setup_context(ctx, inputs, output):
+        tensor_idx = [i for i, a in enumerate(inputs) if isinstance(a, torch.Tensor)]
+        ctx.template = [None if isinstance(a, torch.Tensor) else a for a in inputs]
+        ctx.tensor_idx = tensor_idx
+        ctx.triton_path = use_triton(*inputs)
+        ctx.options = current_options()
+        ctx.save_for_backward(*[inputs[i] for i in tensor_idx], *output)
+        ctx.set_materialize_grads(False)
+
+    def backward(ctx, grad_outputs):
+        saved = ctx.saved_tensors
+        n = len(ctx.tensor_idx)
+        args = list(ctx.template)
+        for i, t in zip(ctx.tensor_idx, saved[:n]):
+            args[i] = t
+        with kernel_options(ctx.options):
+            gs = bwd(list(grad_outputs[:outputs]), list(saved[n:]), ctx.triton_path, *args)
+        result = [None] * len(args)
+        for j, i in enumerate(grad_idx):
+            if args[i] is not None and ctx.needs_input_grad[i]:
+                result[i] = gs[j]
+        return tuple(result)
+
+    fwd.register_autograd(backward, setup_context=setup_context)
+
+    def op(*args):
+        return tuple(fwd(*args)[:outputs])
+
+    op.custom_op = fwd
+    op.backward_op = bwd
+    return op
+
+
+def _grad_list(gs, args, grad_idx, empty):
+    """One tensor per differentiable argument: the gradient (contiguous, not aliasing an input) or ``empty``."""
+    out = []
+    for g, i in zip(gs, grad_idx):
+        if g is None or args[i] is None:
+            out.append(empty if args[i] is None else torch.zeros_like(args[i], memory_format=torch.contiguous_format))
+        else:
+            out.append(_fresh([g], args)[0])
+    return out

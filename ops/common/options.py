@@ -1,0 +1,132 @@
+"""Launch settings of every kernel family in one place: a frozen :class:`KernelOptions` read through a context
+manager (a ``contextvars`` variable, so settings are per thread / task and always restored)::
+
+    with kernel_options(poison=True, launch={'fwd_A': dict(num_warps=2)}):
+        o, _ = chunk_gla(q, k, v, g)
+
+Nothing else in ``ops/`` holds launch state: caches keyed on device or shape are ``functools.lru_cache``.
+An op's backward runs under the options its forward ran with (eager autograd). A ``torch.compile``d graph reads
+them when it runs; the options that change what the forward keeps for the backward (``gla_a_path``,
+``gla_keep_cumsum``) must be the same when it runs as when it was traced.
+"""
+import contextlib
+import contextvars
+import dataclasses
+import functools
+import os
+from types import MappingProxyType
+from typing import Mapping
+
+import torch
+
+BACKENDS = ('auto', 'triton', 'reference')
+F32_OPERANDS = ('tf32', 'tf32x3')
+
+
+def _freeze(launch):
+    return MappingProxyType({str(k): MappingProxyType(dict(v)) for k, v in dict(launch).items()})
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class KernelOptions:
+    """Settings of the Triton kernels (defaults are the production choices).
+
+    Attributes:
+        backend: ``'auto'`` (CUDA tensors -> Triton, others or ``VLA_OPS_REFERENCE=1`` -> the PyTorch reference),
+            ``'triton'`` (the kernels whatever the device: CPU tensors need ``TRITON_INTERPRET=1``; float64 inputs
+            still take the reference) or ``'reference'``.
+        poison: fill every output buffer with NaN before the kernels write (tests: an unwritten element fails);
+            ``VLA_OPS_POISON=1`` does the same.
+        launch: per-kernel launch options by name, merged over each family's defaults (names in docs/ops.md):
+            e.g. ``{'fwd_A': dict(num_warps=2)}`` (chunk_gla) or ``{'linear_attn': dict(block_n=64)}``.
+        gla_a_path: chunk_gla without value gates forms the intra-chunk scores once per chunk (the A path);
+            False: the sub-block kernels for every call.
+        gla_keep_cumsum: chunk_gla keeps the forward's chunk-local gate cumsums for the backward (False:
+            recomputed there, less memory held between forward and backward).
+        gla_bwd_fp32: 16-bit chunk_gla inputs: fp32 (tf32) operands in the backward's state / dq / dk kernels.
+        gla_f32_operands: how those fp32 operands meet the tensor cores: ``'tf32'`` or ``'tf32x3'``.
+    """
+    backend: str = 'auto'
+    poison: bool = False
+    launch: Mapping = dataclasses.field(default_factory=dict)
+    gla_a_path: bool = True
+    gla_keep_cumsum: bool = True
+    gla_bwd_fp32: bool = True
+    gla_f32_operands: str = 'tf32'
+
+    def __post_init__(self):
+        if self.backend not in BACKENDS:
+            raise ValueError(f'backend must be one of {BACKENDS}, got {self.backend!r}')
+        if self.gla_f32_operands not in F32_OPERANDS:
+            raise ValueError(f'gla_f32_operands must be one of {F32_OPERANDS}, got {self.gla_f32_operands!r}')
+        object.__setattr__(self, 'launch', _freeze(self.launch))
+
+    def launch_for(self, *names):
+        """The launch entries of ``names`` merged in order (later names win)."""
+        out = {}
+        for n in names:
+            out.update(self.launch.get(n, {}))
+        return out
+
+    def key(self):
+        """A hashable form (for caches of launch plans)."""
+        launch = tuple(sorted((n, tuple(sorted(v.items()))) for n, v in self.launch.items()))
+        return tuple((f.name, launch if f.name == 'launch' else getattr(self, f.name))
+                     for f in dataclasses.fields(self))
+
+    def __eq__(self, other):
+        return isinstance(other, KernelOptions) and self.key() == other.key()
+
+    def __hash__(self):
+        return hash(self.key())
+
+
+_OPTIONS = contextvars.ContextVar('vla_mm_kernel_options', default=KernelOptions())
+
+
+def current_options() -> KernelOptions:
+    return _OPTIONS.get()
+
+
+@contextlib.contextmanager
+def kernel_options(options: KernelOptions = None, **changes):
+    """Run the block under ``options`` (default: the current ones) with ``changes`` applied; ``launch`` entries
+    are merged by name over the current ones. Yields the options in force."""
+    base = current_options() if options is None else options
+    unknown = set(changes) - {f.name for f in dataclasses.fields(KernelOptions)}
+    if unknown:
+        raise ValueError(f'unknown kernel option(s) {sorted(unknown)}; known: '
+                         f'{[f.name for f in dataclasses.fields(KernelOptions)]}')
+    if 'launch' in changes:
+        changes['launch'] = {**base.launch, **changes['launch']}
+    new = dataclasses.replace(base, **changes) if changes else base
+    token = _OPTIONS.set(new)
+    try:
+        yield new
+    finally:
+        _OPTIONS.reset(token)
+
+
+def alloc(shape, dtype, device):
+    """An output buffer: ``torch.empty``, or NaN-filled under ``poison`` / ``VLA_OPS_POISON=1``."""
+    if current_options().poison or os.environ.get('VLA_OPS_POISON', '0') not in ('', '0'):
+        return torch.full(shape, float('nan'), dtype=dtype, device=device)
+    return torch.empty(shape, dtype=dtype, device=device)
+
+
+def num_sms(device: torch.device) -> int:
+    """Streaming multiprocessors of a CUDA device (1 for any other device)."""
+    if device.type != 'cuda':
+        return 1
+    return _sm_count(device.index if device.index is not None else torch.cuda.current_device())
+
+
+@functools.lru_cache(maxsize=None)
+def _sm_count(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
+
+
+@functools.lru_cache(maxsize=None)
+def dummy(device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """A one-element tensor to pass for a pointer argument a kernel does not read."""
+    return torch.empty(1, dtype=dtype, device=device)

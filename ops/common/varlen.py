@@ -1,0 +1,97 @@
+"""Packed sequences: the per-sequence and per-chunk tables every kernel family builds from ``cu_seqlens``.
+
+Kernels see the tokens of ``[B, N, ...]`` inputs as rows ``0 .. B*N-1``: sequence ``s`` is the row range
+``[bos, eos)``, ``[s*N, (s+1)*N)`` for a dense batch, ``[cu[s], cu[s+1])`` for packed sequences (B == 1). The
+device side of these tables is read by the helpers of ``jit.py`` (``seq_bounds``, ``seq_info``, ``chunk_info``).
+"""
+import itertools
+
+import torch
+import triton
+
+from .options import dummy
+
+
+class PackedSeqs:
+    """The sequences of one call. ``cu`` is the int32 ``[S + 1]`` device copy of ``cu_seqlens`` (a dummy
+    without it); host-side boundaries (``bounds``) are read from the device once, on first use."""
+
+    def __init__(self, B, N, cu_seqlens, device):
+        self.B, self.N, self.device = B, N, device
+        self.varlen = cu_seqlens is not None
+        if self.varlen:
+            self.nseq = cu_seqlens.numel() - 1
+            self.cu = cu_seqlens.to(device=device, dtype=torch.int32)
+        else:
+            self.nseq = B
+            self.cu = dummy(device, torch.int32)
+        self._bounds = None
+
+    @property
+    def bounds(self):
+        """Row offsets ``[S + 1]`` as a host list (dense: ``0, N, 2N, ...``)."""
+        if self._bounds is None:
+            self._bounds = [int(x) for x in self.cu.tolist()] if self.varlen else \
+                [s * self.N for s in range(self.B + 1)]
+        return self._bounds
+
+    def lengths(self, dtype):
+        """Tokens per sequence, ``[S]`` on the device."""
+        if self.varlen:
+            return (self.cu[1:] - self.cu[:-1]).to(dtype)
+        return torch.full((self.B,), self.N, dtype=dtype, device=self.device)
+
+    def longest(self):
+        b = self.bounds
+        return max((e - a for a, e in zip(b[:-1], b[1:])), default=0)
+
+    def spans(self, length):
+        """Work items ``(sequence, first row, end row)`` of at most ``length`` tokens each, in row order."""
+        b = self.bounds
+        return [(s, a, min(a + length, b[s + 1])) for s in range(self.nseq) for a in range(b[s], b[s + 1], length)]
+
+    def last_rows(self, reverse):
+        """Physical row of each sequence's last logical token (where its final state is read), int64 ``[S]``.
+        An empty sequence points at a valid row (its final-state terms are zero)."""
+        if not self.varlen:
+            first = torch.arange(self.B, device=self.device) * self.N
+            return first if reverse else first + self.N - 1
+        rows = self.cu[:-1].long() if reverse else self.cu[1:].long() - 1
+        return rows.clamp(0, max(self.N - 1, 0))
+
+    def chunks(self, C, H):
+        return ChunkTable(self, C, H)
+
+
+class ChunkTable:
+    """Chunks of ``C`` tokens of every sequence (the last one of a sequence may be shorter).
+
+    Grid of the chunk-parallel kernels: ``(nchunks, nbh)`` = ``(NT, B*H)`` dense, ``(total_chunks, H)`` packed.
+    Packed tables (int32): ``chunk_seq`` / ``chunk_idx`` (sequence and index in it of each chunk), ``chunk_off``
+    (first chunk of each sequence); dense calls compute these from the program ids (``NT`` chunks per sequence).
+    """
+
+    def __init__(self, seqs: PackedSeqs, C, H):
+        self.seqs, self.C, self.H, self.N = seqs, C, H, seqs.N
+        self.varlen, self.nseq, self.cu = seqs.varlen, seqs.nseq, seqs.cu
+        if not self.varlen:
+            self.NT = triton.cdiv(self.N, C)
+            self.nchunks = self.NT
+            self.total_chunks = seqs.B * self.NT
+            self.nbh = seqs.B * H
+            self.chunk_seq = self.chunk_idx = self.chunk_off = seqs.cu
+            return
+        b = seqs.bounds
+        nts = [triton.cdiv(e - a, C) for a, e in zip(b[:-1], b[1:])]
+        seq = [s for s, nt in enumerate(nts) for _ in range(nt)]
+        idx = [i for nt in nts for i in range(nt)]
+        off = [0, *itertools.accumulate(nts)][:-1]
+        self.NT = 0
+        self.total_chunks = self.nchunks = len(seq)
+        self.nbh = H
+        tab = torch.tensor(seq + idx + off, dtype=torch.int32).to(seqs.device)    # one host -> device copy
+        n = len(seq)
+        self.chunk_seq, self.chunk_idx, self.chunk_off = tab[:n], tab[n:2 * n], tab[2 * n:]
+
+    def last_logical_rows(self, reverse):
+        return self.seqs.last_rows(reverse)

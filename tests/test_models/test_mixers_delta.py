@@ -347,9 +347,10 @@ def test_bitlinear_gradient_is_straight_through():
     torch.testing.assert_close(x.grad, xq.grad)
 
 
-@pytest.mark.parametrize('name', ['deltanet', 'gated_deltanet', 'gsa', 'abc', 'transformer'])
-def test_any_mixer_can_be_bit(name):
-    m = build_mixer(dict(type=name, linear_cfg=dict(type='BitLinear')), dim=C, num_heads=H)
+@pytest.mark.parametrize('cfg', [dict(type='deltanet'), dict(type='gated_deltanet'), dict(type='gsa', num_slots=8),
+                                 dict(type='abc', num_slots=8), dict(type='transformer')])
+def test_any_mixer_can_be_bit(cfg):
+    m = build_mixer(dict(cfg, linear_cfg=dict(type='BitLinear')), dim=C, num_heads=H)
     linears = [mod for mod in m.modules() if isinstance(mod, nn.Linear)]
     assert linears and all(isinstance(mod, BitLinear) for mod in linears)
     x = torch.randn(B, 15, C, requires_grad=True)
@@ -357,3 +358,36 @@ def test_any_mixer_can_be_bit(name):
     assert y.shape == x.shape and torch.isfinite(y).all()
     y.square().mean().backward()
     assert all(mod.weight.grad is not None and mod.weight.grad.abs().sum() > 0 for mod in linears)
+
+
+# ------------------------------------------------------------------------------------------------- under routes
+DIRECTIONAL = [dict(type='deltanet'), dict(type='gated_deltanet'), dict(type='gsa', num_slots=8, use_short_conv=True),
+               dict(type='abc', num_slots=8, use_short_conv=True)]
+
+
+@pytest.mark.parametrize('cfg', DIRECTIONAL + [dict(type='transformer')])
+@pytest.mark.parametrize('route', [None, 'bi'])
+def test_packed_sequences_equal_separate_ones(cfg, route):
+    """Two images packed into one sequence (cu_seqlens) give what they give apart: short convolutions, the
+    recurrences, ABC's running normaliser and softmax attention stop at the boundary, in both directions."""
+    from vla_mm.models.scans import build_scan
+    m = make(cfg)
+    x = torch.randn(2, 15, C)
+    r = build_scan(route)
+    with torch.no_grad():
+        apart = m(x, MixerContext(hw=(3, 5), route=r))
+        packed = m(x.reshape(1, 30, C), MixerContext(hw=(3, 5), route=r, cu_seqlens=torch.tensor([0, 15, 30])))
+    torch.testing.assert_close(packed.view(2, 15, C), apart, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize('cfg', DIRECTIONAL)
+def test_head_groups_keep_their_own_parameters(cfg):
+    """multi_head_2d with every group row-major equals no route: each head group convolves with its own heads'
+    weights."""
+    from vla_mm.models.scans import build_scan
+    m = make(cfg)
+    x = torch.randn(B, 15, C)
+    with torch.no_grad():
+        plain = run(m, x)
+        grouped = run(m, x, route=build_scan(dict(type='multi_head_2d', directions=('row', 'row'))))
+    torch.testing.assert_close(grouped, plain, rtol=1e-5, atol=1e-6)

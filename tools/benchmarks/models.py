@@ -311,11 +311,11 @@ def parse_args(argv=None):
     p.add_argument('--profile-rows', dest='profile_rows', type=int, default=20)
     p.add_argument('--deadline', type=float, default=510, help='seconds for the whole call')
     p.add_argument('--smoke', action='store_true', help='CPU, tiny models and images (CI); timm skipped if missing')
+    if '--smoke' in (sys.argv[1:] if argv is None else argv):  # tiny defaults; explicit options still win
+        p.set_defaults(res='32,64', batch='2,1', steps=2, warmup=1, amp=False, compile_backend='eager')
     a = p.parse_args(argv)
     a.timm_kwargs = {}
     if a.smoke:
-        a.res, a.batch, a.steps, a.warmup, a.amp = '32,64', '2,1', 2, 1, False
-        a.compile_backend = 'eager'
         a.timm_kwargs = dict(embed_dim=32, depth=2, num_heads=2)
         tiny = dict(embed_dims=32, num_layers=2, num_heads=2)
         a.cfg_options = {'model.backbone.arch': dict(_delete_=True, **tiny), **(a.cfg_options or {})}

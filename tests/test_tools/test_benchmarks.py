@@ -1,0 +1,148 @@
+"""tools/benchmarks: the shared helpers (common.py) and CPU smoke runs of the op and model benchmarks (the GPU runs
+are recorded in docs/benchmarks.md)."""
+import importlib.util
+import json
+import math
+import os.path as osp
+import sys
+
+import pytest
+import torch
+import torch.nn as nn
+
+ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
+BENCH = osp.join(ROOT, 'tools', 'benchmarks')
+sys.path.insert(0, BENCH)
+import common  # noqa: E402
+
+
+def load(name):
+    """A benchmark script as a module (under a private name: 'ops' and 'models' are common words)."""
+    spec = importlib.util.spec_from_file_location(f'bench_{name}', osp.join(BENCH, f'{name}.py'))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_rel_and_tolerance():
+    b = torch.tensor([3.0, 4.0])
+    assert common.rel(torch.tensor([3.0, 4.0]), b) == 0.0
+    assert math.isclose(common.rel(torch.tensor([3.0, 4.5]), b), 0.1)
+    assert common.rel(torch.tensor([float('nan'), 4.0]), b) == math.inf
+    assert common.tolerance(torch.bfloat16) == 1e-2 and common.tolerance(torch.float32) == 1e-5
+
+
+def test_timers_on_cpu():
+    calls = []
+    ms = common.bench(lambda: calls.append(1), warmup=1, rep=2, device='cpu')
+    assert ms >= 0 and len(calls) >= 4  # warm-up calls, then at least 3 timed ones
+    assert common.host_us(lambda: None, n=10, device='cpu') >= 0
+    times = common.time_calls(lambda: sum(range(1000)), n=3, device='cpu')
+    assert len(times) == 3 and all(t > 0 for t in times)
+    assert common.peak_mib(lambda: None, device='cpu') is None
+
+
+def test_floor_and_bandwidth():
+    assert common.floor_ms(3e9, 3e12) == pytest.approx(1.0)
+    assert common.nbytes(torch.zeros(4, dtype=torch.bfloat16), torch.zeros(2), None) == 16
+    assert common.copy_bandwidth(nbytes=1 << 20, device='cpu') > 0
+
+
+def test_tables_json_deadline_env(tmp_path):
+    md = common.md_table([dict(a=1, b=0.123456), dict(a='x')], [('A', 'a'), ('B', 'b'), ('2B', lambda r: r.get('b'))])
+    assert md.splitlines() == ['| A | B | 2B |', '| --- | --- | --- |', '| 1 | 0.1235 | 0.1235 |', '| x | - | - |']
+    assert common.ratio(2.0, 4.0) == 0.5 and common.ratio(None, 1.0) is None and common.ratio(1.0, 0) is None
+    path = tmp_path / 'r.json'
+    common.write_json(str(path), dict(x=math.inf, d=torch.bfloat16, l=(1, 2.5)))
+    assert json.load(open(path)) == dict(x='inf', d='torch.bfloat16', l=[1, 2.5])
+    assert common.Deadline(100).expired(50) is False and common.Deadline(10).expired(50) is True
+    assert common.Deadline(0).left() == math.inf
+    env = common.describe_env()
+    assert env['torch'] == torch.__version__ and 'device' in env and 'python' in env
+    log = common.Log(str(tmp_path / 'log.txt'))
+    assert common.guarded(log, 'part', lambda: 1 / 0) is None
+    assert 'ZeroDivisionError' in (tmp_path / 'log.txt').read_text()
+
+
+def test_plots(tmp_path, monkeypatch):
+    panels = [('p', 'N', 'ms', {'a': ([1, 2, 4], [1.0, None, 3.0], '-o')})]
+    if common.pyplot() is not None:
+        assert common.plot_panels(str(tmp_path / 'a.png'), panels) and (tmp_path / 'a.png').stat().st_size > 0
+    monkeypatch.setattr(common, 'pyplot', lambda: None)  # matplotlib missing: skipped, nothing written
+    assert common.plot_panels(str(tmp_path / 'b.png'), panels) is False and not (tmp_path / 'b.png').exists()
+
+
+def test_op_benchmark_smoke(tmp_path):
+    ops = load('ops')
+    out = tmp_path / 'ops'
+    assert ops.main(['--smoke', '--out', str(out), '--ops', 'linear_attn,gla_vector,delta_rule,hgrn,bi_wkv']) == 0
+    res = json.load(open(out / 'results.json'))
+    assert [c['op'] for c in res['checks']] == ['linear_attn', 'gla_vector', 'delta_rule', 'hgrn']
+    assert all(c['ok'] and c['errs']['o'] < 1e-5 for c in res['checks'])
+    rows = res['bench']
+    assert {(r['op'], r['N']) for r in rows} == {(o, n) for o in ('linear_attn', 'gla_vector', 'delta_rule', 'hgrn')
+                                                 for n in (16, 32)}  # bi_wkv: no ours, its peer needs CUDA
+    for r in rows:
+        assert r['ours_fwd_ms'] > 0 and r['ours_fwdbwd_ms'] > 0 and 0 < r['floor_fwd_ms'] < r['floor_fwdbwd_ms']
+    la = [r for r in rows if r['op'] == 'linear_attn']
+    assert all(r['sdpa_fwdbwd_ms'] > 0 for r in la)  # the SDPA peer ran in the same process
+    # forward floor: q, k, v and o once each (B1 H2 N K8 V8 fp32)
+    assert la[0]['floor_fwd_ms'] == pytest.approx(4 * 2 * 16 * 8 * 4 / (res['copy_TBps'] * 1e12) * 1e3)
+    assert {h['op'] for h in res['host']} >= {'linear_attn', 'hgrn'}
+    md = (out / 'ops.md').read_text()
+    assert '## forward + backward' in md and '## float64 checks' in md and 'ours / sdpa' in md
+    assert res['peer_status']['linear_attn/fla'] == 'needs CUDA'
+
+
+def test_op_benchmark_check_catches_a_wrong_op(tmp_path, monkeypatch):
+    ops = load('ops')
+    specs = ops._specs()
+    good = specs['linear_attn']
+    bad = ops.OpSpec('bad', good.make, lambda x: good.ours(x) * 1.001, good.reference, causal=False)
+    monkeypatch.setattr(ops, '_specs', lambda: dict(bad=bad))
+    assert ops.main(['--smoke', '--out', str(tmp_path), '--N', '16', '--modes', 'fwd']) == 1
+    check = json.load(open(tmp_path / 'results.json'))['checks'][0]
+    assert not check['ok'] and 1e-4 < check['errs']['o'] < 1e-2
+
+
+class FakeTimmAttention(nn.Module):
+    def __init__(self, C, heads):
+        super().__init__()
+        self.num_heads, self.qkv, self.proj, self.proj_drop = heads, nn.Linear(C, 3 * C), nn.Linear(C, C), nn.Identity()
+
+
+def test_timm_attention_swap_uses_timm_layout():
+    from vla_mm.ops.linear_attn import linear_attn_reference
+    models = load('models')
+    B, N, C, H = 2, 10, 12, 3
+    attn = FakeTimmAttention(C, H)
+    swap = models.TimmLinearAttention(attn, feature_map='relu')
+    x = torch.randn(B, N, C)
+    # timm's qkv output is [3, H, D] along the last dim: q is the first C columns, split into heads
+    q, k, v = (t.reshape(B, N, H, C // H) for t in attn.qkv(x).chunk(3, dim=-1))
+    expect = attn.proj(linear_attn_reference(q, k, v, feature_map='relu').reshape(B, N, C))
+    torch.testing.assert_close(swap(x, attn_mask=None), expect)
+    assert swap.qkv is attn.qkv and swap.proj is attn.proj  # the same weights, no copies
+
+
+def test_model_benchmark_smoke(tmp_path):
+    models = load('models')
+    out = tmp_path / 'models'
+    assert models.main(['--smoke', '--out', str(out), '--res', '32', '--batch', '2', '--profile', '32',
+                        '--steps', '1']) == 0
+    res = json.load(open(out / 'results.json'))
+    ours = [r for r in res['rows'] if r['model'] == 'ours']
+    assert {r['mode'] for r in ours} == {'eager', 'compile'}
+    for r in ours:
+        assert 'error' not in r and r['train_img_s'] > 0 and r['infer_img_s'] > 0, r
+        assert r['params_M'] == pytest.approx(
+            sum(p.numel() for p in models.build_ours(res['backbone'], 32, models.parse_args(
+                ['--smoke', '--out', str(out)]), torch.device('cpu')).parameters()) / 1e6)
+    has_timm = importlib.util.find_spec('timm') is not None
+    assert any(r['model'] == 'timm_sdpa' for r in res['rows']) == has_timm
+    if not has_timm:
+        assert any('timm is not installed' in n for n in res['notes'])
+    md = (out / 'models.md').read_text()
+    assert '## train, eager' in md and '## infer, compile' in md and 'ours / timm SDPA' in md
+    prof = (out / 'profile_32.md').read_text()
+    assert '## ours' in prof and 'aten::contiguous' in prof

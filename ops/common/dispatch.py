@@ -158,7 +158,8 @@ def register_op(name, schema, *, outputs, grads, reference, triton, fake, triton
             gs = triton_backward(list(grad_outputs), saved[:outputs], saved[outputs:], *args)
         else:
             gs = recompute_grads(triton if triton_path else reference, args, grad_idx, grad_outputs)
-        return _grad_list(gs, args, grad_idx, _empty_like_device(args))
+        inputs = [*grad_outputs, *saved, *args]
+        return _fresh([_zeros_or_empty(g, args[i], args) for g, i in zip(gs, grad_idx)], inputs)
 
     def backward_fake(grad_outputs, saved, triton_path, *args):
         return [args[i].new_empty(args[i].shape) if args[i] is not None else _empty_like_device(args)
@@ -203,12 +204,8 @@ def register_op(name, schema, *, outputs, grads, reference, triton, fake, triton
     return op
 
 
-def _grad_list(gs, args, grad_idx, empty):
-    """One tensor per differentiable argument: the gradient (contiguous, not aliasing an input) or ``empty``."""
-    out = []
-    for g, i in zip(gs, grad_idx):
-        if g is None or args[i] is None:
-            out.append(empty if args[i] is None else torch.zeros_like(args[i], memory_format=torch.contiguous_format))
-        else:
-            out.append(_fresh([g], args)[0])
-    return out
+def _zeros_or_empty(grad, arg, args):
+    """The gradient of ``arg``; zeros when it got none; an empty tensor when ``arg`` is None."""
+    if arg is None:
+        return _empty_like_device(args)
+    return torch.zeros_like(arg, memory_format=torch.contiguous_format) if grad is None else grad

@@ -1,18 +1,18 @@
 """Gated linear attention core: causal linear attention, RetNet, simple GLA / Mamba2-style, GLA, HGRN2,
 lightnet and RWKV6 as options of one chunked op.
 
-Public op: :func:`chunk_gla`; named wrappers that only set options: :func:`chunk_linear_attn`,
-:func:`chunk_retention`, :func:`chunk_simple_gla`, :func:`chunk_rwkv6`.
+Public op: :func:`chunk_gla` (the custom op ``vla_mm::chunk_gla``); named wrappers that only set options:
+:func:`chunk_linear_attn`, :func:`chunk_retention`, :func:`chunk_simple_gla`, :func:`chunk_rwkv6`.
 Triton entry point (tests, interpreter): :func:`chunk_gla_triton`.
 Reference (step by step, the truth): :func:`gla_recurrent_reference`.
 """
-import math
 from typing import Optional, Tuple
 
 import torch
 
-from ..common import check_dtype, check_qkv, check_same_device, use_triton
-from .chunk import chunk_gla_triton
+from ..common import (check_cu_seqlens, check_dtype, check_initial_state, check_qkv, check_same_device,
+                      kernel_options, register_op, use_triton)
+from .chunk import CHUNK, SUB, chunk_gla_bwd, chunk_gla_fwd, saved_layout, saved_like
 from .reference import gla_chunk_reference, gla_recurrent_reference
 
 __all__ = ['chunk_gla', 'chunk_gla_triton', 'gla_recurrent_reference', 'chunk_linear_attn', 'chunk_retention',
@@ -22,10 +22,11 @@ MAX_HEAD_DIM_K = 256
 
 
 def _check(q, k, v, g, gate, gv, u, initial_state, cu_seqlens):
+    """Argument checks of every entry point; returns the number of sequences S."""
     for name, t in (('q', q), ('k', k), ('v', v), ('g', g), ('gv', gv), ('u', u),
                     ('initial_state', initial_state)):
         if t is not None:
-            check_dtype(name, t)
+            check_dtype(name, t, allow_float64=True)
     check_same_device(q=q, k=k, v=v, g=g, gv=gv, u=u, initial_state=initial_state, cu_seqlens=cu_seqlens)
     B, N, H, K = check_qkv(q, k, v, MAX_HEAD_DIM_K)
     V = v.shape[-1]
@@ -54,18 +55,71 @@ def _check(q, k, v, g, gate, gv, u, initial_state, cu_seqlens):
             raise ValueError(f'u (RWKV6 bonus) must be [H, K] = {(H, K)}, got {tuple(u.shape)}')
         if gv is not None:
             raise ValueError('u (bonus) and gv (value gates) cannot be combined')
-    S = B
-    if cu_seqlens is not None:
-        if B != 1:
-            raise ValueError(f'cu_seqlens needs packed inputs with B == 1, got B = {B}')
-        if cu_seqlens.dim() != 1 or cu_seqlens.numel() < 2 or cu_seqlens.dtype not in (torch.int32, torch.int64):
-            raise ValueError('cu_seqlens must be a 1-D int32/int64 tensor [S + 1] of sequence boundaries')
-        cu = cu_seqlens.tolist()
-        if cu[0] != 0 or cu[-1] != N or any(b < a for a, b in zip(cu[:-1], cu[1:])):
-            raise ValueError(f'cu_seqlens must rise from 0 to N = {N}, got {cu}')
-        S = len(cu) - 1
-    if initial_state is not None and initial_state.shape != (S, H, K, V):
-        raise ValueError(f'initial_state must be [S, H, K, V] = {(S, H, K, V)}, got {tuple(initial_state.shape)}')
+    S = check_cu_seqlens(cu_seqlens, B, N)
+    check_initial_state(initial_state, (S, H, K, V), '[S, H, K, V]', allow_float64=True)
+    return S
+
+
+def _no_state(q):
+    return torch.empty(0, dtype=torch.float32, device=q.device)
+
+
+def _reference(q, k, v, g, gv, u, scale, initial_state, output_final_state, cu_seqlens, reverse, chunk_size):
+    o, ht = gla_chunk_reference(q, k, v, gk=g, gv=gv, u=u, scale=scale, initial_state=initial_state,
+                                output_final_state=output_final_state, cu_seqlens=cu_seqlens, reverse=reverse)
+    return o, (ht if ht is not None else _no_state(q))
+
+
+def _triton(q, k, v, g, gv, u, scale, initial_state, output_final_state, cu_seqlens, reverse, chunk_size):
+    o, ht, saved = chunk_gla_fwd(q, k, v, g, gv, u, scale, initial_state, output_final_state, cu_seqlens, reverse,
+                                 chunk_size)
+    return (o, ht if ht is not None else _no_state(q)), saved
+
+
+def _triton_backward(grads, outputs, saved, q, k, v, g, gv, u, scale, initial_state, output_final_state,
+                     cu_seqlens, reverse, chunk_size):
+    return chunk_gla_bwd(grads[0], grads[1], outputs[0], saved, q, k, v, g, gv, u, scale, initial_state,
+                         output_final_state, cu_seqlens, reverse, chunk_size)
+
+
+def _fake(q, k, v, g, gv, u, scale, initial_state, output_final_state, cu_seqlens, reverse, chunk_size):
+    B, N, H, K = q.shape
+    S = B if cu_seqlens is None else cu_seqlens.shape[0] - 1
+    ins = (q, k, v, g, gv, u, initial_state)
+    f64 = any(t is not None and t.dtype == torch.float64 for t in ins)
+    ht = q.new_empty((S, H, K, v.shape[-1]), dtype=torch.float64 if f64 else torch.float32) \
+        if output_final_state else _no_state(q)
+    outs = [q.new_empty(v.shape), ht]
+    if use_triton(*ins, cu_seqlens):
+        outs += saved_like(saved_layout(*ins), *ins, chunk_size)
+    return outs
+
+
+_chunk_gla_op = register_op(
+    'chunk_gla', '(Tensor q, Tensor k, Tensor v, Tensor? g, Tensor? gv, Tensor? u, float scale, '
+                 'Tensor? initial_state, bool output_final_state, Tensor? cu_seqlens, bool reverse, int chunk_size)',
+    outputs=2, grads=('q', 'k', 'v', 'g', 'gv', 'u', 'initial_state'), reference=_reference, triton=_triton,
+    triton_backward=_triton_backward, fake=_fake)
+
+
+def chunk_gla_op(q, k, v, g, gv, u, scale, initial_state, output_final_state, cu_seqlens, reverse, chunk_size):
+    """The custom op with the default scale resolved and None for a final state not asked for (no checks)."""
+    scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
+    o, ht = _chunk_gla_op(q, k, v, g, gv, u, scale, initial_state, bool(output_final_state), cu_seqlens,
+                          bool(reverse), int(chunk_size))
+    return o, (ht if output_final_state else None)
+
+
+def chunk_gla_triton(q, k, v, gk=None, gv=None, u=None, scale=None, initial_state=None, output_final_state=False,
+                     cu_seqlens=None, reverse=False, chunk_size=CHUNK):
+    """The Triton kernels whatever the device (CPU tensors need ``TRITON_INTERPRET=1``); ``chunk_size`` (a
+    multiple of 16) lets tests cross many chunk boundaries at small N. See :func:`chunk_gla`."""
+    if chunk_size % SUB != 0 or chunk_size < SUB:
+        raise ValueError(f'chunk_size must be a positive multiple of {SUB}, got {chunk_size}')
+    _check(q, k, v, gk, None, gv, u, initial_state, cu_seqlens)
+    with kernel_options(backend='triton'):
+        return chunk_gla_op(q, k, v, gk, gv, u, scale, initial_state, output_final_state, cu_seqlens, reverse,
+                     chunk_size)
 
 
 def chunk_gla(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: Optional[torch.Tensor] = None, *,
@@ -99,11 +153,7 @@ def chunk_gla(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: Optional[tor
     cumulative log gates, never ratios of exp(cumsum).
     """
     _check(q, k, v, g, gate, gv, u, initial_state, cu_seqlens)
-    if use_triton(q, k, v, g, gv, u, initial_state):
-        return chunk_gla_triton(q, k, v, gk=g, gv=gv, u=u, scale=scale, initial_state=initial_state,
-                                output_final_state=output_final_state, cu_seqlens=cu_seqlens, reverse=reverse)
-    return gla_chunk_reference(q, k, v, gk=g, gv=gv, u=u, scale=scale, initial_state=initial_state,
-                               output_final_state=output_final_state, cu_seqlens=cu_seqlens, reverse=reverse)
+    return chunk_gla_op(q, k, v, g, gv, u, scale, initial_state, output_final_state, cu_seqlens, reverse, CHUNK)
 
 
 def chunk_linear_attn(q, k, v, *, scale=None, initial_state=None, output_final_state=False, cu_seqlens=None,

@@ -18,7 +18,7 @@ per-chunk tables built on the host.
 
 Two paths share the state kernels (``_fwd_h_kernel``, ``_bwd_dh_kernel``) and gate cumsums:
 
-* A path (every call without value gates, ``A_PATH``): ``_fwd_A_kernel`` forms the intra-chunk scores
+* A path (every call without value gates; option ``gla_a_path``): ``_fwd_A_kernel`` forms the intra-chunk scores
   ``A[t, s] = scale * sum_k q_tk k_sk exp(bq_tk - b_sk)`` (s <= t; with the bonus s < t and ``A[t, t] =
   scale * q_t . (u * k_t)``) once per chunk with the sub-block scheme above, fp32 ``[B, N, H, C]``, kept for the
   backward; ``_fwd_oA_kernel``: ``o = scale * (q * exp(bq)) @ S + A @ v``. Backward: ``_bwd_dA_kernel``
@@ -29,7 +29,7 @@ Two paths share the state kernels (``_fwd_h_kernel``, ``_bwd_dh_kernel``) and ga
 * sub-block path (value gates, GSA's first pass): ``_fwd_o_kernel``, ``_bwd_dv_kernel``, ``_bwd_dq_kernel``,
   ``_bwd_dk_kernel`` each walk the sub-blocks and re-form the intra-chunk scores.
 
-Backward: the gate cumsums are the forward's (kept in the autograd context, ``KEEP_CUMSUM``), the states are
+Backward: the gate cumsums are the forward's (kept for the backward, option ``gla_keep_cumsum``), the states are
 recomputed (``_fwd_h_kernel``), state gradients run right to left
 (``_bwd_dh_kernel``), then the chunk-parallel kernels of the path. Gate gradients use
 ``dL/db_t = q_t * dq_t - k_t * dk_t`` (value gate: ``o_t * do_t - v_t * dv_t``) plus the final-state term,
@@ -43,67 +43,23 @@ import torch
 import triton
 import triton.language as tl
 
+from ..common.jit import chunk_info, load_row, load_tile, phys_row, seq_info, store_tile
+from ..common.options import alloc, current_options
+from ..common.varlen import PackedSeqs
+
 CHUNK = 64
 SUB = 16
 NEG_INF = tl.constexpr(float('-inf'))
-POISON = False  # tests set this: every output buffer starts NaN-filled, so an unwritten element fails
-# 16-bit inputs: fp32 (tf32) operands in the backward's state / state-gradient / dq-dk kernels (see gla_bwd)
-BWD_FP32 = True
-F32_OPERANDS = 'tf32'  # how those fp32 operands meet the tensor cores: 'tf32' or 'tf32x3'
-# intra-chunk matrix path (A path) for every call without value gates: the intra-chunk scores are formed once
-# per chunk (forward: A, kept for the backward; backward: dA) instead of in each of four sub-block kernels.
-# False: the sub-block kernels for every call (the value-gate path always takes them)
-A_PATH = True
-# keep the forward's chunk-local gate cumsums (fp32, see ChunkGLAFunction.forward) for the backward instead of
-# recomputing them there. False: the backward recomputes them (less memory held between forward and backward)
-KEEP_CUMSUM = True
-# per-kernel launch options (dict(num_warps=..., num_stages=...)) over _launch_opts, by name:
-#   A path:          'fwd_A' (_fwd_A_kernel), 'fwd_oA' (_fwd_oA_kernel), 'dA' (_bwd_dA_kernel),
-#                    'dvA' (_bwd_dvA_kernel), 'intra' (_bwd_intra_kernel), 'inter' (_bwd_inter_kernel);
-#   sub-block path:  'fwd_o', 'dv', 'dq', 'dk' ('dqk' for both dq and dk)
-LAUNCH = {}
-
-
-def _empty(shape, dtype, device):
-    if POISON:
-        return torch.full(shape, float('nan'), dtype=dtype, device=device)
-    return torch.empty(shape, dtype=dtype, device=device)
 
 
 # ----------------------------------------------------------------------------------------------------------
 # small jit helpers
 # ----------------------------------------------------------------------------------------------------------
 @triton.jit
-def _rows(t, bos, eos, REVERSE: tl.constexpr):
-    if REVERSE:
-        r = eos - 1 - t
-    else:
-        r = bos + t
-    return r
-
-
-@triton.jit
-def _tile(ptr, r, m, c, D, HD, off):
-    p = ptr + r.to(tl.int64)[:, None] * HD + off + c[None, :]
-    return tl.load(p, mask=m[:, None] & (c[None, :] < D), other=0.).to(tl.float32)
-
-
-@triton.jit
-def _store_tile(ptr, x, r, m, c, D, HD, off):
-    p = ptr + r.to(tl.int64)[:, None] * HD + off + c[None, :]
-    tl.store(p, x.to(ptr.dtype.element_ty), mask=m[:, None] & (c[None, :] < D))
-
-
-@triton.jit
-def _row(ptr, r, c, D, HD, off):
-    return tl.load(ptr + r.to(tl.int64) * HD + off + c, mask=c < D, other=0.).to(tl.float32)
-
-
-@triton.jit
 def _gtile(ptr, r, m, c, D, H, i_h, G: tl.constexpr):
     """Gate tile: [BS, BD] for per-dimension gates (G == 2), [BS, 1] for one gate per head (G == 1)."""
     if G == 2:
-        x = _tile(ptr, r, m, c, D, H * D, i_h * D)
+        x = load_tile(ptr, r, m, c, D, H * D, i_h * D)
     else:
         x = tl.load(ptr + r.to(tl.int64) * H + i_h, mask=m, other=0.).to(tl.float32)[:, None]
     return x
@@ -113,7 +69,7 @@ def _gtile(ptr, r, m, c, D, H, i_h, G: tl.constexpr):
 def _grow(ptr, r, c, D, H, i_h, G: tl.constexpr):
     """Gate row: [1, BD] for G == 2, a scalar for G == 1."""
     if G == 2:
-        x = _row(ptr, r, c, D, H * D, i_h * D)[None, :]
+        x = load_row(ptr, r, c, D, H * D, i_h * D)[None, :]
     else:
         x = tl.load(ptr + r.to(tl.int64) * H + i_h).to(tl.float32)
     return x
@@ -158,40 +114,6 @@ def _diag_self_term(dov, dA_tt, x, u, i_h, ck, K, USE_U: tl.constexpr):
     else:
         out = dA_tt[:, None] * x
     return out
-
-
-@triton.jit
-def _chunk_info(i_c, i_bh, cu, chunk_seq, chunk_idx, N, NT, H, VARLEN: tl.constexpr):
-    i_b = i_bh // H
-    i_h = i_bh % H
-    if VARLEN:
-        i_n = tl.load(chunk_seq + i_c)
-        i_t = tl.load(chunk_idx + i_c)
-        bos = tl.load(cu + i_n).to(tl.int32)
-        eos = tl.load(cu + i_n + 1).to(tl.int32)
-        hc = i_c
-    else:
-        i_n = i_b
-        i_t = i_c
-        bos = i_b * N
-        eos = bos + N
-        hc = i_b * NT + i_c
-    return i_n, i_h, i_t, bos, eos, hc
-
-
-@triton.jit
-def _seq_info(i_nh, cu, chunk_off, N, NT, H, VARLEN: tl.constexpr):
-    i_n = i_nh // H
-    i_h = i_nh % H
-    if VARLEN:
-        bos = tl.load(cu + i_n).to(tl.int32)
-        eos = tl.load(cu + i_n + 1).to(tl.int32)
-        c0 = tl.load(chunk_off + i_n)
-    else:
-        bos = i_n * N
-        eos = bos + N
-        c0 = i_n * NT
-    return i_n, i_h, bos, eos, c0
 
 
 @triton.jit
@@ -242,7 +164,7 @@ def _diag_scores(L_, gT, R, gR, base, t_i, m_i, seq_len, bos, eos, c, D, H, i_h,
         s = BS - 1 - jj
         ts = base + s
         ms = ts < seq_len
-        rs = _rows(ts, bos, eos, REVERSE)
+        rs = phys_row(ts, bos, eos, REVERSE)
         acc += tl.where((ar > s)[:, None], g_next[None, :], 0.)
         R_s = tl.load(R + rs.to(tl.int64) * H * D + i_h * D + c, mask=(c < D) & ms, other=0.).to(tl.float32)
         g_s = tl.load(gR + rs.to(tl.int64) * H * D + i_h * D + c, mask=(c < D) & ms, other=0.).to(tl.float32)
@@ -269,7 +191,7 @@ def _diag_gmm(M, gT, R, gR, base, t_i, m_i, seq_len, bos, eos, c, D, H, i_h,
         s = BS - 1 - jj
         ts = base + s
         ms = ts < seq_len
-        rs = _rows(ts, bos, eos, REVERSE)
+        rs = phys_row(ts, bos, eos, REVERSE)
         acc += tl.where((ar > s)[:, None], g_next[None, :], 0.)
         R_s = tl.load(R + rs.to(tl.int64) * H * D + i_h * D + c, mask=(c < D) & ms, other=0.).to(tl.float32)
         g_s = tl.load(gR + rs.to(tl.int64) * H * D + i_h * D + c, mask=(c < D) & ms, other=0.).to(tl.float32)
@@ -298,7 +220,7 @@ def _diag_gmmT(M, Lp, l_scale, gR, base, seq_len, bos, eos, c, D, H, i_h,
     for t in range(BS):
         tt = base + t
         mt = tt < seq_len
-        off = _rows(tt, bos, eos, REVERSE).to(tl.int64) * H * D + i_h * D + c
+        off = phys_row(tt, bos, eos, REVERSE).to(tl.int64) * H * D + i_h * D + c
         g_t = tl.load(gR + off, mask=(c < D) & mt, other=0.).to(tl.float32)
         L_t = tl.load(Lp + off, mask=(c < D) & mt, other=0.).to(tl.float32) * l_scale
         acc += tl.where((ar < t)[:, None], g_t[None, :], 0.)
@@ -384,19 +306,19 @@ def _cumsum_kernel(g, out, suf, cu, chunk_seq, chunk_idx, N, NT, H, D,
     """Chunk-local inclusive prefix sums of log gates in logical time order, and exclusive suffix sums
     (sum over the later rows of the chunk: the exponent of the decay to the chunk end, kept accurate)."""
     i_c, i_bh = tl.program_id(0), tl.program_id(1)
-    i_n, i_h, i_t, bos, eos, hc = _chunk_info(i_c, i_bh, cu, chunk_seq, chunk_idx, N, NT, H, VARLEN)
+    i_n, i_h, i_t, bos, eos, hc = chunk_info(i_c, i_bh, cu, chunk_seq, chunk_idx, N, NT, H, VARLEN)
     t = i_t * C + tl.arange(0, C)
     m = t < eos - bos
-    r = _rows(t, bos, eos, REVERSE)
+    r = phys_row(t, bos, eos, REVERSE)
     if SCALAR:
         x = tl.load(g + r.to(tl.int64) * H + i_h, mask=m, other=0.).to(tl.float32)
         tl.store(out + r.to(tl.int64) * H + i_h, tl.cumsum(x, axis=0), mask=m)
         tl.store(suf + r.to(tl.int64) * H + i_h, tl.cumsum(x, axis=0, reverse=True) - x, mask=m)
     else:
         c = tl.arange(0, BD)
-        x = _tile(g, r, m, c, D, H * D, i_h * D)
-        _store_tile(out, tl.cumsum(x, axis=0), r, m, c, D, H * D, i_h * D)
-        _store_tile(suf, tl.cumsum(x, axis=0, reverse=True) - x, r, m, c, D, H * D, i_h * D)
+        x = load_tile(g, r, m, c, D, H * D, i_h * D)
+        store_tile(out, tl.cumsum(x, axis=0), r, m, c, D, H * D, i_h * D)
+        store_tile(suf, tl.cumsum(x, axis=0, reverse=True) - x, r, m, c, D, H * D, i_h * D)
 
 
 @triton.jit
@@ -405,7 +327,7 @@ def _revcumsum_kernel(x, out, cu, chunk_off, N, NT, H, D,
                       VARLEN: tl.constexpr):
     """out_t = sum_{t' >= t} x_t' over logical time of each sequence (fp32)."""
     i_d, i_nh = tl.program_id(0), tl.program_id(1)
-    i_n, i_h, bos, eos, c0 = _seq_info(i_nh, cu, chunk_off, N, NT, H, VARLEN)
+    i_n, i_h, bos, eos, c0 = seq_info(i_nh, cu, chunk_off, N, NT, H, VARLEN)
     L = eos - bos
     nt = tl.cdiv(L, C)
     if SCALAR:
@@ -414,7 +336,7 @@ def _revcumsum_kernel(x, out, cu, chunk_off, N, NT, H, D,
             it = nt - 1 - j
             t = it * C + tl.arange(0, C)
             m = t < L
-            r = _rows(t, bos, eos, REVERSE)
+            r = phys_row(t, bos, eos, REVERSE)
             xt = tl.load(x + r.to(tl.int64) * H + i_h, mask=m, other=0.).to(tl.float32)
             cs = tl.cumsum(xt, axis=0)
             tot = tl.sum(xt, axis=0)
@@ -428,12 +350,12 @@ def _revcumsum_kernel(x, out, cu, chunk_off, N, NT, H, D,
             it = nt - 1 - j
             t = it * C + tl.arange(0, C)
             m = t < L
-            r = _rows(t, bos, eos, REVERSE)
-            xt = _tile(x, r, m, c, D, H * D, i_h * D)
+            r = phys_row(t, bos, eos, REVERSE)
+            xt = load_tile(x, r, m, c, D, H * D, i_h * D)
             cs = tl.cumsum(xt, axis=0)
             tot = tl.sum(xt, axis=0)
             y = carry[None, :] + tot[None, :] - cs + xt
-            _store_tile(out, y, r, m, c, D, H * D, i_h * D)
+            store_tile(out, y, r, m, c, D, H * D, i_h * D)
             carry += tot
 
 
@@ -447,7 +369,7 @@ def _fwd_h_kernel(k, v, gkb, gks, gvb, gvs, h, h0, ht, ht_ex, cu, chunk_off, N, 
                   IEEE: tl.constexpr, LOWP: tl.constexpr):
     """Sequential over chunks: h[c] = state before chunk c; ht = final state."""
     i_k, i_v, i_nh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    i_n, i_h, bos, eos, c0 = _seq_info(i_nh, cu, chunk_off, N, NT, H, VARLEN)
+    i_n, i_h, bos, eos, c0 = seq_info(i_nh, cu, chunk_off, N, NT, H, VARLEN)
     DT = k.dtype.element_ty if LOWP else tl.float32
     L = eos - bos
     nt = tl.cdiv(L, C)
@@ -464,10 +386,10 @@ def _fwd_h_kernel(k, v, gkb, gks, gvb, gvs, h, h0, ht, ht_ex, cu, chunk_off, N, 
         tl.store(h + ((c0 + it) * H + i_h).to(tl.int64) * K * V + okv, S, mask=mkv)
         t = it * C + ar
         m = t < L
-        r = _rows(t, bos, eos, REVERSE)
-        k_c = _tile(k, r, m, ck, K, H * K, i_h * K)
-        v_c = _tile(v, r, m, cv, V, H * V, i_h * V)
-        r_last = _rows(tl.minimum(it * C + C, L) - 1, bos, eos, REVERSE)
+        r = phys_row(t, bos, eos, REVERSE)
+        k_c = load_tile(k, r, m, ck, K, H * K, i_h * K)
+        v_c = load_tile(v, r, m, cv, V, H * V, i_h * V)
+        r_last = phys_row(tl.minimum(it * C + C, L) - 1, bos, eos, REVERSE)
         if GK > 0:
             bl = _grow(gkb, r_last, ck, K, H, i_h, GK)
             if GK == 2:
@@ -476,9 +398,9 @@ def _fwd_h_kernel(k, v, gkb, gks, gvb, gvs, h, h0, ht, ht_ex, cu, chunk_off, N, 
                 S = S * tl.exp(bl)
             k_c = k_c * tl.exp(tl.where(m[:, None], _gtile(gks, r, m, ck, K, H, i_h, GK), NEG_INF))
         if GV:
-            blv = _row(gvb, r_last, cv, V, H * V, i_h * V)
+            blv = load_row(gvb, r_last, cv, V, H * V, i_h * V)
             S = S * tl.exp(blv)[None, :]
-            v_c = v_c * tl.exp(tl.where(m[:, None], _tile(gvs, r, m, cv, V, H * V, i_h * V), NEG_INF))
+            v_c = v_c * tl.exp(tl.where(m[:, None], load_tile(gvs, r, m, cv, V, H * V, i_h * V), NEG_INF))
         if STORE_HT:
             if it == nt - 1:
                 # final state without the last token's own k v^T: the gate-gradient term of the final state
@@ -497,7 +419,7 @@ def _fwd_o_kernel(q, k, v, gkb, gkr, gvb, gvr, u, h, o, cu, chunk_seq, chunk_idx
                   GK: tl.constexpr, GV: tl.constexpr, USE_U: tl.constexpr, REVERSE: tl.constexpr,
                   VARLEN: tl.constexpr, IEEE: tl.constexpr, LOWP: tl.constexpr):
     i_v, i_c, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    i_n, i_h, i_t, bos, eos, hc = _chunk_info(i_c, i_bh, cu, chunk_seq, chunk_idx, N, NT, H, VARLEN)
+    i_n, i_h, i_t, bos, eos, hc = chunk_info(i_c, i_bh, cu, chunk_seq, chunk_idx, N, NT, H, VARLEN)
     DT = q.dtype.element_ty if LOWP else tl.float32
     L = eos - bos
     ck = tl.arange(0, BK)
@@ -513,9 +435,9 @@ def _fwd_o_kernel(q, k, v, gkb, gkr, gvb, gvr, u, h, o, cu, chunk_seq, chunk_idx
         if base < L:
             t_i = base + ar
             m_i = t_i < L
-            r_i = _rows(t_i, bos, eos, REVERSE)
-            q_i = _tile(q, r_i, m_i, ck, K, H * K, i_h * K) * scale
-            k_i = _tile(k, r_i, m_i, ck, K, H * K, i_h * K)
+            r_i = phys_row(t_i, bos, eos, REVERSE)
+            q_i = load_tile(q, r_i, m_i, ck, K, H * K, i_h * K) * scale
+            k_i = load_tile(k, r_i, m_i, ck, K, H * K, i_h * K)
             # inter-chunk: q_t exp(b_t) @ S (b_t: chunk prefix; exclusive with the bonus)
             if GK > 0:
                 g_i = _gtile(gkr, r_i, m_i, ck, K, H, i_h, GK)
@@ -527,11 +449,11 @@ def _fwd_o_kernel(q, k, v, gkb, gkr, gvb, gvr, u, h, o, cu, chunk_seq, chunk_idx
                 g_i = 0.  # unused
                 o_i = _mm(q_i.to(DT), hs.to(DT), IEEE)
             if GV:
-                gv_i = _tile(gvr, r_i, m_i, cv, V, H * V, i_h * V)
-                o_i = o_i * tl.exp(_tile(gvb, r_i, m_i, cv, V, H * V, i_h * V))
+                gv_i = load_tile(gvr, r_i, m_i, cv, V, H * V, i_h * V)
+                o_i = o_i * tl.exp(load_tile(gvb, r_i, m_i, cv, V, H * V, i_h * V))
             # earlier sub-blocks j < i, reference row r = last row of sub-block i-1
             if i > 0:
-                r_ref = _rows(tl.maximum(base - 1, 0), bos, eos, REVERSE)
+                r_ref = phys_row(tl.maximum(base - 1, 0), bos, eos, REVERSE)
                 if GK > 0:
                     qr = q_i * tl.exp(tl.where(m_i[:, None], _lpre(g_i, USE_U, GK, BS), NEG_INF))
                     bk_r = _grow(gkb, r_ref, ck, K, H, i_h, GK)
@@ -544,11 +466,11 @@ def _fwd_o_kernel(q, k, v, gkb, gkr, gvb, gvr, u, h, o, cu, chunk_seq, chunk_idx
                 for j in range(i):
                     t_j = i_t * C + j * BS + ar
                     m_j = t_j < L
-                    r_j = _rows(t_j, bos, eos, REVERSE)
-                    k_j = _to_ref(_tile(k, r_j, m_j, ck, K, H * K, i_h * K), gkr, gkb, bk_r, r_j, m_j, j == i - 1,
+                    r_j = phys_row(t_j, bos, eos, REVERSE)
+                    k_j = _to_ref(load_tile(k, r_j, m_j, ck, K, H * K, i_h * K), gkr, gkb, bk_r, r_j, m_j, j == i - 1,
                                   ck, K, H, i_h, GK, BS)
                     A = _mm(qr.to(DT), tl.trans(k_j.to(DT)), IEEE)
-                    v_j = _tile(v, r_j, m_j, cv, V, H * V, i_h * V)
+                    v_j = load_tile(v, r_j, m_j, cv, V, H * V, i_h * V)
                     if GV:
                         v_j = _to_ref(v_j, gvr, gvb, bv_r, r_j, m_j, j == i - 1, cv, V, H, i_h, 2, BS)
                     acc += _mm(A.to(DT), v_j.to(DT), IEEE)
@@ -562,9 +484,9 @@ def _fwd_o_kernel(q, k, v, gkb, gkr, gvb, gvr, u, h, o, cu, chunk_seq, chunk_idx
                 o_i += _diag_gmm(A, tl.zeros([BS, BV], dtype=tl.float32), v, gvr, base, t_i, m_i, L, bos, eos, cv,
                                  V, H, i_h, BS, BV, False, REVERSE)
             else:
-                v_i = _tile(v, r_i, m_i, cv, V, H * V, i_h * V)
+                v_i = load_tile(v, r_i, m_i, cv, V, H * V, i_h * V)
                 o_i += _mm(A.to(DT), v_i.to(DT), IEEE)
-            _store_tile(o, o_i, r_i, m_i, cv, V, H * V, i_h * V)
+            store_tile(o, o_i, r_i, m_i, cv, V, H * V, i_h * V)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -577,7 +499,7 @@ def _bwd_dh_kernel(q, do, gkb, gkr, gvb, dh, dht, dh0, cu, chunk_off, scale, N, 
                    VARLEN: tl.constexpr, IEEE: tl.constexpr, LOWP: tl.constexpr):
     """Right to left over chunks: dh[c] = gradient of the state after chunk c; dh0 = gradient of h0."""
     i_k, i_v, i_nh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    i_n, i_h, bos, eos, c0 = _seq_info(i_nh, cu, chunk_off, N, NT, H, VARLEN)
+    i_n, i_h, bos, eos, c0 = seq_info(i_nh, cu, chunk_off, N, NT, H, VARLEN)
     DT = q.dtype.element_ty if LOWP else tl.float32
     L = eos - bos
     nt = tl.cdiv(L, C)
@@ -594,10 +516,10 @@ def _bwd_dh_kernel(q, do, gkb, gkr, gvb, dh, dht, dh0, cu, chunk_off, scale, N, 
         tl.store(dh + ((c0 + it) * H + i_h).to(tl.int64) * K * V + okv, dS, mask=mkv)
         t = it * C + ar
         m = t < L
-        r = _rows(t, bos, eos, REVERSE)
-        q_c = _tile(q, r, m, ck, K, H * K, i_h * K) * scale
-        do_c = _tile(do, r, m, cv, V, H * V, i_h * V)
-        r_last = _rows(tl.minimum(it * C + C, L) - 1, bos, eos, REVERSE)
+        r = phys_row(t, bos, eos, REVERSE)
+        q_c = load_tile(q, r, m, ck, K, H * K, i_h * K) * scale
+        do_c = load_tile(do, r, m, cv, V, H * V, i_h * V)
+        r_last = phys_row(tl.minimum(it * C + C, L) - 1, bos, eos, REVERSE)
         if GK > 0:
             b = _gtile(gkb, r, m, ck, K, H, i_h, GK)
             if USE_U:
@@ -609,8 +531,8 @@ def _bwd_dh_kernel(q, do, gkb, gkr, gvb, dh, dht, dh0, cu, chunk_off, scale, N, 
                 dS = dS * tl.exp(bl)
             q_c = q_c * tl.exp(b)
         if GV:
-            bv = _tile(gvb, r, m, cv, V, H * V, i_h * V)
-            blv = _row(gvb, r_last, cv, V, H * V, i_h * V)
+            bv = load_tile(gvb, r, m, cv, V, H * V, i_h * V)
+            blv = load_row(gvb, r_last, cv, V, H * V, i_h * V)
             dS = dS * tl.exp(blv)[None, :]
             do_c = do_c * tl.exp(bv)
         dS += _mm(tl.trans(q_c.to(DT)), do_c.to(DT), IEEE)
@@ -625,7 +547,7 @@ def _bwd_dv_kernel(q, k, v, gkb, gkr, gks, gvb, gvr, gvs, u, o, do, dh, dv, dbv,
                    GK: tl.constexpr, GV: tl.constexpr, USE_U: tl.constexpr, REVERSE: tl.constexpr,
                    VARLEN: tl.constexpr, IEEE: tl.constexpr, LOWP: tl.constexpr):
     i_v, i_c, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    i_n, i_h, i_t, bos, eos, hc = _chunk_info(i_c, i_bh, cu, chunk_seq, chunk_idx, N, NT, H, VARLEN)
+    i_n, i_h, i_t, bos, eos, hc = chunk_info(i_c, i_bh, cu, chunk_seq, chunk_idx, N, NT, H, VARLEN)
     DT = q.dtype.element_ty if LOWP else tl.float32
     L = eos - bos
     ck = tl.arange(0, BK)
@@ -641,9 +563,9 @@ def _bwd_dv_kernel(q, k, v, gkb, gkr, gks, gvb, gvr, gvs, u, o, do, dh, dv, dbv,
         if base_j < L:
             t_j = base_j + ar
             m_j = t_j < L
-            r_j = _rows(t_j, bos, eos, REVERSE)
-            k_j = _tile(k, r_j, m_j, ck, K, H * K, i_h * K)
-            q_j = _tile(q, r_j, m_j, ck, K, H * K, i_h * K) * scale
+            r_j = phys_row(t_j, bos, eos, REVERSE)
+            k_j = load_tile(k, r_j, m_j, ck, K, H * K, i_h * K)
+            q_j = load_tile(q, r_j, m_j, ck, K, H * K, i_h * K) * scale
             if GK > 0:
                 g_j = _gtile(gkr, r_j, m_j, ck, K, H, i_h, GK)
                 ke = k_j * tl.exp(tl.where(m_j[:, None], _gtile(gks, r_j, m_j, ck, K, H, i_h, GK), NEG_INF))
@@ -652,8 +574,8 @@ def _bwd_dv_kernel(q, k, v, gkb, gkr, gks, gvb, gvr, gvs, u, o, do, dh, dv, dbv,
                 ke = k_j
             dv_j = _mm(ke.to(DT), dhs.to(DT), IEEE)
             if GV:
-                gv_j = _tile(gvr, r_j, m_j, cv, V, H * V, i_h * V)
-                dv_j = dv_j * tl.exp(tl.where(m_j[:, None], _tile(gvs, r_j, m_j, cv, V, H * V, i_h * V), NEG_INF))
+                gv_j = load_tile(gvr, r_j, m_j, cv, V, H * V, i_h * V)
+                dv_j = dv_j * tl.exp(tl.where(m_j[:, None], load_tile(gvs, r_j, m_j, cv, V, H * V, i_h * V), NEG_INF))
                 # the last token's final-state path is kept out of the value-gate gradient (see dqk kernel)
                 dv_last = tl.where((t_j == L - 1)[:, None], dv_j, 0.)
             for i in range(j + 1, C // BS):
@@ -661,9 +583,9 @@ def _bwd_dv_kernel(q, k, v, gkb, gkr, gks, gvb, gvr, gvs, u, o, do, dh, dv, dbv,
                 if base_i < L:
                     t_i = base_i + ar
                     m_i = t_i < L
-                    r_i = _rows(t_i, bos, eos, REVERSE)
-                    r_ref = _rows(base_i - 1, bos, eos, REVERSE)
-                    q_i = _tile(q, r_i, m_i, ck, K, H * K, i_h * K) * scale
+                    r_i = phys_row(t_i, bos, eos, REVERSE)
+                    r_ref = phys_row(base_i - 1, bos, eos, REVERSE)
+                    q_i = load_tile(q, r_i, m_i, ck, K, H * K, i_h * K) * scale
                     if GK > 0:
                         qr = q_i * tl.exp(tl.where(m_i[:, None], _lpre(_gtile(gkr, r_i, m_i, ck, K, H, i_h, GK),
                                                                        USE_U, GK, BS), NEG_INF))
@@ -676,31 +598,31 @@ def _bwd_dv_kernel(q, k, v, gkb, gkr, gks, gvb, gvr, gvs, u, o, do, dh, dv, dbv,
                         qr = q_i
                         kr = k_j
                     A = _mm(qr.to(DT), tl.trans(kr.to(DT)), IEEE)
-                    do_i = _tile(do, r_i, m_i, cv, V, H * V, i_h * V)
+                    do_i = load_tile(do, r_i, m_i, cv, V, H * V, i_h * V)
                     if GV:
-                        dd = do_i * tl.exp(tl.where(m_i[:, None], _lpre(_tile(gvr, r_i, m_i, cv, V, H * V, i_h * V),
+                        dd = do_i * tl.exp(tl.where(m_i[:, None], _lpre(load_tile(gvr, r_i, m_i, cv, V, H * V, i_h * V),
                                                                         False, 2, BS), NEG_INF))
                         if i == j + 1:
                             fv = tl.exp(_lsuf(gv_j, 2, BS))
                         else:
-                            fv = tl.exp(_row(gvb, r_ref, cv, V, H * V, i_h * V)[None, :]
-                                        - _tile(gvb, r_j, m_j, cv, V, H * V, i_h * V))
+                            fv = tl.exp(load_row(gvb, r_ref, cv, V, H * V, i_h * V)[None, :]
+                                        - load_tile(gvb, r_j, m_j, cv, V, H * V, i_h * V))
                         dv_j += fv * _mm(tl.trans(A.to(DT)), dd.to(DT), IEEE)
                     else:
                         dv_j += _mm(tl.trans(A.to(DT)), do_i.to(DT), IEEE)
             # diagonal
             A = _diag_block_scores(q_j, k_j, g_j, uu, k, gkr, base_j, t_j, m_j, r_j, L, bos, eos, ck, K, H, i_h,
                                    BS, GK, USE_U, REVERSE, DT, IEEE)
-            do_j = _tile(do, r_j, m_j, cv, V, H * V, i_h * V)
+            do_j = load_tile(do, r_j, m_j, cv, V, H * V, i_h * V)
             if GV:
                 dv_j += _diag_gmmT(A, do, 1.0, gvr, base_j, L, bos, eos, cv, V, H, i_h, BS, BV, False, False, REVERSE)
             else:
                 dv_j += _mm(tl.trans(A.to(DT)), do_j.to(DT), IEEE)
-            _store_tile(dv, dv_j, r_j, m_j, cv, V, H * V, i_h * V)
+            store_tile(dv, dv_j, r_j, m_j, cv, V, H * V, i_h * V)
             if GV:
-                o_j = _tile(o, r_j, m_j, cv, V, H * V, i_h * V)
-                v_j = _tile(v, r_j, m_j, cv, V, H * V, i_h * V)
-                _store_tile(dbv, o_j * do_j - v_j * (dv_j - dv_last), r_j, m_j, cv, V, H * V, i_h * V)
+                o_j = load_tile(o, r_j, m_j, cv, V, H * V, i_h * V)
+                v_j = load_tile(v, r_j, m_j, cv, V, H * V, i_h * V)
+                store_tile(dbv, o_j * do_j - v_j * (dv_j - dv_last), r_j, m_j, cv, V, H * V, i_h * V)
 
 
 @triton.jit
@@ -738,7 +660,7 @@ def _bwd_dq_kernel(q, k, v, gkb, gkr, gvb, gvr, u, h, do, dq, dbk, dbq, cu, chun
     """dq, and the query half of the key-gate gradient, q * dq (fp32), into dbk (and dbq with the bonus):
     inter-chunk term from h, earlier sub-blocks j < mb, diagonal sub-block."""
     i_c, i_bh = tl.program_id(0), tl.program_id(1)
-    i_n, i_h, i_t, bos, eos, hc = _chunk_info(i_c, i_bh, cu, chunk_seq, chunk_idx, N, NT, H, VARLEN)
+    i_n, i_h, i_t, bos, eos, hc = chunk_info(i_c, i_bh, cu, chunk_seq, chunk_idx, N, NT, H, VARLEN)
     DT = q.dtype.element_ty if LOWP else tl.float32
     L = eos - bos
     ck = tl.arange(0, BK)
@@ -748,8 +670,8 @@ def _bwd_dq_kernel(q, k, v, gkb, gkr, gvb, gvr, u, h, do, dq, dbk, dbq, cu, chun
         if base_m < L:
             t_m = base_m + ar
             m_m = t_m < L
-            r_m = _rows(t_m, bos, eos, REVERSE)
-            r_refm = _rows(tl.maximum(base_m - 1, 0), bos, eos, REVERSE)
+            r_m = phys_row(t_m, bos, eos, REVERSE)
+            r_refm = phys_row(tl.maximum(base_m - 1, 0), bos, eos, REVERSE)
             dq_t = tl.zeros([BS, BK], dtype=tl.float32)
             dov = tl.zeros([BS], dtype=tl.float32)
             dA_tt = tl.zeros([BS], dtype=tl.float32)
@@ -757,9 +679,9 @@ def _bwd_dq_kernel(q, k, v, gkb, gkr, gvb, gvr, u, h, do, dq, dbk, dbq, cu, chun
             for iv in range(tl.cdiv(V, BV)):
                 cv = iv * BV + tl.arange(0, BV)
                 hs = _state_tile(h, hc, H, i_h, ck, cv, K, V)
-                dd = _tile(do, r_m, m_m, cv, V, H * V, i_h * V)
+                dd = load_tile(do, r_m, m_m, cv, V, H * V, i_h * V)
                 if GV:
-                    dd = dd * tl.exp(_tile(gvb, r_m, m_m, cv, V, H * V, i_h * V))
+                    dd = dd * tl.exp(load_tile(gvb, r_m, m_m, cv, V, H * V, i_h * V))
                 dq_t += _mm(dd.to(DT), tl.trans(hs.to(DT)), IEEE)
             if GK > 0:
                 bq_m = _gtile(gkb, r_m, m_m, ck, K, H, i_h, GK)
@@ -770,12 +692,12 @@ def _bwd_dq_kernel(q, k, v, gkb, gkr, gvb, gvr, u, h, do, dq, dbk, dbq, cu, chun
             if mb > 0:
                 for iv in range(tl.cdiv(V, BV)):
                     cv = iv * BV + tl.arange(0, BV)
-                    do_m = _tile(do, r_m, m_m, cv, V, H * V, i_h * V)
+                    do_m = load_tile(do, r_m, m_m, cv, V, H * V, i_h * V)
                     if GV:
                         ddr = do_m * tl.exp(tl.where(m_m[:, None],
-                                                     _lpre(_tile(gvr, r_m, m_m, cv, V, H * V, i_h * V), False, 2, BS),
+                                                     _lpre(load_tile(gvr, r_m, m_m, cv, V, H * V, i_h * V), False, 2, BS),
                                                      NEG_INF))
-                        bv_rm = _row(gvb, r_refm, cv, V, H * V, i_h * V)[None, :]
+                        bv_rm = load_row(gvb, r_refm, cv, V, H * V, i_h * V)[None, :]
                     else:
                         ddr = do_m
                     if GK > 0:
@@ -786,12 +708,12 @@ def _bwd_dq_kernel(q, k, v, gkb, gkr, gvb, gvr, u, h, do, dq, dbk, dbq, cu, chun
                     for j in range(mb):
                         t_j = i_t * C + j * BS + ar
                         m_j = t_j < L
-                        r_j = _rows(t_j, bos, eos, REVERSE)
-                        v_j = _tile(v, r_j, m_j, cv, V, H * V, i_h * V)
+                        r_j = phys_row(t_j, bos, eos, REVERSE)
+                        v_j = load_tile(v, r_j, m_j, cv, V, H * V, i_h * V)
                         if GV:
                             v_j = _to_ref(v_j, gvr, gvb, bv_rm, r_j, m_j, j == mb - 1, cv, V, H, i_h, 2, BS)
                         dA = _mm(ddr.to(DT), tl.trans(v_j.to(DT)), IEEE)
-                        k_j = _to_ref(_tile(k, r_j, m_j, ck, K, H * K, i_h * K), gkr, gkb, bk_rm, r_j, m_j,
+                        k_j = _to_ref(load_tile(k, r_j, m_j, ck, K, H * K, i_h * K), gkr, gkb, bk_rm, r_j, m_j,
                                       j == mb - 1, ck, K, H, i_h, GK, BS)
                         dq_off += _mm(dA.to(DT), k_j.to(DT), IEEE)
                     if GK > 0:
@@ -802,8 +724,8 @@ def _bwd_dq_kernel(q, k, v, gkb, gkr, gvb, gvr, u, h, do, dq, dbk, dbq, cu, chun
             # diagonal sub-block
             for iv in range(tl.cdiv(V, BV)):
                 cv = iv * BV + tl.arange(0, BV)
-                do_m = _tile(do, r_m, m_m, cv, V, H * V, i_h * V)
-                v_m = _tile(v, r_m, m_m, cv, V, H * V, i_h * V)
+                do_m = load_tile(do, r_m, m_m, cv, V, H * V, i_h * V)
+                v_m = load_tile(v, r_m, m_m, cv, V, H * V, i_h * V)
                 dA = _bwd_diag_dA(do_m, v_m, v, gvr, base_m, t_m, m_m, L, bos, eos, cv, V, H, i_h, BS, GV, USE_U,
                                   REVERSE, IEEE, DT)
                 if USE_U:
@@ -824,20 +746,20 @@ def _bwd_dq_kernel(q, k, v, gkb, gkr, gvb, gvr, u, h, do, dq, dbk, dbq, cu, chun
                         dA = dA * _diag_decay(_gvec(gkr, r_m, m_m, H, i_h), t_m, m_m, BS, USE_U, True)
                     else:
                         dA = tl.where((t_m[:, None] > t_m[None, :]) & m_m[:, None], dA, 0.)
-                    k_m = _tile(k, r_m, m_m, ck, K, H * K, i_h * K)
+                    k_m = load_tile(k, r_m, m_m, ck, K, H * K, i_h * K)
                     dq_t += _mm(dA.to(DT), k_m.to(DT), IEEE)
             if GK > 0:
-                dbq_t = _tile(q, r_m, m_m, ck, K, H * K, i_h * K) * scale * dq_t
+                dbq_t = load_tile(q, r_m, m_m, ck, K, H * K, i_h * K) * scale * dq_t
                 if GK == 2:
-                    _store_tile(dbk, dbq_t, r_m, m_m, ck, K, H * K, i_h * K)
+                    store_tile(dbk, dbq_t, r_m, m_m, ck, K, H * K, i_h * K)
                     if USE_U:
-                        _store_tile(dbq, dbq_t, r_m, m_m, ck, K, H * K, i_h * K)
+                        store_tile(dbq, dbq_t, r_m, m_m, ck, K, H * K, i_h * K)
                 else:
                     tl.store(dbk + r_m.to(tl.int64) * H + i_h, tl.sum(dbq_t, axis=1), mask=m_m)
                     if USE_U:
                         tl.store(dbq + r_m.to(tl.int64) * H + i_h, tl.sum(dbq_t, axis=1), mask=m_m)
-            dq_t += _diag_self_term(dov, dA_tt, _tile(k, r_m, m_m, ck, K, H * K, i_h * K), u, i_h, ck, K, USE_U)
-            _store_tile(dq, dq_t * scale, r_m, m_m, ck, K, H * K, i_h * K)
+            dq_t += _diag_self_term(dov, dA_tt, load_tile(k, r_m, m_m, ck, K, H * K, i_h * K), u, i_h, ck, K, USE_U)
+            store_tile(dq, dq_t * scale, r_m, m_m, ck, K, H * K, i_h * K)
 
 
 @triton.jit
@@ -849,7 +771,7 @@ def _bwd_dk_kernel(q, k, v, gkb, gkr, gks, gvb, gvr, gvs, u, do, dh, dk, dbk, cu
     """dk: inter-chunk term from dh, later sub-blocks i > mb, diagonal sub-block; and the key-gate gradient
     db = q * dq - k * dk, completing dbk, which holds q * dq from _bwd_dq_kernel (launched before)."""
     i_c, i_bh = tl.program_id(0), tl.program_id(1)
-    i_n, i_h, i_t, bos, eos, hc = _chunk_info(i_c, i_bh, cu, chunk_seq, chunk_idx, N, NT, H, VARLEN)
+    i_n, i_h, i_t, bos, eos, hc = chunk_info(i_c, i_bh, cu, chunk_seq, chunk_idx, N, NT, H, VARLEN)
     DT = q.dtype.element_ty if LOWP else tl.float32
     L = eos - bos
     ck = tl.arange(0, BK)
@@ -859,7 +781,7 @@ def _bwd_dk_kernel(q, k, v, gkb, gkr, gks, gvb, gvr, gvs, u, do, dh, dk, dbk, cu
         if base_m < L:
             t_m = base_m + ar
             m_m = t_m < L
-            r_m = _rows(t_m, bos, eos, REVERSE)
+            r_m = phys_row(t_m, bos, eos, REVERSE)
             dk_t = tl.zeros([BS, BK], dtype=tl.float32)
             dov = tl.zeros([BS], dtype=tl.float32)
             dA_tt = tl.zeros([BS], dtype=tl.float32)
@@ -867,9 +789,9 @@ def _bwd_dk_kernel(q, k, v, gkb, gkr, gks, gvb, gvr, gvs, u, do, dh, dk, dbk, cu
             for iv in range(tl.cdiv(V, BV)):
                 cv = iv * BV + tl.arange(0, BV)
                 dhs = _state_tile(dh, hc, H, i_h, ck, cv, K, V)
-                vv = _tile(v, r_m, m_m, cv, V, H * V, i_h * V)
+                vv = load_tile(v, r_m, m_m, cv, V, H * V, i_h * V)
                 if GV:
-                    vv = vv * tl.exp(tl.where(m_m[:, None], _tile(gvs, r_m, m_m, cv, V, H * V, i_h * V), NEG_INF))
+                    vv = vv * tl.exp(tl.where(m_m[:, None], load_tile(gvs, r_m, m_m, cv, V, H * V, i_h * V), NEG_INF))
                 dk_t += _mm(vv.to(DT), tl.trans(dhs.to(DT)), IEEE)
             if GK > 0:
                 # the last token's final-state path, kept out of the gate gradient (added to dk at the end)
@@ -879,28 +801,28 @@ def _bwd_dk_kernel(q, k, v, gkb, gkr, gks, gvb, gvr, gvs, u, do, dh, dk, dbk, cu
             # later sub-blocks i > mb (reference row: last row of sub-block i-1)
             for iv in range(tl.cdiv(V, BV)):
                 cv = iv * BV + tl.arange(0, BV)
-                v_m = _tile(v, r_m, m_m, cv, V, H * V, i_h * V)
+                v_m = load_tile(v, r_m, m_m, cv, V, H * V, i_h * V)
                 for i in range(mb + 1, C // BS):
                     base_i = i_t * C + i * BS
                     if base_i < L:
                         t_i = base_i + ar
                         m_i = t_i < L
-                        r_i = _rows(t_i, bos, eos, REVERSE)
-                        r_ref = _rows(base_i - 1, bos, eos, REVERSE)
-                        do_i = _tile(do, r_i, m_i, cv, V, H * V, i_h * V)
+                        r_i = phys_row(t_i, bos, eos, REVERSE)
+                        r_ref = phys_row(base_i - 1, bos, eos, REVERSE)
+                        do_i = load_tile(do, r_i, m_i, cv, V, H * V, i_h * V)
                         if GV:
                             do_i = do_i * tl.exp(tl.where(m_i[:, None],
-                                                          _lpre(_tile(gvr, r_i, m_i, cv, V, H * V, i_h * V), False, 2,
+                                                          _lpre(load_tile(gvr, r_i, m_i, cv, V, H * V, i_h * V), False, 2,
                                                                 BS), NEG_INF))
                             if i == mb + 1:
-                                vr = v_m * tl.exp(_lsuf(_tile(gvr, r_m, m_m, cv, V, H * V, i_h * V), 2, BS))
+                                vr = v_m * tl.exp(_lsuf(load_tile(gvr, r_m, m_m, cv, V, H * V, i_h * V), 2, BS))
                             else:
-                                vr = v_m * tl.exp(_row(gvb, r_ref, cv, V, H * V, i_h * V)[None, :]
-                                                  - _tile(gvb, r_m, m_m, cv, V, H * V, i_h * V))
+                                vr = v_m * tl.exp(load_row(gvb, r_ref, cv, V, H * V, i_h * V)[None, :]
+                                                  - load_tile(gvb, r_m, m_m, cv, V, H * V, i_h * V))
                         else:
                             vr = v_m
                         dA = _mm(do_i.to(DT), tl.trans(vr.to(DT)), IEEE)
-                        q_i = _tile(q, r_i, m_i, ck, K, H * K, i_h * K) * scale
+                        q_i = load_tile(q, r_i, m_i, ck, K, H * K, i_h * K) * scale
                         if GK > 0:
                             q_i = q_i * tl.exp(tl.where(m_i[:, None],
                                                         _lpre(_gtile(gkr, r_i, m_i, ck, K, H, i_h, GK), USE_U, GK, BS),
@@ -916,8 +838,8 @@ def _bwd_dk_kernel(q, k, v, gkb, gkr, gks, gvb, gvr, gvs, u, do, dh, dk, dbk, cu
             # diagonal sub-block
             for iv in range(tl.cdiv(V, BV)):
                 cv = iv * BV + tl.arange(0, BV)
-                do_m = _tile(do, r_m, m_m, cv, V, H * V, i_h * V)
-                v_m = _tile(v, r_m, m_m, cv, V, H * V, i_h * V)
+                do_m = load_tile(do, r_m, m_m, cv, V, H * V, i_h * V)
+                v_m = load_tile(v, r_m, m_m, cv, V, H * V, i_h * V)
                 dA = _bwd_diag_dA(do_m, v_m, v, gvr, base_m, t_m, m_m, L, bos, eos, cv, V, H, i_h, BS, GV, USE_U,
                                   REVERSE, IEEE, DT)
                 if USE_U:
@@ -932,20 +854,20 @@ def _bwd_dk_kernel(q, k, v, gkb, gkr, gks, gvb, gvr, gvs, u, do, dh, dk, dbk, cu
                         dA = dA * _diag_decay(_gvec(gkr, r_m, m_m, H, i_h), t_m, m_m, BS, USE_U, True)
                     else:
                         dA = tl.where((t_m[:, None] > t_m[None, :]) & m_m[:, None], dA, 0.)
-                    q_m = _tile(q, r_m, m_m, ck, K, H * K, i_h * K) * scale
+                    q_m = load_tile(q, r_m, m_m, ck, K, H * K, i_h * K) * scale
                     dk_t += _mm(tl.trans(dA.to(DT)), q_m.to(DT), IEEE)
             if GK > 0:
-                kdk = _tile(k, r_m, m_m, ck, K, H * K, i_h * K) * dk_t
+                kdk = load_tile(k, r_m, m_m, ck, K, H * K, i_h * K) * dk_t
                 if GK == 2:
-                    db_t = _tile(dbk, r_m, m_m, ck, K, H * K, i_h * K) - kdk
-                    _store_tile(dbk, db_t, r_m, m_m, ck, K, H * K, i_h * K)
+                    db_t = load_tile(dbk, r_m, m_m, ck, K, H * K, i_h * K) - kdk
+                    store_tile(dbk, db_t, r_m, m_m, ck, K, H * K, i_h * K)
                 else:
                     db_t = _gvec(dbk, r_m, m_m, H, i_h) - tl.sum(kdk, axis=1)
                     tl.store(dbk + r_m.to(tl.int64) * H + i_h, db_t, mask=m_m)
                 dk_t += dk_last
-            q_m = _tile(q, r_m, m_m, ck, K, H * K, i_h * K) * scale
+            q_m = load_tile(q, r_m, m_m, ck, K, H * K, i_h * K) * scale
             dk_t += _diag_self_term(dov, dA_tt, q_m, u, i_h, ck, K, USE_U)
-            _store_tile(dk, dk_t, r_m, m_m, ck, K, H * K, i_h * K)
+            store_tile(dk, dk_t, r_m, m_m, ck, K, H * K, i_h * K)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -963,7 +885,7 @@ def _fwd_A_kernel(q, k, gkb, gkr, u, A, cu, chunk_seq, chunk_idx, scale, N, NT, 
     """Rows of sub-block program_id(0) of A[t, s] = scale * sum_k q_tk k_sk exp(bq_tk - b_sk) for s <= t (bq = b),
     with the bonus for s < t (bq = b - g: exclusive prefix) and A[t, t] = scale * q_t . (u * k_t); zero above."""
     i_i, i_c, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    i_n, i_h, i_t, bos, eos, hc = _chunk_info(i_c, i_bh, cu, chunk_seq, chunk_idx, N, NT, H, VARLEN)
+    i_n, i_h, i_t, bos, eos, hc = chunk_info(i_c, i_bh, cu, chunk_seq, chunk_idx, N, NT, H, VARLEN)
     DT = q.dtype.element_ty if LOWP else tl.float32
     L = eos - bos
     ck = tl.arange(0, BK)
@@ -972,16 +894,16 @@ def _fwd_A_kernel(q, k, gkb, gkr, u, A, cu, chunk_seq, chunk_idx, scale, N, NT, 
     if base < L:
         t_i = base + ar
         m_i = t_i < L
-        r_i = _rows(t_i, bos, eos, REVERSE)
-        q_i = _tile(q, r_i, m_i, ck, K, H * K, i_h * K) * scale
-        k_i = _tile(k, r_i, m_i, ck, K, H * K, i_h * K)
+        r_i = phys_row(t_i, bos, eos, REVERSE)
+        q_i = load_tile(q, r_i, m_i, ck, K, H * K, i_h * K) * scale
+        k_i = load_tile(k, r_i, m_i, ck, K, H * K, i_h * K)
         if GK > 0:
             g_i = _gtile(gkr, r_i, m_i, ck, K, H, i_h, GK)
         else:
             g_i = 0.  # unused
         # earlier sub-blocks j < i: reference row r = last row of sub-block i-1, both factors <= 1
         if i_i > 0:
-            r_ref = _rows(base - 1, bos, eos, REVERSE)
+            r_ref = phys_row(base - 1, bos, eos, REVERSE)
             if GK > 0:
                 qr = q_i * tl.exp(tl.where(m_i[:, None], _lpre(g_i, USE_U, GK, BS), NEG_INF))
                 bk_r = _grow(gkb, r_ref, ck, K, H, i_h, GK)
@@ -991,11 +913,11 @@ def _fwd_A_kernel(q, k, gkb, gkr, u, A, cu, chunk_seq, chunk_idx, scale, N, NT, 
             for j in range(i_i):
                 t_j = i_t * C + j * BS + ar
                 m_j = t_j < L
-                r_j = _rows(t_j, bos, eos, REVERSE)
-                k_j = _to_ref(_tile(k, r_j, m_j, ck, K, H * K, i_h * K), gkr, gkb, bk_r, r_j, m_j, j == i_i - 1,
+                r_j = phys_row(t_j, bos, eos, REVERSE)
+                k_j = _to_ref(load_tile(k, r_j, m_j, ck, K, H * K, i_h * K), gkr, gkb, bk_r, r_j, m_j, j == i_i - 1,
                               ck, K, H, i_h, GK, BS)
                 A_ij = _mm(qr.to(DT), tl.trans(k_j.to(DT)), IEEE)
-                _store_tile(A, A_ij, r_i, m_i, j * BS + ar, C, H * C, i_h * C)
+                store_tile(A, A_ij, r_i, m_i, j * BS + ar, C, H * C, i_h * C)
         # diagonal sub-block (exact)
         if USE_U:
             uu = tl.load(u + i_h * K + ck, mask=ck < K, other=0.).to(tl.float32)
@@ -1003,9 +925,9 @@ def _fwd_A_kernel(q, k, gkb, gkr, u, A, cu, chunk_seq, chunk_idx, scale, N, NT, 
             uu = 0.  # unused
         A_ii = _diag_block_scores(q_i, k_i, g_i, uu, k, gkr, base, t_i, m_i, r_i, L, bos, eos, ck, K, H, i_h,
                                   BS, GK, USE_U, REVERSE, DT, IEEE)
-        _store_tile(A, A_ii, r_i, m_i, i_i * BS + ar, C, H * C, i_h * C)
+        store_tile(A, A_ii, r_i, m_i, i_i * BS + ar, C, H * C, i_h * C)
         for j in range(i_i + 1, C // BS):
-            _store_tile(A, tl.zeros([BS, BS], dtype=tl.float32), r_i, m_i, j * BS + ar, C, H * C, i_h * C)
+            store_tile(A, tl.zeros([BS, BS], dtype=tl.float32), r_i, m_i, j * BS + ar, C, H * C, i_h * C)
 
 
 @triton.jit
@@ -1014,27 +936,27 @@ def _fwd_oA_kernel(q, v, gkb, gkr, h, A, o, cu, chunk_seq, chunk_idx, scale, N, 
                    REVERSE: tl.constexpr, VARLEN: tl.constexpr, IEEE: tl.constexpr, LOWP: tl.constexpr):
     """o = scale * (q * exp(bq)) @ S_chunk_start + A @ v, one chunk (all C rows) per program."""
     i_v, i_c, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    i_n, i_h, i_t, bos, eos, hc = _chunk_info(i_c, i_bh, cu, chunk_seq, chunk_idx, N, NT, H, VARLEN)
+    i_n, i_h, i_t, bos, eos, hc = chunk_info(i_c, i_bh, cu, chunk_seq, chunk_idx, N, NT, H, VARLEN)
     DT = q.dtype.element_ty if LOWP else tl.float32
     L = eos - bos
     ac = tl.arange(0, C)
     t = i_t * C + ac
     m = t < L
-    r = _rows(t, bos, eos, REVERSE)
+    r = phys_row(t, bos, eos, REVERSE)
     cv = i_v * BV + tl.arange(0, BV)
     b_o = tl.zeros([C, BV], dtype=tl.float32)
     for ik in range(tl.cdiv(K, BK)):
         ck = ik * BK + tl.arange(0, BK)
-        qe = _tile(q, r, m, ck, K, H * K, i_h * K) * scale
+        qe = load_tile(q, r, m, ck, K, H * K, i_h * K) * scale
         if GK > 0:
             bq = _gtile(gkb, r, m, ck, K, H, i_h, GK)
             if USE_U:
                 bq = bq - _gtile(gkr, r, m, ck, K, H, i_h, GK)
             qe = qe * tl.exp(bq)
         b_o += _mm(qe.to(DT), _state_tile(h, hc, H, i_h, ck, cv, K, V).to(DT), IEEE)
-    a = _tile(A, r, m, ac, C, H * C, i_h * C)
-    b_o += _mm(a.to(DT), _tile(v, r, m, cv, V, H * V, i_h * V).to(DT), IEEE)
-    _store_tile(o, b_o, r, m, cv, V, H * V, i_h * V)
+    a = load_tile(A, r, m, ac, C, H * C, i_h * C)
+    b_o += _mm(a.to(DT), load_tile(v, r, m, cv, V, H * V, i_h * V).to(DT), IEEE)
+    store_tile(o, b_o, r, m, cv, V, H * V, i_h * V)
 
 
 @triton.jit
@@ -1043,20 +965,20 @@ def _bwd_dA_kernel(v, do, dA, cu, chunk_seq, chunk_idx, scale, N, NT, H, V,
                    IEEE: tl.constexpr, LOWP: tl.constexpr):
     """dA[t, s] = scale * do_t . v_s for s <= t, zero above (fp32 [B, N, H, C], laid out as A)."""
     i_c, i_bh = tl.program_id(0), tl.program_id(1)
-    i_n, i_h, i_t, bos, eos, hc = _chunk_info(i_c, i_bh, cu, chunk_seq, chunk_idx, N, NT, H, VARLEN)
+    i_n, i_h, i_t, bos, eos, hc = chunk_info(i_c, i_bh, cu, chunk_seq, chunk_idx, N, NT, H, VARLEN)
     DT = v.dtype.element_ty if LOWP else tl.float32
     L = eos - bos
     ac = tl.arange(0, C)
     t = i_t * C + ac
     m = t < L
-    r = _rows(t, bos, eos, REVERSE)
+    r = phys_row(t, bos, eos, REVERSE)
     acc = tl.zeros([C, C], dtype=tl.float32)
     for iv in range(tl.cdiv(V, BV)):
         cv = iv * BV + tl.arange(0, BV)
-        acc += _mm(_tile(do, r, m, cv, V, H * V, i_h * V).to(DT),
-                   tl.trans(_tile(v, r, m, cv, V, H * V, i_h * V).to(DT)), IEEE)
+        acc += _mm(load_tile(do, r, m, cv, V, H * V, i_h * V).to(DT),
+                   tl.trans(load_tile(v, r, m, cv, V, H * V, i_h * V).to(DT)), IEEE)
     acc = tl.where(ac[None, :] <= ac[:, None], acc * scale, 0.)
-    _store_tile(dA, acc, r, m, ac, C, H * C, i_h * C)
+    store_tile(dA, acc, r, m, ac, C, H * C, i_h * C)
 
 
 @triton.jit
@@ -1065,24 +987,24 @@ def _bwd_dvA_kernel(k, gks, A, do, dh, dv, cu, chunk_seq, chunk_idx, N, NT, H, K
                     VARLEN: tl.constexpr, IEEE: tl.constexpr, LOWP: tl.constexpr):
     """dv = A^T @ do + (k * exp(b_last - b)) @ dh, one chunk per program."""
     i_v, i_c, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    i_n, i_h, i_t, bos, eos, hc = _chunk_info(i_c, i_bh, cu, chunk_seq, chunk_idx, N, NT, H, VARLEN)
+    i_n, i_h, i_t, bos, eos, hc = chunk_info(i_c, i_bh, cu, chunk_seq, chunk_idx, N, NT, H, VARLEN)
     DT = k.dtype.element_ty if LOWP else tl.float32
     L = eos - bos
     ac = tl.arange(0, C)
     t = i_t * C + ac
     m = t < L
-    r = _rows(t, bos, eos, REVERSE)
+    r = phys_row(t, bos, eos, REVERSE)
     cv = i_v * BV + tl.arange(0, BV)
     b_dv = tl.zeros([C, BV], dtype=tl.float32)
     for ik in range(tl.cdiv(K, BK)):
         ck = ik * BK + tl.arange(0, BK)
-        ke = _tile(k, r, m, ck, K, H * K, i_h * K)
+        ke = load_tile(k, r, m, ck, K, H * K, i_h * K)
         if GK > 0:
             ke = ke * tl.exp(tl.where(m[:, None], _gtile(gks, r, m, ck, K, H, i_h, GK), NEG_INF))
         b_dv += _mm(ke.to(DT), _state_tile(dh, hc, H, i_h, ck, cv, K, V).to(DT), IEEE)
-    a = _tile(A, r, m, ac, C, H * C, i_h * C)
-    b_dv += _mm(tl.trans(a.to(DT)), _tile(do, r, m, cv, V, H * V, i_h * V).to(DT), IEEE)
-    _store_tile(dv, b_dv, r, m, cv, V, H * V, i_h * V)
+    a = load_tile(A, r, m, ac, C, H * C, i_h * C)
+    b_dv += _mm(tl.trans(a.to(DT)), load_tile(do, r, m, cv, V, H * V, i_h * V).to(DT), IEEE)
+    store_tile(dv, b_dv, r, m, cv, V, H * V, i_h * V)
 
 
 @triton.jit
@@ -1093,7 +1015,7 @@ def _bwd_intra_kernel(q, k, gkb, gkr, dA, dqi, dki, cu, chunk_seq, chunk_idx, N,
     strict pairs only (s < t; the t == s terms are added by _bwd_inter_kernel), fp32:
     dq_t = sum_{s<t} dA[t, s] k_s exp(bq_t - b_s),  dk_s = sum_{t>s} dA[t, s] q_t exp(bq_t - b_s)."""
     i_ki, i_c, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    i_n, i_h, i_t, bos, eos, hc = _chunk_info(i_c, i_bh, cu, chunk_seq, chunk_idx, N, NT, H, VARLEN)
+    i_n, i_h, i_t, bos, eos, hc = chunk_info(i_c, i_bh, cu, chunk_seq, chunk_idx, N, NT, H, VARLEN)
     DT = q.dtype.element_ty if LOWP else tl.float32
     NS: tl.constexpr = C // BS
     i_k = i_ki // NS
@@ -1105,14 +1027,14 @@ def _bwd_intra_kernel(q, k, gkb, gkr, dA, dqi, dki, cu, chunk_seq, chunk_idx, N,
     if base < L:
         t_i = base + ar
         m_i = t_i < L
-        r_i = _rows(t_i, bos, eos, REVERSE)
+        r_i = phys_row(t_i, bos, eos, REVERSE)
         ci = i_i * BS + ar
         if GK > 0:
             g_i = _gtile(gkr, r_i, m_i, ck, K, H, i_h, GK)
         # dq from earlier sub-blocks j < i (reference row: last row of sub-block i-1)
         dq_i = tl.zeros([BS, BK], dtype=tl.float32)
         if i_i > 0:
-            r_ref = _rows(base - 1, bos, eos, REVERSE)
+            r_ref = phys_row(base - 1, bos, eos, REVERSE)
             if GK > 0:
                 bk_r = _grow(gkb, r_ref, ck, K, H, i_h, GK)
             else:
@@ -1120,10 +1042,10 @@ def _bwd_intra_kernel(q, k, gkb, gkr, dA, dqi, dki, cu, chunk_seq, chunk_idx, N,
             for j in range(i_i):
                 t_j = i_t * C + j * BS + ar
                 m_j = t_j < L
-                r_j = _rows(t_j, bos, eos, REVERSE)
-                k_j = _to_ref(_tile(k, r_j, m_j, ck, K, H * K, i_h * K), gkr, gkb, bk_r, r_j, m_j, j == i_i - 1,
+                r_j = phys_row(t_j, bos, eos, REVERSE)
+                k_j = _to_ref(load_tile(k, r_j, m_j, ck, K, H * K, i_h * K), gkr, gkb, bk_r, r_j, m_j, j == i_i - 1,
                               ck, K, H, i_h, GK, BS)
-                dA_ij = _tile(dA, r_i, m_i, j * BS + ar, C, H * C, i_h * C)
+                dA_ij = load_tile(dA, r_i, m_i, j * BS + ar, C, H * C, i_h * C)
                 dq_i += _mm(dA_ij.to(DT), k_j.to(DT), IEEE)
             if GK > 0:
                 dq_i = dq_i * tl.exp(tl.where(m_i[:, None], _lpre(g_i, USE_U, GK, BS), NEG_INF))
@@ -1134,9 +1056,9 @@ def _bwd_intra_kernel(q, k, gkb, gkr, dA, dqi, dki, cu, chunk_seq, chunk_idx, N,
             if base_j < L:
                 t_j = base_j + ar
                 m_j = t_j < L
-                r_j = _rows(t_j, bos, eos, REVERSE)
-                q_j = _tile(q, r_j, m_j, ck, K, H * K, i_h * K)
-                dA_ji = _tile(dA, r_j, m_j, ci, C, H * C, i_h * C)
+                r_j = phys_row(t_j, bos, eos, REVERSE)
+                q_j = load_tile(q, r_j, m_j, ck, K, H * K, i_h * K)
+                dA_ji = load_tile(dA, r_j, m_j, ci, C, H * C, i_h * C)
                 if GK > 0:
                     q_j = q_j * tl.exp(tl.where(m_j[:, None],
                                                 _lpre(_gtile(gkr, r_j, m_j, ck, K, H, i_h, GK), USE_U, GK, BS),
@@ -1144,13 +1066,13 @@ def _bwd_intra_kernel(q, k, gkb, gkr, dA, dqi, dki, cu, chunk_seq, chunk_idx, N,
                     if j == i_i + 1:
                         fk = tl.exp(_lsuf(g_i, GK, BS))
                     else:
-                        fk = tl.exp(_grow(gkb, _rows(base_j - 1, bos, eos, REVERSE), ck, K, H, i_h, GK)
+                        fk = tl.exp(_grow(gkb, phys_row(base_j - 1, bos, eos, REVERSE), ck, K, H, i_h, GK)
                                     - _gtile(gkb, r_i, m_i, ck, K, H, i_h, GK))
                     dk_i += fk * _mm(tl.trans(dA_ji.to(DT)), q_j.to(DT), IEEE)
                 else:
                     dk_i += _mm(tl.trans(dA_ji.to(DT)), q_j.to(DT), IEEE)
         # diagonal sub-block (exact), strict pairs
-        dA_ii = _tile(dA, r_i, m_i, ci, C, H * C, i_h * C)
+        dA_ii = load_tile(dA, r_i, m_i, ci, C, H * C, i_h * C)
         if GK == 2:
             if USE_U:
                 gT = g_i
@@ -1163,10 +1085,10 @@ def _bwd_intra_kernel(q, k, gkb, gkr, dA, dqi, dki, cu, chunk_seq, chunk_idx, N,
                 dA_ii = dA_ii * _diag_decay(_gvec(gkr, r_i, m_i, H, i_h), t_i, m_i, BS, USE_U, True)
             else:
                 dA_ii = tl.where((t_i[:, None] > t_i[None, :]) & m_i[:, None], dA_ii, 0.)
-            dq_i += _mm(dA_ii.to(DT), _tile(k, r_i, m_i, ck, K, H * K, i_h * K).to(DT), IEEE)
-            dk_i += _mm(tl.trans(dA_ii.to(DT)), _tile(q, r_i, m_i, ck, K, H * K, i_h * K).to(DT), IEEE)
-        _store_tile(dqi, dq_i, r_i, m_i, ck, K, H * K, i_h * K)
-        _store_tile(dki, dk_i, r_i, m_i, ck, K, H * K, i_h * K)
+            dq_i += _mm(dA_ii.to(DT), load_tile(k, r_i, m_i, ck, K, H * K, i_h * K).to(DT), IEEE)
+            dk_i += _mm(tl.trans(dA_ii.to(DT)), load_tile(q, r_i, m_i, ck, K, H * K, i_h * K).to(DT), IEEE)
+        store_tile(dqi, dq_i, r_i, m_i, ck, K, H * K, i_h * K)
+        store_tile(dki, dk_i, r_i, m_i, ck, K, H * K, i_h * K)
 
 
 @triton.jit
@@ -1178,21 +1100,21 @@ def _bwd_inter_kernel(q, k, v, gkb, gkr, gks, u, h, do, dh, dA, dqi, dki, dq, dk
     block per program; the key-gate gradient q * dq - k * dk into dbk (q * dq also into dbq with the bonus), without
     the t == s terms and the last token's final-state path, which are added to dq / dk afterwards."""
     i_k, i_c, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    i_n, i_h, i_t, bos, eos, hc = _chunk_info(i_c, i_bh, cu, chunk_seq, chunk_idx, N, NT, H, VARLEN)
+    i_n, i_h, i_t, bos, eos, hc = chunk_info(i_c, i_bh, cu, chunk_seq, chunk_idx, N, NT, H, VARLEN)
     DT = q.dtype.element_ty if LOWP else tl.float32
     L = eos - bos
     ac = tl.arange(0, C)
     t = i_t * C + ac
     m = t < L
-    r = _rows(t, bos, eos, REVERSE)
+    r = phys_row(t, bos, eos, REVERSE)
     ck = i_k * BK + tl.arange(0, BK)
     dq_c = tl.zeros([C, BK], dtype=tl.float32)
     dk_c = tl.zeros([C, BK], dtype=tl.float32)
     for iv in range(tl.cdiv(V, BV)):
         cv = iv * BV + tl.arange(0, BV)
-        dq_c += _mm(_tile(do, r, m, cv, V, H * V, i_h * V).to(DT),
+        dq_c += _mm(load_tile(do, r, m, cv, V, H * V, i_h * V).to(DT),
                     tl.trans(_state_tile(h, hc, H, i_h, ck, cv, K, V).to(DT)), IEEE)
-        dk_c += _mm(_tile(v, r, m, cv, V, H * V, i_h * V).to(DT),
+        dk_c += _mm(load_tile(v, r, m, cv, V, H * V, i_h * V).to(DT),
                     tl.trans(_state_tile(dh, hc, H, i_h, ck, cv, K, V).to(DT)), IEEE)
     dq_c = dq_c * scale
     if GK > 0:
@@ -1204,16 +1126,16 @@ def _bwd_inter_kernel(q, k, v, gkb, gkr, gks, u, h, do, dh, dA, dqi, dki, dq, dk
         dk_last = tl.where((t == L - 1)[:, None], dk_c, 0.)
         dk_c = dk_c * tl.exp(tl.where(m[:, None] & (t != L - 1)[:, None], _gtile(gks, r, m, ck, K, H, i_h, GK),
                                       NEG_INF))
-    dq_c += _tile(dqi, r, m, ck, K, H * K, i_h * K)
-    dk_c += _tile(dki, r, m, ck, K, H * K, i_h * K)
-    q_c = _tile(q, r, m, ck, K, H * K, i_h * K)
-    k_c = _tile(k, r, m, ck, K, H * K, i_h * K)
+    dq_c += load_tile(dqi, r, m, ck, K, H * K, i_h * K)
+    dk_c += load_tile(dki, r, m, ck, K, H * K, i_h * K)
+    q_c = load_tile(q, r, m, ck, K, H * K, i_h * K)
+    k_c = load_tile(k, r, m, ck, K, H * K, i_h * K)
     if GK > 0:
         qdq = q_c * dq_c
         if GK == 2:
-            _store_tile(dbk, qdq - k_c * dk_c, r, m, ck, K, H * K, i_h * K)
+            store_tile(dbk, qdq - k_c * dk_c, r, m, ck, K, H * K, i_h * K)
             if USE_U:
-                _store_tile(dbq, qdq, r, m, ck, K, H * K, i_h * K)
+                store_tile(dbq, qdq, r, m, ck, K, H * K, i_h * K)
         else:
             tl.store(dbk + r.to(tl.int64) * H + i_h, tl.sum(qdq - k_c * dk_c, axis=1), mask=m)
             if USE_U:
@@ -1223,59 +1145,15 @@ def _bwd_inter_kernel(q, k, v, gkb, gkr, gks, u, h, do, dh, dA, dqi, dki, dq, dk
     dA_tt = tl.load(dA + r.to(tl.int64) * H * C + i_h * C + ac, mask=m, other=0.)
     dq_c += _diag_self_term(dA_tt, dA_tt, k_c, u, i_h, ck, K, USE_U)
     dk_c += _diag_self_term(dA_tt, dA_tt, q_c, u, i_h, ck, K, USE_U)
-    _store_tile(dq, dq_c, r, m, ck, K, H * K, i_h * K)
-    _store_tile(dk, dk_c, r, m, ck, K, H * K, i_h * K)
+    store_tile(dq, dq_c, r, m, ck, K, H * K, i_h * K)
+    store_tile(dk, dk_c, r, m, ck, K, H * K, i_h * K)
 
 
 # ----------------------------------------------------------------------------------------------------------
 # host side
 # ----------------------------------------------------------------------------------------------------------
-class _Meta:
-    """Chunk tables shared by every launch of one call."""
-
-    def __init__(self, B, N, H, cu_seqlens, C, device):
-        self.C = C
-        self.H = H
-        self.N = N
-        if cu_seqlens is None:
-            self.varlen = False
-            self.NT = triton.cdiv(N, C)
-            self.nseq = B
-            self.nchunks = self.NT          # grid axis; B*H on the other axis
-            self.total_chunks = B * self.NT
-            self.nbh = B * H
-            dummy = torch.zeros(1, dtype=torch.int32, device=device)
-            self.cu = self.chunk_seq = self.chunk_idx = self.chunk_off = dummy
-            lasts = torch.arange(B, device=device) * N
-            self.last_rows = lasts  # + (N-1) unless reverse
-            self.ends = lasts + N - 1
-        else:
-            self.varlen = True
-            cu = cu_seqlens.to(device=device, dtype=torch.int32)
-            lens = (cu[1:] - cu[:-1]).long()
-            nts = (lens + C - 1) // C
-            self.NT = 0
-            self.nseq = len(lens)
-            self.total_chunks = int(nts.sum().item())
-            self.nchunks = self.total_chunks
-            self.nbh = H
-            off = torch.zeros(self.nseq + 1, dtype=torch.long, device=device)
-            off[1:] = torch.cumsum(nts, 0)
-            self.cu = cu
-            self.chunk_off = off[:-1].to(torch.int32)
-            seq = torch.repeat_interleave(torch.arange(self.nseq, device=device), nts)
-            self.chunk_seq = seq.to(torch.int32)
-            self.chunk_idx = (torch.arange(self.total_chunks, device=device) - off[seq]).to(torch.int32)
-            self.last_rows = cu[:-1].long()
-            self.ends = cu[1:].long() - 1
-
-    def last_logical_rows(self, reverse):
-        """Physical row of each sequence's last logical step (where the final state is read)."""
-        return self.last_rows if reverse else self.ends
-
-
 def _use_A(gv):
-    return A_PATH and gv is None
+    return current_options().gla_a_path and gv is None
 
 
 def _or(t, dummy):
@@ -1289,10 +1167,8 @@ def _lowp(ieee):
 
 def _prec(ieee):
     """IEEE code of the kernels: 1 for fp32 inputs; for 16-bit inputs, where a kernel takes fp32 operands,
-    0 (tf32) or 2 (3xtf32) after F32_OPERANDS."""
-    if F32_OPERANDS not in ('tf32', 'tf32x3'):
-        raise ValueError(f"F32_OPERANDS must be 'tf32' or 'tf32x3', got {F32_OPERANDS!r}")
-    return 1 if ieee else (2 if F32_OPERANDS == 'tf32x3' else 0)
+    0 (tf32) or 2 (3xtf32) after the option ``gla_f32_operands``."""
+    return 1 if ieee else (2 if current_options().gla_f32_operands == 'tf32x3' else 0)
 
 
 def _pow2(x, lo=16):
@@ -1317,8 +1193,8 @@ def _gate_cumsum(g, meta, reverse):
         return None, None
     scalar = g.dim() == 3
     D = 1 if scalar else g.shape[-1]
-    out = _empty(g.shape, torch.float32, g.device)
-    suf = _empty(g.shape, torch.float32, g.device)
+    out = alloc(g.shape, torch.float32, g.device)
+    suf = alloc(g.shape, torch.float32, g.device)
     _cumsum_kernel[(meta.nchunks, meta.nbh)](g, out, suf, meta.cu, meta.chunk_seq, meta.chunk_idx, meta.N, meta.NT,
                                              meta.H, D, C=meta.C, BD=_pow2(D, 1), SCALAR=scalar,
                                              REVERSE=reverse, VARLEN=meta.varlen)
@@ -1329,7 +1205,7 @@ def _revcumsum(x, meta, reverse):
     scalar = x.dim() == 3
     D = 1 if scalar else x.shape[-1]
     BD = 1 if scalar else min(64, _pow2(D))
-    out = _empty(x.shape, x.dtype, x.device)
+    out = alloc(x.shape, x.dtype, x.device)
     grid = (1 if scalar else triton.cdiv(D, BD), meta.nseq * meta.H)
     _revcumsum_kernel[grid](x, out, meta.cu, meta.chunk_off, meta.N, meta.NT, meta.H, D, C=meta.C, BD=BD,
                             SCALAR=scalar, REVERSE=reverse, VARLEN=meta.varlen)
@@ -1340,9 +1216,9 @@ def _fwd_h(k, v, gkb, gks, gvb, gvs, h0, store_ht, meta, GK, reverse, ieee, lowp
     K, V = k.shape[-1], v.shape[-1]
     H = meta.H
     BKh, BVh = _state_blocks(K, V, meta.nseq * H)
-    h = _empty((meta.total_chunks, H, K, V), torch.float32, k.device)
-    ht = _empty((meta.nseq, H, K, V), torch.float32, k.device) if store_ht else h
-    ht_ex = _empty((meta.nseq, H, K, V), torch.float32, k.device) if store_ht else h
+    h = alloc((meta.total_chunks, H, K, V), torch.float32, k.device)
+    ht = alloc((meta.nseq, H, K, V), torch.float32, k.device) if store_ht else h
+    ht_ex = alloc((meta.nseq, H, K, V), torch.float32, k.device) if store_ht else h
     grid = (triton.cdiv(K, BKh), triton.cdiv(V, BVh), meta.nseq * H)
     _fwd_h_kernel[grid](k, v, _or(gkb, k), _or(gks, k), _or(gvb, v), _or(gvs, v), h,
                         h0 if h0 is not None else h, ht, ht_ex, meta.cu, meta.chunk_off, meta.N, meta.NT, H, K, V,
@@ -1353,23 +1229,20 @@ def _fwd_h(k, v, gkb, gks, gvb, gvs, h0, store_ht, meta, GK, reverse, ieee, lowp
 
 
 def _launch_opts(K, *names):
-    """Launch options of a kernel; LAUNCH entries of ``names`` override in order ('dqk' applies to both the dq
-    and the dk kernel, 'dq' / 'dk' to one)."""
+    """Launch options of a kernel; ``kernel_options(launch=...)`` entries of ``names`` override in order ('dqk'
+    applies to both the dq and the dk kernel, 'dq' / 'dk' to one)."""
     opts = dict(num_warps=4) if K <= 64 else dict(num_warps=8)
     if 'fwd_A' in names and K <= 64:
-        # H100, gla vector 8x12x4096x64 bf16: 0.43 ms against 0.57 ms (4 warps); offline sm_90a ptxas, bf16,
-        # K = 64, 2 warps: 128 / 168 registers (vector gates without / with the bonus), 118 / 128 (scalar),
-        # 58 / 104 (no gate), no spills
+        # 2 warps: faster on the H100 (docs/benchmarks/recurrent_gla.md); offline sm_90a ptxas at K = 64, bf16:
+        # no spills with or without the bonus and for every gate kind
         opts['num_warps'] = 2
     if 'fwd_o' in names:
-        opts['num_stages'] = 1  # H100, gla vector 8x12x4096x64 bf16: 0.87 ms against 1.04 ms (2 stages)
+        opts['num_stages'] = 1  # faster than 2 stages on the H100 (docs/benchmarks/recurrent_gla.md)
     if any(n in names for n in ('fwd_oA', 'dA', 'dvA', 'inter')):
         # full-chunk kernels: their K / V loops run once at K = V <= 64, so stages only cost shared memory;
-        # _bwd_inter_kernel (bf16, K = V = 64, 4 warps, sm_90a) needs 255 registers and spills with 3 stages,
-        # 244 and none with 1
+        # _bwd_inter_kernel (bf16, K = V = 64, 4 warps, sm_90a) spills with 3 stages, not with 1
         opts['num_stages'] = 1
-    for name in names:
-        opts.update(LAUNCH.get(name, {}))
+    opts.update(current_options().launch_for(*names))
     return opts
 
 
@@ -1381,16 +1254,16 @@ def gla_fwd(q, k, v, gk, gv, u, scale, h0, output_final_state, meta, reverse):
     gvb, gvs = _gate_cumsum(gv, meta, reverse)
     # value gates: dL/dgv = o * do - v * dv cancels, and o comes from this pass: it must be computed with the
     # backward's operand precision, or the two roundings do not cancel (GSA bf16 dg 3e-2 on the H100)
-    lowp = _lowp(ieee) and (gv is None or not BWD_FP32)
+    lowp = _lowp(ieee) and (gv is None or not current_options().gla_bwd_fp32)
     h, ht, ht_ex = _fwd_h(k, v, gkb, gks, gvb, gvs, h0, output_final_state, meta, GK, reverse, ieee, lowp=lowp)
     if _use_A(gv):
         # intra-chunk scores once (A, fp32, kept for the backward's dv), then full-chunk matmuls
-        A = _empty((*q.shape[:3], meta.C), torch.float32, q.device)
+        A = alloc((*q.shape[:3], meta.C), torch.float32, q.device)
         _fwd_A_kernel[(meta.C // SUB, meta.nchunks, meta.nbh)](
             q, k, _or(gkb, q), _or(gk, q), _or(u, q), A, meta.cu, meta.chunk_seq, meta.chunk_idx, scale, meta.N,
             meta.NT, meta.H, K, C=meta.C, BS=SUB, BK=_pow2(K), GK=GK, USE_U=u is not None, REVERSE=reverse,
             VARLEN=meta.varlen, IEEE=_prec(ieee), LOWP=lowp, **_launch_opts(K, 'fwd_A'))
-        o = _empty(v.shape, v.dtype, v.device)
+        o = alloc(v.shape, v.dtype, v.device)
         BK, BV = min(64, _pow2(K)), min(64, _pow2(V))
         _fwd_oA_kernel[(triton.cdiv(V, BV), meta.nchunks, meta.nbh)](
             q, v, _or(gkb, q), _or(gk, q), h, A, o, meta.cu, meta.chunk_seq, meta.chunk_idx, scale, meta.N, meta.NT,
@@ -1398,7 +1271,7 @@ def gla_fwd(q, k, v, gk, gv, u, scale, h0, output_final_state, meta, reverse):
             IEEE=_prec(ieee), LOWP=lowp, **_launch_opts(K, 'fwd_oA'))
         return o, ht, ht_ex, A, (gkb, gks, gvb, gvs)
     # with value gates the backward reads o (dL/dgv = o * do - v * dv): keep it in fp32 for that
-    o = _empty(v.shape, torch.float32 if gv is not None else v.dtype, v.device)
+    o = alloc(v.shape, torch.float32 if gv is not None else v.dtype, v.device)
     BK, BV = _pow2(K), min(64, _pow2(V))
     grid = (triton.cdiv(V, BV), meta.nchunks, meta.nbh)
     _fwd_o_kernel[grid](q, k, v, _or(gkb, q), _or(gk, q), _or(gvb, v), _or(gv, v), _or(u, q), h, o,
@@ -1425,7 +1298,7 @@ def gla_bwd(q, k, v, gk, gv, u, scale, h0, o, do, dht, meta, reverse, A=None, cu
     # 16-bit inputs: the backward's state, state-gradient and dq/dk kernels take fp32 operands (tf32 tensor
     # cores): the gate gradient q*dq - k*dk cancels, and bf16 operands there gave dL/dg errors of 2-3e-2 at
     # N = 4096 on the H100 (tf32: ~8x smaller operand rounding)
-    lowp = _lowp(ieee) and not BWD_FP32
+    lowp = _lowp(ieee) and not current_options().gla_bwd_fp32
     # the final-state gate-gradient term (dht * final state without the last token) cancels against the dk/dv
     # terms of that path: the state is taken from this recompute, in the backward's precision, not the forward's
     # (bf16 operands there: GSA dL/dg 2e-2 on the H100)
@@ -1433,8 +1306,8 @@ def gla_bwd(q, k, v, gk, gv, u, scale, h0, o, do, dht, meta, reverse, A=None, cu
     h, _, ht = _fwd_h(k, v, gkb, gks, gvb, gvs, h0, need_ht, meta, GK, reverse, ieee, lowp=lowp)
     do = do.contiguous()
     BKh, BVh = _state_blocks(K, V, meta.nseq * H)
-    dh = _empty((meta.total_chunks, H, K, V), torch.float32, q.device)
-    dh0 = _empty((meta.nseq, H, K, V), torch.float32, q.device) if h0 is not None else None
+    dh = alloc((meta.total_chunks, H, K, V), torch.float32, q.device)
+    dh0 = alloc((meta.nseq, H, K, V), torch.float32, q.device) if h0 is not None else None
     _bwd_dh_kernel[(triton.cdiv(K, BKh), triton.cdiv(V, BVh), meta.nseq * H)](
         q, do, _or(gkb, q), _or(gk, q), _or(gvb, q), dh, _or(dht, dh), _or(dh0, dh),
         meta.cu, meta.chunk_off, scale, meta.N, meta.NT, H, K, V, C=meta.C, BK=BKh, BV=BVh, GK=GK,
@@ -1479,22 +1352,22 @@ def _bwd_A(q, k, v, gkb, gk, gks, u, scale, h, dh, A, do, meta, GK, reverse, iee
     BK, BV = min(64, _pow2(K)), min(64, _pow2(V))
     cm = dict(REVERSE=reverse, VARLEN=meta.varlen, IEEE=_prec(ieee))
     tabs = (meta.cu, meta.chunk_seq, meta.chunk_idx)
-    dA = _empty(A.shape, torch.float32, q.device)
+    dA = alloc(A.shape, torch.float32, q.device)
     _bwd_dA_kernel[(meta.nchunks, meta.nbh)](v, do, dA, *tabs, scale, meta.N, meta.NT, H, V, C=meta.C, BV=BV,
                                             LOWP=lowp, **cm, **_launch_opts(K, 'dA'))
-    dv = _empty(v.shape, v.dtype, v.device)
+    dv = alloc(v.shape, v.dtype, v.device)
     _bwd_dvA_kernel[(triton.cdiv(V, BV), meta.nchunks, meta.nbh)](
         k, _or(gks, k), A, do, dh, dv, *tabs, meta.N, meta.NT, H, K, V, C=meta.C, BK=BK, BV=BV, GK=GK,
         LOWP=_lowp(ieee), **cm, **_launch_opts(K, 'dvA'))
-    dqi = _empty(q.shape, torch.float32, q.device)
-    dki = _empty(k.shape, torch.float32, k.device)
+    dqi = alloc(q.shape, torch.float32, q.device)
+    dki = alloc(k.shape, torch.float32, k.device)
     _bwd_intra_kernel[(triton.cdiv(K, BK) * (meta.C // SUB), meta.nchunks, meta.nbh)](
         q, k, _or(gkb, q), _or(gk, q), dA, dqi, dki, *tabs, meta.N, meta.NT, H, K, C=meta.C, BS=SUB, BK=BK, GK=GK,
         USE_U=u is not None, LOWP=lowp, **cm, **_launch_opts(K, 'intra'))
-    dq = _empty(q.shape, q.dtype, q.device)
-    dk = _empty(k.shape, k.dtype, k.device)
-    dbk = _empty(gk.shape, torch.float32, q.device) if gk is not None else None
-    dbq = _empty(gk.shape, torch.float32, q.device) if (gk is not None and u is not None) else None
+    dq = alloc(q.shape, q.dtype, q.device)
+    dk = alloc(k.shape, k.dtype, k.device)
+    dbk = alloc(gk.shape, torch.float32, q.device) if gk is not None else None
+    dbq = alloc(gk.shape, torch.float32, q.device) if (gk is not None and u is not None) else None
     # one gate per head: the gate gradient sums over all of K, so one key block
     BKi = _pow2(K) if GK == 1 else BK
     _bwd_inter_kernel[(triton.cdiv(K, BKi), meta.nchunks, meta.nbh)](
@@ -1510,18 +1383,18 @@ def _bwd_sub(q, k, v, gkb, gk, gks, gv, gvb, gvs, u, scale, h, dh, o, do, meta, 
     K, V = q.shape[-1], v.shape[-1]
     H = meta.H
     BK, BV = _pow2(K), min(64, _pow2(V))
-    dv = _empty(v.shape, v.dtype, v.device)
-    dbv = _empty(v.shape, torch.float32, v.device) if gv is not None else None
+    dv = alloc(v.shape, v.dtype, v.device)
+    dbv = alloc(v.shape, torch.float32, v.device) if gv is not None else None
     gates = (_or(gkb, q), _or(gk, q), _or(gks, q), _or(gvb, v), _or(gv, v), _or(gvs, v), _or(u, q))
     _bwd_dv_kernel[(triton.cdiv(V, BV), meta.nchunks, meta.nbh)](
         q, k, v, *gates, _or(o, v), do, dh, dv, _or(dbv, v), meta.cu, meta.chunk_seq, meta.chunk_idx, scale,
         meta.N, meta.NT, H, K, V, C=meta.C, BS=SUB, BK=BK, BV=BV, GK=GK, GV=gv is not None,
         USE_U=u is not None, REVERSE=reverse, VARLEN=meta.varlen, IEEE=_prec(ieee),
         LOWP=_lowp(ieee) and gv is None, **_launch_opts(K, 'dv'))
-    dq = _empty(q.shape, q.dtype, q.device)
-    dk = _empty(k.shape, k.dtype, k.device)
-    dbk = _empty(gk.shape, torch.float32, q.device) if gk is not None else None
-    dbq = _empty(gk.shape, torch.float32, q.device) if (gk is not None and u is not None) else None
+    dq = alloc(q.shape, q.dtype, q.device)
+    dk = alloc(k.shape, k.dtype, k.device)
+    dbk = alloc(gk.shape, torch.float32, q.device) if gk is not None else None
+    dbq = alloc(gk.shape, torch.float32, q.device) if (gk is not None and u is not None) else None
     # dq first: it writes q * dq into dbk, which the dk kernel completes to q * dq - k * dk
     common = dict(C=meta.C, BS=SUB, BK=BK, BV=BV, GK=GK, GV=gv is not None, USE_U=u is not None, REVERSE=reverse,
                   VARLEN=meta.varlen, IEEE=_prec(ieee), LOWP=lowp)
@@ -1536,45 +1409,62 @@ def _bwd_sub(q, k, v, gkb, gk, gks, gv, gvb, gvs, u, scale, h, dh, o, do, meta, 
     return dq, dk, dv, dbk, dbv, dbq
 
 
-class ChunkGLAFunction(torch.autograd.Function):
-
-    @staticmethod
-    def forward(ctx, q, k, v, gk, gv, u, scale, h0, output_final_state, cu_seqlens, reverse, chunk_size):
-        q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
-        gk = gk.contiguous() if gk is not None else None
-        gv = gv.contiguous() if gv is not None else None
-        u = u.contiguous() if u is not None else None
-        h0 = h0.contiguous() if h0 is not None else None
-        B, N, H, K = q.shape
-        meta = _Meta(B, N, H, cu_seqlens, chunk_size, q.device)
-        o, ht, _, A, cums = gla_fwd(q, k, v, gk, gv, u, scale, h0, output_final_state, meta, reverse)
-        # the A path keeps the intra-chunk scores A (fp32 [B, N, H, C]) for dv; the value-gate path keeps o.
-        # KEEP_CUMSUM: also the chunk-local gate cumsums, so the backward does not relaunch _cumsum_kernel:
-        # gkb, gks (prefix / exclusive suffix sums of gk) with gk, gvb, gvs with gv; each fp32 in its gate's shape
-        # ([B, N, H, K] vector gates, [B, N, H] one gate per head; gv: [B, N, H, V]). Held until the backward:
-        # 8 bytes per gate element and gate (bf16 vector gk at 8x12x4096x64: 2 x 100 MB, 4x the gate itself)
-        keep = cums if KEEP_CUMSUM else (None,) * 4
-        ctx.save_for_backward(q, k, v, gk, gv, u, h0, o if gv is not None else None, A, *keep)
-        ctx.meta, ctx.scale, ctx.reverse = meta, scale, reverse
-        ctx.kept_cums = KEEP_CUMSUM
-        return o.to(v.dtype), ht
-
-    @staticmethod
-    def backward(ctx, do, dht):
-        q, k, v, gk, gv, u, h0, o, A, *cums = ctx.saved_tensors
-        dq, dk, dv, dgk, dgv, du, dh0 = gla_bwd(q, k, v, gk, gv, u, ctx.scale, h0, o, do,
-                                                dht.contiguous() if dht is not None else None,
-                                                ctx.meta, ctx.reverse, A=A,
-                                                cums=tuple(cums) if ctx.kept_cums else None)
-        return dq, dk, dv, dgk, dgv, du, None, dh0, None, None, None, None
+_INPUTS = ('q', 'k', 'v', 'gk', 'gv', 'u', 'h0')
 
 
-def chunk_gla_triton(q, k, v, gk=None, gv=None, u=None, scale=None, initial_state=None,
-                     output_final_state=False, cu_seqlens=None, reverse=False, chunk_size=CHUNK):
-    """Triton entry point (no argument checks; see :func:`vla_mm.ops.gla.chunk_gla`)."""
-    if scale is None:
-        scale = q.shape[-1] ** -0.5
-    if chunk_size % SUB != 0:
-        raise ValueError(f'chunk_size must be a multiple of {SUB}, got {chunk_size}')
-    return ChunkGLAFunction.apply(q, k, v, gk, gv, u, float(scale), initial_state, output_final_state,
-                                  cu_seqlens, reverse, chunk_size)
+def saved_layout(q, k, v, gk, gv, u, h0):
+    """Names of what the Triton forward keeps for the backward, in order (the custom op's residuals): the
+    intra-chunk scores ``A`` (A path) or the fp32 output ``o32`` (value gates, 16-bit inputs: dL/dgv reads o),
+    the chunk-local gate cumsums (``gla_keep_cumsum``: fp32, in each gate's shape, 8 bytes per gate element and
+    gate), and the contiguous copy of every input that was not contiguous (so the backward copies nothing)."""
+    opts = current_options()
+    if opts.gla_a_path and gv is None:
+        names = ['A']
+    else:
+        names = ['o32'] if gv is not None and v.dtype != torch.float32 else []
+    if opts.gla_keep_cumsum:
+        names += (['gkb', 'gks'] if gk is not None else []) + (['gvb', 'gvs'] if gv is not None else [])
+    names += [n for n, t in zip(_INPUTS, (q, k, v, gk, gv, u, h0)) if t is not None and not t.is_contiguous()]
+    return names
+
+
+def saved_like(names, q, k, v, gk, gv, u, h0, chunk_size):
+    """Empty tensors shaped as :func:`saved_layout`'s residuals (the custom op's fake implementation)."""
+    ins = dict(zip(_INPUTS, (q, k, v, gk, gv, u, h0)))
+    f32 = torch.float32
+    like = dict(A=lambda: q.new_empty((*q.shape[:3], chunk_size), dtype=f32),
+                o32=lambda: v.new_empty(v.shape, dtype=f32),
+                gkb=lambda: gk.new_empty(gk.shape, dtype=f32), gks=lambda: gk.new_empty(gk.shape, dtype=f32),
+                gvb=lambda: gv.new_empty(gv.shape, dtype=f32), gvs=lambda: gv.new_empty(gv.shape, dtype=f32))
+    return [like[n]() if n in like else ins[n].new_empty(ins[n].shape) for n in names]
+
+
+def chunk_gla_fwd(q, k, v, gk, gv, u, scale, h0, output_final_state, cu_seqlens, reverse, chunk_size):
+    """Triton forward of ``vla_mm::chunk_gla``: (o in v's dtype, fp32 final state or None, residuals)."""
+    names = saved_layout(q, k, v, gk, gv, u, h0)
+    dense = {n: t.contiguous() for n, t in zip(_INPUTS, (q, k, v, gk, gv, u, h0)) if t is not None}
+    q, k, v, gk, gv, u, h0 = (dense.get(n) for n in _INPUTS)
+    B, N, H, K = q.shape
+    meta = PackedSeqs(B, N, cu_seqlens, q.device).chunks(chunk_size, H)
+    o, ht, _, A, cums = gla_fwd(q, k, v, gk, gv, u, scale, h0, output_final_state, meta, reverse)
+    kept = dict(dense, A=A, o32=o, gkb=cums[0], gks=cums[1], gvb=cums[2], gvs=cums[3])
+    return o.to(v.dtype), ht, [kept[n] for n in names]
+
+
+def chunk_gla_bwd(do, dht, o, saved, q, k, v, gk, gv, u, scale, h0, output_final_state, cu_seqlens, reverse,
+                  chunk_size):
+    """Triton backward of ``vla_mm::chunk_gla`` from the forward's output ``o`` and residuals ``saved``:
+    (dq, dk, dv, dgk, dgv, du, dh0), None for an input that is None."""
+    names = saved_layout(q, k, v, gk, gv, u, h0)
+    if len(names) != len(saved):
+        raise RuntimeError(f'chunk_gla backward expected {names} from the forward, got {len(saved)} tensors: the '
+                           'kernel options gla_a_path / gla_keep_cumsum changed between forward and backward')
+    kept = dict(zip(names, saved))
+    q, k, v, gk, gv, u, h0 = (kept.get(n, t) for n, t in zip(_INPUTS, (q, k, v, gk, gv, u, h0)))
+    B, N, H, K = q.shape
+    meta = PackedSeqs(B, N, cu_seqlens, q.device).chunks(chunk_size, H)
+    cums = tuple(kept.get(n) for n in ('gkb', 'gks', 'gvb', 'gvs')) if current_options().gla_keep_cumsum else None
+    do = torch.zeros_like(o) if do is None else do
+    dht = dht.contiguous() if (dht is not None and output_final_state) else None
+    return gla_bwd(q, k, v, gk, gv, u, scale, h0, kept.get('o32', o) if gv is not None else None, do, dht, meta,
+                   reverse, A=kept.get('A'), cums=cums)

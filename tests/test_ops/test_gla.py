@@ -9,9 +9,14 @@ import torch
 import torch.nn.functional as F
 
 from vla_mm.ops import gla as gla_ops
+from vla_mm.ops.common import kernel_options
 from vla_mm.ops.gla import chunk, chunk_gla, chunk_gla_triton, gla_recurrent_reference
 
-chunk.POISON = True
+
+@pytest.fixture(autouse=True)
+def poison():
+    with kernel_options(poison=True):
+        yield
 
 
 def _rel(a, b):
@@ -106,16 +111,16 @@ def test_chunk_gla_bf16_fp16():
     _check(1, 40, 1, 16, 16, gate='vector', h0=True, dtype=torch.float16, chunk_size=32)
 
 
-def test_chunk_gla_precision_and_launch_options(monkeypatch):
+def test_chunk_gla_precision_and_launch_options():
     # the benchmark's knobs: 3xtf32 fp32 operands, bf16 backward operands, per-kernel launch options
-    monkeypatch.setattr(chunk, 'F32_OPERANDS', 'tf32x3')
-    monkeypatch.setattr(chunk, 'LAUNCH', {'dq': dict(num_warps=2), 'dk': dict(num_stages=1)})
-    _check(1, 40, 1, 16, 16, gate='vector', h0=True, dtype=torch.bfloat16, chunk_size=32)
-    monkeypatch.setattr(chunk, 'BWD_FP32', False)
-    _check(1, 40, 1, 16, 16, gate='vector', gv=True, h0=True, dtype=torch.bfloat16, reverse=True, chunk_size=32)
-    monkeypatch.setattr(chunk, 'F32_OPERANDS', 'fp64')
-    with pytest.raises(ValueError, match='F32_OPERANDS'):
-        _check(1, 8, 1, 16, 16, gate='vector', dtype=torch.bfloat16, chunk_size=16)
+    with kernel_options(gla_f32_operands='tf32x3', launch={'dq': dict(num_warps=2), 'dk': dict(num_stages=1)}):
+        _check(1, 40, 1, 16, 16, gate='vector', h0=True, dtype=torch.bfloat16, chunk_size=32)
+        with kernel_options(gla_bwd_fp32=False):
+            _check(1, 40, 1, 16, 16, gate='vector', gv=True, h0=True, dtype=torch.bfloat16, reverse=True,
+                   chunk_size=32)
+    with pytest.raises(ValueError, match='gla_f32_operands'):
+        with kernel_options(gla_f32_operands='fp64'):
+            pass
 
 
 class _Refuse:
@@ -145,17 +150,17 @@ def test_chunk_gla_A_path(monkeypatch, gate, u, reverse, cu, K, V):
 
 @pytest.mark.parametrize('gate,u', [('vector', True), ('scalar', False)])
 def test_chunk_gla_sub_block_path(monkeypatch, gate, u):
-    # A_PATH = False: the sub-block kernels for calls without value gates (kept for comparison)
-    monkeypatch.setattr(chunk, 'A_PATH', False)
+    # gla_a_path=False: the sub-block kernels for calls without value gates (kept for comparison)
     for name in ('_fwd_A_kernel', '_bwd_intra_kernel', '_bwd_inter_kernel'):
         monkeypatch.setattr(chunk, name, _Refuse(name))
-    _check(1, 50, 1, 16, 16, gate=gate, u=u, h0=True, reverse=True, chunk_size=32)
+    with kernel_options(gla_a_path=False):
+        _check(1, 50, 1, 16, 16, gate=gate, u=u, h0=True, reverse=True, chunk_size=32)
 
 
-def test_chunk_gla_A_path_launch_options(monkeypatch):
-    monkeypatch.setattr(chunk, 'LAUNCH', {n: dict(num_warps=2, num_stages=2)
-                                          for n in ('fwd_A', 'fwd_oA', 'dA', 'dvA', 'intra', 'inter')})
-    _check(1, 40, 1, 16, 16, gate='vector', u=True, h0=True, dtype=torch.bfloat16, chunk_size=32)
+def test_chunk_gla_A_path_launch_options():
+    with kernel_options(launch={n: dict(num_warps=2, num_stages=2)
+                                for n in ('fwd_A', 'fwd_oA', 'dA', 'dvA', 'intra', 'inter')}):
+        _check(1, 40, 1, 16, 16, gate='vector', u=True, h0=True, dtype=torch.bfloat16, chunk_size=32)
 
 
 def test_public_op_dispatch_and_checks():
@@ -203,16 +208,16 @@ def test_chunk_gla_backward_reuses_gate_cumsums(monkeypatch, gate, gv, u):
     cus = None
     results = {}
     for keep in (True, False):
-        monkeypatch.setattr(chunk, 'KEEP_CUMSUM', keep)
         count = _Count(chunk._cumsum_kernel)
         monkeypatch.setattr(chunk, '_cumsum_kernel', count)
         xs = [x.detach().clone().requires_grad_(True) if x is not None else None for x in ins]
         q, k, v, g, gvv, uu, hh = xs
-        o, ht = chunk_gla_triton(q, k, v, gk=g, gv=gvv, u=uu, initial_state=hh, output_final_state=True,
-                                 cu_seqlens=cus, reverse=True, chunk_size=32)
-        assert count.n == ngates
-        torch.manual_seed(1)
-        loss = (o * torch.randn_like(o)).sum() + (ht * torch.randn_like(ht)).sum()
+        with kernel_options(gla_keep_cumsum=keep):
+            o, ht = chunk_gla_triton(q, k, v, gk=g, gv=gvv, u=uu, initial_state=hh, output_final_state=True,
+                                     cu_seqlens=cus, reverse=True, chunk_size=32)
+            assert count.n == ngates
+            torch.manual_seed(1)
+            loss = (o * torch.randn_like(o)).sum() + (ht * torch.randn_like(ht)).sum()
         grads = torch.autograd.grad(loss, [x for x in xs if x is not None])
         assert count.n == (ngates if keep else 2 * ngates), f'backward launched _cumsum_kernel (keep={keep})'
         results[keep] = [o, ht, *grads]
@@ -221,10 +226,10 @@ def test_chunk_gla_backward_reuses_gate_cumsums(monkeypatch, gate, gv, u):
         assert torch.isfinite(a).all() and torch.equal(a, b)
 
 
-def test_fwd_A_default_launch(monkeypatch):
-    # _fwd_A_kernel launches with 2 warps at K <= 64 by default; LAUNCH['fwd_A'] still overrides
+def test_fwd_A_default_launch():
+    # _fwd_A_kernel launches with 2 warps at K <= 64 by default; launch={'fwd_A': ...} still overrides
     assert chunk._launch_opts(64, 'fwd_A')['num_warps'] == 2
     assert chunk._launch_opts(128, 'fwd_A')['num_warps'] == 8
     assert chunk._launch_opts(64, 'fwd_oA')['num_warps'] == 4
-    monkeypatch.setattr(chunk, 'LAUNCH', {'fwd_A': dict(num_warps=4, num_stages=1)})
-    assert chunk._launch_opts(64, 'fwd_A') == dict(num_warps=4, num_stages=1)
+    with kernel_options(launch={'fwd_A': dict(num_warps=4, num_stages=1)}):
+        assert chunk._launch_opts(64, 'fwd_A') == dict(num_warps=4, num_stages=1)

@@ -5,10 +5,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from vla_mm.ops.gla import chunk
+from vla_mm.ops.common import kernel_options
 from vla_mm.ops.gsa import gsa, gsa_recurrent_reference, gsa_triton
 
-chunk.POISON = True
+
+@pytest.fixture(autouse=True)
+def poison():
+    with kernel_options(poison=True):
+        yield
 
 
 def _rel(a, b):

@@ -1,0 +1,84 @@
+"""tools/check_ops_gpu.py: the CPU smoke run (public ops through the reference, ``*_triton`` entry points through
+the interpreter, in worker subprocesses) writes a JSON of every case and the op x dtype table; the covering
+design holds what the GPU sweep promises; a worker that dies is reported with its case, and the rest of its
+group re-runs in a fresh worker."""
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+TOOL = os.path.join(ROOT, 'tools', 'check_ops_gpu.py')
+sys.path.insert(0, os.path.join(ROOT, 'tools'))
+import check_ops_gpu as T  # noqa: E402
+
+
+def _run(*args, timeout=240):
+    env = {k: v for k, v in os.environ.items() if k not in ('TRITON_INTERPRET', 'VLA_OPS_REFERENCE')}
+    return subprocess.run([sys.executable, TOOL, *args], capture_output=True, text=True, timeout=timeout, env=env,
+                          cwd=ROOT)
+
+
+def test_smoke_writes_results_and_table(tmp_path):
+    p = _run('--smoke', '--out', str(tmp_path))
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    rep = json.loads((tmp_path / 'results.json').read_text())
+    cases = rep['cases']
+    ops = {c['op'] for c in cases}
+    for name in ('linear_attn', 'chunk_gla', 'chunk_rwkv6', 'gsa', 'hgrn', 'delta_rule', 'gated_delta_rule'):
+        assert name in ops and name + ' [triton]' in ops or name in T.WRAPPERS, name
+    assert all(c['status'] == 'pass' for c in cases), [c for c in cases if c['status'] != 'pass']
+    for c in cases:   # every output and every input gradient was compared, against float64
+        assert 'o' in c['errors'] and any(k.startswith('d') for k in c['errors'])
+        assert all(e is not None and e < T.TOL[c['dtype']] for e in c['errors'].values())
+    assert {c['group'] for c in cases} == {'smoke-op-reference', 'smoke-triton-all', 'smoke-triton-risky'}
+    table = (tmp_path / 'table.md').read_text()
+    assert '| op | dtype | run | passed | worst error | failures |' in table
+    assert '| gated_delta_rule [triton] | bfloat16 | 1 | 1 |' in table
+    assert p.stdout.rstrip().endswith(table.rstrip().splitlines()[-1])   # the table is printed last
+
+
+def test_design_covers_every_axis_with_every_dtype():
+    cases = T.design()
+    assert len({c['id'] for c in cases}) == len(cases)
+    for op, axes in T.OP_AXES.items():
+        cs = [c for c in cases if c['op'] == op]
+        for d in T.DTYPES:
+            cd = [c for c in cs if c['dtype'] == d]
+            ks = T.KS if op not in T.WRAPPERS else (64, 128)
+            want = dict(axes, N=T.NS, K=ks, **({} if op == 'hgrn' else {'V': T.VS}))
+            for axis, values in want.items():
+                for v in values:
+                    assert any(c[axis] == v for c in cd), (op, d, axis, v)
+            if op not in T.WRAPPERS:
+                for N in (65, 1000):
+                    assert {c['K'] for c in cd if c['N'] == N} == set(T.KS), (op, d, N)
+    assert {c['op'] for c in cases if T.risky(c)} == set(T.OP_AXES)
+    groups = T.groups_of(cases)
+    assert all(all(T.risky(c) for c in g['cases']) == g['name'].endswith('-risky') for g in groups)
+
+
+def test_packed_boundaries_have_one_token_sequences():
+    import torch
+    for N in (1, 2, 63, 4097):
+        cu = T._cu(torch, N, 'cpu').tolist()
+        lens = [b - a for a, b in zip(cu[:-1], cu[1:])]
+        assert cu[0] == 0 and cu[-1] == N and min(lens) >= 1 and (N < 3 or lens.count(1) >= 2)
+
+
+def test_dead_worker_is_reported_and_the_rest_rerun(tmp_path, monkeypatch):
+    """A worker killed in a case (as an illegal memory access kills the process) marks that case 'crash'; the
+    group's other cases run in a fresh worker."""
+    cases = [dict(c, id=c['id']) for c in T.smoke_cases() if c['op'] in ('hgrn', 'delta_rule')]
+    cases.insert(1, dict(cases[0], op='hgrn', id='hgrn|float32|dies'))
+    monkeypatch.setenv('CHECK_OPS_GPU_DIE_AT', 'hgrn|float32|dies')
+    args = argparse.Namespace(device='cpu', ops_source=None, jobs=1, grace=30)
+    recs = T.run_groups([{'name': 'g', 'cases': cases, 'env': {'VLA_OPS_REFERENCE': '1'}}], args, str(tmp_path),
+                        deadline=time.time() + 120)
+    assert recs['hgrn|float32|dies']['status'] == 'crash'
+    assert 'died' in recs['hgrn|float32|dies']['message']
+    others = [r for i, r in recs.items() if i != 'hgrn|float32|dies']
+    assert len(others) == len(cases) - 1 and all(r['status'] == 'pass' for r in others)
+    assert any(r['group'].endswith('-r1') for r in others)

@@ -94,6 +94,13 @@ def test_chunk_gla_varlen(reverse):
     _check(1, 80, 1, 16, 16, gate='vector', h0=True, reverse=reverse, cu=[0, 1, 8, 80], chunk_size=32)
 
 
+@pytest.mark.parametrize('reverse', [False, True])
+def test_chunk_gla_empty_sequences(reverse):
+    # empty packed sequences first and last (their final state is the initial one): the final-state gate-gradient
+    # term was added at row -1 / row N (an index out of range) before
+    _check(1, 30, 1, 16, 16, gate='vector', h0=True, reverse=reverse, cu=[0, 0, 30, 30], chunk_size=16)
+
+
 def test_chunk_gla_value_gate():
     _check(1, 50, 1, 16, 32, gate='vector', gv=True, h0=True, reverse=True, chunk_size=32)
     _check(1, 40, 1, 32, 16, gate='none', gv=True, h0=False, reverse=False, chunk_size=32)

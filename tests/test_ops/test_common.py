@@ -1,0 +1,237 @@
+"""ops/common: kernel options, the dispatch rule, argument checks, packed-sequence tables, the shared jit helpers
+(a probe kernel under the interpreter) and the custom-op registration helper (a toy op, both backward modes)."""
+import dataclasses
+import threading
+
+import pytest
+import torch
+import triton
+import triton.language as tl
+from torch._subclasses.fake_tensor import FakeTensorMode
+
+from vla_mm.ops.common import (KernelOptions, PackedSeqs, check_cu_seqlens, check_qkv, current_options,
+                               kernel_options, register_op, use_triton)
+from vla_mm.ops.common.jit import chunk_info, load_tile, phys_row, store_tile
+
+
+# ------------------------------------------------------------------------------------------------------------
+# options
+# ------------------------------------------------------------------------------------------------------------
+def test_kernel_options_nest_merge_and_restore():
+    assert current_options() == KernelOptions()
+    with kernel_options(poison=True, launch={'fwd_A': dict(num_warps=2)}) as outer:
+        assert current_options() is outer and outer.poison
+        with kernel_options(launch={'dq': dict(num_stages=1)}, gla_a_path=False) as inner:
+            assert dict(inner.launch_for('fwd_A', 'dq')) == dict(num_warps=2, num_stages=1)
+            assert inner.poison and not inner.gla_a_path
+        assert current_options() is outer and 'dq' not in outer.launch
+    assert current_options() == KernelOptions()
+
+
+def test_kernel_options_are_frozen_and_checked():
+    opts = KernelOptions(launch={'fwd_A': dict(num_warps=2)})
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        opts.poison = True
+    with pytest.raises(TypeError):
+        opts.launch['fwd_A']['num_warps'] = 4
+    with pytest.raises(ValueError, match='unknown kernel option'):
+        with kernel_options(POISON=True):
+            pass
+    with pytest.raises(ValueError, match='backend'):
+        KernelOptions(backend='cuda')
+    assert hash(opts) == hash(KernelOptions(launch={'fwd_A': dict(num_warps=2)}))
+
+
+def test_kernel_options_do_not_leak_into_other_threads():
+    seen = []
+    with kernel_options(poison=True):
+        t = threading.Thread(target=lambda: seen.append(current_options().poison))
+        t.start()
+        t.join()
+    assert seen == [False]
+
+
+# ------------------------------------------------------------------------------------------------------------
+# dispatch rule
+# ------------------------------------------------------------------------------------------------------------
+def test_use_triton_rule(monkeypatch):
+    cpu = torch.zeros(2)
+    assert not use_triton(cpu, None)
+    with kernel_options(backend='triton'):
+        assert use_triton(cpu) and not use_triton(cpu, cpu.double())     # float64 always takes the reference
+    with FakeTensorMode():                                                # CUDA tensors without a GPU
+        cuda = torch.zeros(2, device='cuda')
+        assert use_triton(cuda, None) and not use_triton(cuda, cpu)
+        with kernel_options(backend='reference'):
+            assert not use_triton(cuda)
+        monkeypatch.setenv('VLA_OPS_REFERENCE', '1')
+        assert not use_triton(cuda)
+        with kernel_options(backend='triton'):
+            assert use_triton(cuda)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# checks
+# ------------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize('cu, B, N, match', [
+    ([0, 3, 3, 9], 1, 9, None),
+    ([0, 9], 2, 9, 'B == 1'),
+    ([0, 4, 8], 1, 9, 'rise from 0 to N'),
+    ([0, 5, 4, 9], 1, 9, 'rise from 0 to N'),
+    ([1, 9], 1, 9, 'rise from 0 to N'),
+    ('float', 1, 9, '1-D int32/int64'),
+    ('2d', 1, 9, '1-D int32/int64'),
+    ([0], 1, 9, '1-D int32/int64'),
+])
+def test_check_cu_seqlens(cu, B, N, match):
+    t = {'float': torch.tensor([0., 9.]), '2d': torch.tensor([[0, 9]])}.get(cu) if isinstance(cu, str) \
+        else torch.tensor(cu, dtype=torch.int32)
+    if match is None:
+        assert check_cu_seqlens(t, B, N) == len(cu) - 1 and check_cu_seqlens(None, B, N) == B
+    else:
+        with pytest.raises(ValueError, match=match):
+            check_cu_seqlens(t, B, N)
+
+
+@pytest.mark.parametrize('shapes, match', [
+    (((2, 5, 3, 8), (2, 5, 3, 8), (2, 5, 3, 4)), None),
+    (((2, 5, 3, 8), (2, 5, 3, 4), (2, 5, 3, 4)), 'k must'),
+    (((2, 5, 3, 8), (2, 5, 3, 8), (2, 4, 3, 4)), 'v must'),
+    (((2, 5, 8), (2, 5, 8), (2, 5, 8)), 'q must'),
+    (((2, 0, 3, 8), (2, 0, 3, 8), (2, 0, 3, 4)), '>= 1'),
+    (((2, 5, 3, 300), (2, 5, 3, 300), (2, 5, 3, 4)), 'K must be <= 256'),
+])
+def test_check_qkv(shapes, match):
+    q, k, v = (torch.zeros(s) for s in shapes)
+    if match is None:
+        assert check_qkv(q, k, v, 256) == (2, 5, 3, 8)
+    else:
+        with pytest.raises(ValueError, match=match):
+            check_qkv(q, k, v, 256)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# packed sequences: tables against a plain enumeration, and the jit helpers reading them
+# ------------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize('B, N, cu, C', [(1, 75, [0, 0, 1, 70, 75, 75], 16), (3, 40, None, 16)])
+def test_chunk_tables(B, N, cu, C):
+    seqs = PackedSeqs(B, N, torch.tensor(cu) if cu is not None else None, torch.device('cpu'))
+    bounds = cu if cu is not None else [s * N for s in range(B + 1)]
+    assert seqs.nseq == len(bounds) - 1 and seqs.bounds == bounds
+    chunks = [(s, i) for s in range(seqs.nseq) for i in range(triton.cdiv(bounds[s + 1] - bounds[s], C))]
+    tab = seqs.chunks(C, 2)
+    if cu is not None:
+        assert list(zip(tab.chunk_seq.tolist(), tab.chunk_idx.tolist())) == chunks
+        assert tab.chunk_off.tolist() == [sum(s2 < s for s2, _ in chunks) for s in range(seqs.nseq)]
+        assert (tab.nchunks, tab.nbh) == (len(chunks), 2)
+    else:
+        assert (tab.nchunks, tab.nbh, tab.total_chunks) == (triton.cdiv(N, C), B * 2, len(chunks))
+    assert seqs.spans(30) == [(s, a, min(a + 30, bounds[s + 1])) for s in range(seqs.nseq)
+                              for a in range(bounds[s], bounds[s + 1], 30)]
+    for reverse in (False, True):
+        rows = seqs.last_rows(reverse).tolist()
+        for s, r in enumerate(rows):
+            a, e = bounds[s], bounds[s + 1]
+            assert 0 <= r < B * N and (e == a or r == (a if reverse else e - 1))
+
+
+@triton.jit
+def _probe_kernel(x, y, pos, cu, chunk_seq, chunk_idx, N, NT, H, D, C: tl.constexpr, BD: tl.constexpr,
+                  REVERSE: tl.constexpr, VARLEN: tl.constexpr):
+    """Copies its chunk of x to y through load_tile / store_tile and writes each row's logical position."""
+    i_c, i_bh = tl.program_id(0), tl.program_id(1)
+    i_n, i_h, i_t, bos, eos, hc = chunk_info(i_c, i_bh, cu, chunk_seq, chunk_idx, N, NT, H, VARLEN)
+    t = i_t * C + tl.arange(0, C)
+    m = t < eos - bos
+    r = phys_row(t, bos, eos, REVERSE)
+    c = tl.arange(0, BD)
+    store_tile(y, load_tile(x, r, m, c, D, H * D, i_h * D), r, m, c, D, H * D, i_h * D)
+    tl.store(pos + r.to(tl.int64) * H + i_h, t, mask=m)
+
+
+@pytest.mark.parametrize('reverse', [False, True])
+@pytest.mark.parametrize('B, N, cu', [(1, 40, [0, 0, 9, 33, 40]), (2, 21, None)])
+def test_jit_helpers_walk_every_row_once(reverse, B, N, cu):
+    H, D, C = 2, 5, 8
+    x = torch.randn(B, N, H, D)
+    y = torch.full_like(x, float('nan'))
+    pos = torch.full((B, N, H), -1, dtype=torch.int32)
+    seqs = PackedSeqs(B, N, torch.tensor(cu) if cu is not None else None, x.device)
+    tab = seqs.chunks(C, H)
+    _probe_kernel[(tab.nchunks, tab.nbh)](x, y, pos, tab.cu, tab.chunk_seq, tab.chunk_idx, N, tab.NT, H, D, C=C,
+                                          BD=8, REVERSE=reverse, VARLEN=tab.varlen)
+    assert torch.equal(x, y)
+    b = seqs.bounds
+    want = torch.cat([torch.arange(e - a).flip(0) if reverse else torch.arange(e - a)
+                      for a, e in zip(b[:-1], b[1:])]).to(torch.int32)
+    assert torch.equal(pos.reshape(B * N, H), want[:, None].expand(B * N, H))
+
+
+# ------------------------------------------------------------------------------------------------------------
+# register_op: a toy op with both backward modes
+# ------------------------------------------------------------------------------------------------------------
+class _ScaledCumsum(torch.autograd.Function):
+    """Stands in for a family's Triton path without a backward of its own (recomputed by the helper)."""
+    calls = 0
+
+    @staticmethod
+    def forward(ctx, x, s):
+        _ScaledCumsum.calls += 1
+        ctx.s = s
+        return x.cumsum(1) * s
+
+    @staticmethod
+    def backward(ctx, g):
+        return g.flip(1).cumsum(1).flip(1) * ctx.s, None
+
+
+def _toy_reference(x, h0, s, with_state):
+    y = (x.cumsum(1) + (h0[:, None] if h0 is not None else 0)) * s
+    return y, (y[:, -1] if with_state else x.new_empty(0))
+
+
+def _toy_triton(x, h0, s, with_state):
+    y = _ScaledCumsum.apply(x, s) + (h0[:, None] * s if h0 is not None else 0)
+    return y, (y[:, -1] if with_state else x.new_empty(0))
+
+
+def _toy_fake(x, h0, s, with_state):
+    return x.new_empty(x.shape), (x.new_empty((x.shape[0], x.shape[2])) if with_state else x.new_empty(0))
+
+
+_toy = register_op('test_scaled_cumsum', '(Tensor x, Tensor? h0, float s, bool with_state)', outputs=2,
+                   grads=('x', 'h0'), reference=_toy_reference, triton=_toy_triton, fake=_toy_fake)
+
+
+def test_register_op_rejects_unknown_grad_names():
+    with pytest.raises(ValueError, match='not arguments'):
+        register_op('test_bad', '(Tensor x)', outputs=1, grads=('y',), reference=None, triton=None, fake=None)
+
+
+@pytest.mark.parametrize('path', ['reference', 'triton'])
+def test_register_op_toy(path):
+    x = torch.randn(2, 5, 3, requires_grad=True)
+    h0 = torch.randn(2, 3, requires_grad=True)
+    w = torch.randn(2, 5, 3)
+
+    def loss(x, h0):
+        y, yt = _toy(x, h0, 0.5, True)
+        return (y * w).sum() + yt.square().sum()
+
+    ref = torch.autograd.grad(loss(x, h0), (x, h0))
+    want = torch.autograd.grad(((x.cumsum(1) + h0[:, None]) * 0.5 * w).sum()
+                               + ((x.sum(1) + h0) * 0.5).square().sum(), (x, h0))
+    calls = _ScaledCumsum.calls
+    with kernel_options(backend=path):
+        got = torch.autograd.grad(loss(x, h0), (x, h0))
+        # Triton path without its own backward: the backward runs the forward again under autograd
+        assert _ScaledCumsum.calls - calls == (2 if path == 'triton' else 0)
+        torch._dynamo.reset()
+        comp = torch.autograd.grad(torch.compile(loss, fullgraph=True, backend='aot_eager')(x, h0), (x, h0))
+        torch._dynamo.reset()
+        torch.library.opcheck(_toy.custom_op, (x, h0, 0.5, False))
+    for a, b, c in zip(want, got, comp):
+        torch.testing.assert_close(b, a)
+        torch.testing.assert_close(c, a)
+    y, yt = _toy(x, None, 1.0, False)                      # an optional input left out, an output not asked for
+    assert yt.numel() == 0 and torch.autograd.grad(y.sum(), x)[0].shape == x.shape

@@ -315,6 +315,15 @@ def plot_panels(path, panels, title=None, ncols=3, logx=True, logy=True):
     return True
 
 
+def scalars(work_dir):
+    """The records of the newest ``scalars.json`` (MMEngine's visualiser log) under ``work_dir``, or []."""
+    files = sorted(osp.join(dp, f) for dp, _, fs in os.walk(work_dir) for f in fs if f == 'scalars.json')
+    if not files:
+        return []
+    with open(files[-1]) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
 # ----------------------------------------------------------------------------------------------- profiles
 def profile(fn, iters=2, row_limit=15, device=None):
     """torch.profiler over ``iters`` calls of ``fn`` (after one warm-up call): the top-``row_limit`` table by

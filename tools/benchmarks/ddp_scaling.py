@@ -15,7 +15,9 @@ import os
 import sys
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # common.py (PYTHONSAFEPATH=1 leaves it out)
+from common import ROOT, describe_env, synchronize  # noqa: E402
+
 sys.path.insert(0, ROOT)
 
 
@@ -88,21 +90,19 @@ def main():
 
     for _ in range(a.warmup):
         step()
-    if cuda:
-        torch.cuda.synchronize()
+    synchronize(device)
     dist.barrier()
-    t = time.perf_counter()
+    t = time.perf_counter()  # all ranks together: the slowest rank and the all-reduces set the time
     for _ in range(a.iters):
         loss = step()
-    if cuda:
-        torch.cuda.synchronize()
+    synchronize(device)
     dist.barrier()
     dt = (time.perf_counter() - t) / a.iters
     if rank == 0:
         rec = dict(config=os.path.relpath(a.config, ROOT), world=world, batch_per_gpu=a.batch, size=a.size,
                    ms_per_iter=round(dt * 1e3, 2), images_per_s=round(world * a.batch / dt, 1),
                    params_m=round(sum(p.numel() for p in model.parameters()) / 1e6, 2),
-                   loss=float(loss), device=torch.cuda.get_device_name(0) if cuda else 'cpu',
+                   loss=float(loss), device=describe_env(extra=())['device'],
                    peak_mem_gib=round(torch.cuda.max_memory_allocated() / 2**30, 2) if cuda else None)
         with open(a.json, 'a') as f:
             f.write(json.dumps(rec) + '\n')

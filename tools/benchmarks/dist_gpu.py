@@ -26,9 +26,8 @@ import sys
 import tarfile
 import time
 
-from pipelines_gpu import scalars  # the newest run's scalars.json under a work dir (this script's folder)
-
-ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
+sys.path.insert(0, osp.dirname(osp.abspath(__file__)))  # common.py (PYTHONSAFEPATH=1 leaves this folder out)
+from common import ROOT, Deadline, describe_env, pyplot, scalars, write_json  # noqa: E402
 CFG = osp.join(ROOT, 'configs', 'linear_vit')
 PY = sys.executable
 
@@ -210,7 +209,7 @@ def step_pipes(res):
     out = res.setdefault('pipes', {})
     for name, cfg, key in (('seg', seg_cfg(), 'mIoU'), ('det', det_cfg(), 'coco/bbox_mAP'),
                            ('simmim', mim_cfg(), 'loss')):
-        if time.time() - T0 > DEADLINE - 60:
+        if DL.expired(60):
             out[name] = dict(skipped='deadline')
             continue
         wd = osp.join(WORK, name)
@@ -223,7 +222,7 @@ def step_pipes(res):
         write_results(res)
     for name in ('seg', 'det'):
         ck = ckpt_of(osp.join(WORK, name))
-        if ck and time.time() - T0 < DEADLINE - 50:
+        if ck and not DL.expired(50):
             out[name]['test'] = test_pair(name, osp.join(WORK, f'{name}.py'), ck)
             write_results(res)
 
@@ -241,7 +240,7 @@ def step_scaling(res):
                                     'model.data_preprocessor.size=(64, 64)'] if SMOKE else [])]
     for name, cfg, b, size, opts in runs:
         for world in (1, 2):
-            if time.time() - T0 > DEADLINE - 40:
+            if DL.expired(40):
                 out.append(dict(name=name, world=world, skipped='deadline'))
                 continue
             args = [PY, '-m', 'torch.distributed.run', f'--nproc_per_node={world}', '--master_port', free_port(),
@@ -301,14 +300,14 @@ def step_repeat(res):
 
 def write_results(res):
     res['wall_s'] = round(time.time() - T0, 1)
-    with open(osp.join(OUT, 'results.json'), 'w') as f:
-        json.dump(res, f, indent=1)
+    write_json(osp.join(OUT, 'results.json'), res)
 
 
 def plot(res):
-    import matplotlib
-    matplotlib.use('Agg')
-    import matplotlib.pyplot as plt
+    plt = pyplot()
+    if plt is None:
+        print('parity.png skipped: matplotlib is not installed', flush=True)
+        return
     p = res.get('parity', {})
     fig, ax = plt.subplots(1, 2, figsize=(11, 4))
     for k, lab in (('loss_1x2b', '1 GPU x batch 2b'), ('loss_2xb', 'dist_train.sh: 2 GPUs x batch b')):
@@ -327,7 +326,7 @@ def plot(res):
 
 
 def main():
-    global WORK, OUT, SMOKE, DEADLINE, T0
+    global WORK, OUT, SMOKE, DL, T0
     p = argparse.ArgumentParser()
     p.add_argument('--out', required=True)
     p.add_argument('--work', default=None)
@@ -335,18 +334,19 @@ def main():
     p.add_argument('--deadline', type=float, default=380.0, help='seconds for the whole call')
     p.add_argument('--steps', default='parity,test,pipes,scaling,nnodes,repeat')
     a = p.parse_args()
-    T0, SMOKE, DEADLINE = time.time(), a.smoke, a.deadline
+    T0, SMOKE = time.time(), a.smoke
+    DL = Deadline(a.deadline, T0)
     OUT = osp.abspath(a.out)
     WORK = osp.abspath(a.work or osp.join(ROOT, 'work_dirs', 'dist_gpu' + ('_smoke' if a.smoke else '')))
     os.makedirs(OUT, exist_ok=True)
     os.makedirs(WORK, exist_ok=True)
     import torch
     res = dict(device=[torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] or 'cpu (gloo)',
-               torch=torch.__version__)
+               torch=torch.__version__, env=describe_env())
     steps = dict(parity=step_parity, test=step_test, pipes=step_pipes, scaling=step_scaling, nnodes=step_nnodes,
                  repeat=step_repeat)
     for s in a.steps.split(','):
-        if time.time() - T0 > DEADLINE - 45:
+        if DL.expired(45):
             res.setdefault('skipped', []).append(s)
             continue
         try:
@@ -373,7 +373,7 @@ def main():
 
 WORK = OUT = None
 SMOKE = False
-DEADLINE = 380.0
+DL = Deadline(380.0)
 T0 = 0.0
 
 if __name__ == '__main__':

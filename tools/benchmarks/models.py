@@ -239,7 +239,8 @@ def profile_models(res, batch, a, device, bcfg, names, out, log):
 
 
 # ----------------------------------------------------------------------------------------------- report
-def report(res, out):
+def report(res, out, plot=True):
+    """models.md (and models.png with ``plot``) from the results so far."""
     rows = res['rows']
     md = [f"# Model benchmark ({res['env'].get('device')})", '',
           f"backbone: `{res['backbone']}`; timm `{TIMM_NAME}` {res['env'].get('timm', '(not installed)')} with "
@@ -272,6 +273,8 @@ def report(res, out):
     if errs:
         md += ['## failed or skipped cases', ''] + errs + ['']
     common.write_text(osp.join(out, 'models.md'), '\n'.join(md))
+    if not plot:
+        return
     panels = []
     for kind in res['args']['kinds']:
         series = {}
@@ -373,6 +376,7 @@ def main(argv=None):
                 res['rows'].append(row)
                 log(' '.join(f'{k}={common.fmt(v)}' for k, v in row.items()))
                 common.write_json(out_json, res)
+                common.guarded(log, 'report', report, res, a.out, plot=False)  # a killed call keeps its table
         if mode == 'eager':
             for pr in a.profile:
                 if deadline.expired(60):

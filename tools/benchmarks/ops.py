@@ -17,6 +17,7 @@ a tiny shape (launch cost). ``--graph``: also the CUDA-graph replay time. ``--pr
 Writes log.txt, results.json (after every case), ops.md, ops.png (time vs N per op), profile.md under --out.
 """
 import argparse
+import contextlib
 import importlib
 import importlib.util
 import os
@@ -60,6 +61,7 @@ class OpSpec:
     causal: bool = True
     note: str = ''
     nbytes: Optional[Callable] = None
+    base: Optional[str] = None  # the plain op this spec is an option of (reported as a ratio to it)
 
 
 def _randn(*shape, dtype, device, scale=1.0):
@@ -104,6 +106,37 @@ def _first(out):
 
 def make_linear_attn(B, H, N, K, V, dtype, device):
     return _qkv(B, H, N, K, V, dtype, device)
+
+
+def make_linear_attn_option(option):
+    """Inputs of one linear-attention option: RoPE tables [N, K/2], a padding mask (70% valid), or B packed
+    sequences of N tokens (q [1, B N, H, K] + cu_seqlens)."""
+    def make(B, H, N, K, V, dtype, device):
+        if option == 'varlen':
+            x = _qkv(1, H, B * N, K, V, dtype, device)
+            x['cu_seqlens'] = torch.arange(0, B * N + 1, N, dtype=torch.int32, device=device)
+            return x
+        x = _qkv(B, H, N, K, V, dtype, device)
+        if option == 'rope':
+            ang = torch.rand(N, K // 2, device=device) * 6.3
+            x['rope_cos'], x['rope_sin'] = ang.cos(), ang.sin()
+        elif option == 'mask':
+            x['mask'] = torch.rand(B, N, device=device) < 0.7
+            x['mask'][:, 0] = True
+        return x
+    return make
+
+
+def linear_attn_kwargs(x):
+    """The op's keyword arguments carried in an input dict (see make_linear_attn_option)."""
+    kw = {}
+    if x.get('rope_cos') is not None:
+        kw['rope'] = (x['rope_cos'], x['rope_sin'])
+    if x.get('mask') is not None:
+        kw['key_padding_mask'] = x['mask']
+    if x.get('cu_seqlens') is not None:
+        kw['cu_seqlens'] = x['cu_seqlens']
+    return kw
 
 
 def make_gla(gate, u=False):
@@ -219,6 +252,17 @@ def _specs():
                           fla=_fla('fla.ops.linear_attn', 'chunk_linear_attn',
                                    lambda f, p: f(p['q'], p['k'], p['v'], normalize=False),
                                    note='fla chunk_linear_attn: causal, unnormalized (scale reference only)'))),
+    ]
+    for option, kw in (('focused', dict(feature_map='focused')), ('linfusion', dict(norm='linfusion')),
+                       ('rope', {}), ('mask', {}), ('varlen', {})):
+        make = make_linear_attn if kw else make_linear_attn_option(option)
+        specs.append(OpSpec(
+            f'linear_attn_{option}', make,
+            lambda x, kw=kw: linear_attn(x['q'], x['k'], x['v'], **kw, **linear_attn_kwargs(x)),
+            lambda x, kw=kw: linear_attn_reference(x['q'], x['k'], x['v'], **kw, **linear_attn_kwargs(x)),
+            causal=False, base='linear_attn',
+            note=f'linear_attn with {option}' + (' (B packed sequences of N tokens)' if option == 'varlen' else '')))
+    specs += [
         OpSpec('gla_vector', make_gla('vector'), lambda x: chunk_gla(x['q'], x['k'], x['v'], x['g'])[0], gla_ref,
                grads=('q', 'k', 'v', 'g'), note='GLA, gates [B, N, H, K]',
                peers=dict(fla=fla_gla_vector, sdpa=_sdpa(True))),
@@ -277,14 +321,24 @@ def _specs():
 
 
 # ----------------------------------------------------------------------------------------------- running
-def poison(on):
-    """Output buffers start NaN-filled in the kernels that support it (an unwritten element then fails)."""
-    os.environ['VLA_OPS_POISON'] = '1' if on else '0'
-    for name, mod in list(sys.modules.items()):
-        if name.startswith('vla_mm.ops.'):
-            for attr in ('POISON', '_POISON'):
-                if isinstance(getattr(mod, attr, None), bool):
-                    setattr(mod, attr, on)
+@contextlib.contextmanager
+def poisoned():
+    """Output buffers start NaN-filled in the kernels (an unwritten element then fails the check)."""
+    try:
+        from vla_mm.ops.common import kernel_options
+        opts = kernel_options(poison=True)
+    except (ImportError, TypeError):  # an older tree: the environment variable alone
+        opts = contextlib.nullcontext()
+    old = os.environ.get('VLA_OPS_POISON')
+    os.environ['VLA_OPS_POISON'] = '1'
+    try:
+        with opts:
+            yield
+    finally:
+        if old is None:
+            os.environ.pop('VLA_OPS_POISON', None)
+        else:
+            os.environ['VLA_OPS_POISON'] = old
 
 
 def peer_status(peer, device):
@@ -338,13 +392,10 @@ def floor_bytes(spec, base, out):
 def check(spec, a, dtype, device, log):
     """Ours against the float64 reference: output and every input gradient (relative error, NaN-poisoned)."""
     base = spec.make(a.check_B, a.check_H, a.check_N, a.K, a.V, dtype, device)
-    poison(True)
-    try:
+    with poisoned():
         ours = make_impl(spec, 'ours', base)
         o = ours.fwd()
         grads = torch.autograd.grad(o, ours.leaves, ours.do)
-    finally:
-        poison(False)
     x64 = {n: (t.detach().double().requires_grad_(n in spec.grads) if isinstance(t, torch.Tensor)
                and t.is_floating_point() else t) for n, t in base.items()}
     ref = spec.reference(x64)
@@ -436,6 +487,17 @@ def report(res, out):
         if res['args'].get('graph'):
             cols.append(('ours (graph)', f'ours_{mode}_graph_ms'))
         md += [f"## {'forward' if mode == 'fwd' else 'forward + backward'}", '', common.md_table(rows, cols), '']
+    bases = res.get('bases') or {}
+    plain = {(r['op'], r['N']): r for r in rows}
+    opts = []
+    for r in rows:
+        b = plain.get((bases.get(r['op']), r['N']))
+        if b:
+            opts.append(dict(op=r['op'], N=r['N'], **{m: common.ratio(r.get(f'ours_{m}_ms'), b.get(f'ours_{m}_ms'))
+                                                      for m in res['args']['modes']}))
+    if opts:
+        md += ['## options against the plain call (time ratio, same N)', '',
+               common.md_table(opts, [('op', 'op'), ('N', 'N')] + [(m, m) for m in res['args']['modes']]), '']
     errs = [(r['op'], r['N'], k, v) for r in rows for k, v in r.items() if k.endswith('_error')]
     if errs:
         md += ['## refused or failed', ''] + [f'- {op} N={n} {k[:-6]}: {v}' for op, n, k, v in errs] + ['']
@@ -524,7 +586,8 @@ def main(argv=None):
     Ns = [int(n) for n in a.N.split(',')]
     modes = a.modes.split(',')
     res = dict(env=common.describe_env(), args=dict(vars(a), modes=modes), bench=[], checks=[], host=[],
-               peer_status={}, notes={n: specs[n].note for n in names})
+               peer_status={}, notes={n: specs[n].note for n in names},
+               bases={n: specs[n].base for n in names if specs[n].base})
     out_json = osp.join(a.out, 'results.json')
     log(res['env'])
     bw = common.copy_bandwidth(nbytes=(1 << 30) if device.type == 'cuda' else (1 << 24), device=device)
@@ -542,7 +605,8 @@ def main(argv=None):
             common.write_json(out_json, res)
     if a.host:
         for n in names:
-            res['host'].append(host_costs(specs[n], impl_names(specs[n], peers, device, log, {}), a, dtype, device))
+            todo = [i for i in impl_names(specs[n], peers, device, log, {}) if i in ('ours', 'sdpa')]  # no autotuners
+            res['host'].append(host_costs(specs[n], todo, a, dtype, device))
         common.write_json(out_json, res)
     for n in names:
         spec = specs[n]
@@ -564,6 +628,7 @@ def main(argv=None):
                                               if k.endswith(('_ms', '_error'))))
             res['bench'].append(row)
             common.write_json(out_json, res)
+        common.guarded(log, 'report', report, res, a.out)  # after each op: a killed call keeps its tables
     for item in filter(None, a.profile.split(',')):
         op, N = item.split('@')
         def prof(op=op, N=int(N)):

@@ -26,7 +26,8 @@ import sys
 import tarfile
 import time
 
-ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
+sys.path.insert(0, osp.dirname(osp.abspath(__file__)))  # common.py (PYTHONSAFEPATH=1 leaves this folder out)
+from common import ROOT, Deadline, describe_env, pyplot, scalars, write_json  # noqa: E402
 CFG = osp.join(ROOT, 'configs', 'linear_vit')
 
 # ----------------------------------------------------------------------------------------------- derived configs
@@ -216,13 +217,6 @@ def train(name, text, log):
     return cfg, wd, ckpt, rc
 
 
-def scalars(wd):
-    files = sorted(osp.join(dp, f) for dp, _, fs in os.walk(wd) for f in fs if f == 'scalars.json')
-    if not files:
-        return []
-    return [json.loads(line) for line in open(files[-1]) if line.strip()]
-
-
 def final_metric(wd, key):
     vals = [r[key] for r in scalars(wd) if key in r]
     return vals[-1] if vals else None
@@ -395,9 +389,10 @@ def task_mim(smoke, budget, log):
 # ----------------------------------------------------------------------------------------------- parent
 def curves(tasks):
     """curves.png: two panels (training loss, validation metric) per task in ``tasks`` whose logs are under WORK."""
-    import matplotlib
-    matplotlib.use('Agg')
-    import matplotlib.pyplot as plt
+    plt = pyplot()
+    if plt is None:
+        print('curves.png skipped: matplotlib is not installed', flush=True)
+        return
     panels = dict(seg=[('seg', 'loss', 'UperNet train loss'), ('seg', 'mIoU', 'UperNet val mIoU')],
                   det=[('det', 'loss', 'Mask R-CNN train loss'), ('det', 'coco/bbox_mAP', 'Mask R-CNN val AP')],
                   mim=[(('simmim_pre', 'mae_pre'), 'loss', 'MIM pre-training loss'),
@@ -475,6 +470,8 @@ def main():
         return
 
     t0 = time.time()
+    machine = describe_env()
+    deadline = Deadline(a.deadline + 40, t0)
     # budgets: training seconds per run; the rest of the deadline is start-up, data generation and evaluation
     budgets = dict(seg=a.deadline * 0.72, det=a.deadline * 0.72, mim=a.deadline * 0.85)
     if a.smoke:
@@ -486,18 +483,14 @@ def main():
                                     + (['--lean'] if a.lean else []) + ['--det-init', a.det_init],
                                     cwd=ROOT, env=env())
     def write_summary():
-        summary = dict(device=torch.cuda.get_device_name(0) if DEVICE == 'cuda' else 'cpu', smoke=a.smoke,
-                       torch=torch.__version__, wall_s=round(time.time() - t0, 1), budgets_s=budgets)
+        summary = dict(device=machine['device'], smoke=a.smoke, torch=machine['torch'],
+                       wall_s=round(time.time() - t0, 1), budgets_s=budgets, env=machine)
         for t in procs:
             f = osp.join(WORK, f'{t}.result.json')
             summary[t] = json.load(open(f)) if osp.isfile(f) else dict(error='no result (crashed, killed or running)')
-        try:
-            import triton
-            summary['triton'] = triton.__version__
-        except ImportError:
-            pass
-        with open(osp.join(OUT, 'summary.json'), 'w') as f:
-            json.dump(summary, f, indent=1)
+        if machine.get('triton'):
+            summary['triton'] = machine['triton']
+        write_json(osp.join(OUT, 'summary.json'), summary)
         return summary
     pending = dict(procs)
     while pending:  # a partial summary as soon as each task ends (the device lease may end before the last)
@@ -506,7 +499,7 @@ def main():
                 del pending[t]
                 write_summary()
                 print(f'{t}: finished (rc={pr.returncode}) at {time.time() - t0:.0f}s', flush=True)
-        if time.time() - t0 > a.deadline + 40:
+        if deadline.expired():
             for t, pr in pending.items():
                 print(f'{t}: over the deadline, killed', flush=True)
                 pr.kill()

@@ -16,8 +16,10 @@ MODELS = Registry('model', parent=MMENGINE_MODELS, scope='vla_mm', locations=['v
 DATASETS = Registry('dataset', parent=MMENGINE_DATASETS, scope='vla_mm', locations=['vla_mm.datasets'])
 TRANSFORMS = Registry('transform', parent=MMENGINE_TRANSFORMS, scope='vla_mm', locations=['vla_mm.datasets'])
 HOOKS = Registry('hook', parent=MMENGINE_HOOKS, scope='vla_mm', locations=['vla_mm.engine'])
-METRICS = Registry('metric', parent=MMENGINE_METRICS, scope='vla_mm', locations=['vla_mm.evaluation'])
+# no metric of vla_mm's own yet: the package import registers whatever there is
+METRICS = Registry('metric', parent=MMENGINE_METRICS, scope='vla_mm', locations=['vla_mm'])
 
-# Parts of a backbone: a token mixer (``forward(x [B, N, C], hw) -> [B, N, C]``) and a 2D->1D scan route.
+# Parts of a backbone: a token mixer (``forward(x [B, N, C], ctx) -> [B, N, C]``, vla_mm/models/mixers/base.py)
+# and a 2D->1D scan route (vla_mm/models/scans/).
 MIXERS = Registry('token mixer', scope='vla_mm', locations=['vla_mm.models.mixers'])
 SCANS = Registry('scan route', scope='vla_mm', locations=['vla_mm.models.scans'])

@@ -1,7 +1,10 @@
+"""LinearViT: the old name of IsotropicBackbone with the linear_attn mixer (DeiT sizes, outputs, position
+embedding, SimMIM mask token, freezing, mixer options) and the linear_attn mixer itself."""
 import pytest
 import torch
 
 import vla_mm  # noqa: F401
+from vla_mm.models.mixers.base import MixerContext
 from vla_mm.registry import MIXERS, MODELS
 
 TINY = dict(embed_dims=32, num_layers=3, num_heads=2, mlp_ratio=2.0)
@@ -43,12 +46,11 @@ def test_other_input_sizes_interpolate_position_embedding():
 def test_checkpoint_from_other_grid_is_resized():
     src = build(img_size=32)
     dst = build(img_size=64)
-    missing, unexpected = dst.load_state_dict(src.state_dict(), strict=True), None
+    dst.load_state_dict(src.state_dict(), strict=True)
     assert dst.pos_embed.shape == (1, 256, 32)
     # the resized embedding is the bicubic interpolation of the source grid, not a re-init
     from vla_mm.models.layers import resize_abs_pos_embed
     assert torch.allclose(dst.pos_embed, resize_abs_pos_embed(src.pos_embed, (8, 8), (16, 16)))
-    del missing, unexpected
 
 
 def test_simmim_mask_token_replaces_masked_patches():
@@ -68,7 +70,7 @@ def test_simmim_mask_token_replaces_masked_patches():
 def test_frozen_stages_and_gradients():
     m = build(frozen_stages=2)
     m.train()
-    assert not m.patch_embed.proj.weight.requires_grad and not m.pos_embed.requires_grad
+    assert not m.patch_embed.projection.weight.requires_grad and not m.pos_embed.requires_grad
     assert not any(p.requires_grad for p in m.layers[1].parameters())
     assert all(p.requires_grad for p in m.layers[2].parameters())
     assert not m.layers[0].training and m.layers[2].training
@@ -98,7 +100,8 @@ def test_mixer_matches_plain_attention_formula():
     num = torch.einsum('bnhk,bmhk,bmhv->bnhv', fq, fk, v)
     den = torch.einsum('bnhk,bmhk->bnh', fq, fk)[..., None] + 1e-6
     want = mix.proj((num / den).reshape(2, 5, 8))
-    assert torch.allclose(mix(x, (1, 5)), want, atol=1e-10)
+    assert torch.allclose(mix(x, MixerContext(hw=(1, 5))), want, atol=1e-10)
+    assert mix.qkv(x).is_contiguous()  # q, k, v are strided views of this one projection
 
 
 def test_bad_arguments():
@@ -115,3 +118,15 @@ def test_one_backbone_class_for_every_library(lib):
     reg = __import__(f'{lib}.registry', fromlist=['MODELS']).MODELS
     m = reg.build(dict(type='vla_mm.LinearViT', arch=TINY, img_size=32, patch_size=4))
     assert type(m).__name__ == 'LinearViT'
+
+
+def test_mixer_packed_sequences_equal_separate_runs():
+    """``ctx.cu_seqlens`` reaches the op: two packed images attend only within themselves."""
+    mix = MIXERS.build(dict(type='linear_attn', dim=8, num_heads=2)).double()
+    a, b = torch.randn(1, 5, 8, dtype=torch.float64), torch.randn(1, 3, 8, dtype=torch.float64)
+    packed = mix(torch.cat([a, b], 1), MixerContext(hw=(1, 8), cu_seqlens=torch.tensor([0, 5, 8])))
+    want = torch.cat([mix(a, MixerContext(hw=(1, 5))), mix(b, MixerContext(hw=(1, 3)))], 1)
+    torch.testing.assert_close(packed, want)
+    lepe = MIXERS.build(dict(type='linear_attn', dim=8, num_heads=2, lepe=True))
+    with pytest.raises(ValueError, match='LePE'):
+        lepe(torch.randn(2, 4, 8), MixerContext(hw=(4, 4), ids_keep=torch.zeros(2, 4, dtype=torch.long)))

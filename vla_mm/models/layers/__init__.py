@@ -1,7 +1,9 @@
-"""Building blocks shared by every backbone (one place, not per-model copies)."""
-from .mlp import Mlp
-from .patch_embed import ConvStem, PatchEmbed
-from .pos_embed import build_2d_sincos_pos_embed, resize_abs_pos_embed
-
-__all__ = ['Mlp', 'PatchEmbed', 'ConvStem', 'resize_abs_pos_embed', 'build_2d_sincos_pos_embed']
-from .bitlinear import BitLinear  # noqa: F401,E402
+"""Building blocks shared by every backbone (one place, not per-model copies): the residual block, stems,
+norms, feed-forward layers, position embeddings."""
+from .bitlinear import BitLinear  # noqa: F401
+from .block import MixerBlock  # noqa: F401
+from .ffn import FFN_TYPES, build_ffn  # noqa: F401
+from .norm import LayerNorm2d, build_norm  # noqa: F401
+from .patch_embed import STEMS, ConvStem, PatchEmbed, build_stem  # noqa: F401
+from .pos_embed import build_2d_sincos_pos_embed, resize_abs_pos_embed  # noqa: F401
+from .tokens import map_view, tokens_to_map  # noqa: F401

@@ -44,8 +44,12 @@ class MixerContext:
     cu_seqlens: Optional[torch.Tensor] = None
     layer_idx: int = 0
 
-    def at_layer(self, layer_idx: int) -> 'MixerContext':
-        return replace(self, layer_idx=layer_idx)
+    def at_layer(self, layer_idx: int, route: Optional[nn.Module] = ...) -> 'MixerContext':
+        """This context for block ``layer_idx`` (and, if given, that block's own route: a route with learned
+        parameters, such as a gated ``bi`` merge, belongs to one block)."""
+        if route is ...:
+            return replace(self, layer_idx=layer_idx)
+        return replace(self, layer_idx=layer_idx, route=route)
 
 
 class BaseMixer(nn.Module):
@@ -74,8 +78,8 @@ def _accepts(cls, name):
 def build_mixer(cfg, **defaults):
     """Build a mixer from ``cfg`` (``type`` = a registered short name) whatever the caller's default scope.
 
-    ``defaults`` (e.g. ``dim``, ``num_heads``, ``layer_idx``) are passed only where the config does not set them
-    and the mixer's constructor takes them.
+    ``defaults`` (e.g. ``dim``, ``num_heads``, ``layer_idx``) are passed only where the config does not set them,
+    the mixer's constructor takes them and they are not None (None leaves the mixer's own default).
     """
     cfg = dict(cfg)
     name = cfg.pop('type')
@@ -83,7 +87,7 @@ def build_mixer(cfg, **defaults):
     if cls is None:
         raise KeyError(f'{name} is not in the vla_mm::token mixer registry. Registered: {sorted(MIXERS.module_dict)}')
     for key, value in defaults.items():
-        if key not in cfg and _accepts(cls, key):
+        if value is not None and key not in cfg and _accepts(cls, key):
             cfg[key] = value
     return cls(**cfg)
 

@@ -10,43 +10,28 @@ ResNet's stages.
 """
 import math
 
-import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from mmengine.model import BaseModule
 
 from ...registry import MODELS
+from ..layers import LayerNorm2d, build_norm
 
 
-class LayerNorm2d(nn.Module):
-    """LayerNorm over the channels of a ``[B, C, H, W]`` map."""
-
-    def __init__(self, channels, eps=1e-6):
-        super().__init__()
-        self.weight = nn.Parameter(torch.ones(channels))
-        self.bias = nn.Parameter(torch.zeros(channels))
-        self.eps = eps
-
-    def forward(self, x):
-        x = x.permute(0, 2, 3, 1)
-        x = F.layer_norm(x, x.shape[-1:], self.weight, self.bias, self.eps)
-        # NCHW-contiguous out: a channels-last view here propagates through every later conv, and mmcv's
-        # RoIAlign reads raw memory as NCHW (see vla_mm/compat/mmcv_ops.py)
-        return x.permute(0, 3, 1, 2).contiguous()
+#: ``norm`` shorthands of :class:`SimpleFeaturePyramid` -> norm configs (mmpretrain's ``LayerNorm2d`` returns
+#: NCHW-contiguous maps, which mmcv's RoIAlign needs: it reads raw memory as NCHW)
+NORMS = dict(LN=dict(type=LayerNorm2d, eps=1e-6), GN=dict(type='GN', num_groups=32), BN=dict(type='BN'),
+             SyncBN=dict(type='SyncBN'))
 
 
 def make_norm(norm, channels):
     if norm in (None, 'none'):
         return nn.Identity()
-    if norm == 'LN':
-        return LayerNorm2d(channels)
-    if norm == 'GN':
-        return nn.GroupNorm(min(32, channels), channels)
-    if norm == 'BN':
-        return nn.BatchNorm2d(channels)
-    if norm == 'SyncBN':
-        return nn.SyncBatchNorm(channels)
-    raise KeyError(f"norm {norm!r} is not one of 'LN', 'GN', 'BN', 'SyncBN', None")
+    if norm not in NORMS:
+        raise KeyError(f"norm {norm!r} is not one of {sorted(NORMS)} or None")
+    cfg = dict(NORMS[norm])
+    if 'num_groups' in cfg:
+        cfg['num_groups'] = min(cfg['num_groups'], channels)
+    return build_norm(cfg, channels)
 
 
 def rescale(channels, factor, norm):

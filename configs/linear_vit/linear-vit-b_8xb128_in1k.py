@@ -1,3 +1,3 @@
-# LinearViT-B (DeiT-base layout, non-causal linear attention) on ImageNet-1K, DeiT recipe, 8 GPUs x 128.
-_base_ = ['./linear-vit-t_8xb128_in1k.py']
-model = dict(backbone=dict(arch='base'), head=dict(in_channels=768))
+# Old name of ../linear_attn/linear-attn-b_8xb128_in1k.py
+# (the same job, written to work_dirs/<this name>).
+_base_ = ['../linear_attn/linear-attn-b_8xb128_in1k.py']

@@ -1,15 +1,3 @@
-# LinearViT-T (DeiT-tiny layout, non-causal linear attention) on ImageNet-1K, DeiT recipe, 8 GPUs x 128.
-_base_ = [
-    '../_base_/models/linear_vit_cls.py',
-    '../_base_/datasets/imagenet_bs64_swin_224.py',
-    '../_base_/schedules/imagenet_bs1024_adamw.py',
-    '../_base_/default_runtime.py',
-]
-model = dict(
-    backbone=dict(arch='tiny', drop_path_rate=0.1),
-    head=dict(in_channels=192),
-    train_cfg=dict(augments=[dict(type='Mixup', alpha=0.8), dict(type='CutMix', alpha=1.0)]),
-)
-train_dataloader = dict(batch_size=128)
-val_dataloader = dict(batch_size=128)
-test_dataloader = val_dataloader
+# Old name of ../linear_attn/linear-attn-t_8xb128_in1k.py
+# (the same job, written to work_dirs/<this name>).
+_base_ = ['../linear_attn/linear-attn-t_8xb128_in1k.py']

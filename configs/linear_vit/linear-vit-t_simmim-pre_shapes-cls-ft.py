@@ -1,21 +1,5 @@
-# Fine-tuning the SimMIM-pre-trained shapes LinearViT (simmim_linear-vit-t_shapes.py) on shapes classification
-# with layer-wise lr decay, in the low-label regime (the first 600 of the 3000 training images). The scratch
-# baseline is the same config with
-#   --cfg-options model.backbone.init_cfg=None
-# A MAE checkpoint loads the same way (LinearViTMAE and LinearViT have the same parameters).
-_base_ = [
-    '../_base_/models/linear_vit_cls.py',
-    '../_base_/datasets/shapes_cls.py',
-    '../_base_/schedules/shapes_finetune.py',
-    '../_base_/default_runtime.py',
-]
+# Old name of ../linear_attn/linear-attn-t_simmim-pre_1xb64_shapes-32px.py
+# (the same job, written to work_dirs/<this name>, started from the checkpoint the old-named pre-training run wrote).
+_base_ = ['../linear_attn/linear-attn-t_simmim-pre_1xb64_shapes-32px.py']
 pretrained = 'work_dirs/simmim_linear-vit-t_shapes/epoch_40.pth'
-model = dict(
-    backbone=dict(arch=dict(_delete_=True, embed_dims=96, num_layers=4, num_heads=3, mlp_ratio=2.0), img_size=32,
-                  patch_size=4, drop_path_rate=0.0,
-                  init_cfg=dict(type='Pretrained', checkpoint=pretrained, prefix='backbone.')),
-    head=dict(num_classes=6, in_channels=96, loss=dict(_delete_=True, type='CrossEntropyLoss', loss_weight=1.0)),
-)
-train_dataloader = dict(dataset=dict(indices=600))
-train_cfg = dict(max_epochs=30)
-default_hooks = dict(logger=dict(interval=10))
+model = dict(backbone=dict(init_cfg=dict(checkpoint=pretrained)))

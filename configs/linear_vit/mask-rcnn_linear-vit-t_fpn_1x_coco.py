@@ -1,13 +1,5 @@
-# Mask R-CNN + LinearViT-T (DeiT-tiny size, patch 16) + SimpleFeaturePyramid + FPN on COCO 2017, 1x schedule,
-# ~1333x800 inputs. Backbone initialised from the ImageNet classification checkpoint (pos_embed resized).
-_base_ = [
-    '../_base_/models/mask-rcnn_linear-vit_fpn.py',
-    '../_base_/datasets/coco_instance.py',
-    '../_base_/schedules/schedule_1x_adamw.py',
-    '../_base_/default_runtime_det.py',
-]
+# Old name of ../linear_attn/mask-rcnn_linear-attn-t_sfp-fpn_1x_coco.py
+# (the same job, written to work_dirs/<this name>, started from the checkpoint the old-named pre-training run wrote).
+_base_ = ['../linear_attn/mask-rcnn_linear-attn-t_sfp-fpn_1x_coco.py']
 pretrained = 'work_dirs/linear-vit-t_8xb128_in1k/epoch_300.pth'
-model = dict(
-    backbone=dict(init_cfg=dict(type='Pretrained', checkpoint=pretrained, prefix='backbone.')),
-    roi_head=dict(bbox_head=dict(num_classes=80), mask_head=dict(num_classes=80)),
-)
+model = dict(backbone=dict(init_cfg=dict(checkpoint=pretrained)))

@@ -1,22 +1,3 @@
-# MAE (mmpretrain): vla_mm's LinearViTMAE drops a random 75% of the patch tokens (the linear-attention kernels
-# take the shorter sequence), mmpretrain's MAE decoder fills in mask tokens, L2 loss on per-patch normalized
-# pixels of the masked patches.
-model = dict(
-    type='MAE',
-    backbone=dict(
-        type='vla_mm.LinearViTMAE',
-        arch='tiny',
-        img_size=224,
-        patch_size=16,
-        mask_ratio=0.75,
-        mixer=dict(type='linear_attn', feature_map='elu1'),
-    ),
-    neck=dict(type='MAEPretrainDecoder', num_patches=196, patch_size=16, in_chans=3, embed_dim=192,
-              decoder_embed_dim=128, decoder_depth=4, decoder_num_heads=4, mlp_ratio=4.0),
-    head=dict(type='MAEPretrainHead', norm_pix=True, patch_size=16,
-              loss=dict(type='PixelReconstructionLoss', criterion='L2')),
-    init_cfg=[
-        dict(type='Xavier', layer='Linear', distribution='uniform'),
-        dict(type='Constant', layer='LayerNorm', val=1.0, bias=0.0),
-    ],
-)
+# Old name of mae_isotropic.py with the isotropic/linear-attn-t.py backbone (kept for configs that inherit it).
+_base_ = ['./isotropic/linear-attn-t.py', './mae_isotropic.py']
+model = dict(backbone=dict(_base_.backbone, type='vla_mm.IsotropicMAE'))

@@ -12,7 +12,8 @@ import torch
 
 from ..common import (check_cu_seqlens, check_dtype, check_initial_state, check_qkv, check_same_device,
                       kernel_options, register_op, use_triton)
-from .chunk import CHUNK, SUB, chunk_gla_bwd, chunk_gla_fwd, saved_layout, saved_like
+from .chunk import chunk_gla_bwd, chunk_gla_fwd, saved_layout, saved_like
+from .launch import CHUNK, SUB
 from .reference import gla_chunk_reference, gla_recurrent_reference
 
 __all__ = ['chunk_gla', 'chunk_gla_triton', 'gla_recurrent_reference', 'chunk_linear_attn', 'chunk_retention',

@@ -13,7 +13,7 @@ from typing import Optional, Tuple
 import torch
 
 from ..common import (check_cu_seqlens, check_dtype, check_initial_state, check_qkv, check_same_device,
-                      check_shape, kernel_options)
+                      kernel_options)
 from ..gla import CHUNK, chunk_gla_op
 from .reference import gsa_recurrent_reference
 

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from vla_mm.ops import gla as gla_ops
 from vla_mm.ops.common import kernel_options
-from vla_mm.ops.gla import chunk, chunk_gla, chunk_gla_triton, gla_recurrent_reference
+from vla_mm.ops.gla import chunk_a, chunk_gla, chunk_gla_triton, chunk_subblock, gla_recurrent_reference, launch, state
 
 
 @pytest.fixture(autouse=True)
@@ -150,7 +150,7 @@ class _Refuse:
 def test_chunk_gla_A_path(monkeypatch, gate, u, reverse, cu, K, V):
     # without value gates the intra-chunk matrix path runs: none of the sub-block chunk kernels may launch
     for name in ('_fwd_o_kernel', '_bwd_dv_kernel', '_bwd_dq_kernel', '_bwd_dk_kernel'):
-        monkeypatch.setattr(chunk, name, _Refuse(name))
+        monkeypatch.setattr(chunk_subblock, name, _Refuse(name))
     B = 1 if cu is not None else 2
     _check(B, 70, 1, K, V, gate=gate, u=u, h0=True, reverse=reverse, cu=cu, chunk_size=32)
 
@@ -159,7 +159,7 @@ def test_chunk_gla_A_path(monkeypatch, gate, u, reverse, cu, K, V):
 def test_chunk_gla_sub_block_path(monkeypatch, gate, u):
     # gla_a_path=False: the sub-block kernels for calls without value gates (kept for comparison)
     for name in ('_fwd_A_kernel', '_bwd_intra_kernel', '_bwd_inter_kernel'):
-        monkeypatch.setattr(chunk, name, _Refuse(name))
+        monkeypatch.setattr(chunk_a, name, _Refuse(name))
     with kernel_options(gla_a_path=False):
         _check(1, 50, 1, 16, 16, gate=gate, u=u, h0=True, reverse=True, chunk_size=32)
 
@@ -215,8 +215,8 @@ def test_chunk_gla_backward_reuses_gate_cumsums(monkeypatch, gate, gv, u):
     cus = None
     results = {}
     for keep in (True, False):
-        count = _Count(chunk._cumsum_kernel)
-        monkeypatch.setattr(chunk, '_cumsum_kernel', count)
+        count = _Count(state._cumsum_kernel)
+        monkeypatch.setattr(state, '_cumsum_kernel', count)
         xs = [x.detach().clone().requires_grad_(True) if x is not None else None for x in ins]
         q, k, v, g, gvv, uu, hh = xs
         with kernel_options(gla_keep_cumsum=keep):
@@ -235,8 +235,8 @@ def test_chunk_gla_backward_reuses_gate_cumsums(monkeypatch, gate, gv, u):
 
 def test_fwd_A_default_launch():
     # _fwd_A_kernel launches with 2 warps at K <= 64 by default; launch={'fwd_A': ...} still overrides
-    assert chunk._launch_opts(64, 'fwd_A')['num_warps'] == 2
-    assert chunk._launch_opts(128, 'fwd_A')['num_warps'] == 8
-    assert chunk._launch_opts(64, 'fwd_oA')['num_warps'] == 4
+    assert launch._launch_opts(64, 'fwd_A')['num_warps'] == 2
+    assert launch._launch_opts(128, 'fwd_A')['num_warps'] == 8
+    assert launch._launch_opts(64, 'fwd_oA')['num_warps'] == 4
     with kernel_options(launch={'fwd_A': dict(num_warps=4, num_stages=1)}):
-        assert chunk._launch_opts(64, 'fwd_A') == dict(num_warps=4, num_stages=1)
+        assert launch._launch_opts(64, 'fwd_A') == dict(num_warps=4, num_stages=1)

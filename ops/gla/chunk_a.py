@@ -1,0 +1,343 @@
+"""Intra-chunk matrix path ("A path") of the gated linear attention core: every call without value gates
+(``kernel_options(gla_a_path=True)``, the default; see ``chunk.py`` for the algorithm)."""
+import torch
+import triton
+import triton.language as tl
+
+from ..common.jit import chunk_info, load_tile, phys_row, store_tile
+from ..common.options import alloc
+from .blocks import (NEG_INF, _diag_block_scores, _diag_decay, _diag_gmm, _diag_gmmT, _diag_self_term, _grow,
+                     _gtile, _gvec, _lpre, _lsuf, _mm, _state_tile, _to_ref)
+from .launch import SUB, _launch_opts, _lowp, _or, _pow2, _prec
+
+# ----------------------------------------------------------------------------------------------------------
+# intra-chunk matrix path (no value gates): the intra-chunk scores A (forward) and their gradient dA (backward)
+# are formed once per chunk and stored (fp32 [B, N, H, C], row = physical row of t, column = logical offset of s
+# in the chunk); the output, dv and the inter-chunk dq/dk terms are then full-chunk matmuls. Only two kernels
+# walk sub-blocks: _fwd_A_kernel (A) and _bwd_intra_kernel (the intra-chunk dq/dk from dA). Each keeps the
+# sub-block scheme above (reference rows, exponents <= 0, exact diagonal sub-blocks); the full-chunk kernels hold
+# only [C, *] x [*, *] dots, the sub-block kernels only [BS, *] ones (no mixed dot sizes in one kernel).
+# ----------------------------------------------------------------------------------------------------------
+@triton.jit
+def _fwd_A_kernel(q, k, gkb, gkr, u, A, cu, chunk_seq, chunk_idx, scale, N, NT, H, K,
+                  C: tl.constexpr, BS: tl.constexpr, BK: tl.constexpr, GK: tl.constexpr, USE_U: tl.constexpr,
+                  REVERSE: tl.constexpr, VARLEN: tl.constexpr, IEEE: tl.constexpr, LOWP: tl.constexpr):
+    """Rows of sub-block program_id(0) of A[t, s] = scale * sum_k q_tk k_sk exp(bq_tk - b_sk) for s <= t (bq = b),
+    with the bonus for s < t (bq = b - g: exclusive prefix) and A[t, t] = scale * q_t . (u * k_t); zero above."""
+    i_i, i_c, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    i_n, i_h, i_t, bos, eos, hc = chunk_info(i_c, i_bh, cu, chunk_seq, chunk_idx, N, NT, H, VARLEN)
+    DT = q.dtype.element_ty if LOWP else tl.float32
+    L = eos - bos
+    ck = tl.arange(0, BK)
+    ar = tl.arange(0, BS)
+    base = i_t * C + i_i * BS
+    if base < L:
+        t_i = base + ar
+        m_i = t_i < L
+        r_i = phys_row(t_i, bos, eos, REVERSE)
+        q_i = load_tile(q, r_i, m_i, ck, K, H * K, i_h * K) * scale
+        k_i = load_tile(k, r_i, m_i, ck, K, H * K, i_h * K)
+        if GK > 0:
+            g_i = _gtile(gkr, r_i, m_i, ck, K, H, i_h, GK)
+        else:
+            g_i = 0.  # unused
+        # earlier sub-blocks j < i: reference row r = last row of sub-block i-1, both factors <= 1
+        if i_i > 0:
+            r_ref = phys_row(base - 1, bos, eos, REVERSE)
+            if GK > 0:
+                qr = q_i * tl.exp(tl.where(m_i[:, None], _lpre(g_i, USE_U, GK, BS), NEG_INF))
+                bk_r = _grow(gkb, r_ref, ck, K, H, i_h, GK)
+            else:
+                qr = q_i
+                bk_r = 0.
+            for j in range(i_i):
+                t_j = i_t * C + j * BS + ar
+                m_j = t_j < L
+                r_j = phys_row(t_j, bos, eos, REVERSE)
+                k_j = _to_ref(load_tile(k, r_j, m_j, ck, K, H * K, i_h * K), gkr, gkb, bk_r, r_j, m_j, j == i_i - 1,
+                              ck, K, H, i_h, GK, BS)
+                A_ij = _mm(qr.to(DT), tl.trans(k_j.to(DT)), IEEE)
+                store_tile(A, A_ij, r_i, m_i, j * BS + ar, C, H * C, i_h * C)
+        # diagonal sub-block (exact)
+        if USE_U:
+            uu = tl.load(u + i_h * K + ck, mask=ck < K, other=0.).to(tl.float32)
+        else:
+            uu = 0.  # unused
+        A_ii = _diag_block_scores(q_i, k_i, g_i, uu, k, gkr, base, t_i, m_i, r_i, L, bos, eos, ck, K, H, i_h,
+                                  BS, GK, USE_U, REVERSE, DT, IEEE)
+        store_tile(A, A_ii, r_i, m_i, i_i * BS + ar, C, H * C, i_h * C)
+        for j in range(i_i + 1, C // BS):
+            store_tile(A, tl.zeros([BS, BS], dtype=tl.float32), r_i, m_i, j * BS + ar, C, H * C, i_h * C)
+
+
+@triton.jit
+def _fwd_oA_kernel(q, v, gkb, gkr, h, A, o, cu, chunk_seq, chunk_idx, scale, N, NT, H, K, V,
+                   C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, GK: tl.constexpr, USE_U: tl.constexpr,
+                   REVERSE: tl.constexpr, VARLEN: tl.constexpr, IEEE: tl.constexpr, LOWP: tl.constexpr):
+    """o = scale * (q * exp(bq)) @ S_chunk_start + A @ v, one chunk (all C rows) per program."""
+    i_v, i_c, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    i_n, i_h, i_t, bos, eos, hc = chunk_info(i_c, i_bh, cu, chunk_seq, chunk_idx, N, NT, H, VARLEN)
+    DT = q.dtype.element_ty if LOWP else tl.float32
+    L = eos - bos
+    ac = tl.arange(0, C)
+    t = i_t * C + ac
+    m = t < L
+    r = phys_row(t, bos, eos, REVERSE)
+    cv = i_v * BV + tl.arange(0, BV)
+    b_o = tl.zeros([C, BV], dtype=tl.float32)
+    for ik in range(tl.cdiv(K, BK)):
+        ck = ik * BK + tl.arange(0, BK)
+        qe = load_tile(q, r, m, ck, K, H * K, i_h * K) * scale
+        if GK > 0:
+            bq = _gtile(gkb, r, m, ck, K, H, i_h, GK)
+            if USE_U:
+                bq = bq - _gtile(gkr, r, m, ck, K, H, i_h, GK)
+            qe = qe * tl.exp(bq)
+        b_o += _mm(qe.to(DT), _state_tile(h, hc, H, i_h, ck, cv, K, V).to(DT), IEEE)
+    a = load_tile(A, r, m, ac, C, H * C, i_h * C)
+    b_o += _mm(a.to(DT), load_tile(v, r, m, cv, V, H * V, i_h * V).to(DT), IEEE)
+    store_tile(o, b_o, r, m, cv, V, H * V, i_h * V)
+
+
+@triton.jit
+def _bwd_dA_kernel(v, do, dA, cu, chunk_seq, chunk_idx, scale, N, NT, H, V,
+                   C: tl.constexpr, BV: tl.constexpr, REVERSE: tl.constexpr, VARLEN: tl.constexpr,
+                   IEEE: tl.constexpr, LOWP: tl.constexpr):
+    """dA[t, s] = scale * do_t . v_s for s <= t, zero above (fp32 [B, N, H, C], laid out as A)."""
+    i_c, i_bh = tl.program_id(0), tl.program_id(1)
+    i_n, i_h, i_t, bos, eos, hc = chunk_info(i_c, i_bh, cu, chunk_seq, chunk_idx, N, NT, H, VARLEN)
+    DT = v.dtype.element_ty if LOWP else tl.float32
+    L = eos - bos
+    ac = tl.arange(0, C)
+    t = i_t * C + ac
+    m = t < L
+    r = phys_row(t, bos, eos, REVERSE)
+    acc = tl.zeros([C, C], dtype=tl.float32)
+    for iv in range(tl.cdiv(V, BV)):
+        cv = iv * BV + tl.arange(0, BV)
+        acc += _mm(load_tile(do, r, m, cv, V, H * V, i_h * V).to(DT),
+                   tl.trans(load_tile(v, r, m, cv, V, H * V, i_h * V).to(DT)), IEEE)
+    acc = tl.where(ac[None, :] <= ac[:, None], acc * scale, 0.)
+    store_tile(dA, acc, r, m, ac, C, H * C, i_h * C)
+
+
+@triton.jit
+def _bwd_dvA_kernel(k, gks, A, do, dh, dv, cu, chunk_seq, chunk_idx, N, NT, H, K, V,
+                    C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, GK: tl.constexpr, REVERSE: tl.constexpr,
+                    VARLEN: tl.constexpr, IEEE: tl.constexpr, LOWP: tl.constexpr):
+    """dv = A^T @ do + (k * exp(b_last - b)) @ dh, one chunk per program."""
+    i_v, i_c, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    i_n, i_h, i_t, bos, eos, hc = chunk_info(i_c, i_bh, cu, chunk_seq, chunk_idx, N, NT, H, VARLEN)
+    DT = k.dtype.element_ty if LOWP else tl.float32
+    L = eos - bos
+    ac = tl.arange(0, C)
+    t = i_t * C + ac
+    m = t < L
+    r = phys_row(t, bos, eos, REVERSE)
+    cv = i_v * BV + tl.arange(0, BV)
+    b_dv = tl.zeros([C, BV], dtype=tl.float32)
+    for ik in range(tl.cdiv(K, BK)):
+        ck = ik * BK + tl.arange(0, BK)
+        ke = load_tile(k, r, m, ck, K, H * K, i_h * K)
+        if GK > 0:
+            ke = ke * tl.exp(tl.where(m[:, None], _gtile(gks, r, m, ck, K, H, i_h, GK), NEG_INF))
+        b_dv += _mm(ke.to(DT), _state_tile(dh, hc, H, i_h, ck, cv, K, V).to(DT), IEEE)
+    a = load_tile(A, r, m, ac, C, H * C, i_h * C)
+    b_dv += _mm(tl.trans(a.to(DT)), load_tile(do, r, m, cv, V, H * V, i_h * V).to(DT), IEEE)
+    store_tile(dv, b_dv, r, m, cv, V, H * V, i_h * V)
+
+
+@triton.jit
+def _bwd_intra_kernel(q, k, gkb, gkr, dA, dqi, dki, cu, chunk_seq, chunk_idx, N, NT, H, K,
+                      C: tl.constexpr, BS: tl.constexpr, BK: tl.constexpr, GK: tl.constexpr, USE_U: tl.constexpr,
+                      REVERSE: tl.constexpr, VARLEN: tl.constexpr, IEEE: tl.constexpr, LOWP: tl.constexpr):
+    """Intra-chunk dq and dk of sub-block program_id(0) % (C // BS), key block program_id(0) // (C // BS), from dA,
+    strict pairs only (s < t; the t == s terms are added by _bwd_inter_kernel), fp32:
+    dq_t = sum_{s<t} dA[t, s] k_s exp(bq_t - b_s),  dk_s = sum_{t>s} dA[t, s] q_t exp(bq_t - b_s)."""
+    i_ki, i_c, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    i_n, i_h, i_t, bos, eos, hc = chunk_info(i_c, i_bh, cu, chunk_seq, chunk_idx, N, NT, H, VARLEN)
+    DT = q.dtype.element_ty if LOWP else tl.float32
+    NS: tl.constexpr = C // BS
+    i_k = i_ki // NS
+    i_i = i_ki % NS
+    L = eos - bos
+    ck = i_k * BK + tl.arange(0, BK)
+    ar = tl.arange(0, BS)
+    base = i_t * C + i_i * BS
+    if base < L:
+        t_i = base + ar
+        m_i = t_i < L
+        r_i = phys_row(t_i, bos, eos, REVERSE)
+        ci = i_i * BS + ar
+        if GK > 0:
+            g_i = _gtile(gkr, r_i, m_i, ck, K, H, i_h, GK)
+        # dq from earlier sub-blocks j < i (reference row: last row of sub-block i-1)
+        dq_i = tl.zeros([BS, BK], dtype=tl.float32)
+        if i_i > 0:
+            r_ref = phys_row(base - 1, bos, eos, REVERSE)
+            if GK > 0:
+                bk_r = _grow(gkb, r_ref, ck, K, H, i_h, GK)
+            else:
+                bk_r = 0.
+            for j in range(i_i):
+                t_j = i_t * C + j * BS + ar
+                m_j = t_j < L
+                r_j = phys_row(t_j, bos, eos, REVERSE)
+                k_j = _to_ref(load_tile(k, r_j, m_j, ck, K, H * K, i_h * K), gkr, gkb, bk_r, r_j, m_j, j == i_i - 1,
+                              ck, K, H, i_h, GK, BS)
+                dA_ij = load_tile(dA, r_i, m_i, j * BS + ar, C, H * C, i_h * C)
+                dq_i += _mm(dA_ij.to(DT), k_j.to(DT), IEEE)
+            if GK > 0:
+                dq_i = dq_i * tl.exp(tl.where(m_i[:, None], _lpre(g_i, USE_U, GK, BS), NEG_INF))
+        # dk from later sub-blocks j > i (reference row: last row of sub-block j-1)
+        dk_i = tl.zeros([BS, BK], dtype=tl.float32)
+        for j in range(i_i + 1, NS):
+            base_j = i_t * C + j * BS
+            if base_j < L:
+                t_j = base_j + ar
+                m_j = t_j < L
+                r_j = phys_row(t_j, bos, eos, REVERSE)
+                q_j = load_tile(q, r_j, m_j, ck, K, H * K, i_h * K)
+                dA_ji = load_tile(dA, r_j, m_j, ci, C, H * C, i_h * C)
+                if GK > 0:
+                    q_j = q_j * tl.exp(tl.where(m_j[:, None],
+                                                _lpre(_gtile(gkr, r_j, m_j, ck, K, H, i_h, GK), USE_U, GK, BS),
+                                                NEG_INF))
+                    if j == i_i + 1:
+                        fk = tl.exp(_lsuf(g_i, GK, BS))
+                    else:
+                        fk = tl.exp(_grow(gkb, phys_row(base_j - 1, bos, eos, REVERSE), ck, K, H, i_h, GK)
+                                    - _gtile(gkb, r_i, m_i, ck, K, H, i_h, GK))
+                    dk_i += fk * _mm(tl.trans(dA_ji.to(DT)), q_j.to(DT), IEEE)
+                else:
+                    dk_i += _mm(tl.trans(dA_ji.to(DT)), q_j.to(DT), IEEE)
+        # diagonal sub-block (exact), strict pairs
+        dA_ii = load_tile(dA, r_i, m_i, ci, C, H * C, i_h * C)
+        if GK == 2:
+            if USE_U:
+                gT = g_i
+            else:
+                gT = tl.zeros([BS, BK], dtype=tl.float32)
+            dq_i += _diag_gmm(dA_ii, gT, k, gkr, base, t_i, m_i, L, bos, eos, ck, K, H, i_h, BS, BK, True, REVERSE)
+            dk_i += _diag_gmmT(dA_ii, q, 1.0, gkr, base, L, bos, eos, ck, K, H, i_h, BS, BK, True, USE_U, REVERSE)
+        else:
+            if GK == 1:
+                dA_ii = dA_ii * _diag_decay(_gvec(gkr, r_i, m_i, H, i_h), t_i, m_i, BS, USE_U, True)
+            else:
+                dA_ii = tl.where((t_i[:, None] > t_i[None, :]) & m_i[:, None], dA_ii, 0.)
+            dq_i += _mm(dA_ii.to(DT), load_tile(k, r_i, m_i, ck, K, H * K, i_h * K).to(DT), IEEE)
+            dk_i += _mm(tl.trans(dA_ii.to(DT)), load_tile(q, r_i, m_i, ck, K, H * K, i_h * K).to(DT), IEEE)
+        store_tile(dqi, dq_i, r_i, m_i, ck, K, H * K, i_h * K)
+        store_tile(dki, dk_i, r_i, m_i, ck, K, H * K, i_h * K)
+
+
+@triton.jit
+def _bwd_inter_kernel(q, k, v, gkb, gkr, gks, u, h, do, dh, dA, dqi, dki, dq, dk, dbk, dbq,
+                      cu, chunk_seq, chunk_idx, scale, N, NT, H, K, V,
+                      C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, GK: tl.constexpr, USE_U: tl.constexpr,
+                      REVERSE: tl.constexpr, VARLEN: tl.constexpr, IEEE: tl.constexpr, LOWP: tl.constexpr):
+    """dq = scale * (do @ h^T) * exp(bq) + intra, dk = (v @ dh^T) * exp(b_last - b) + intra, one chunk and key
+    block per program; the key-gate gradient q * dq - k * dk into dbk (q * dq also into dbq with the bonus), without
+    the t == s terms and the last token's final-state path, which are added to dq / dk afterwards."""
+    i_k, i_c, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    i_n, i_h, i_t, bos, eos, hc = chunk_info(i_c, i_bh, cu, chunk_seq, chunk_idx, N, NT, H, VARLEN)
+    DT = q.dtype.element_ty if LOWP else tl.float32
+    L = eos - bos
+    ac = tl.arange(0, C)
+    t = i_t * C + ac
+    m = t < L
+    r = phys_row(t, bos, eos, REVERSE)
+    ck = i_k * BK + tl.arange(0, BK)
+    dq_c = tl.zeros([C, BK], dtype=tl.float32)
+    dk_c = tl.zeros([C, BK], dtype=tl.float32)
+    for iv in range(tl.cdiv(V, BV)):
+        cv = iv * BV + tl.arange(0, BV)
+        dq_c += _mm(load_tile(do, r, m, cv, V, H * V, i_h * V).to(DT),
+                    tl.trans(_state_tile(h, hc, H, i_h, ck, cv, K, V).to(DT)), IEEE)
+        dk_c += _mm(load_tile(v, r, m, cv, V, H * V, i_h * V).to(DT),
+                    tl.trans(_state_tile(dh, hc, H, i_h, ck, cv, K, V).to(DT)), IEEE)
+    dq_c = dq_c * scale
+    if GK > 0:
+        bq = _gtile(gkb, r, m, ck, K, H, i_h, GK)
+        if USE_U:
+            bq = bq - _gtile(gkr, r, m, ck, K, H, i_h, GK)
+        dq_c = dq_c * tl.exp(bq)
+        # the last token's final-state path, kept out of the gate gradient (added to dk below)
+        dk_last = tl.where((t == L - 1)[:, None], dk_c, 0.)
+        dk_c = dk_c * tl.exp(tl.where(m[:, None] & (t != L - 1)[:, None], _gtile(gks, r, m, ck, K, H, i_h, GK),
+                                      NEG_INF))
+    dq_c += load_tile(dqi, r, m, ck, K, H * K, i_h * K)
+    dk_c += load_tile(dki, r, m, ck, K, H * K, i_h * K)
+    q_c = load_tile(q, r, m, ck, K, H * K, i_h * K)
+    k_c = load_tile(k, r, m, ck, K, H * K, i_h * K)
+    if GK > 0:
+        qdq = q_c * dq_c
+        if GK == 2:
+            store_tile(dbk, qdq - k_c * dk_c, r, m, ck, K, H * K, i_h * K)
+            if USE_U:
+                store_tile(dbq, qdq, r, m, ck, K, H * K, i_h * K)
+        else:
+            tl.store(dbk + r.to(tl.int64) * H + i_h, tl.sum(qdq - k_c * dk_c, axis=1), mask=m)
+            if USE_U:
+                tl.store(dbq + r.to(tl.int64) * H + i_h, tl.sum(qdq, axis=1), mask=m)
+        dk_c += dk_last
+    # t == s terms: dA[t, t] (scale * do_t . v_t) times k_t / q_t, or u * k_t / u * q_t with the bonus
+    dA_tt = tl.load(dA + r.to(tl.int64) * H * C + i_h * C + ac, mask=m, other=0.)
+    dq_c += _diag_self_term(dA_tt, dA_tt, k_c, u, i_h, ck, K, USE_U)
+    dk_c += _diag_self_term(dA_tt, dA_tt, q_c, u, i_h, ck, K, USE_U)
+    store_tile(dq, dq_c, r, m, ck, K, H * K, i_h * K)
+    store_tile(dk, dk_c, r, m, ck, K, H * K, i_h * K)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# host side
+# ----------------------------------------------------------------------------------------------------------
+def _fwd_A(q, k, v, gkb, gk, u, h, scale, meta, GK, reverse, ieee, lowp):
+    """Forward chunk kernels of the A path: the intra-chunk scores A (fp32 [B, N, H, C]), then o."""
+    K, V = q.shape[-1], v.shape[-1]
+    # intra-chunk scores once (A, fp32, kept for the backward's dv), then full-chunk matmuls
+    A = alloc((*q.shape[:3], meta.C), torch.float32, q.device)
+    _fwd_A_kernel[(meta.C // SUB, meta.nchunks, meta.nbh)](
+        q, k, _or(gkb, q), _or(gk, q), _or(u, q), A, meta.cu, meta.chunk_seq, meta.chunk_idx, scale, meta.N,
+        meta.NT, meta.H, K, C=meta.C, BS=SUB, BK=_pow2(K), GK=GK, USE_U=u is not None, REVERSE=reverse,
+        VARLEN=meta.varlen, IEEE=_prec(ieee), LOWP=lowp, **_launch_opts(K, 'fwd_A'))
+    o = alloc(v.shape, v.dtype, v.device)
+    BK, BV = min(64, _pow2(K)), min(64, _pow2(V))
+    _fwd_oA_kernel[(triton.cdiv(V, BV), meta.nchunks, meta.nbh)](
+        q, v, _or(gkb, q), _or(gk, q), h, A, o, meta.cu, meta.chunk_seq, meta.chunk_idx, scale, meta.N, meta.NT,
+        meta.H, K, V, C=meta.C, BK=BK, BV=BV, GK=GK, USE_U=u is not None, REVERSE=reverse, VARLEN=meta.varlen,
+        IEEE=_prec(ieee), LOWP=lowp, **_launch_opts(K, 'fwd_oA'))
+    return o, A
+
+
+def _bwd_A(q, k, v, gkb, gk, gks, u, scale, h, dh, A, do, meta, GK, reverse, ieee, lowp):
+    """Backward chunk kernels of the intra-chunk matrix path (no value gates): dA, dv, intra-chunk dq/dk, then
+    dq, dk and the key-gate gradient buffers (dbk = q*dq - k*dk; dbq = q*dq with the bonus)."""
+    K, V = q.shape[-1], v.shape[-1]
+    H = meta.H
+    BK, BV = min(64, _pow2(K)), min(64, _pow2(V))
+    cm = dict(REVERSE=reverse, VARLEN=meta.varlen, IEEE=_prec(ieee))
+    tabs = (meta.cu, meta.chunk_seq, meta.chunk_idx)
+    dA = alloc(A.shape, torch.float32, q.device)
+    _bwd_dA_kernel[(meta.nchunks, meta.nbh)](v, do, dA, *tabs, scale, meta.N, meta.NT, H, V, C=meta.C, BV=BV,
+                                            LOWP=lowp, **cm, **_launch_opts(K, 'dA'))
+    dv = alloc(v.shape, v.dtype, v.device)
+    _bwd_dvA_kernel[(triton.cdiv(V, BV), meta.nchunks, meta.nbh)](
+        k, _or(gks, k), A, do, dh, dv, *tabs, meta.N, meta.NT, H, K, V, C=meta.C, BK=BK, BV=BV, GK=GK,
+        LOWP=_lowp(ieee), **cm, **_launch_opts(K, 'dvA'))
+    dqi = alloc(q.shape, torch.float32, q.device)
+    dki = alloc(k.shape, torch.float32, k.device)
+    _bwd_intra_kernel[(triton.cdiv(K, BK) * (meta.C // SUB), meta.nchunks, meta.nbh)](
+        q, k, _or(gkb, q), _or(gk, q), dA, dqi, dki, *tabs, meta.N, meta.NT, H, K, C=meta.C, BS=SUB, BK=BK, GK=GK,
+        USE_U=u is not None, LOWP=lowp, **cm, **_launch_opts(K, 'intra'))
+    dq = alloc(q.shape, q.dtype, q.device)
+    dk = alloc(k.shape, k.dtype, k.device)
+    dbk = alloc(gk.shape, torch.float32, q.device) if gk is not None else None
+    dbq = alloc(gk.shape, torch.float32, q.device) if (gk is not None and u is not None) else None
+    # one gate per head: the gate gradient sums over all of K, so one key block
+    BKi = _pow2(K) if GK == 1 else BK
+    _bwd_inter_kernel[(triton.cdiv(K, BKi), meta.nchunks, meta.nbh)](
+        q, k, v, _or(gkb, q), _or(gk, q), _or(gks, q), _or(u, q), h, do, dh, dA, dqi, dki, dq, dk, _or(dbk, q),
+        _or(dbq, q), *tabs, scale, meta.N, meta.NT, H, K, V, C=meta.C, BK=BKi, BV=BV, GK=GK, USE_U=u is not None,
+        LOWP=lowp, **cm, **_launch_opts(K, 'inter'))
+    return dq, dk, dv, dbk, dbq

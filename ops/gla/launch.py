@@ -1,0 +1,47 @@
+"""Host-side launch helpers of the gated linear attention kernels: chunk sizes, operand precision, launch
+options (defaults here, overrides through ``kernel_options(launch=...)``; names in docs/ops.md)."""
+import os
+
+import triton
+
+from ..common.options import current_options
+
+CHUNK = 64
+SUB = 16
+
+
+def _or(t, dummy):
+    return t if t is not None else dummy
+
+
+def _lowp(ieee):
+    # Triton's CPU interpreter (3.8) computes bf16 tl.dot wrongly: there, dots run in fp32
+    return (not ieee) and os.environ.get('TRITON_INTERPRET', '0') in ('', '0')
+
+
+def _prec(ieee):
+    """IEEE code of the kernels: 1 for fp32 inputs; for 16-bit inputs, where a kernel takes fp32 operands,
+    0 (tf32) or 2 (3xtf32) after the option ``gla_f32_operands``."""
+    return 1 if ieee else (2 if current_options().gla_f32_operands == 'tf32x3' else 0)
+
+
+def _pow2(x, lo=16):
+    return max(lo, triton.next_power_of_2(x))
+
+
+def _launch_opts(K, *names):
+    """Launch options of a kernel; ``kernel_options(launch=...)`` entries of ``names`` override in order ('dqk'
+    applies to both the dq and the dk kernel, 'dq' / 'dk' to one)."""
+    opts = dict(num_warps=4) if K <= 64 else dict(num_warps=8)
+    if 'fwd_A' in names and K <= 64:
+        # 2 warps: faster on the H100 (docs/benchmarks/recurrent_gla.md); offline sm_90a ptxas at K = 64, bf16:
+        # no spills with or without the bonus and for every gate kind
+        opts['num_warps'] = 2
+    if 'fwd_o' in names:
+        opts['num_stages'] = 1  # faster than 2 stages on the H100 (docs/benchmarks/recurrent_gla.md)
+    if any(n in names for n in ('fwd_oA', 'dA', 'dvA', 'inter')):
+        # full-chunk kernels: their K / V loops run once at K = V <= 64, so stages only cost shared memory;
+        # _bwd_inter_kernel (bf16, K = V = 64, 4 warps, sm_90a) spills with 3 stages, not with 1
+        opts['num_stages'] = 1
+    opts.update(current_options().launch_for(*names))
+    return opts

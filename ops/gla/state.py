@@ -1,0 +1,241 @@
+"""Gate cumsums and the sequential state kernels of the gated linear attention core (both chunk paths):
+chunk-local prefix / suffix sums of the log gates, the reverse cumulative sum of the gate gradients, the state
+before every chunk (forward, recomputed in the backward) and the state gradients (right to left)."""
+import torch
+import triton
+import triton.language as tl
+
+from ..common.jit import chunk_info, load_row, load_tile, phys_row, seq_info, store_tile
+from ..common.options import alloc
+from .blocks import NEG_INF, _grow, _gtile, _mm
+from .launch import _lowp, _or, _pow2, _prec
+
+
+@triton.jit
+def _cumsum_kernel(g, out, suf, cu, chunk_seq, chunk_idx, N, NT, H, D,
+                   C: tl.constexpr, BD: tl.constexpr, SCALAR: tl.constexpr, REVERSE: tl.constexpr,
+                   VARLEN: tl.constexpr):
+    """Chunk-local inclusive prefix sums of log gates in logical time order, and exclusive suffix sums
+    (sum over the later rows of the chunk: the exponent of the decay to the chunk end, kept accurate)."""
+    i_c, i_bh = tl.program_id(0), tl.program_id(1)
+    i_n, i_h, i_t, bos, eos, hc = chunk_info(i_c, i_bh, cu, chunk_seq, chunk_idx, N, NT, H, VARLEN)
+    t = i_t * C + tl.arange(0, C)
+    m = t < eos - bos
+    r = phys_row(t, bos, eos, REVERSE)
+    if SCALAR:
+        x = tl.load(g + r.to(tl.int64) * H + i_h, mask=m, other=0.).to(tl.float32)
+        tl.store(out + r.to(tl.int64) * H + i_h, tl.cumsum(x, axis=0), mask=m)
+        tl.store(suf + r.to(tl.int64) * H + i_h, tl.cumsum(x, axis=0, reverse=True) - x, mask=m)
+    else:
+        c = tl.arange(0, BD)
+        x = load_tile(g, r, m, c, D, H * D, i_h * D)
+        store_tile(out, tl.cumsum(x, axis=0), r, m, c, D, H * D, i_h * D)
+        store_tile(suf, tl.cumsum(x, axis=0, reverse=True) - x, r, m, c, D, H * D, i_h * D)
+
+
+@triton.jit
+def _revcumsum_kernel(x, out, cu, chunk_off, N, NT, H, D,
+                      C: tl.constexpr, BD: tl.constexpr, SCALAR: tl.constexpr, REVERSE: tl.constexpr,
+                      VARLEN: tl.constexpr):
+    """out_t = sum_{t' >= t} x_t' over logical time of each sequence (fp32)."""
+    i_d, i_nh = tl.program_id(0), tl.program_id(1)
+    i_n, i_h, bos, eos, c0 = seq_info(i_nh, cu, chunk_off, N, NT, H, VARLEN)
+    L = eos - bos
+    nt = tl.cdiv(L, C)
+    if SCALAR:
+        carry = tl.zeros([1], dtype=tl.float32)
+        for j in range(nt):
+            it = nt - 1 - j
+            t = it * C + tl.arange(0, C)
+            m = t < L
+            r = phys_row(t, bos, eos, REVERSE)
+            xt = tl.load(x + r.to(tl.int64) * H + i_h, mask=m, other=0.).to(tl.float32)
+            cs = tl.cumsum(xt, axis=0)
+            tot = tl.sum(xt, axis=0)
+            y = carry + tot - cs + xt
+            tl.store(out + r.to(tl.int64) * H + i_h, y, mask=m)
+            carry += tot
+    else:
+        c = i_d * BD + tl.arange(0, BD)
+        carry = tl.zeros([BD], dtype=tl.float32)
+        for j in range(nt):
+            it = nt - 1 - j
+            t = it * C + tl.arange(0, C)
+            m = t < L
+            r = phys_row(t, bos, eos, REVERSE)
+            xt = load_tile(x, r, m, c, D, H * D, i_h * D)
+            cs = tl.cumsum(xt, axis=0)
+            tot = tl.sum(xt, axis=0)
+            y = carry[None, :] + tot[None, :] - cs + xt
+            store_tile(out, y, r, m, c, D, H * D, i_h * D)
+            carry += tot
+
+
+@triton.jit
+def _fwd_h_kernel(k, v, gkb, gks, gvb, gvs, h, h0, ht, ht_ex, cu, chunk_off, N, NT, H, K, V,
+                  C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, GK: tl.constexpr, GV: tl.constexpr,
+                  USE_H0: tl.constexpr, STORE_HT: tl.constexpr, REVERSE: tl.constexpr, VARLEN: tl.constexpr,
+                  IEEE: tl.constexpr, LOWP: tl.constexpr):
+    """Sequential over chunks: h[c] = state before chunk c; ht = final state."""
+    i_k, i_v, i_nh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    i_n, i_h, bos, eos, c0 = seq_info(i_nh, cu, chunk_off, N, NT, H, VARLEN)
+    DT = k.dtype.element_ty if LOWP else tl.float32
+    L = eos - bos
+    nt = tl.cdiv(L, C)
+    ck = i_k * BK + tl.arange(0, BK)
+    cv = i_v * BV + tl.arange(0, BV)
+    mkv = (ck[:, None] < K) & (cv[None, :] < V)
+    okv = ck[:, None] * V + cv[None, :]
+    S = tl.zeros([BK, BV], dtype=tl.float32)
+    if USE_H0:
+        S += tl.load(h0 + i_nh.to(tl.int64) * K * V + okv, mask=mkv, other=0.).to(tl.float32)
+    ar = tl.arange(0, C)
+    S_ex = tl.zeros([BK, BV], dtype=tl.float32)
+    for it in range(nt):
+        tl.store(h + ((c0 + it) * H + i_h).to(tl.int64) * K * V + okv, S, mask=mkv)
+        t = it * C + ar
+        m = t < L
+        r = phys_row(t, bos, eos, REVERSE)
+        k_c = load_tile(k, r, m, ck, K, H * K, i_h * K)
+        v_c = load_tile(v, r, m, cv, V, H * V, i_h * V)
+        r_last = phys_row(tl.minimum(it * C + C, L) - 1, bos, eos, REVERSE)
+        if GK > 0:
+            bl = _grow(gkb, r_last, ck, K, H, i_h, GK)
+            if GK == 2:
+                S = S * tl.exp(tl.reshape(bl, [BK]))[:, None]
+            else:
+                S = S * tl.exp(bl)
+            k_c = k_c * tl.exp(tl.where(m[:, None], _gtile(gks, r, m, ck, K, H, i_h, GK), NEG_INF))
+        if GV:
+            blv = load_row(gvb, r_last, cv, V, H * V, i_h * V)
+            S = S * tl.exp(blv)[None, :]
+            v_c = v_c * tl.exp(tl.where(m[:, None], load_tile(gvs, r, m, cv, V, H * V, i_h * V), NEG_INF))
+        if STORE_HT:
+            if it == nt - 1:
+                # final state without the last token's own k v^T: the gate-gradient term of the final state
+                # is taken from it, so that O(1) parts cancelling exactly are never formed (strong decay)
+                k_ex = tl.where((t != L - 1)[:, None], k_c, 0.)
+                S_ex = S + _mm(tl.trans(k_ex.to(DT)), v_c.to(DT), IEEE)
+        S += _mm(tl.trans(k_c.to(DT)), v_c.to(DT), IEEE)
+    if STORE_HT:
+        tl.store(ht + i_nh.to(tl.int64) * K * V + okv, S, mask=mkv)
+        tl.store(ht_ex + i_nh.to(tl.int64) * K * V + okv, S_ex, mask=mkv)
+
+
+@triton.jit
+def _bwd_dh_kernel(q, do, gkb, gkr, gvb, dh, dht, dh0, cu, chunk_off, scale, N, NT, H, K, V,
+                   C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, GK: tl.constexpr, GV: tl.constexpr,
+                   USE_U: tl.constexpr, USE_DHT: tl.constexpr, STORE_DH0: tl.constexpr, REVERSE: tl.constexpr,
+                   VARLEN: tl.constexpr, IEEE: tl.constexpr, LOWP: tl.constexpr):
+    """Right to left over chunks: dh[c] = gradient of the state after chunk c; dh0 = gradient of h0."""
+    i_k, i_v, i_nh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    i_n, i_h, bos, eos, c0 = seq_info(i_nh, cu, chunk_off, N, NT, H, VARLEN)
+    DT = q.dtype.element_ty if LOWP else tl.float32
+    L = eos - bos
+    nt = tl.cdiv(L, C)
+    ck = i_k * BK + tl.arange(0, BK)
+    cv = i_v * BV + tl.arange(0, BV)
+    mkv = (ck[:, None] < K) & (cv[None, :] < V)
+    okv = ck[:, None] * V + cv[None, :]
+    dS = tl.zeros([BK, BV], dtype=tl.float32)
+    if USE_DHT:
+        dS += tl.load(dht + i_nh.to(tl.int64) * K * V + okv, mask=mkv, other=0.).to(tl.float32)
+    ar = tl.arange(0, C)
+    for j in range(nt):
+        it = nt - 1 - j
+        tl.store(dh + ((c0 + it) * H + i_h).to(tl.int64) * K * V + okv, dS, mask=mkv)
+        t = it * C + ar
+        m = t < L
+        r = phys_row(t, bos, eos, REVERSE)
+        q_c = load_tile(q, r, m, ck, K, H * K, i_h * K) * scale
+        do_c = load_tile(do, r, m, cv, V, H * V, i_h * V)
+        r_last = phys_row(tl.minimum(it * C + C, L) - 1, bos, eos, REVERSE)
+        if GK > 0:
+            b = _gtile(gkb, r, m, ck, K, H, i_h, GK)
+            if USE_U:
+                b = b - _gtile(gkr, r, m, ck, K, H, i_h, GK)
+            bl = _grow(gkb, r_last, ck, K, H, i_h, GK)
+            if GK == 2:
+                dS = dS * tl.exp(tl.reshape(bl, [BK]))[:, None]
+            else:
+                dS = dS * tl.exp(bl)
+            q_c = q_c * tl.exp(b)
+        if GV:
+            bv = load_tile(gvb, r, m, cv, V, H * V, i_h * V)
+            blv = load_row(gvb, r_last, cv, V, H * V, i_h * V)
+            dS = dS * tl.exp(blv)[None, :]
+            do_c = do_c * tl.exp(bv)
+        dS += _mm(tl.trans(q_c.to(DT)), do_c.to(DT), IEEE)
+    if STORE_DH0:
+        tl.store(dh0 + i_nh.to(tl.int64) * K * V + okv, dS, mask=mkv)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# host side
+# ----------------------------------------------------------------------------------------------------------
+def _state_blocks(K, V, nprog):
+    """State tiles of the two sequential kernels: smaller tiles when few (sequence, head) pairs would leave
+    most of the GPU idle (one program walks all chunks of its tile)."""
+    BK, BV = min(64, _pow2(K)), min(64, _pow2(V))
+    while nprog * triton.cdiv(K, BK) * triton.cdiv(V, BV) < 264 and max(BK, BV) > 32:
+        if BV >= BK:
+            BV //= 2
+        else:
+            BK //= 2
+    return BK, BV
+
+
+def _gate_cumsum(g, meta, reverse):
+    """(chunk-local prefix sums, chunk-local exclusive suffix sums) of the log gates, fp32."""
+    if g is None:
+        return None, None
+    scalar = g.dim() == 3
+    D = 1 if scalar else g.shape[-1]
+    out = alloc(g.shape, torch.float32, g.device)
+    suf = alloc(g.shape, torch.float32, g.device)
+    _cumsum_kernel[(meta.nchunks, meta.nbh)](g, out, suf, meta.cu, meta.chunk_seq, meta.chunk_idx, meta.N, meta.NT,
+                                             meta.H, D, C=meta.C, BD=_pow2(D, 1), SCALAR=scalar,
+                                             REVERSE=reverse, VARLEN=meta.varlen)
+    return out, suf
+
+
+def _revcumsum(x, meta, reverse):
+    scalar = x.dim() == 3
+    D = 1 if scalar else x.shape[-1]
+    BD = 1 if scalar else min(64, _pow2(D))
+    out = alloc(x.shape, x.dtype, x.device)
+    grid = (1 if scalar else triton.cdiv(D, BD), meta.nseq * meta.H)
+    _revcumsum_kernel[grid](x, out, meta.cu, meta.chunk_off, meta.N, meta.NT, meta.H, D, C=meta.C, BD=BD,
+                            SCALAR=scalar, REVERSE=reverse, VARLEN=meta.varlen)
+    return out
+
+
+def _fwd_h(k, v, gkb, gks, gvb, gvs, h0, store_ht, meta, GK, reverse, ieee, lowp=None):
+    K, V = k.shape[-1], v.shape[-1]
+    H = meta.H
+    BKh, BVh = _state_blocks(K, V, meta.nseq * H)
+    h = alloc((meta.total_chunks, H, K, V), torch.float32, k.device)
+    ht = alloc((meta.nseq, H, K, V), torch.float32, k.device) if store_ht else h
+    ht_ex = alloc((meta.nseq, H, K, V), torch.float32, k.device) if store_ht else h
+    grid = (triton.cdiv(K, BKh), triton.cdiv(V, BVh), meta.nseq * H)
+    _fwd_h_kernel[grid](k, v, _or(gkb, k), _or(gks, k), _or(gvb, v), _or(gvs, v), h,
+                        h0 if h0 is not None else h, ht, ht_ex, meta.cu, meta.chunk_off, meta.N, meta.NT, H, K, V,
+                        C=meta.C, BK=BKh, BV=BVh, GK=GK, GV=gvb is not None, USE_H0=h0 is not None,
+                        STORE_HT=store_ht, REVERSE=reverse, VARLEN=meta.varlen, IEEE=_prec(ieee),
+                        LOWP=_lowp(ieee) if lowp is None else lowp)
+    return h, (ht if store_ht else None), (ht_ex if store_ht else None)
+
+
+def _bwd_dh(q, do, gkb, gk, gvb, gv, u, dht, h0, scale, meta, GK, reverse, ieee, lowp):
+    """State gradients right to left: dh (after every chunk) and dh0 (None without h0)."""
+    K, V = q.shape[-1], do.shape[-1]
+    H = meta.H
+    BKh, BVh = _state_blocks(K, V, meta.nseq * H)
+    dh = alloc((meta.total_chunks, H, K, V), torch.float32, q.device)
+    dh0 = alloc((meta.nseq, H, K, V), torch.float32, q.device) if h0 is not None else None
+    _bwd_dh_kernel[(triton.cdiv(K, BKh), triton.cdiv(V, BVh), meta.nseq * H)](
+        q, do, _or(gkb, q), _or(gk, q), _or(gvb, q), dh, _or(dht, dh), _or(dh0, dh),
+        meta.cu, meta.chunk_off, scale, meta.N, meta.NT, H, K, V, C=meta.C, BK=BKh, BV=BVh, GK=GK,
+        GV=gv is not None, USE_U=u is not None, USE_DHT=dht is not None, STORE_DH0=h0 is not None,
+        REVERSE=reverse, VARLEN=meta.varlen, IEEE=_prec(ieee), LOWP=lowp)
+    return dh, dh0

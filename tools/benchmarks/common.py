@@ -12,7 +12,6 @@ import os
 import os.path as osp
 import platform
 import statistics
-import sys
 import time
 import traceback
 
@@ -88,6 +87,13 @@ class Deadline:
     def expired(self, need=0.0):
         """True when fewer than ``need`` seconds are left."""
         return self.left() < need
+
+
+def start(out, seconds, cpu=False):
+    """A run's (log, deadline, device): ``out`` created, ``out/log.txt`` appended, CUDA unless ``cpu`` or absent."""
+    os.makedirs(out, exist_ok=True)
+    device = torch.device('cuda' if torch.cuda.is_available() and not cpu else 'cpu')
+    return Log(osp.join(out, 'log.txt')), Deadline(seconds), device
 
 
 def guarded(log, name, fn, *args, **kwargs):

@@ -10,8 +10,9 @@ Models, each an image classifier (backbone, mean pool over tokens, linear head, 
   ours       the config's backbone (default ``configs/linear_vit/linear-vit-s_8xb128_in1k.py``: the isotropic
              ViT-S with the ``linear_attn`` mixer), built through the MMEngine registry with ``img_size`` = the
              resolution, ``drop_path_rate`` 0 and mean pooling (``out_type='avg_featmap'``) where it takes them;
-  timm_op    timm's ``vit_small_patch16_224`` (no class token, average pool: the same tokens as ours) with our
-             ``vla_mm.ops.linear_attn.linear_attn`` in each block's attention (timm's qkv / proj kept);
+  timm_op    timm's ``vit_small_patch16_224`` (no class token, final norm on every token, average pool: the same
+             tokens and layers as ours) with our ``vla_mm.ops.linear_attn.linear_attn`` in each block's attention
+             (timm's qkv / proj kept);
   timm_sdpa  the same timm ViT-S with its own attention (``F.scaled_dot_product_attention``).
 Train step: forward under bf16 autocast, cross-entropy, backward, AdamW step (fp32 weights). Inference:
 ``torch.inference_mode`` + bf16 autocast. Median step time over ``--steps`` steps after ``--warmup`` steps
@@ -42,6 +43,8 @@ import common  # noqa: E402
 DEFAULT_CONFIG = osp.join(common.ROOT, 'configs', 'linear_vit', 'linear-vit-s_8xb128_in1k.py')
 TIMM_NAME = 'vit_small_patch16_224'
 MODELS = ('ours', 'timm_op', 'timm_sdpa')
+# ours has no class token and takes the final norm on every token before the mean: timm the same way
+TIMM_KWARGS = dict(class_token=False, global_pool='avg', fc_norm=False)
 
 
 # ----------------------------------------------------------------------------------------------- models
@@ -70,15 +73,15 @@ class TimmLinearAttention(nn.Module):
 
     def __init__(self, attn, **op_kwargs):
         super().__init__()
+        from vla_mm.ops.linear_attn import linear_attn
         self.num_heads = attn.num_heads
         self.qkv, self.proj, self.proj_drop = attn.qkv, attn.proj, attn.proj_drop
-        self.op_kwargs = op_kwargs
+        self.op, self.op_kwargs = linear_attn, op_kwargs
 
     def forward(self, x, *args, **kwargs):  # timm passes attn_mask (None here) in newer versions
-        from vla_mm.ops.linear_attn import linear_attn
         B, N, C = x.shape
         q, k, v = self.qkv(x).reshape(B, N, 3, self.num_heads, C // self.num_heads).unbind(2)
-        o = linear_attn(q, k, v, **self.op_kwargs)
+        o = self.op(q, k, v, **self.op_kwargs)
         return self.proj_drop(self.proj(o.reshape(B, N, C)))
 
 
@@ -119,8 +122,8 @@ def build_ours(bcfg, res, a, device):
 
 def build_timm(res, a, device, with_op):
     import timm
-    kw = dict(pretrained=False, num_classes=1000, img_size=res, class_token=False, global_pool='avg',
-              drop_path_rate=a.drop_path or 0.0, **a.timm_kwargs)
+    kw = dict(pretrained=False, num_classes=1000, img_size=res, drop_path_rate=a.drop_path or 0.0, **TIMM_KWARGS,
+              **a.timm_kwargs)
     model = timm.create_model(TIMM_NAME, **kw)
     if with_op:
         for blk in model.blocks:
@@ -337,16 +340,13 @@ def parse_args(argv=None):
 
 def main(argv=None):
     a = parse_args(argv)
-    os.makedirs(a.out, exist_ok=True)
-    log = common.Log(osp.join(a.out, 'log.txt'))
-    deadline = common.Deadline(a.deadline)
-    device = torch.device('cuda' if torch.cuda.is_available() and not a.smoke else 'cpu')
+    log, deadline, device = common.start(a.out, a.deadline, cpu=a.smoke)
     a.amp = a.amp and device.type == 'cuda'
     a.env = common.describe_env()
     bcfg = backbone_cfg(a)
     a.op_kwargs = op_kwargs_of(bcfg)
     res = dict(env=a.env, args={k: v for k, v in vars(a).items() if k != 'env'}, backbone=bcfg,
-               timm_kwargs=dict(class_token=False, global_pool='avg', **a.timm_kwargs), rows=[],
+               timm_kwargs=dict(TIMM_KWARGS, **a.timm_kwargs), rows=[],
                notes=[f"ours: the backbone above with img_size = the resolution, drop_path_rate={a.drop_path} and "
                       "out_type='avg_featmap' where it takes them, + a linear head; timm_op: "
                       f"linear_attn(**{a.op_kwargs}) in timm's attention"])

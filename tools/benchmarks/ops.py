@@ -571,10 +571,7 @@ def parse_args(argv=None):
 
 def main(argv=None):
     a = parse_args(argv)
-    os.makedirs(a.out, exist_ok=True)
-    log = common.Log(osp.join(a.out, 'log.txt'))
-    deadline = common.Deadline(a.deadline)
-    device = torch.device('cpu' if a.smoke or not torch.cuda.is_available() else 'cuda')
+    log, deadline, device = common.start(a.out, a.deadline, cpu=a.smoke)
     dtype = dict(bf16=torch.bfloat16, fp16=torch.float16, fp32=torch.float32)[a.dtype]
     GSA_SLOTS[0] = a.slots
     specs = _specs()

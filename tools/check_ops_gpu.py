@@ -33,6 +33,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 import traceback
 import types
@@ -343,37 +344,34 @@ def case_id(c):
 
 
 def design(ops=None, dtypes=DTYPES, Ks=KS, Vs=VS, Ns=NS):
-    """Deterministic covering design. Per op: every K with every dtype at N = 65 and at N = 1000 (options and V
-    rotating), then per dtype enough cases that every value of V, N and each option appears with that dtype.
-    The thin gla wrappers get the second part only at K in {64, 128} (their kernels are chunk_gla's)."""
+    """Deterministic covering design. Per op and dtype, every K gets one V and one setting of the options
+    (rotating, so that every value of V and of each option appears with every dtype) and runs at N = 65 and
+    N = 1000; the other N values re-use some of those settings (N is not a compile-time constant of any kernel:
+    one compile serves all N of a setting, which is what keeps the sweep within one call). The thin gla
+    wrappers run at K in {64, 128} only (their kernels are chunk_gla's)."""
     cases = []
     for op, axes in OP_AXES.items():
         if ops and op not in ops:
             continue
         names = sorted(axes)
-        rot = 0
-
-        def add(dtype, K, V, N, i):
-            c = {'op': op, 'dtype': dtype, 'K': K, 'V': V, 'N': N}
-            for j, a in enumerate(names):   # i = 0 .. len - 1 gives every value of every axis
-                vals = axes[a]
-                c[a] = vals[(i + j * (i // len(vals) + 1)) % len(vals)]
-            if c.get('packed') and N == 1:
-                c['packed'] = False
-            cases.append(c)
-
+        kk = Ks if op not in WRAPPERS else tuple(k for k in (64, 128) if k in Ks) or Ks[:1]
+        width = max([len(kk), len(Vs)] + [len(v) for v in axes.values()])
         for d, dtype in enumerate(dtypes):
-            if op not in WRAPPERS:
-                for N in (n for n in (65, 1000) if n in Ns):
-                    for i, K in enumerate(Ks):
-                        add(dtype, K, Vs[(i + d) % len(Vs)], N, rot)
-                        rot += 1
-            width = max([len(Vs), len(Ns)] + [len(v) for v in axes.values()])
-            kk = Ks if op not in WRAPPERS else tuple(k for k in (64, 128) if k in Ks) or Ks[:1]
-            for i in range(width):
-                add(dtype, kk[(i * 3 + d) % len(kk)], Vs[(i + d) % len(Vs)], Ns[i % len(Ns)], i)
+            settings = []
+            for i in range(width):   # setting i: value i (shifted per axis) of every axis
+                c = {'op': op, 'dtype': dtype, 'K': kk[(i + d) % len(kk)], 'V': Vs[(i + d) % len(Vs)]}
+                for j, a in enumerate(names):
+                    c[a] = axes[a][(i + j * (i // len(axes[a]) + 1)) % len(axes[a])]
+                settings.append(c)
+            Nmain = [n for n in (65, 1000) if n in Ns]
+            for c in settings:
+                cases += [dict(c, N=n) for n in Nmain]
+            for i, n in enumerate(n for n in Ns if n not in Nmain):
+                cases.append(dict(settings[(3 * i + d) % len(settings)], N=n))
     seen, out = set(), []
     for c in cases:
+        if c.get('packed') and c['N'] == 1:
+            c['packed'] = False
         if c['op'] == 'hgrn':
             c['V'] = 0
         c['id'] = case_id(c)
@@ -388,16 +386,17 @@ def risky(c):
 
 
 def groups_of(cases):
-    """Worker groups: per op, the risky cases in one group and the others in another (sorted so that each
-    group compiles a kernel specialisation once and reaches small N first)."""
+    """Worker groups: one per op, dtype and K (the cases of a group share their kernels' compiled
+    specialisations; the 16-bit K >= 96 groups are named '-risky'), the expensive (large K) groups first."""
     groups = {}
     for c in cases:
-        groups.setdefault((c['op'], risky(c)), []).append(c)
+        groups.setdefault((c['op'], c['dtype'], c['K']), []).append(c)
     out = []
-    for (op, r), cs in groups.items():
-        cs.sort(key=lambda c: (c['N'] > 1000, c['dtype'], c['K'], c['N']))
-        out.append({'name': f"{op}{'-risky' if r else ''}", 'cases': cs})
-    out.sort(key=lambda g: -len(g['cases']))
+    for (op, dt, K), cs in groups.items():
+        cs.sort(key=lambda c: c['N'])
+        r = '-risky' if risky(cs[0]) else ''
+        out.append({'name': f"{op}-{dt}-K{K}{r}", 'cases': cs, 'K': K})
+    out.sort(key=lambda g: (-g['K'], g['name']))
     return out
 
 
@@ -498,7 +497,7 @@ def worker(args):
 
 # ------------------------------------------------------------------------------------------------ parent
 
-def run_groups(groups, args, out_dir, deadline):
+def run_groups(groups, args, work_dir, deadline):
     """Runs the groups as worker subprocesses, ``args.jobs`` at a time (a group may carry ``env``, ``impl``,
     ``wrap`` (a command prefix) and ``tag``). A worker that dies (illegal memory access, signal) has its running
     case recorded as a crash and its remaining cases re-queued in a fresh worker (up to 3 times per group).
@@ -506,7 +505,7 @@ def run_groups(groups, args, out_dir, deadline):
     Returns {case id: record}."""
     pending = [dict(g, restarts=0) for g in groups]
     running, records = [], {}
-    wdir = os.path.join(out_dir, 'workers')
+    wdir = work_dir
     os.makedirs(wdir, exist_ok=True)
 
     def start(g):
@@ -518,8 +517,9 @@ def run_groups(groups, args, out_dir, deadline):
         cmd = [sys.executable, os.path.abspath(__file__), '--worker', gfile, '--results', rfile,
                '--device', args.device] + (['--ops-source', args.ops_source] if args.ops_source else [])
         log = open(os.path.join(wdir, gname + '.log'), 'w')
-        p = subprocess.Popen(g.get('wrap', []) + cmd, stdout=log, stderr=subprocess.STDOUT,
-                             env=dict(os.environ, **g.get('env', {})), cwd=REPO)
+        env = dict(os.environ, **g.get('env', {}))
+        env.setdefault('TRITON_CACHE_DIR', os.path.join(REPO, 'work_dirs', 'triton_cache'))   # shared by workers
+        p = subprocess.Popen(g.get('wrap', []) + cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO)
         return {'p': p, 'g': g, 'rfile': rfile, 'log': log, 'name': gname, 'killed': False}
 
     def collect(w):
@@ -588,7 +588,7 @@ def find_sanitizer():
          if os.path.exists(p)), None)
 
 
-def memcheck_groups(cases, out_dir, binary):
+def memcheck_groups(cases, work_dir, binary):
     """One group per case under ``compute-sanitizer --tool memcheck``: per op, the first 16-bit K >= 96 case
     and the first fp32 case at N = 65 (kernels run many times slower under the sanitizer)."""
     subset, seen = [], set()
@@ -598,7 +598,7 @@ def memcheck_groups(cases, out_dir, binary):
             seen.add(key)
             subset.append(dict(c, id=c['id'] + '|memcheck'))
     wrap = [binary, '--tool', 'memcheck', '--error-exitcode', '7',
-            '--log-file', os.path.join(out_dir, 'workers', 'memcheck-%p.log')]
+            '--log-file', os.path.join(work_dir, 'memcheck-%p.log')]
     return [{'name': f'{i:02d}-{c["op"]}', 'cases': [c], 'wrap': wrap, 'tag': 'memcheck'}
             for i, c in enumerate(subset)]
 
@@ -704,11 +704,13 @@ def smoke_cases():
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-    ap.add_argument('--out', default='work_dirs/check_ops_gpu')
-    ap.add_argument('--deadline', type=float, default=400,
+    ap.add_argument('--out', default='work_dirs/check_ops_gpu', help='results.json and table.md go here')
+    ap.add_argument('--work-dir', default=None,
+                    help='worker files (case lists, logs; default: a new folder under the system temp dir)')
+    ap.add_argument('--deadline', type=float, default=380,
                     help='seconds after which no case is started (workers are killed --grace s later)')
-    ap.add_argument('--grace', type=float, default=45)
-    ap.add_argument('--jobs', type=int, default=0, help='workers at once (default: min(10, CPUs))')
+    ap.add_argument('--grace', type=float, default=60)
+    ap.add_argument('--jobs', type=int, default=0, help='workers at once (default: min(14, CPUs - 2))')
     ap.add_argument('--ops', nargs='*', help='only these ops (names as in the table)')
     ap.add_argument('--memcheck', action='store_true', help='also a subset under compute-sanitizer memcheck')
     ap.add_argument('--compile', action='store_true', help='also torch.compile(fullgraph=True) vs eager per op')
@@ -723,15 +725,15 @@ def main(argv=None):
     if args.worker:
         return worker(args)
     t0 = time.time()
-    args.jobs = args.jobs or min(10, os.cpu_count() or 1)
+    args.jobs = args.jobs or max(1, min(14, (os.cpu_count() or 1) - 2))
     out_dir = os.path.abspath(args.out)
-    os.makedirs(out_dir, exist_ok=True)
     deadline = t0 + args.deadline
     report = {'started': time.strftime('%Y-%m-%d %H:%M:%S'), 'device': args.device, 'smoke': args.smoke,
               'argv': sys.argv[1:]}
     compile_proc = None
     if args.smoke:
         cases = smoke_cases()
+        work_dir = _work_dir(args)
         groups = [{'name': 'reference', 'cases': cases, 'env': {'VLA_OPS_REFERENCE': '1'}, 'tag': 'smoke-op'}]
         tri = [dict(c, id=c['id'] + '|triton') for c in cases if c['op'] not in WRAPPERS]
         for r in (False, True):   # one worker for the interpreter cases, one for the risky kind (K >= 96)
@@ -746,14 +748,17 @@ def main(argv=None):
             return 0
         report['env'] = _env_info()
         groups = groups_of(cases)
+        work_dir = _work_dir(args)
         if args.memcheck:
             binary = find_sanitizer()
             report['memcheck'] = {'available': binary is not None, 'binary': binary}
             if binary:
-                groups = memcheck_groups(cases, out_dir, binary) + groups
+                # after the first wave: their kernels are then mostly compiled (shared Triton cache)
+                groups = groups[:args.jobs] + memcheck_groups(cases, work_dir, binary) + groups[args.jobs:]
         if args.compile:
             compile_proc = start_compile(args)
-    records = run_groups(groups, args, out_dir, deadline)
+    records = run_groups(groups, args, work_dir, deadline)
+    report['work_dir'] = work_dir
     allrecs = [r for r in records.values() if not r['id'].endswith('|memcheck')]
     for r in allrecs:
         if r['id'].endswith('|triton'):
@@ -761,9 +766,15 @@ def main(argv=None):
     if 'memcheck' in report:
         report['memcheck']['cases'] = [dict(r, memcheck_errors=r.get('exit') == 7) for r in records.values()
                                        if r['id'].endswith('|memcheck')]
+        report['memcheck']['logs'] = {}
+        for name in sorted(os.listdir(work_dir)):   # the sanitizer's own reports, first lines of each
+            if name.startswith('memcheck-') and name.endswith('.log'):
+                with open(os.path.join(work_dir, name), errors='replace') as f:
+                    report['memcheck']['logs'][name] = f.read()[:4000]
     if compile_proc is not None:
         report['compile'] = finish_compile(compile_proc, deadline + args.grace - time.time())
     report['seconds'] = round(time.time() - t0, 1)
+    os.makedirs(out_dir, exist_ok=True)
     report['cases'] = allrecs
     report['summary'] = {s: sum(r['status'] == s for r in allrecs)
                          for s in ('pass', 'fail', 'error', 'crash', 'timeout', 'not_run')}
@@ -775,7 +786,7 @@ def main(argv=None):
         extra.append('compute-sanitizer memcheck: ' + ('not found on this machine (PATH, /usr/local/cuda/bin)'
                      if not m['available'] else '; '.join(
                          f"{r['op']} {r['dtype']} K{r['K']} V{r['V']} N{r['N']}: "
-                         f"{'MEMCHECK ERRORS (see workers/memcheck-*.log)' if r['memcheck_errors'] else r['status']}"
+                         f"{'MEMCHECK ERRORS (results.json: memcheck.logs)' if r['memcheck_errors'] else r['status']}"
                          for r in m['cases'])))
     if 'compile' in report:
         c = report['compile']
@@ -793,6 +804,13 @@ def main(argv=None):
     print(head)
     print(md)
     return 0 if s['fail'] + s['error'] + s['crash'] + s['timeout'] == 0 else 1
+
+
+def _work_dir(args):
+    if args.work_dir:
+        os.makedirs(args.work_dir, exist_ok=True)
+        return os.path.abspath(args.work_dir)
+    return tempfile.mkdtemp(prefix='check_ops_gpu_')
 
 
 def _env_info():

@@ -22,8 +22,9 @@ def _run(*args, timeout=240):
 
 
 def test_smoke_writes_results_and_table(tmp_path):
-    p = _run('--smoke', '--out', str(tmp_path))
+    p = _run('--smoke', '--out', str(tmp_path), '--work-dir', str(tmp_path / 'w'))
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    assert sorted(f.name for f in tmp_path.iterdir() if f.is_file()) == ['results.json', 'table.md']
     rep = json.loads((tmp_path / 'results.json').read_text())
     cases = rep['cases']
     ops = {c['op'] for c in cases}

@@ -185,7 +185,7 @@ def test_model_with_the_public_linear_attn_op_equals_the_hand_count():
 
 def tiny_config(tmp_path):
     path = tmp_path / 'tiny.py'
-    path.write_text(f"""_base_ = [{osp.join(ROOT, 'configs/linear_vit/linear-vit-t_shapes-cls.py')!r}]
+    path.write_text(f"""_base_ = [{osp.join(ROOT, 'configs/linear_attn/linear-attn-t_1xb64_shapes-48px.py')!r}]
 model = dict(backbone=dict(arch=dict(_delete_=True, embed_dims=16, num_layers=2, num_heads=2, mlp_ratio=2.0)),
              head=dict(in_channels=16))
 """)
@@ -214,10 +214,10 @@ def test_cli_on_a_tiny_config(tmp_path, capsys):
 
 
 @pytest.mark.parametrize('config, shape', [
-    ('linear_vit/linear-vit-s_8xb128_in1k.py', (224, 224)),
-    ('linear_vit/upernet_linear-vit-t_4xb4-160k_ade20k-512x512.py', (512, 512)),
-    ('linear_vit/mask-rcnn_linear-vit-t_fpn_1x_coco.py', (800, 1333)),
-    ('linear_vit/linear-vit-t_shapes-cls.py', None),
+    ('linear_attn/linear-attn-s_8xb128_in1k.py', (224, 224)),
+    ('linear_attn/upernet_linear-attn-t_4xb4-160k_ade20k-512x512.py', (512, 512)),
+    ('linear_attn/mask-rcnn_linear-attn-t_sfp-fpn_1x_coco.py', (800, 1333)),
+    ('linear_attn/linear-attn-t_1xb64_shapes-48px.py', None),
 ])
 def test_default_shape_from_the_config(config, shape):
     from mmengine.config import Config

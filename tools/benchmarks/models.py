@@ -7,7 +7,7 @@ eager and under ``torch.compile``, at several resolutions, in one process.
     python tools/benchmarks/models.py --smoke --out /tmp/models_smoke     # CPU, tiny sizes (CI)
 
 Models, each an image classifier (backbone, mean pool over tokens, linear head, 1000 classes):
-  ours       the config's backbone (default ``configs/linear_vit/linear-vit-s_8xb128_in1k.py``: the isotropic
+  ours       the config's backbone (default ``configs/linear_attn/linear-attn-s_8xb128_in1k.py``: the isotropic
              ViT-S with the ``linear_attn`` mixer), built through the MMEngine registry with ``img_size`` = the
              resolution, ``drop_path_rate`` 0 and mean pooling (``out_type='avg_featmap'``) where it takes them;
   timm_op    timm's ``vit_small_patch16_224`` (no class token, final norm on every token, average pool: the same
@@ -40,7 +40,7 @@ import torch.nn.functional as F  # noqa: E402
 
 import common  # noqa: E402
 
-DEFAULT_CONFIG = osp.join(common.ROOT, 'configs', 'linear_vit', 'linear-vit-s_8xb128_in1k.py')
+DEFAULT_CONFIG = osp.join(common.ROOT, 'configs', 'linear_attn', 'linear-attn-s_8xb128_in1k.py')
 TIMM_NAME = 'vit_small_patch16_224'
 MODELS = ('ours', 'timm_op', 'timm_sdpa')
 # ours has no class token and takes the final norm on every token before the mean: timm the same way

@@ -1,15 +1,20 @@
 """Delta rule core: DeltaNet and Gated DeltaNet, chunked through the UT / WY representation.
 
-Public op: :func:`delta_rule`. Triton entry point (tests, interpreter): :func:`delta_rule_triton`.
-References: :func:`delta_rule_recurrent` (step by step, the truth), :func:`delta_rule_chunked` (same algebra as
-the kernels, in PyTorch).
+Public op: :func:`delta_rule` (the custom op ``vla_mm::delta_rule``). Triton entry point (tests, interpreter):
+:func:`delta_rule_triton` (``chunk.py``, an autograd Function). References: :func:`delta_rule_recurrent` (step by
+step, the truth), :func:`delta_rule_chunked` (same algebra as the kernels, in PyTorch).
+
+The op's Triton path calls :func:`delta_rule_triton`; its backward runs that forward again under autograd
+(``register_op`` without a Triton backward of its own): one extra forward pass per backward, until ``chunk.py``
+exposes its forward and backward as functions of tensors.
 """
 from typing import Optional, Tuple
 
 import torch
 
-from ..common import check_dtype, check_qkv, check_same_device, use_triton
-from .chunk import delta_rule_triton
+from ..common import (check_cu_seqlens, check_dtype, check_initial_state, check_qkv, check_same_device,
+                      register_op)
+from .chunk import check_kernel_args, delta_rule_triton
 from .reference import delta_rule_chunked, delta_rule_recurrent
 
 __all__ = ['delta_rule', 'delta_rule_triton', 'delta_rule_recurrent', 'delta_rule_chunked']
@@ -28,21 +33,42 @@ def _check(q, k, v, beta, g, initial_state, cu_seqlens):
     if g is not None and g.shape != (B, N, H):
         raise ValueError(f'g must be [B, N, H] = {(B, N, H)} (one log gate per head and token), '
                          f'got {tuple(g.shape)}')
-    S = B
-    if cu_seqlens is not None:
-        if B != 1:
-            raise ValueError(f'cu_seqlens needs packed inputs with B == 1, got B = {B}')
-        if cu_seqlens.dim() != 1 or cu_seqlens.numel() < 2 or cu_seqlens.dtype not in (torch.int32, torch.int64):
-            raise ValueError('cu_seqlens must be a 1-D int32/int64 tensor [S + 1] of sequence boundaries')
-        cu = cu_seqlens.tolist()
-        if cu[0] != 0 or cu[-1] != N or any(b < a for a, b in zip(cu[:-1], cu[1:])):
-            raise ValueError(f'cu_seqlens must rise from 0 to N = {N}, got {cu}')
-        S = len(cu) - 1
+    S = check_cu_seqlens(cu_seqlens, B, N)
+    check_initial_state(initial_state, (S, H, K, v.shape[-1]), '[S, H, K, V]')
+    check_kernel_args(B, N, H, K, v.shape[-1])
+
+
+def _no_state(q):
+    return torch.empty(0, dtype=torch.float32, device=q.device)
+
+
+def _reference(q, k, v, beta, g, scale, initial_state, output_final_state, cu_seqlens, reverse):
+    o, ht = delta_rule_recurrent(q, k, v, beta, g, scale=scale, initial_state=initial_state,
+                                 output_final_state=output_final_state, cu_seqlens=cu_seqlens, reverse=reverse)
+    return o.to(q.dtype), (ht if ht is not None else _no_state(q))
+
+
+def _triton(q, k, v, beta, g, scale, initial_state, output_final_state, cu_seqlens, reverse):
+    o, ht = delta_rule_triton(q, k, v, beta, g, scale=scale, initial_state=initial_state,
+                              output_final_state=output_final_state, cu_seqlens=cu_seqlens, reverse=reverse)
+    return o, (ht if ht is not None else _no_state(q))
+
+
+def _fake(q, k, v, beta, g, scale, initial_state, output_final_state, cu_seqlens, reverse):
+    B, N, H, K = q.shape
+    S = B if cu_seqlens is None else cu_seqlens.shape[0] - 1
+    dt = torch.promote_types(q.dtype, torch.float32)            # the reference's state dtype (Triton: float32)
     if initial_state is not None:
-        if initial_state.shape != (S, H, K, v.shape[-1]):
-            raise ValueError(f'initial_state must be [S, H, K, V] = {(S, H, K, v.shape[-1])}, '
-                             f'got {tuple(initial_state.shape)}')
-        check_dtype('initial_state', initial_state)
+        dt = torch.promote_types(dt, initial_state.dtype)
+    ht = q.new_empty((S, H, K, v.shape[-1]), dtype=dt) if output_final_state else _no_state(q)
+    return q.new_empty(v.shape), ht
+
+
+_delta_rule_op = register_op(
+    'delta_rule', '(Tensor q, Tensor k, Tensor v, Tensor beta, Tensor? g, float scale, Tensor? initial_state, '
+                  'bool output_final_state, Tensor? cu_seqlens, bool reverse)',
+    outputs=2, grads=('q', 'k', 'v', 'beta', 'g', 'initial_state'), reference=_reference, triton=_triton,
+    fake=_fake)
 
 
 def delta_rule(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, beta: torch.Tensor,
@@ -77,13 +103,11 @@ def delta_rule(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, beta: torch.Te
         (o [B, N, H, V] in the dtype of q, final_state or None). All arithmetic and the state are float32 on
         the Triton path; the reference computes in the promoted input dtype (float32 at least).
 
-    Dispatch: CUDA tensors -> Triton kernels (:mod:`.chunk`), CPU tensors or ``VLA_OPS_REFERENCE=1`` -> the
-    step-by-step PyTorch reference (differentiable through autograd).
+    Dispatch (the custom op ``vla_mm::delta_rule``): CUDA tensors -> Triton kernels (:mod:`.chunk`), CPU
+    tensors or ``VLA_OPS_REFERENCE=1`` -> the step-by-step PyTorch reference.
     """
     _check(q, k, v, beta, g, initial_state, cu_seqlens)
-    if use_triton(q, k, v, beta, g, initial_state):
-        return delta_rule_triton(q, k, v, beta, g, scale=scale, initial_state=initial_state,
-                                 output_final_state=output_final_state, cu_seqlens=cu_seqlens, reverse=reverse)
-    o, ht = delta_rule_recurrent(q, k, v, beta, g, scale=scale, initial_state=initial_state,
-                                 output_final_state=output_final_state, cu_seqlens=cu_seqlens, reverse=reverse)
-    return o.to(q.dtype), ht
+    scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
+    o, ht = _delta_rule_op(q, k, v, beta, g, scale, initial_state, bool(output_final_state), cu_seqlens,
+                           bool(reverse))
+    return o, (ht if output_final_state else None)

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from vla_mm.ops.common import kernel_options
+from vla_mm.ops.delta_rule import delta_rule
 from vla_mm.ops.gla import chunk_gla, chunk_retention
 from vla_mm.ops.gsa import gsa
 from vla_mm.ops.hgrn import hgrn
@@ -82,6 +83,20 @@ def _hgrn(x, g, h0):
     return hgrn(x, g, initial_state=h0, output_final_state=True)
 
 
+def _delta_inputs():
+    g = _gen(6)
+    B, N, H, K, V = 1, 10, 2, 16, 8
+    k = F.normalize(torch.randn(B, N, H, K, generator=g), dim=-1)
+    return dict(q=torch.randn(B, N, H, K, generator=g), k=k, v=torch.randn(B, N, H, V, generator=g),
+                beta=torch.rand(B, N, H, generator=g), g=-F.softplus(torch.randn(B, N, H, generator=g)),
+                h0=torch.randn(2, H, K, V, generator=g))
+
+
+def _delta(q, k, v, beta, g, h0):
+    cu = torch.tensor([0, 3, 10], dtype=torch.int32)
+    return delta_rule(q, k, v, beta, g, initial_state=h0, output_final_state=True, cu_seqlens=cu, reverse=True)
+
+
 CASES = {
     'linear_attn': (_la, _la_inputs, 'linear_attn'),
     'linear_attn_varlen': (_la_varlen, _la_inputs, 'linear_attn'),
@@ -89,6 +104,7 @@ CASES = {
     'chunk_retention': (_retention, _gla_inputs, 'chunk_gla'),
     'gsa': (_gsa, _gsa_inputs, 'chunk_gla'),
     'hgrn': (_hgrn, _hgrn_inputs, 'hgrn'),
+    'delta_rule': (_delta, _delta_inputs, 'delta_rule'),
 }
 
 
@@ -105,7 +121,8 @@ def _run(fn, inputs):
 
 # every case through the reference; the Triton path (interpreter: slow) once per op
 @pytest.mark.parametrize('case, path', [(c, 'reference') for c in CASES] +
-                         [('linear_attn', 'triton'), ('chunk_gla', 'triton'), ('hgrn', 'triton')])
+                         [('linear_attn', 'triton'), ('chunk_gla', 'triton'), ('hgrn', 'triton'),
+                          ('delta_rule', 'triton')])
 def test_compiled_equals_eager(case, path):
     fn, make, op = CASES[case]
     inputs = make()
@@ -138,13 +155,17 @@ def _opcheck_args(name):
         gk = F.logsigmoid(torch.randn(1, 6, 1, generator=g)).requires_grad_()
         h0 = torch.randn(1, 1, 8, 8, generator=g).requires_grad_()
         return torch.ops.vla_mm.chunk_gla.default, (q, k, v, gk, None, None, 0.5, h0, True, None, True, 16)
+    if name == 'delta_rule':
+        q, k, v = (torch.randn(1, 6, 1, 8, generator=g).requires_grad_() for _ in range(3))
+        beta = torch.rand(1, 6, 1, generator=g).requires_grad_()
+        return torch.ops.vla_mm.delta_rule.default, (q, k, v, beta, None, 0.5, None, True, None, False)
     x = torch.randn(1, 6, 4, generator=g).requires_grad_()
     gg = F.logsigmoid(torch.randn(1, 6, 4, generator=g)).requires_grad_()
     return torch.ops.vla_mm.hgrn.default, (x, gg, None, None, True, False, True, 16)
 
 
 @pytest.mark.parametrize('path', ['reference', 'triton'])
-@pytest.mark.parametrize('name', ['linear_attn', 'chunk_gla', 'hgrn'])
+@pytest.mark.parametrize('name', ['linear_attn', 'chunk_gla', 'hgrn', 'delta_rule'])
 def test_opcheck(name, path):
     op, args = _opcheck_args(name)
     with kernel_options(backend=path):

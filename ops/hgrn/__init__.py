@@ -9,7 +9,7 @@ from typing import Optional, Tuple
 import torch
 
 from ..common import (check_cu_seqlens, check_dtype, check_initial_state, check_same_device, kernel_options,
-                      register_op)
+                      register_op, use_triton)
 from .reference import hgrn_recurrent_reference
 from .scan import hgrn_bwd, hgrn_fwd
 
@@ -42,18 +42,29 @@ def _reference(x, g, initial_state, cu_seqlens, output_final_state, reverse, gat
     return o, (ht if ht is not None else _no_state(x))
 
 
+def _copies(x, g, initial_state):
+    """Which inputs the Triton forward copies to contiguous memory (and keeps, so the backward copies nothing)."""
+    return [n for n, t in (('x', x), ('g', g), ('h0', initial_state)) if t is not None and not t.is_contiguous()]
+
+
 def _triton(x, g, initial_state, cu_seqlens, output_final_state, reverse, gated_input, chunk_size):
-    o, ht = hgrn_fwd(x, g, initial_state, output_final_state, cu_seqlens, reverse, gated_input, chunk_size)
-    return (o, ht if ht is not None else _no_state(x)), ()
+    dense = dict(zip(('x', 'g', 'h0'), (x, g, initial_state)))
+    kept = [dense[n].contiguous() for n in _copies(x, g, initial_state)]
+    dense.update(zip(_copies(x, g, initial_state), kept))
+    o, ht = hgrn_fwd(dense['x'], dense['g'], dense['h0'], output_final_state, cu_seqlens, reverse, gated_input,
+                     chunk_size)
+    return (o, ht if ht is not None else _no_state(x)), kept
 
 
-def _triton_backward(grads, outputs, residuals, x, g, initial_state, cu_seqlens, output_final_state, reverse,
+def _triton_backward(grads, outputs, saved, x, g, initial_state, cu_seqlens, output_final_state, reverse,
                      gated_input, chunk_size):
+    dense = dict(zip(('x', 'g', 'h0'), (x, g, initial_state)))
+    dense.update(zip(_copies(x, g, initial_state), saved))
     do, dht = grads
     o = outputs[0]
     do = torch.zeros_like(o) if do is None else do
     dht = dht if output_final_state else None
-    return hgrn_bwd(x, g, initial_state, o, do, dht, cu_seqlens, reverse, gated_input, chunk_size)
+    return hgrn_bwd(dense['x'], dense['g'], dense['h0'], o, do, dht, cu_seqlens, reverse, gated_input, chunk_size)
 
 
 def _fake(x, g, initial_state, cu_seqlens, output_final_state, reverse, gated_input, chunk_size):
@@ -61,7 +72,11 @@ def _fake(x, g, initial_state, cu_seqlens, output_final_state, reverse, gated_in
     S = B if cu_seqlens is None else cu_seqlens.shape[0] - 1
     f64 = any(t is not None and t.dtype == torch.float64 for t in (x, g, initial_state))
     ht = x.new_empty((S, D), dtype=torch.float64 if f64 else torch.float32) if output_final_state else _no_state(x)
-    return x.new_empty(x.shape), ht
+    outs = [x.new_empty(x.shape), ht]
+    if use_triton(x, g, initial_state, cu_seqlens):
+        dense = dict(zip(('x', 'g', 'h0'), (x, g, initial_state)))
+        outs += [dense[n].new_empty(dense[n].shape) for n in _copies(x, g, initial_state)]
+    return outs
 
 
 _hgrn_op = register_op(

@@ -81,3 +81,18 @@ def test_hgrn_public_op():
         hgrn(x, g[:, :3])
     with pytest.raises(ValueError, match='initial_state'):
         hgrn(x, g, initial_state=torch.randn(3, 8))
+
+
+def test_hgrn_strided_inputs():
+    # x and g as views of one projection: the same bits as contiguous inputs (the forward's copies are kept, the
+    # backward copies nothing again)
+    xg = torch.randn(2, 20, 2, 12).requires_grad_(True)
+    x, g = xg[:, :, 0], F.logsigmoid(xg[:, :, 1])
+    assert not x.is_contiguous()
+    do = torch.randn(2, 20, 12)
+    o, _ = hgrn_triton(x, g, reverse=True, chunk_size=16)
+    grads = torch.autograd.grad(o, (x, g), do)
+    xc, gc = (t.detach().contiguous().requires_grad_(True) for t in (x, g))
+    o2, _ = hgrn_triton(xc, gc, reverse=True, chunk_size=16)
+    grads2 = torch.autograd.grad(o2, (xc, gc), do)
+    assert torch.equal(o, o2) and all(torch.equal(a, b) for a, b in zip(grads, grads2))

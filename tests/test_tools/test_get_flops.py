@@ -149,6 +149,12 @@ def test_an_op_without_a_handle_is_reported_not_zero():
     assert total == 4 * 5 * 4  # the matmul still counts
 
 
+def test_rms_norm_is_counted_like_layer_norm():
+    x, w = torch.randn(2, 7, 16), torch.ones(16)
+    assert count(lambda x, w: F.rms_norm(x, (16, ), w), x, w)[0] == count(
+        lambda x, w: F.layer_norm(x, (16, ), w, w), x, w)[0] == 2 * 7 * 16 * 5
+
+
 def test_sdpa_is_counted():
     q, k, v = (torch.randn(2, 3, 50, 8) for _ in range(3))
     full = 2 * 3 * 50 * 50 * (8 + 8)

@@ -190,11 +190,13 @@ PYTHON_OPS = {'LinearAttnFunction': linear_attn_handle, 'ChunkGLAFunction': chun
 
 
 def op_handles(namespace='vla_mm'):
-    """Handles for ``FlopAnalyzer.set_op_handle``: ``<namespace>::<op>``, ``prim::PythonOp.<Function>`` and
-    ``aten::scaled_dot_product_attention`` (which mmengine 0.10 does not count)."""
+    """Handles for ``FlopAnalyzer.set_op_handle``: ``<namespace>::<op>``, ``prim::PythonOp.<Function>``,
+    ``aten::scaled_dot_product_attention`` and ``aten::rms_norm`` (which mmengine 0.10 does not count)."""
+    from mmengine.analysis.jit_handles import norm_flop_counter
     h = {f'{namespace}::{name}': fn for name, fn in HANDLES.items()}
     h.update({f'prim::PythonOp.{name}': fn for name, fn in PYTHON_OPS.items()})
     h['aten::scaled_dot_product_attention'] = sdpa_handle
+    h['aten::rms_norm'] = norm_flop_counter(2)  # as mmengine counts aten::layer_norm (weight at index 2)
     return h
 
 

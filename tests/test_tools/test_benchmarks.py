@@ -94,6 +94,14 @@ def test_op_benchmark_smoke(tmp_path):
     assert res['peer_status']['linear_attn/fla'] == 'needs CUDA'
 
 
+def test_op_benchmark_runs_the_kernels_in_the_interpreter(tmp_path):
+    ops = load('ops')  # --backend triton: our Triton kernels on CPU tensors (TRITON_INTERPRET=1, tests/conftest.py)
+    assert ops.main(['--smoke', '--out', str(tmp_path), '--backend', 'triton', '--ops', 'linear_attn', '--N', '16',
+                     '--modes', 'fwd', '--no-host', '--rep', '1']) == 0
+    res = json.load(open(tmp_path / 'results.json'))
+    assert res['checks'][0]['ok'] and res['bench'][0]['ours_fwd_ms'] > 0
+
+
 def test_op_benchmark_check_catches_a_wrong_op(tmp_path, monkeypatch):
     ops = load('ops')
     specs = ops._specs()

@@ -549,11 +549,13 @@ def parse_args(argv=None):
     p.add_argument('--B-at', dest='B_at', type=int, default=4096,
                    help='B is the batch at this N; at other N the batch is B * B_at / N (at least 1), so every N '
                         'moves about the same tokens (8x12x4096, 2x12x16384, 1x12x65536); 0: B at every N')
-    p.add_argument('--check', action='store_true', help='float64 checks of ours first')
+    p.add_argument('--check', action=argparse.BooleanOptionalAction, default=False,
+                   help='float64 checks of ours first')
     p.add_argument('--check-N', dest='check_N', type=int, default=2048)
     p.add_argument('--check-B', dest='check_B', type=int, default=2)
     p.add_argument('--check-H', dest='check_H', type=int, default=2)
-    p.add_argument('--host', action='store_true', help='host microseconds per call at B1 H1 N64')
+    p.add_argument('--host', action=argparse.BooleanOptionalAction, default=False,
+                   help='host microseconds per call at B1 H1 --host-N')
     p.add_argument('--host-N', dest='host_N', type=int, default=64)
     p.add_argument('--host-calls', dest='host_calls', type=int, default=300)
     p.add_argument('--graph', action='store_true', help='also time CUDA-graph replays')
@@ -561,6 +563,10 @@ def parse_args(argv=None):
     p.add_argument('--warmup', type=float, default=25, help='ms of warm-up calls')
     p.add_argument('--rep', type=float, default=100, help='ms of timed calls')
     p.add_argument('--deadline', type=float, default=540, help='seconds for the whole call')
+    p.add_argument('--backend', default='auto', choices=['auto', 'triton', 'reference'],
+                   help="ours through vla_mm.ops.common.kernel_options(backend=...): 'triton' on CPU tensors runs "
+                        "the kernels in Triton's interpreter (TRITON_INTERPRET=1), 'reference' times the PyTorch "
+                        'reference')
     p.add_argument('--smoke', action='store_true', help='CPU, tiny shapes, float32 (CI)')
     if '--smoke' in (sys.argv[1:] if argv is None else argv):  # tiny defaults; explicit options still win
         p.set_defaults(N='16,32', B=1, H=2, K=8, V=8, dtype='fp32', slots=4, check_N=16, check_B=1, check_H=2,
@@ -571,6 +577,14 @@ def parse_args(argv=None):
 
 def main(argv=None):
     a = parse_args(argv)
+    if a.backend == 'auto':
+        return run_benchmark(a)
+    from vla_mm.ops.common import kernel_options
+    with kernel_options(backend=a.backend):
+        return run_benchmark(a)
+
+
+def run_benchmark(a):
     log, deadline, device = common.start(a.out, a.deadline, cpu=a.smoke)
     dtype = dict(bf16=torch.bfloat16, fp16=torch.float16, fp32=torch.float32)[a.dtype]
     GSA_SLOTS[0] = a.slots

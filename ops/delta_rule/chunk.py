@@ -35,7 +35,8 @@ import torch
 import triton
 import triton.language as tl
 
-from ..common import alloc, current_options
+from ..common import PackedSeqs, alloc, current_options, kernel_options
+from ..common.jit import chunk_info as _chunk_at, phys_row, seq_info as _seq_at
 
 BT = 64                  # chunk length (the blocked inversion in ``_prep_kernel`` is written for 4 x 16 rows)
 MAX_HEAD_DIM_K = 256     # one [BT, K] tile of q / k / W per program
@@ -53,14 +54,12 @@ def _launch(name):
 
 
 @triton.jit
-def _rows(bos, eos, start, BT: tl.constexpr, REVERSE: tl.constexpr):
+def _chunk_rows(bos, eos, start, BT: tl.constexpr, REVERSE: tl.constexpr):
+    """Logical positions ``start + [0, BT)`` of the sequence ``[bos, eos)``: (positions, valid, physical rows;
+    invalid rows point at ``bos``)."""
     lp = start + tl.arange(0, BT)
     valid = lp < (eos - bos)
-    if REVERSE:
-        phys = eos - 1 - lp
-    else:
-        phys = bos + lp
-    phys = tl.where(valid, phys, bos)
+    phys = tl.where(valid, phys_row(lp, bos, eos, REVERSE), bos)
     return lp, valid, phys
 
 
@@ -121,24 +120,20 @@ def _st_tblk(base, x, I: tl.constexpr, J: tl.constexpr, SB: tl.constexpr, BT: tl
 
 
 @triton.jit
-def _prep_kernel(k, v, beta, g, G_out, T_out, W_out, Ut_out, cu, chunk_info,
+def _prep_kernel(k, v, beta, g, G_out, T_out, W_out, Ut_out, cu, chunk_seq, chunk_idx, N, NT,
                  H, K, V,
                  BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-                 USE_G: tl.constexpr, REVERSE: tl.constexpr, PREC: tl.constexpr):
+                 USE_G: tl.constexpr, REVERSE: tl.constexpr, PREC: tl.constexpr, VARLEN: tl.constexpr):
     """Per chunk (parallel): G (chunk-local cumulative log gates), T = (I + A)^-1, W and U~. T is built from
     16x16 blocks (BT == 64): the four diagonal blocks by the nilpotent product, the others by block substitution."""
     SB: tl.constexpr = BT // 4
-    ic = tl.program_id(0)
-    ih = tl.program_id(1)
-    n = tl.load(chunk_info + ic * 2)
-    c = tl.load(chunk_info + ic * 2 + 1)
-    bos = tl.load(cu + n)
-    eos = tl.load(cu + n + 1)
+    n, ih, c, bos, eos, ic = _chunk_at(tl.program_id(0), tl.program_id(1), cu, chunk_seq, chunk_idx, N, NT, H,
+                                       VARLEN)
     ck = tl.arange(0, BK)
-    _l0, v0, p0 = _rows(bos, eos, c * BT, SB, REVERSE)
-    _l1, v1, p1 = _rows(bos, eos, c * BT + SB, SB, REVERSE)
-    _l2, v2, p2 = _rows(bos, eos, c * BT + 2 * SB, SB, REVERSE)
-    _l3, v3, p3 = _rows(bos, eos, c * BT + 3 * SB, SB, REVERSE)
+    _l0, v0, p0 = _chunk_rows(bos, eos, c * BT, SB, REVERSE)
+    _l1, v1, p1 = _chunk_rows(bos, eos, c * BT + SB, SB, REVERSE)
+    _l2, v2, p2 = _chunk_rows(bos, eos, c * BT + 2 * SB, SB, REVERSE)
+    _l3, v3, p3 = _chunk_rows(bos, eos, c * BT + 3 * SB, SB, REVERSE)
     k0 = _ld_rows(k, p0, v0, ih, H, K, ck)
     k1 = _ld_rows(k, p1, v1, ih, H, K, ck)
     k2 = _ld_rows(k, p2, v2, ih, H, K, ck)
@@ -231,18 +226,14 @@ def _prep_kernel(k, v, beta, g, G_out, T_out, W_out, Ut_out, cu, chunk_info,
 
 
 @triton.jit
-def _state_kernel(k, W, Ut, G, U_out, h_buf, h0, ht, cu, chunk_off,
+def _state_kernel(k, W, Ut, G, U_out, h_buf, h0, ht, cu, chunk_off, N, NT,
                   H, K, V,
                   BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
                   USE_G: tl.constexpr, USE_H0: tl.constexpr, STORE_HT: tl.constexpr,
-                  REVERSE: tl.constexpr, PREC: tl.constexpr):
+                  REVERSE: tl.constexpr, PREC: tl.constexpr, VARLEN: tl.constexpr):
     iv = tl.program_id(0)
-    n = tl.program_id(1)
-    ih = tl.program_id(2)
-    bos = tl.load(cu + n)
-    eos = tl.load(cu + n + 1)
+    n, ih, bos, eos, off = _seq_at(tl.program_id(1), cu, chunk_off, N, NT, H, VARLEN)
     L = eos - bos
-    off = tl.load(chunk_off + n)
     r = tl.arange(0, BT)
     ck = tl.arange(0, BK)
     cv = iv * BV + tl.arange(0, BV)
@@ -254,7 +245,7 @@ def _state_kernel(k, W, Ut, G, U_out, h_buf, h0, ht, cu, chunk_off,
     for c in range(0, tl.cdiv(L, BT)):
         ic = (off + c).to(tl.int64)
         tl.store(h_buf + (ic * H + ih).to(tl.int64) * K * V + (ck[:, None] * V + cv[None, :]), hs, mask=mh)
-        lp, valid, phys = _rows(bos, eos, c * BT, BT, REVERSE)
+        lp, valid, phys = _chunk_rows(bos, eos, c * BT, BT, REVERSE)
         mk = valid[:, None] & (ck < K)[None, :]
         mv = valid[:, None] & (cv < V)[None, :]
         w = tl.load(W + (phys[:, None] * H + ih) * K + ck[None, :], mask=mk, other=0.)
@@ -275,18 +266,14 @@ def _state_kernel(k, W, Ut, G, U_out, h_buf, h0, ht, cu, chunk_off,
 
 
 @triton.jit
-def _out_kernel(q, k, G, U, h_buf, o, cu, chunk_info, scale,
+def _out_kernel(q, k, G, U, h_buf, o, cu, chunk_seq, chunk_idx, N, NT, scale,
                 H, K, V,
                 BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-                USE_G: tl.constexpr, REVERSE: tl.constexpr, PREC: tl.constexpr):
-    ic = tl.program_id(0)
-    ih = tl.program_id(1)
+                USE_G: tl.constexpr, REVERSE: tl.constexpr, PREC: tl.constexpr, VARLEN: tl.constexpr):
     iv = tl.program_id(2)
-    n = tl.load(chunk_info + ic * 2)
-    c = tl.load(chunk_info + ic * 2 + 1)
-    bos = tl.load(cu + n)
-    eos = tl.load(cu + n + 1)
-    lp, valid, phys = _rows(bos, eos, c * BT, BT, REVERSE)
+    n, ih, c, bos, eos, ic = _chunk_at(tl.program_id(0), tl.program_id(1), cu, chunk_seq, chunk_idx, N, NT, H,
+                                       VARLEN)
+    lp, valid, phys = _chunk_rows(bos, eos, c * BT, BT, REVERSE)
     r = tl.arange(0, BT)
     ck = tl.arange(0, BK)
     cv = iv * BV + tl.arange(0, BV)
@@ -311,19 +298,15 @@ def _out_kernel(q, k, G, U, h_buf, o, cu, chunk_info, scale,
 
 
 @triton.jit
-def _dstate_kernel(q, k, G, W, do, dU_out, dh_buf, dht, dh0, cu, chunk_off, scale,
+def _dstate_kernel(q, k, G, W, do, dU_out, dh_buf, dht, dh0, cu, chunk_off, N, NT, scale,
                    H, K, V,
                    BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
                    USE_G: tl.constexpr, USE_DHT: tl.constexpr, STORE_DH0: tl.constexpr,
-                   REVERSE: tl.constexpr, PREC: tl.constexpr):
+                   REVERSE: tl.constexpr, PREC: tl.constexpr, VARLEN: tl.constexpr):
     iv = tl.program_id(0)
-    n = tl.program_id(1)
-    ih = tl.program_id(2)
-    bos = tl.load(cu + n)
-    eos = tl.load(cu + n + 1)
+    n, ih, bos, eos, off = _seq_at(tl.program_id(1), cu, chunk_off, N, NT, H, VARLEN)
     L = eos - bos
-    off = tl.load(chunk_off + n)
-    NT = tl.cdiv(L, BT)
+    nc = tl.cdiv(L, BT)
     r = tl.arange(0, BT)
     ck = tl.arange(0, BK)
     cv = iv * BV + tl.arange(0, BV)
@@ -332,11 +315,11 @@ def _dstate_kernel(q, k, G, W, do, dU_out, dh_buf, dht, dh0, cu, chunk_off, scal
     if USE_DHT:
         dh = tl.load(dht + (n * H + ih).to(tl.int64) * K * V + (ck[:, None] * V + cv[None, :]),
                      mask=mh, other=0.).to(tl.float32)
-    for cc in range(0, NT):
-        c = NT - 1 - cc
+    for cc in range(0, nc):
+        c = nc - 1 - cc
         ic = (off + c).to(tl.int64)
         tl.store(dh_buf + (ic * H + ih).to(tl.int64) * K * V + (ck[:, None] * V + cv[None, :]), dh, mask=mh)
-        lp, valid, phys = _rows(bos, eos, c * BT, BT, REVERSE)
+        lp, valid, phys = _chunk_rows(bos, eos, c * BT, BT, REVERSE)
         mk = valid[:, None] & (ck < K)[None, :]
         mv = valid[:, None] & (cv < V)[None, :]
         qq = tl.load(q + (phys[:, None] * H + ih) * K + ck[None, :], mask=mk, other=0.).to(tl.float32)
@@ -367,19 +350,16 @@ def _dstate_kernel(q, k, G, W, do, dU_out, dh_buf, dht, dh0, cu, chunk_off, scal
 
 
 @triton.jit
-def _grads_wy_kernel(k, v, beta, G, T_buf, U, dU, h_buf, dk_part, dv, dbeta, dG_part, cu, chunk_info,
+def _grads_wy_kernel(k, v, beta, G, T_buf, U, dU, h_buf, dk_part, dv, dbeta, dG_part, cu, chunk_seq, chunk_idx,
+                     N, NT,
                      H, K, V,
                      BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-                     USE_G: tl.constexpr, REVERSE: tl.constexpr, PREC: tl.constexpr):
+                     USE_G: tl.constexpr, REVERSE: tl.constexpr, PREC: tl.constexpr, VARLEN: tl.constexpr):
     """Split backward, part 1: everything that flows through T (the UT transform): dv, dbeta, and the parts of
     dk and dG from W = T diag(b e^G) K and A; written to float32 scratch for part 2."""
-    ic = tl.program_id(0)
-    ih = tl.program_id(1)
-    n = tl.load(chunk_info + ic * 2)
-    c = tl.load(chunk_info + ic * 2 + 1)
-    bos = tl.load(cu + n)
-    eos = tl.load(cu + n + 1)
-    lp, valid, phys = _rows(bos, eos, c * BT, BT, REVERSE)
+    n, ih, c, bos, eos, ic = _chunk_at(tl.program_id(0), tl.program_id(1), cu, chunk_seq, chunk_idx, N, NT, H,
+                                       VARLEN)
+    lp, valid, phys = _chunk_rows(bos, eos, c * BT, BT, REVERSE)
     r = tl.arange(0, BT)
     ck = tl.arange(0, BK)
     mk = valid[:, None] & (ck < K)[None, :]
@@ -430,19 +410,16 @@ def _grads_wy_kernel(k, v, beta, G, T_buf, U, dU, h_buf, dk_part, dv, dbeta, dG_
 
 
 @triton.jit
-def _grads_qk_kernel(q, k, G, U, do, h_buf, dh_buf, dk_part, dG_part, dq, dk, dg, cu, chunk_info, scale,
+def _grads_qk_kernel(q, k, G, U, do, h_buf, dh_buf, dk_part, dG_part, dq, dk, dg, cu, chunk_seq, chunk_idx, N,
+                     NT, scale,
                      H, K, V,
                      BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-                     USE_G: tl.constexpr, REVERSE: tl.constexpr, PREC: tl.constexpr):
+                     USE_G: tl.constexpr, REVERSE: tl.constexpr, PREC: tl.constexpr, VARLEN: tl.constexpr):
     """Split backward, part 2: the output and chunk-end-state paths (dq, the rest of dk, dg)."""
-    ic = tl.program_id(0)
-    ih = tl.program_id(1)
-    n = tl.load(chunk_info + ic * 2)
-    c = tl.load(chunk_info + ic * 2 + 1)
-    bos = tl.load(cu + n)
-    eos = tl.load(cu + n + 1)
+    n, ih, c, bos, eos, ic = _chunk_at(tl.program_id(0), tl.program_id(1), cu, chunk_seq, chunk_idx, N, NT, H,
+                                       VARLEN)
     L = eos - bos
-    lp, valid, phys = _rows(bos, eos, c * BT, BT, REVERSE)
+    lp, valid, phys = _chunk_rows(bos, eos, c * BT, BT, REVERSE)
     r = tl.arange(0, BT)
     ck = tl.arange(0, BK)
     mk = valid[:, None] & (ck < K)[None, :]
@@ -498,26 +475,6 @@ def _grads_qk_kernel(q, k, G, U, do, h_buf, dh_buf, dk_part, dG_part, dq, dk, dg
         tl.store(dg + phys * H + ih, dgv.to(dg.dtype.element_ty), mask=valid)
 
 
-def _chunk_tables(B, N, cu_seqlens, device):
-    """cu (int32 [S+1]), chunk_info (int32 [NT, 2]: sequence, chunk), chunk_off (int32 [S+1]), S, NT."""
-    if cu_seqlens is None:
-        nt = triton.cdiv(N, BT)
-        cu = torch.arange(0, B + 1, device=device, dtype=torch.int32) * N
-        seq = torch.arange(B, device=device, dtype=torch.int32).repeat_interleave(nt)
-        cidx = torch.arange(nt, device=device, dtype=torch.int32).repeat(B)
-        off = torch.arange(0, B + 1, device=device, dtype=torch.int32) * nt
-        return cu, torch.stack([seq, cidx], 1).contiguous(), off, B, B * nt
-    lens = [int(x) for x in (cu_seqlens[1:] - cu_seqlens[:-1]).tolist()]
-    nts = [triton.cdiv(L, BT) for L in lens]
-    info = [(s, c) for s, nt in enumerate(nts) for c in range(nt)]
-    offs = [0]
-    for nt in nts:
-        offs.append(offs[-1] + nt)
-    cu = cu_seqlens.to(device=device, dtype=torch.int32)
-    info_t = torch.tensor(info if info else [(0, 0)], dtype=torch.int32).reshape(-1, 2)[:len(info)].to(device)
-    return cu, info_t.contiguous(), torch.tensor(offs, dtype=torch.int32, device=device), len(lens), len(info)
-
-
 def _blocks(K, V):
     """K block (the whole head dim, one tile) and V block of the parallel kernels."""
     return max(16, triton.next_power_of_2(K)), min(64, max(16, triton.next_power_of_2(V)))
@@ -549,85 +506,124 @@ def check_kernel_args(B, N, H, K, V):
                          f'{B * N * H * max(K, V)} must be < 2**31 (split the batch)')
 
 
+def _nt_bound(B, N, S, varlen):
+    """Rows of the per-chunk buffers: every chunk fits (packed: sum of ceil(L_s / BT) <= N // BT + S), and the
+    bound is known without reading ``cu_seqlens`` (fake tensors under ``torch.compile``)."""
+    return N // BT + S if varlen else B * triton.cdiv(N, BT)
+
+
+def residual_meta(q, v, g, cu_seqlens):
+    """(shape, dtype) of each residual :func:`delta_rule_fwd` returns, from shapes alone (fake tensors)."""
+    B, N, H, K = q.shape
+    V = v.shape[-1]
+    S = B if cu_seqlens is None else cu_seqlens.shape[0] - 1
+    NT = _nt_bound(B, N, S, cu_seqlens is not None)
+    f32 = torch.float32
+    return [((B * N, H) if g is not None else (0,), torch.float64), ((NT, H, BT, BT), f32), ((B * N, H, K), f32),
+            ((B * N, H, V), f32), ((NT, H, K, V), f32)]
+
+
+def _tables(B, N, H, cu_seqlens, device):
+    """Kernel arguments of the packed-sequence tables: (parallel kernels' table args, their grid, sequential
+    kernels' table args, S, varlen)."""
+    seqs = PackedSeqs(B, N, cu_seqlens, device)
+    ct = seqs.chunks(BT, H)
+    par = (ct.cu, ct.chunk_seq, ct.chunk_idx, N, ct.NT)
+    seq = (ct.cu, ct.chunk_off, N, ct.NT)
+    return par, (ct.nchunks, ct.nbh), seq, seqs.nseq, ct.varlen
+
+
+def delta_rule_fwd(q, k, v, beta, g, scale, initial_state, output_final_state, cu_seqlens, reverse):
+    """Forward kernels. Returns ``((o, final_state or None), residuals)``; ``residuals`` (tensors, see
+    :func:`residual_meta`) is what :func:`delta_rule_bwd` needs besides the inputs."""
+    B, N, H, K = q.shape
+    V = v.shape[-1]
+    BK, BV = _blocks(K, V)
+    dev = q.device
+    q, k, v, beta = (x.contiguous() for x in (q, k, v, beta))
+    use_g = g is not None
+    g = g.contiguous() if use_g else beta
+    par, grid, seq, S, varlen = _tables(B, N, H, cu_seqlens, dev)
+    prec = dot_precision(q.dtype, K)
+    (gs, gd), (ts, _), (ws, _), (us, _), (hs, _) = residual_meta(q, v, g if use_g else None, cu_seqlens)
+    G = alloc(gs, gd, dev)
+    Tb, W, Ut, U, hb = (alloc(x, torch.float32, dev) for x in (ts, ws, us, us, hs))
+    o = alloc((B, N, H, V), q.dtype, dev)
+    ht = alloc((S, H, K, V), torch.float32, dev) if output_final_state else None
+    h0 = initial_state.contiguous() if initial_state is not None else None
+    BVs = _bv_state(S, H, V)
+    flags = dict(BT=BT, BK=BK, USE_G=use_g, REVERSE=reverse, PREC=prec, VARLEN=varlen)
+    if grid[0] > 0:
+        _prep_kernel[grid](k, v, beta, g, G if use_g else beta, Tb, W, Ut, *par, H, K, V, BV=BV, **flags,
+                           **_launch('prep'))
+    _state_kernel[(triton.cdiv(V, BVs), S * H)](
+        k, W, Ut, G if use_g else beta, U, hb, h0 if h0 is not None else W, ht if ht is not None else W, *seq,
+        H, K, V, BV=BVs, USE_H0=h0 is not None, STORE_HT=ht is not None, **flags, **_launch('state'))
+    if grid[0] > 0:
+        _out_kernel[(*grid, triton.cdiv(V, BV))](q, k, G if use_g else beta, U, hb, o, *par, scale, H, K, V,
+                                                 BV=BV, **flags, **_launch('out'))
+    return (o, ht), (G, Tb, W, U, hb)
+
+
+def delta_rule_bwd(do, dht, residuals, q, k, v, beta, g, scale, initial_state, cu_seqlens, reverse):
+    """Backward kernels: ``(dq, dk, dv, dbeta, dg or None, d initial_state or None)`` from the output
+    gradients (``do`` None: zeros; ``dht`` None: no final-state gradient) and the forward's residuals."""
+    G, Tb, W, U, hb = residuals
+    B, N, H, K = q.shape
+    V = v.shape[-1]
+    BK, BV = _blocks(K, V)
+    dev = q.device
+    f32 = torch.float32
+    q, k, v, beta = (x.contiguous() for x in (q, k, v, beta))
+    use_g = g is not None
+    Gp = G if use_g else beta
+    do = torch.zeros_like(q[..., :1].expand(B, N, H, V)) if do is None else do.contiguous()
+    dht = dht.contiguous() if dht is not None else None
+    h0 = initial_state
+    par, grid, seq, S, varlen = _tables(B, N, H, cu_seqlens, dev)
+    prec = dot_precision(q.dtype, K)
+    flags = dict(BT=BT, BK=BK, USE_G=use_g, REVERSE=reverse, PREC=prec, VARLEN=varlen)
+    dU = alloc((B * N, H, V), f32, dev)
+    dhb = alloc(hb.shape, f32, dev)
+    dh0 = alloc((S, H, K, V), f32, dev) if h0 is not None else None
+    BVs = _bv_state(S, H, V)
+    _dstate_kernel[(triton.cdiv(V, BVs), S * H)](
+        q, k, Gp, W, do, dU, dhb, dht if dht is not None else W, dh0 if dh0 is not None else W, *seq, scale,
+        H, K, V, BV=BVs, USE_DHT=dht is not None, STORE_DH0=dh0 is not None, **flags, **_launch('dstate'))
+    dq = alloc(q.shape, q.dtype, dev)
+    dk = alloc(k.shape, k.dtype, dev)
+    dv = alloc(v.shape, v.dtype, dev)
+    dbeta = alloc(beta.shape, beta.dtype, dev)
+    dg = alloc((B, N, H), g.dtype, dev) if use_g else None
+    if grid[0] > 0:
+        dk_part = alloc((B * N, H, K), f32, dev)
+        dG_part = alloc((B * N, H), f32, dev) if use_g else dk_part
+        _grads_wy_kernel[grid](k, v, beta, Gp, Tb, U, dU, hb, dk_part, dv, dbeta, dG_part, *par, H, K, V,
+                               BV=BV, **flags, **_launch('grads_wy'))
+        _grads_qk_kernel[grid](q, k, Gp, U, do, hb, dhb, dk_part, dG_part, dq, dk, dg if use_g else dbeta, *par,
+                               scale, H, K, V, BV=BV, **flags, **_launch('grads_qk'))
+    if dh0 is not None:
+        dh0 = dh0.to(h0.dtype)
+    return dq, dk, dv, dbeta, dg, dh0
+
+
 class DeltaRuleFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, q, k, v, beta, g, scale, initial_state, output_final_state, cu_seqlens, reverse):
-        B, N, H, K = q.shape
-        V = v.shape[-1]
-        BK, BV = _blocks(K, V)
-        dev = q.device
-        q, k, v, beta = (x.contiguous() for x in (q, k, v, beta))
-        use_g = g is not None
-        if use_g:
-            g = g.contiguous()
-        cu, info, off, S, NT = _chunk_tables(B, N, cu_seqlens, dev)
-        prec = dot_precision(q.dtype, K)
-        f32 = torch.float32
-        TT = B * N
-        G = alloc((TT, H), torch.float64, dev) if use_g else beta
-        Tb = alloc((NT, H, BT, BT), f32, dev)
-        W = alloc((TT, H, K), f32, dev)
-        Ut = alloc((TT, H, V), f32, dev)
-        U = alloc((TT, H, V), f32, dev)
-        hb = alloc((NT, H, K, V), f32, dev)
-        o = alloc((B, N, H, V), q.dtype, dev)
-        ht = alloc((S, H, K, V), f32, dev) if output_final_state else None
-        h0 = initial_state.contiguous() if initial_state is not None else None
-        nv = triton.cdiv(V, BV)
-        BVs = _bv_state(S, H, V)
-        nvs = triton.cdiv(V, BVs)
-        if NT > 0:
-            _prep_kernel[(NT, H)](k, v, beta, g if use_g else beta, G, Tb, W, Ut, cu, info, H, K, V,
-                                  BT=BT, BK=BK, BV=BV, USE_G=use_g, REVERSE=reverse, PREC=prec, **_launch('prep'))
-        _state_kernel[(nvs, S, H)](k, W, Ut, G, U, hb, h0 if h0 is not None else W, ht if ht is not None else W,
-                                   cu, off, H, K, V, BT=BT, BK=BK, BV=BVs, USE_G=use_g, USE_H0=h0 is not None,
-                                   STORE_HT=ht is not None, REVERSE=reverse, PREC=prec, **_launch('state'))
-        if NT > 0:
-            _out_kernel[(NT, H, nv)](q, k, G, U, hb, o, cu, info, scale, H, K, V, BT=BT, BK=BK, BV=BV,
-                                     USE_G=use_g, REVERSE=reverse, PREC=prec, **_launch('out'))
-        ctx.save_for_backward(q, k, v, beta, G if use_g else None, Tb, W, U, hb, h0, cu, info, off)
-        ctx.meta = (scale, use_g, reverse, BK, BV, prec, S, NT, g.dtype if use_g else None)
-        ctx.launch = {n: _launch(n) for n in ('dstate', 'grads_wy', 'grads_qk')}   # the forward's options
+        (o, ht), res = delta_rule_fwd(q, k, v, beta, g, scale, initial_state, output_final_state, cu_seqlens,
+                                      reverse)
+        ctx.save_for_backward(q, k, v, beta, g, initial_state, cu_seqlens, *res)
+        ctx.meta = (scale, reverse, current_options())
         return o, ht
 
     @staticmethod
     def backward(ctx, do, dht):
-        q, k, v, beta, G, Tb, W, U, hb, h0, cu, info, off = ctx.saved_tensors
-        scale, use_g, reverse, BK, BV, prec, S, NT, gdtype = ctx.meta
-        B, N, H, K = q.shape
-        V = v.shape[-1]
-        dev = q.device
-        f32 = torch.float32
-        do = do.contiguous()
-        if dht is not None:
-            dht = dht.contiguous()
-        Gp = G if use_g else beta
-        dU = alloc((B * N, H, V), f32, dev)
-        dhb = alloc((NT, H, K, V), f32, dev)
-        dh0 = alloc((S, H, K, V), f32, dev) if h0 is not None else None
-        BVs = _bv_state(S, H, V)
-        nvs = triton.cdiv(V, BVs)
-        _dstate_kernel[(nvs, S, H)](q, k, Gp, W, do, dU, dhb, dht if dht is not None else W,
-                                    dh0 if dh0 is not None else W, cu, off, scale, H, K, V,
-                                    BT=BT, BK=BK, BV=BVs, USE_G=use_g, USE_DHT=dht is not None,
-                                    STORE_DH0=dh0 is not None, REVERSE=reverse, PREC=prec, **ctx.launch['dstate'])
-        dq = alloc(q.shape, q.dtype, dev)
-        dk = alloc(k.shape, k.dtype, dev)
-        dv = alloc(v.shape, v.dtype, dev)
-        dbeta = alloc(beta.shape, beta.dtype, dev)
-        dg = alloc((B, N, H), gdtype, dev) if use_g else None
-        if NT > 0:
-            dk_part = alloc((B * N, H, K), f32, dev)
-            dG_part = alloc((B * N, H), f32, dev) if use_g else dk_part
-            _grads_wy_kernel[(NT, H)](k, v, beta, Gp, Tb, U, dU, hb, dk_part, dv, dbeta, dG_part, cu, info,
-                                      H, K, V, BT=BT, BK=BK, BV=BV, USE_G=use_g, REVERSE=reverse, PREC=prec,
-                                      **ctx.launch['grads_wy'])
-            _grads_qk_kernel[(NT, H)](q, k, Gp, U, do, hb, dhb, dk_part, dG_part, dq, dk, dg if use_g else dbeta,
-                                      cu, info, scale, H, K, V, BT=BT, BK=BK, BV=BV, USE_G=use_g,
-                                      REVERSE=reverse, PREC=prec, **ctx.launch['grads_qk'])
-        if dh0 is not None:
-            dh0 = dh0.to(h0.dtype)
+        q, k, v, beta, g, h0, cu, *res = ctx.saved_tensors
+        scale, reverse, options = ctx.meta
+        with kernel_options(options):   # the backward launches as the forward did
+            grads = delta_rule_bwd(do, dht, res, q, k, v, beta, g, scale, h0, cu, reverse)
+        dq, dk, dv, dbeta, dg, dh0 = grads
         return dq, dk, dv, dbeta, dg, None, dh0, None, None, None
 
 

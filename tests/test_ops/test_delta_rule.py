@@ -186,9 +186,13 @@ def test_no_access_outside_buffers(monkeypatch, reverse, packed):
     interpreter does not model; the guard rules out the kernels' own indexing as its cause.)"""
     guard = Guarded()
     monkeypatch.setattr(chunk, 'alloc', guard.poisoned)
-    tables = chunk._chunk_tables
-    monkeypatch.setattr(chunk, '_chunk_tables', lambda *a: tuple(
-        guard.place(t) if torch.is_tensor(t) else t for t in tables(*a)))
+    tables = chunk._tables
+
+    def guarded_tables(*a):
+        par, grid, seq, S, varlen = tables(*a)
+        par, seq = (tuple(guard.place(t) if torch.is_tensor(t) else t for t in x) for x in (par, seq))
+        return par, grid, seq, S, varlen
+    monkeypatch.setattr(chunk, '_tables', guarded_tables)
     cu = torch.tensor([0, 1, 64, 65], dtype=torch.int32) if packed else None
     inputs = make_inputs(1, 65, 1, 96, 80, gate=True, h0=True, S=3 if packed else 1)
     res = run_both(inputs, torch.bfloat16, reverse=reverse, cu_seqlens=cu, place=guard.place)

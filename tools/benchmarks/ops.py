@@ -354,8 +354,8 @@ class Impl:
 
     def __init__(self, call, inputs, grads):
         self.call, self.x = call, inputs
-        self.leaves = [t.requires_grad_() for n, t in inputs.items() if n in grads and isinstance(t, torch.Tensor)
-                       and t.is_floating_point()]
+        self.leaves = [inputs[n].requires_grad_() for n in grads if isinstance(inputs.get(n), torch.Tensor)
+                       and inputs[n].is_floating_point()]  # in the order of ``grads``
         with torch.no_grad():
             self.do = torch.randn_like(self.fwd())
 
@@ -377,7 +377,7 @@ def make_impl(spec, name, base):
         return Impl(spec.ours, fresh, spec.grads)
     peer = spec.peers[name]
     p = peer.prepare(fresh) if peer.prepare else fresh
-    return Impl(peer.call, p, set(spec.grads) & set(p))
+    return Impl(peer.call, p, [n for n in spec.grads if n in p])
 
 
 def floor_bytes(spec, base, out):

@@ -15,8 +15,8 @@ Models, each an image classifier (backbone, mean pool over tokens, linear head, 
              (timm's qkv / proj kept);
   timm_sdpa  the same timm ViT-S with its own attention (``F.scaled_dot_product_attention``).
 Train step: forward under bf16 autocast, cross-entropy, backward, AdamW step (fp32 weights). Inference:
-``torch.inference_mode`` + bf16 autocast. Median step time over ``--steps`` steps after ``--warmup`` steps
-(CUDA events), images/s = batch / step time; peak memory = ``torch.cuda.max_memory_allocated`` over the timed
+``torch.inference_mode`` + bf16 autocast. After ``--warmup`` steps, three runs of ``--steps`` / 3 back-to-back
+steps (CUDA events around each run), images/s = batch / (median run time / steps per run); peak memory = ``torch.cuda.max_memory_allocated`` over the timed
 steps. Every case (model x resolution x eager/compile x train/infer) catches and reports its own failure (an
 out-of-memory, a compile error); the eager cases all run before any compiled one, and a case that would pass
 ``--deadline`` is skipped and recorded. ``--profile RES``: torch.profiler of two train steps of each model at RES
@@ -173,15 +173,24 @@ def infer_fn(model, batch, res, a, device):
 
 
 def measure(fn, batch, a, device):
-    """(images/s, median ms, first-call s, peak GiB) of ``fn`` after warm-up."""
+    """(images/s, ms per step, first-call s, peak GiB) of ``fn``: after the warm-up, three runs of steps / 3
+    back-to-back calls (no synchronisation inside a run, so the host may run ahead as in training), the median
+    run's time per call."""
     t = time.time()
     fn()
     common.synchronize(device)
     first = time.time() - t
+    for _ in range(max(0, a.warmup - 1)):
+        fn()
     if device.type == 'cuda':
         torch.cuda.reset_peak_memory_stats()
-    times = common.time_calls(fn, n=a.steps, warmup=max(0, a.warmup - 1), device=device)
-    ms = sorted(times)[len(times) // 2]
+    per_run = max(1, a.steps // 3)
+
+    def run():
+        for _ in range(per_run):
+            fn()
+    times = common.time_calls(run, n=3, warmup=0, device=device)
+    ms = sorted(times)[1] / per_run
     peak = torch.cuda.max_memory_allocated() / 2 ** 30 if device.type == 'cuda' else None
     return batch / (ms * 1e-3), ms, first, peak
 
@@ -248,8 +257,8 @@ def report(res, out, plot=True):
     md = [f"# Model benchmark ({res['env'].get('device')})", '',
           f"backbone: `{res['backbone']}`; timm `{TIMM_NAME}` {res['env'].get('timm', '(not installed)')} with "
           f"{res['timm_kwargs']}; torch {res['env'].get('torch')}, commit {str(res['env'].get('commit'))[:12]}. "
-          f"{'bf16 autocast, ' if res['args']['amp'] else 'fp32, '}AdamW; img/s from the median of "
-          f"{res['args']['steps']} steps.", '']
+          f"{'bf16 autocast, ' if res['args']['amp'] else 'fp32, '}AdamW; img/s from the median of 3 runs of "
+          f"{max(1, res['args']['steps'] // 3)} back-to-back steps.", '']
     for note in res.get('notes', []):
         md.append(f'- {note}')
     md.append('')

@@ -63,7 +63,7 @@ def gla_fwd(q, k, v, gk, gv, u, scale, h0, output_final_state, meta, reverse):
     gkb, gks = _gate_cumsum(gk, meta, reverse)
     gvb, gvs = _gate_cumsum(gv, meta, reverse)
     # value gates: dL/dgv = o * do - v * dv cancels, and o comes from this pass: it must be computed with the
-    # backward's operand precision, or the two roundings do not cancel (GSA bf16 dg 3e-2 on the H100)
+    # backward's operand precision, or the two roundings do not cancel (GSA bf16 dL/dg errors of 3e-2 otherwise)
     lowp = _lowp(ieee) and (gv is None or not current_options().gla_bwd_fp32)
     h, ht, ht_ex = _fwd_h(k, v, gkb, gks, gvb, gvs, h0, output_final_state, meta, GK, reverse, ieee, lowp=lowp)
     if _use_A(gv):
@@ -85,12 +85,12 @@ def gla_bwd(q, k, v, gk, gv, u, scale, h0, o, do, dht, meta, reverse, A=None, cu
         gkb, gks = _gate_cumsum(gk, meta, reverse)
         gvb, gvs = _gate_cumsum(gv, meta, reverse)
     # 16-bit inputs: the backward's state, state-gradient and dq/dk kernels take fp32 operands (tf32 tensor
-    # cores): the gate gradient q*dq - k*dk cancels, and bf16 operands there gave dL/dg errors of 2-3e-2 at
-    # N = 4096 on the H100 (tf32: ~8x smaller operand rounding)
+    # cores): the gate gradient q*dq - k*dk cancels, and bf16 operands there give dL/dg errors of 2-3e-2 at
+    # N = 4096 (tf32: ~8x smaller operand rounding)
     lowp = _lowp(ieee) and not current_options().gla_bwd_fp32
     # the final-state gate-gradient term (dht * final state without the last token) cancels against the dk/dv
     # terms of that path: the state is taken from this recompute, in the backward's precision, not the forward's
-    # (bf16 operands there: GSA dL/dg 2e-2 on the H100)
+    # (bf16 operands there: GSA dL/dg errors of 2e-2)
     need_ht = dht is not None and (gk is not None or gv is not None)
     h, _, ht = _fwd_h(k, v, gkb, gks, gvb, gvs, h0, need_ht, meta, GK, reverse, ieee, lowp=lowp)
     do = do.contiguous()

@@ -196,9 +196,8 @@ def _bwd_diag_dA(do_m, v_m, v, gvr, base_m, t_m, m_m, L, bos, eos, cv, V, H, i_h
 # chunk, off-diagonal sub-blocks, diagonal) has a loop over V blocks of its own, on purpose: Triton picks the warp
 # layout of a tl.dot from the dots connected to it *within one region*; in one shared loop body the [BS, BS]
 # diagonal dot pulled the [BS, BK] @ [BK, BV] state dot onto warpsPerCTA [4, 1], where with BS = 16 rows every warp
-# computes the whole product and holds the whole fp32 state tile (128 registers per thread). The former single
-# dq/dk kernel (both state tiles so) spilled ~2.5 KB per thread on sm_90 with per-dimension gates; these two kernels
-# compile without spills (bf16, K = V = 64, num_warps 4).
+# computes the whole product and holds the whole fp32 state tile (128 registers per thread; see
+# docs/benchmarks/recurrent_gla.md for the spills a single dq/dk kernel had).
 @triton.jit
 def _bwd_dq_kernel(q, k, v, gkb, gkr, gvb, gvr, u, h, do, dq, dbk, dbq, cu, chunk_seq, chunk_idx,
                    scale, N, NT, H, K, V,

@@ -33,15 +33,13 @@ def _launch_opts(K, *names):
     """Launch options of a kernel; ``kernel_options(launch=...)`` entries of ``names`` override in order ('dqk'
     applies to both the dq and the dk kernel, 'dq' / 'dk' to one)."""
     opts = dict(num_warps=4) if K <= 64 else dict(num_warps=8)
+    # measured defaults (H100 timings and sm_90a ptxas spill checks: docs/benchmarks/recurrent_gla.md)
     if 'fwd_A' in names and K <= 64:
-        # 2 warps: faster on the H100 (docs/benchmarks/recurrent_gla.md); offline sm_90a ptxas at K = 64, bf16:
-        # no spills with or without the bonus and for every gate kind
         opts['num_warps'] = 2
     if 'fwd_o' in names:
-        opts['num_stages'] = 1  # faster than 2 stages on the H100 (docs/benchmarks/recurrent_gla.md)
+        opts['num_stages'] = 1
     if any(n in names for n in ('fwd_oA', 'dA', 'dvA', 'inter')):
-        # full-chunk kernels: their K / V loops run once at K = V <= 64, so stages only cost shared memory;
-        # _bwd_inter_kernel (bf16, K = V = 64, 4 warps, sm_90a) spills with 3 stages, not with 1
+        # full-chunk kernels: their K / V loops run once at K = V <= 64, so stages only cost shared memory
         opts['num_stages'] = 1
     opts.update(current_options().launch_for(*names))
     return opts

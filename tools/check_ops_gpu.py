@@ -385,9 +385,15 @@ def risky(c):
     return c['dtype'] != 'float32' and c['K'] >= RISKY_K
 
 
+K_PRIORITY = (64, 128, 256, 16, 96, 32, 192, 48)      # the order in which K values are reached
+DTYPE_PRIORITY = ('bfloat16', 'float32', 'float16')
+
+
 def groups_of(cases):
     """Worker groups: one per op, dtype and K (the cases of a group share their kernels' compiled
-    specialisations; the 16-bit K >= 96 groups are named '-risky'), the expensive (large K) groups first."""
+    specialisations; the 16-bit K >= 96 groups are named '-risky'). Order: by K (the common head sizes 64 and
+    128 first, then the extremes), then dtype, then op, so that a run cut by the deadline has covered every op
+    at the most used sizes."""
     groups = {}
     for c in cases:
         groups.setdefault((c['op'], c['dtype'], c['K']), []).append(c)
@@ -395,8 +401,10 @@ def groups_of(cases):
     for (op, dt, K), cs in groups.items():
         cs.sort(key=lambda c: c['N'])
         r = '-risky' if risky(cs[0]) else ''
-        out.append({'name': f"{op}-{dt}-K{K}{r}", 'cases': cs, 'K': K})
-    out.sort(key=lambda g: (-g['K'], g['name']))
+        out.append({'name': f"{op}-{dt}-K{K}{r}", 'cases': cs,
+                    'rank': (K_PRIORITY.index(K) if K in K_PRIORITY else len(K_PRIORITY), DTYPE_PRIORITY.index(dt)
+                             if dt in DTYPE_PRIORITY else 3, list(OP_AXES).index(op))})
+    out.sort(key=lambda g: g['rank'])
     return out
 
 
@@ -569,7 +577,13 @@ def run_groups(groups, args, work_dir, deadline):
 
     while pending or running:
         while pending and len(running) < args.jobs:
-            running.append(start(pending.pop(0)))
+            g = pending.pop(0)
+            if time.time() > deadline:   # never started: listed, not run
+                for c in g['cases']:
+                    records[c['id']] = dict(c, status='not_run', errors={}, worst=None, group=g['name'],
+                                            message='not reached: deadline')
+                continue
+            running.append(start(g))
         time.sleep(0.2)
         for w in list(running):
             if w['p'].poll() is None and time.time() > deadline + args.grace:
@@ -616,8 +630,8 @@ for spec in T.make_ops(ops):
     c['final'] = True
     c['id'] = T.case_id(c)
     try:
-        gen = torch.Generator(device='cuda').manual_seed(0)
-        t64, extra = spec.make(torch, c, gen, 'cuda')
+        gen = torch.Generator(device={dev!r}).manual_seed(0)
+        t64, extra = spec.make(torch, c, gen, {dev!r})
         tk = {{n: x.to(torch.bfloat16).requires_grad_() for n, x in t64.items()}}
         def fn(*xs):
             out = spec.run(dict(zip(tk, xs)), c, extra, 'op')
@@ -640,7 +654,8 @@ for spec in T.make_ops(ops):
 def start_compile(args):
     """``torch.compile(fn, fullgraph=True)`` forward + backward of each op vs eager (bf16, K 64, N 65) in a child
     process (needs the ops registered as custom ops)."""
-    code = COMPILE_SNIPPET.format(tools=os.path.dirname(os.path.abspath(__file__)), src=args.ops_source)
+    code = COMPILE_SNIPPET.format(tools=os.path.dirname(os.path.abspath(__file__)), src=args.ops_source,
+                                  dev=args.device)
     return subprocess.Popen([sys.executable, '-c', code], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, cwd=REPO)
 
@@ -712,6 +727,8 @@ def main(argv=None):
     ap.add_argument('--grace', type=float, default=60)
     ap.add_argument('--jobs', type=int, default=0, help='workers at once (default: min(14, CPUs - 2))')
     ap.add_argument('--ops', nargs='*', help='only these ops (names as in the table)')
+    ap.add_argument('--shard', default='1/1', help='I/N: run every N-th worker group from the I-th (1-based), '
+                    'to spread the sweep over N device calls')
     ap.add_argument('--memcheck', action='store_true', help='also a subset under compute-sanitizer memcheck')
     ap.add_argument('--compile', action='store_true', help='also torch.compile(fullgraph=True) vs eager per op')
     ap.add_argument('--smoke', action='store_true', help='CPU: tiny cases, reference and interpreter paths')
@@ -740,14 +757,15 @@ def main(argv=None):
             groups.append({'name': 'risky' if r else 'all', 'cases': [c for c in tri if risky(c) == r],
                            'env': {'TRITON_INTERPRET': '1'}, 'impl': 'triton', 'tag': 'smoke-triton'})
     else:
-        cases = design(args.ops)
+        i, n = (int(x) for x in args.shard.split('/'))
+        groups = groups_of(design(args.ops))[i - 1::n]
+        cases = [c for g in groups for c in g['cases']]
         if args.list:
             for c in cases:
                 print(c['id'])
             print(len(cases), 'cases')
             return 0
         report['env'] = _env_info()
-        groups = groups_of(cases)
         work_dir = _work_dir(args)
         if args.memcheck:
             binary = find_sanitizer()

@@ -64,6 +64,19 @@ def _chunk_rows(bos, eos, start, BT: tl.constexpr, REVERSE: tl.constexpr):
 
 
 @triton.jit
+def _chunk_pids(VARLEN: tl.constexpr):
+    """(chunk, batch x head) program ids of the chunk-parallel grids: (B*H, NT) dense, (chunks, H) packed, so
+    that the count that can grow past 65535 (the limit of a grid's second axis) is on the first axis."""
+    if VARLEN:
+        pc = tl.program_id(0)
+        pbh = tl.program_id(1)
+    else:
+        pc = tl.program_id(1)
+        pbh = tl.program_id(0)
+    return pc, pbh
+
+
+@triton.jit
 def _pdiff(Gi, Gj):
     """Pairwise G_i - G_j in float32 from float64 vectors without a float64 matrix: each G is split into
     float32 hi + lo parts; hi_i - hi_j is exact when the two are within a factor 2 (Sterbenz) and otherwise
@@ -127,8 +140,8 @@ def _prep_kernel(k, v, beta, g, G_out, T_out, W_out, Ut_out, cu, chunk_seq, chun
     """Per chunk (parallel): G (chunk-local cumulative log gates), T = (I + A)^-1, W and U~. T is built from
     16x16 blocks (BT == 64): the four diagonal blocks by the nilpotent product, the others by block substitution."""
     SB: tl.constexpr = BT // 4
-    n, ih, c, bos, eos, ic = _chunk_at(tl.program_id(0), tl.program_id(1), cu, chunk_seq, chunk_idx, N, NT, H,
-                                       VARLEN)
+    pc, pbh = _chunk_pids(VARLEN)
+    n, ih, c, bos, eos, ic = _chunk_at(pc, pbh, cu, chunk_seq, chunk_idx, N, NT, H, VARLEN)
     ck = tl.arange(0, BK)
     _l0, v0, p0 = _chunk_rows(bos, eos, c * BT, SB, REVERSE)
     _l1, v1, p1 = _chunk_rows(bos, eos, c * BT + SB, SB, REVERSE)
@@ -231,8 +244,8 @@ def _state_kernel(k, W, Ut, G, U_out, h_buf, h0, ht, cu, chunk_off, N, NT,
                   BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
                   USE_G: tl.constexpr, USE_H0: tl.constexpr, STORE_HT: tl.constexpr,
                   REVERSE: tl.constexpr, PREC: tl.constexpr, VARLEN: tl.constexpr):
-    iv = tl.program_id(0)
-    n, ih, bos, eos, off = _seq_at(tl.program_id(1), cu, chunk_off, N, NT, H, VARLEN)
+    iv = tl.program_id(1)
+    n, ih, bos, eos, off = _seq_at(tl.program_id(0), cu, chunk_off, N, NT, H, VARLEN)
     L = eos - bos
     r = tl.arange(0, BT)
     ck = tl.arange(0, BK)
@@ -271,8 +284,8 @@ def _out_kernel(q, k, G, U, h_buf, o, cu, chunk_seq, chunk_idx, N, NT, scale,
                 BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
                 USE_G: tl.constexpr, REVERSE: tl.constexpr, PREC: tl.constexpr, VARLEN: tl.constexpr):
     iv = tl.program_id(2)
-    n, ih, c, bos, eos, ic = _chunk_at(tl.program_id(0), tl.program_id(1), cu, chunk_seq, chunk_idx, N, NT, H,
-                                       VARLEN)
+    pc, pbh = _chunk_pids(VARLEN)
+    n, ih, c, bos, eos, ic = _chunk_at(pc, pbh, cu, chunk_seq, chunk_idx, N, NT, H, VARLEN)
     lp, valid, phys = _chunk_rows(bos, eos, c * BT, BT, REVERSE)
     r = tl.arange(0, BT)
     ck = tl.arange(0, BK)
@@ -303,8 +316,8 @@ def _dstate_kernel(q, k, G, W, do, dU_out, dh_buf, dht, dh0, cu, chunk_off, N, N
                    BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
                    USE_G: tl.constexpr, USE_DHT: tl.constexpr, STORE_DH0: tl.constexpr,
                    REVERSE: tl.constexpr, PREC: tl.constexpr, VARLEN: tl.constexpr):
-    iv = tl.program_id(0)
-    n, ih, bos, eos, off = _seq_at(tl.program_id(1), cu, chunk_off, N, NT, H, VARLEN)
+    iv = tl.program_id(1)
+    n, ih, bos, eos, off = _seq_at(tl.program_id(0), cu, chunk_off, N, NT, H, VARLEN)
     L = eos - bos
     nc = tl.cdiv(L, BT)
     r = tl.arange(0, BT)
@@ -357,8 +370,8 @@ def _grads_wy_kernel(k, v, beta, G, T_buf, U, dU, h_buf, dk_part, dv, dbeta, dG_
                      USE_G: tl.constexpr, REVERSE: tl.constexpr, PREC: tl.constexpr, VARLEN: tl.constexpr):
     """Split backward, part 1: everything that flows through T (the UT transform): dv, dbeta, and the parts of
     dk and dG from W = T diag(b e^G) K and A; written to float32 scratch for part 2."""
-    n, ih, c, bos, eos, ic = _chunk_at(tl.program_id(0), tl.program_id(1), cu, chunk_seq, chunk_idx, N, NT, H,
-                                       VARLEN)
+    pc, pbh = _chunk_pids(VARLEN)
+    n, ih, c, bos, eos, ic = _chunk_at(pc, pbh, cu, chunk_seq, chunk_idx, N, NT, H, VARLEN)
     lp, valid, phys = _chunk_rows(bos, eos, c * BT, BT, REVERSE)
     r = tl.arange(0, BT)
     ck = tl.arange(0, BK)
@@ -416,8 +429,8 @@ def _grads_qk_kernel(q, k, G, U, do, h_buf, dh_buf, dk_part, dG_part, dq, dk, dg
                      BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
                      USE_G: tl.constexpr, REVERSE: tl.constexpr, PREC: tl.constexpr, VARLEN: tl.constexpr):
     """Split backward, part 2: the output and chunk-end-state paths (dq, the rest of dk, dg)."""
-    n, ih, c, bos, eos, ic = _chunk_at(tl.program_id(0), tl.program_id(1), cu, chunk_seq, chunk_idx, N, NT, H,
-                                       VARLEN)
+    pc, pbh = _chunk_pids(VARLEN)
+    n, ih, c, bos, eos, ic = _chunk_at(pc, pbh, cu, chunk_seq, chunk_idx, N, NT, H, VARLEN)
     L = eos - bos
     lp, valid, phys = _chunk_rows(bos, eos, c * BT, BT, REVERSE)
     r = tl.arange(0, BT)
@@ -494,13 +507,17 @@ def dot_precision(dtype, K):
     return 'tf32' if dtype != torch.float32 and K <= MAX_TF32_K else 'ieee'
 
 
-def check_kernel_args(B, N, H, K, V):
+def check_kernel_args(B, N, H, K, V, packed=False):
     """What the kernels cannot take, as a ``ValueError`` naming the argument, before any launch (the public op's
-    shape / dtype / device checks come first; this adds the kernels' own limits)."""
+    shape / dtype / device checks come first; this adds the kernels' own limits). ``packed``: ``cu_seqlens``
+    is given (its chunks lie on the grid's unbounded axis)."""
     if not 1 <= K <= MAX_HEAD_DIM_K:
         raise ValueError(f'q / k head dim K must be in [1, {MAX_HEAD_DIM_K}], got {K}')
     if V < 1:
         raise ValueError(f'v head dim V must be >= 1, got {V}')
+    if not packed and triton.cdiv(N, BT) > 65535:
+        raise ValueError(f'q: N = {N} tokens per sequence is more than {65535 * BT} (65535 chunks of {BT}: the '
+                         f'CUDA grid limit); pack longer inputs as several sequences with cu_seqlens')
     if B * N * H * max(K, V) >= 2 ** 31:
         raise ValueError(f'q / v too large for 32-bit row offsets: B * N * H * max(K, V) = '
                          f'{B * N * H * max(K, V)} must be < 2**31 (split the batch)')
@@ -530,7 +547,8 @@ def _tables(B, N, H, cu_seqlens, device):
     ct = seqs.chunks(BT, H)
     par = (ct.cu, ct.chunk_seq, ct.chunk_idx, N, ct.NT)
     seq = (ct.cu, ct.chunk_off, N, ct.NT)
-    return par, (ct.nchunks, ct.nbh), seq, seqs.nseq, ct.varlen
+    grid = (ct.nchunks, ct.nbh) if ct.varlen else (ct.nbh, ct.nchunks)   # see _chunk_pids
+    return par, grid, seq, seqs.nseq, ct.varlen
 
 
 def delta_rule_fwd(q, k, v, beta, g, scale, initial_state, output_final_state, cu_seqlens, reverse):
@@ -553,13 +571,13 @@ def delta_rule_fwd(q, k, v, beta, g, scale, initial_state, output_final_state, c
     h0 = initial_state.contiguous() if initial_state is not None else None
     BVs = _bv_state(S, H, V)
     flags = dict(BT=BT, BK=BK, USE_G=use_g, REVERSE=reverse, PREC=prec, VARLEN=varlen)
-    if grid[0] > 0:
+    if grid[0] * grid[1] > 0:
         _prep_kernel[grid](k, v, beta, g, G if use_g else beta, Tb, W, Ut, *par, H, K, V, BV=BV, **flags,
                            **_launch('prep'))
-    _state_kernel[(triton.cdiv(V, BVs), S * H)](
+    _state_kernel[(S * H, triton.cdiv(V, BVs))](
         k, W, Ut, G if use_g else beta, U, hb, h0 if h0 is not None else W, ht if ht is not None else W, *seq,
         H, K, V, BV=BVs, USE_H0=h0 is not None, STORE_HT=ht is not None, **flags, **_launch('state'))
-    if grid[0] > 0:
+    if grid[0] * grid[1] > 0:
         _out_kernel[(*grid, triton.cdiv(V, BV))](q, k, G if use_g else beta, U, hb, o, *par, scale, H, K, V,
                                                  BV=BV, **flags, **_launch('out'))
     return (o, ht), (G, Tb, W, U, hb)
@@ -587,7 +605,7 @@ def delta_rule_bwd(do, dht, residuals, q, k, v, beta, g, scale, initial_state, c
     dhb = alloc(hb.shape, f32, dev)
     dh0 = alloc((S, H, K, V), f32, dev) if h0 is not None else None
     BVs = _bv_state(S, H, V)
-    _dstate_kernel[(triton.cdiv(V, BVs), S * H)](
+    _dstate_kernel[(S * H, triton.cdiv(V, BVs))](
         q, k, Gp, W, do, dU, dhb, dht if dht is not None else W, dh0 if dh0 is not None else W, *seq, scale,
         H, K, V, BV=BVs, USE_DHT=dht is not None, STORE_DH0=dh0 is not None, **flags, **_launch('dstate'))
     dq = alloc(q.shape, q.dtype, dev)
@@ -595,7 +613,7 @@ def delta_rule_bwd(do, dht, residuals, q, k, v, beta, g, scale, initial_state, c
     dv = alloc(v.shape, v.dtype, dev)
     dbeta = alloc(beta.shape, beta.dtype, dev)
     dg = alloc((B, N, H), g.dtype, dev) if use_g else None
-    if grid[0] > 0:
+    if grid[0] * grid[1] > 0:
         dk_part = alloc((B * N, H, K), f32, dev)
         dG_part = alloc((B * N, H), f32, dev) if use_g else dk_part
         _grads_wy_kernel[grid](k, v, beta, Gp, Tb, U, dU, hb, dk_part, dv, dbeta, dG_part, *par, H, K, V,
@@ -633,7 +651,7 @@ def delta_rule_triton(q, k, v, beta, g=None, *, scale=None, initial_state=None, 
     and devices by the public op (``vla_mm.ops.delta_rule``). Runs on CUDA tensors, or on CPU tensors under
     ``TRITON_INTERPRET=1``."""
     B, N, H, K = q.shape
-    check_kernel_args(B, N, H, K, v.shape[-1])
+    check_kernel_args(B, N, H, K, v.shape[-1], packed=cu_seqlens is not None)
     if scale is None:
         scale = K ** -0.5
     return DeltaRuleFunction.apply(q, k, v, beta, g, float(scale), initial_state, output_final_state,

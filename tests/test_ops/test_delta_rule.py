@@ -259,10 +259,11 @@ def test_launch_settings_are_constants_overridable_per_call(monkeypatch):
 
 def test_kernel_limits_are_value_errors_before_any_launch(monkeypatch):
     monkeypatch.setattr(chunk, 'DeltaRuleFunction', None)   # any launch attempt would fail differently
-    big = torch.zeros(()).expand(1, 2 ** 22, 4, 256)       # B * N * H * K = 2**32 without memory
+    big = torch.zeros(()).expand(2 ** 10, 2 ** 12, 4, 256)  # B * N * H * K = 2**32 without memory
     for shape_q, shape_v, match in [((1, 4, 1, 257), (1, 4, 1, 8), 'head dim K'),
                                     ((1, 4, 1, 8), (1, 4, 1, 0), 'head dim V'),
-                                    (big.shape, (1, 2 ** 22, 4, 8), '2\\*\\*31')]:
+                                    (big.shape, (2 ** 10, 2 ** 12, 4, 8), '2\\*\\*31'),
+                                    ((1, 65535 * 64 + 1, 1, 1), (1, 65535 * 64 + 1, 1, 1), 'grid limit')]:
         q = torch.zeros(()).expand(*shape_q)
         v = torch.zeros(()).expand(*shape_v)
         beta = torch.zeros(()).expand(*shape_q[:3])

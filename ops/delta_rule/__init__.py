@@ -1,20 +1,17 @@
 """Delta rule core: DeltaNet and Gated DeltaNet, chunked through the UT / WY representation.
 
-Public op: :func:`delta_rule` (the custom op ``vla_mm::delta_rule``). Triton entry point (tests, interpreter):
-:func:`delta_rule_triton` (``chunk.py``, an autograd Function). References: :func:`delta_rule_recurrent` (step by
-step, the truth), :func:`delta_rule_chunked` (same algebra as the kernels, in PyTorch).
-
-The op's Triton path calls :func:`delta_rule_triton`; its backward runs that forward again under autograd
-(``register_op`` without a Triton backward of its own): one extra forward pass per backward, until ``chunk.py``
-exposes its forward and backward as functions of tensors.
+Public op: :func:`delta_rule` (the custom op ``vla_mm::delta_rule``; its Triton path runs ``chunk.py``'s
+``delta_rule_fwd`` / ``delta_rule_bwd``). Triton entry point (tests, interpreter): :func:`delta_rule_triton`
+(``chunk.py``, an autograd Function over the same two). References: :func:`delta_rule_recurrent` (step by step,
+the truth), :func:`delta_rule_chunked` (same algebra as the kernels, in PyTorch).
 """
 from typing import Optional, Tuple
 
 import torch
 
 from ..common import (check_cu_seqlens, check_dtype, check_initial_state, check_qkv, check_same_device,
-                      register_op)
-from .chunk import check_kernel_args, delta_rule_triton
+                      register_op, use_triton)
+from .chunk import check_kernel_args, delta_rule_bwd, delta_rule_fwd, delta_rule_triton, residual_meta
 from .reference import delta_rule_chunked, delta_rule_recurrent
 
 __all__ = ['delta_rule', 'delta_rule_triton', 'delta_rule_recurrent', 'delta_rule_chunked']
@@ -35,7 +32,7 @@ def _check(q, k, v, beta, g, initial_state, cu_seqlens):
                          f'got {tuple(g.shape)}')
     S = check_cu_seqlens(cu_seqlens, B, N)
     check_initial_state(initial_state, (S, H, K, v.shape[-1]), '[S, H, K, V]')
-    check_kernel_args(B, N, H, K, v.shape[-1])
+    check_kernel_args(B, N, H, K, v.shape[-1], packed=cu_seqlens is not None)
 
 
 def _no_state(q):
@@ -49,9 +46,16 @@ def _reference(q, k, v, beta, g, scale, initial_state, output_final_state, cu_se
 
 
 def _triton(q, k, v, beta, g, scale, initial_state, output_final_state, cu_seqlens, reverse):
-    o, ht = delta_rule_triton(q, k, v, beta, g, scale=scale, initial_state=initial_state,
-                              output_final_state=output_final_state, cu_seqlens=cu_seqlens, reverse=reverse)
-    return o, (ht if ht is not None else _no_state(q))
+    (o, ht), saved = delta_rule_fwd(q, k, v, beta, g, scale, initial_state, output_final_state, cu_seqlens,
+                                    reverse)
+    return (o, ht if ht is not None else _no_state(q)), list(saved)
+
+
+def _triton_backward(grads, outputs, saved, q, k, v, beta, g, scale, initial_state, output_final_state,
+                     cu_seqlens, reverse):
+    do, dht = grads
+    return delta_rule_bwd(do, dht if output_final_state else None, saved, q, k, v, beta, g, scale, initial_state,
+                          cu_seqlens, reverse)
 
 
 def _fake(q, k, v, beta, g, scale, initial_state, output_final_state, cu_seqlens, reverse):
@@ -61,14 +65,17 @@ def _fake(q, k, v, beta, g, scale, initial_state, output_final_state, cu_seqlens
     if initial_state is not None:
         dt = torch.promote_types(dt, initial_state.dtype)
     ht = q.new_empty((S, H, K, v.shape[-1]), dtype=dt) if output_final_state else _no_state(q)
-    return q.new_empty(v.shape), ht
+    outs = [q.new_empty(v.shape), ht]
+    if use_triton(q, k, v, beta, g, initial_state, cu_seqlens):
+        outs += [q.new_empty(shape, dtype=dtype) for shape, dtype in residual_meta(q, v, g, cu_seqlens)]
+    return outs
 
 
 _delta_rule_op = register_op(
     'delta_rule', '(Tensor q, Tensor k, Tensor v, Tensor beta, Tensor? g, float scale, Tensor? initial_state, '
                   'bool output_final_state, Tensor? cu_seqlens, bool reverse)',
     outputs=2, grads=('q', 'k', 'v', 'beta', 'g', 'initial_state'), reference=_reference, triton=_triton,
-    fake=_fake)
+    triton_backward=_triton_backward, fake=_fake)
 
 
 def delta_rule(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, beta: torch.Tensor,

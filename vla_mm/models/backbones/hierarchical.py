@@ -94,6 +94,7 @@ class HierarchicalBackbone(BaseModule):
         self.img_size = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
         self.frozen_stages = frozen_stages
         self.norm_eval = norm_eval
+        out_indices = [out_indices] if isinstance(out_indices, int) else out_indices
         self.out_indices = sorted({i % self.num_stages for i in out_indices})
 
         self.patch_embed = build_stem(stem, in_channels, dims[0], patch_size, norm_cfg=norm_cfg)

@@ -5,26 +5,30 @@ are padded at the bottom / right, so dense tasks take any size such as 1333x800)
 stem with the same interface and padding.
 """
 import torch.nn as nn
-from mmcv.cnn.bricks.transformer import PatchEmbed
+from mmcv.cnn import build_norm_layer
+from mmcv.cnn.bricks.transformer import AdaptivePadding, PatchEmbed
+from mmengine.model import BaseModule
 
 __all__ = ['PatchEmbed', 'ConvStem', 'STEMS', 'build_stem']
 
 
-class ConvStem(PatchEmbed):
+class ConvStem(BaseModule):
     """Convolutional stem: stride-2 3x3 conv + BN + ReLU blocks down to the patch stride, then a 1x1 projection.
 
     Xiao et al., "Early Convolutions Help Transformers See Better" (NeurIPS 2021): replacing the patchify conv by
-    a few small convolutions makes ViTs train faster and more stably, which matters most on small data. It is
-    mmcv's ``PatchEmbed`` (padding, flatten, optional norm) with this projection (``patch_size`` a power of two).
+    a few small convolutions makes ViTs train faster and more stably, which matters most on small data. mmcv's
+    ``PatchEmbed`` forward (padding, flatten, optional norm) over this projection (``patch_size`` a power of two).
     ``convs_per_stage > 1`` adds stride-1 convs after each stride-2 one (more local capacity before the mixers).
     """
 
+    forward = PatchEmbed.forward
+
     def __init__(self, in_channels=3, embed_dims=768, patch_size=16, convs_per_stage=1, norm_cfg=None):
+        super().__init__()
         n = patch_size.bit_length() - 1
         if patch_size < 2 or 2 ** n != patch_size:
             raise ValueError(f'ConvStem needs a power-of-two patch_size >= 2, got {patch_size}')
-        super().__init__(in_channels, embed_dims, kernel_size=patch_size, stride=patch_size, padding='corner',
-                         norm_cfg=norm_cfg)
+        self.adaptive_padding = AdaptivePadding(kernel_size=patch_size, stride=patch_size, padding='corner')
         layers, c = [], in_channels
         for i in range(n):
             out = max(embed_dims // 2 ** (n - i), 16)
@@ -34,6 +38,7 @@ class ConvStem(PatchEmbed):
                 c = out
         layers.append(nn.Conv2d(c, embed_dims, 1))
         self.projection = nn.Sequential(*layers)
+        self.norm = build_norm_layer(norm_cfg, embed_dims)[1] if norm_cfg else None
 
 
 def _patch(in_channels, embed_dims, patch_size, norm_cfg=None, **kwargs):

@@ -57,8 +57,9 @@ class LinearAttention(BaseMixer):
         if self.lepe is not None:
             h, w = ctx.hw
             if ctx.ids_keep is not None or ctx.cu_seqlens is not None or h * w != N:
+                kept = ' with kept-token ids (MAE)' if ctx.ids_keep is not None else ''
                 raise ValueError(f'the LePE branch needs the full token grid (h * w == N = {N}), got hw = '
-                                 f'{tuple(ctx.hw)}' + (' with kept-token ids (MAE)' if ctx.ids_keep is not None else ''))
+                                 f'{tuple(ctx.hw)}{kept}')
             # the conv needs a dense input (one copy of v); channels-last, so its output's tokens view below and
             # the gradient coming back are contiguous (no second copy in the backward)
             v_map = v.reshape(B, h, w, C).permute(0, 3, 1, 2).contiguous(memory_format=torch.channels_last)

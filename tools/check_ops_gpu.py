@@ -45,6 +45,9 @@ KS = (16, 32, 48, 64, 96, 128, 192, 256)
 VS = (16, 48, 80, 100, 128, 200)
 NS = (1, 63, 64, 65, 1000, 4097)
 TOL = {'float32': 1e-4, 'bfloat16': 1e-2, 'float16': 1e-2}
+# errors after which the CUDA context is lost: the worker records the case and exits
+STICKY_ERRORS = ('illegal memory access', 'CUDA error', 'Triton Error [CUDA]', 'misaligned address',
+                 'unspecified launch failure', 'illegal instruction')
 FAMILIES = ('linear_attn', 'gla', 'gsa', 'hgrn', 'delta_rule')
 RISKY_K = 96          # 16-bit cases at K >= this run in their own worker per op (issue 15's crash)
 B, H = 1, 2
@@ -456,8 +459,7 @@ def run_case(torch, spec, c, dev, impl):
     for n, a, b in zip(tk, gk, gr):
         errs['d' + n] = rel_err(torch, a, b)
     tol = TOL[c['dtype']]
-    finite = [e for e in errs.values() if e is not None]
-    worst = max(finite, default=0.0)
+    worst = max((e if math.isfinite(e) else math.inf for e in errs.values() if e is not None), default=0.0)
     bad = {k: e for k, e in errs.items() if e is not None and not e < tol}
     return {'status': 'fail' if bad else 'pass', 'errors': errs, 'worst': worst,
             'message': f'above {tol}: {sorted(bad)}' if bad else ''}
@@ -492,7 +494,7 @@ def worker(args):
                 rec = {'status': 'error', 'errors': {}, 'worst': None,
                        'message': f'{type(e).__name__}: {str(e)[:300]}',
                        'trace': traceback.format_exc(limit=4)[-1500:]}
-                if 'illegal memory access' in str(e) or 'CUDA error' in str(e):
+                if any(m in str(e) for m in STICKY_ERRORS):
                     rec['status'] = 'crash'
                     res.write(json.dumps({'id': c['id'], **rec, 'seconds': time.time() - t0}) + '\n')
                     res.flush()
@@ -630,6 +632,7 @@ for spec in T.make_ops(ops):
     c['final'] = True
     c['id'] = T.case_id(c)
     try:
+        torch._dynamo.reset()   # one fresh compile per op (the same fn code object serves every op)
         gen = torch.Generator(device={dev!r}).manual_seed(0)
         t64, extra = spec.make(torch, c, gen, {dev!r})
         tk = {{n: x.to(torch.bfloat16).requires_grad_() for n, x in t64.items()}}

@@ -13,7 +13,6 @@ import torch.nn.functional as F
 import vla_mm.ops.common as ops_common
 from tests.test_models.mixer_checks import check_mixer, make, run
 from vla_mm.models.layers.bitlinear import BitLinear
-from vla_mm.models.mixers._common import head_ids
 from vla_mm.models.mixers.base import MixerContext, build_mixer
 from vla_mm.models.mixers.transformer import apply_rope_2d, grid_positions
 
@@ -41,7 +40,7 @@ def rand(*shape):
 def assert_reverse_is_flip(core, inputs, **kw):
     """A reversed pass equals the forward pass of the flipped sequence, flipped back."""
     rev = core(*inputs, reverse=True, **kw)
-    ref = core(*[t.flip(1) for t in inputs], reverse=False, **kw).flip(1)
+    ref = core(*[t.flip(1) if isinstance(t, torch.Tensor) else t for t in inputs], reverse=False, **kw).flip(1)
     torch.testing.assert_close(rev, ref, rtol=1e-10, atol=1e-10)
 
 
@@ -108,14 +107,14 @@ def test_deltanet_core_is_the_delta_rule():
     m = make(dict(type='deltanet')).double()
     dk, dv = m.head_k_dim, m.head_v_dim
     q, k, v, beta = rand(B, N, H, dk), rand(B, N, H, dk), rand(B, N, H, dv), torch.rand(B, N, H, dtype=torch.float64)
-    hid = head_ids(q, H)
-    o = m.core(q, k, v, beta, hid)
+    heads = range(H)
+    o = m.core(q, k, v, beta, heads)
     wq, wk, wv = conv_weights(m)
     qc, kc = (F.normalize(causal_conv(t, w), dim=-1) for t, w in ((q, wq), (k, wk)))
     torch.testing.assert_close(o, delta_loop(qc, kc, causal_conv(v, wv), beta), rtol=1e-9, atol=1e-9)
-    assert_reverse_is_flip(m.core, (q, k, v, beta, hid))
+    assert_reverse_is_flip(m.core, (q, k, v, beta, heads))
     # a core given only head 1 (multi-head routes) uses head 1's convolution weights
-    o1 = m.core(q[:, :, 1:], k[:, :, 1:], v[:, :, 1:], beta[:, :, 1:], hid[:, :, 1:])
+    o1 = m.core(q[:, :, 1:], k[:, :, 1:], v[:, :, 1:], beta[:, :, 1:], heads[1:])
     torch.testing.assert_close(o1, o[:, :, 1:], rtol=1e-10, atol=1e-10)
 
 
@@ -147,13 +146,13 @@ def test_gated_deltanet_gate_and_core():
     dk, dv = m.head_k_dim, m.head_v_dim
     q, k, v = rand(B, N, H, dk), rand(B, N, H, dk), rand(B, N, H, dv)
     g, beta = m.log_decay(x), torch.rand(B, N, H, dtype=torch.float64)
-    hid = head_ids(q, H)
-    o = m.core(q, k, v, g, beta, hid)
+    heads = range(H)
+    o = m.core(q, k, v, g, beta, heads)
     wq, wk, wv = conv_weights(m)
     qc, kc = (F.normalize(causal_conv(t, w), dim=-1) for t, w in ((q, wq), (k, wk)))
     torch.testing.assert_close(o, delta_loop(qc, kc, causal_conv(v, wv), beta, g), rtol=1e-9, atol=1e-9)
-    assert_reverse_is_flip(m.core, (q, k, v, g, beta, hid))
-    o1 = m.core(q[:, :, 1:], k[:, :, 1:], v[:, :, 1:], g[:, :, 1:], beta[:, :, 1:], hid[:, :, 1:])
+    assert_reverse_is_flip(m.core, (q, k, v, g, beta, heads))
+    o1 = m.core(q[:, :, 1:], k[:, :, 1:], v[:, :, 1:], g[:, :, 1:], beta[:, :, 1:], heads[1:])
     torch.testing.assert_close(o1, o[:, :, 1:], rtol=1e-10, atol=1e-10)
 
 
@@ -177,13 +176,13 @@ def test_gsa_core_is_gated_slot_attention():
     dk, dv, M = m.head_k_dim, m.head_v_dim, m.num_slots
     q, k, v = rand(B, N, H, dk), rand(B, N, H, dk), rand(B, N, H, dv)
     f = F.logsigmoid(rand(B, N, H, M)) / 8
-    hid = head_ids(q, H)
-    o = m.core(q, k, v, f, hid)
+    heads = range(H)
+    o = m.core(q, k, v, f, heads)
     wq, wk, wv = conv_weights(m)
     qc, kc, vc = (F.silu(causal_conv(t, w)) for t, w in ((q, wq), (k, wk), (v, wv)))  # conv SiLU, then maps
     torch.testing.assert_close(o, slot_loop(qc, kc, vc, 1 - f.exp(), f, 1.0), **SLOT_TOL)
-    assert_reverse_is_flip(m.core, (q, k, v, f, hid))
-    o1 = m.core(q[:, :, 1:], k[:, :, 1:], v[:, :, 1:], f[:, :, 1:], hid[:, :, 1:])
+    assert_reverse_is_flip(m.core, (q, k, v, f, heads))
+    o1 = m.core(q[:, :, 1:], k[:, :, 1:], v[:, :, 1:], f[:, :, 1:], heads[1:])
     torch.testing.assert_close(o1, o[:, :, 1:], rtol=1e-10, atol=1e-10)
 
 
@@ -231,7 +230,7 @@ def test_abc_core_is_bounded_memory_control():
     m = make(dict(type='abc', num_slots=5)).double()
     dk, dv, M = m.head_k_dim, m.head_v_dim, m.num_slots
     q, k, v, s = rand(B, N, H, dk), rand(B, N, H, dk), rand(B, N, H, dv), 3 * rand(B, N, H, M)
-    hid = head_ids(q, H)
+    heads = range(H)
     pos = torch.arange(N, dtype=torch.float64)
     qr, kr = rotate(q, pos), rotate(k, pos)
     ref = torch.zeros(B, N, H, dv, dtype=torch.float64)
@@ -241,14 +240,15 @@ def test_abc_core_is_bounded_memory_control():
         Vt = torch.einsum('bihm,bihv->bhmv', phi, v[:, :t + 1]) / phi.sum(1)[..., None]
         p = torch.einsum('bhmk,bhk->bhm', Kt, qr[:, t] * dk ** -0.5).softmax(-1)
         ref[:, t] = torch.einsum('bhm,bhmv->bhv', p, Vt)
-    o = m.core(q, k, v, s, hid)
+    o = m.core(q, k, v, s, heads)
     torch.testing.assert_close(o, ref, **SLOT_TOL)
-    assert_reverse_is_flip(m.core, (q, k, v, s, hid))
+    assert_reverse_is_flip(m.core, (q, k, v, s, heads))
     # packed sequences: the running averages restart at each sequence, in either direction
     cu = torch.tensor([0, 3, 7])
     for rev in (False, True):
-        packed = m.core(q[:1], k[:1], v[:1], s[:1], hid, reverse=rev, cu_seqlens=cu)
-        parts = [m.core(q[:1, a:b], k[:1, a:b], v[:1, a:b], s[:1, a:b], hid, reverse=rev) for a, b in ((0, 3), (3, 7))]
+        packed = m.core(q[:1], k[:1], v[:1], s[:1], heads, reverse=rev, cu_seqlens=cu)
+        parts = [m.core(q[:1, a:b], k[:1, a:b], v[:1, a:b], s[:1, a:b], heads, reverse=rev)
+                 for a, b in ((0, 3), (3, 7))]
         torch.testing.assert_close(packed, torch.cat(parts, 1), rtol=1e-10, atol=1e-10)
 
 

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 import vla_mm.ops.common as ops_common
 from tests.test_models.mixer_checks import check_mixer, make
-from vla_mm.models.mixers._common import head_ids, shift_tokens
+from vla_mm.models.mixers._common import shift_tokens
 from vla_mm.models.mixers.base import MixerContext
 
 B, N, C, H = 2, 7, 32, 2
@@ -82,14 +82,14 @@ def test_gla_core_is_the_gated_recurrence():
     dk, dv = m.head_k_dim, m.head_v_dim
     q, k, v = rand(B, N, H, dk), rand(B, N, H, dk), rand(B, N, H, dv)
     gk = F.logsigmoid(rand(B, N, H, dk)) / 16
-    hid = head_ids(q, H)
-    o = m.core(q, k, v, gk, hid)
+    heads = range(H)
+    o = m.core(q, k, v, gk, heads)
     conv = [lambda t, c=c: causal_conv(t.flatten(2), c.weight).view_as(t) for c in (m.q_conv1d, m.k_conv1d, m.v_conv1d)]
     ref = gla_loop(conv[0](q), conv[1](k), conv[2](v), gk, dk ** -0.5)
     torch.testing.assert_close(o, ref, rtol=1e-9, atol=1e-9)
-    assert_reverse_is_flip(m.core, (q, k, v, gk, hid))
+    assert_reverse_is_flip(m.core, (q, k, v, gk, heads))
     # a core given only head 1 (multi-head routes) uses head 1's convolution weights
-    o1 = m.core(q[:, :, 1:], k[:, :, 1:], v[:, :, 1:], gk[:, :, 1:], hid[:, :, 1:])
+    o1 = m.core(q[:, :, 1:], k[:, :, 1:], v[:, :, 1:], gk[:, :, 1:], heads[1:])
     torch.testing.assert_close(o1, o[:, :, 1:], rtol=1e-10, atol=1e-10)
 
 
@@ -132,7 +132,7 @@ def test_retnet_core_is_retention_with_fixed_decays():
     m = make(dict(type='retnet', num_heads=4)).double()
     Hr, dk, dv = 4, m.head_k_dim, m.head_v_dim
     q, k, v = rand(B, N, Hr, dk), rand(B, N, Hr, dk), rand(B, N, Hr, dv)
-    hid = head_ids(q, Hr)
+    heads = range(Hr)
     gamma = torch.tensor([1 - 2 ** (-5 - h) for h in range(Hr)], dtype=torch.float64)  # 31/32, 63/64, ...
     pos = torch.arange(N, dtype=torch.float64)
     qr, kr = rotate(q, pos), rotate(k, pos)
@@ -141,10 +141,10 @@ def test_retnet_core_is_retention_with_fixed_decays():
         for s in range(t + 1):
             w = gamma ** (t - s) * (qr[:, t] * kr[:, s]).sum(-1) * dk ** -0.5
             o[:, t] += w[..., None] * v[:, s]
-    torch.testing.assert_close(m.core(q, k, v, hid), o, rtol=1e-9, atol=1e-9)
-    assert_reverse_is_flip(m.core, (q, k, v, hid))
+    torch.testing.assert_close(m.core(q, k, v, heads), o, rtol=1e-9, atol=1e-9)
+    assert_reverse_is_flip(m.core, (q, k, v, heads))
     # heads 2 and 3 alone keep their own decays
-    torch.testing.assert_close(m.core(q[:, :, 2:], k[:, :, 2:], v[:, :, 2:], hid[:, :, 2:]), o[:, :, 2:])
+    torch.testing.assert_close(m.core(q[:, :, 2:], k[:, :, 2:], v[:, :, 2:], heads[2:]), o[:, :, 2:])
 
 
 def test_retnet_params_small():
@@ -178,7 +178,7 @@ def test_hgrn_core_is_the_gated_recurrence():
         m.lower_bound.logit.uniform_(-2, 2)
     d = m.head_dim
     i, f = rand(B, N, H, d), rand(B, N, H, d)
-    hid = head_ids(i, H)
+    heads = range(H)
     ic = causal_conv(i.flatten(2), m.i_conv1d.weight, act=False)
     fc = causal_conv(f.flatten(2), m.f_conv1d.weight, act=False)
     gamma = m.lower_bound.logit.sigmoid()
@@ -188,9 +188,9 @@ def test_hgrn_core_is_the_gated_recurrence():
     for t in range(N):
         h = ft[:, t] * h + (1 - ft[:, t]) * F.silu(ic[:, t])
         ref[:, t] = h
-    torch.testing.assert_close(m.core(i, f, hid), ref.view(B, N, H, d), rtol=1e-9, atol=1e-9)
-    assert_reverse_is_flip(m.core, (i, f, hid))
-    torch.testing.assert_close(m.core(i[:, :, 1:], f[:, :, 1:], hid[:, :, 1:]), ref.view(B, N, H, d)[:, :, 1:])
+    torch.testing.assert_close(m.core(i, f, heads), ref.view(B, N, H, d), rtol=1e-9, atol=1e-9)
+    assert_reverse_is_flip(m.core, (i, f, heads))
+    torch.testing.assert_close(m.core(i[:, :, 1:], f[:, :, 1:], heads[1:]), ref.view(B, N, H, d)[:, :, 1:])
 
 
 # --------------------------------------------------------------------------------------------------------- hgrn2
@@ -206,7 +206,7 @@ def test_hgrn2_core_is_the_expanded_state_recurrence():
         m.lower_bound.logit.uniform_(-2, 2)
     df, di = 8, C // H
     q, f, i = rand(B, N, H, df), rand(B, N, H, df), rand(B, N, H, di)
-    hid = head_ids(q, H)
+    heads = range(H)
     qc, fc, ic = (causal_conv(t.flatten(2), c.weight, act=False).view_as(t)
                   for t, c in ((q, m.q_conv1d), (f, m.f_conv1d), (i, m.i_conv1d)))
     gamma = m.lower_bound.logit.sigmoid().view(H, df)
@@ -216,9 +216,9 @@ def test_hgrn2_core_is_the_expanded_state_recurrence():
     for t in range(N):
         S = ft[:, t, :, :, None] * S + (1 - ft[:, t])[..., None] * ic[:, t, :, None, :]  # outer product
         ref[:, t] = torch.einsum('bhf,bhfi->bhi', F.silu(qc[:, t]), S) * df ** -0.5
-    torch.testing.assert_close(m.core(q, f, i, hid), ref, rtol=1e-9, atol=1e-9)
-    assert_reverse_is_flip(m.core, (q, f, i, hid))
-    torch.testing.assert_close(m.core(q[:, :, 1:], f[:, :, 1:], i[:, :, 1:], hid[:, :, 1:]), ref[:, :, 1:])
+    torch.testing.assert_close(m.core(q, f, i, heads), ref, rtol=1e-9, atol=1e-9)
+    assert_reverse_is_flip(m.core, (q, f, i, heads))
+    torch.testing.assert_close(m.core(q[:, :, 1:], f[:, :, 1:], i[:, :, 1:], heads[1:]), ref[:, :, 1:])
 
 
 @pytest.mark.parametrize('expand_ratio', [None, 128])
@@ -239,20 +239,20 @@ def test_lightnet_core_is_a_running_softmax_of_the_keys():
     m = make(dict(type='lightnet', expand_ratio=8)).double()
     dk, dv = 8, C // H
     q, k, v = rand(B, N, H, dk), 3 * rand(B, N, H, dk), rand(B, N, H, dv)
-    hid = head_ids(q, H)
+    heads = range(H)
     ref = torch.zeros(B, N, H, dv, dtype=torch.float64)
     for t in range(N):  # per key channel, the values so far weighted by a softmax of their keys
         w = torch.softmax(k[:, :t + 1], dim=1)  # [B, t+1, H, dk]
         S = torch.einsum('bshk,bshv->bhkv', w, v[:, :t + 1])
         ref[:, t] = torch.einsum('bhk,bhkv->bhv', F.silu(q[:, t]), S) * dk ** -0.5
-    torch.testing.assert_close(m.core(q, k, v, hid), ref, rtol=1e-9, atol=1e-9)
-    assert_reverse_is_flip(m.core, (q, k, v, hid))
+    torch.testing.assert_close(m.core(q, k, v, heads), ref, rtol=1e-9, atol=1e-9)
+    assert_reverse_is_flip(m.core, (q, k, v, heads))
     # packed sequences: each one normalises on its own
     cu = torch.tensor([0, 3, N])
-    packed = m.core(q[:1], k[:1], v[:1], hid, cu_seqlens=cu)
-    torch.testing.assert_close(packed[:, 3:], m.core(q[:1, 3:], k[:1, 3:], v[:1, 3:], hid))
-    torch.testing.assert_close(m.core(q[:1], k[:1], v[:1], hid, reverse=True, cu_seqlens=cu)[:, :3],
-                               m.core(q[:1, :3], k[:1, :3], v[:1, :3], hid, reverse=True))
+    packed = m.core(q[:1], k[:1], v[:1], heads, cu_seqlens=cu)
+    torch.testing.assert_close(packed[:, 3:], m.core(q[:1, 3:], k[:1, 3:], v[:1, 3:], heads))
+    torch.testing.assert_close(m.core(q[:1], k[:1], v[:1], heads, reverse=True, cu_seqlens=cu)[:, :3],
+                               m.core(q[:1, :3], k[:1, :3], v[:1, :3], heads, reverse=True))
 
 
 def test_lightnet_params_small():
@@ -279,8 +279,8 @@ def test_rwkv6_core_is_the_finch_time_mix():
             up.bias.normal_()
     dk, dv = m.head_k_dim, m.head_v_dim
     x = rand(B, N, C)
-    hid = head_ids(x, H)
-    xh = x.unsqueeze(2).expand(-1, -1, H, -1)
+    heads = range(H)
+    x1 = x.unsqueeze(2)  # one copy of the tokens for all heads
     lin = lambda mod, t: mod(t)  # noqa: E731
     S = torch.zeros(B, H, dk, dv, dtype=torch.float64)
     ref = torch.zeros(B, N, H, dv, dtype=torch.float64)
@@ -299,9 +299,9 @@ def test_rwkv6_core_is_the_finch_time_mix():
         mu, var = o.mean(-1, keepdim=True), o.var(-1, unbiased=False, keepdim=True)
         o = (o - mu) / torch.sqrt(var + 1e-5) * m.norm_weight.view(H, dv) + m.norm_bias.view(H, dv)
         ref[:, t] = o * F.silu(g)
-    torch.testing.assert_close(m.core(xh, hid), ref, rtol=1e-9, atol=1e-9)
-    assert_reverse_is_flip(m.core, (xh, hid))
-    torch.testing.assert_close(m.core(xh[:, :, 1:], hid[:, :, 1:]), ref[:, :, 1:])
+    torch.testing.assert_close(m.core(x1, heads), ref, rtol=1e-9, atol=1e-9)
+    assert_reverse_is_flip(m.core, (x1, heads))
+    torch.testing.assert_close(m.core(x1, heads[1:]), ref[:, :, 1:])
 
 
 def test_rwkv6_params_small():

@@ -1,10 +1,12 @@
-"""Pieces several mixers share: head ids for route-split cores, direction-aware token shift and short convolution,
-the gated RMS norm of the output, a low-rank projection, HGRN's forget-gate lower bound.
+"""Pieces several mixers share: the heads a route-split core holds, direction-aware token shift, short convolution,
+rotary positions and running log-normaliser, the gated RMS norm of the output, a low-rank projection, HGRN's
+forget-gate lower bound.
 
 Directional cores run under a scan route, which may hand a core only some heads (a multi-head route gives head
 groups different orders) and may run it right to left (``reverse=True``). So everything a core does per head
-reads the heads it holds from a ``hid`` input (``[1, 1, H]`` long, made by :func:`head_ids`, sliced by heads like
-any other input), and everything that looks at neighbouring tokens (token shift, short convolution) looks in the
+reads the heads it holds from a ``heads`` input, ``range(num_heads)`` in the mixer's forward, which a route
+slices like a head dim (python ints: static under ``torch.compile``, no device read); and everything that looks
+at neighbouring tokens (token shift, short convolution, rotary positions, running normalisers) looks in the
 pass's own direction and stops at packed-sequence boundaries (``cu_seqlens``).
 """
 import math
@@ -15,8 +17,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from einops import rearrange
 
-__all__ = ['head_ids', 'core_heads', 'shift_tokens', 'ShortConv', 'GatedRMSNorm', 'low_rank', 'LowerBound', 'upcast',
-           'FEATURE_MAPS']
+__all__ = ['head_slice', 'shift_tokens', 'ShortConv', 'GatedRMSNorm', 'low_rank', 'LowerBound', 'upcast', 'rotary',
+           'running_lse', 'normalised_writes', 'FEATURE_MAPS']
 
 #: feature maps on q and k the language-model layers offer (``None``: none)
 FEATURE_MAPS = {None: None, 'identity': None, 'relu': F.relu, 'silu': F.silu, 'swish': F.silu,
@@ -28,21 +30,10 @@ def upcast(t: torch.Tensor) -> torch.Tensor:
     return t if t.dtype == torch.float64 else t.float()
 
 
-def head_ids(x: torch.Tensor, num_heads: int) -> torch.Tensor:
-    """``[1, 1, num_heads]`` long ``arange(num_heads)``: a one-token input, which a route slices by heads but never
-    gathers. Kept on the CPU whatever ``x``'s device, so reading it in a core never waits for the GPU."""
-    return torch.arange(num_heads).view(1, 1, num_heads)
-
-
-def core_heads(hid: torch.Tensor, num_heads: int):
-    """The heads a core call holds: None when it holds all of them in order (no indexing needed), else a slice
-    (a contiguous range, what routes hand out) or a long tensor, to index per-head parameters with."""
-    ids = hid.reshape(-1, hid.shape[2])[0].tolist()
-    if ids == list(range(num_heads)):
-        return None
-    if ids == list(range(ids[0], ids[0] + len(ids))):
-        return slice(ids[0], ids[0] + len(ids))
-    return torch.tensor(ids)
+def head_slice(heads: Optional[range]) -> slice:
+    """The slice of per-head parameters a core call holds, from its ``heads`` input (a ``range`` of head ids;
+    None: all heads). Slicing with it is a view: no copy, no device read."""
+    return slice(None) if heads is None else slice(heads.start, heads.stop)
 
 
 def _seq_pos(n: int, cu_seqlens: torch.Tensor, reverse: bool) -> torch.Tensor:
@@ -69,13 +60,51 @@ def shift_tokens(x: torch.Tensor, j: int = 1, reverse: bool = False,
     return out
 
 
+def rotary(x: torch.Tensor, reverse: bool = False, base: float = 10000.0) -> torch.Tensor:
+    """1-D rotary position embedding of ``x [B, N, H, D]`` (halves rotated, D even) at positions 0..N-1 along
+    the pass (right to left when ``reverse``); only differences of positions reach ``q . k``."""
+    n, d = x.shape[1], x.shape[-1]
+    dt = torch.float64 if x.dtype == torch.float64 else torch.float32
+    inv_freq = base ** -(torch.arange(0, d, 2, device=x.device, dtype=dt) / d)
+    pos = torch.arange(n, device=x.device, dtype=dt)
+    ang = (-pos if reverse else pos)[:, None] * inv_freq
+    cos, sin = (f(ang).to(x.dtype)[None, :, None] for f in (torch.cos, torch.sin))
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1)
+
+
+def running_lse(s: torch.Tensor, reverse: bool = False, cu_seqlens: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """``z_t = log sum exp(s_i)`` over the pass so far (``i <= t``; ``i >= t`` when ``reverse``) along dim 1,
+    restarting at each packed sequence of ``cu_seqlens``."""
+    if cu_seqlens is None:
+        return s.flip(1).logcumsumexp(1).flip(1) if reverse else s.logcumsumexp(1)
+    # packed: a log-depth scan (step d adds the partial sum d tokens back, within the sequence), so the lengths
+    # are never read on the host
+    n = s.shape[1]
+    pos = _seq_pos(n, cu_seqlens, reverse).view(1, n, *([1] * (s.dim() - 2)))
+    z, d = s, 1
+    while d < n:
+        z = torch.where(pos >= d, torch.logaddexp(z, shift_tokens(z, d, reverse)), z)
+        d *= 2
+    return z
+
+
+def normalised_writes(s: torch.Tensor, reverse: bool = False, cu_seqlens: Optional[torch.Tensor] = None):
+    """A running softmax over the pass as gated writes (ABC's slot control, LightNet's keys): with ``z`` the
+    running log-normaliser of ``s``, the write weights ``exp(s_t - z_t)`` and the log forget gates
+    ``z_{t-1} - z_t`` (0 at a sequence's first token: nothing to forget)."""
+    z = running_lse(s, reverse, cu_seqlens)
+    has_prev = shift_tokens(z.new_ones(1, z.shape[1], *([1] * (z.dim() - 2))), 1, reverse, cu_seqlens)
+    return (s - z).exp(), (shift_tokens(z, 1, reverse, cu_seqlens) - z) * has_prev
+
+
 class ShortConv(nn.Module):
     """Depthwise causal convolution along the 1-D order (the "short convolution" of the GLA / HGRN / DeltaNet
     language-model layers), run in the pass's own direction: ``o_t = sum_i w_i x_{t-(W-1)+i}`` forward,
     ``x_{t+(W-1)-i}`` under ``reverse``, so a reversed pass equals the forward pass of the flipped sequence.
 
-    ``forward(x [B, N, Hs, d], heads, reverse, cu_seqlens)``: channels are laid out ``(head, d)``; ``heads`` picks
-    the weight rows of the heads the call holds (None: all).
+    ``forward(x [B, N, Hs, d], heads, reverse, cu_seqlens)``: channels are laid out ``(head, d)``; ``heads`` (a
+    ``range`` of head ids, None: all) picks the weight rows of the heads the call holds.
     """
 
     def __init__(self, channels: int, kernel_size: int = 4, bias: bool = False, activation: Optional[str] = 'silu'):
@@ -90,11 +119,9 @@ class ShortConv(nn.Module):
 
     def forward(self, x, heads=None, reverse=False, cu_seqlens=None):
         d = x.shape[-1]
-        w = self.weight.view(-1, d, self.kernel_size)
-        b = self.bias.view(-1, d) if self.bias is not None else None
-        if heads is not None:
-            w = w[heads]
-            b = b[heads] if b is not None else None
+        hs = head_slice(heads)
+        w = self.weight.view(-1, d, self.kernel_size)[hs]
+        b = self.bias.view(-1, d)[hs] if self.bias is not None else None
         W = self.kernel_size
         o = sum(shift_tokens(x, W - 1 - i, reverse, cu_seqlens) * w[..., i] for i in range(W))
         if b is not None:
@@ -140,8 +167,7 @@ class LowerBound(nn.Module):
         self.logit = nn.Parameter(torch.full((channels,), math.log(layer_idx / (num_layers - layer_idx))))
 
     def forward(self, log_f, heads=None):
-        """``log_f [B, N, Hs, d]`` log forget gates -> ``log(gamma + (1 - gamma) exp(log_f))``."""
-        lg = rearrange(self.logit, '(h d) -> h d', d=log_f.shape[-1])
-        if heads is not None:
-            lg = lg[heads]
+        """``log_f [B, N, Hs, d]`` log forget gates of the heads ``heads`` (a ``range``; None: all) ->
+        ``log(gamma + (1 - gamma) exp(log_f))``."""
+        lg = rearrange(self.logit, '(h d) -> h d', d=log_f.shape[-1])[head_slice(heads)]
         return torch.logaddexp(F.logsigmoid(lg), F.logsigmoid(-lg) + log_f)

@@ -8,46 +8,22 @@ averages of the keys and values, weighted by a learned slot control ``phi_t = ex
 with key width ``C / 2``, value width ``C``, 64 slots, ``s`` clamped to [-32, 32], rotary q and k, per-head RMSNorm
 of the output times ``swish(W_g x)``, as flash-linear-attention's ``ABCAttention``. It is gated slot attention
 (:func:`vla_mm.ops.gsa.gsa`) whose forget gate is not a projection but the running normaliser
-``z_t = logcumsumexp(s)_t``: write weights ``exp(s_t - z_t)`` and log forget gate ``z_{t-1} - z_t``.
+``z_t = logcumsumexp(s)_t``: write weights ``exp(s_t - z_t)`` and log forget gate ``z_{t-1} - z_t``
+(:func:`._common.normalised_writes`).
 Vision departs from the language model's layer only in the order: the running averages, the rotary positions and
 the optional short convolutions follow the scan route's 1-D order, each pass in its own direction (all computed
 inside the core); no KV cache or recurrent inference mode.
 """
 from functools import partial
 
-import torch
 import torch.nn.functional as F
 from einops import rearrange
 
 from vla_mm.ops.gsa import gsa
 
 from ...registry import MIXERS
-from ._common import GatedRMSNorm, ShortConv, core_heads, head_ids, upcast
+from ._common import GatedRMSNorm, ShortConv, normalised_writes, rotary, upcast
 from .base import BaseMixer, linear_factory
-from .retnet import rotary
-
-
-def running_lse(s, reverse=False, cu_seqlens=None):
-    """``z_t = log sum exp(s_i)`` over the pass so far (``i <= t``; ``i >= t`` when ``reverse``) along dim 1,
-    restarting at each packed sequence of ``cu_seqlens``."""
-    if cu_seqlens is not None:
-        lengths = (cu_seqlens[1:] - cu_seqlens[:-1]).tolist()
-        return torch.cat([running_lse(p, reverse) for p in s.split(lengths, dim=1)], dim=1)
-    return s.flip(1).logcumsumexp(1).flip(1) if reverse else s.logcumsumexp(1)
-
-
-def slot_writes(s, reverse=False, cu_seqlens=None):
-    """ABC's slot control as gated-slot writes: ``(exp(s_t - z_t), z_{t-1} - z_t)`` with ``z`` the running
-    log-normaliser along the pass (the log gate of a sequence's first token is 0: nothing to forget)."""
-    z = running_lse(s, reverse, cu_seqlens)
-    zp = (F.pad(z[:, 1:], (0, 0, 0, 0, 0, 1)) if reverse else F.pad(z[:, :-1], (0, 0, 0, 0, 1, 0)))
-    first = torch.zeros(z.shape[1], dtype=torch.bool, device=z.device)
-    if cu_seqlens is None:
-        first[-1 if reverse else 0] = True
-    else:
-        first[cu_seqlens[1:] - 1 if reverse else cu_seqlens[:-1]] = True
-    zp = torch.where(first[None, :, None, None], z, zp)
-    return (s - z).exp(), zp - z
 
 
 @MIXERS.register_module(name='abc')
@@ -103,18 +79,17 @@ class ABCAttention(BaseMixer):
         self.g_norm = GatedRMSNorm(self.head_v_dim, norm_eps, elementwise_affine) if use_norm else None
         self.o_proj = self.Linear(self.value_dim, dim, bias=False)
 
-    def core(self, q, k, v, s, hid, reverse=False, cu_seqlens=None):
+    def core(self, q, k, v, s, heads, reverse=False, cu_seqlens=None):
         """One pass: q, k ``[B, N, Hs, dk]``, v ``[B, N, Hs, dv]`` (pre-convolution projections), s ``[B, N, Hs,
-        M]`` slot logits, hid ``[B, N, Hs]`` -> o ``[B, N, Hs, dv]``."""
+        M]`` slot logits, heads (a ``range`` of head ids) -> o ``[B, N, Hs, dv]``."""
         if self.use_short_conv:
-            heads = core_heads(hid, self.num_heads)
             q, k, v = (conv(t, heads, reverse, cu_seqlens)
                        for conv, t in ((self.q_conv1d, q), (self.k_conv1d, k), (self.v_conv1d, v)))
         if self.use_input_gate:
             q, k, v = F.silu(q), F.silu(k), F.silu(v)
         if self.use_rope:
             q, k = rotary(q, reverse, self.rope_theta), rotary(k, reverse, self.rope_theta)
-        w, g = slot_writes(s, reverse, cu_seqlens)
+        w, g = normalised_writes(s, reverse, cu_seqlens)
         return gsa(q, k, v, w.to(q.dtype), g, cu_seqlens=cu_seqlens, reverse=reverse)[0]
 
     def forward(self, x, ctx):
@@ -122,7 +97,7 @@ class ABCAttention(BaseMixer):
         v = rearrange(self.v_proj(x), 'b n (h d) -> b n h d', d=self.head_v_dim)
         s = rearrange(self.s_proj(x), 'b n (h m) -> b n h m', m=self.num_slots)
         s = upcast(s).clamp(self.clamp_min, self.clamp_max)
-        o = self.scan(partial(self.core, cu_seqlens=ctx.cu_seqlens), (q, k, v, s, head_ids(x, self.num_heads)), ctx)
+        o = self.scan(partial(self.core, cu_seqlens=ctx.cu_seqlens), (q, k, v, s, range(self.num_heads)), ctx)
         gate = rearrange(self.g_proj(x), 'b n (h d) -> b n h d', d=self.head_v_dim) if self.g_proj is not None \
             else None
         if self.g_norm is not None:

@@ -17,7 +17,7 @@ from einops import rearrange
 from vla_mm.ops.delta_rule import delta_rule
 
 from ...registry import MIXERS
-from ._common import FEATURE_MAPS, GatedRMSNorm, ShortConv, core_heads, head_ids
+from ._common import FEATURE_MAPS, GatedRMSNorm, ShortConv
 from .base import BaseMixer, linear_factory
 
 #: fla's names for DeltaNet's q/k activations ('elu' is elu + 1)
@@ -84,12 +84,11 @@ class DeltaNet(BaseMixer):
         self.o_norm = GatedRMSNorm(self.head_v_dim, norm_eps)
         self.o_proj = self.Linear(self.value_dim, dim, bias=False)
 
-    def core(self, q, k, v, beta, hid, reverse=False, cu_seqlens=None):
+    def core(self, q, k, v, beta, heads, reverse=False, cu_seqlens=None):
         """One pass: q, k ``[B, N, Hs, dk]``, v ``[B, N, Hs, dv]`` (pre-convolution projections), beta
-        ``[B, N, Hs]``, hid ``[B, N, Hs]`` -> o ``[B, N, Hs, dv]``. Short convolution (in the pass's direction),
-        activation and q/k normalisation, then the delta rule."""
+        ``[B, N, Hs]``, heads (a ``range`` of head ids) -> o ``[B, N, Hs, dv]``. Short convolution (in the pass's
+        direction), activation and q/k normalisation, then the delta rule."""
         if self.use_short_conv:  # the q/k convolutions carry the SiLU when qk_activation is 'silu'
-            heads = core_heads(hid, self.num_heads)
             q, k, v = (conv(t, heads, reverse, cu_seqlens)
                        for conv, t in ((self.q_conv1d, q), (self.k_conv1d, k), (self.v_conv1d, v)))
         else:
@@ -108,7 +107,7 @@ class DeltaNet(BaseMixer):
         beta = self.b_proj(x).sigmoid() if self.b_proj is not None else x.new_ones(*x.shape[:2], self.num_heads)
         if self.allow_neg_eigval:
             beta = beta * 2
-        o = self.scan(partial(self.core, cu_seqlens=ctx.cu_seqlens), (q, k, v, beta, head_ids(x, self.num_heads)),
+        o = self.scan(partial(self.core, cu_seqlens=ctx.cu_seqlens), (q, k, v, beta, range(self.num_heads)),
                       ctx)
         gate = rearrange(self.g_proj(x), 'b n (h d) -> b n h d', d=self.head_v_dim) if self.g_proj is not None \
             else None

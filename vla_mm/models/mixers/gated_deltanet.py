@@ -21,7 +21,7 @@ from einops import rearrange
 from vla_mm.ops.delta_rule import delta_rule
 
 from ...registry import MIXERS
-from ._common import GatedRMSNorm, ShortConv, core_heads, head_ids, upcast
+from ._common import GatedRMSNorm, ShortConv, upcast
 from .base import BaseMixer, linear_factory
 
 
@@ -83,12 +83,11 @@ class GatedDeltaNet(BaseMixer):
         a = upcast(self.a_proj(x))
         return -self.A_log.to(a.dtype).exp() * F.softplus(a + self.dt_bias.to(a.dtype))
 
-    def core(self, q, k, v, g, beta, hid, reverse=False, cu_seqlens=None):
+    def core(self, q, k, v, g, beta, heads, reverse=False, cu_seqlens=None):
         """One pass: q, k ``[B, N, Hs, dk]``, v ``[B, N, Hs, dv]`` (pre-convolution projections), g (log decay),
-        beta ``[B, N, Hs]``, hid ``[B, N, Hs]`` -> o ``[B, N, Hs, dv]``. Short convolution (in the pass's
-        direction), L2-normalised q and k, then the gated delta rule."""
+        beta ``[B, N, Hs]``, heads (a ``range`` of head ids) -> o ``[B, N, Hs, dv]``. Short convolution (in the
+        pass's direction), L2-normalised q and k, then the gated delta rule."""
         if self.use_short_conv:
-            heads = core_heads(hid, self.num_heads)
             q, k, v = (conv(t, heads, reverse, cu_seqlens)
                        for conv, t in ((self.q_conv1d, q), (self.k_conv1d, k), (self.v_conv1d, v)))
         else:
@@ -103,7 +102,7 @@ class GatedDeltaNet(BaseMixer):
         if self.allow_neg_eigval:
             beta = beta * 2
         o = self.scan(partial(self.core, cu_seqlens=ctx.cu_seqlens),
-                      (q, k, v, self.log_decay(x), beta, head_ids(x, self.num_heads)), ctx)
+                      (q, k, v, self.log_decay(x), beta, range(self.num_heads)), ctx)
         gate = rearrange(self.g_proj(x), 'b n (h d) -> b n h d', d=self.head_v_dim) if self.g_proj is not None \
             else None
         return self.o_proj(rearrange(self.o_norm(o, gate), 'b n h d -> b n (h d)'))

@@ -16,7 +16,7 @@ from einops import rearrange
 from vla_mm.ops.gla import chunk_gla
 
 from ...registry import MIXERS
-from ._common import FEATURE_MAPS, GatedRMSNorm, ShortConv, core_heads, head_ids, low_rank
+from ._common import FEATURE_MAPS, GatedRMSNorm, ShortConv, low_rank
 from .base import BaseMixer, linear_factory
 
 
@@ -72,12 +72,11 @@ class GatedLinearAttention(BaseMixer):
         self.g_norm = GatedRMSNorm(self.head_v_dim, norm_eps, elementwise_affine)
         self.o_proj = self.Linear(self.value_dim, dim, bias=False)
 
-    def core(self, q, k, v, gk, hid, reverse=False, cu_seqlens=None):
+    def core(self, q, k, v, gk, heads, reverse=False, cu_seqlens=None):
         """One pass of the recurrence: q, k, gk ``[B, N, Hs, dk]``, v ``[B, N, Hs, dv]`` (pre-convolution
-        projections), hid ``[1, 1, Hs]`` -> o ``[B, N, Hs, dv]``. The short convolutions run in the pass's
+        projections), heads (a ``range`` of head ids) -> o ``[B, N, Hs, dv]``. The short convolutions run in the pass's
         direction."""
         if self.use_short_conv:
-            heads = core_heads(hid, self.num_heads)
             q, k, v = (conv(t, heads, reverse, cu_seqlens)
                        for conv, t in ((self.q_conv1d, q), (self.k_conv1d, k), (self.v_conv1d, v)))
         if self.feature_map is not None:
@@ -91,7 +90,7 @@ class GatedLinearAttention(BaseMixer):
         gk = F.logsigmoid(gk) / self.gate_logit_normalizer
         if self.clamp_min is not None:
             gk = gk.clamp_min(self.clamp_min)
-        o = self.scan(partial(self.core, cu_seqlens=ctx.cu_seqlens), (q, k, v, gk, head_ids(x, self.num_heads)),
+        o = self.scan(partial(self.core, cu_seqlens=ctx.cu_seqlens), (q, k, v, gk, range(self.num_heads)),
                       ctx)
         if self.g_proj is not None:
             o = self.g_norm(o, rearrange(self.g_proj(x), 'b n (h d) -> b n h d', d=self.head_v_dim))

@@ -21,7 +21,7 @@ from einops import rearrange
 from vla_mm.ops.gsa import gsa
 
 from ...registry import MIXERS
-from ._common import FEATURE_MAPS, GatedRMSNorm, ShortConv, core_heads, head_ids, upcast
+from ._common import FEATURE_MAPS, GatedRMSNorm, ShortConv, upcast
 from .base import BaseMixer, linear_factory
 
 @MIXERS.register_module(name='gsa')
@@ -73,11 +73,10 @@ class GatedSlotAttention(BaseMixer):
         self.g_norm = GatedRMSNorm(self.value_dim, norm_eps, elementwise_affine)
         self.o_proj = self.Linear(self.value_dim, dim, bias=False)
 
-    def core(self, q, k, v, f, hid, reverse=False, cu_seqlens=None):
+    def core(self, q, k, v, f, heads, reverse=False, cu_seqlens=None):
         """One pass: q, k ``[B, N, Hs, dk]``, v ``[B, N, Hs, dv]`` (pre-convolution projections), f ``[B, N, Hs,
-        M]`` log forget gates, hid ``[B, N, Hs]`` -> o ``[B, N, Hs, dv]``."""
+        M]`` log forget gates, heads (a ``range`` of head ids) -> o ``[B, N, Hs, dv]``."""
         if self.use_short_conv:
-            heads = core_heads(hid, self.num_heads)
             q, k, v = (conv(t, heads, reverse, cu_seqlens)
                        for conv, t in ((self.q_conv1d, q), (self.k_conv1d, k), (self.v_conv1d, v)))
         if self.feature_map is not None:
@@ -91,5 +90,5 @@ class GatedSlotAttention(BaseMixer):
         v = rearrange(self.v_proj(x), 'b n (h d) -> b n h d', d=self.head_v_dim)
         f = rearrange(self.f_proj(x), 'b n (h m) -> b n h m', m=self.num_slots)
         f = F.logsigmoid(upcast(f)) / self.gate_logit_normalizer
-        o = self.scan(partial(self.core, cu_seqlens=ctx.cu_seqlens), (q, k, v, f, head_ids(x, self.num_heads)), ctx)
+        o = self.scan(partial(self.core, cu_seqlens=ctx.cu_seqlens), (q, k, v, f, range(self.num_heads)), ctx)
         return self.o_proj(self.g_norm(F.silu(rearrange(o, 'b n h d -> b n (h d)'))))

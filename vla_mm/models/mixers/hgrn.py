@@ -19,7 +19,7 @@ from einops import rearrange
 from vla_mm.ops.hgrn import hgrn
 
 from ...registry import MIXERS
-from ._common import GatedRMSNorm, LowerBound, ShortConv, core_heads, head_ids
+from ._common import GatedRMSNorm, LowerBound, ShortConv
 from .base import BaseMixer, linear_factory
 
 
@@ -64,10 +64,9 @@ class HGRNMixer(BaseMixer):
         self.g_norm = GatedRMSNorm(self.input_dim, norm_eps, elementwise_affine)
         self.o_proj = self.Linear(self.input_dim, dim, bias=False)
 
-    def core(self, i, f, hid, reverse=False, cu_seqlens=None):
-        """One pass: input and forget projections ``[B, N, Hs, d]`` (before the short convolutions), hid
-        ``[1, 1, Hs]`` -> hidden states ``[B, N, Hs, d]``."""
-        heads = core_heads(hid, self.num_heads)
+    def core(self, i, f, heads, reverse=False, cu_seqlens=None):
+        """One pass: input and forget projections ``[B, N, Hs, d]`` (before the short convolutions), heads
+        (a ``range`` of head ids) -> hidden states ``[B, N, Hs, d]``."""
         if self.use_short_conv:
             i = self.i_conv1d(i, heads, reverse, cu_seqlens)
             f = self.f_conv1d(f, heads, reverse, cu_seqlens)
@@ -81,5 +80,5 @@ class HGRNMixer(BaseMixer):
 
     def forward(self, x, ctx):
         i, f = (rearrange(p(x), 'b n (h d) -> b n h d', d=self.head_dim) for p in (self.i_proj, self.f_proj))
-        h = self.scan(partial(self.core, cu_seqlens=ctx.cu_seqlens), (i, f, head_ids(x, self.num_heads)), ctx)
+        h = self.scan(partial(self.core, cu_seqlens=ctx.cu_seqlens), (i, f, range(self.num_heads)), ctx)
         return self.o_proj(self.g_norm(rearrange(h, 'b n h d -> b n (h d)'), self.g_proj(x)))

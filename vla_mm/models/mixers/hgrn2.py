@@ -19,7 +19,7 @@ from einops import rearrange
 from vla_mm.ops.gla import chunk_gla
 
 from ...registry import MIXERS
-from ._common import GatedRMSNorm, LowerBound, ShortConv, core_heads, head_ids
+from ._common import GatedRMSNorm, LowerBound, ShortConv
 from .base import BaseMixer, linear_factory
 
 
@@ -64,10 +64,9 @@ class HGRN2Mixer(BaseMixer):
         self.g_norm = GatedRMSNorm(dim, norm_eps, elementwise_affine)
         self.o_proj = self.Linear(dim, dim, bias=False)
 
-    def core(self, q, f, i, hid, reverse=False, cu_seqlens=None):
+    def core(self, q, f, i, heads, reverse=False, cu_seqlens=None):
         """One pass: q, f ``[B, N, Hs, expand_ratio]``, i ``[B, N, Hs, C / H]`` (before the short convolutions),
-        hid ``[1, 1, Hs]`` -> o ``[B, N, Hs, C / H]``."""
-        heads = core_heads(hid, self.num_heads)
+        heads (a ``range`` of head ids) -> o ``[B, N, Hs, C / H]``."""
         if self.use_short_conv:
             q, f, i = (conv(t, heads, reverse, cu_seqlens)
                        for conv, t in ((self.q_conv1d, q), (self.f_conv1d, f), (self.i_conv1d, i)))
@@ -80,5 +79,5 @@ class HGRN2Mixer(BaseMixer):
     def forward(self, x, ctx):
         q, f = (rearrange(p(x), 'b n (h d) -> b n h d', d=self.head_f_dim) for p in (self.q_proj, self.f_proj))
         i = rearrange(self.i_proj(x), 'b n (h d) -> b n h d', d=self.head_i_dim)
-        o = self.scan(partial(self.core, cu_seqlens=ctx.cu_seqlens), (q, f, i, head_ids(x, self.num_heads)), ctx)
+        o = self.scan(partial(self.core, cu_seqlens=ctx.cu_seqlens), (q, f, i, range(self.num_heads)), ctx)
         return self.o_proj(self.g_norm(rearrange(o, 'b n h d -> b n (h d)')))

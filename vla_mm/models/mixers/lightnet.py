@@ -13,25 +13,14 @@ sets ``expand_ratio = 128`` and derives the heads from it).
 """
 from functools import partial
 
-import torch
 import torch.nn.functional as F
 from einops import rearrange
 
 from vla_mm.ops.gla import chunk_gla
 
 from ...registry import MIXERS
-from ._common import GatedRMSNorm, ShortConv, core_heads, head_ids, low_rank, shift_tokens, upcast
+from ._common import GatedRMSNorm, ShortConv, low_rank, normalised_writes, upcast
 from .base import BaseMixer, linear_factory
-
-
-def _logcumsumexp(k, reverse, cu_seqlens):
-    """``logsumexp`` of ``k [B, N, ...]`` over the tokens so far in the pass (per packed sequence)."""
-    if cu_seqlens is not None:
-        cu = cu_seqlens.tolist()
-        return torch.cat([_logcumsumexp(k[:, a:b], reverse, None) for a, b in zip(cu[:-1], cu[1:])], dim=1)
-    if reverse:  # a small gate tensor; the running sum itself runs right to left
-        return k.flip(1).logcumsumexp(1).flip(1)
-    return k.logcumsumexp(1)
 
 
 @MIXERS.register_module(name='lightnet')
@@ -73,23 +62,17 @@ class LightNetMixer(BaseMixer):
         self.g_norm = GatedRMSNorm(dim, norm_eps, elementwise_affine)
         self.o_proj = self.Linear(dim, dim, bias=False)
 
-    def core(self, q, k, v, hid, reverse=False, cu_seqlens=None):
-        """One pass: q, k ``[B, N, Hs, dk]``, v ``[B, N, Hs, dv]`` (before the short convolutions), hid
-        ``[1, 1, Hs]`` -> o ``[B, N, Hs, dv]``."""
+    def core(self, q, k, v, heads, reverse=False, cu_seqlens=None):
+        """One pass: q, k ``[B, N, Hs, dk]``, v ``[B, N, Hs, dv]`` (before the short convolutions), heads
+        (a ``range`` of head ids) -> o ``[B, N, Hs, dv]``."""
         if self.use_short_conv:
-            heads = core_heads(hid, self.num_heads)
             q, k, v = (conv(t, heads, reverse, cu_seqlens)
                        for conv, t in ((self.q_conv1d, q), (self.k_conv1d, k), (self.v_conv1d, v)))
-        kf = upcast(k)
-        z = _logcumsumexp(kf, reverse, cu_seqlens)
-        # decay z_{t-1} - z_t (the pass's previous token; 0 at a sequence's first token)
-        has_prev = shift_tokens(z.new_ones(1, z.shape[1], 1, 1), 1, reverse, cu_seqlens)
-        g = (shift_tokens(z, 1, reverse, cu_seqlens) - z) * has_prev
-        return chunk_gla(F.silu(q), (kf - z).exp().to(k.dtype), v, g, gate='vector', cu_seqlens=cu_seqlens,
-                         reverse=reverse)[0]
+        w, g = normalised_writes(upcast(k), reverse, cu_seqlens)  # keys exp(k_t - z_t), decays z_{t-1} - z_t
+        return chunk_gla(F.silu(q), w.to(k.dtype), v, g, gate='vector', cu_seqlens=cu_seqlens, reverse=reverse)[0]
 
     def forward(self, x, ctx):
         q, k = (rearrange(p(x), 'b n (h d) -> b n h d', d=self.head_k_dim) for p in (self.q_proj, self.k_proj))
         v = rearrange(self.v_proj(x), 'b n (h d) -> b n h d', d=self.head_v_dim)
-        o = self.scan(partial(self.core, cu_seqlens=ctx.cu_seqlens), (q, k, v, head_ids(x, self.num_heads)), ctx)
+        o = self.scan(partial(self.core, cu_seqlens=ctx.cu_seqlens), (q, k, v, range(self.num_heads)), ctx)
         return self.o_proj(self.g_norm(rearrange(o, 'b n h d -> b n (h d)'), self.g_proj(x)))

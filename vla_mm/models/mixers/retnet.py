@@ -14,24 +14,11 @@ from functools import partial
 import torch
 from einops import rearrange
 
-from vla_mm.ops.gla import chunk_simple_gla, retention_log_decay
+from vla_mm.ops.gla import chunk_simple_gla
 
 from ...registry import MIXERS
-from ._common import FEATURE_MAPS, GatedRMSNorm, ShortConv, core_heads, head_ids
+from ._common import FEATURE_MAPS, GatedRMSNorm, ShortConv, rotary
 from .base import BaseMixer, linear_factory
-
-
-def rotary(x, reverse=False, base=10000.0):
-    """1-D rotary position embedding of ``x [B, N, H, D]`` (halves rotated, D even) at positions 0..N-1 along
-    the pass (right to left when ``reverse``); only differences of positions reach ``q . k``."""
-    n, d = x.shape[1], x.shape[-1]
-    dt = torch.float64 if x.dtype == torch.float64 else torch.float32
-    inv_freq = base ** -(torch.arange(0, d, 2, device=x.device, dtype=dt) / d)
-    pos = torch.arange(n, device=x.device, dtype=dt)
-    ang = (-pos if reverse else pos)[:, None] * inv_freq
-    cos, sin = (f(ang).to(x.dtype)[None, :, None] for f in (torch.cos, torch.sin))
-    x1, x2 = x.chunk(2, dim=-1)
-    return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1)
 
 
 @MIXERS.register_module(name='retnet')
@@ -83,10 +70,9 @@ class MultiScaleRetention(BaseMixer):
         self.g_norm = GatedRMSNorm(self.head_v_dim, norm_eps, elementwise_affine)
         self.o_proj = self.Linear(self.value_dim, dim, bias=False)
 
-    def core(self, q, k, v, hid, reverse=False, cu_seqlens=None):
-        """One pass: q, k ``[B, N, Hs, dk]``, v ``[B, N, Hs, dv]`` (pre-convolution projections), hid
-        ``[1, 1, Hs]`` (which heads, hence which decays) -> o ``[B, N, Hs, dv]``."""
-        heads = core_heads(hid, self.num_heads)
+    def core(self, q, k, v, heads, reverse=False, cu_seqlens=None):
+        """One pass: q, k ``[B, N, Hs, dk]``, v ``[B, N, Hs, dv]`` (pre-convolution projections), heads (a
+        ``range`` of head ids, hence which decays) -> o ``[B, N, Hs, dv]``."""
         if self.use_short_conv:
             q, k, v = (conv(t, heads, reverse, cu_seqlens)
                        for conv, t in ((self.q_conv1d, q), (self.k_conv1d, k), (self.v_conv1d, v)))
@@ -94,16 +80,17 @@ class MultiScaleRetention(BaseMixer):
             q, k = self.feature_map(q), self.feature_map(k)
         if self.rotary:
             q, k = rotary(q, reverse), rotary(k, reverse)
-        log_decay = retention_log_decay(self.num_heads, q.device, torch.float64 if q.dtype == torch.float64
-                                        else torch.float32)  # not in half precision: 1 - 2^-10 rounds there
-        log_decay = log_decay if heads is None else log_decay[heads]
-        g = log_decay.expand(*q.shape[:3])
+        # log(1 - 2^(-5 - h)) (ops.gla.retention_log_decay) for the heads held, made on q's device (no host copy);
+        # not in half precision: 1 - 2^-10 rounds there
+        h = torch.arange(heads.start, heads.stop, device=q.device,
+                         dtype=torch.float64 if q.dtype == torch.float64 else torch.float32)
+        g = torch.log1p(-torch.exp2(-5.0 - h)).expand(*q.shape[:3])
         return chunk_simple_gla(q, k, v, g, cu_seqlens=cu_seqlens, reverse=reverse)[0]
 
     def forward(self, x, ctx):
         q, k = (rearrange(p(x), 'b n (h d) -> b n h d', d=self.head_k_dim) for p in (self.q_proj, self.k_proj))
         v = rearrange(self.v_proj(x), 'b n (h d) -> b n h d', d=self.head_v_dim)
-        o = self.scan(partial(self.core, cu_seqlens=ctx.cu_seqlens), (q, k, v, head_ids(x, self.num_heads)), ctx)
+        o = self.scan(partial(self.core, cu_seqlens=ctx.cu_seqlens), (q, k, v, range(self.num_heads)), ctx)
         gate = rearrange(self.g_proj(x), 'b n (h d) -> b n h d', d=self.head_v_dim) if self.g_proj is not None \
             else None
         return self.o_proj(rearrange(self.g_norm(o, gate), 'b n h d -> b n (h d)'))

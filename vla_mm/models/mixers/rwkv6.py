@@ -12,6 +12,8 @@ and the recurrence all run along the scan route's 1-D order, each pass shifting 
 own direction (so the core holds the whole time-mix but ``W_o``; a reversed pass equals the forward pass of the
 flipped sequence); no recurrent inference mode; PyTorch's default initialisation (``mu``, the mix biases and
 ``u`` start at zero as in flash-linear-attention, not RWKV-LM's per-layer decay schedule).
+Cost under routes: every pass runs the time-mix projections (bi: 2x, cross: 4x, as the recurrence); under
+``multi_head_2d`` each of the D head groups also runs them for all heads and keeps its own (D x the projections).
 """
 from functools import partial
 
@@ -23,7 +25,7 @@ from einops import rearrange
 from vla_mm.ops.gla import chunk_rwkv6
 
 from ...registry import MIXERS
-from ._common import core_heads, head_ids, shift_tokens, upcast
+from ._common import head_slice, shift_tokens, upcast
 from .base import BaseMixer, linear_factory
 
 MIXES = ('r', 'w', 'k', 'v', 'g')
@@ -84,28 +86,23 @@ class RWKV6Mixer(BaseMixer):
         projs = (self.r_proj, self.w_proj, self.k_proj, self.v_proj, self.g_proj)
         return [p(x + delta * m) for p, m in zip(projs, mixes)]
 
-    def core(self, x, hid, reverse=False, cu_seqlens=None):
-        """One pass of the whole time-mix but ``W_o``: x ``[B, N, Hs, C]`` (the tokens, repeated over the heads
-        the call holds: one route order per call), hid ``[1, 1, Hs]`` -> gated, normalised o ``[B, N, Hs, dv]``."""
-        heads = core_heads(hid, self.num_heads)
-        x = x[:, :, 0].contiguous()  # a gathered x repeated over heads is freed after this pass
+    def core(self, x, heads, reverse=False, cu_seqlens=None):
+        """One pass of the whole time-mix but ``W_o``: x ``[B, N, 1, C]`` (the tokens, one copy shared by all
+        heads: a route gathers it once per order), heads (a ``range`` of head ids) -> gated, normalised o
+        ``[B, N, Hs, dv]``."""
+        hs = head_slice(heads)
+        x = x[:, :, 0]
         delta = shift_tokens(x, 1, reverse, cu_seqlens) - x
         r, w, k, v, g = self.time_mix(x, delta)
-        r, w, k = (rearrange(t, 'b n (h d) -> b n h d', d=self.head_k_dim) for t in (r, w, k))
-        v, g = (rearrange(t, 'b n (h d) -> b n h d', d=self.head_v_dim) for t in (v, g))
-        u, nw, nb = self.bonus, self.norm_weight, self.norm_bias
-        if nw is not None:
-            nw, nb = (rearrange(t, '(h d) -> h d', d=self.head_v_dim) for t in (nw, nb))
-        if heads is not None:
-            r, w, k, v, g, u = r[:, :, heads], w[:, :, heads], k[:, :, heads], v[:, :, heads], g[:, :, heads], u[heads]
-            nw, nb = (nw[heads], nb[heads]) if nw is not None else (None, None)
-        o = chunk_rwkv6(r, k, v, -upcast(w).exp(), u, cu_seqlens=cu_seqlens, reverse=reverse)[0]
+        r, w, k = (rearrange(t, 'b n (h d) -> b n h d', d=self.head_k_dim)[:, :, hs] for t in (r, w, k))
+        v, g = (rearrange(t, 'b n (h d) -> b n h d', d=self.head_v_dim)[:, :, hs] for t in (v, g))
+        o = chunk_rwkv6(r, k, v, -upcast(w).exp(), self.bonus[hs], cu_seqlens=cu_seqlens, reverse=reverse)[0]
         o = F.layer_norm(upcast(o), (self.head_v_dim,), eps=self.norm_eps)  # GroupNorm with one group per head
-        if nw is not None:
+        if self.norm_weight is not None:
+            nw, nb = (rearrange(t, '(h d) -> h d', d=self.head_v_dim)[hs] for t in (self.norm_weight, self.norm_bias))
             o = o * nw + nb
         return (o * F.silu(upcast(g))).to(v.dtype)
 
     def forward(self, x, ctx):
-        xh = x.unsqueeze(2).expand(-1, -1, self.num_heads, -1)  # a view; gathered only by routes with index maps
-        o = self.scan(partial(self.core, cu_seqlens=ctx.cu_seqlens), (xh, head_ids(x, self.num_heads)), ctx)
+        o = self.scan(partial(self.core, cu_seqlens=ctx.cu_seqlens), (x.unsqueeze(2), range(self.num_heads)), ctx)
         return self.o_proj(rearrange(o, 'b n h d -> b n (h d)'))

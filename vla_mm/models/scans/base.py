@@ -54,16 +54,24 @@ def direction(name: str, heads: Optional[Tuple[int, int]] = None) -> ScanPass:
     return ScanPass(order, reverse, heads)
 
 
+def _num_heads(x):
+    return len(x) if isinstance(x, range) else x.shape[2]
+
+
 def _narrow_heads(x, start, stop, num_heads):
+    """Heads ``[start, stop)`` of an input: dim 2 of a tensor (one of a single head, shared by all heads, whole),
+    or the sub-range of a ``range`` of head ids."""
     if x is None or (start, stop) == (0, num_heads):
         return x
-    return x[:, :, start:stop]
+    if isinstance(x, range):
+        return x[start:stop]
+    return x if x.shape[2] == 1 else x[:, :, start:stop]
 
 
 def _gather(x, index):
     """Tokens (dim 1) of ``x`` in the order ``index`` (``None``: as they are; ``[N]``: one map for the batch;
     ``[B, N]``: one per sample). An input of one token broadcasts over tokens and is never gathered."""
-    if x is None or index is None or x.shape[1] == 1:
+    if index is None or not torch.is_tensor(x) or x.shape[1] == 1:
         return x
     if index.dim() == 1:
         return x.index_select(1, index)
@@ -75,8 +83,11 @@ class ScanRoute(nn.Module):
 
     ``core(*inputs, reverse: bool) -> o [B, N, H, V]`` is a 1-D causal core; ``inputs`` are tensors laid out
     ``[B, N, H, *]`` (token dim 1, head dim 2) or None (handed to the core as None). An input with one token
-    (``[B or 1, 1, H, *]``, e.g. a per-head parameter) is sliced by heads but never gathered. ``ctx`` is the
-    :class:`~vla_mm.models.mixers.base.MixerContext` (``hw``, ``ids_keep``, ``cu_seqlens``, ``layer_idx``).
+    (``[B or 1, 1, H, *]``, e.g. a per-head parameter) is sliced by heads but never gathered; one with one head
+    (``[B, N, 1, *]``, shared by all heads) is gathered but never sliced; a ``range`` of head ids (``range(H)``)
+    is sliced like a head dim, so a core learns which heads it holds as python ints (static under tracing).
+    ``ctx`` is the :class:`~vla_mm.models.mixers.base.MixerContext` (``hw``, ``ids_keep``, ``cu_seqlens``,
+    ``layer_idx``).
 
     Subclasses define :meth:`passes` and, for merges other than a sum, :meth:`weights`.
     """
@@ -159,11 +170,11 @@ class ScanRoute(nn.Module):
 
     def forward(self, core: Callable[..., torch.Tensor], inputs: Sequence[Optional[torch.Tensor]], ctx):
         inputs = tuple(inputs)
-        ref = next((x for x in inputs if x is not None and x.shape[1] != 1), None)
-        ref = ref if ref is not None else next((x for x in inputs if x is not None), None)
+        tensors = [x for x in inputs if torch.is_tensor(x)]
+        ref = next((x for x in tensors if x.shape[1] != 1), tensors[0] if tensors else None)
         if ref is None:
             raise ValueError('a scan route needs at least one input tensor [B, N, H, *]')
-        num_heads = ref.shape[2]
+        num_heads = max(_num_heads(x) for x in inputs if x is not None)
         passes = list(self.passes(ctx, num_heads))
         self._check(passes, ctx, ref.shape[1])
         weights = self.weights(passes, ctx)

@@ -2,6 +2,7 @@
 
     python tools/check_ops_gpu.py --out $OUT                      # the sweep (stops starting cases at --deadline)
     python tools/check_ops_gpu.py --out $OUT --memcheck --compile # plus compute-sanitizer and torch.compile parts
+    python tools/check_ops_gpu.py --out $OUT --shard 1/2          # half of it (balanced by estimated compile time)
     python tools/check_ops_gpu.py --smoke --out DIR               # CPU: tiny cases, reference + interpreter paths
 
 Ops: ``linear_attn``, ``chunk_gla`` (gate none / scalar / vector, bonus ``u``, value gates ``gv``), its wrappers
@@ -9,16 +10,19 @@ Ops: ``linear_attn``, ``chunk_gla`` (gate none / scalar / vector, bonus ``u``, v
 ``delta_rule`` without and with ``g`` (``gated_delta_rule``). Axes: dtype {fp32, bf16, fp16}, K {16 ... 256},
 ragged V, N {1, 63, 64, 65, 1000, 4097} and each op's options (reverse, initial state, final state, packed
 sequences with one-token sequences, random / strong (-20) / weak (~-1e-3) log gates). The product is too large:
-a deterministic covering design runs every K with every dtype at N = 65 and N = 1000 for each op, and every
-value of every other axis with every dtype (rotating the rest).
+a deterministic covering design of valid option combinations runs every K with every dtype at N = 65 and
+N = 1000 for each op, and every value of every other axis with every dtype (rotating the rest). A short list of
+arguments an op cannot take (``INVALID``) must each raise a ValueError naming the argument before any Triton
+launch.
 
 Each case: inputs drawn in float64 and rounded to the dtype; the op on CUDA tensors of that dtype; the family's
 reference on float64 copies of the same rounded inputs (on the GPU: plain torch); one backward with the same
-random cotangents (rounded to the outputs' dtypes); relative error ``||x - ref|| / ||ref||`` of every output
-and every input gradient; pass below 1e-4 (fp32) / 1e-2 (bf16, fp16); NaN / Inf fail; an exception fails its
-case only. All cases run in worker subprocesses (one group per op, and one group per op for the risky cases,
-16-bit at K >= 96, several groups at once): an illegal memory access kills only its worker, whose finished
-cases are kept and whose other cases are reported as failed with the crash. Outputs under ``--out``:
+random cotangents (rounded to the outputs' dtypes). Every output and input gradient is judged by
+``||x - R|| / ||ref||``, R the float64 reference rounded to x's dtype where that dtype cannot represent it
+(``judged_err``; the raw ``||x - ref|| / ||ref||`` is reported beside it); pass below 1e-4 (fp32) / 1e-2
+(bf16, fp16); NaN / Inf fail; an exception fails its case only. All cases run in worker subprocesses (one
+group per op, dtype and K, several groups at once): an illegal memory access kills only its worker, whose
+finished cases are kept and whose other cases re-run in a fresh worker. Outputs under ``--out``:
 ``results.json`` (every case) and ``table.md`` (op x dtype: cases run / passed / worst error / failures),
 the table printed last. Imports only torch, triton and ``vla_mm.ops`` (the ``ops/`` folder of this checkout,
 else the installed ``vla_mm/ops``; the ``vla_mm`` package itself and MMEngine are not imported).
@@ -113,12 +117,11 @@ class Op:
     name = ''
     axes = {}
     uses_v = True
+    rules = ()     # (predicate(case), why): option combinations the design must not generate
+    repair = ()    # the axes the design changes first to turn an invalid rotation into a valid one
 
     def __init__(self, ops):
         self.ops = ops
-
-    def applicable(self, case):
-        return True
 
 
 class LinearAttn(Op):
@@ -132,9 +135,15 @@ class LinearAttn(Op):
              for n, d in (('q', K), ('k', K), ('v', V))}
         return t, {}
 
+    # option combinations the design does not generate (the first raises ValueError: see INVALID)
+    rules = ((lambda c: c['norm'] != 'standard' and not c['normalize'],
+              "norm='linfusion' only applies to normalize=True"),
+             (lambda c: c['feature_map'] == 'identity' and c['normalize'],
+              'identity features with normalize: the denominator sums raw q.k, can be ~0 (ill-posed)'))
+    repair = ('norm', 'normalize')
+
     def kwargs(self, c, extra):
-        normalize = c['normalize'] and c['feature_map'] != 'identity'   # identity + normalize: ill-posed sums
-        return dict(feature_map=c['feature_map'], normalize=normalize, norm=c['norm'],
+        return dict(feature_map=c['feature_map'], normalize=c['normalize'], norm=c['norm'],
                     cu_seqlens=extra.get('cu_seqlens'))
 
     def run(self, t, c, extra, impl):
@@ -337,12 +346,35 @@ OP_AXES = {'linear_attn': LinearAttn.axes, 'chunk_gla': ChunkGLA.axes, 'chunk_li
            'delta_rule': {k: v for k, v in _Recurrent.axes.items() if k != 'gates'},
            'gated_delta_rule': _Recurrent.axes}
 WRAPPERS = ('chunk_linear_attn', 'chunk_simple_gla', 'chunk_retention', 'chunk_rwkv6')
+OP_RULES = {'linear_attn': (LinearAttn.rules, LinearAttn.repair)}
+
+
+def invalid_reason(c):
+    """Why the options of case ``c`` are not a valid combination (None when they are)."""
+    return next((why for pred, why in OP_RULES.get(c['op'], ((), ()))[0] if pred(c)), None)
+
+
+def _repair(c, axes, keep=()):
+    """The nearest valid setting: ``c`` itself, else one or two axes changed (the op's ``repair`` axes first,
+    never those in ``keep``), trying values in axis order."""
+    if invalid_reason(c) is None:
+        return c
+    first = [a for a in OP_RULES.get(c['op'], ((), ()))[1] if a not in keep]
+    for names in (first, [a for a in sorted(axes) if a not in keep]):
+        for r in (1, 2):
+            for combo in itertools.combinations(names, r):
+                for vals in itertools.product(*(axes[a] for a in combo)):
+                    d = dict(c, **dict(zip(combo, vals)))
+                    if invalid_reason(d) is None:
+                        return d
+    raise ValueError(f'no valid setting near {c}')
 
 
 # ------------------------------------------------------------------------------------------- the design
 
 def case_id(c):
-    opts = ','.join(f'{k}={c[k]}' for k in sorted(c) if k not in ('op', 'dtype', 'K', 'V', 'N', 'id', 'seed'))
+    skip = ('op', 'dtype', 'K', 'V', 'N', 'id', 'seed', 'expect')
+    opts = ','.join(f'{k}={c[k]}' for k in sorted(c) if k not in skip)
     return f"{c['op']}|{c['dtype']}|K{c['K']}|V{c['V']}|N{c['N']}|{opts}"
 
 
@@ -350,8 +382,10 @@ def design(ops=None, dtypes=DTYPES, Ks=KS, Vs=VS, Ns=NS):
     """Deterministic covering design. Per op and dtype, every K gets one V and one setting of the options
     (rotating, so that every value of V and of each option appears with every dtype) and runs at N = 65 and
     N = 1000; the other N values re-use some of those settings (N is not a compile-time constant of any kernel:
-    one compile serves all N of a setting, which is what keeps the sweep within one call). The thin gla
-    wrappers run at K in {64, 128} only (their kernels are chunk_gla's)."""
+    one compile serves all N of a setting, which is what keeps the sweep within one call). A rotation that is
+    no valid combination of options (``invalid_reason``) is repaired by changing the fewest axes; a value that
+    the repairs pushed out gets a setting of its own (at N = 65). The thin gla wrappers run at K in {64, 128}
+    only (their kernels are chunk_gla's)."""
     cases = []
     for op, axes in OP_AXES.items():
         if ops and op not in ops:
@@ -365,10 +399,16 @@ def design(ops=None, dtypes=DTYPES, Ks=KS, Vs=VS, Ns=NS):
                 c = {'op': op, 'dtype': dtype, 'K': kk[(i + d) % len(kk)], 'V': Vs[(i + d) % len(Vs)]}
                 for j, a in enumerate(names):
                     c[a] = axes[a][(i + j * (i // len(axes[a]) + 1)) % len(axes[a])]
-                settings.append(c)
+                settings.append(_repair(c, axes))
+            extra = []
+            for a in names:   # values the repairs removed: one setting each, the axis held at that value
+                for j, v in enumerate(axes[a]):
+                    if not any(c[a] == v for c in settings + extra):
+                        extra.append(_repair(dict(settings[(j + d) % len(settings)], **{a: v}), axes, keep=(a,)))
             Nmain = [n for n in (65, 1000) if n in Ns]
             for c in settings:
                 cases += [dict(c, N=n) for n in Nmain]
+            cases += [dict(c, N=Nmain[0] if Nmain else Ns[0]) for c in extra]
             for i, n in enumerate(n for n in Ns if n not in Nmain):
                 cases.append(dict(settings[(3 * i + d) % len(settings)], N=n))
     seen, out = set(), []
@@ -384,6 +424,72 @@ def design(ops=None, dtypes=DTYPES, Ks=KS, Vs=VS, Ns=NS):
     return out
 
 
+# Arguments an op cannot take: each must raise a ValueError whose message holds ``expect``, before any Triton
+# launch (issue 15). (op, mutation, expect); the mutation: case overrides, then a change of the built inputs.
+INVALID = (
+    ('linear_attn', 'linfusion_without_normalize', "norm='linfusion'"),
+    ('linear_attn', 'head_dim_above_max', 'head dim K'),
+    ('linear_attn', 'integer_q', 'q must be float32, float16 or bfloat16'),
+    ('chunk_gla', 'mixed_dtypes', 'must share one dtype'),
+    ('chunk_gla', 'vector_gate_scalar_g', "gate='vector' needs g"),
+    ('chunk_gla', 'u_with_gv', 'cannot be combined'),
+    ('chunk_gla', 'state_shape', 'initial_state must be'),
+    ('chunk_rwkv6', 'head_dim_above_max', 'head dim K'),
+    ('gsa', 'g_shape', 'g must have the shape of s'),
+    ('gsa', 'slots_above_max', 'slot count M'),
+    ('hgrn', 'g_shape', 'g must have the shape of x'),
+    ('hgrn', 'packed_with_batch', 'cu_seqlens needs packed inputs'),
+    ('delta_rule', 'beta_shape', 'beta must be'),
+    ('delta_rule', 'cu_seqlens_range', 'cu_seqlens must rise'),
+    ('gated_delta_rule', 'g_per_key', 'g must be [B, N, H]'),
+    ('gated_delta_rule', 'cu_seqlens_device', 'on one device'),
+)
+
+
+def _other_device(torch, x):
+    return x.to('meta') if x.device.type == 'cpu' else x.cpu()
+
+
+# mutation: (case overrides, change of the inputs t (rounded to the dtype) and extra (cu_seqlens) in place)
+MUTATIONS = {
+    'linfusion_without_normalize': ({'normalize': False, 'norm': 'linfusion'}, None),
+    'head_dim_above_max': ({'K': 260}, None),
+    'integer_q': ({}, lambda torch, t, e: t.update(q=t['q'].to(torch.int32))),
+    'mixed_dtypes': ({}, lambda torch, t, e: t.update(k=t['k'].to(
+        torch.float16 if t['q'].dtype != torch.float16 else torch.bfloat16))),
+    'vector_gate_scalar_g': ({'gate': 'vector'}, lambda torch, t, e: t.update(g=t['g'][..., 0].contiguous())),
+    'u_with_gv': ({'extra': 'u'}, lambda torch, t, e: t.update(gv=torch.zeros_like(t['v']))),
+    'state_shape': ({'h0': True}, lambda torch, t, e: t.update(h0=t['h0'][..., :-1].contiguous())),
+    'g_shape': ({}, lambda torch, t, e: t.update(g=t['g'][..., :-1].contiguous())),
+    'slots_above_max': ({'M': 300}, None),
+    'packed_with_batch': ({'packed': True}, lambda torch, t, e: t.update(
+        {n: t[n].expand(2, *t[n].shape[1:]).contiguous() for n in ('x', 'g')})),
+    'beta_shape': ({}, lambda torch, t, e: t.update(beta=t['beta'][..., :1].contiguous())),
+    'cu_seqlens_range': ({'packed': True}, lambda torch, t, e: e.update(
+        cu_seqlens=torch.cat([e['cu_seqlens'][:-1], e['cu_seqlens'][-1:] - 1]))),
+    'g_per_key': ({}, lambda torch, t, e: t.update(g=t['g'][..., None].expand(*t['q'].shape).contiguous())),
+    'cu_seqlens_device': ({'packed': True}, lambda torch, t, e: e.update(
+        cu_seqlens=_other_device(torch, e['cu_seqlens']))),
+}
+
+
+def invalid_cases(ops=None, dtype='bfloat16'):
+    """The INVALID list as cases (bf16, K 64, V 48, N 65, the op's first option values, then the overrides)."""
+    out = []
+    for op, mut, expect in INVALID:
+        if ops and op not in ops:
+            continue
+        c = dict({'op': op, 'dtype': dtype, 'K': 64, 'V': 0 if op == 'hgrn' else 48, 'N': 65},
+                 **{a: v[0] for a, v in OP_AXES[op].items()})
+        if op == 'chunk_gla':
+            c.update(gate='scalar', extra='plain')
+        c.update(MUTATIONS[mut][0], invalid=mut)
+        c['id'] = case_id(c)
+        c['expect'] = expect
+        out.append(c)
+    return out
+
+
 def risky(c):
     return c['dtype'] != 'float32' and c['K'] >= RISKY_K
 
@@ -391,29 +497,133 @@ def risky(c):
 K_PRIORITY = (64, 128, 256, 16, 96, 32, 192, 48)      # the order in which K values are reached
 DTYPE_PRIORITY = ('bfloat16', 'float32', 'float16')
 
+# Cost model of a worker group (compile time dominates; GPU time is small): seconds for the first case of a
+# setting at K = 64 while 14 workers compile at once on the H200 host (first sweep, docs/benchmarks/ops_sweep.md),
+# the share of that a further case of the group costs (another setting or another N re-specialises most kernels),
+# and the growth with K (the delta rule's 'ieee' dots at K > 64 spill; the other kernels barely grow).
+FIRST_S = {'linear_attn': 11, 'chunk_gla': 14, 'chunk_linear_attn': 10, 'chunk_simple_gla': 11,
+           'chunk_retention': 9, 'chunk_rwkv6': 11.5, 'gsa': 17, 'hgrn': 4.5, 'delta_rule': 12.5,
+           'gated_delta_rule': 12.5}
+NEXT_SHARE = {'linear_attn': 0.2, 'chunk_gla': 0.4, 'chunk_linear_attn': 0.45, 'chunk_simple_gla': 0.45,
+              'chunk_retention': 0.45, 'chunk_rwkv6': 0.5, 'gsa': 0.6, 'hgrn': 0.3, 'delta_rule': 0.6,
+              'gated_delta_rule': 0.6}
+K_GROWTH = {'delta': {16: 0.6, 32: 0.7, 48: 0.9, 64: 1.0, 96: 1.8, 128: 3.0, 192: 4.8, 256: 6.5},
+            'other': {16: 0.8, 32: 0.85, 48: 0.9, 64: 1.0, 96: 1.1, 128: 1.15, 192: 1.25, 256: 1.3}}
+FP32_FACTOR = 1.3
+WORKER_START_S = 6      # python, torch, triton and CUDA start of a worker
+HEAVY_S = 60            # a group above this runs first in its shard, longest first
+SPLIT_S = 200           # a group above this is split into one worker per case (parallel compiles, more in all)
+MERGE_S = 30            # groups below this (same op, dtype and risk) share a worker, up to this much in all
+
+
+def case_cost(c, first=True):
+    """Estimated seconds of case ``c``: a compile of its kernels (``first``) or a re-specialisation."""
+    if c.get('invalid'):
+        return 0.5
+    fam = 'delta' if 'delta' in c['op'] else 'other'
+    s = FIRST_S[c['op']] * K_GROWTH[fam].get(c['K'], 1.0) * (FP32_FACTOR if c['dtype'] == 'float32' else 1.0)
+    return s if first else s * NEXT_SHARE[c['op']]
+
+
+def group_cost(cases):
+    return WORKER_START_S + sum(case_cost(c, i == 0) for i, c in enumerate(cases))
+
 
 def groups_of(cases):
     """Worker groups: one per op, dtype and K (the cases of a group share their kernels' compiled
-    specialisations; the 16-bit K >= 96 groups are named '-risky'). Order: by K (the common head sizes 64 and
-    128 first, then the extremes), then dtype, then op, so that a run cut by the deadline has covered every op
-    at the most used sizes."""
-    groups = {}
+    specialisations; the 16-bit K >= 96 groups are named '-risky'), the invalid-argument cases one group of their
+    own; a group estimated above SPLIT_S seconds becomes one group per case. Order: by K (the common head sizes
+    64 and 128 first, then the extremes), then dtype, then op, so that a run cut by the deadline has covered
+    every op at the most used sizes. Each group carries its estimate ``est`` (seconds, ``group_cost``)."""
+    groups, inval = {}, [c for c in cases if c.get('invalid')]
     for c in cases:
-        groups.setdefault((c['op'], c['dtype'], c['K']), []).append(c)
-    out = []
+        if not c.get('invalid'):
+            groups.setdefault((c['op'], c['dtype'], c['K']), []).append(c)
+    out = [{'name': 'invalid-args', 'cases': inval, 'rank': (-1,), 'est': group_cost(inval)}] if inval else []
     for (op, dt, K), cs in groups.items():
         cs.sort(key=lambda c: c['N'])
         r = '-risky' if risky(cs[0]) else ''
-        out.append({'name': f"{op}-{dt}-K{K}{r}", 'cases': cs,
-                    'rank': (K_PRIORITY.index(K) if K in K_PRIORITY else len(K_PRIORITY), DTYPE_PRIORITY.index(dt)
-                             if dt in DTYPE_PRIORITY else 3, list(OP_AXES).index(op))})
+        rank = (K_PRIORITY.index(K) if K in K_PRIORITY else len(K_PRIORITY),
+                DTYPE_PRIORITY.index(dt) if dt in DTYPE_PRIORITY else 3, list(OP_AXES).index(op))
+        parts = [[c] for c in cs] if group_cost(cs) > SPLIT_S and len(cs) > 1 else [cs]
+        for i, part in enumerate(parts):
+            out.append({'name': f"{op}-{dt}-K{K}" + (f'-part{i + 1}' if len(parts) > 1 else '') + r,
+                        'cases': part, 'rank': rank + (i,), 'est': group_cost(part)})
     out.sort(key=lambda g: g['rank'])
+    return _merge_small(out)
+
+
+def _merge_small(groups):
+    """Groups estimated below MERGE_S seconds of one op, dtype and risk share a worker (in K-priority order, up
+    to MERGE_S seconds of cases): one worker start instead of several."""
+    out, open_ = [], {}
+    for g in groups:
+        c = g['cases'][0] if g['cases'] else None
+        if c is None or c.get('invalid') or g['est'] >= MERGE_S:
+            out.append(g)
+            continue
+        key = (c['op'], c['dtype'], g['name'].endswith('-risky'))
+        m = open_.get(key)
+        if m is not None and m['est'] + g['est'] - WORKER_START_S <= MERGE_S:
+            m['cases'] = m['cases'] + g['cases']
+            m['est'] += g['est'] - WORKER_START_S
+            m['name'] = m['name'].replace('-risky', '') + '+K' + str(c['K']) + ('-risky' if key[2] else '')
+        else:
+            m = open_[key] = dict(g)
+            out.append(m)
     return out
+
+
+def makespan(groups, jobs):
+    """Estimated wall seconds of running ``groups`` in order on ``jobs`` workers (list scheduling)."""
+    free = [0.0] * max(1, jobs)
+    for g in groups:
+        i = min(range(len(free)), key=free.__getitem__)
+        free[i] += g['est']
+    return max(free)
+
+
+def shard(groups, n):
+    """Splits the groups into ``n`` shards of about equal estimated cost (longest first, each to the shard with
+    the least so far; the invalid-argument group to the first). Within a shard the groups above HEAVY_S run
+    first, longest first, so that the deadline cannot cut them; the rest keep the K-priority order."""
+    shards = [[] for _ in range(n)]
+    load = [0.0] * n
+    for g in sorted(groups, key=lambda g: (g['name'] != 'invalid-args', -g['est'], g['rank'])):
+        i = 0 if g['name'] == 'invalid-args' else min(range(n), key=load.__getitem__)
+        shards[i].append(g)
+        load[i] += g['est']
+    return [sorted(s, key=lambda g: (0, -g['est']) if g['est'] > HEAVY_S else (1, g['rank'])) for s in shards]
+
+
+def describe_shards(shards, jobs):
+    """One line per shard: groups, cases, estimated worker-seconds and wall seconds on ``jobs`` workers, and what
+    it covers (op: dtype K values)."""
+    lines = []
+    for i, s in enumerate(shards):
+        cover = {}
+        for g in s:
+            for c in g['cases']:
+                if not c.get('invalid'):
+                    cover.setdefault(c['op'], {}).setdefault(c['dtype'], set()).add(c['K'])
+        what = '; '.join(f"{op} " + ' '.join(f"{DTYPE_SHORT[d]}:{','.join(map(str, sorted(ks)))}"
+                                             for d, ks in sorted(dts.items())) for op, dts in cover.items())
+        inv = sum(len(g['cases']) for g in s if g['name'] == 'invalid-args')
+        lines.append(f"shard {i + 1}/{len(shards)}: {len(s)} groups, {sum(len(g['cases']) for g in s)} cases"
+                     f"{f' ({inv} invalid-argument)' if inv else ''}, est. {sum(g['est'] for g in s):.0f} "
+                     f"worker-s, {makespan(s, jobs):.0f} s on {jobs} workers; heavy first: "
+                     f"{', '.join(g['name'] for g in s if g['est'] > HEAVY_S) or 'none'}; covers {what}")
+    return lines
+
+
+DTYPE_SHORT = {'float32': 'fp32', 'bfloat16': 'bf16', 'float16': 'fp16'}
 
 
 # --------------------------------------------------------------------------------------------- one case
 
 def rel_err(torch, x, ref):
+    """``||x - ref|| / ||ref||`` in float64 (inf on a shape mismatch or one side missing, nan if x is not
+    finite)."""
     if x is None or ref is None:
         return None if x is None and ref is None else float('inf')
     x = x.detach().double()
@@ -427,9 +637,34 @@ def rel_err(torch, x, ref):
     return dn / rn if rn > 0 else (0.0 if dn == 0 else float('inf'))
 
 
-def run_case(torch, spec, c, dev, impl):
-    """One case: returns the record (errors per output / gradient, status)."""
-    dtype = getattr(torch, c['dtype'])
+def representable(torch, ref, dtype):
+    """The float64 reference as the output's dtype can hold it: elements below the dtype's smallest normal
+    (fp16: 6.1e-5; fp32 and bf16: 1.2e-38) rounded to the dtype, where the spacing is absolute (fp16: 6e-8, so
+    a gate gradient of ~1e-9 is 0 in any fp16 kernel), every other element exact. Only fp16 outputs change in
+    practice."""
+    ref = ref.detach().double()
+    if dtype == torch.float64:
+        return ref
+    tiny = torch.finfo(dtype).tiny
+    return torch.where(ref.abs() < tiny, ref.to(dtype).double(), ref)
+
+
+def judged_err(torch, x, ref):
+    """The error a case is judged by: ``||x - R|| / ||ref||`` with ``R = representable(ref)``, the float64
+    reference rounded to the output's dtype where that dtype cannot represent it (subnormal and underflowing
+    elements). A correctly rounded output scores 0 there instead of ~1; an output that is not the rounded value
+    (noise, a zeroed gradient that the dtype could hold, cancellation error above the subnormal spacing) still
+    scores its distance from it, relative to the float64 norm; elsewhere it equals ``rel_err``."""
+    if x is None or ref is None or x.shape != ref.shape or not bool(torch.isfinite(x.detach()).all()):
+        return rel_err(torch, x, ref)
+    r = representable(torch, ref, x.dtype)
+    rn = ref.detach().double().norm().item()
+    dn = (x.detach().double() - r).norm().item()
+    return dn / rn if rn > 0 else (0.0 if dn == 0 else float('inf'))
+
+
+def prepare(torch, spec, c, dev):
+    """Float64 inputs of case ``c`` (initial states included) and ``extra`` (``cu_seqlens``)."""
     gen = torch.Generator(device=dev).manual_seed(c.get('seed', 0) + zlib.crc32(c['id'].encode()))
     t64, extra = spec.make(torch, c, gen, dev)
     if c.get('packed'):
@@ -444,12 +679,21 @@ def run_case(torch, spec, c, dev, impl):
             t64['h0'] = torch.randn(S, H * K, generator=gen, dtype=torch.float64, device=dev)
         else:
             t64['h0'] = torch.randn(S, H, K, V, generator=gen, dtype=torch.float64, device=dev)
+    return t64, extra, gen
+
+
+def run_case(torch, spec, c, dev, impl):
+    """One case: returns the record (judged and raw errors per output / gradient, status)."""
+    if c.get('invalid'):
+        return run_invalid(torch, spec, c, dev, impl)
+    dtype = getattr(torch, c['dtype'])
+    t64, extra, gen = prepare(torch, spec, c, dev)
     # kernel inputs in the dtype (states in fp32); the reference gets float64 copies of the rounded values
     tk = {n: (x.float() if n.startswith('h0') else x.to(dtype)).detach().requires_grad_() for n, x in t64.items()}
     tr = {n: x.detach().double().requires_grad_() for n, x in tk.items()}
     out = {k: v for k, v in spec.run(tk, c, extra, impl).items() if v is not None}
     ref = {k: v for k, v in spec.ref(tr, c, extra).items() if v is not None}
-    errs = {k: rel_err(torch, out.get(k), ref.get(k)) for k in sorted(set(out) | set(ref))}
+    pairs = {k: (out.get(k), ref.get(k)) for k in sorted(set(out) | set(ref))}
     ws = {k: torch.randn(ref[k].shape, generator=gen, dtype=torch.float64, device=dev).to(out[k].dtype)
           for k in out if k in ref}
     lk = sum((out[k].double() * ws[k].double()).sum() for k in ws)
@@ -457,12 +701,66 @@ def run_case(torch, spec, c, dev, impl):
     gk = torch.autograd.grad(lk, list(tk.values()), allow_unused=True)
     gr = torch.autograd.grad(lr, list(tr.values()), allow_unused=True)
     for n, a, b in zip(tk, gk, gr):
-        errs['d' + n] = rel_err(torch, a, b)
+        pairs['d' + n] = (a, b)
+    errs = {k: judged_err(torch, a, b) for k, (a, b) in pairs.items()}
+    raw = {k: rel_err(torch, a, b) for k, (a, b) in pairs.items()}
     tol = TOL[c['dtype']]
     worst = max((e if math.isfinite(e) else math.inf for e in errs.values() if e is not None), default=0.0)
+    worst_raw = max((e if math.isfinite(e) else math.inf for e in raw.values() if e is not None), default=0.0)
     bad = {k: e for k, e in errs.items() if e is not None and not e < tol}
-    return {'status': 'fail' if bad else 'pass', 'errors': errs, 'worst': worst,
-            'message': f'above {tol}: {sorted(bad)}' if bad else ''}
+    return {'status': 'fail' if bad else 'pass', 'errors': errs, 'raw_errors': raw, 'worst': worst,
+            'worst_raw': worst_raw, 'message': f'above {tol}: {sorted(bad)}' if bad else ''}
+
+
+class _LaunchCounter:
+    """Counts Triton kernel launches (compiled and interpreted) while active."""
+
+    def __enter__(self):
+        self.n, self.saved = 0, []
+        try:
+            from triton.runtime import interpreter, jit
+            classes = [jit.JITFunction, interpreter.InterpretedFunction]
+        except Exception:   # noqa: BLE001 - no triton: nothing can launch
+            classes = []
+        for cls in classes:
+            orig = cls.run
+
+            def run(fn_self, *a, _orig=orig, **kw):
+                self.n += 1
+                return _orig(fn_self, *a, **kw)
+            self.saved.append((cls, orig))
+            cls.run = run
+        return self
+
+    def __exit__(self, *exc):
+        for cls, orig in self.saved:
+            cls.run = orig
+        return False
+
+
+def run_invalid(torch, spec, c, dev, impl='op'):
+    """An argument the op cannot take: passes when the public op raises a ValueError holding ``c['expect']``
+    before any Triton launch (``impl='triton'``: with the op's backend forced to Triton, as on CPU under the
+    interpreter)."""
+    dtype = getattr(torch, c['dtype'])
+    t64, extra, _ = prepare(torch, spec, c, dev)
+    t = {n: x.float() if n.startswith('h0') else x.to(dtype) for n, x in t64.items()}
+    change = MUTATIONS[c['invalid']][1]
+    if change is not None:
+        change(torch, t, extra)
+    err = None
+    backend = 'triton' if impl == 'triton' else 'auto'
+    with _LaunchCounter() as launches, spec.ops.common.kernel_options(backend=backend):
+        try:
+            spec.run(t, c, extra, 'op')
+        except ValueError as e:
+            err = e
+    msg = f'ValueError: {str(err)[:200]}' if err is not None else 'accepted (no ValueError)'
+    ok = err is not None and c['expect'] in str(err) and launches.n == 0
+    why = '' if ok else (f'{launches.n} Triton launches before the error; ' if launches.n else '') + \
+        (f"message without {c['expect']!r}; " if err is not None and c['expect'] not in str(err) else '')
+    return {'status': 'pass' if ok else 'fail', 'errors': {}, 'worst': None, 'launches': launches.n,
+            'message': (why + msg) if not ok else msg}
 
 
 # ----------------------------------------------------------------------------------------------- worker
@@ -604,15 +902,18 @@ def find_sanitizer():
          if os.path.exists(p)), None)
 
 
-def memcheck_groups(cases, work_dir, binary):
+def memcheck_groups(cases, work_dir, binary, only=None):
     """One group per case under ``compute-sanitizer --tool memcheck``: per op, the first 16-bit K >= 96 case
-    and the first fp32 case at N = 65 (kernels run many times slower under the sanitizer)."""
+    and the first fp32 case at N = 65 (kernels run many times slower under the sanitizer); ``only``: the ids
+    of those to run here (a shard runs the ones whose groups it compiles)."""
     subset, seen = [], set()
     for c in cases:
         key = (c['op'], risky(c))
-        if c['N'] == 65 and key not in seen and (risky(c) or c['dtype'] == 'float32') and c['op'] not in WRAPPERS:
+        if c['N'] == 65 and key not in seen and (risky(c) or c['dtype'] == 'float32') and c['op'] not in WRAPPERS \
+                and not c.get('invalid'):
             seen.add(key)
-            subset.append(dict(c, id=c['id'] + '|memcheck'))
+            if only is None or c['id'] in only:
+                subset.append(dict(c, id=c['id'] + '|memcheck'))
     wrap = [binary, '--tool', 'memcheck', '--error-exitcode', '7',
             '--log-file', os.path.join(work_dir, 'memcheck-%p.log')]
     # no caching allocator: every tensor is its own allocation, so an access past one is outside any allocation
@@ -682,29 +983,55 @@ def finish_compile(p, timeout):
     return {'exit': rc, 'ops': ops, 'stderr_tail': err[-1500:]}
 
 
+def _fmt(x):
+    return '-' if x is None else ('nan/inf' if not math.isfinite(x) else f'{x:.1e}')
+
+
 def table(records):
+    """op x dtype: cases run / passed / worst judged error / worst raw error / failures."""
     rows = {}
     for r in records:
         rows.setdefault((r['op'], r['dtype']), []).append(r)
-    lines = ['| op | dtype | run | passed | worst error | failures |', '|---|---|---|---|---|---|']
+    lines = ['| op | dtype | run | passed | worst error | worst raw error | failures |',
+             '|---|---|---|---|---|---|---|']
     for (op, dt), rs in sorted(rows.items()):
         run = [r for r in rs if r['status'] != 'not_run']
         ok = [r for r in run if r['status'] == 'pass']
-        worst = max((r['worst'] for r in run if r.get('worst') is not None and math.isfinite(r['worst'])),
-                    default=None)
-        nonfinite = any(r.get('worst') is not None and not math.isfinite(r['worst']) for r in run)
+        ws = [_fmt(max((r[k] for r in run if r.get(k) is not None), default=None)) for k in ('worst', 'worst_raw')]
         bad = [f"{r['status']}: {r['id'].split('|', 2)[2]}" + (f" ({r['message'][:80]})" if r.get('message') else '')
                for r in run if r['status'] != 'pass']
-        ws = 'nan/inf' if nonfinite else ('-' if worst is None else f'{worst:.1e}')
         nr = len(rs) - len(run)
-        lines.append(f"| {op} | {dt} | {len(run)}{f' (+{nr} not reached)' if nr else ''} | {len(ok)} | {ws} | "
-                     f"{'<br>'.join(bad[:6]) + (f'<br>... {len(bad) - 6} more' if len(bad) > 6 else '')} |")
+        lines.append(f"| {op} | {dt} | {len(run)}{f' (+{nr} not reached)' if nr else ''} | {len(ok)} | {ws[0]} | "
+                     f"{ws[1]} | {'<br>'.join(bad[:6]) + (f'<br>... {len(bad) - 6} more' if len(bad) > 6 else '')} |")
     return '\n'.join(lines)
+
+
+def rounding_notes(records):
+    """The outputs whose raw error is at or above the tolerance but whose judged error (against the reference
+    rounded to the dtype where the dtype cannot hold it) is below: the passes that the rounding decided."""
+    out = []
+    for r in records:
+        tol = TOL.get(r['dtype'])
+        for k, raw in (r.get('raw_errors') or {}).items():
+            j = r['errors'].get(k)
+            if raw is not None and j is not None and not raw < tol and j < tol:
+                out.append(f"{r['id']} {k}: raw {_fmt(raw)}, judged {_fmt(j)}")
+    return out
+
+
+def invalid_line(records):
+    run = [r for r in records if r['status'] != 'not_run']
+    bad = [f"{r['op']} {r['invalid']}: {r['status']} ({r.get('message', '')[:120]})" for r in run
+           if r['status'] != 'pass']
+    return (f"Arguments an op cannot take (ValueError naming it, before any Triton launch): {len(run)} run, "
+            f"{len(run) - len(bad)} passed" + (f" ({len(records) - len(run)} not reached)" if len(run) < len(records)
+                                               else '') + ('; ' + '; '.join(bad) if bad else ''))
 
 
 def smoke_cases():
     """Tiny CPU cases: each op once through its public op (the reference on CPU) and through its Triton entry
-    point (the interpreter), plus one 16-bit K = 96 case to exercise the risky-group worker."""
+    point (the interpreter), plus one 16-bit K = 96 case to exercise the risky-group worker, and the
+    invalid-argument cases (at N = 5)."""
     base = {'dtype': 'float32', 'K': 16, 'V': 16, 'N': 5}
     cases = []
     for op, axes in OP_AXES.items():
@@ -719,6 +1046,10 @@ def smoke_cases():
                       **{a: v[0] for a, v in OP_AXES['gated_delta_rule'].items()}))
     for c in cases:
         c['id'] = case_id(c)
+    for c in invalid_cases(dtype='float32'):
+        c = dict(c, N=5, V=16 if c['V'] else 0, K=16 if c['K'] == 64 else c['K'])
+        c['id'] = case_id(c)
+        cases.append(c)
     return cases
 
 
@@ -734,6 +1065,8 @@ def main(argv=None):
     ap.add_argument('--ops', nargs='*', help='only these ops (names as in the table)')
     ap.add_argument('--shard', default='1/1', help='I/N: run every N-th worker group from the I-th (1-based), '
                     'to spread the sweep over N device calls')
+    ap.add_argument('--rest', nargs='+', metavar='RESULTS_JSON',
+                    help="run only the cases that these results.json list as not_run or timeout (not --shard)")
     ap.add_argument('--memcheck', action='store_true', help='also a subset under compute-sanitizer memcheck')
     ap.add_argument('--compile', action='store_true', help='also torch.compile(fullgraph=True) vs eager per op')
     ap.add_argument('--smoke', action='store_true', help='CPU: tiny cases, reference and interpreter paths')
@@ -763,13 +1096,28 @@ def main(argv=None):
                            'env': {'TRITON_INTERPRET': '1'}, 'impl': 'triton', 'tag': 'smoke-triton'})
     else:
         i, n = (int(x) for x in args.shard.split('/'))
-        groups = groups_of(design(args.ops))[i - 1::n]
+        if not 1 <= i <= n:
+            ap.error(f'--shard {args.shard}: I must be in 1..N')
+        every = design(args.ops)
+        shards = shard(groups_of(every + invalid_cases(args.ops)), n)
+        plan = describe_shards(shards, args.jobs)
+        groups = shards[i - 1]
+        if args.rest:   # the cases earlier calls did not finish, as one shard
+            left = set()
+            for path in args.rest:
+                with open(path) as f:
+                    left |= {r['id'] for r in json.load(f)['cases'] if r['status'] in ('not_run', 'timeout')}
+            groups = shard(groups_of([c for c in every + invalid_cases(args.ops) if c['id'] in left]), 1)[0]
+            plan = describe_shards([groups], args.jobs)
         cases = [c for g in groups for c in g['cases']]
+        report['shards'] = plan
         if args.list:
             for c in cases:
                 print(c['id'])
             print(len(cases), 'cases')
+            print('\n'.join(plan))
             return 0
+        print('\n'.join(plan) + ('\nrunning the rest' if args.rest else f'\nrunning shard {i}/{n}'), flush=True)
         report['env'] = _env_info()
         work_dir = _work_dir(args)
         if args.memcheck:
@@ -777,12 +1125,15 @@ def main(argv=None):
             report['memcheck'] = {'available': binary is not None, 'binary': binary}
             if binary:
                 # after the first wave: their kernels are then mostly compiled (shared Triton cache)
-                groups = groups[:args.jobs] + memcheck_groups(cases, work_dir, binary) + groups[args.jobs:]
+                mc = memcheck_groups(every, work_dir, binary, only={c['id'] for c in cases})
+                groups = groups[:args.jobs] + mc + groups[args.jobs:]
         if args.compile:
             compile_proc = start_compile(args)
     records = run_groups(groups, args, work_dir, deadline)
     report['work_dir'] = work_dir
     allrecs = [r for r in records.values() if not r['id'].endswith('|memcheck')]
+    inval = [r for r in allrecs if r.get('invalid')]
+    sweep = [r for r in allrecs if not r.get('invalid')]
     for r in allrecs:
         if r['id'].endswith('|triton'):
             r['op'] += ' [triton]'
@@ -803,7 +1154,12 @@ def main(argv=None):
                          for s in ('pass', 'fail', 'error', 'crash', 'timeout', 'not_run')}
     with open(os.path.join(out_dir, 'results.json'), 'w') as f:
         json.dump(report, f, indent=1, default=str)
-    extra = []
+    extra = [invalid_line(inval)] if inval else []
+    notes = rounding_notes(sweep)
+    extra.append(f'Judged against the reference rounded to the output dtype where it cannot hold it (raw error '
+                 f'at or above the tolerance, judged below): {len(notes)} outputs' +
+                 (': ' + '; '.join(notes[:20]) + (f'; ... {len(notes) - 20} more' if len(notes) > 20 else '')
+                  if notes else ''))
     if 'memcheck' in report:
         m = report['memcheck']
         extra.append('compute-sanitizer memcheck: ' + ('not found on this machine (PATH, /usr/local/cuda/bin)'
@@ -820,7 +1176,7 @@ def main(argv=None):
     s = report['summary']
     head = (f"{len(allrecs)} cases in {report['seconds']} s: {s['pass']} passed, {s['fail']} failed, "
             f"{s['error']} errors, {s['crash']} crashed, {s['timeout']} timed out, {s['not_run']} not reached")
-    md = table(allrecs)
+    md = table(sweep)
     with open(os.path.join(out_dir, 'table.md'), 'w') as f:
         f.write(head + '\n\n' + md + '\n' + ''.join('\n' + e + '\n' for e in extra))
     print('\n'.join(extra))

@@ -1,9 +1,12 @@
 """tools/check_ops_gpu.py: the CPU smoke run (public ops through the reference, ``*_triton`` entry points through
 the interpreter, in worker subprocesses) writes a JSON of every case and the op x dtype table; the covering
-design holds what the GPU sweep promises; a worker that dies is reported with its case, and the rest of its
-group re-runs in a fresh worker."""
+design holds what the GPU sweep promises and only valid option combinations; the invalid-argument cases pass
+only on a ValueError before any launch; outputs are judged against the reference rounded to the dtype only
+where the dtype cannot hold it; shards are balanced and run the heavy groups first; a worker that dies is
+reported with its case, and the rest of its group re-runs in a fresh worker."""
 import argparse
 import json
+import math
 import os
 import subprocess
 import sys
@@ -31,19 +34,29 @@ def test_smoke_writes_results_and_table(tmp_path):
     for name in ('linear_attn', 'chunk_gla', 'chunk_rwkv6', 'gsa', 'hgrn', 'delta_rule', 'gated_delta_rule'):
         assert name in ops and name + ' [triton]' in ops or name in T.WRAPPERS, name
     assert all(c['status'] == 'pass' for c in cases), [c for c in cases if c['status'] != 'pass']
+    inval = [c for c in cases if c.get('invalid')]
+    assert {c['invalid'] for c in inval} == {m for _, m, _ in T.INVALID}
+    assert all(c['launches'] == 0 and c['message'].startswith('ValueError') for c in inval)
     for c in cases:   # every output and every input gradient was compared, against float64
+        if c.get('invalid'):
+            continue
         assert 'o' in c['errors'] and any(k.startswith('d') for k in c['errors'])
+        assert set(c['raw_errors']) == set(c['errors'])
         assert all(e is not None and e < T.TOL[c['dtype']] for e in c['errors'].values())
     assert {c['group'] for c in cases} == {'smoke-op-reference', 'smoke-triton-all', 'smoke-triton-risky'}
     table = (tmp_path / 'table.md').read_text()
-    assert '| op | dtype | run | passed | worst error | failures |' in table
+    assert '| op | dtype | run | passed | worst error | worst raw error | failures |' in table
     assert '| gated_delta_rule [triton] | bfloat16 | 1 | 1 |' in table
+    assert f'before any Triton launch): {len(inval)} run, {len(inval)} passed' in table
     assert p.stdout.rstrip().endswith(table.rstrip().splitlines()[-1])   # the table is printed last
 
 
 def test_design_covers_every_axis_with_every_dtype():
     cases = T.design()
     assert len({c['id'] for c in cases}) == len(cases)
+    assert [c['id'] for c in cases if T.invalid_reason(c)] == []
+    la = [c for c in cases if c['op'] == 'linear_attn']
+    assert any(c['norm'] == 'linfusion' for c in la) and all(c['normalize'] for c in la if c['norm'] == 'linfusion')
     for op, axes in T.OP_AXES.items():
         cs = [c for c in cases if c['op'] == op]
         for d in T.DTYPES:
@@ -59,6 +72,71 @@ def test_design_covers_every_axis_with_every_dtype():
     assert {c['op'] for c in cases if T.risky(c)} == set(T.OP_AXES)
     groups = T.groups_of(cases)
     assert all(all(T.risky(c) for c in g['cases']) == g['name'].endswith('-risky') for g in groups)
+    assert all(any(T.risky(c) for c in g['cases']) == g['name'].endswith('-risky') for g in groups)
+
+
+def test_shards_partition_balance_and_run_heavy_groups_first():
+    every = T.design() + T.invalid_cases()
+    groups = T.groups_of(every)
+    shards = T.shard(groups, 2)
+    ids = [c['id'] for s in shards for g in s for c in g['cases']]
+    assert sorted(ids) == sorted(c['id'] for c in every)   # every case once
+    loads = [sum(g['est'] for g in s) for s in shards]
+    assert max(loads) - min(loads) <= max(g['est'] for g in groups)
+    assert any(g['name'] == 'invalid-args' for g in shards[0])
+    for s in shards:
+        heavy = [i for i, g in enumerate(s) if g['est'] > T.HEAVY_S]
+        assert heavy == list(range(len(heavy)))   # heavy groups lead their shard
+        assert all(i in heavy for i, g in enumerate(s) for c in g['cases'][:1]
+                   if 'delta' in c['op'] and c['K'] >= 192)
+    text = T.describe_shards(shards, 14)
+    assert len(text) == 2 and all('delta_rule' in t and 'est.' in t for t in text)
+
+
+def _judged(out, ref):
+    import torch
+    return T.judged_err(torch, out, ref), T.rel_err(torch, out, ref)
+
+
+def test_judged_error_forgives_only_what_the_dtype_cannot_hold():
+    import torch
+    g = torch.Generator().manual_seed(0)
+    tiny = torch.randn(4000, generator=g, dtype=torch.float64) * 1e-9      # fp16 rounds all of it to 0
+    sub = torch.randn(4000, generator=g, dtype=torch.float64) * 1e-6       # fp16 subnormals: 4 bits or so
+    normal = torch.randn(4000, generator=g, dtype=torch.float64)
+    # correctly rounded fp16 outputs: judged 0, though the raw error is 1 (all underflow) or ~1e-2 (subnormal)
+    j, raw = _judged(tiny.half(), tiny)
+    assert raw == 1.0 and j == 0.0
+    j, raw = _judged(sub.half(), sub)
+    assert raw > 1e-2 and j == 0.0
+    # wrong outputs still fail: zeros where fp16 holds the values, noise of one subnormal step or more
+    assert _judged(torch.zeros_like(sub).half(), sub)[0] > 0.9
+    noisy = (tiny + torch.randn(4000, generator=g, dtype=torch.float64) * 1e-7).half()
+    assert _judged(noisy, tiny)[0] > 10
+    # normal-range values: judged == raw (fp16), and bf16 / fp32 are never rounded (1e-9 is normal there)
+    x = (normal * (1 + 1e-3)).half()
+    assert _judged(x, normal)[0] == _judged(x, normal)[1]
+    for dt in (torch.bfloat16, torch.float32):
+        y = (tiny + torch.randn(4000, generator=g, dtype=torch.float64) * 1e-10).to(dt)
+        j, raw = _judged(y, tiny)
+        assert j == raw and raw > 0.05
+        assert _judged(torch.zeros_like(tiny).to(dt), tiny)[0] == 1.0
+    assert math.isnan(_judged(torch.full((3,), float('nan')).half(), normal[:3])[0])
+
+
+def test_invalid_case_fails_when_the_op_accepts_it_and_launches(monkeypatch):
+    """The launch counter sees the interpreter's launches: a valid call posing as an invalid one fails."""
+    import torch
+    ops = T.bind_ops()
+    spec = {s.name: s for s in T.make_ops(ops)}['hgrn']
+    monkeypatch.setitem(T.MUTATIONS, 'nothing', ({}, None))
+    c = dict(T.invalid_cases(['hgrn'], dtype='float32')[0], invalid='nothing', K=8, N=5)
+    c['id'] = T.case_id(c)
+    rec = T.run_invalid(torch, spec, c, 'cpu', impl='triton')
+    assert rec['status'] == 'fail' and rec['launches'] > 0 and 'accepted' in rec['message']
+    c = dict(c, invalid='g_shape')
+    rec = T.run_invalid(torch, spec, c, 'cpu', impl='triton')
+    assert rec['status'] == 'pass' and rec['launches'] == 0
 
 
 def test_packed_boundaries_have_one_token_sequences():

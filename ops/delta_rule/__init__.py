@@ -22,7 +22,7 @@ MAX_HEAD_DIM_K = 256
 def _check(q, k, v, beta, g, initial_state, cu_seqlens):
     for name, t in (('q', q), ('k', k), ('v', v), ('beta', beta), ('g', g)):
         if t is not None:
-            check_dtype(name, t)
+            check_dtype(name, t, allow_float64=True)  # float64 takes the reference
     check_same_device(q=q, k=k, v=v, beta=beta, g=g, initial_state=initial_state, cu_seqlens=cu_seqlens)
     B, N, H, K = check_qkv(q, k, v, MAX_HEAD_DIM_K)
     if beta.shape != (B, N, H):
@@ -31,7 +31,7 @@ def _check(q, k, v, beta, g, initial_state, cu_seqlens):
         raise ValueError(f'g must be [B, N, H] = {(B, N, H)} (one log gate per head and token), '
                          f'got {tuple(g.shape)}')
     S = check_cu_seqlens(cu_seqlens, B, N)
-    check_initial_state(initial_state, (S, H, K, v.shape[-1]), '[S, H, K, V]')
+    check_initial_state(initial_state, (S, H, K, v.shape[-1]), '[S, H, K, V]', allow_float64=True)
     check_kernel_args(B, N, H, K, v.shape[-1], packed=cu_seqlens is not None)
 
 
@@ -111,7 +111,7 @@ def delta_rule(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, beta: torch.Te
         the Triton path; the reference computes in the promoted input dtype (float32 at least).
 
     Dispatch (the custom op ``vla_mm::delta_rule``): CUDA tensors -> Triton kernels (:mod:`.chunk`), CPU
-    tensors or ``VLA_OPS_REFERENCE=1`` -> the step-by-step PyTorch reference.
+    tensors, float64 inputs or ``VLA_OPS_REFERENCE=1`` -> the step-by-step PyTorch reference.
     """
     _check(q, k, v, beta, g, initial_state, cu_seqlens)
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)

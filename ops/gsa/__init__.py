@@ -5,8 +5,8 @@ Public op: :func:`gsa` (it composes two calls of the custom op ``vla_mm::chunk_g
 Triton entry point: :func:`gsa_triton`. Reference: :func:`gsa_recurrent_reference`.
 
 Pass 1 reads the key memory: ``chunk_gla(q, k, s, gv=g)`` (state ``[K, M]`` with the slot gate on its value
-side) gives the slot scores; ``p = softmax(scores)`` over the M slots (fp32); pass 2 reads the value memory:
-``chunk_gla(p, s, v, g, scale=1)`` (state ``[M, V]`` with the slot gate on its key side).
+side) gives the slot scores; ``p = softmax(scores)`` over the M slots (fp32; float64 for float64 inputs); pass 2
+reads the value memory: ``chunk_gla(p, s, v, g, scale=1)`` (state ``[M, V]`` with the slot gate on its key side).
 """
 from typing import Optional, Tuple
 
@@ -49,7 +49,7 @@ def _two_pass(q, k, v, s, g, scale, initial_state, output_final_state, cu_seqlen
     hk0, hv0 = initial_state if initial_state is not None else (None, None)
     scores, hkt = chunk_gla_op(q, k, s, None, g, None, scale, hk0, output_final_state, cu_seqlens, reverse,
                                chunk_size)
-    p = torch.softmax(scores.float(), dim=-1).to(q.dtype)
+    p = torch.softmax(scores, dim=-1, dtype=torch.promote_types(scores.dtype, torch.float32)).to(q.dtype)
     o, hvt = chunk_gla_op(p, s, v, g, None, None, 1.0, hv0, output_final_state, cu_seqlens, reverse, chunk_size)
     return o, ((hkt, hvt) if output_final_state else None)
 

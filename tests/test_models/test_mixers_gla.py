@@ -1,27 +1,15 @@
 """GLA-family token mixers (gla, hgrn, hgrn2, lightnet, retnet, rwkv6): the shared mixer checks, each core
 against a hand-written per-token recurrence of the published formula (float64), reversed passes against the
 flipped sequence, and parameter counts at Small (dim 384, 6 heads) against the published layers' formulas."""
-import sys
-
 import pytest
 import torch
 import torch.nn.functional as F
 
-import vla_mm.ops.common as ops_common
 from tests.test_models.mixer_checks import check_mixer, make
 from vla_mm.models.mixers._common import shift_tokens
 from vla_mm.models.mixers.base import MixerContext
 
 B, N, C, H = 2, 7, 32, 2
-
-
-@pytest.fixture(autouse=True)
-def float64_reference_ops(monkeypatch):
-    """The CPU references compute in float64 when given float64, but the gla op's dtype check still refuses it
-    (hgrn and linear_attn take it); let float64 through until ops/ does so itself."""
-    checks = sys.modules[ops_common.check_dtype.__module__]
-    if torch.float64 not in checks.SUPPORTED_DTYPES:
-        monkeypatch.setattr(checks, 'SUPPORTED_DTYPES', checks.SUPPORTED_DTYPES + (torch.float64,))
 
 
 def n_params(m):

@@ -309,6 +309,22 @@ def test_public_op_cpu_dispatch_and_grads():
     assert none is None and o2.shape == (1, 9, 2, 8)
 
 
+def test_public_op_float64_takes_the_reference():
+    """float64 inputs run the reference in float64 (as the other families' ops), also on the gradients."""
+    q, k, v, beta, g, h0 = [x.requires_grad_() for x in make_inputs(1, 9, 2, 8, 8)]
+    o, ht = delta_rule(q, k, v, beta, g, initial_state=h0, output_final_state=True, reverse=True)
+    assert o.dtype == ht.dtype == torch.float64
+    leaves = [t.detach().requires_grad_() for t in (q, k, v, beta, g, h0)]
+    o_ref, h_ref = delta_rule_recurrent(*leaves[:5], initial_state=leaves[5], output_final_state=True, reverse=True)
+    torch.testing.assert_close(o, o_ref, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(ht, h_ref, rtol=1e-12, atol=1e-12)
+    do = torch.randn_like(o)
+    got = torch.autograd.grad(o, (q, k, v, beta, g, h0), do)
+    want = torch.autograd.grad(o_ref, leaves, do)
+    for name, a, b in zip(NAMES, got, want):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12, msg=lambda m, n=name: f'd{n}: {m}')
+
+
 def test_argument_errors():
     q, k, v, beta, g, h0 = [x.float() for x in make_inputs(2, 5, 2, 8, 8)]
     with pytest.raises(ValueError, match='k must'):
@@ -323,7 +339,9 @@ def test_argument_errors():
         delta_rule(q, k, v, beta, initial_state=h0[:1])
     with pytest.raises(ValueError, match='cu_seqlens'):
         delta_rule(q, k, v, beta, cu_seqlens=torch.tensor([0, 5], dtype=torch.int32))
-    with pytest.raises(ValueError, match='dtype|float'):
-        delta_rule(q.double(), k.double(), v.double(), beta.double())
+    with pytest.raises(ValueError, match='q must be float32, float16 or bfloat16 \\(or float64'):
+        delta_rule(q.int(), k, v, beta)
+    with pytest.raises(ValueError, match='share one dtype'):
+        delta_rule(q.double(), k, v, beta)
     with pytest.raises(ValueError, match='cu_seqlens must rise'):
         delta_rule(q[:1], k[:1], v[:1], beta[:1], cu_seqlens=torch.tensor([0, 3, 4], dtype=torch.int32))

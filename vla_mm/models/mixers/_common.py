@@ -8,6 +8,9 @@ reads the heads it holds from a ``heads`` input, ``range(num_heads)`` in the mix
 slices like a head dim (python ints: static under ``torch.compile``, no device read); and everything that looks
 at neighbouring tokens (token shift, short convolution, rotary positions, running normalisers) looks in the
 pass's own direction and stops at packed-sequence boundaries (``cu_seqlens``).
+
+Heads are split and merged with ``unflatten`` / ``flatten``, not einops: under ``torch.compile`` Dynamo traces
+einops' pattern parsing on every call (about a thousand bytecode steps per ``rearrange``).
 """
 import math
 from typing import Optional
@@ -15,7 +18,6 @@ from typing import Optional
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from einops import rearrange
 
 __all__ = ['head_slice', 'shift_tokens', 'ShortConv', 'GatedRMSNorm', 'low_rank', 'LowerBound', 'upcast', 'rotary',
            'running_lse', 'normalised_writes', 'FEATURE_MAPS']
@@ -60,17 +62,20 @@ def shift_tokens(x: torch.Tensor, j: int = 1, reverse: bool = False,
     return out
 
 
-def rotary(x: torch.Tensor, reverse: bool = False, base: float = 10000.0) -> torch.Tensor:
-    """1-D rotary position embedding of ``x [B, N, H, D]`` (halves rotated, D even) at positions 0..N-1 along
+def rotary(q: torch.Tensor, k: torch.Tensor, reverse: bool = False, base: float = 10000.0):
+    """1-D rotary position embedding of ``q, k [B, N, H, D]`` (halves rotated, D even) at positions 0..N-1 along
     the pass (right to left when ``reverse``); only differences of positions reach ``q . k``."""
-    n, d = x.shape[1], x.shape[-1]
-    dt = torch.float64 if x.dtype == torch.float64 else torch.float32
-    inv_freq = base ** -(torch.arange(0, d, 2, device=x.device, dtype=dt) / d)
-    pos = torch.arange(n, device=x.device, dtype=dt)
-    ang = (-pos if reverse else pos)[:, None] * inv_freq
-    cos, sin = (f(ang).to(x.dtype)[None, :, None] for f in (torch.cos, torch.sin))
-    x1, x2 = x.chunk(2, dim=-1)
-    return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1)
+    n, d = q.shape[1], q.shape[-1]
+    dt = torch.float64 if q.dtype == torch.float64 else torch.float32
+    inv_freq = base ** -(torch.arange(0, d, 2, device=q.device, dtype=dt) / d)
+    pos = torch.arange(n, device=q.device, dtype=dt)
+    ang = ((-pos if reverse else pos)[:, None] * inv_freq)[None, :, None]
+    cos, sin = torch.cos(ang).to(q.dtype), torch.sin(ang).to(q.dtype)
+
+    def rotate(x):
+        x1, x2 = x.chunk(2, dim=-1)
+        return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1)
+    return rotate(q), rotate(k)
 
 
 def running_lse(s: torch.Tensor, reverse: bool = False, cu_seqlens: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -118,14 +123,20 @@ class ShortConv(nn.Module):
         nn.init.uniform_(self.weight, -1 / math.sqrt(kernel_size), 1 / math.sqrt(kernel_size))  # nn.Conv1d's range
 
     def forward(self, x, heads=None, reverse=False, cu_seqlens=None):
-        d = x.shape[-1]
-        hs = head_slice(heads)
-        w = self.weight.view(-1, d, self.kernel_size)[hs]
-        b = self.bias.view(-1, d)[hs] if self.bias is not None else None
         W = self.kernel_size
-        o = sum(shift_tokens(x, W - 1 - i, reverse, cu_seqlens) * w[..., i] for i in range(W))
-        if b is not None:
-            o = o + b
+        w = self.weight.view(-1, x.shape[-1], W)[head_slice(heads)]
+        # window j of token t holds x_{t-(W-1)+j} (x_{t+j} under reverse, so tap i sits at j = W-1-i)
+        pad = [0, 0] * (x.dim() - 2) + ([0, W - 1] if reverse else [W - 1, 0])
+        win = F.pad(x, pad).unfold(1, W, 1)  # [B, N, Hs, d, W], a view
+        if reverse:
+            w = w.flip(-1)
+        if cu_seqlens is not None:  # a tap that would read the neighbouring sequence reads zero
+            steps = torch.arange(W, device=x.device)
+            keep = _seq_pos(x.shape[1], cu_seqlens, reverse)[:, None] >= (steps if reverse else W - 1 - steps)
+            w = w * keep.view(x.shape[1], *([1] * (x.dim() - 2)), W).to(w.dtype)
+        o = (win * w).sum(-1)
+        if self.bias is not None:
+            o = o + self.bias.view(-1, x.shape[-1])[head_slice(heads)]
         return F.silu(o) if self.activation == 'silu' else o
 
     def extra_repr(self):
@@ -169,5 +180,5 @@ class LowerBound(nn.Module):
     def forward(self, log_f, heads=None):
         """``log_f [B, N, Hs, d]`` log forget gates of the heads ``heads`` (a ``range``; None: all) ->
         ``log(gamma + (1 - gamma) exp(log_f))``."""
-        lg = rearrange(self.logit, '(h d) -> h d', d=log_f.shape[-1])[head_slice(heads)]
+        lg = self.logit.unflatten(0, (-1, log_f.shape[-1]))[head_slice(heads)]
         return torch.logaddexp(F.logsigmoid(lg), F.logsigmoid(-lg) + log_f)

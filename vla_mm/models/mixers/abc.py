@@ -17,7 +17,6 @@ inside the core); no KV cache or recurrent inference mode.
 from functools import partial
 
 import torch.nn.functional as F
-from einops import rearrange
 
 from vla_mm.ops.gsa import gsa
 
@@ -88,20 +87,20 @@ class ABCAttention(BaseMixer):
         if self.use_input_gate:
             q, k, v = F.silu(q), F.silu(k), F.silu(v)
         if self.use_rope:
-            q, k = rotary(q, reverse, self.rope_theta), rotary(k, reverse, self.rope_theta)
+            q, k = rotary(q, k, reverse, self.rope_theta)
         w, g = normalised_writes(s, reverse, cu_seqlens)
         return gsa(q, k, v, w.to(q.dtype), g, cu_seqlens=cu_seqlens, reverse=reverse)[0]
 
     def forward(self, x, ctx):
-        q, k = (rearrange(p(x), 'b n (h d) -> b n h d', d=self.head_k_dim) for p in (self.q_proj, self.k_proj))
-        v = rearrange(self.v_proj(x), 'b n (h d) -> b n h d', d=self.head_v_dim)
-        s = rearrange(self.s_proj(x), 'b n (h m) -> b n h m', m=self.num_slots)
+        q, k = (p(x).unflatten(-1, (-1, self.head_k_dim)) for p in (self.q_proj, self.k_proj))
+        v = self.v_proj(x).unflatten(-1, (-1, self.head_v_dim))
+        s = self.s_proj(x).unflatten(-1, (-1, self.num_slots))
         s = upcast(s).clamp(self.clamp_min, self.clamp_max)
         o = self.scan(partial(self.core, cu_seqlens=ctx.cu_seqlens), (q, k, v, s, range(self.num_heads)), ctx)
-        gate = rearrange(self.g_proj(x), 'b n (h d) -> b n h d', d=self.head_v_dim) if self.g_proj is not None \
+        gate = self.g_proj(x).unflatten(-1, (-1, self.head_v_dim)) if self.g_proj is not None \
             else None
         if self.g_norm is not None:
             o = self.g_norm(o, gate)
         elif gate is not None:
             o = F.silu(gate) * o
-        return self.o_proj(rearrange(o, 'b n h d -> b n (h d)'))
+        return self.o_proj(o.flatten(2))

@@ -12,7 +12,6 @@ the pass's past side); no KV cache or recurrent inference mode.
 from functools import partial
 
 import torch.nn.functional as F
-from einops import rearrange
 
 from vla_mm.ops.delta_rule import delta_rule
 
@@ -102,13 +101,12 @@ class DeltaNet(BaseMixer):
         return delta_rule(q, k, v, beta.to(q.dtype), cu_seqlens=cu_seqlens, reverse=reverse)[0]
 
     def forward(self, x, ctx):
-        q, k = (rearrange(p(x), 'b n (h d) -> b n h d', d=self.head_k_dim) for p in (self.q_proj, self.k_proj))
-        v = rearrange(self.v_proj(x), 'b n (h d) -> b n h d', d=self.head_v_dim)
+        q, k = (p(x).unflatten(-1, (-1, self.head_k_dim)) for p in (self.q_proj, self.k_proj))
+        v = self.v_proj(x).unflatten(-1, (-1, self.head_v_dim))
         beta = self.b_proj(x).sigmoid() if self.b_proj is not None else x.new_ones(*x.shape[:2], self.num_heads)
         if self.allow_neg_eigval:
             beta = beta * 2
-        o = self.scan(partial(self.core, cu_seqlens=ctx.cu_seqlens), (q, k, v, beta, range(self.num_heads)),
-                      ctx)
-        gate = rearrange(self.g_proj(x), 'b n (h d) -> b n h d', d=self.head_v_dim) if self.g_proj is not None \
+        o = self.scan(partial(self.core, cu_seqlens=ctx.cu_seqlens), (q, k, v, beta, range(self.num_heads)), ctx)
+        gate = self.g_proj(x).unflatten(-1, (-1, self.head_v_dim)) if self.g_proj is not None \
             else None
-        return self.o_proj(rearrange(self.o_norm(o, gate), 'b n h d -> b n (h d)'))
+        return self.o_proj(self.o_norm(o, gate).flatten(2))

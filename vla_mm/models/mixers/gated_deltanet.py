@@ -16,7 +16,6 @@ from functools import partial
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from einops import rearrange
 
 from vla_mm.ops.delta_rule import delta_rule
 
@@ -96,13 +95,13 @@ class GatedDeltaNet(BaseMixer):
         return delta_rule(q, k, v, beta.to(q.dtype), g, cu_seqlens=cu_seqlens, reverse=reverse)[0]
 
     def forward(self, x, ctx):
-        q, k = (rearrange(p(x), 'b n (h d) -> b n h d', d=self.head_k_dim) for p in (self.q_proj, self.k_proj))
-        v = rearrange(self.v_proj(x), 'b n (h d) -> b n h d', d=self.head_v_dim)
+        q, k = (p(x).unflatten(-1, (-1, self.head_k_dim)) for p in (self.q_proj, self.k_proj))
+        v = self.v_proj(x).unflatten(-1, (-1, self.head_v_dim))
         beta = self.b_proj(x).sigmoid()
         if self.allow_neg_eigval:
             beta = beta * 2
         o = self.scan(partial(self.core, cu_seqlens=ctx.cu_seqlens),
                       (q, k, v, self.log_decay(x), beta, range(self.num_heads)), ctx)
-        gate = rearrange(self.g_proj(x), 'b n (h d) -> b n h d', d=self.head_v_dim) if self.g_proj is not None \
+        gate = self.g_proj(x).unflatten(-1, (-1, self.head_v_dim)) if self.g_proj is not None \
             else None
-        return self.o_proj(rearrange(self.o_norm(o, gate), 'b n h d -> b n (h d)'))
+        return self.o_proj(self.o_norm(o, gate).flatten(2))

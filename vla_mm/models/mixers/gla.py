@@ -11,7 +11,6 @@ inference mode; no grouped key/value heads.
 from functools import partial
 
 import torch.nn.functional as F
-from einops import rearrange
 
 from vla_mm.ops.gla import chunk_gla
 
@@ -84,16 +83,14 @@ class GatedLinearAttention(BaseMixer):
         return chunk_gla(q, k, v, gk, gate='vector', cu_seqlens=cu_seqlens, reverse=reverse)[0]
 
     def forward(self, x, ctx):
-        q, k, gk = (rearrange(p(x), 'b n (h d) -> b n h d', d=self.head_k_dim)
-                    for p in (self.q_proj, self.k_proj, self.gk_proj))
-        v = rearrange(self.v_proj(x), 'b n (h d) -> b n h d', d=self.head_v_dim)
+        q, k, gk = (p(x).unflatten(-1, (-1, self.head_k_dim)) for p in (self.q_proj, self.k_proj, self.gk_proj))
+        v = self.v_proj(x).unflatten(-1, (-1, self.head_v_dim))
         gk = F.logsigmoid(gk) / self.gate_logit_normalizer
         if self.clamp_min is not None:
             gk = gk.clamp_min(self.clamp_min)
-        o = self.scan(partial(self.core, cu_seqlens=ctx.cu_seqlens), (q, k, v, gk, range(self.num_heads)),
-                      ctx)
+        o = self.scan(partial(self.core, cu_seqlens=ctx.cu_seqlens), (q, k, v, gk, range(self.num_heads)), ctx)
         if self.g_proj is not None:
-            o = self.g_norm(o, rearrange(self.g_proj(x), 'b n (h d) -> b n h d', d=self.head_v_dim))
+            o = self.g_norm(o, self.g_proj(x).unflatten(-1, (-1, self.head_v_dim)))
         else:
             o = self.g_norm(o)
-        return self.o_proj(rearrange(o, 'b n h d -> b n (h d)'))
+        return self.o_proj(o.flatten(2))

@@ -16,7 +16,6 @@ no KV cache or recurrent inference mode; no grouped key/value heads.
 from functools import partial
 
 import torch.nn.functional as F
-from einops import rearrange
 
 from vla_mm.ops.gsa import gsa
 
@@ -86,9 +85,9 @@ class GatedSlotAttention(BaseMixer):
         return gsa(q, k, v, s, f, scale=self.scale, cu_seqlens=cu_seqlens, reverse=reverse)[0]
 
     def forward(self, x, ctx):
-        q, k = (rearrange(p(x), 'b n (h d) -> b n h d', d=self.head_k_dim) for p in (self.q_proj, self.k_proj))
-        v = rearrange(self.v_proj(x), 'b n (h d) -> b n h d', d=self.head_v_dim)
-        f = rearrange(self.f_proj(x), 'b n (h m) -> b n h m', m=self.num_slots)
+        q, k = (p(x).unflatten(-1, (-1, self.head_k_dim)) for p in (self.q_proj, self.k_proj))
+        v = self.v_proj(x).unflatten(-1, (-1, self.head_v_dim))
+        f = self.f_proj(x).unflatten(-1, (-1, self.num_slots))
         f = F.logsigmoid(upcast(f)) / self.gate_logit_normalizer
         o = self.scan(partial(self.core, cu_seqlens=ctx.cu_seqlens), (q, k, v, f, range(self.num_heads)), ctx)
-        return self.o_proj(self.g_norm(F.silu(rearrange(o, 'b n h d -> b n (h d)'))))
+        return self.o_proj(self.g_norm(F.silu(o.flatten(2))))

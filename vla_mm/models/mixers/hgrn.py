@@ -14,7 +14,6 @@ for multi-head routes: the recurrence is elementwise.
 from functools import partial
 
 import torch.nn.functional as F
-from einops import rearrange
 
 from vla_mm.ops.hgrn import hgrn
 
@@ -74,11 +73,10 @@ class HGRNMixer(BaseMixer):
         if self.lower_bound is not None:
             f = self.lower_bound(f, heads)
         i = F.silu(i) * -f.expm1()  # (1 - f_t) silu(i_t)
-        h = hgrn(rearrange(i, 'b n h d -> b n (h d)'), rearrange(f, 'b n h d -> b n (h d)'), cu_seqlens=cu_seqlens,
-                 reverse=reverse, gated_input=False)[0]
-        return rearrange(h, 'b n (h d) -> b n h d', d=i.shape[-1])
+        h = hgrn(i.flatten(2), f.flatten(2), cu_seqlens=cu_seqlens, reverse=reverse, gated_input=False)[0]
+        return h.unflatten(-1, (-1, i.shape[-1]))
 
     def forward(self, x, ctx):
-        i, f = (rearrange(p(x), 'b n (h d) -> b n h d', d=self.head_dim) for p in (self.i_proj, self.f_proj))
+        i, f = (p(x).unflatten(-1, (-1, self.head_dim)) for p in (self.i_proj, self.f_proj))
         h = self.scan(partial(self.core, cu_seqlens=ctx.cu_seqlens), (i, f, range(self.num_heads)), ctx)
-        return self.o_proj(self.g_norm(rearrange(h, 'b n h d -> b n (h d)'), self.g_proj(x)))
+        return self.o_proj(self.g_norm(h.flatten(2), self.g_proj(x)))

@@ -14,7 +14,6 @@ one per layer, :class:`._common.LowerBound`; off when ``num_layers`` is not give
 from functools import partial
 
 import torch.nn.functional as F
-from einops import rearrange
 
 from vla_mm.ops.gla import chunk_gla
 
@@ -77,7 +76,7 @@ class HGRN2Mixer(BaseMixer):
         return chunk_gla(F.silu(q), k, i, g, gate='vector', cu_seqlens=cu_seqlens, reverse=reverse)[0]
 
     def forward(self, x, ctx):
-        q, f = (rearrange(p(x), 'b n (h d) -> b n h d', d=self.head_f_dim) for p in (self.q_proj, self.f_proj))
-        i = rearrange(self.i_proj(x), 'b n (h d) -> b n h d', d=self.head_i_dim)
+        q, f = (p(x).unflatten(-1, (-1, self.head_f_dim)) for p in (self.q_proj, self.f_proj))
+        i = self.i_proj(x).unflatten(-1, (-1, self.head_i_dim))
         o = self.scan(partial(self.core, cu_seqlens=ctx.cu_seqlens), (q, f, i, range(self.num_heads)), ctx)
-        return self.o_proj(self.g_norm(rearrange(o, 'b n h d -> b n (h d)')))
+        return self.o_proj(self.g_norm(o.flatten(2)))

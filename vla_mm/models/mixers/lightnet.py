@@ -14,7 +14,6 @@ sets ``expand_ratio = 128`` and derives the heads from it).
 from functools import partial
 
 import torch.nn.functional as F
-from einops import rearrange
 
 from vla_mm.ops.gla import chunk_gla
 
@@ -72,7 +71,7 @@ class LightNetMixer(BaseMixer):
         return chunk_gla(F.silu(q), w.to(k.dtype), v, g, gate='vector', cu_seqlens=cu_seqlens, reverse=reverse)[0]
 
     def forward(self, x, ctx):
-        q, k = (rearrange(p(x), 'b n (h d) -> b n h d', d=self.head_k_dim) for p in (self.q_proj, self.k_proj))
-        v = rearrange(self.v_proj(x), 'b n (h d) -> b n h d', d=self.head_v_dim)
+        q, k = (p(x).unflatten(-1, (-1, self.head_k_dim)) for p in (self.q_proj, self.k_proj))
+        v = self.v_proj(x).unflatten(-1, (-1, self.head_v_dim))
         o = self.scan(partial(self.core, cu_seqlens=ctx.cu_seqlens), (q, k, v, range(self.num_heads)), ctx)
-        return self.o_proj(self.g_norm(rearrange(o, 'b n h d -> b n (h d)'), self.g_proj(x)))
+        return self.o_proj(self.g_norm(o.flatten(2), self.g_proj(x)))

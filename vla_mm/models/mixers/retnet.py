@@ -12,7 +12,6 @@ flipped sequence); no KV cache or recurrent inference mode; no grouped key/value
 from functools import partial
 
 import torch
-from einops import rearrange
 
 from vla_mm.ops.gla import chunk_simple_gla
 
@@ -79,7 +78,7 @@ class MultiScaleRetention(BaseMixer):
         if self.feature_map is not None:
             q, k = self.feature_map(q), self.feature_map(k)
         if self.rotary:
-            q, k = rotary(q, reverse), rotary(k, reverse)
+            q, k = rotary(q, k, reverse)
         # log(1 - 2^(-5 - h)) (ops.gla.retention_log_decay) for the heads held, made on q's device (no host copy);
         # not in half precision: 1 - 2^-10 rounds there
         h = torch.arange(heads.start, heads.stop, device=q.device,
@@ -88,9 +87,9 @@ class MultiScaleRetention(BaseMixer):
         return chunk_simple_gla(q, k, v, g, cu_seqlens=cu_seqlens, reverse=reverse)[0]
 
     def forward(self, x, ctx):
-        q, k = (rearrange(p(x), 'b n (h d) -> b n h d', d=self.head_k_dim) for p in (self.q_proj, self.k_proj))
-        v = rearrange(self.v_proj(x), 'b n (h d) -> b n h d', d=self.head_v_dim)
+        q, k = (p(x).unflatten(-1, (-1, self.head_k_dim)) for p in (self.q_proj, self.k_proj))
+        v = self.v_proj(x).unflatten(-1, (-1, self.head_v_dim))
         o = self.scan(partial(self.core, cu_seqlens=ctx.cu_seqlens), (q, k, v, range(self.num_heads)), ctx)
-        gate = rearrange(self.g_proj(x), 'b n (h d) -> b n h d', d=self.head_v_dim) if self.g_proj is not None \
+        gate = self.g_proj(x).unflatten(-1, (-1, self.head_v_dim)) if self.g_proj is not None \
             else None
-        return self.o_proj(rearrange(self.g_norm(o, gate), 'b n h d -> b n (h d)'))
+        return self.o_proj(self.g_norm(o, gate).flatten(2))

@@ -20,7 +20,6 @@ from functools import partial
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from einops import rearrange
 
 from vla_mm.ops.gla import chunk_rwkv6
 
@@ -81,7 +80,7 @@ class RWKV6Mixer(BaseMixer):
     def time_mix(self, x, delta):
         """``r, w, k, v, g`` (all heads, ``[B, N, width]``) from tokens and their shift differences."""
         z = torch.tanh(self.x_down(x + delta * self.x_mu))
-        z = rearrange(z, 'b n (m r) -> b n m r', r=self.proj_low_rank_dim).unbind(2)
+        z = z.unflatten(-1, (-1, self.proj_low_rank_dim)).unbind(2)
         mixes = [up(zi) for up, zi in zip(self.x_up, z)]
         projs = (self.r_proj, self.w_proj, self.k_proj, self.v_proj, self.g_proj)
         return [p(x + delta * m) for p, m in zip(projs, mixes)]
@@ -94,15 +93,15 @@ class RWKV6Mixer(BaseMixer):
         x = x[:, :, 0]
         delta = shift_tokens(x, 1, reverse, cu_seqlens) - x
         r, w, k, v, g = self.time_mix(x, delta)
-        r, w, k = (rearrange(t, 'b n (h d) -> b n h d', d=self.head_k_dim)[:, :, hs] for t in (r, w, k))
-        v, g = (rearrange(t, 'b n (h d) -> b n h d', d=self.head_v_dim)[:, :, hs] for t in (v, g))
+        r, w, k = (t.unflatten(-1, (-1, self.head_k_dim))[:, :, hs] for t in (r, w, k))
+        v, g = (t.unflatten(-1, (-1, self.head_v_dim))[:, :, hs] for t in (v, g))
         o = chunk_rwkv6(r, k, v, -upcast(w).exp(), self.bonus[hs], cu_seqlens=cu_seqlens, reverse=reverse)[0]
         o = F.layer_norm(upcast(o), (self.head_v_dim,), eps=self.norm_eps)  # GroupNorm with one group per head
         if self.norm_weight is not None:
-            nw, nb = (rearrange(t, '(h d) -> h d', d=self.head_v_dim)[hs] for t in (self.norm_weight, self.norm_bias))
+            nw, nb = (t.unflatten(0, (-1, self.head_v_dim))[hs] for t in (self.norm_weight, self.norm_bias))
             o = o * nw + nb
         return (o * F.silu(upcast(g))).to(v.dtype)
 
     def forward(self, x, ctx):
         o = self.scan(partial(self.core, cu_seqlens=ctx.cu_seqlens), (x.unsqueeze(2), range(self.num_heads)), ctx)
-        return self.o_proj(rearrange(o, 'b n h d -> b n (h d)'))
+        return self.o_proj(o.flatten(2))

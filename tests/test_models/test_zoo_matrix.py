@@ -36,3 +36,17 @@ def test_cell(mixer, hybrid, route):
     assert not bad, bad
     mixer_grads = [p.grad for n, p in m.layers[0].named_parameters() if 'mixer' in n and p.grad is not None]
     assert mixer_grads and any(g.abs().sum() > 0 for g in mixer_grads), 'the first block\'s mixer got no gradient'
+
+
+@pytest.mark.parametrize('mixer', ZOO)
+def test_bf16_autocast(mixer):
+    """Under autocast the projections give bf16 while gate math may promote to fp32: every op call must still get
+    one dtype (the GPU check found hgrn2 passing fp32 keys with bf16 values)."""
+    torch.manual_seed(0)
+    m = MODELS.build(dict(type='vla_mm.IsotropicBackbone', arch=dict(embed_dims=32, num_layers=1, num_heads=4,
+                                                                      mlp_ratio=1.0),
+                          img_size=(12, 20), patch_size=4, mixer=dict(type=mixer, **OPTS.get(mixer, {})),
+                          out_type='featmap', scan=dict(type='bi')))
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        (y,) = m(IMG)
+    assert y.shape == (2, 32, 3, 5) and torch.isfinite(y).all()

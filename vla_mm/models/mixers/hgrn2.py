@@ -72,8 +72,8 @@ class HGRN2Mixer(BaseMixer):
         g = F.logsigmoid(f)
         if self.lower_bound is not None:
             g = self.lower_bound(g, heads)
-        k = -g.expm1()  # 1 - f_t: the forget gate's complement is the key
-        return chunk_gla(F.silu(q), k, i, g, gate='vector', cu_seqlens=cu_seqlens, reverse=reverse)[0]
+        k = (-g.expm1()).to(i.dtype)  # 1 - f_t: the forget gate's complement is the key (in q/v's dtype under autocast)
+        return chunk_gla(F.silu(q).to(i.dtype), k, i, g, gate='vector', cu_seqlens=cu_seqlens, reverse=reverse)[0]
 
     def forward(self, x, ctx):
         q, f = (p(x).unflatten(-1, (-1, self.head_f_dim)) for p in (self.q_proj, self.f_proj))

@@ -292,6 +292,23 @@ def test_rwkv6_core_is_the_finch_time_mix():
     torch.testing.assert_close(m.core(x1, heads[1:]), ref[:, :, 1:])
 
 
+def test_rwkv6_tokens_shared_by_heads_follow_the_route():
+    """rwkv6 hands a route one copy of the tokens for all heads (``[B, N, 1, C]``): under ``cross`` it is gathered
+    once per order and every head reads it; the result equals the four passes run by hand on the transposed grid."""
+    from vla_mm.models.scans import build_scan
+    m = make(dict(type='rwkv6')).double()
+    with torch.no_grad():
+        for p in m.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    x = rand(B, 15, C)
+    col = torch.arange(15).view(3, 5).t().reshape(-1)  # column-major order of the 3 x 5 grid
+
+    def both_ways(t):
+        return m.core(t[:, :, None], range(H)) + m.core(t[:, :, None], range(H), reverse=True)
+    ref = m.o_proj((both_ways(x) + both_ways(x[:, col])[:, torch.argsort(col)]).flatten(2))
+    torch.testing.assert_close(m(x, MixerContext(hw=(3, 5), route=build_scan('cross'))), ref, rtol=1e-10, atol=1e-10)
+
+
 def test_rwkv6_params_small():
     C_, Hs = 384, 6
     K, V, r, rw = C_ // 2, C_, 32, 64

@@ -117,11 +117,13 @@ class ScanRoute(nn.Module):
     # ---- index maps ------------------------------------------------------------------------------------------
     def _grid_maps(self, name, hw, device):
         key = (name, int(hw[0]), int(hw[1]), device)
-        maps = self._maps_cache.get(key)
+        maps = None if torch.compiler.is_compiling() else self._maps_cache.get(key)
         if maps is None:
             order = self.grid_order(name, hw, device)
             maps = (None, None) if order is None else (order, torch.argsort(order))
-            self._maps_cache[key] = maps
+            # a compiled graph makes its maps itself: a cache filled while tracing fails its guard on the next call
+            if not torch.compiler.is_compiling():
+                self._maps_cache[key] = maps
         return maps
 
     def index_maps(self, name, ctx, device):

@@ -12,6 +12,7 @@ from tests.test_models.mixer_checks import check_mixer, make, run
 from vla_mm.models.layers.bitlinear import BitLinear
 from vla_mm.models.mixers.base import MixerContext, build_mixer
 from vla_mm.models.mixers.transformer import apply_rope_2d, grid_positions
+from vla_mm.models.scans import build_scan
 
 B, N, C, H = 2, 7, 32, 2
 SMALL_C, SMALL_H = 384, 6
@@ -357,7 +358,6 @@ DIRECTIONAL = [dict(type='deltanet'), dict(type='gated_deltanet'), dict(type='gs
 def test_packed_sequences_equal_separate_ones(cfg, route):
     """Two images packed into one sequence (cu_seqlens) give what they give apart: short convolutions, the
     recurrences, ABC's running normaliser and softmax attention stop at the boundary, in both directions."""
-    from vla_mm.models.scans import build_scan
     m = make(cfg)
     x = torch.randn(2, 15, C)
     r = build_scan(route)
@@ -371,7 +371,6 @@ def test_packed_sequences_equal_separate_ones(cfg, route):
 def test_head_groups_keep_their_own_parameters(cfg):
     """multi_head_2d with every group row-major equals no route: each head group convolves with its own heads'
     weights."""
-    from vla_mm.models.scans import build_scan
     m = make(cfg)
     x = torch.randn(B, 15, C)
     with torch.no_grad():

@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from tests.test_models.mixer_checks import check_mixer, make
 from vla_mm.models.mixers._common import shift_tokens
 from vla_mm.models.mixers.base import MixerContext
+from vla_mm.models.scans import build_scan
 
 B, N, C, H = 2, 7, 32, 2
 
@@ -295,7 +296,6 @@ def test_rwkv6_core_is_the_finch_time_mix():
 def test_rwkv6_tokens_shared_by_heads_follow_the_route():
     """rwkv6 hands a route one copy of the tokens for all heads (``[B, N, 1, C]``): under ``cross`` it is gathered
     once per order and every head reads it; the result equals the four passes run by hand on the transposed grid."""
-    from vla_mm.models.scans import build_scan
     m = make(dict(type='rwkv6')).double()
     with torch.no_grad():
         for p in m.parameters():
@@ -327,7 +327,6 @@ def test_rwkv6_params_small():
 def test_head_groups_keep_their_own_parameters(cfg):
     """A multi-head route whose groups all scan row-major is the plain pass: each group's core call must use its
     own heads' convolutions, decays, lower bounds, bonus and norms."""
-    from vla_mm.models.scans import build_scan
     m = make(cfg, num_heads=4, layer_idx=2)
     for p in m.parameters():  # no zero-initialised parameter may hide a misplaced head
         with torch.no_grad():
@@ -347,7 +346,6 @@ def test_head_groups_keep_their_own_parameters(cfg):
 def test_packed_sequences_equal_separate_ones(cfg, route):
     """Two images packed into one sequence (cu_seqlens) give what they give apart: short convolutions, token
     shifts and running normalisers stop at the boundary, in both directions."""
-    from vla_mm.models.scans import build_scan
     m = make(cfg)
     x = torch.randn(2, 15, C)
     r = build_scan(route)

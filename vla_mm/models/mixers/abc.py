@@ -97,8 +97,7 @@ class ABCAttention(BaseMixer):
         s = self.s_proj(x).unflatten(-1, (-1, self.num_slots))
         s = upcast(s).clamp(self.clamp_min, self.clamp_max)
         o = self.scan(partial(self.core, cu_seqlens=ctx.cu_seqlens), (q, k, v, s, range(self.num_heads)), ctx)
-        gate = self.g_proj(x).unflatten(-1, (-1, self.head_v_dim)) if self.g_proj is not None \
-            else None
+        gate = self.g_proj(x).unflatten(-1, (-1, self.head_v_dim)) if self.g_proj is not None else None
         if self.g_norm is not None:
             o = self.g_norm(o, gate)
         elif gate is not None:

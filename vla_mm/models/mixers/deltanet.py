@@ -107,6 +107,5 @@ class DeltaNet(BaseMixer):
         if self.allow_neg_eigval:
             beta = beta * 2
         o = self.scan(partial(self.core, cu_seqlens=ctx.cu_seqlens), (q, k, v, beta, range(self.num_heads)), ctx)
-        gate = self.g_proj(x).unflatten(-1, (-1, self.head_v_dim)) if self.g_proj is not None \
-            else None
+        gate = self.g_proj(x).unflatten(-1, (-1, self.head_v_dim)) if self.g_proj is not None else None
         return self.o_proj(self.o_norm(o, gate).flatten(2))

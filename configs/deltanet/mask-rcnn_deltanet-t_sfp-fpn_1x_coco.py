@@ -1,0 +1,7 @@
+# Mask R-CNN + IsotropicBackbone-T with DeltaNet token mixers + SimpleFeaturePyramid + FPN on COCO 2017, 1x:
+# configs/linear_attn/mask-rcnn_linear-attn-t_sfp-fpn_1x_coco.py, mixer swapped; the backbone starts from deltanet-
+# t_8xb128_in1k.py (pos_embed resized).
+_base_ = ['../linear_attn/mask-rcnn_linear-attn-t_sfp-fpn_1x_coco.py']
+pretrained = 'work_dirs/deltanet-t_8xb128_in1k/epoch_300.pth'
+model = dict(backbone=dict(mixer=dict(_delete_=True, type='deltanet'),
+                           init_cfg=dict(checkpoint=pretrained)))

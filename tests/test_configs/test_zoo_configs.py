@@ -1,0 +1,223 @@
+"""The config zoo (issue 17): every config under ``configs/`` loads and names registered types; each mixer has its
+family bases and task configs; a swapped task config differs from its linear_attn counterpart in the mixer only;
+the backbones of the shapes configs build and run; ``tools/train.py`` runs two iterations of each mixer's shapes
+classification config."""
+import copy
+import functools
+import glob
+import os
+import os.path as osp
+import subprocess
+import sys
+
+import pytest
+import torch
+from mmengine.config import Config
+
+ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
+CONFIGS = osp.join(ROOT, 'configs')
+ALL = sorted(p for p in glob.glob(osp.join(CONFIGS, '**', '*.py'), recursive=True) if '_base_' not in p)
+# registry name -> name in file names; each has configs/<name>/ and configs/_base_/models/isotropic/<hy>-{t,s,b}.py
+MIXERS = {'abc': 'abc', 'bitnet': 'bitnet', 'deltanet': 'deltanet', 'gated_deltanet': 'gated-deltanet', 'gla': 'gla',
+          'gsa': 'gsa', 'hgrn': 'hgrn', 'hgrn2': 'hgrn2', 'lightnet': 'lightnet', 'linear_attn': 'linear-attn',
+          'retnet': 'retnet', 'rwkv6': 'rwkv6', 'transformer': 'transformer'}
+ROUTED = ('gla', 'gated_deltanet', 'rwkv6')
+# task configs of every mixer but linear_attn: (stem, linear_attn counterpart or None)
+TASKS = {
+    '{hy}-t_8xb128_in1k': None, '{hy}-s_8xb128_in1k': None, '{hy}-b_8xb128_in1k': None,
+    '{hy}-t_1xb64_shapes-48px': 'linear-attn-t_1xb64_shapes-48px',
+    'simmim_{hy}-t_1xb64-40e_shapes-32px': 'simmim_linear-attn-t_1xb64-40e_shapes-32px',
+    'simmim_{hy}-t_8xb256-amp-coslr-100e_in1k-192px': 'simmim_linear-attn-t_8xb256-amp-coslr-100e_in1k-192px',
+    'upernet_{hy}-t_1xb8-4k_shapes-128x128': 'upernet_linear-attn-t_1xb8-4k_shapes-128x128',
+    'upernet_{hy}-t_4xb4-160k_ade20k-512x512': 'upernet_linear-attn-t_4xb4-160k_ade20k-512x512',
+    'mask-rcnn_{hy}-t_sfp-fpn_1xb8-48e_shapes-128px': 'mask-rcnn_linear-attn-t_sfp-fpn_1xb8-48e_shapes-128px',
+    'mask-rcnn_{hy}-t_sfp-fpn_1x_coco': 'mask-rcnn_linear-attn-t_sfp-fpn_1x_coco',
+}
+
+
+@functools.lru_cache(maxsize=None)
+def _load(path):
+    return Config.fromfile(path, import_custom_modules=False)
+
+
+def load(path):
+    """A config by path (relative to configs/), parsed once per session; callers get their own copy."""
+    return copy.deepcopy(_load(path if osp.isabs(path) else osp.join(CONFIGS, path)))
+
+
+def _types(obj, key=None):
+    """(key, type) of every dict with a string ``type`` in a config tree."""
+    if isinstance(obj, dict):
+        if isinstance(obj.get('type'), str):
+            yield key, obj['type']
+        for k, v in obj.items():
+            yield from _types(v, k)
+    elif isinstance(obj, (list, tuple)):
+        for v in obj:
+            yield from _types(v, key)
+
+
+def _registered_names():
+    """{scope: names a config of that default scope can use}: every MMEngine root registry's own names plus its
+    child of that scope's, 'scope.Name' forms, mmpretrain's batch augments; vla_mm's mixers and scans apart."""
+    import mmengine.registry as R
+    import vla_mm  # noqa: F401  (before mmpretrain.models: the compatibility fixes)
+    from mmdet.utils import register_all_modules as det
+    from mmpretrain.registry import BATCH_AUGMENTS
+    from mmpretrain.utils import register_all_modules as cls
+    from mmseg.utils import register_all_modules as seg
+    for register in (cls, seg, det):
+        register(init_default_scope=False)
+    roots = [v for v in vars(R).values() if isinstance(v, R.Registry)] + [BATCH_AUGMENTS]
+    common, scoped = set(), {}
+    for reg in roots:
+        reg.import_from_location()
+        common |= set(reg.module_dict)
+        for scope, child in reg.children.items():
+            child.import_from_location()   # the lazy 'locations' of a scope (vla_mm.datasets, ...)
+            scoped.setdefault(scope, set()).update(child.module_dict)
+    dotted = {f'{scope}.{n}' for scope, names in scoped.items() for n in names}
+    return {scope: common | names | dotted for scope, names in scoped.items()}
+
+
+def test_every_config_loads_and_names_registered_types():
+    import mmcv.ops
+    from vla_mm.models.layers.patch_embed import STEMS
+    from vla_mm.registry import MIXERS as MIXER_REG
+    from vla_mm.registry import SCANS
+    names = _registered_names()
+    by_key = {'mixer': set(MIXER_REG.module_dict), 'attn_mixer': set(MIXER_REG.module_dict),
+              'scan': set(SCANS.module_dict), 'stem': set(STEMS),
+              # mmdet takes these from mmcv.ops by name
+              'roi_layer': {n for n in dir(mmcv.ops) if n[0].isupper()}, 'nms': {'nms', 'soft_nms'}}
+    assert len(ALL) >= 150
+    missing = []
+    for path in ALL:
+        cfg = load(path)
+        known = names[cfg.get('default_scope', 'mmpretrain')]
+        missing += [f'{osp.relpath(path, CONFIGS)}: {key}={t!r}' for key, t in _types(cfg.to_dict())
+                    if t not in by_key.get(key, known)]
+    assert not missing, missing
+
+
+def test_every_mixer_has_its_family_bases_and_task_configs():
+    for name, hy in MIXERS.items():
+        for s, arch in (('t', 'tiny'), ('s', 'small'), ('b', 'base')):
+            base = load(osp.join(CONFIGS, '_base_/models/isotropic', f'{hy}-{s}.py'))
+            assert base.backbone.type == 'vla_mm.IsotropicBackbone' and base.backbone.arch == arch
+            assert base.backbone.mixer.type == name
+        if name == 'linear_attn':
+            continue
+        want = {stem.format(hy=hy) for stem in TASKS}
+        want |= {f'{hy}-t-hybrid_1xb64_shapes-48px'} if name != 'transformer' else set()   # all attention already
+        want |= {f'{hy}-t-{r}_1xb64_shapes-48px' for r in ('bi', 'cross') if name in ROUTED}
+        got = {osp.basename(p)[:-3] for p in glob.glob(osp.join(CONFIGS, name, '*.py'))}
+        assert got == want, (name, got ^ want)
+        assert osp.isfile(osp.join(CONFIGS, name, 'README.md'))
+        for s, width in (('t', 192), ('s', 384), ('b', 768)):
+            cfg = load(f'{name}/{hy}-{s}_8xb128_in1k.py')
+            fam = load(f'_base_/models/isotropic/{hy}-{s}.py')
+            assert {k: cfg.model.backbone[k] for k in fam.backbone} == fam.backbone   # the task base adds the rest
+            assert cfg.model.head.in_channels == width
+
+
+def _depth(backbone):
+    return backbone.arch['num_layers'] if isinstance(backbone.arch, dict) else 12
+
+
+@pytest.mark.parametrize('name', [n for n in MIXERS if n != 'linear_attn'])
+def test_swapped_configs_change_only_the_mixer(name):
+    """A task config of another mixer resolves to its linear_attn counterpart but for the mixer (the family base's
+    mixer; ``num_layers`` is the backbone's depth) and the pre-trained checkpoint it names; the hybrid and route
+    variants add ``attn_layers`` / ``scan`` only."""
+    hy = MIXERS[name]
+    fam_mixer = load(f'_base_/models/isotropic/{hy}-t.py').backbone.mixer.to_dict()
+    for stem, other in TASKS.items():
+        if other is None:
+            continue
+        cfg = load(f'{name}/{stem.format(hy=hy)}.py').to_dict()
+        ref = load(f'linear_attn/{other}.py').to_dict()
+        mixer = cfg['model']['backbone'].pop('mixer')
+        ref['model']['backbone'].pop('mixer')
+        want = dict(fam_mixer, num_layers=_depth(load(f'linear_attn/{other}.py').model.backbone)) \
+            if 'num_layers' in fam_mixer else fam_mixer
+        assert mixer == want, stem
+        ckpt = cfg['model']['backbone'].get('init_cfg') or {}
+        if 'checkpoint' in ckpt and 'pretrained' in ref:
+            assert ckpt['checkpoint'] == cfg['pretrained'] == f'work_dirs/{hy}-t_8xb128_in1k/epoch_300.pth'
+            ref['model']['backbone']['init_cfg']['checkpoint'] = ref['pretrained'] = cfg['pretrained']
+        assert cfg == ref, stem
+    shapes = load(f'{name}/{hy}-t_1xb64_shapes-48px.py').to_dict()
+    variants = [('hybrid', 'attn_layers', (1, 3))] * (name != 'transformer') + \
+        [(r, 'scan', dict(type=r)) for r in ('bi', 'cross') if name in ROUTED]
+    for tag, key, value in variants:
+        cfg = load(f'{name}/{hy}-t-{tag}_1xb64_shapes-48px.py').to_dict()
+        assert cfg['model']['backbone'].pop(key) == value
+        assert cfg == shapes, tag
+
+
+SHAPES = [p for p in ALL if 'shapes' in osp.basename(p)]
+
+
+def test_shapes_backbones_build_and_run_at_48px():
+    """The backbone of every shapes config builds and gives finite outputs of the configured widths on a 48x48
+    image (the pyramid: 64x64, its total stride is 32)."""
+    from vla_mm.registry import MODELS
+    torch.manual_seed(0)
+    assert len(SHAPES) >= 70
+    seen = set()
+    for path in SHAPES:
+        bb = load(path).model.backbone
+        bb.pop('init_cfg', None)
+        if repr(bb) in seen:   # the old names under configs/linear_vit resolve to their new configs' backbones
+            continue
+        seen.add(repr(bb))
+        model = MODELS.build(bb).eval()
+        size = 64 if 'Hierarchical' in bb.type else 48
+        with torch.no_grad():
+            out = model(torch.randn(1, 3, size, size))
+        outs = [o for o in (out if isinstance(out, (tuple, list)) else [out]) if isinstance(o, torch.Tensor)]
+        assert outs and all(bool(torch.isfinite(o).all()) for o in outs), path
+        if 'Isotropic' in bb.type and 'MAE' not in bb.type:
+            assert len(outs) == len(model.out_indices), path
+            assert all(o.shape[:2] == (1, model.embed_dims) for o in outs), path
+
+
+def _tiny_train_config(tmp_path, config, data):
+    """``config`` on 4 training and 4 validation images of a private copy of the shapes data, batch 4, two
+    epochs: two iterations and two validations."""
+    path = tmp_path / 'tiny.py'
+    path.write_text(f'''
+_base_ = [{config!r}]
+shapes_generate = dict(image_size=48, num_train=4, num_val=4, min_shapes=1, max_shapes=1, size_range=[0.3, 0.45],
+                       clutter=0.5, seed=0)
+train_dataloader = dict(batch_size=4, num_workers=0, dataset=dict(data_root={data!r}, generate=shapes_generate))
+val_dataloader = dict(batch_size=4, num_workers=0, dataset=dict(data_root={data!r}, generate=shapes_generate))
+test_dataloader = val_dataloader
+train_cfg = dict(max_epochs=2)
+default_hooks = dict(logger=dict(interval=1), checkpoint=dict(interval=2, max_keep_ckpts=1, save_best=None))
+''')
+    return str(path)
+
+
+@pytest.fixture(scope='module')
+def tiny_shapes_root(tmp_path_factory):
+    return str(tmp_path_factory.mktemp('shapes') / 'cls')
+
+
+@pytest.mark.parametrize('name', list(MIXERS))
+def test_train_two_iterations_of_each_mixer_shapes_config(name, tmp_path, tiny_shapes_root):
+    config = osp.join(CONFIGS, name, f'{MIXERS[name]}-t_1xb64_shapes-48px.py')
+    cfg = _tiny_train_config(tmp_path, config, tiny_shapes_root)
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get('PYTHONPATH', ''), OMP_NUM_THREADS='1')
+    env.pop('TRITON_INTERPRET', None)
+    work = tmp_path / 'work'
+    p = subprocess.run([sys.executable, 'tools/train.py', cfg, '--work-dir', str(work)], cwd=ROOT,
+                       capture_output=True, text=True, env=env, timeout=300)
+    assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-3000:]
+    assert osp.isfile(work / 'epoch_2.pth')
+    log = p.stdout + p.stderr
+    assert 'Epoch(train) [2][1/1]' in log and 'accuracy/top1' in log, log[-2000:]
+    state = torch.load(work / 'epoch_2.pth', map_location='cpu', weights_only=False)['state_dict']
+    mixer_keys = [k for k in state if k.startswith('backbone.layers.0.mixer.')]
+    assert mixer_keys and all(torch.isfinite(state[k]).all() for k in state if state[k].is_floating_point())

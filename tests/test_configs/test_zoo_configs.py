@@ -5,8 +5,10 @@ classification config."""
 import copy
 import functools
 import glob
+import math
 import os
 import os.path as osp
+import re
 import subprocess
 import sys
 
@@ -218,6 +220,8 @@ def test_train_two_iterations_of_each_mixer_shapes_config(name, tmp_path, tiny_s
     assert osp.isfile(work / 'epoch_2.pth')
     log = p.stdout + p.stderr
     assert 'Epoch(train) [2][1/1]' in log and 'accuracy/top1' in log, log[-2000:]
+    losses = [float(x) for x in re.findall(r'Epoch\(train\).*?\bloss: ([-+.\w]+)', log)]
+    assert len(losses) == 2 and all(math.isfinite(x) for x in losses), losses
     state = torch.load(work / 'epoch_2.pth', map_location='cpu', weights_only=False)['state_dict']
     mixer_keys = [k for k in state if k.startswith('backbone.layers.0.mixer.')]
     assert mixer_keys and all(torch.isfinite(state[k]).all() for k in state if state[k].is_floating_point())

@@ -11,6 +11,7 @@ import os.path as osp
 import re
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import torch
@@ -185,37 +186,48 @@ def test_shapes_backbones_build_and_run_at_48px():
             assert all(o.shape[:2] == (1, model.embed_dims) for o in outs), path
 
 
-def _tiny_train_config(tmp_path, config, data):
-    """``config`` on 4 training and 4 validation images of a private copy of the shapes data, batch 4, two
-    epochs: two iterations and two validations."""
-    path = tmp_path / 'tiny.py'
-    path.write_text(f'''
+TINY_SHAPES = dict(image_size=48, num_train=4, num_val=4, min_shapes=1, max_shapes=1, size_range=[0.3, 0.45],
+                   clutter=0.5, seed=0)
+
+
+def _train(name, root, data):
+    """``tools/train.py`` on mixer ``name``'s shapes config with 4 training and 4 validation images, batch 4, two
+    epochs: two iterations and two validations. Returns (the process, its work dir)."""
+    work = root / name
+    work.mkdir()
+    config = osp.join(CONFIGS, name, f'{MIXERS[name]}-t_1xb64_shapes-48px.py')
+    (work / 'tiny.py').write_text(f'''
 _base_ = [{config!r}]
-shapes_generate = dict(image_size=48, num_train=4, num_val=4, min_shapes=1, max_shapes=1, size_range=[0.3, 0.45],
-                       clutter=0.5, seed=0)
+shapes_generate = {TINY_SHAPES!r}
 train_dataloader = dict(batch_size=4, num_workers=0, dataset=dict(data_root={data!r}, generate=shapes_generate))
 val_dataloader = dict(batch_size=4, num_workers=0, dataset=dict(data_root={data!r}, generate=shapes_generate))
 test_dataloader = val_dataloader
 train_cfg = dict(max_epochs=2)
 default_hooks = dict(logger=dict(interval=1), checkpoint=dict(interval=2, max_keep_ckpts=1, save_best=None))
 ''')
-    return str(path)
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get('PYTHONPATH', ''), OMP_NUM_THREADS='1')
+    env.pop('TRITON_INTERPRET', None)
+    p = subprocess.run([sys.executable, 'tools/train.py', str(work / 'tiny.py'), '--work-dir', str(work / 'out')],
+                       cwd=ROOT, capture_output=True, text=True, env=env, timeout=600)
+    return p, work / 'out'
 
 
 @pytest.fixture(scope='module')
-def tiny_shapes_root(tmp_path_factory):
-    return str(tmp_path_factory.mktemp('shapes') / 'cls')
+def train_runs(tmp_path_factory):
+    """The train.py runs of every mixer, two at a time (one thread each: CI has two cores) on one tiny data set
+    generated here first; each test waits for its own."""
+    from vla_mm.datasets import shapes
+    root = tmp_path_factory.mktemp('train')
+    data = str(root / 'shapes_cls')
+    shapes.generate('cls', data, TINY_SHAPES, logger=None)
+    pool = ThreadPoolExecutor(max_workers=2)
+    yield {name: pool.submit(_train, name, root, data) for name in MIXERS}
+    pool.shutdown(cancel_futures=True)
 
 
 @pytest.mark.parametrize('name', list(MIXERS))
-def test_train_two_iterations_of_each_mixer_shapes_config(name, tmp_path, tiny_shapes_root):
-    config = osp.join(CONFIGS, name, f'{MIXERS[name]}-t_1xb64_shapes-48px.py')
-    cfg = _tiny_train_config(tmp_path, config, tiny_shapes_root)
-    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get('PYTHONPATH', ''), OMP_NUM_THREADS='1')
-    env.pop('TRITON_INTERPRET', None)
-    work = tmp_path / 'work'
-    p = subprocess.run([sys.executable, 'tools/train.py', cfg, '--work-dir', str(work)], cwd=ROOT,
-                       capture_output=True, text=True, env=env, timeout=300)
+def test_train_two_iterations_of_each_mixer_shapes_config(name, train_runs):
+    p, work = train_runs[name].result(timeout=900)
     assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-3000:]
     assert osp.isfile(work / 'epoch_2.pth')
     log = p.stdout + p.stderr

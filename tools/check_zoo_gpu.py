@@ -115,7 +115,7 @@ def top1(work_dir):
 
 
 def part_learn(args, deadline):
-    configs = args.configs or sorted(glob.glob(osp.join(ROOT, 'configs', '*', '*-t_shapes-cls.py')))
+    configs = args.configs or sorted(glob.glob(osp.join(ROOT, 'configs', '*', '*-t_1xb64_shapes-48px.py')))
     subprocess.run([sys.executable, osp.join(ROOT, 'tools', 'prepare_data.py'), 'shapes', '--task', 'cls'],
                    check=False, cwd=ROOT)
     pending, running, rows = list(configs), [], []
@@ -177,7 +177,7 @@ def main():
     p.add_argument('--mixers', nargs='+', default=list(MIXERS))
     p.add_argument('--routes', nargs='+', default=list(ROUTES))
     p.add_argument('--routes-hi', nargs='+', default=['uni', 'bi', 'cross'], help='routes also checked at 1024 px')
-    p.add_argument('--configs', nargs='*', help='learn: configs to train (default configs/*/*-t_shapes-cls.py)')
+    p.add_argument('--configs', nargs='*', help='learn: configs to train (default configs/*/*-t_1xb64_shapes-48px.py)')
     p.add_argument('--jobs', type=int, default=4, help='learn: training processes at a time')
     p.add_argument('--tol', type=float, default=5e-2, help='compat: bf16 output vs fp32 reference ops')
     p.add_argument('--deadline', type=float, default=540, help='seconds for all parts together')

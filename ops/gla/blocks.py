@@ -58,6 +58,16 @@ def _state_tile(ptr, hc, H, i_h, ck, cv, K, V):
 
 
 @triton.jit
+def _vblock_sum(ptr, hc, NV, H, i_h, ck, K):
+    """[BK] sum over the NV value blocks of chunk row ``hc``, head ``i_h``, of a ``[chunks, NV, H, K]`` buffer of
+    the state kernels' partial sums (yq / zk)."""
+    x = tl.zeros_like(ck).to(tl.float32)
+    for iv in range(NV):
+        x += tl.load(ptr + ((hc * NV + iv) * H + i_h).to(tl.int64) * K + ck, mask=ck < K, other=0.)
+    return x
+
+
+@triton.jit
 def _diag_self_term(dov, dA_tt, x, u, i_h, ck, K, USE_U: tl.constexpr):
     """The t == s terms of dq (x = k) or dk (x = q), left out of the gate gradient: the bonus
     (do.v) u * x, or dA[t, t] * x."""

@@ -36,7 +36,13 @@ recomputed (``_fwd_h_kernel``), state gradients run right to left
 ``dL/db_t = q_t * dq_t - k_t * dk_t`` (value gate: ``o_t * do_t - v_t * dv_t``) plus the final-state term,
 followed by a reverse cumulative sum over time (``_revcumsum_kernel``); on the sub-block path the dq kernel writes
 ``q * dq`` (fp32) into the key-gate buffer and the dk kernel (launched after it) subtracts ``k * dk``; on the
-A path ``_bwd_inter_kernel`` writes the difference.
+A path ``_bwd_inter_kernel`` writes the difference. Every pair of tokens (t, s) enters these buffers at both ends;
+the pairs whose gate factor is exp(0) over an empty range of gates cancel exactly and are kept out of them (added
+to dq / dk / dv only): t == s, the last token's final-state path, and with the bonus the pairs (t, t - 1) (inside
+a chunk: ``dAa`` / masked sub-block scores; across a chunk boundary and with h0: the states' boundary terms
+``yq`` / ``zk``); value gates read ``oex``, the output without its t == s terms. Under strong gates (-20 per
+token) those pairs are O(1) while dL/dg is ~1e-7: left in, their halves cancel only up to the rounding of each
+(~1e-3 with tensor-core operands).
 
 Files: ``state.py`` (gate cumsums, state kernels: both paths), ``chunk_a.py`` (A path), ``chunk_subblock.py``
 (sub-block path), ``blocks.py`` (``@triton.jit`` helpers of both paths), ``launch.py`` (block sizes, operand
@@ -57,25 +63,29 @@ def _use_A(gv):
 
 
 def gla_fwd(q, k, v, gk, gv, u, scale, h0, output_final_state, meta, reverse):
-    """(o, final state or None, final state without the last token's k v^T or None, A or None, gate cumsums)."""
+    """(o, final state or None, final state without the last token's k v^T or None, A or None, o without its
+    t == s terms or None (value gates: what dL/dgv reads), gate cumsums)."""
     GK = 0 if gk is None else (1 if gk.dim() == 3 else 2)
     ieee = q.dtype == torch.float32
     gkb, gks = _gate_cumsum(gk, meta, reverse)
     gvb, gvs = _gate_cumsum(gv, meta, reverse)
-    # value gates: dL/dgv = o * do - v * dv cancels, and o comes from this pass: it must be computed with the
-    # backward's operand precision, or the two roundings do not cancel (GSA bf16 dL/dg errors of 3e-2 otherwise)
+    # value gates: dL/dgv = oex * do - v * dv (each pair of tokens at both ends, then a reverse cumsum) takes oex
+    # from this pass: it is computed with the backward's operand precision, so that the two ends round alike
+    # (GSA bf16 dL/dg errors of 3e-2 otherwise)
     lowp = _lowp(ieee) and (gv is None or not current_options().gla_bwd_fp32)
-    h, ht, ht_ex = _fwd_h(k, v, gkb, gks, gvb, gvs, h0, output_final_state, meta, GK, reverse, ieee, lowp=lowp)
+    h, ht, ht_ex, _ = _fwd_h(k, v, gkb, gks, gvb, gvs, h0, output_final_state, meta, GK, reverse, ieee, lowp=lowp)
+    oex = A = None
     if _use_A(gv):
         o, A = _fwd_A(q, k, v, gkb, gk, u, h, scale, meta, GK, reverse, ieee, lowp)
     else:
-        o, A = _fwd_sub(q, k, v, gkb, gk, gvb, gv, u, h, scale, meta, GK, reverse, ieee, lowp), None
-    return o, ht, ht_ex, A, (gkb, gks, gvb, gvs)
+        o, oex = _fwd_sub(q, k, v, gkb, gk, gvb, gv, u, h, scale, meta, GK, reverse, ieee, lowp)
+    return o, ht, ht_ex, A, oex, (gkb, gks, gvb, gvs)
 
 
-def gla_bwd(q, k, v, gk, gv, u, scale, h0, o, do, dht, meta, reverse, A=None, cums=None):
-    """``cums``: the forward's gate cumsums ``(gkb, gks, gvb, gvs)`` (gla_fwd's last output, computed from the
-    same gates, meta and direction); None: computed here."""
+def gla_bwd(q, k, v, gk, gv, u, scale, h0, oex, do, dht, meta, reverse, A=None, cums=None):
+    """``oex``: with value gates, the forward's output without its t == s terms (gla_fwd), else None. ``cums``:
+    the forward's gate cumsums ``(gkb, gks, gvb, gvs)`` (gla_fwd's last output, computed from the same gates,
+    meta and direction); None: computed here."""
     GK = 0 if gk is None else (1 if gk.dim() == 3 else 2)
     ieee = q.dtype == torch.float32
     if cums is not None:
@@ -92,15 +102,21 @@ def gla_bwd(q, k, v, gk, gv, u, scale, h0, o, do, dht, meta, reverse, A=None, cu
     # terms of that path: the state is taken from this recompute, in the backward's precision, not the forward's
     # (bf16 operands there: GSA dL/dg errors of 2e-2)
     need_ht = dht is not None and (gk is not None or gv is not None)
-    h, _, ht = _fwd_h(k, v, gkb, gks, gvb, gvs, h0, need_ht, meta, GK, reverse, ieee, lowp=lowp)
     do = do.contiguous()
-    dh, dh0 = _bwd_dh(q, do, gkb, gk, gvb, gv, u, dht, h0, scale, meta, GK, reverse, ieee, lowp)
+    # bonus form with gates: the pairs (t, t - 1) have gate factor exp(0) and cancel exactly in the gate gradient;
+    # the state kernels give the chunk-boundary terms without them (yq, zk), the chunk kernels leave them out
+    adj = u is not None and gk is not None
+    h, _, ht, yq = _fwd_h(k, v, gkb, gks, gvb, gvs, h0, need_ht, meta, GK, reverse, ieee, lowp=lowp,
+                          do=do if adj else None)
+    dh, dh0, zk = _bwd_dh(q, do, gkb, gk, gvb, gv, u, dht, h0, scale, meta, GK, reverse, ieee, lowp,
+                          v=v if adj else None)
     if A is not None:
-        dq, dk, dv, dbk, dbq = _bwd_A(q, k, v, gkb, gk, gks, u, scale, h, dh, A, do, meta, GK, reverse, ieee, lowp)
+        dq, dk, dv, dbk, dbq = _bwd_A(q, k, v, gkb, gk, gks, u, scale, h, dh, A, do, meta, GK, reverse, ieee, lowp,
+                                      yq, zk)
         dbv = None
     else:
-        dq, dk, dv, dbk, dbv, dbq = _bwd_sub(q, k, v, gkb, gk, gks, gv, gvb, gvs, u, scale, h, dh, o, do, meta, GK,
-                                             reverse, ieee, lowp)
+        dq, dk, dv, dbk, dbv, dbq = _bwd_sub(q, k, v, gkb, gk, gks, gv, gvb, gvs, u, scale, h, dh, oex, do, meta, GK,
+                                             reverse, ieee, lowp, yq, zk)
     rows = meta.last_logical_rows(reverse)
     dgk = dgv = du = None
     if gk is not None:
@@ -131,14 +147,15 @@ _INPUTS = ('q', 'k', 'v', 'gk', 'gv', 'u', 'h0')
 
 def saved_layout(q, k, v, gk, gv, u, h0):
     """Names of what the Triton forward keeps for the backward, in order (the custom op's residuals): the
-    intra-chunk scores ``A`` (A path) or the fp32 output ``o32`` (value gates, 16-bit inputs: dL/dgv reads o),
-    the chunk-local gate cumsums (``gla_keep_cumsum``: fp32, in each gate's shape, 8 bytes per gate element and
-    gate), and the contiguous copy of every input that was not contiguous (so the backward copies nothing)."""
+    intra-chunk scores ``A`` (A path) or, with value gates, the fp32 output without its t == s terms ``oex`` (what
+    dL/dgv reads), the chunk-local gate cumsums (``gla_keep_cumsum``: fp32, in each gate's shape, 8 bytes per gate
+    element and gate), and the contiguous copy of every input that was not contiguous (so the backward copies
+    nothing)."""
     opts = current_options()
     if opts.gla_a_path and gv is None:
         names = ['A']
     else:
-        names = ['o32'] if gv is not None and v.dtype != torch.float32 else []
+        names = ['oex'] if gv is not None else []
     if opts.gla_keep_cumsum:
         names += (['gkb', 'gks'] if gk is not None else []) + (['gvb', 'gvs'] if gv is not None else [])
     names += [n for n, t in zip(_INPUTS, (q, k, v, gk, gv, u, h0)) if t is not None and not t.is_contiguous()]
@@ -150,7 +167,7 @@ def saved_like(names, q, k, v, gk, gv, u, h0, chunk_size):
     ins = dict(zip(_INPUTS, (q, k, v, gk, gv, u, h0)))
     f32 = torch.float32
     like = dict(A=lambda: q.new_empty((*q.shape[:3], chunk_size), dtype=f32),
-                o32=lambda: v.new_empty(v.shape, dtype=f32),
+                oex=lambda: v.new_empty(v.shape, dtype=f32),
                 gkb=lambda: gk.new_empty(gk.shape, dtype=f32), gks=lambda: gk.new_empty(gk.shape, dtype=f32),
                 gvb=lambda: gv.new_empty(gv.shape, dtype=f32), gvs=lambda: gv.new_empty(gv.shape, dtype=f32))
     return [like[n]() if n in like else ins[n].new_empty(ins[n].shape) for n in names]
@@ -163,9 +180,9 @@ def chunk_gla_fwd(q, k, v, gk, gv, u, scale, h0, output_final_state, cu_seqlens,
     q, k, v, gk, gv, u, h0 = (dense.get(n) for n in _INPUTS)
     B, N, H, K = q.shape
     meta = PackedSeqs(B, N, cu_seqlens, q.device).chunks(chunk_size, H)
-    o, ht, _, A, cums = gla_fwd(q, k, v, gk, gv, u, scale, h0, output_final_state, meta, reverse)
-    kept = dict(dense, A=A, o32=o, gkb=cums[0], gks=cums[1], gvb=cums[2], gvs=cums[3])
-    return o.to(v.dtype), ht, [kept[n] for n in names]
+    o, ht, _, A, oex, cums = gla_fwd(q, k, v, gk, gv, u, scale, h0, output_final_state, meta, reverse)
+    kept = dict(dense, A=A, oex=oex, gkb=cums[0], gks=cums[1], gvb=cums[2], gvs=cums[3])
+    return o, ht, [kept[n] for n in names]
 
 
 def chunk_gla_bwd(do, dht, o, saved, q, k, v, gk, gv, u, scale, h0, output_final_state, cu_seqlens, reverse,
@@ -183,5 +200,5 @@ def chunk_gla_bwd(do, dht, o, saved, q, k, v, gk, gv, u, scale, h0, output_final
     cums = tuple(kept.get(n) for n in ('gkb', 'gks', 'gvb', 'gvs')) if current_options().gla_keep_cumsum else None
     do = torch.zeros_like(o) if do is None else do
     dht = dht.contiguous() if (dht is not None and output_final_state) else None
-    return gla_bwd(q, k, v, gk, gv, u, scale, h0, kept.get('o32', o) if gv is not None else None, do, dht, meta,
-                   reverse, A=kept.get('A'), cums=cums)
+    return gla_bwd(q, k, v, gk, gv, u, scale, h0, kept.get('oex'), do, dht, meta, reverse, A=kept.get('A'),
+                   cums=cums)

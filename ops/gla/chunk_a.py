@@ -7,7 +7,7 @@ import triton.language as tl
 from ..common.jit import chunk_info, load_tile, phys_row, store_tile
 from ..common.options import alloc
 from .blocks import (NEG_INF, _diag_block_scores, _diag_decay, _diag_gmm, _diag_gmmT, _diag_self_term, _grow,
-                     _gtile, _gvec, _lpre, _lsuf, _mm, _state_tile, _to_ref)
+                     _gtile, _gvec, _lpre, _lsuf, _mm, _state_tile, _to_ref, _vblock_sum)
 from .launch import SUB, _launch_opts, _lowp, _or, _pow2, _prec
 
 # ----------------------------------------------------------------------------------------------------------
@@ -100,10 +100,12 @@ def _fwd_oA_kernel(q, v, gkb, gkr, h, A, o, cu, chunk_seq, chunk_idx, scale, N, 
 
 
 @triton.jit
-def _bwd_dA_kernel(v, do, dA, cu, chunk_seq, chunk_idx, scale, N, NT, H, V,
-                   C: tl.constexpr, BV: tl.constexpr, REVERSE: tl.constexpr, VARLEN: tl.constexpr,
-                   IEEE: tl.constexpr, LOWP: tl.constexpr):
-    """dA[t, s] = scale * do_t . v_s for s <= t, zero above (fp32 [B, N, H, C], laid out as A)."""
+def _bwd_dA_kernel(v, do, dA, dAa, cu, chunk_seq, chunk_idx, scale, N, NT, H, V,
+                   C: tl.constexpr, BV: tl.constexpr, ADJ: tl.constexpr, REVERSE: tl.constexpr,
+                   VARLEN: tl.constexpr, IEEE: tl.constexpr, LOWP: tl.constexpr):
+    """dA[t, s] = scale * do_t . v_s for s <= t, zero above (fp32 [B, N, H, C], laid out as A). ADJ (bonus form
+    with gates): the pairs s = t - 1 (gate factor exp(0)) go to dAa[t] ([B, N, H], 0 at the chunk's first row)
+    instead, so that the intra-chunk dq / dk from dA hold no pair whose gate terms cancel."""
     i_c, i_bh = tl.program_id(0), tl.program_id(1)
     i_n, i_h, i_t, bos, eos, hc = chunk_info(i_c, i_bh, cu, chunk_seq, chunk_idx, N, NT, H, VARLEN)
     DT = v.dtype.element_ty if LOWP else tl.float32
@@ -118,6 +120,10 @@ def _bwd_dA_kernel(v, do, dA, cu, chunk_seq, chunk_idx, scale, N, NT, H, V,
         acc += _mm(load_tile(do, r, m, cv, V, H * V, i_h * V).to(DT),
                    tl.trans(load_tile(v, r, m, cv, V, H * V, i_h * V).to(DT)), IEEE)
     acc = tl.where(ac[None, :] <= ac[:, None], acc * scale, 0.)
+    if ADJ:
+        sub = ac[None, :] == ac[:, None] - 1
+        tl.store(dAa + r.to(tl.int64) * H + i_h, tl.sum(tl.where(sub, acc, 0.), axis=1), mask=m)
+        acc = tl.where(sub, 0., acc)
     store_tile(dA, acc, r, m, ac, C, H * C, i_h * C)
 
 
@@ -232,13 +238,17 @@ def _bwd_intra_kernel(q, k, gkb, gkr, dA, dqi, dki, cu, chunk_seq, chunk_idx, N,
 
 
 @triton.jit
-def _bwd_inter_kernel(q, k, v, gkb, gkr, gks, u, h, do, dh, dA, dqi, dki, dq, dk, dbk, dbq,
-                      cu, chunk_seq, chunk_idx, scale, N, NT, H, K, V,
+def _bwd_inter_kernel(q, k, v, gkb, gkr, gks, u, h, do, dh, dA, dqi, dki, dAa, yq, zk, dq, dk, dbk, dbq,
+                      cu, chunk_seq, chunk_idx, scale, N, NT, H, K, V, NV,
                       C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, GK: tl.constexpr, USE_U: tl.constexpr,
-                      REVERSE: tl.constexpr, VARLEN: tl.constexpr, IEEE: tl.constexpr, LOWP: tl.constexpr):
+                      ADJ: tl.constexpr, REVERSE: tl.constexpr, VARLEN: tl.constexpr, IEEE: tl.constexpr,
+                      LOWP: tl.constexpr):
     """dq = scale * (do @ h^T) * exp(bq) + intra, dk = (v @ dh^T) * exp(b_last - b) + intra, one chunk and key
     block per program; the key-gate gradient q * dq - k * dk into dbk (q * dq also into dbq with the bonus), without
-    the t == s terms and the last token's final-state path, which are added to dq / dk afterwards."""
+    the terms whose gate factor is exp(0) over an empty range of gates (they cancel exactly in it), which are
+    added to dq / dk afterwards: the t == s terms, the last token's final-state path, and with the bonus (ADJ)
+    the pairs (t, t - 1): inside the chunk (dAa), across the chunk boundary (the first row's inter term without
+    the previous token, yq; the last row's without the next one, zk; partial sums over NV value blocks)."""
     i_k, i_c, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     i_n, i_h, i_t, bos, eos, hc = chunk_info(i_c, i_bh, cu, chunk_seq, chunk_idx, N, NT, H, VARLEN)
     DT = q.dtype.element_ty if LOWP else tl.float32
@@ -262,10 +272,26 @@ def _bwd_inter_kernel(q, k, v, gkb, gkr, gks, u, h, do, dh, dA, dqi, dki, dq, dk
         if USE_U:
             bq = bq - _gtile(gkr, r, m, ck, K, H, i_h, GK)
         dq_c = dq_c * tl.exp(bq)
-        # the last token's final-state path, kept out of the gate gradient (added to dk below)
-        dk_last = tl.where((t == L - 1)[:, None], dk_c, 0.)
-        dk_c = dk_c * tl.exp(tl.where(m[:, None] & (t != L - 1)[:, None], _gtile(gks, r, m, ck, K, H, i_h, GK),
+        # the row whose inter-chunk dk term is kept out of the gate gradient (added to dk below): the last token
+        # (its final-state path); with the bonus the chunk's last row (its pair with the next chunk's first row)
+        if ADJ:
+            t_x = tl.minimum(i_t * C + C, L) - 1
+        else:
+            t_x = L - 1
+        last = (t == t_x)[:, None]
+        if ADJ:
+            dk_x = tl.sum(tl.where(last, dk_c, 0.), axis=0)[None, :]     # one row: [1, BK]
+        else:
+            dk_x = tl.where(last, dk_c, 0.)
+        dk_c = dk_c * tl.exp(tl.where(m[:, None] & (t != t_x)[:, None], _gtile(gks, r, m, ck, K, H, i_h, GK),
                                       NEG_INF))
+        if ADJ:
+            first = (t == i_t * C)[:, None]
+            yv = _vblock_sum(yq, hc, NV, H, i_h, ck, K)
+            zv = _vblock_sum(zk, hc, NV, H, i_h, ck, K)
+            dq_x = tl.sum(tl.where(first, dq_c, 0.), axis=0)[None, :]
+            dq_c = tl.where(first, yv[None, :] * scale, dq_c)
+            dk_c = tl.where(last, zv[None, :], dk_c)
     dq_c += load_tile(dqi, r, m, ck, K, H * K, i_h * K)
     dk_c += load_tile(dki, r, m, ck, K, H * K, i_h * K)
     q_c = load_tile(q, r, m, ck, K, H * K, i_h * K)
@@ -280,11 +306,25 @@ def _bwd_inter_kernel(q, k, v, gkb, gkr, gks, u, h, do, dh, dA, dqi, dki, dq, dk
             tl.store(dbk + r.to(tl.int64) * H + i_h, tl.sum(qdq - k_c * dk_c, axis=1), mask=m)
             if USE_U:
                 tl.store(dbq + r.to(tl.int64) * H + i_h, tl.sum(qdq, axis=1), mask=m)
-        dk_c += dk_last
+        if ADJ:
+            # the chunk's first row has no intra-chunk dq term, its last row no intra-chunk dk term
+            dq_c = tl.where(first, dq_x, dq_c)
+            dk_c = tl.where(last, dk_x, dk_c)
+        else:
+            dk_c += dk_x
     # t == s terms: dA[t, t] (scale * do_t . v_t) times k_t / q_t, or u * k_t / u * q_t with the bonus
     dA_tt = tl.load(dA + r.to(tl.int64) * H * C + i_h * C + ac, mask=m, other=0.)
     dq_c += _diag_self_term(dA_tt, dA_tt, k_c, u, i_h, ck, K, USE_U)
     dk_c += _diag_self_term(dA_tt, dA_tt, q_c, u, i_h, ck, K, USE_U)
+    if ADJ:
+        # the pairs (t, t - 1) inside the chunk: dq_t += dA[t, t-1] k_{t-1}, dk_s += dA[s+1, s] q_{s+1}
+        m_p = m & (t > i_t * C)
+        a_p = tl.load(dAa + r.to(tl.int64) * H + i_h, mask=m_p, other=0.)
+        dq_c += a_p[:, None] * load_tile(k, phys_row(t - 1, bos, eos, REVERSE), m_p, ck, K, H * K, i_h * K)
+        m_n = (t + 1 < L) & (ac < C - 1)
+        r_n = phys_row(t + 1, bos, eos, REVERSE)
+        a_n = tl.load(dAa + r_n.to(tl.int64) * H + i_h, mask=m_n, other=0.)
+        dk_c += a_n[:, None] * load_tile(q, r_n, m_n, ck, K, H * K, i_h * K)
     store_tile(dq, dq_c, r, m, ck, K, H * K, i_h * K)
     store_tile(dk, dk_c, r, m, ck, K, H * K, i_h * K)
 
@@ -310,17 +350,20 @@ def _fwd_A(q, k, v, gkb, gk, u, h, scale, meta, GK, reverse, ieee, lowp):
     return o, A
 
 
-def _bwd_A(q, k, v, gkb, gk, gks, u, scale, h, dh, A, do, meta, GK, reverse, ieee, lowp):
+def _bwd_A(q, k, v, gkb, gk, gks, u, scale, h, dh, A, do, meta, GK, reverse, ieee, lowp, yq=None, zk=None):
     """Backward chunk kernels of the intra-chunk matrix path (no value gates): dA, dv, intra-chunk dq/dk, then
-    dq, dk and the key-gate gradient buffers (dbk = q*dq - k*dk; dbq = q*dq with the bonus)."""
+    dq, dk and the key-gate gradient buffers (dbk = q*dq - k*dk; dbq = q*dq with the bonus). ``yq``, ``zk``: the
+    state kernels' boundary terms of the bonus form with gates (``_fwd_h(do=...)``, ``_bwd_dh(v=...)``)."""
     K, V = q.shape[-1], v.shape[-1]
     H = meta.H
     BK, BV = min(64, _pow2(K)), min(64, _pow2(V))
     cm = dict(REVERSE=reverse, VARLEN=meta.varlen, IEEE=_prec(ieee))
     tabs = (meta.cu, meta.chunk_seq, meta.chunk_idx)
+    adj = yq is not None
     dA = alloc(A.shape, torch.float32, q.device)
-    _bwd_dA_kernel[(meta.nchunks, meta.nbh)](v, do, dA, *tabs, scale, meta.N, meta.NT, H, V, C=meta.C, BV=BV,
-                                            LOWP=lowp, **cm, **_launch_opts(K, 'dA'))
+    dAa = alloc(q.shape[:3], torch.float32, q.device) if adj else None
+    _bwd_dA_kernel[(meta.nchunks, meta.nbh)](v, do, dA, _or(dAa, dA), *tabs, scale, meta.N, meta.NT, H, V, C=meta.C,
+                                            BV=BV, ADJ=adj, LOWP=lowp, **cm, **_launch_opts(K, 'dA'))
     dv = alloc(v.shape, v.dtype, v.device)
     _bwd_dvA_kernel[(triton.cdiv(V, BV), meta.nchunks, meta.nbh)](
         k, _or(gks, k), A, do, dh, dv, *tabs, meta.N, meta.NT, H, K, V, C=meta.C, BK=BK, BV=BV, GK=GK,
@@ -337,7 +380,8 @@ def _bwd_A(q, k, v, gkb, gk, gks, u, scale, h, dh, A, do, meta, GK, reverse, iee
     # one gate per head: the gate gradient sums over all of K, so one key block
     BKi = _pow2(K) if GK == 1 else BK
     _bwd_inter_kernel[(triton.cdiv(K, BKi), meta.nchunks, meta.nbh)](
-        q, k, v, _or(gkb, q), _or(gk, q), _or(gks, q), _or(u, q), h, do, dh, dA, dqi, dki, dq, dk, _or(dbk, q),
-        _or(dbq, q), *tabs, scale, meta.N, meta.NT, H, K, V, C=meta.C, BK=BKi, BV=BV, GK=GK, USE_U=u is not None,
-        LOWP=lowp, **cm, **_launch_opts(K, 'inter'))
+        q, k, v, _or(gkb, q), _or(gk, q), _or(gks, q), _or(u, q), h, do, dh, dA, dqi, dki, _or(dAa, dA), _or(yq, dA),
+        _or(zk, dA), dq, dk, _or(dbk, q), _or(dbq, q), *tabs, scale, meta.N, meta.NT, H, K, V,
+        yq.shape[1] if adj else 0, C=meta.C, BK=BKi, BV=BV, GK=GK, USE_U=u is not None, ADJ=adj, LOWP=lowp, **cm,
+        **_launch_opts(K, 'inter'))
     return dq, dk, dv, dbk, dbq

@@ -8,15 +8,17 @@ import triton.language as tl
 from ..common.jit import chunk_info, load_row, load_tile, phys_row, store_tile
 from ..common.options import alloc
 from .blocks import (NEG_INF, _diag_block_scores, _diag_decay, _diag_gmm, _diag_gmmT, _diag_scores,
-                     _diag_self_term, _grow, _gtile, _gvec, _lpre, _lsuf, _mm, _state_tile, _to_ref)
+                     _diag_self_term, _grow, _gtile, _gvec, _lpre, _lsuf, _mm, _state_tile, _to_ref, _vblock_sum)
 from .launch import SUB, _launch_opts, _lowp, _or, _pow2, _prec
 
 
 @triton.jit
-def _fwd_o_kernel(q, k, v, gkb, gkr, gvb, gvr, u, h, o, cu, chunk_seq, chunk_idx, scale, N, NT, H, K, V,
+def _fwd_o_kernel(q, k, v, gkb, gkr, gvb, gvr, u, h, o, oex, cu, chunk_seq, chunk_idx, scale, N, NT, H, K, V,
                   C: tl.constexpr, BS: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
                   GK: tl.constexpr, GV: tl.constexpr, USE_U: tl.constexpr, REVERSE: tl.constexpr,
                   VARLEN: tl.constexpr, IEEE: tl.constexpr, LOWP: tl.constexpr):
+    """o, and with value gates also oex (fp32): o without its t == s terms, whose value-gate factor is exp(0):
+    dL/dgv = o * do - v * dv would cancel them exactly; the backward reads oex (see _bwd_dv_kernel)."""
     i_v, i_c, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     i_n, i_h, i_t, bos, eos, hc = chunk_info(i_c, i_bh, cu, chunk_seq, chunk_idx, N, NT, H, VARLEN)
     DT = q.dtype.element_ty if LOWP else tl.float32
@@ -81,7 +83,10 @@ def _fwd_o_kernel(q, k, v, gkb, gkr, gvb, gvr, u, h, o, cu, chunk_seq, chunk_idx
                                    BS, GK, USE_U, REVERSE, DT, IEEE)
             if GV:
                 o_i += _diag_gmm(A, tl.zeros([BS, BV], dtype=tl.float32), v, gvr, base, t_i, m_i, L, bos, eos, cv,
-                                 V, H, i_h, BS, BV, False, REVERSE)
+                                 V, H, i_h, BS, BV, True, REVERSE)
+                store_tile(oex, o_i, r_i, m_i, cv, V, H * V, i_h * V)
+                a_tt = tl.sum(tl.where(ar[:, None] == ar[None, :], A, 0.), axis=1)
+                o_i += a_tt[:, None] * load_tile(v, r_i, m_i, cv, V, H * V, i_h * V)
             else:
                 v_i = load_tile(v, r_i, m_i, cv, V, H * V, i_h * V)
                 o_i += _mm(A.to(DT), v_i.to(DT), IEEE)
@@ -89,7 +94,7 @@ def _fwd_o_kernel(q, k, v, gkb, gkr, gvb, gvr, u, h, o, cu, chunk_seq, chunk_idx
 
 
 @triton.jit
-def _bwd_dv_kernel(q, k, v, gkb, gkr, gks, gvb, gvr, gvs, u, o, do, dh, dv, dbv, cu, chunk_seq, chunk_idx, scale,
+def _bwd_dv_kernel(q, k, v, gkb, gkr, gks, gvb, gvr, gvs, u, oex, do, dh, dv, dbv, cu, chunk_seq, chunk_idx, scale,
                    N, NT, H, K, V,
                    C: tl.constexpr, BS: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
                    GK: tl.constexpr, GV: tl.constexpr, USE_U: tl.constexpr, REVERSE: tl.constexpr,
@@ -163,14 +168,17 @@ def _bwd_dv_kernel(q, k, v, gkb, gkr, gks, gvb, gvr, gvs, u, o, do, dh, dv, dbv,
                                    BS, GK, USE_U, REVERSE, DT, IEEE)
             do_j = load_tile(do, r_j, m_j, cv, V, H * V, i_h * V)
             if GV:
-                dv_j += _diag_gmmT(A, do, 1.0, gvr, base_j, L, bos, eos, cv, V, H, i_h, BS, BV, False, False, REVERSE)
+                # value-gate gradient o * do - v * dv without the t == s terms (they cancel exactly: oex from the
+                # forward, strict pairs here), and without the last token's final-state path
+                dv_j += _diag_gmmT(A, do, 1.0, gvr, base_j, L, bos, eos, cv, V, H, i_h, BS, BV, True, False, REVERSE)
+                oex_j = load_tile(oex, r_j, m_j, cv, V, H * V, i_h * V)
+                v_j = load_tile(v, r_j, m_j, cv, V, H * V, i_h * V)
+                store_tile(dbv, oex_j * do_j - v_j * (dv_j - dv_last), r_j, m_j, cv, V, H * V, i_h * V)
+                a_tt = tl.sum(tl.where(ar[:, None] == ar[None, :], A, 0.), axis=1)
+                dv_j += a_tt[:, None] * do_j
             else:
                 dv_j += _mm(tl.trans(A.to(DT)), do_j.to(DT), IEEE)
             store_tile(dv, dv_j, r_j, m_j, cv, V, H * V, i_h * V)
-            if GV:
-                o_j = load_tile(o, r_j, m_j, cv, V, H * V, i_h * V)
-                v_j = load_tile(v, r_j, m_j, cv, V, H * V, i_h * V)
-                store_tile(dbv, o_j * do_j - v_j * (dv_j - dv_last), r_j, m_j, cv, V, H * V, i_h * V)
 
 
 @triton.jit
@@ -199,19 +207,23 @@ def _bwd_diag_dA(do_m, v_m, v, gvr, base_m, t_m, m_m, L, bos, eos, cv, V, H, i_h
 # computes the whole product and holds the whole fp32 state tile (128 registers per thread; see
 # docs/benchmarks/recurrent_gla.md for the spills a single dq/dk kernel had).
 @triton.jit
-def _bwd_dq_kernel(q, k, v, gkb, gkr, gvb, gvr, u, h, do, dq, dbk, dbq, cu, chunk_seq, chunk_idx,
-                   scale, N, NT, H, K, V,
+def _bwd_dq_kernel(q, k, v, gkb, gkr, gvb, gvr, u, h, do, dq, dbk, dbq, yq, cu, chunk_seq, chunk_idx,
+                   scale, N, NT, H, K, V, NV,
                    C: tl.constexpr, BS: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-                   GK: tl.constexpr, GV: tl.constexpr, USE_U: tl.constexpr, REVERSE: tl.constexpr,
-                   VARLEN: tl.constexpr, IEEE: tl.constexpr, LOWP: tl.constexpr):
+                   GK: tl.constexpr, GV: tl.constexpr, USE_U: tl.constexpr, ADJ: tl.constexpr,
+                   REVERSE: tl.constexpr, VARLEN: tl.constexpr, IEEE: tl.constexpr, LOWP: tl.constexpr):
     """dq, and the query half of the key-gate gradient, q * dq (fp32), into dbk (and dbq with the bonus):
-    inter-chunk term from h, earlier sub-blocks j < mb, diagonal sub-block."""
+    inter-chunk term from h, earlier sub-blocks j < mb, diagonal sub-block. The gate half leaves out the pairs
+    whose gate factor is exp(0) (they cancel exactly in q * dq - k * dk): t == s, and with the bonus (ADJ)
+    (t, t - 1), the chunk's first row taking its inter term without the previous token from yq (_fwd_h)."""
     i_c, i_bh = tl.program_id(0), tl.program_id(1)
     i_n, i_h, i_t, bos, eos, hc = chunk_info(i_c, i_bh, cu, chunk_seq, chunk_idx, N, NT, H, VARLEN)
     DT = q.dtype.element_ty if LOWP else tl.float32
     L = eos - bos
     ck = tl.arange(0, BK)
     ar = tl.arange(0, BS)
+    if ADJ:
+        yv = _vblock_sum(yq, hc, NV, H, i_h, ck, K)
     for mb in range(C // BS):
         base_m = i_t * C + mb * BS
         if base_m < L:
@@ -235,6 +247,13 @@ def _bwd_dq_kernel(q, k, v, gkb, gkr, gvb, gvr, u, h, do, dq, dbk, dbq, cu, chun
                 if USE_U:
                     bq_m = bq_m - _gtile(gkr, r_m, m_m, ck, K, H, i_h, GK)
                 dq_t = dq_t * tl.exp(bq_m)
+            if ADJ:
+                first = (t_m == i_t * C)[:, None]
+                dq_x = tl.where(first, dq_t, 0.)
+                dq_t = tl.where(first, yv[None, :], dq_t)
+                m_p = m_m & (t_m > i_t * C)
+                r_p = phys_row(t_m - 1, bos, eos, REVERSE)
+                a_p = tl.zeros([BS], dtype=tl.float32)
             # earlier sub-blocks j < mb (reference row: last row of sub-block mb-1)
             if mb > 0:
                 for iv in range(tl.cdiv(V, BV)):
@@ -260,6 +279,8 @@ def _bwd_dq_kernel(q, k, v, gkb, gkr, gvb, gvr, u, h, do, dq, dbk, dbq, cu, chun
                         if GV:
                             v_j = _to_ref(v_j, gvr, gvb, bv_rm, r_j, m_j, j == mb - 1, cv, V, H, i_h, 2, BS)
                         dA = _mm(ddr.to(DT), tl.trans(v_j.to(DT)), IEEE)
+                        if ADJ:
+                            dA = tl.where((ar[:, None] == 0) & (ar[None, :] == BS - 1) & (j == mb - 1), 0., dA)
                         k_j = _to_ref(load_tile(k, r_j, m_j, ck, K, H * K, i_h * K), gkr, gkb, bk_rm, r_j, m_j,
                                       j == mb - 1, ck, K, H, i_h, GK, BS)
                         dq_off += _mm(dA.to(DT), k_j.to(DT), IEEE)
@@ -281,6 +302,10 @@ def _bwd_dq_kernel(q, k, v, gkb, gkr, gvb, gvr, u, h, do, dq, dbk, dbq, cu, chun
                     # the t == s terms (gate factor exp(0)) cancel exactly in q*dq - k*dk: added after the gate
                     # gradient is taken (here and in _bwd_dk_kernel)
                     dA_tt += tl.sum(tl.where(ar[:, None] == ar[None, :], dA, 0.), axis=1)
+                if ADJ:
+                    # the pairs (t, t - 1), likewise (bonus form)
+                    dA = tl.where(ar[None, :] == ar[:, None] - 1, 0., dA)
+                    a_p += tl.sum(do_m * load_tile(v, r_p, m_p, cv, V, H * V, i_h * V), axis=1)
                 if GK == 2:
                     if USE_U:
                         gT = _gtile(gkr, r_m, m_m, ck, K, H, i_h, GK)
@@ -305,24 +330,34 @@ def _bwd_dq_kernel(q, k, v, gkb, gkr, gvb, gvr, u, h, do, dq, dbk, dbq, cu, chun
                     tl.store(dbk + r_m.to(tl.int64) * H + i_h, tl.sum(dbq_t, axis=1), mask=m_m)
                     if USE_U:
                         tl.store(dbq + r_m.to(tl.int64) * H + i_h, tl.sum(dbq_t, axis=1), mask=m_m)
+            if ADJ:
+                # the chunk's first row has no intra-chunk term: its dq is the full inter term
+                dq_t = tl.where(first, dq_x, dq_t) + a_p[:, None] * load_tile(k, r_p, m_p, ck, K, H * K, i_h * K)
             dq_t += _diag_self_term(dov, dA_tt, load_tile(k, r_m, m_m, ck, K, H * K, i_h * K), u, i_h, ck, K, USE_U)
             store_tile(dq, dq_t * scale, r_m, m_m, ck, K, H * K, i_h * K)
 
 
 @triton.jit
-def _bwd_dk_kernel(q, k, v, gkb, gkr, gks, gvb, gvr, gvs, u, do, dh, dk, dbk, cu, chunk_seq, chunk_idx,
-                   scale, N, NT, H, K, V,
+def _bwd_dk_kernel(q, k, v, gkb, gkr, gks, gvb, gvr, gvs, u, do, dh, dk, dbk, zk, cu, chunk_seq, chunk_idx,
+                   scale, N, NT, H, K, V, NV,
                    C: tl.constexpr, BS: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-                   GK: tl.constexpr, GV: tl.constexpr, USE_U: tl.constexpr, REVERSE: tl.constexpr,
-                   VARLEN: tl.constexpr, IEEE: tl.constexpr, LOWP: tl.constexpr):
+                   GK: tl.constexpr, GV: tl.constexpr, USE_U: tl.constexpr, ADJ: tl.constexpr,
+                   REVERSE: tl.constexpr, VARLEN: tl.constexpr, IEEE: tl.constexpr, LOWP: tl.constexpr):
     """dk: inter-chunk term from dh, later sub-blocks i > mb, diagonal sub-block; and the key-gate gradient
-    db = q * dq - k * dk, completing dbk, which holds q * dq from _bwd_dq_kernel (launched before)."""
+    db = q * dq - k * dk, completing dbk, which holds q * dq from _bwd_dq_kernel (launched before), without the
+    pairs _bwd_dq_kernel leaves out; the last token's final-state path (and with the bonus, ADJ, the chunk's last
+    row's pair with the next chunk, that row taking its inter term from zk (_bwd_dh)) likewise."""
     i_c, i_bh = tl.program_id(0), tl.program_id(1)
     i_n, i_h, i_t, bos, eos, hc = chunk_info(i_c, i_bh, cu, chunk_seq, chunk_idx, N, NT, H, VARLEN)
     DT = q.dtype.element_ty if LOWP else tl.float32
     L = eos - bos
     ck = tl.arange(0, BK)
     ar = tl.arange(0, BS)
+    if ADJ:
+        t_x = tl.minimum(i_t * C + C, L) - 1
+        zv = _vblock_sum(zk, hc, NV, H, i_h, ck, K)
+    else:
+        t_x = L - 1
     for mb in range(C // BS):
         base_m = i_t * C + mb * BS
         if base_m < L:
@@ -341,10 +376,16 @@ def _bwd_dk_kernel(q, k, v, gkb, gkr, gks, gvb, gvr, gvs, u, do, dh, dk, dbk, cu
                     vv = vv * tl.exp(tl.where(m_m[:, None], load_tile(gvs, r_m, m_m, cv, V, H * V, i_h * V), NEG_INF))
                 dk_t += _mm(vv.to(DT), tl.trans(dhs.to(DT)), IEEE)
             if GK > 0:
-                # the last token's final-state path, kept out of the gate gradient (added to dk at the end)
-                dk_last = tl.where((t_m == L - 1)[:, None], dk_t, 0.)
-                dk_t = dk_t * tl.exp(tl.where(m_m[:, None] & (t_m != L - 1)[:, None],
+                # the last token's final-state path (with the bonus: the chunk's last row's inter term), kept out
+                # of the gate gradient (added to dk at the end)
+                dk_last = tl.where((t_m == t_x)[:, None], dk_t, 0.)
+                dk_t = dk_t * tl.exp(tl.where(m_m[:, None] & (t_m != t_x)[:, None],
                                               _gtile(gks, r_m, m_m, ck, K, H, i_h, GK), NEG_INF))
+                if ADJ:
+                    dk_t += tl.where((t_m == t_x)[:, None], zv[None, :], 0.)
+                    m_n = (t_m + 1 < L) & (t_m < i_t * C + C - 1)
+                    r_n = phys_row(t_m + 1, bos, eos, REVERSE)
+                    a_n = tl.zeros([BS], dtype=tl.float32)
             # later sub-blocks i > mb (reference row: last row of sub-block i-1)
             for iv in range(tl.cdiv(V, BV)):
                 cv = iv * BV + tl.arange(0, BV)
@@ -369,6 +410,8 @@ def _bwd_dk_kernel(q, k, v, gkb, gkr, gks, gvb, gvr, gvs, u, do, dh, dk, dbk, cu
                         else:
                             vr = v_m
                         dA = _mm(do_i.to(DT), tl.trans(vr.to(DT)), IEEE)
+                        if ADJ:
+                            dA = tl.where((ar[:, None] == 0) & (ar[None, :] == BS - 1) & (i == mb + 1), 0., dA)
                         q_i = load_tile(q, r_i, m_i, ck, K, H * K, i_h * K) * scale
                         if GK > 0:
                             q_i = q_i * tl.exp(tl.where(m_i[:, None],
@@ -393,6 +436,9 @@ def _bwd_dk_kernel(q, k, v, gkb, gkr, gks, gvb, gvr, gvs, u, do, dh, dk, dbk, cu
                     dov += tl.sum(do_m * v_m, axis=1)
                 else:
                     dA_tt += tl.sum(tl.where(ar[:, None] == ar[None, :], dA, 0.), axis=1)
+                if ADJ:
+                    dA = tl.where(ar[None, :] == ar[:, None] - 1, 0., dA)
+                    a_n += tl.sum(load_tile(do, r_n, m_n, cv, V, H * V, i_h * V) * v_m, axis=1)
                 if GK == 2:
                     dk_t += _diag_gmmT(dA, q, scale, gkr, base_m, L, bos, eos, ck, K, H, i_h, BS, BK, True, USE_U,
                                        REVERSE)
@@ -411,7 +457,12 @@ def _bwd_dk_kernel(q, k, v, gkb, gkr, gks, gvb, gvr, gvs, u, do, dh, dk, dbk, cu
                 else:
                     db_t = _gvec(dbk, r_m, m_m, H, i_h) - tl.sum(kdk, axis=1)
                     tl.store(dbk + r_m.to(tl.int64) * H + i_h, db_t, mask=m_m)
-                dk_t += dk_last
+                if ADJ:
+                    # the chunk's last row has no intra-chunk term: its dk is the full inter term
+                    dk_t = tl.where((t_m == t_x)[:, None], dk_last, dk_t) \
+                        + a_n[:, None] * load_tile(q, r_n, m_n, ck, K, H * K, i_h * K) * scale
+                else:
+                    dk_t += dk_last
             q_m = load_tile(q, r_m, m_m, ck, K, H * K, i_h * K) * scale
             dk_t += _diag_self_term(dov, dA_tt, q_m, u, i_h, ck, K, USE_U)
             store_tile(dk, dk_t, r_m, m_m, ck, K, H * K, i_h * K)
@@ -421,21 +472,23 @@ def _bwd_dk_kernel(q, k, v, gkb, gkr, gks, gvb, gvr, gvs, u, do, dh, dk, dbk, cu
 # host side
 # ----------------------------------------------------------------------------------------------------------
 def _fwd_sub(q, k, v, gkb, gk, gvb, gv, u, h, scale, meta, GK, reverse, ieee, lowp):
-    """Forward chunk kernel of the sub-block path: o (fp32 with value gates, for dL/dgv)."""
+    """Forward chunk kernel of the sub-block path: (o, oex), oex (fp32, value gates only, else None): o without
+    its t == s terms, what the backward's dL/dgv reads."""
     K, V = q.shape[-1], v.shape[-1]
-    # with value gates the backward reads o (dL/dgv = o * do - v * dv): keep it in fp32 for that
-    o = alloc(v.shape, torch.float32 if gv is not None else v.dtype, v.device)
+    o = alloc(v.shape, v.dtype, v.device)
+    oex = alloc(v.shape, torch.float32, v.device) if gv is not None else None
     BK, BV = _pow2(K), min(64, _pow2(V))
     grid = (triton.cdiv(V, BV), meta.nchunks, meta.nbh)
-    _fwd_o_kernel[grid](q, k, v, _or(gkb, q), _or(gk, q), _or(gvb, v), _or(gv, v), _or(u, q), h, o,
+    _fwd_o_kernel[grid](q, k, v, _or(gkb, q), _or(gk, q), _or(gvb, v), _or(gv, v), _or(u, q), h, o, _or(oex, o),
                         meta.cu, meta.chunk_seq, meta.chunk_idx, scale, meta.N, meta.NT, meta.H, K, V,
                         C=meta.C, BS=SUB, BK=BK, BV=BV, GK=GK, GV=gv is not None, USE_U=u is not None,
                         REVERSE=reverse, VARLEN=meta.varlen, IEEE=_prec(ieee), LOWP=lowp,
                         **_launch_opts(K, 'fwd_o'))
-    return o
+    return o, oex
 
 
-def _bwd_sub(q, k, v, gkb, gk, gks, gv, gvb, gvs, u, scale, h, dh, o, do, meta, GK, reverse, ieee, lowp):
+def _bwd_sub(q, k, v, gkb, gk, gks, gv, gvb, gvs, u, scale, h, dh, oex, do, meta, GK, reverse, ieee, lowp, yq=None,
+             zk=None):
     """Backward chunk kernels that walk sub-blocks (the value-gate path): dv, dq, dk and the gate-gradient
     buffers (dbk, dbv, dbq)."""
     K, V = q.shape[-1], v.shape[-1]
@@ -445,7 +498,7 @@ def _bwd_sub(q, k, v, gkb, gk, gks, gv, gvb, gvs, u, scale, h, dh, o, do, meta, 
     dbv = alloc(v.shape, torch.float32, v.device) if gv is not None else None
     gates = (_or(gkb, q), _or(gk, q), _or(gks, q), _or(gvb, v), _or(gv, v), _or(gvs, v), _or(u, q))
     _bwd_dv_kernel[(triton.cdiv(V, BV), meta.nchunks, meta.nbh)](
-        q, k, v, *gates, _or(o, v), do, dh, dv, _or(dbv, v), meta.cu, meta.chunk_seq, meta.chunk_idx, scale,
+        q, k, v, *gates, _or(oex, v), do, dh, dv, _or(dbv, v), meta.cu, meta.chunk_seq, meta.chunk_idx, scale,
         meta.N, meta.NT, H, K, V, C=meta.C, BS=SUB, BK=BK, BV=BV, GK=GK, GV=gv is not None,
         USE_U=u is not None, REVERSE=reverse, VARLEN=meta.varlen, IEEE=_prec(ieee),
         LOWP=_lowp(ieee) and gv is None, **_launch_opts(K, 'dv'))
@@ -454,14 +507,16 @@ def _bwd_sub(q, k, v, gkb, gk, gks, gv, gvb, gvs, u, scale, h, dh, o, do, meta, 
     dbk = alloc(gk.shape, torch.float32, q.device) if gk is not None else None
     dbq = alloc(gk.shape, torch.float32, q.device) if (gk is not None and u is not None) else None
     # dq first: it writes q * dq into dbk, which the dk kernel completes to q * dq - k * dk
-    common = dict(C=meta.C, BS=SUB, BK=BK, BV=BV, GK=GK, GV=gv is not None, USE_U=u is not None, REVERSE=reverse,
-                  VARLEN=meta.varlen, IEEE=_prec(ieee), LOWP=lowp)
+    adj = yq is not None
+    NV = yq.shape[1] if adj else 0
+    common = dict(C=meta.C, BS=SUB, BK=BK, BV=BV, GK=GK, GV=gv is not None, USE_U=u is not None, ADJ=adj,
+                  REVERSE=reverse, VARLEN=meta.varlen, IEEE=_prec(ieee), LOWP=lowp)
     _bwd_dq_kernel[(meta.nchunks, meta.nbh)](
         q, k, v, _or(gkb, q), _or(gk, q), _or(gvb, v), _or(gv, v), _or(u, q), h, do, dq, _or(dbk, q), _or(dbq, q),
-        meta.cu, meta.chunk_seq, meta.chunk_idx, scale, meta.N, meta.NT, H, K, V, **common,
+        _or(yq, h), meta.cu, meta.chunk_seq, meta.chunk_idx, scale, meta.N, meta.NT, H, K, V, NV, **common,
         **_launch_opts(K, 'dqk', 'dq'))
     _bwd_dk_kernel[(meta.nchunks, meta.nbh)](
-        q, k, v, *gates, do, dh, dk, _or(dbk, q),
-        meta.cu, meta.chunk_seq, meta.chunk_idx, scale, meta.N, meta.NT, H, K, V, **common,
+        q, k, v, *gates, do, dh, dk, _or(dbk, q), _or(zk, dh),
+        meta.cu, meta.chunk_seq, meta.chunk_idx, scale, meta.N, meta.NT, H, K, V, NV, **common,
         **_launch_opts(K, 'dqk', 'dk'))
     return dq, dk, dv, dbk, dbv, dbq

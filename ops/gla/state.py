@@ -72,11 +72,13 @@ def _revcumsum_kernel(x, out, cu, chunk_off, N, NT, H, D,
 
 
 @triton.jit
-def _fwd_h_kernel(k, v, gkb, gks, gvb, gvs, h, h0, ht, ht_ex, cu, chunk_off, N, NT, H, K, V,
+def _fwd_h_kernel(k, v, gkb, gks, gvb, gvs, h, h0, ht, ht_ex, do, yq, cu, chunk_off, N, NT, H, K, V,
                   C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, GK: tl.constexpr, GV: tl.constexpr,
-                  USE_H0: tl.constexpr, STORE_HT: tl.constexpr, REVERSE: tl.constexpr, VARLEN: tl.constexpr,
-                  IEEE: tl.constexpr, LOWP: tl.constexpr):
-    """Sequential over chunks: h[c] = state before chunk c; ht = final state."""
+                  USE_H0: tl.constexpr, STORE_HT: tl.constexpr, ADJ: tl.constexpr, REVERSE: tl.constexpr,
+                  VARLEN: tl.constexpr, IEEE: tl.constexpr, LOWP: tl.constexpr):
+    """Sequential over chunks: h[c] = state before chunk c; ht = final state. ADJ (bonus form, backward): also
+    yq[c, i_v] = this V block's part of h_ex[c] @ do_first, h_ex[c] being h[c] without the newest token's
+    k v^T (without h0 for the first chunk): the gate-gradient part of the chunk's first row (see _bwd_A)."""
     i_k, i_v, i_nh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     i_n, i_h, bos, eos, c0 = seq_info(i_nh, cu, chunk_off, N, NT, H, VARLEN)
     DT = k.dtype.element_ty if LOWP else tl.float32
@@ -93,12 +95,17 @@ def _fwd_h_kernel(k, v, gkb, gks, gvb, gvs, h, h0, ht, ht_ex, cu, chunk_off, N, 
     S_ex = tl.zeros([BK, BV], dtype=tl.float32)
     for it in range(nt):
         tl.store(h + ((c0 + it) * H + i_h).to(tl.int64) * K * V + okv, S, mask=mkv)
+        if ADJ:
+            do_f = load_row(do, phys_row(it * C, bos, eos, REVERSE), cv, V, H * V, i_h * V)
+            tl.store(yq + (((c0 + it) * tl.num_programs(1) + i_v) * H + i_h).to(tl.int64) * K + ck,
+                     tl.sum(S_ex * do_f[None, :], axis=1), mask=ck < K)
         t = it * C + ar
         m = t < L
         r = phys_row(t, bos, eos, REVERSE)
         k_c = load_tile(k, r, m, ck, K, H * K, i_h * K)
         v_c = load_tile(v, r, m, cv, V, H * V, i_h * V)
-        r_last = phys_row(tl.minimum(it * C + C, L) - 1, bos, eos, REVERSE)
+        t_last = tl.minimum(it * C + C, L) - 1
+        r_last = phys_row(t_last, bos, eos, REVERSE)
         if GK > 0:
             bl = _grow(gkb, r_last, ck, K, H, i_h, GK)
             if GK == 2:
@@ -110,24 +117,32 @@ def _fwd_h_kernel(k, v, gkb, gks, gvb, gvs, h, h0, ht, ht_ex, cu, chunk_off, N, 
             blv = load_row(gvb, r_last, cv, V, H * V, i_h * V)
             S = S * tl.exp(blv)[None, :]
             v_c = v_c * tl.exp(tl.where(m[:, None], load_tile(gvs, r, m, cv, V, H * V, i_h * V), NEG_INF))
-        if STORE_HT:
-            if it == nt - 1:
-                # final state without the last token's own k v^T: the gate-gradient term of the final state
-                # is taken from it, so that O(1) parts cancelling exactly are never formed (strong decay)
-                k_ex = tl.where((t != L - 1)[:, None], k_c, 0.)
-                S_ex = S + _mm(tl.trans(k_ex.to(DT)), v_c.to(DT), IEEE)
-        S += _mm(tl.trans(k_c.to(DT)), v_c.to(DT), IEEE)
+        if ADJ:
+            # the state without the chunk's last token, then that token's k v^T (gate factor exp(0)) exactly
+            S_ex = S + _mm(tl.trans(tl.where((t != t_last)[:, None], k_c, 0.).to(DT)), v_c.to(DT), IEEE)
+            S = S_ex + load_row(k, r_last, ck, K, H * K, i_h * K)[:, None] * load_row(v, r_last, cv, V, H * V,
+                                                                                      i_h * V)[None, :]
+        else:
+            if STORE_HT:
+                if it == nt - 1:
+                    # final state without the last token's own k v^T: the gate-gradient term of the final state
+                    # is taken from it, so that O(1) parts cancelling exactly are never formed (strong decay)
+                    k_ex = tl.where((t != L - 1)[:, None], k_c, 0.)
+                    S_ex = S + _mm(tl.trans(k_ex.to(DT)), v_c.to(DT), IEEE)
+            S += _mm(tl.trans(k_c.to(DT)), v_c.to(DT), IEEE)
     if STORE_HT:
         tl.store(ht + i_nh.to(tl.int64) * K * V + okv, S, mask=mkv)
         tl.store(ht_ex + i_nh.to(tl.int64) * K * V + okv, S_ex, mask=mkv)
 
 
 @triton.jit
-def _bwd_dh_kernel(q, do, gkb, gkr, gvb, dh, dht, dh0, cu, chunk_off, scale, N, NT, H, K, V,
+def _bwd_dh_kernel(q, do, gkb, gkr, gvb, dh, dht, dh0, v, zk, cu, chunk_off, scale, N, NT, H, K, V,
                    C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, GK: tl.constexpr, GV: tl.constexpr,
-                   USE_U: tl.constexpr, USE_DHT: tl.constexpr, STORE_DH0: tl.constexpr, REVERSE: tl.constexpr,
-                   VARLEN: tl.constexpr, IEEE: tl.constexpr, LOWP: tl.constexpr):
-    """Right to left over chunks: dh[c] = gradient of the state after chunk c; dh0 = gradient of h0."""
+                   USE_U: tl.constexpr, USE_DHT: tl.constexpr, STORE_DH0: tl.constexpr, ADJ: tl.constexpr,
+                   REVERSE: tl.constexpr, VARLEN: tl.constexpr, IEEE: tl.constexpr, LOWP: tl.constexpr):
+    """Right to left over chunks: dh[c] = gradient of the state after chunk c; dh0 = gradient of h0. ADJ (bonus
+    form): also zk[c, i_v] = this V block's part of dh_ex[c] @ v_last, dh_ex[c] being dh[c] without the next
+    chunk's first token (zero for the last chunk: dht): the gate-gradient part of the chunk's last row."""
     i_k, i_v, i_nh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     i_n, i_h, bos, eos, c0 = seq_info(i_nh, cu, chunk_off, N, NT, H, VARLEN)
     DT = q.dtype.element_ty if LOWP else tl.float32
@@ -141,9 +156,14 @@ def _bwd_dh_kernel(q, do, gkb, gkr, gvb, dh, dht, dh0, cu, chunk_off, scale, N, 
     if USE_DHT:
         dS += tl.load(dht + i_nh.to(tl.int64) * K * V + okv, mask=mkv, other=0.).to(tl.float32)
     ar = tl.arange(0, C)
+    dS_ex = tl.zeros([BK, BV], dtype=tl.float32)
     for j in range(nt):
         it = nt - 1 - j
         tl.store(dh + ((c0 + it) * H + i_h).to(tl.int64) * K * V + okv, dS, mask=mkv)
+        if ADJ:
+            v_l = load_row(v, phys_row(tl.minimum(it * C + C, L) - 1, bos, eos, REVERSE), cv, V, H * V, i_h * V)
+            tl.store(zk + (((c0 + it) * tl.num_programs(1) + i_v) * H + i_h).to(tl.int64) * K + ck,
+                     tl.sum(dS_ex * v_l[None, :], axis=1), mask=ck < K)
         t = it * C + ar
         m = t < L
         r = phys_row(t, bos, eos, REVERSE)
@@ -165,7 +185,14 @@ def _bwd_dh_kernel(q, do, gkb, gkr, gvb, dh, dht, dh0, cu, chunk_off, scale, N, 
             blv = load_row(gvb, r_last, cv, V, H * V, i_h * V)
             dS = dS * tl.exp(blv)[None, :]
             do_c = do_c * tl.exp(bv)
-        dS += _mm(tl.trans(q_c.to(DT)), do_c.to(DT), IEEE)
+        if ADJ:
+            # without the chunk's first token, then that token's q do^T (gate factor exp(0)) exactly
+            r_f = phys_row(it * C, bos, eos, REVERSE)
+            dS_ex = dS + _mm(tl.trans(tl.where((t != it * C)[:, None], q_c, 0.).to(DT)), do_c.to(DT), IEEE)
+            dS = dS_ex + (load_row(q, r_f, ck, K, H * K, i_h * K) * scale)[:, None] * load_row(do, r_f, cv, V, H * V,
+                                                                                             i_h * V)[None, :]
+        else:
+            dS += _mm(tl.trans(q_c.to(DT)), do_c.to(DT), IEEE)
     if STORE_DH0:
         tl.store(dh0 + i_nh.to(tl.int64) * K * V + okv, dS, mask=mkv)
 
@@ -210,32 +237,40 @@ def _revcumsum(x, meta, reverse):
     return out
 
 
-def _fwd_h(k, v, gkb, gks, gvb, gvs, h0, store_ht, meta, GK, reverse, ieee, lowp=None):
+def _fwd_h(k, v, gkb, gks, gvb, gvs, h0, store_ht, meta, GK, reverse, ieee, lowp=None, do=None):
+    """States before every chunk h, final state ht and ht_ex (ht without the last token's k v^T; None without
+    ``store_ht``), and with ``do`` (the bonus form's backward) yq ``[chunks, NV, H, K]``: partial sums over the
+    NV value blocks of h_ex @ do_first (see _fwd_h_kernel), else None."""
     K, V = k.shape[-1], v.shape[-1]
     H = meta.H
     BKh, BVh = _state_blocks(K, V, meta.nseq * H)
+    NV = triton.cdiv(V, BVh)
     h = alloc((meta.total_chunks, H, K, V), torch.float32, k.device)
     ht = alloc((meta.nseq, H, K, V), torch.float32, k.device) if store_ht else h
     ht_ex = alloc((meta.nseq, H, K, V), torch.float32, k.device) if store_ht else h
-    grid = (triton.cdiv(K, BKh), triton.cdiv(V, BVh), meta.nseq * H)
+    yq = alloc((meta.total_chunks, NV, H, K), torch.float32, k.device) if do is not None else None
+    grid = (triton.cdiv(K, BKh), NV, meta.nseq * H)
     _fwd_h_kernel[grid](k, v, _or(gkb, k), _or(gks, k), _or(gvb, v), _or(gvs, v), h,
-                        h0 if h0 is not None else h, ht, ht_ex, meta.cu, meta.chunk_off, meta.N, meta.NT, H, K, V,
-                        C=meta.C, BK=BKh, BV=BVh, GK=GK, GV=gvb is not None, USE_H0=h0 is not None,
-                        STORE_HT=store_ht, REVERSE=reverse, VARLEN=meta.varlen, IEEE=_prec(ieee),
-                        LOWP=_lowp(ieee) if lowp is None else lowp)
-    return h, (ht if store_ht else None), (ht_ex if store_ht else None)
+                        h0 if h0 is not None else h, ht, ht_ex, _or(do, v), _or(yq, h), meta.cu, meta.chunk_off,
+                        meta.N, meta.NT, H, K, V, C=meta.C, BK=BKh, BV=BVh, GK=GK, GV=gvb is not None,
+                        USE_H0=h0 is not None, STORE_HT=store_ht, ADJ=do is not None, REVERSE=reverse,
+                        VARLEN=meta.varlen, IEEE=_prec(ieee), LOWP=_lowp(ieee) if lowp is None else lowp)
+    return h, (ht if store_ht else None), (ht_ex if store_ht else None), yq
 
 
-def _bwd_dh(q, do, gkb, gk, gvb, gv, u, dht, h0, scale, meta, GK, reverse, ieee, lowp):
-    """State gradients right to left: dh (after every chunk) and dh0 (None without h0)."""
+def _bwd_dh(q, do, gkb, gk, gvb, gv, u, dht, h0, scale, meta, GK, reverse, ieee, lowp, v=None):
+    """State gradients right to left: dh (after every chunk), dh0 (None without h0), and with ``v`` (the bonus
+    form) zk ``[chunks, NV, H, K]``: partial sums of dh_ex @ v_last (see _bwd_dh_kernel), else None."""
     K, V = q.shape[-1], do.shape[-1]
     H = meta.H
     BKh, BVh = _state_blocks(K, V, meta.nseq * H)
+    NV = triton.cdiv(V, BVh)
     dh = alloc((meta.total_chunks, H, K, V), torch.float32, q.device)
     dh0 = alloc((meta.nseq, H, K, V), torch.float32, q.device) if h0 is not None else None
-    _bwd_dh_kernel[(triton.cdiv(K, BKh), triton.cdiv(V, BVh), meta.nseq * H)](
-        q, do, _or(gkb, q), _or(gk, q), _or(gvb, q), dh, _or(dht, dh), _or(dh0, dh),
+    zk = alloc((meta.total_chunks, NV, H, K), torch.float32, q.device) if v is not None else None
+    _bwd_dh_kernel[(triton.cdiv(K, BKh), NV, meta.nseq * H)](
+        q, do, _or(gkb, q), _or(gk, q), _or(gvb, q), dh, _or(dht, dh), _or(dh0, dh), _or(v, do), _or(zk, dh),
         meta.cu, meta.chunk_off, scale, meta.N, meta.NT, H, K, V, C=meta.C, BK=BKh, BV=BVh, GK=GK,
         GV=gv is not None, USE_U=u is not None, USE_DHT=dht is not None, STORE_DH0=h0 is not None,
-        REVERSE=reverse, VARLEN=meta.varlen, IEEE=_prec(ieee), LOWP=lowp)
-    return dh, dh0
+        ADJ=v is not None, REVERSE=reverse, VARLEN=meta.varlen, IEEE=_prec(ieee), LOWP=lowp)
+    return dh, dh0, zk

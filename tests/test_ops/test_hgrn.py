@@ -68,6 +68,26 @@ def test_hgrn_strong_weak_decay(strength):
     _check(1, 50, 16, h0=True, reverse=strength < -1, strength=strength)
 
 
+def test_hgrn_16bit_strong_gates():
+    # log gates of -20: dL/dg = exp(g) (h_{t-1} - x_t) dh_t is ~1e-8, under half of fp16's smallest subnormal
+    # (6e-8): in fp16 (g's dtype, so the gradient's) it is 0, and the kernel returns what the float64 gradient
+    # rounds to (relative error 1.0 against the unrounded reference: fp16's range, not the kernel); bf16 holds it
+    torch.manual_seed(0)
+    for dtype in (torch.float16, torch.bfloat16):
+        x = torch.randn(1, 40, 16).to(dtype).requires_grad_(True)
+        g = torch.full((1, 40, 16), -20.).to(dtype).requires_grad_(True)
+        o, ht = hgrn_triton(x, g, output_final_state=True, chunk_size=16)
+        do, dht = torch.randn_like(o), torch.randn_like(ht)
+        dg, = torch.autograd.grad((o * do).sum() + (ht * dht).sum(), g)
+        xr, gr = (t.detach().double().requires_grad_(True) for t in (x, g))
+        o2, ht2 = hgrn_recurrent_reference(xr, gr, output_final_state=True)
+        dg2, = torch.autograd.grad((o2 * do.double()).sum() + (ht2 * dht.double()).sum(), gr)
+        if dtype == torch.float16:
+            assert dg2.abs().max() < 3e-8 and not dg.any()
+        else:
+            assert _rel(dg, dg2) < 1e-2
+
+
 def test_hgrn_bf16():
     _check(2, 70, 32, h0=True, reverse=True, dtype=torch.bfloat16)
 

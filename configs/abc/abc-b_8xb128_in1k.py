@@ -1,16 +1,3 @@
 # IsotropicBackbone-B with ABC token mixers (DeiT-base layout) on ImageNet-1K, DeiT recipe, 8 GPUs x 128.
-_base_ = [
-    '../_base_/models/isotropic/abc-b.py',
-    '../_base_/models/isotropic_cls.py',
-    '../_base_/datasets/imagenet_bs64_swin_224.py',
-    '../_base_/schedules/imagenet_bs1024_adamw.py',
-    '../_base_/default_runtime.py',
-]
-model = dict(
-    backbone=_base_.backbone,
-    head=dict(in_channels=768),
-    train_cfg=dict(augments=[dict(type='Mixup', alpha=0.8), dict(type='CutMix', alpha=1.0)]),
-)
-train_dataloader = dict(batch_size=128)
-val_dataloader = dict(batch_size=128)
-test_dataloader = val_dataloader
+_base_ = ['../_base_/models/isotropic/abc-b.py', '../_base_/isotropic_in1k.py']
+model = dict(backbone=_base_.backbone, head=dict(in_channels=768))

@@ -22,7 +22,7 @@ from ...registry import MODELS
 from ..layers import MixerBlock, build_norm, build_stem, map_view, tokens_to_map
 from ..mixers.base import MixerContext
 from ..scans import build_scan
-from .utils import resolve_arch
+from .utils import FrozenStagesMixin, freeze, resolve_arch
 
 __all__ = ['HierarchicalBackbone', 'PYRAMID_ARCHS']
 
@@ -43,7 +43,7 @@ def _per_stage(value, name, num_stages=4):
 
 
 @MODELS.register_module()
-class HierarchicalBackbone(BaseModule):
+class HierarchicalBackbone(FrozenStagesMixin, BaseModule):
     """Four-stage vision backbone: stem, per-stage blocks of registry-built mixers, stride-2 downsampling.
 
     Args:
@@ -129,19 +129,7 @@ class HierarchicalBackbone(BaseModule):
             if self.scans is not None:
                 first = sum(self.depths[:i])
                 frozen += list(self.scans[first:first + self.depths[i]])
-        for m in frozen:
-            m.eval()
-            for p in m.parameters():
-                p.requires_grad = False
-
-    def train(self, mode=True):
-        super().train(mode)
-        self._freeze_stages()
-        if mode and self.norm_eval:
-            for m in self.modules():
-                if isinstance(m, (nn.LayerNorm, nn.RMSNorm, nn.modules.batchnorm._BatchNorm, nn.GroupNorm)):
-                    m.eval()
-        return self
+        freeze(frozen)
 
     def forward(self, x):
         x, hw = self.patch_embed(x)

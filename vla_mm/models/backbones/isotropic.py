@@ -29,7 +29,7 @@ from ...registry import MODELS
 from ..layers import MixerBlock, build_norm, build_stem, resize_abs_pos_embed, tokens_to_map
 from ..mixers.base import MixerContext
 from ..scans import build_scan
-from .utils import resolve_arch
+from .utils import FrozenStagesMixin, freeze, resolve_arch
 
 __all__ = ['IsotropicBackbone', 'DEIT_ARCHS', 'OUT_TYPES']
 
@@ -44,7 +44,7 @@ OUT_TYPES = dict(featmap=tokens_to_map, avg_featmap=lambda x, hw: x.mean(dim=1),
 
 
 @MODELS.register_module()
-class IsotropicBackbone(BaseModule):
+class IsotropicBackbone(FrozenStagesMixin, BaseModule):
     """Isotropic vision backbone: stem, position embedding, blocks of a registry-built token mixer.
 
     Args:
@@ -185,22 +185,7 @@ class IsotropicBackbone(BaseModule):
             frozen.append(self.pos_embed)
         if self.frozen_stages >= self.num_layers and self.final_norm:
             frozen.append(self.ln1)
-        for m in frozen:
-            if isinstance(m, nn.Parameter):
-                m.requires_grad = False
-            else:
-                m.eval()
-                for p in m.parameters():
-                    p.requires_grad = False
-
-    def train(self, mode=True):
-        super().train(mode)
-        self._freeze_stages()
-        if mode and self.norm_eval:
-            for m in self.modules():
-                if isinstance(m, (nn.LayerNorm, nn.RMSNorm, nn.modules.batchnorm._BatchNorm, nn.GroupNorm)):
-                    m.eval()
-        return self
+        freeze(frozen)
 
     # ------------------------------------------------------------------ forward
     def embed(self, x, mask=None):

@@ -1,6 +1,9 @@
 """What the backbone bases share that is not a layer."""
+import torch.nn as nn
 
-__all__ = ['resolve_arch']
+__all__ = ['resolve_arch', 'freeze', 'FrozenStagesMixin']
+
+_NORMS = (nn.LayerNorm, nn.RMSNorm, nn.modules.batchnorm._BatchNorm, nn.GroupNorm)
 
 
 def resolve_arch(arch, zoo, required):
@@ -13,3 +16,28 @@ def resolve_arch(arch, zoo, required):
     if missing:
         raise KeyError(f'custom arch is missing {sorted(missing)}')
     return dict(arch)
+
+
+def freeze(parts):
+    """Frozen stages: modules go to eval mode without gradients; bare parameters lose their gradient."""
+    for m in parts:
+        if isinstance(m, nn.Parameter):
+            m.requires_grad = False
+        else:
+            m.eval()
+            for p in m.parameters():
+                p.requires_grad = False
+
+
+class FrozenStagesMixin:
+    """``train()`` of a backbone with ``frozen_stages`` (its ``_freeze_stages``) and ``norm_eval`` (norms stay in
+    eval mode while training, as OpenMMLab backbones do)."""
+
+    def train(self, mode=True):
+        super().train(mode)
+        self._freeze_stages()
+        if mode and self.norm_eval:
+            for m in self.modules():
+                if isinstance(m, _NORMS):
+                    m.eval()
+        return self

@@ -19,12 +19,21 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ['head_slice', 'shift_tokens', 'ShortConv', 'GatedRMSNorm', 'low_rank', 'LowerBound', 'upcast', 'rotary',
+__all__ = ['qkv_widths',
+           'head_slice', 'shift_tokens', 'ShortConv', 'GatedRMSNorm', 'low_rank', 'LowerBound', 'upcast', 'rotary',
            'running_lse', 'normalised_writes', 'FEATURE_MAPS']
 
 #: feature maps on q and k the language-model layers offer (``None``: none)
 FEATURE_MAPS = {None: None, 'identity': None, 'relu': F.relu, 'silu': F.silu, 'swish': F.silu,
                 'elu1': lambda x: F.elu(x) + 1}
+
+
+def qkv_widths(dim: int, expand_k: float, expand_v: float, num_heads: int):
+    """Key and value widths ``(int(dim * expand_k), int(dim * expand_v))``, each divisible by ``num_heads``."""
+    key_dim, value_dim = int(dim * expand_k), int(dim * expand_v)
+    if key_dim % num_heads or value_dim % num_heads:
+        raise ValueError(f'key / value widths ({key_dim}, {value_dim}) must be divisible by num_heads ({num_heads})')
+    return key_dim, value_dim
 
 
 def upcast(t: torch.Tensor) -> torch.Tensor:

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from vla_mm.ops.gsa import gsa
 
 from ...registry import MIXERS
-from ._common import GatedRMSNorm, ShortConv, normalised_writes, rotary, upcast
+from ._common import GatedRMSNorm, ShortConv, normalised_writes, rotary, upcast, qkv_widths
 from .base import BaseMixer, linear_factory
 
 
@@ -54,10 +54,7 @@ class ABCAttention(BaseMixer):
                  elementwise_affine=True, linear_cfg=None):
         super().__init__()
         self.num_heads, self.num_slots = num_heads, num_slots
-        self.key_dim, self.value_dim = int(dim * expand_k), int(dim * expand_v)
-        if self.key_dim % num_heads or self.value_dim % num_heads:
-            raise ValueError(f'key / value widths ({self.key_dim}, {self.value_dim}) must be divisible by '
-                             f'num_heads ({num_heads})')
+        self.key_dim, self.value_dim = qkv_widths(dim, expand_k, expand_v, num_heads)
         self.head_k_dim, self.head_v_dim = self.key_dim // num_heads, self.value_dim // num_heads
         if use_rope and self.head_k_dim % 2:
             raise ValueError(f'rotary positions need an even key head size, got {self.head_k_dim}')

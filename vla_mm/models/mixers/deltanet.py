@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from vla_mm.ops.delta_rule import delta_rule
 
 from ...registry import MIXERS
-from ._common import FEATURE_MAPS, GatedRMSNorm, ShortConv
+from ._common import FEATURE_MAPS, GatedRMSNorm, ShortConv, qkv_widths
 from .base import BaseMixer, linear_factory
 
 #: fla's names for DeltaNet's q/k activations ('elu' is elu + 1)
@@ -56,10 +56,7 @@ class DeltaNet(BaseMixer):
                  qk_norm='l2', norm_eps=1e-5, linear_cfg=None):
         super().__init__()
         self.num_heads = num_heads
-        self.key_dim, self.value_dim = int(dim * expand_k), int(dim * expand_v)
-        if self.key_dim % num_heads or self.value_dim % num_heads:
-            raise ValueError(f'key / value widths ({self.key_dim}, {self.value_dim}) must be divisible by '
-                             f'num_heads ({num_heads})')
+        self.key_dim, self.value_dim = qkv_widths(dim, expand_k, expand_v, num_heads)
         if qk_activation not in QK_ACTIVATIONS:
             raise ValueError(f'qk_activation must be one of {sorted(QK_ACTIVATIONS)}, got {qk_activation!r}')
         if qk_norm not in ('l2', 'sum'):

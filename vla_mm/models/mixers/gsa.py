@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from vla_mm.ops.gsa import gsa
 
 from ...registry import MIXERS
-from ._common import FEATURE_MAPS, GatedRMSNorm, ShortConv, upcast
+from ._common import FEATURE_MAPS, GatedRMSNorm, ShortConv, upcast, qkv_widths
 from .base import BaseMixer, linear_factory
 
 @MIXERS.register_module(name='gsa')
@@ -49,10 +49,7 @@ class GatedSlotAttention(BaseMixer):
                  elementwise_affine=True, linear_cfg=None):
         super().__init__()
         self.num_heads, self.num_slots = num_heads, num_slots
-        self.key_dim, self.value_dim = int(dim * expand_k), int(dim * expand_v)
-        if self.key_dim % num_heads or self.value_dim % num_heads:
-            raise ValueError(f'key / value widths ({self.key_dim}, {self.value_dim}) must be divisible by '
-                             f'num_heads ({num_heads})')
+        self.key_dim, self.value_dim = qkv_widths(dim, expand_k, expand_v, num_heads)
         if feature_map not in FEATURE_MAPS:
             raise ValueError(f'feature_map must be one of {sorted(map(str, FEATURE_MAPS))}, got {feature_map!r}')
         self.head_k_dim, self.head_v_dim = self.key_dim // num_heads, self.value_dim // num_heads

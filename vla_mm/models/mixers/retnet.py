@@ -16,7 +16,7 @@ import torch
 from vla_mm.ops.gla import chunk_simple_gla
 
 from ...registry import MIXERS
-from ._common import FEATURE_MAPS, GatedRMSNorm, ShortConv, rotary
+from ._common import FEATURE_MAPS, GatedRMSNorm, ShortConv, rotary, qkv_widths
 from .base import BaseMixer, linear_factory
 
 
@@ -45,10 +45,7 @@ class MultiScaleRetention(BaseMixer):
                  elementwise_affine=True, linear_cfg=None):
         super().__init__()
         self.num_heads = num_heads
-        self.key_dim, self.value_dim = int(dim * expand_k), int(dim * expand_v)
-        if self.key_dim % num_heads or self.value_dim % num_heads:
-            raise ValueError(f'key / value widths ({self.key_dim}, {self.value_dim}) must be divisible by '
-                             f'num_heads ({num_heads})')
+        self.key_dim, self.value_dim = qkv_widths(dim, expand_k, expand_v, num_heads)
         if feature_map not in FEATURE_MAPS:
             raise ValueError(f'feature_map must be one of {sorted(map(str, FEATURE_MAPS))}, got {feature_map!r}')
         self.head_k_dim, self.head_v_dim = self.key_dim // num_heads, self.value_dim // num_heads

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from vla_mm.ops.gla import chunk_rwkv6
 
 from ...registry import MIXERS
-from ._common import head_slice, shift_tokens, upcast
+from ._common import head_slice, shift_tokens, upcast, qkv_widths
 from .base import BaseMixer, linear_factory
 
 MIXES = ('r', 'w', 'k', 'v', 'g')
@@ -51,10 +51,7 @@ class RWKV6Mixer(BaseMixer):
                  norm_eps=1e-5, elementwise_affine=True, linear_cfg=None):
         super().__init__()
         self.num_heads = num_heads
-        self.key_dim, self.value_dim = int(dim * expand_k), int(dim * expand_v)
-        if self.key_dim % num_heads or self.value_dim % num_heads:
-            raise ValueError(f'key / value widths ({self.key_dim}, {self.value_dim}) must be divisible by '
-                             f'num_heads ({num_heads})')
+        self.key_dim, self.value_dim = qkv_widths(dim, expand_k, expand_v, num_heads)
         self.head_k_dim, self.head_v_dim = self.key_dim // num_heads, self.value_dim // num_heads
         self.proj_low_rank_dim = proj_low_rank_dim
         self.norm_eps = norm_eps

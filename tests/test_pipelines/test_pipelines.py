@@ -96,3 +96,17 @@ def test_dist_train_two_gloo_processes(tmp_path, task):
     run(['bash', 'tools/dist_train.sh', cfg, '2', '--work-dir', str(tmp_path / 'w')], retries=1)
     ckpt = {'seg': 'iter_4.pth', 'det': 'epoch_1.pth'}.get(task, 'epoch_2.pth')
     assert osp.isfile(tmp_path / 'w' / ckpt)
+
+
+@pytest.mark.parametrize('mixer', ['gla', 'gated_deltanet', 'rwkv6', 'hgrn2'])
+def test_dense_tasks_with_zoo_mixers(tmp_path, mixer):
+    """Issue 17: UperNet and Mask R-CNN train and evaluate with directional mixers in the backbone (bi route)."""
+    swap = f"mixer=dict(_delete_=True, type={mixer!r}), scan=dict(type='bi')"
+    seg = tiny.seg_config(tmp_path, 'seg.py', backbone_extra=swap)
+    train(seg, tmp_path / 'w_seg')
+    m = evaluate(seg, tmp_path / 'w_seg' / 'iter_4.pth', tmp_path / 't_seg')
+    assert 0.0 <= m['mIoU'] <= 100.0
+    det = tiny.det_config(tmp_path, 'det.py', backbone_extra=swap)
+    train(det, tmp_path / 'w_det')
+    m = evaluate(det, tmp_path / 'w_det' / 'epoch_1.pth', tmp_path / 't_det')
+    assert -1.0 <= m['coco/bbox_mAP'] <= 1.0 and -1.0 <= m['coco/segm_mAP'] <= 1.0

@@ -53,7 +53,7 @@ default_hooks = dict(logger=dict(interval=1), checkpoint=dict(interval=4),
 ''')
 
 
-def det_config(tmp_path, name='det.py', extra=''):
+def det_config(tmp_path, name='det.py', extra='', backbone_extra=''):
     data = tmp_path / 'det'
     return write(tmp_path, name, f'''
 _base_ = [{osp.join(CFG, 'mask-rcnn_linear-vit-t_fpn_shapes-det.py')!r}]
@@ -72,7 +72,8 @@ test_pipeline = [
     dict(type='PackDetInputs', meta_keys=('img_id', 'img_path', 'ori_shape', 'img_shape', 'scale_factor')),
 ]
 model = dict(
-    backbone=dict(arch={TINY_ARCH}, img_size=64, patch_size=8, out_indices=(1, ), drop_path_rate=0.0),
+    backbone=dict(arch={TINY_ARCH}, img_size=64, patch_size=8, out_indices=(1, ), drop_path_rate=0.0,
+                  {backbone_extra}),
     neck=[
         dict(type='vla_mm.SimpleFeaturePyramid', in_channels=32, out_channels=16, patch_size=8, norm='LN'),
         dict(type='FPN', in_channels=[16, 16, 16, 16], out_channels=16, num_outs=5),

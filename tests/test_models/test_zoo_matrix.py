@@ -50,3 +50,15 @@ def test_bf16_autocast(mixer):
     with torch.autocast('cpu', dtype=torch.bfloat16):
         (y,) = m(IMG)
     assert y.shape == (2, 32, 3, 5) and torch.isfinite(y).all()
+
+
+@pytest.mark.parametrize('mixer', [m for m in ZOO if m not in ('linear_attn', 'transformer', 'bitnet')])
+def test_gated_bi_merge(mixer):
+    """A gated bi merge is as wide as the core's output (value_dim where a mixer expands its values: retnet 2C,
+    gated_deltanet 1.5C), with no channels set by hand."""
+    m = MODELS.build(dict(type='vla_mm.IsotropicBackbone', arch=dict(embed_dims=32, num_layers=1, num_heads=4,
+                                                                      mlp_ratio=1.0),
+                          img_size=(12, 20), patch_size=4, mixer=dict(type=mixer, **OPTS.get(mixer, {})),
+                          scan=dict(type='bi', merge='gate')))
+    (y,) = m(IMG)
+    assert y.shape == (2, 32, 3, 5) and torch.isfinite(y).all()

@@ -111,7 +111,7 @@ class HierarchicalBackbone(FrozenStagesMixin, BaseModule):
                                          num_heads=heads[i], layer_idx=k, mlp_ratio=mlp_ratios[i], ffn_type=ffn_type,
                                          norm_cfg=norm_cfg, drop_rate=drop_rate, drop_path_rate=dpr[k],
                                          layer_scale_init_value=layer_scale_init_value, with_cp=with_cp))
-                routes.append(build_scan(scan, hw=grid, channels=dims[i]))
+                routes.append(build_scan(scan, hw=grid, channels=getattr(blocks[-1].mixer, 'value_dim', dims[i])))
                 k += 1
             self.stages.append(blocks)
         self.attn_layers = sorted(attn_layers)

@@ -124,8 +124,9 @@ class IsotropicBackbone(FrozenStagesMixin, BaseModule):
                        layer_scale_init_value=layer_scale_init_value, with_cp=with_cp)
             for i in range(self.num_layers)])
         self.attn_layers = sorted(attn_layers)
-        routes = [build_scan(scan, hw=self.patch_resolution, channels=self.embed_dims)
-                  for _ in range(self.num_layers)]
+        # a gated merge weighs the core's output: value_dim wide where a mixer expands its values
+        routes = [build_scan(scan, hw=self.patch_resolution,
+                             channels=getattr(layer.mixer, 'value_dim', self.embed_dims)) for layer in self.layers]
         self.scans = nn.ModuleList(routes) if routes and routes[0] is not None else None
         self.final_norm = final_norm
         self.ln1 = build_norm(norm_cfg, self.embed_dims) if final_norm else nn.Identity()

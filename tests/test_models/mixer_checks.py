@@ -53,3 +53,15 @@ def check_mixer(cfg, dim=DIM, num_heads=HEADS, unused=(), routes=('bi', 'cross')
                 assert yr.shape == x.shape and torch.isfinite(yr).all(), (cfg, name)
                 assert not torch.allclose(yr, base), f'{cfg}: route {name} left a directional mixer unchanged'
     return m
+
+
+def rotate(x, pos, base=10000.0):
+    """Rotary embedding written out per pair (i, i + d/2): angle pos * base^(-2i/d)."""
+    d = x.shape[-1]
+    out = x.clone()
+    for i in range(d // 2):
+        a = pos * base ** (-2 * i / d)
+        c, s = torch.cos(a)[None, :, None], torch.sin(a)[None, :, None]
+        out[..., i] = x[..., i] * c - x[..., i + d // 2] * s
+        out[..., i + d // 2] = x[..., i + d // 2] * c + x[..., i] * s
+    return out

@@ -8,7 +8,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from tests.test_models.mixer_checks import check_mixer, make, run
+from tests.test_models.mixer_checks import check_mixer, make, rotate, run
 from vla_mm.models.layers.bitlinear import BitLinear
 from vla_mm.models.mixers.base import MixerContext, build_mixer
 from vla_mm.models.mixers.transformer import apply_rope_2d, grid_positions
@@ -199,18 +199,6 @@ def test_gsa_params_small():
                                       use_output_gate=False, use_input_gate=True)])
 def test_abc_checks(cfg):
     check_mixer(cfg)
-
-
-def rotate(x, pos, base=10000.0):
-    """Rotary embedding written out per pair (i, i + d/2): angle pos * base^(-2i/d)."""
-    d = x.shape[-1]
-    out = x.clone()
-    for i in range(d // 2):
-        a = pos * base ** (-2 * i / d)
-        c, s = torch.cos(a)[None, :, None], torch.sin(a)[None, :, None]
-        out[..., i] = x[..., i] * c - x[..., i + d // 2] * s
-        out[..., i + d // 2] = x[..., i + d // 2] * c + x[..., i] * s
-    return out
 
 
 def test_abc_core_is_bounded_memory_control():

@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tests.test_models.mixer_checks import check_mixer, make
+from tests.test_models.mixer_checks import check_mixer, make, rotate
 from vla_mm.models.mixers._common import shift_tokens
 from vla_mm.models.mixers.base import MixerContext
 from vla_mm.models.scans import build_scan
@@ -103,18 +103,6 @@ def test_shift_tokens_respects_packed_sequences():
 @pytest.mark.parametrize('cfg', [dict(type='retnet'), dict(type='retnet', use_short_conv=True, rotary=False)])
 def test_retnet_checks(cfg):
     check_mixer(cfg)
-
-
-def rotate(x, pos, base=10000.0):
-    """Rotary embedding written out per pair (i, i + d/2): angle pos * base^(-2i/d)."""
-    d = x.shape[-1]
-    out = x.clone()
-    for i in range(d // 2):
-        a = pos * base ** (-2 * i / d)
-        c, s = torch.cos(a)[None, :, None], torch.sin(a)[None, :, None]
-        out[..., i] = x[..., i] * c - x[..., i + d // 2] * s
-        out[..., i + d // 2] = x[..., i + d // 2] * c + x[..., i] * s
-    return out
 
 
 def test_retnet_core_is_retention_with_fixed_decays():

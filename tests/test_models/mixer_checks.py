@@ -65,3 +65,14 @@ def rotate(x, pos, base=10000.0):
         out[..., i] = x[..., i] * c - x[..., i + d // 2] * s
         out[..., i + d // 2] = x[..., i + d // 2] * c + x[..., i] * s
     return out
+
+
+def check_packed_equals_apart(cfg, route):
+    """Two images packed into one sequence (``cu_seqlens``) give what they give apart, under ``route``."""
+    m = make(cfg)
+    x = torch.randn(2, 15, DIM)
+    r = build_scan(route)
+    with torch.no_grad():
+        apart = m(x, MixerContext(hw=(3, 5), route=r))
+        packed = m(x.reshape(1, 30, DIM), MixerContext(hw=(3, 5), route=r, cu_seqlens=torch.tensor([0, 15, 30])))
+    torch.testing.assert_close(packed.view(2, 15, DIM), apart, rtol=1e-5, atol=1e-6)

@@ -8,7 +8,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from tests.test_models.mixer_checks import check_mixer, make, rotate, run
+from tests.test_models.mixer_checks import check_mixer, check_packed_equals_apart, make, rotate, run
 from vla_mm.models.layers.bitlinear import BitLinear
 from vla_mm.models.mixers.base import MixerContext, build_mixer
 from vla_mm.models.mixers.transformer import apply_rope_2d, grid_positions
@@ -346,13 +346,7 @@ DIRECTIONAL = [dict(type='deltanet'), dict(type='gated_deltanet'), dict(type='gs
 def test_packed_sequences_equal_separate_ones(cfg, route):
     """Two images packed into one sequence (cu_seqlens) give what they give apart: short convolutions, the
     recurrences, ABC's running normaliser and softmax attention stop at the boundary, in both directions."""
-    m = make(cfg)
-    x = torch.randn(2, 15, C)
-    r = build_scan(route)
-    with torch.no_grad():
-        apart = m(x, MixerContext(hw=(3, 5), route=r))
-        packed = m(x.reshape(1, 30, C), MixerContext(hw=(3, 5), route=r, cu_seqlens=torch.tensor([0, 15, 30])))
-    torch.testing.assert_close(packed.view(2, 15, C), apart, rtol=1e-5, atol=1e-6)
+    check_packed_equals_apart(cfg, route)
 
 
 @pytest.mark.parametrize('cfg', DIRECTIONAL)

@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tests.test_models.mixer_checks import check_mixer, make, rotate
+from tests.test_models.mixer_checks import check_mixer, check_packed_equals_apart, make, rotate
 from vla_mm.models.mixers._common import shift_tokens
 from vla_mm.models.mixers.base import MixerContext
 from vla_mm.models.scans import build_scan
@@ -334,10 +334,4 @@ def test_head_groups_keep_their_own_parameters(cfg):
 def test_packed_sequences_equal_separate_ones(cfg, route):
     """Two images packed into one sequence (cu_seqlens) give what they give apart: short convolutions, token
     shifts and running normalisers stop at the boundary, in both directions."""
-    m = make(cfg)
-    x = torch.randn(2, 15, C)
-    r = build_scan(route)
-    with torch.no_grad():
-        apart = m(x, MixerContext(hw=(3, 5), route=r))
-        packed = m(x.reshape(1, 30, C), MixerContext(hw=(3, 5), route=r, cu_seqlens=torch.tensor([0, 15, 30])))
-    torch.testing.assert_close(packed.view(2, 15, C), apart, rtol=1e-5, atol=1e-6)
+    check_packed_equals_apart(cfg, route)

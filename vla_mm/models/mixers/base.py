@@ -53,13 +53,11 @@ class MixerContext:
 
 
 class BaseMixer(nn.Module):
-    """Base of every token mixer: ``forward(x [B, N, C], ctx: MixerContext) -> [B, N, C]``."""
+    """Base of every token mixer: a subclass defines ``forward(x [B, N, C], ctx: MixerContext) -> [B, N, C]``
+    (``nn.Module`` raises for a mixer that does not)."""
 
     #: True when the mixer's core is a 1-D directional recurrence, so scan routes apply to it
     directional: bool = False
-
-    def forward(self, x: torch.Tensor, ctx: MixerContext) -> torch.Tensor:  # pragma: no cover - interface
-        raise NotImplementedError
 
     def scan(self, core: Callable[..., torch.Tensor], inputs: Sequence[Optional[torch.Tensor]],
              ctx: MixerContext) -> torch.Tensor:

@@ -10,6 +10,12 @@ The backward is a second custom op ``vla_mm::<name>_backward``: the Triton path 
 backward on what its forward kept; the reference path (and a Triton path registered without a backward of its
 own) recomputes the forward under autograd and takes ``torch.autograd.grad``.
 
+Eager calls skip the dispatcher: outside ``torch.compile`` / ``torch.jit`` tracing, functorch transforms and
+Python dispatch modes (fake tensors, FLOP counters), with plain tensors, the op runs the same two
+implementations through a ``torch.autograd.Function`` (the custom op's Python dispatch costs tens of
+microseconds per call, which a user pays on every layer). ``kernel_options(eager_path='custom_op')`` forces the
+custom op in eager mode too.
+
 Registering a family's op (:func:`register_op`) takes a few lines::
 
     _op = register_op(
@@ -29,6 +35,7 @@ family's Python wrapper maps back to None. Argument checks belong to that wrappe
 import os
 
 import torch
+from torch.utils._python_dispatch import _get_current_dispatch_mode
 
 from .options import current_options, kernel_options
 
@@ -76,6 +83,21 @@ class _autograd_enabled:
     def __exit__(self, *exc):
         self._grad.__exit__(*exc)
         self._guard.__exit__(*exc)
+
+
+def eager_function_ok(args) -> bool:
+    """May this call skip the custom op and run through the ``autograd.Function``? Only for plain eager calls:
+    tracers (dynamo, jit, export), functorch transforms and dispatch modes must see the custom op."""
+    if current_options().eager_path != 'function':
+        return False
+    if torch.compiler.is_compiling() or torch.jit.is_tracing() or torch._C._are_functorch_transforms_active():
+        return False
+    if _get_current_dispatch_mode() is not None:
+        return False
+    return all(type(a) in _PLAIN for a in args if isinstance(a, torch.Tensor))
+
+
+_PLAIN = (torch.Tensor, torch.nn.Parameter)
 
 
 def _empty_like_device(args):
@@ -143,12 +165,15 @@ def register_op(name, schema, *, outputs, grads, reference, triton, fake, triton
     grad_idx = [arg_names.index(n) for n in grads]
     with_bwd = triton_backward is not None
 
-    def forward_impl(*args):
-        if use_triton(*args):
+    def run_forward(triton_path, args):
+        if triton_path:
             outs, res = triton(*args) if with_bwd else (triton(*args), ())
         else:
             outs, res = reference(*args), ()
         return _fresh([*outs, *res], args)
+
+    def forward_impl(*args):
+        return run_forward(use_triton(*args), args)
 
     def forward_fake(*args):
         return list(fake(*args))
@@ -196,11 +221,46 @@ def register_op(name, schema, *, outputs, grads, reference, triton, fake, triton
 
     fwd.register_autograd(backward, setup_context=setup_context)
 
+    class Eager(torch.autograd.Function):
+        """The same forward and backward implementations without the dispatcher (eager calls)."""
+
+        @staticmethod
+        def forward(ctx, *args):
+            ctx.triton_path = use_triton(*args)
+            outs = run_forward(ctx.triton_path, args)
+            tensor_idx = [i for i, a in enumerate(args) if isinstance(a, torch.Tensor)]
+            ctx.template = [None if isinstance(a, torch.Tensor) else a for a in args]
+            ctx.tensor_idx = tensor_idx
+            ctx.options = current_options()
+            ctx.save_for_backward(*[args[i] for i in tensor_idx], *outs)
+            ctx.set_materialize_grads(False)
+            ctx.mark_non_differentiable(*outs[outputs:])
+            return tuple(outs)
+
+        @staticmethod
+        def backward(ctx, *grad_outputs):
+            saved = ctx.saved_tensors
+            n = len(ctx.tensor_idx)
+            args = list(ctx.template)
+            for i, t in zip(ctx.tensor_idx, saved[:n]):
+                args[i] = t
+            needed = [args[i] is not None and ctx.needs_input_grad[i] for i in grad_idx]
+            with kernel_options(ctx.options):
+                gs = backward_impl(list(grad_outputs[:outputs]), list(saved[n:]), ctx.triton_path, *args)
+            result = [None] * len(args)
+            for j, i in enumerate(grad_idx):
+                if needed[j]:
+                    result[i] = gs[j]
+            return tuple(result)
+
     def op(*args):
+        if eager_function_ok(args):
+            return Eager.apply(*args)[:outputs]
         return tuple(fwd(*args)[:outputs])
 
     op.custom_op = fwd
     op.backward_op = bwd
+    op.function = Eager
     return op
 
 

@@ -20,6 +20,7 @@ from typing import Mapping
 import torch
 
 BACKENDS = ('auto', 'triton', 'reference')
+EAGER_PATHS = ('function', 'custom_op')
 F32_OPERANDS = ('tf32', 'tf32x3')
 
 
@@ -39,6 +40,9 @@ class KernelOptions:
             ``VLA_OPS_POISON=1`` does the same.
         launch: per-kernel launch options by name, merged over each family's defaults (names in docs/ops.md):
             e.g. ``{'fwd_A': dict(num_warps=2)}`` (chunk_gla) or ``{'linear_attn': dict(block_n=64)}``.
+        eager_path: how an eager call (no tracer, no dispatch mode) reaches the implementations:
+            ``'function'`` (a ``torch.autograd.Function``: the least host time) or ``'custom_op'`` (the
+            ``torch.library`` custom op that traced calls always take).
         gla_a_path: chunk_gla without value gates forms the intra-chunk scores once per chunk (the A path);
             False: the sub-block kernels for every call.
         gla_keep_cumsum: chunk_gla keeps the forward's chunk-local gate cumsums for the backward (False:
@@ -49,6 +53,7 @@ class KernelOptions:
     backend: str = 'auto'
     poison: bool = False
     launch: Mapping = dataclasses.field(default_factory=dict)
+    eager_path: str = 'function'
     gla_a_path: bool = True
     gla_keep_cumsum: bool = True
     gla_bwd_fp32: bool = True
@@ -57,9 +62,14 @@ class KernelOptions:
     def __post_init__(self):
         if self.backend not in BACKENDS:
             raise ValueError(f'backend must be one of {BACKENDS}, got {self.backend!r}')
+        if self.eager_path not in EAGER_PATHS:
+            raise ValueError(f'eager_path must be one of {EAGER_PATHS}, got {self.eager_path!r}')
         if self.gla_f32_operands not in F32_OPERANDS:
             raise ValueError(f'gla_f32_operands must be one of {F32_OPERANDS}, got {self.gla_f32_operands!r}')
         object.__setattr__(self, 'launch', _freeze(self.launch))
+        launch = tuple(sorted((n, tuple(sorted(v.items()))) for n, v in self.launch.items()))
+        object.__setattr__(self, '_key', tuple((f.name, launch if f.name == 'launch' else getattr(self, f.name))
+                                              for f in dataclasses.fields(self)))
 
     def launch_for(self, *names):
         """The launch entries of ``names`` merged in order (later names win)."""
@@ -70,9 +80,7 @@ class KernelOptions:
 
     def key(self):
         """A hashable form (for caches of launch plans)."""
-        launch = tuple(sorted((n, tuple(sorted(v.items()))) for n, v in self.launch.items()))
-        return tuple((f.name, launch if f.name == 'launch' else getattr(self, f.name))
-                     for f in dataclasses.fields(self))
+        return self._key
 
     def __eq__(self, other):
         return isinstance(other, KernelOptions) and self.key() == other.key()

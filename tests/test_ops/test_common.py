@@ -235,3 +235,34 @@ def test_register_op_toy(path):
         torch.testing.assert_close(c, a)
     y, yt = _toy(x, None, 1.0, False)                      # an optional input left out, an output not asked for
     assert yt.numel() == 0 and torch.autograd.grad(y.sum(), x)[0].shape == x.shape
+
+
+@pytest.mark.parametrize('path', ['reference', 'triton'])
+def test_eager_calls_skip_the_dispatcher_with_the_same_results(path):
+    """Plain eager calls run through the op's autograd.Function (less host time); tracers, dispatch modes and
+    ``eager_path='custom_op'`` take the custom op; values and gradients are the same either way."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+    x = torch.randn(2, 5, 3, requires_grad=True)
+    h0 = torch.randn(2, 3, requires_grad=True)
+    results = {}
+    with kernel_options(backend=path):
+        for eager_path in ('function', 'custom_op'):
+            with kernel_options(eager_path=eager_path):
+                y, yt = _toy(x, h0, 0.5, True)
+            assert (type(y.grad_fn).__name__ == 'EagerBackward') == (eager_path == 'function')
+            results[eager_path] = (y, yt, *torch.autograd.grad((y.square().sum() + yt.sum()), (x, h0)))
+
+        class Seen(TorchDispatchMode):
+            ops = set()
+
+            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+                Seen.ops.add(str(func))
+                return func(*args, **(kwargs or {}))
+
+        with Seen():
+            _toy(x, h0, 0.5, True)
+    assert any('test_scaled_cumsum' in o for o in Seen.ops)
+    for a, b in zip(results['function'], results['custom_op']):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    with pytest.raises(ValueError, match='eager_path'):
+        kernel_options(eager_path='fast').__enter__()

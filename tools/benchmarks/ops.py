@@ -440,8 +440,28 @@ def time_case(spec, names, base, modes, bw, a, device):
     return row
 
 
+@contextlib.contextmanager
+def _counted_launches(stub=False):
+    """Count Triton kernel launches (``JITFunction.run``); ``stub``: skip them (what our Python alone costs)."""
+    from triton.runtime.jit import JITFunction
+    real, box = JITFunction.run, [0]
+
+    def run(self, *args, **kwargs):
+        box[0] += 1
+        return None if stub else real(self, *args, **kwargs)
+
+    JITFunction.run = run
+    try:
+        yield box
+    finally:
+        JITFunction.run = real
+
+
 def host_costs(spec, names, a, dtype, device):
-    """Host microseconds per call (no synchronisation between calls) at B1 H1 N64: what launches cost."""
+    """Host microseconds per call (no synchronisation between calls) at B1 H1 N64: what launches cost. For ours
+    also the breakdown: through the custom op in eager mode (``eager_path='custom_op'``, what the autograd.Function
+    path saves), with every Triton launch skipped (our Python and torch alone), and the launches per call."""
+    from vla_mm.ops.common import kernel_options
     base = spec.make(1, 1, a.host_N, a.K, a.V, dtype, device)
     row = dict(op=spec.name)
     for name in names:
@@ -449,6 +469,20 @@ def host_costs(spec, names, a, dtype, device):
             impl = make_impl(spec, name, base)
             row[f'{name}_fwd_us'] = common.host_us(impl.fwd_nograd, n=a.host_calls, device=device)
             row[f'{name}_fwdbwd_us'] = common.host_us(impl.fwdbwd, n=a.host_calls, device=device)
+            if name != 'ours':
+                continue
+            with kernel_options(eager_path='custom_op'):
+                row['ours_customop_fwd_us'] = common.host_us(impl.fwd_nograd, n=a.host_calls, device=device)
+                row['ours_customop_fwdbwd_us'] = common.host_us(impl.fwdbwd, n=a.host_calls, device=device)
+            with _counted_launches() as box:
+                impl.fwd_nograd()
+                row['ours_fwd_launches'], box[0] = box[0], 0
+                impl.fwdbwd()
+                row['ours_fwdbwd_launches'] = box[0]
+            with _counted_launches(stub=True):
+                row['ours_nolaunch_fwd_us'] = common.host_us(impl.fwd_nograd, n=a.host_calls, device=device)
+                row['ours_nolaunch_fwdbwd_us'] = common.host_us(impl.fwdbwd, n=a.host_calls, device=device)
+            common.synchronize(device)
         except Exception as e:  # noqa: BLE001
             row[f'{name}_error'] = f'{type(e).__name__}: {str(e)[:200]}'
     return row
@@ -503,6 +537,8 @@ def report(res, out):
         md += ['## refused or failed', ''] + [f'- {op} N={n} {k[:-6]}: {v}' for op, n, k, v in errs] + ['']
     if res.get('host'):
         cols = [('op', 'op')] + [(f'{p} {m} µs', f'{p}_{m}_us') for p in ['ours'] + peers for m in ('fwd', 'fwdbwd')]
+        cols += [(f'ours {m} {c}', f'ours_{k}{m}_{u}') for k, c, u in (('customop_', 'custom op µs', 'us'),
+                 ('nolaunch_', 'no launch µs', 'us'), ('', 'launches', 'launches')) for m in ('fwd', 'fwdbwd')]
         md += [f"## host time per call (B1 H1 N{res['args']['host_N']}, no synchronisation between calls)", '',
                common.md_table(res['host'], cols), '']
     if res.get('checks'):

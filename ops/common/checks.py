@@ -66,12 +66,21 @@ def check_cu_seqlens(cu_seqlens, B, N):
                          f'{tuple(getattr(cu_seqlens, "shape", ()))}')
     if B != 1:
         raise ValueError(f'cu_seqlens needs packed inputs with B == 1, got B = {B}')
+    if capturing(cu_seqlens):
+        raise ValueError('cu_seqlens: packed sequences are planned from their offsets on the host, which a CUDA '
+                         "graph cannot capture (torch.compile mode='reduce-overhead'); compile packed calls with "
+                         "mode='max-autotune-no-cudagraphs'")
     if not torch.compiler.is_compiling():
         cu = cu_seqlens.tolist()
         if cu[0] != 0 or cu[-1] != N or any(b < a for a, b in zip(cu[:-1], cu[1:])):
             shown = cu if len(cu) <= 8 else cu[:4] + ['...'] + cu[-2:]
             raise ValueError(f'cu_seqlens must rise from 0 to N = {N}, got {shown}')
     return cu_seqlens.numel() - 1
+
+
+def capturing(t) -> bool:
+    """Is a CUDA graph being captured on ``t``'s stream (no host reads of device values allowed)?"""
+    return t.is_cuda and torch.cuda.is_current_stream_capturing()
 
 
 def check_initial_state(t, shape, layout, name='initial_state', allow_float64=False):

@@ -122,6 +122,17 @@ def alloc(shape, dtype, device):
     return torch.empty(shape, dtype=dtype, device=device)
 
 
+def cdiv(a: int, b: int) -> int:
+    """ceil(a / b) of host integers (grids, blocks): plain Python, where ``triton.cdiv`` is a constexpr function
+    whose call wrapper costs microseconds on every launch."""
+    return -(-a // b)
+
+
+def next_power_of_2(n: int) -> int:
+    """The smallest power of two >= n (1 for n <= 1), plain Python like :func:`cdiv`."""
+    return 1 if n <= 1 else 1 << (int(n) - 1).bit_length()
+
+
 def num_sms(device: torch.device) -> int:
     """Streaming multiprocessors of a CUDA device (1 for any other device)."""
     if device.type != 'cuda':

@@ -7,9 +7,8 @@ device side of these tables is read by the helpers of ``jit.py`` (``seq_bounds``
 import itertools
 
 import torch
-import triton
 
-from .options import dummy
+from .options import cdiv, dummy
 
 
 class PackedSeqs:
@@ -75,14 +74,14 @@ class ChunkTable:
         self.seqs, self.C, self.H, self.N = seqs, C, H, seqs.N
         self.varlen, self.nseq, self.cu = seqs.varlen, seqs.nseq, seqs.cu
         if not self.varlen:
-            self.NT = triton.cdiv(self.N, C)
+            self.NT = cdiv(self.N, C)
             self.nchunks = self.NT
             self.total_chunks = seqs.B * self.NT
             self.nbh = seqs.B * H
             self.chunk_seq = self.chunk_idx = self.chunk_off = seqs.cu
             return
         b = seqs.bounds
-        nts = [triton.cdiv(e - a, C) for a, e in zip(b[:-1], b[1:])]
+        nts = [cdiv(e - a, C) for a, e in zip(b[:-1], b[1:])]
         seq = [s for s, nt in enumerate(nts) for _ in range(nt)]
         idx = [i for nt in nts for i in range(nt)]
         off = [0, *itertools.accumulate(nts)][:-1]

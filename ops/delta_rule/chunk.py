@@ -35,7 +35,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ..common import PackedSeqs, alloc, current_options, kernel_options
+from ..common import PackedSeqs, alloc, cdiv, current_options, kernel_options, next_power_of_2
 from ..common.jit import chunk_info as _chunk_at, phys_row, seq_info as _seq_at
 
 BT = 64                  # chunk length (the blocked inversion in ``_prep_kernel`` is written for 4 x 16 rows)
@@ -490,14 +490,14 @@ def _grads_qk_kernel(q, k, G, U, do, h_buf, dh_buf, dk_part, dG_part, dq, dk, dg
 
 def _blocks(K, V):
     """K block (the whole head dim, one tile) and V block of the parallel kernels."""
-    return max(16, triton.next_power_of_2(K)), min(64, max(16, triton.next_power_of_2(V)))
+    return max(16, next_power_of_2(K)), min(64, max(16, next_power_of_2(V)))
 
 
 def _bv_state(S, H, V):
     """V block of the sequential kernels: the widest (<= 64) that still gives MIN_PROGRAMS_STATE programs
     (each V block repeats the chunk's q / k / W loads and intra-chunk products)."""
-    bv = min(64, max(16, triton.next_power_of_2(V)))
-    while bv > 16 and S * H * triton.cdiv(V, bv) < MIN_PROGRAMS_STATE:
+    bv = min(64, max(16, next_power_of_2(V)))
+    while bv > 16 and S * H * cdiv(V, bv) < MIN_PROGRAMS_STATE:
         bv //= 2
     return bv
 
@@ -515,7 +515,7 @@ def check_kernel_args(B, N, H, K, V, packed=False):
         raise ValueError(f'q / k head dim K must be in [1, {MAX_HEAD_DIM_K}], got {K}')
     if V < 1:
         raise ValueError(f'v head dim V must be >= 1, got {V}')
-    if not packed and triton.cdiv(N, BT) > 65535:
+    if not packed and cdiv(N, BT) > 65535:
         raise ValueError(f'q: N = {N} tokens per sequence is more than {65535 * BT} (65535 chunks of {BT}: the '
                          f'CUDA grid limit); pack longer inputs as several sequences with cu_seqlens')
     if B * N * H * max(K, V) >= 2 ** 31:
@@ -526,7 +526,7 @@ def check_kernel_args(B, N, H, K, V, packed=False):
 def _nt_bound(B, N, S, varlen):
     """Rows of the per-chunk buffers: every chunk fits (packed: sum of ceil(L_s / BT) <= N // BT + S), and the
     bound is known without reading ``cu_seqlens`` (fake tensors under ``torch.compile``)."""
-    return N // BT + S if varlen else B * triton.cdiv(N, BT)
+    return N // BT + S if varlen else B * cdiv(N, BT)
 
 
 def residual_meta(q, v, g, cu_seqlens):
@@ -574,11 +574,11 @@ def delta_rule_fwd(q, k, v, beta, g, scale, initial_state, output_final_state, c
     if grid[0] * grid[1] > 0:
         _prep_kernel[grid](k, v, beta, g, G if use_g else beta, Tb, W, Ut, *par, H, K, V, BV=BV, **flags,
                            **_launch('prep'))
-    _state_kernel[(S * H, triton.cdiv(V, BVs))](
+    _state_kernel[(S * H, cdiv(V, BVs))](
         k, W, Ut, G if use_g else beta, U, hb, h0 if h0 is not None else W, ht if ht is not None else W, *seq,
         H, K, V, BV=BVs, USE_H0=h0 is not None, STORE_HT=ht is not None, **flags, **_launch('state'))
     if grid[0] * grid[1] > 0:
-        _out_kernel[(*grid, triton.cdiv(V, BV))](q, k, G if use_g else beta, U, hb, o, *par, scale, H, K, V,
+        _out_kernel[(*grid, cdiv(V, BV))](q, k, G if use_g else beta, U, hb, o, *par, scale, H, K, V,
                                                  BV=BV, **flags, **_launch('out'))
     return (o, ht), (G, Tb, W, U, hb)
 
@@ -605,7 +605,7 @@ def delta_rule_bwd(do, dht, residuals, q, k, v, beta, g, scale, initial_state, c
     dhb = alloc(hb.shape, f32, dev)
     dh0 = alloc((S, H, K, V), f32, dev) if h0 is not None else None
     BVs = _bv_state(S, H, V)
-    _dstate_kernel[(S * H, triton.cdiv(V, BVs))](
+    _dstate_kernel[(S * H, cdiv(V, BVs))](
         q, k, Gp, W, do, dU, dhb, dht if dht is not None else W, dh0 if dh0 is not None else W, *seq, scale,
         H, K, V, BV=BVs, USE_DHT=dht is not None, STORE_DH0=dh0 is not None, **flags, **_launch('dstate'))
     dq = alloc(q.shape, q.dtype, dev)

@@ -16,7 +16,7 @@ import triton
 import triton.language as tl
 
 from ..common.jit import phys_row, seq_bounds
-from ..common.options import alloc
+from ..common.options import alloc, cdiv, next_power_of_2
 from ..common.varlen import PackedSeqs
 
 
@@ -122,8 +122,8 @@ def _hgrn_bwd_kernel(x, g, o, h0, do, dht, dx, dg, dh0, cu, N, D, T: tl.constexp
 
 
 def _block(D, nseq):
-    BD = min(64, max(16, triton.next_power_of_2(D)))
-    while BD > 16 and nseq * triton.cdiv(D, BD) < 256:
+    BD = min(64, max(16, next_power_of_2(D)))
+    while BD > 16 and nseq * cdiv(D, BD) < 256:
         BD //= 2
     return BD
 
@@ -137,7 +137,7 @@ def hgrn_fwd(x, g, h0, output_final_state, cu_seqlens, reverse, gated_input, chu
     o = alloc(x.shape, x.dtype, x.device)
     ht = alloc((seqs.nseq, D), torch.float32, x.device) if output_final_state else o
     BD = _block(D, seqs.nseq)
-    _hgrn_fwd_kernel[(triton.cdiv(D, BD), seqs.nseq)](
+    _hgrn_fwd_kernel[(cdiv(D, BD), seqs.nseq)](
         x, g, h0 if h0 is not None else x, o, ht, seqs.cu, N, D, T=chunk, BD=BD, GATED=gated_input,
         USE_H0=h0 is not None, STORE_HT=output_final_state, REVERSE=reverse, VARLEN=seqs.varlen)
     return o, (ht if output_final_state else None)
@@ -153,7 +153,7 @@ def hgrn_bwd(x, g, h0, o, do, dht, cu_seqlens, reverse, gated_input, chunk):
     dx = alloc(x.shape, x.dtype, x.device)
     dg = alloc(g.shape, g.dtype, g.device)
     dh0 = alloc((seqs.nseq, D), torch.float32, x.device) if h0 is not None else None
-    _hgrn_bwd_kernel[(triton.cdiv(D, BD), seqs.nseq)](
+    _hgrn_bwd_kernel[(cdiv(D, BD), seqs.nseq)](
         x, g, o, h0 if h0 is not None else x, do, dht.contiguous() if dht is not None else x, dx, dg,
         dh0 if dh0 is not None else dx, seqs.cu, N, D, T=chunk, BD=BD, GATED=gated_input, USE_H0=h0 is not None,
         USE_DHT=dht is not None, REVERSE=reverse, VARLEN=seqs.varlen)

@@ -26,7 +26,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ..common.options import alloc, current_options, dummy, num_sms
+from ..common.options import alloc, cdiv, current_options, dummy, next_power_of_2, num_sms
 from ..common.varlen import PackedSeqs
 
 FOCUS_EPS = 1e-6
@@ -488,10 +488,10 @@ def _bwd_kv_kernel(
 # host side
 # --------------------------------------------------------------------------------------------------------------
 def _blocks(K, V, ieee, cfg):
-    BK = max(16, triton.next_power_of_2(K))
+    BK = max(16, next_power_of_2(K))
     tile = 4096 if ieee else 8192          # fp32 operands take twice the shared memory
-    BV = min(max(16, triton.next_power_of_2(V)), max(16, tile // BK))
-    NV = triton.cdiv(V, BV)
+    BV = min(max(16, next_power_of_2(V)), max(16, tile // BK))
+    NV = cdiv(V, BV)
     BN = cfg['block_n'] or max(16, min(128, tile // BK))
     num_warps = cfg['num_warps'] or (8 if BN * BK >= 8192 else 4)
     return BN, BK, BV, NV, num_warps
@@ -564,10 +564,10 @@ class _Plan:
             seqs = PackedSeqs(B, N, cu_seqlens, dev)
             self.nseq = seqs.nseq
             for kind, pps in (('red', cfg['programs_per_sm_reduce']), ('map', cfg['programs_per_sm_map'])):
-                split = max(1, triton.cdiv(pps * sms, H))
-                CH = max(BN, triton.cdiv(triton.cdiv(N, split), BN) * BN)
+                split = max(1, cdiv(pps * sms, H))
+                CH = max(BN, cdiv(cdiv(N, split), BN) * BN)
                 if kind == 'red' and self.deterministic:
-                    CH = max(BN, triton.cdiv(seqs.longest(), BN) * BN)
+                    CH = max(BN, cdiv(seqs.longest(), BN) * BN)
                 items = seqs.spans(CH)
                 tab = torch.tensor(items, dtype=torch.int32).to(dev) if items else dummy_i
                 self.chunks[kind] = (len(items), CH, tab)
@@ -575,11 +575,11 @@ class _Plan:
         else:
             self.nseq = B
             for kind, pps in (('red', cfg['programs_per_sm_reduce']), ('map', cfg['programs_per_sm_map'])):
-                split = max(1, min(triton.cdiv(N, BN), triton.cdiv(pps * sms, B * H)))
+                split = max(1, min(cdiv(N, BN), cdiv(pps * sms, B * H)))
                 if kind == 'red' and self.deterministic:
                     split = 1
-                CH = triton.cdiv(triton.cdiv(N, split), BN) * BN
-                self.chunks[kind] = (triton.cdiv(N, CH), CH, dummy_i)
+                CH = cdiv(cdiv(N, split), BN) * BN
+                self.chunks[kind] = (cdiv(N, CH), CH, dummy_i)
             self.ntab = key_padding_mask.sum(1, dtype=torch.float32) if key_padding_mask is not None else None
         self.has_ntab = self.ntab is not None
         if self.ntab is None:

@@ -266,3 +266,21 @@ def test_eager_calls_skip_the_dispatcher_with_the_same_results(path):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
     with pytest.raises(ValueError, match='eager_path'):
         kernel_options(eager_path='fast').__enter__()
+
+
+def test_host_integer_helpers_match_triton():
+    import triton
+    from vla_mm.ops.common import cdiv, next_power_of_2
+    for n in range(1, 600):
+        assert next_power_of_2(n) == triton.next_power_of_2(n)
+        assert all(cdiv(n, b) == triton.cdiv(n, b) for b in (1, 3, 16, 64, 1000))
+
+
+def test_packed_sequences_refuse_cuda_graph_capture(monkeypatch):
+    """cu_seqlens is read on the host: under CUDA-graph capture a clear ValueError, not a capture failure."""
+    from vla_mm.ops.common import checks
+    cu = torch.tensor([0, 3, 9])
+    assert checks.check_cu_seqlens(cu, 1, 9) == 2
+    monkeypatch.setattr(checks, 'capturing', lambda t: True)
+    with pytest.raises(ValueError, match='CUDA graph'):
+        checks.check_cu_seqlens(cu, 1, 9)

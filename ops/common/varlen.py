@@ -4,6 +4,7 @@ Kernels see the tokens of ``[B, N, ...]`` inputs as rows ``0 .. B*N-1``: sequenc
 ``[bos, eos)``, ``[s*N, (s+1)*N)`` for a dense batch, ``[cu[s], cu[s+1])`` for packed sequences (B == 1). The
 device side of these tables is read by the helpers of ``jit.py`` (``seq_bounds``, ``seq_info``, ``chunk_info``).
 """
+import functools
 import itertools
 
 import torch
@@ -53,13 +54,19 @@ class PackedSeqs:
         """Physical row of each sequence's last logical token (where its final state is read), int64 ``[S]``.
         An empty sequence points at a valid row (its final-state terms are zero)."""
         if not self.varlen:
-            first = torch.arange(self.B, device=self.device) * self.N
-            return first if reverse else first + self.N - 1
+            return _dense_last_rows(self.B, self.N, self.device, reverse)
         rows = self.cu[:-1].long() if reverse else self.cu[1:].long() - 1
         return rows.clamp(0, max(self.N - 1, 0))
 
     def chunks(self, C, H):
         return ChunkTable(self, C, H)
+
+
+@functools.lru_cache(maxsize=64)
+def _dense_last_rows(B, N, device, reverse):
+    """``last_rows`` of a dense batch (cached: no small device ops on every call; read-only)."""
+    first = torch.arange(B, device=device) * N
+    return first if reverse else first + N - 1
 
 
 class ChunkTable:

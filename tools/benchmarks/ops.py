@@ -488,6 +488,25 @@ def host_costs(spec, names, a, dtype, device):
     return row
 
 
+def host_profile(spec, a, dtype, device, rows=25):
+    """cProfile of ``--host-calls`` forward+backward calls of ours at the host shape: where the host time goes
+    (our Python, torch, Triton's launcher), as a markdown section."""
+    import cProfile
+    import io
+    import pstats
+    impl = make_impl(spec, 'ours', spec.make(1, 1, a.host_N, a.K, a.V, dtype, device))
+    common.host_us(impl.fwdbwd, n=20, device=device)
+    prof = cProfile.Profile()
+    prof.enable()
+    for _ in range(a.host_calls):
+        impl.fwdbwd()
+    prof.disable()
+    common.synchronize(device)
+    buf = io.StringIO()
+    pstats.Stats(prof, stream=buf).sort_stats('tottime').print_stats(rows)
+    return f'## {spec.name}: {a.host_calls} fwd+bwd calls, B1 H1 N{a.host_N}\n\n```\n{buf.getvalue().strip()}\n```\n\n'
+
+
 def impl_names(spec, peers, device, log, status):
     names = ['ours'] if spec.ours is not None else []
     for pname, peer in spec.peers.items():
@@ -592,6 +611,8 @@ def parse_args(argv=None):
     p.add_argument('--check-H', dest='check_H', type=int, default=2)
     p.add_argument('--host', action=argparse.BooleanOptionalAction, default=False,
                    help='host microseconds per call at B1 H1 --host-N')
+    p.add_argument('--host-profile', dest='host_profile', action='store_true',
+                   help='with --host: cProfile of ours per op into host_profile.md')
     p.add_argument('--host-N', dest='host_N', type=int, default=64)
     p.add_argument('--host-calls', dest='host_calls', type=int, default=300)
     p.add_argument('--graph', action='store_true', help='also time CUDA-graph replays')
@@ -606,7 +627,7 @@ def parse_args(argv=None):
     p.add_argument('--smoke', action='store_true', help='CPU, tiny shapes, float32 (CI)')
     if '--smoke' in (sys.argv[1:] if argv is None else argv):  # tiny defaults; explicit options still win
         p.set_defaults(N='16,32', B=1, H=2, K=8, V=8, dtype='fp32', slots=4, check_N=16, check_B=1, check_H=2,
-                       warmup=1, rep=5, B_at=0, host_N=16, host_calls=2, check=True, host=True)
+                       warmup=1, rep=5, B_at=0, host_N=16, host_calls=2, check=True, host=True, host_profile=True)
     a = p.parse_args(argv)
     return a
 
@@ -654,6 +675,9 @@ def run_benchmark(a):
         for n in names:
             todo = [i for i in impl_names(specs[n], peers, device, log, {}) if i in ('ours', 'sdpa')]  # no autotuners
             res['host'].append(host_costs(specs[n], todo, a, dtype, device))
+            if a.host_profile and specs[n].ours is not None:
+                with open(osp.join(a.out, 'host_profile.md'), 'a') as f:
+                    f.write(host_profile(specs[n], a, dtype, device))
         common.write_json(out_json, res)
     for n in names:
         spec = specs[n]

@@ -333,7 +333,8 @@ def scalars(work_dir):
 # ----------------------------------------------------------------------------------------------- profiles
 def profile(fn, iters=2, row_limit=15, device=None):
     """torch.profiler over ``iters`` calls of ``fn`` (after one warm-up call): the top-``row_limit`` table by
-    device time (CPU time without a GPU) and per-event rows (name, count, device ms per iteration)."""
+    device time (CPU time without a GPU) and per-event rows (name, count, device ms per iteration, kernel: a GPU
+    activity rather than a host op)."""
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as _profile
     cuda = torch.cuda.is_available() and (device is None or torch.device(device).type == 'cuda')
@@ -352,6 +353,9 @@ def profile(fn, iters=2, row_limit=15, device=None):
         t = getattr(e, 'device_time_total', None) if cuda else e.cpu_time_total
         if t is None:
             t = getattr(e, 'cuda_time_total', 0)
-        rows.append(dict(name=e.key, count=e.count / iters, ms_per_iter=t / iters / 1e3))
+        # kernel: a GPU activity (kernel, memcpy, memset), not a host op whose time sums its children's kernels
+        kernel = (cuda and e.device_type != torch.autograd.DeviceType.CPU
+                  and not getattr(e, 'is_user_annotation', False))
+        rows.append(dict(name=e.key, count=e.count / iters, ms_per_iter=t / iters / 1e3, kernel=kernel))
     rows.sort(key=lambda r: -r['ms_per_iter'])
     return table, rows

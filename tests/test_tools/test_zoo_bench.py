@@ -56,9 +56,15 @@ def test_zoo_columns_and_routes_smoke(models, tmp_path):
     assert rows['hgrn2']['params_M'] == pytest.approx(sum(p.numel() for p in uni.parameters()) / 1e6)
 
 
-def test_unknown_mixer_is_refused(models, tmp_path):
+def test_unknown_mixer_is_refused_and_routes_run_at_route_res(models, tmp_path):
     with pytest.raises(SystemExit):
         models.parse_args(['--smoke', '--out', str(tmp_path), '--mixers', 'gla,nope'])
+    a = models.parse_args(['--out', str(tmp_path), '--mixers', 'all', '--routes', 'uni,bi', '--route-res', '224'])
+    assert len(a.mixers) == 13 and a.models == ['timm_sdpa'] and a.route_res == [224]
+    names = models.case_names(a, a.models, [])
+    assert 'gated_deltanet@bi' in names and 'transformer@bi' not in names and 'bitnet@bi' not in names
+    assert [r for r in a.res if models.timed_at('gla@bi', r, a)] == [224]
+    assert [r for r in a.res if models.timed_at('gla', r, a)] == [224, 512, 1024, 2048, 4096]
 
 
 def _results(rows, mixers, res=(224, 1024)):
@@ -108,8 +114,7 @@ def test_warm_up_processes_compile_each_model(models, tmp_path):
     assert 'warm hgrn2: rc=0' in (tmp_path / 'log.txt').read_text()
 
 
-def test_warm_batch_one_block_and_kernel_shares(models):
-    assert [models.warm_batch(b) for b in (256, 64, 16, 4, 1)] == [16, 16, 16, 4, 1]
+def test_one_block_kernel_shares_and_verdicts(models):
     from vla_mm.models.backbones import IsotropicBackbone
     cfg = models.one_block(dict(type='vla_mm.IsotropicBackbone', arch='small', mixer=dict(type='gla')),
                            IsotropicBackbone)

@@ -30,13 +30,15 @@ steps (CUDA events around each run), images/s = batch / (median run time / steps
 ``torch.cuda.max_memory_allocated`` over the timed steps. Every case (model x resolution x eager/compile x
 train/infer) catches and reports its own failure (an out-of-memory, a compile error); the eager cases all run
 before any compiled one, and a case that would pass ``--deadline`` is skipped and recorded. ``--profile RES``:
-torch.profiler of two train steps of each model at RES (top kernels by CUDA time, the share of the step's kernel
-time of each, ``aten::contiguous`` / copy counts).
+torch.profiler of two train steps of each model (route variants aside) at RES (top kernels by CUDA time, the
+share of the step's kernel time of each, ``aten::contiguous`` / copy counts). ``--route-res 224,1024``: the route
+variants only at these resolutions (the route-cost table needs no more).
 
-``--warm`` (default on CUDA): before the timed cases, one process per model (one block deep, the batch cut to its
-Triton specialisation class: 16 for a multiple of 16) runs a train step and an inference call at every
-resolution, ``--warm-jobs`` processes at once, so every Triton kernel is compiled in parallel into Triton's cache
-and the timed process only loads it (a first compile of the delta-rule kernels takes 35-45 s).
+``--warm`` (default on CUDA): before the timed cases, one process per model (one block deep: the same shapes,
+strides and launch choices as the full depth) runs a train step and an inference call at every resolution and
+batch, ``--warm-jobs`` processes at once, so every Triton kernel is compiled in parallel into Triton's on-disk
+cache and the timed process only loads it (a first compile of the delta-rule kernels takes 35-45 s); a case's
+``*_first_s`` shows whether it did.
 ``--merge``: the rows of several calls' results.json (split by ``--mixers`` or ``--res``) in one report; each row
 keeps its call, and ratios to timm SDPA and route costs are taken within one call (one process).
 Writes log.txt, results.json (after every case), models.md, models.png and profile_<RES>.md under --out.
@@ -292,6 +294,11 @@ def measure(fn, batch, a, device):
     return batch / (ms * 1e-3), ms, first, peak
 
 
+def timed_at(name, res, a):
+    """Is model ``name`` timed at ``res``? Route variants only at ``--route-res``."""
+    return '@' not in name or a.route_res is None or res in a.route_res
+
+
 def _error(e):
     return f'{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ""}'
 
@@ -332,29 +339,24 @@ def run_case(name, res, batch, mode, a, device, bcfg):
     return row
 
 
-def warm_batch(batch):
-    """The smallest batch in ``batch``'s Triton specialisation class (integers are specialised on == 1 and on
-    divisibility by 16): 16 for a multiple of 16, else the batch itself."""
-    return 16 if batch % 16 == 0 else batch
-
-
 def warm_one(name, a, device, bcfg, log):
     """One model, one block deep: a train step and an inference call at every resolution (and profile
-    resolution), each at its warm batch. Compiles the Triton kernels the timed cases launch into the cache."""
-    todo = list(zip(a.res, a.batch)) + [(r, 1) for r in a.profile if r not in a.res]
+    resolution) and its batch. Compiles the Triton kernels the timed cases launch into the cache (the batch is
+    the timed one: launch choices such as the delta rule's state-kernel V block depend on it)."""
+    todo = [(r, b) for r, b in zip(a.res, a.batch) if timed_at(name, r, a)]
+    todo += [(r, 1) for r in a.profile if r not in a.res and '@' not in name]
     for res, batch in todo:
         t0, model = time.time(), None
         try:
             model = build(name, res, a, device, bcfg, layers=1)
-            wb = warm_batch(batch)
-            if 'train' in a.kinds or res in a.profile:
+            if 'train' in a.kinds or (res in a.profile and '@' not in name):
                 model.train()
-                train_step_fn(model, wb, res, a, device)()
+                train_step_fn(model, batch, res, a, device)()
             if 'infer' in a.kinds:
                 model.eval()
-                infer_fn(model, wb, res, a, device)()
+                infer_fn(model, batch, res, a, device)()
             common.synchronize(device)
-            log(f'warm {name} {res} batch {wb}: {time.time() - t0:.1f}s')
+            log(f'warm {name} {res} batch {batch}: {time.time() - t0:.1f}s')
         except Exception as e:  # noqa: BLE001  (the timed case reports it)
             log(f'warm {name} {res} failed: {_error(e)}')
         del model
@@ -703,6 +705,7 @@ def parse_args(argv=None):
                                                   "or timm_sdpa alone with --mixers)")
     p.add_argument('--mixers', default='', help="zoo mixers whose Small models are timed, comma-separated, or 'all'")
     p.add_argument('--routes', default='uni', help='scan routes of the directional --mixers, e.g. uni,bi,cross')
+    p.add_argument('--route-res', default='', help='resolutions of the route variants (default: every --res)')
     p.add_argument('--modes', default='eager,compile')
     p.add_argument('--kinds', default='train,infer')
     p.add_argument('--compile-backend', default='inductor')
@@ -751,6 +754,7 @@ def parse_args(argv=None):
         p.error(f'--mixers: no family base configs/_base_/models/isotropic/<mixer>-s.py for {unknown}; '
                 f'known: {sorted(a.zoo)}')
     a.routes = [r for r in a.routes.split(',') if r]
+    a.route_res = [int(r) for r in a.route_res.split(',') if r] or None
     if a.models is None:
         a.models = SDPA if a.mixers else ','.join(MODELS)
     a.models = [m for m in a.models.split(',') if m and m != 'none']
@@ -815,7 +819,7 @@ def main(argv=None):
     for mode in a.modes:
         need = 20 if mode == 'eager' else 120
         for r, b in zip(a.res, a.batch):
-            for name in names:
+            for name in (n for n in names if timed_at(n, r, a)):
                 if deadline.expired(need):
                     row = dict(model=name, res=r, batch=b, mode=mode, skipped='deadline')
                 else:
@@ -830,7 +834,8 @@ def main(argv=None):
                     res['notes'].append(f'profile at {pr} skipped (deadline)')
                     continue
                 b = a.batch[a.res.index(pr)] if pr in a.res else 1
-                res.setdefault('profile', {})[pr] = profile_models(pr, b, a, device, bcfg, names, a.out, log)
+                res.setdefault('profile', {})[pr] = profile_models(pr, b, a, device, bcfg,
+                                                                   [n for n in names if '@' not in n], a.out, log)
                 common.write_json(out_json, res)
     common.write_json(out_json, res)
     common.guarded(log, 'report', report, res, a.out)

@@ -96,6 +96,7 @@ def test_merge_takes_ratios_within_each_call(models, tmp_path):
     # gla from call 0 (the first with it): 100 / 200 at 224, 40 / 10 at 1024; rwkv6 from call 1: 300 / 100
     assert '100 (0.50x)' in lines['gla'] and '40 (4.00x)' in lines['gla'] and 'faster from 1024 px' in lines['gla']
     assert '300 (3.00x)' in lines['rwkv6'] and 'faster at every resolution' in lines['rwkv6']
+    assert '| timm_sdpa | 0 | 200 | 10 |' in speed and '| timm_sdpa | 1 | 100 | - |' in speed  # one per process
     costs = {(c['mixer'], c['res']): c for c in models.route_costs(merged['rows'], 'eager', 'train')}
     # the bi / cross rows are against call 1's uni gla (80 img/s), not call 0's (100)
     assert costs[('gla', 224)]['uni'] == 80.0

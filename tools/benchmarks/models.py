@@ -484,36 +484,40 @@ def zoo_names(rows):
 
 def zoo_tables(rows, mode, kind):
     """Markdown: img/s with the ratio to timm SDPA of the same call per resolution, and peak memory, one row
-    per model (uni routes and timm SDPA)."""
+    per model (uni routes) and one timm SDPA row per call (merged results: a ``call`` column)."""
     key = f'{kind}_img_s'
-    names = [n for n in zoo_names(rows) if '@' not in n] + [SDPA]
     ress = sorted({r['res'] for r in rows if r['mode'] == mode})
     batch = {r['res']: r['batch'] for r in rows if r['mode'] == mode}
-    if not any(r['model'] in names and r['mode'] == mode for r in rows):
+    calls = sorted({r.get('call', 0) for r in rows if r['model'] == SDPA and r['mode'] == mode})
+    # (model, call): None = each resolution's first row that has a result, in call order
+    entries = [(n, None) for n in zoo_names(rows) if '@' not in n] + [(SDPA, c) for c in calls]
+    if not any(r['mode'] == mode for r in rows if r['model'] in {n for n, _ in entries}):
         return []
-    speed, memory, plot = [], [], {}
-    for n in names:
-        cells, mems, pairs = {}, {}, []
+    speed, memory = [], []
+    for n, call in entries:
+        cells, mems, pairs, used = {}, {}, [], []
         for res in ress:
-            r = _first_with(rows, n, res, mode, key)
+            r = _first_with(rows, n, res, mode, key) if call is None else _lookup(rows, n, res, mode, call)
             if r is None:
                 continue
+            used.append(r.get('call', 0))
             sd = _lookup(rows, SDPA, res, mode, r.get('call', 0))
-            x = common.ratio(r.get(key), (sd or {}).get(key))
+            x = common.ratio(r.get(key), (sd or {}).get(key)) if n != SDPA else None
             pairs.append((res, x))
             ips = r.get(key)
-            cells[res] = '-' if ips is None else (common.fmt(ips) + (f' ({x:.2f}x)' if x is not None and n != SDPA
-                                                                      else ''))
+            cells[res] = '-' if ips is None else common.fmt(ips) + (f' ({x:.2f}x)' if x is not None else '')
             if ips is None and any(k.endswith('error') or k == 'skipped' for k in r):
                 cells[res] = 'error' if any(k.endswith('error') for k in r) else 'skipped'
             mems[res] = r.get(f'{kind}_peak_GiB')
-        speed.append(dict(model=n, verdict=vs_sdpa(pairs) if n != SDPA else '', **{f'r{k}': v for k, v in cells.items()}))
-        memory.append(dict(model=n, **{f'r{k}': v for k, v in mems.items()}))
+        label = dict(model=n, call=','.join(str(c) for c in dict.fromkeys(used)))
+        speed.append(dict(label, verdict=vs_sdpa(pairs) if n != SDPA else '', **{f'r{k}': v for k, v in cells.items()}))
+        memory.append(dict(label, **{f'r{k}': v for k, v in mems.items()}))
+    first = [('model', 'model')] + ([('call', 'call')] if len({r.get('call', 0) for r in rows}) > 1 else [])
     cols = [(f'{res} ({batch[res]})', f'r{res}') for res in ress]
     return [f'## zoo: {kind}, {mode} (images/s; x = / timm SDPA in the same call)', '',
-            common.md_table(speed, [('model', 'model')] + cols + [('vs timm SDPA', 'verdict')]), '',
+            common.md_table(speed, first + cols + [('vs timm SDPA', 'verdict')]), '',
             f'## zoo: {kind}, {mode}: peak memory (GiB)', '',
-            common.md_table(memory, [('model', 'model')] + cols), '']
+            common.md_table(memory, first + cols), '']
 
 
 def route_costs(rows, mode, kind):

@@ -486,7 +486,7 @@ def parse_args(argv=None):
                    help='learn: warm-up processes first (default: on CUDA)')
     p.add_argument('--no-warm', dest='warm', action='store_false')
     p.add_argument('--warm-jobs', type=int, default=0, help='learn: warm-ups at once (default: CPUs - 2)')
-    p.add_argument('--warm-seconds', type=float, default=150, help='learn: warm-ups still running then are killed')
+    p.add_argument('--warm-seconds', type=float, default=240, help='learn: warm-ups still running then are killed')
     p.add_argument('--learn-options', nargs='+', default=None, help='learn: --cfg-options of every training')
     p.add_argument('--min-top1', type=float, default=90.0, help='learn: the target val top-1')
     p.add_argument('--tol', type=float, default=5e-2, help='compat: bf16 output vs fp32 reference ops')

@@ -1,7 +1,7 @@
 """The config zoo (issue 17): every config under ``configs/`` loads and names registered types; each mixer has its
 family bases and task configs; a swapped task config differs from its linear_attn counterpart in the mixer only;
-the backbones of the shapes configs build and run; ``tools/train.py`` runs two iterations of each mixer's shapes
-classification config."""
+a hybrid config from its pure one in ``attn_layers`` only; the backbones of the shapes configs build and run; hybrid
+SimMIM trains a step; ``tools/train.py`` runs two iterations of each mixer's shapes classification config."""
 import copy
 import functools
 import glob
@@ -25,6 +25,7 @@ MIXERS = {'abc': 'abc', 'bitnet': 'bitnet', 'deltanet': 'deltanet', 'gated_delta
           'gsa': 'gsa', 'hgrn': 'hgrn', 'hgrn2': 'hgrn2', 'lightnet': 'lightnet', 'linear_attn': 'linear-attn',
           'retnet': 'retnet', 'rwkv6': 'rwkv6', 'transformer': 'transformer'}
 ROUTED = ('gla', 'gated_deltanet', 'rwkv6')
+LINEAR = [n for n in MIXERS if n != 'transformer']   # transformer is all softmax attention already
 # task configs of every mixer but linear_attn: (stem, linear_attn counterpart or None)
 TASKS = {
     '{hy}-t_8xb128_in1k': None, '{hy}-s_8xb128_in1k': None, '{hy}-b_8xb128_in1k': None,
@@ -35,6 +36,13 @@ TASKS = {
     'upernet_{hy}-t_4xb4-160k_ade20k-512x512': 'upernet_linear-attn-t_4xb4-160k_ade20k-512x512',
     'mask-rcnn_{hy}-t_sfp-fpn_1xb8-48e_shapes-128px': 'mask-rcnn_linear-attn-t_sfp-fpn_1xb8-48e_shapes-128px',
     'mask-rcnn_{hy}-t_sfp-fpn_1x_coco': 'mask-rcnn_linear-attn-t_sfp-fpn_1x_coco',
+}
+# hybrid configs of every LINEAR mixer: (stem, the pure config it inherits); softmax attention in every other block
+HYBRIDS = {
+    '{hy}-t-hybrid_1xb64_shapes-48px': '{hy}-t_1xb64_shapes-48px',
+    '{hy}-t-hybrid_8xb128_in1k': '{hy}-t_8xb128_in1k',
+    'simmim_{hy}-t-hybrid_1xb64-40e_shapes-32px': 'simmim_{hy}-t_1xb64-40e_shapes-32px',
+    'simmim_{hy}-t-hybrid_8xb256-amp-coslr-100e_in1k-192px': 'simmim_{hy}-t_8xb256-amp-coslr-100e_in1k-192px',
 }
 
 
@@ -109,12 +117,13 @@ def test_every_mixer_has_its_family_bases_and_task_configs():
             base = load(osp.join(CONFIGS, '_base_/models/isotropic', f'{hy}-{s}.py'))
             assert base.backbone.type == 'vla_mm.IsotropicBackbone' and base.backbone.arch == arch
             assert base.backbone.mixer.type == name
-        if name == 'linear_attn':
-            continue
-        want = {stem.format(hy=hy) for stem in TASKS}
-        want |= {f'{hy}-t-hybrid_1xb64_shapes-48px'} if name != 'transformer' else set()   # all attention already
-        want |= {f'{hy}-t-{r}_1xb64_shapes-48px' for r in ('bi', 'cross') if name in ROUTED}
         got = {osp.basename(p)[:-3] for p in glob.glob(osp.join(CONFIGS, name, '*.py'))}
+        hybrids = {stem.format(hy=hy) for stem in HYBRIDS} if name in LINEAR else set()
+        if name == 'linear_attn':   # its own layout, its hybrids as the others'
+            assert hybrids <= got, hybrids - got
+            continue
+        want = {stem.format(hy=hy) for stem in TASKS} | hybrids
+        want |= {f'{hy}-t-{r}_1xb64_shapes-48px' for r in ('bi', 'cross') if name in ROUTED}
         assert got == want, (name, got ^ want)
         assert osp.isfile(osp.join(CONFIGS, name, 'README.md'))
         for s, width in (('t', 192), ('s', 384), ('b', 768)):
@@ -131,8 +140,8 @@ def _depth(backbone):
 @pytest.mark.parametrize('name', [n for n in MIXERS if n != 'linear_attn'])
 def test_swapped_configs_change_only_the_mixer(name):
     """A task config of another mixer resolves to its linear_attn counterpart but for the mixer (the family base's
-    mixer; ``num_layers`` is the backbone's depth) and the pre-trained checkpoint it names; the hybrid and route
-    variants add ``attn_layers`` / ``scan`` only."""
+    mixer; ``num_layers`` is the backbone's depth) and the pre-trained checkpoint it names; the route variants add
+    ``scan`` only (the hybrids: test_hybrid_configs_add_only_attn_layers)."""
     hy = MIXERS[name]
     fam_mixer = load(f'_base_/models/isotropic/{hy}-t.py').backbone.mixer.to_dict()
     for stem, other in TASKS.items():
@@ -151,15 +160,29 @@ def test_swapped_configs_change_only_the_mixer(name):
             ref['model']['backbone']['init_cfg']['checkpoint'] = ref['pretrained'] = cfg['pretrained']
         assert cfg == ref, stem
     shapes = load(f'{name}/{hy}-t_1xb64_shapes-48px.py').to_dict()
-    variants = [('hybrid', 'attn_layers', (1, 3))] * (name != 'transformer') + \
-        [(r, 'scan', dict(type=r)) for r in ('bi', 'cross') if name in ROUTED]
-    for tag, key, value in variants:
-        cfg = load(f'{name}/{hy}-t-{tag}_1xb64_shapes-48px.py').to_dict()
-        assert cfg['model']['backbone'].pop(key) == value
-        assert cfg == shapes, tag
+    for r in ('bi', 'cross') if name in ROUTED else ():
+        cfg = load(f'{name}/{hy}-t-{r}_1xb64_shapes-48px.py').to_dict()
+        assert cfg['model']['backbone'].pop('scan') == dict(type=r)
+        assert cfg == shapes, r
 
 
-SHAPES = [p for p in ALL if 'shapes' in osp.basename(p)]
+@pytest.mark.parametrize('name', LINEAR)
+def test_hybrid_configs_add_only_attn_layers(name):
+    """A hybrid config resolves to its pure config plus ``attn_layers``: the odd blocks (every other one, the FLA
+    vision encoders' placement), 1 and 3 of the 4-block shapes models, 1, 3, ..., 11 of the 12-block T models; a
+    SimMIM hybrid and the classification hybrid it pre-trains share the placement."""
+    hy = MIXERS[name]
+    for stem, pure in HYBRIDS.items():
+        cfg = load(f'{name}/{stem.format(hy=hy)}.py').to_dict()
+        ref = load(f'{name}/{pure.format(hy=hy)}.py')
+        depth = _depth(ref.model.backbone)
+        assert depth == (4 if 'shapes' in stem else 12)
+        assert cfg['model']['backbone'].pop('attn_layers') == tuple(range(1, depth, 2)), stem
+        assert cfg == ref.to_dict(), stem
+
+
+# the SimMIM hybrids run in test_hybrid_simmim_step_and_in1k_hybrid_backbones (with masks and a backward)
+SHAPES = [p for p in ALL if 'shapes' in osp.basename(p) and not re.match(r'simmim_.*-hybrid_', osp.basename(p))]
 
 
 def test_shapes_backbones_build_and_run_at_48px():
@@ -184,6 +207,56 @@ def test_shapes_backbones_build_and_run_at_48px():
         if 'Isotropic' in bb.type and 'MAE' not in bb.type:
             assert len(outs) == len(model.out_indices), path
             assert all(o.shape[:2] == (1, model.embed_dims) for o in outs), path
+
+
+def _mixer_kinds(backbone):
+    return ['attn' if type(layer.mixer).__name__ == 'SoftmaxAttention' else type(layer.mixer).__name__
+            for layer in backbone.layers]
+
+
+@pytest.mark.parametrize('name', LINEAR)
+def test_hybrid_simmim_step_and_in1k_hybrid_backbones(name):
+    """The shapes hybrid SimMIM model (4 blocks, 32 px) takes one loss + backward with masks: the masked patches'
+    pixels do not reach the output (exactly), the mask token and every block's mixer get finite, non-zero
+    gradients. The ImageNet hybrid backbones (classification and SimMIM) build with their 12 blocks, 48 wide for
+    speed, and run on a 32 px image (SimMIM's with a mask)."""
+    from mmengine.registry import MODELS, DefaultScope
+    import vla_mm  # noqa: F401  (before mmpretrain.models: the compatibility fixes)
+    from mmpretrain.structures import DataSample
+    hy = MIXERS[name]
+    cfg = load(f'{name}/simmim_{hy}-t-hybrid_1xb64-40e_shapes-32px.py')
+    torch.manual_seed(0)
+    with DefaultScope.overwrite_default_scope('mmpretrain'):
+        model = MODELS.build(cfg.model)
+    kind = type(model.backbone.layers[0].mixer).__name__
+    assert _mixer_kinds(model.backbone) == [kind, 'attn', kind, 'attn'] and kind != 'SoftmaxAttention'
+    x = torch.randn(2, 3, 32, 32)
+    mask = torch.rand(2, 8, 8) < 0.6   # 8x8 patches of 4 px
+    mask[:, 0, 0], mask[:, 0, 1] = True, False
+    loss = model.loss(x, [DataSample(mask=m.long()) for m in mask])['loss']
+    loss.backward()
+    assert torch.isfinite(loss)
+    grads = {n: p.grad for n, p in model.backbone.named_parameters() if p.requires_grad}
+    assert all(g is not None and torch.isfinite(g).all() for g in grads.values())
+    assert grads['mask_token'].abs().sum() > 0
+    for i in range(4):
+        assert any(g.abs().sum() > 0 for n, g in grads.items() if n.startswith(f'layers.{i}.mixer.')), i
+    pixels = mask.repeat_interleave(4, 1).repeat_interleave(4, 2)[:, None].expand_as(x)
+    with torch.no_grad():
+        out = model.backbone(x, mask.long())[0]
+        assert torch.equal(model.backbone(torch.where(pixels, torch.randn_like(x), x), mask.long())[0], out)
+        assert not torch.equal(model.backbone(torch.where(pixels, x, torch.randn_like(x)), mask.long())[0], out)
+
+    small = dict(embed_dims=48, num_layers=12, num_heads=3)
+    for stem in ('{hy}-t-hybrid_8xb128_in1k', 'simmim_{hy}-t-hybrid_8xb256-amp-coslr-100e_in1k-192px'):
+        bb = load(f'{name}/{stem.format(hy=hy)}.py').model.backbone
+        assert bb.arch == 'tiny'   # DeiT-T: 12 blocks
+        bb = MODELS.build(dict(bb, arch=small, img_size=32))
+        assert bb.attn_layers == [1, 3, 5, 7, 9, 11]
+        assert _mixer_kinds(bb) == [kind, 'attn'] * 6
+        with torch.no_grad():
+            out = bb(torch.randn(1, 3, 32, 32), torch.ones(1, 2, 2) if 'simmim' in stem else None)
+        assert out[-1].shape == (1, 48, 2, 2) and torch.isfinite(out[-1]).all()
 
 
 TINY_SHAPES = dict(image_size=48, num_train=4, num_val=4, min_shapes=1, max_shapes=1, size_range=[0.3, 0.45],

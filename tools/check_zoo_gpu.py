@@ -196,7 +196,7 @@ def part_compat(args, end):
 
 
 def cell_rows(results, resolutions):
-    """Table rows (mixer, hybrid, route, r<res>: result), hybrid-major then route then mixer as before."""
+    """Table rows (mixer, hybrid, route, r<res>: result) by route, then pure before hybrid, then mixer."""
     rows = {}
     keys = sorted(results, key=lambda k: (list(ROUTES).index(k[2]) if k[2] in ROUTES else 99, k[1],
                                           MIXERS.index(k[0]) if k[0] in MIXERS else 99))
@@ -208,7 +208,8 @@ def cell_rows(results, resolutions):
         for res in all_res:
             c.setdefault(f'r{res}', dict(ok=None, error='not planned'))
     return [{**{k: v for k, v in c.items() if not _is_res(k)},
-             **{k: c[k] for k in sorted((k for k in c if _is_res(k)), key=lambda k: int(k[1:]))}} for c in rows.values()]
+             **{k: c[k] for k in sorted((k for k in c if _is_res(k)), key=lambda k: int(k[1:]))}}
+            for c in rows.values()]
 
 
 # ----------------------------------------------------------------------------------------------- learn

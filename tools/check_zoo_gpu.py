@@ -493,6 +493,8 @@ def parse_args(argv=None):
     p.add_argument('--tol', type=float, default=5e-2, help='compat: bf16 output vs fp32 reference ops')
     p.add_argument('--deadline', type=float, default=540, help='seconds for all parts together')
     p.add_argument('--learn-seconds', type=float, default=None, help='learn: seconds (default: the deadline)')
+    p.add_argument('--work-dir', default=osp.join(ROOT, 'work_dirs', 'check_zoo_gpu'),
+                   help='worker files, training work dirs and logs (not under --out: only a few files come back)')
     p.add_argument('--smoke', action='store_true')
     p.add_argument('--worker', help=argparse.SUPPRESS)
     p.add_argument('--cells', nargs='+', help=argparse.SUPPRESS)
@@ -514,7 +516,7 @@ def main(argv=None):
         write(merge(args.merge), args.out)
         return 0
     import torch
-    args.out_work = osp.join(ROOT, 'work_dirs', 'check_zoo_gpu')
+    args.out_work = osp.abspath(args.work_dir)
     os.makedirs(args.out_work, exist_ok=True)
     start = time.time()
     end = start + args.deadline

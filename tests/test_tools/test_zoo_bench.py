@@ -136,7 +136,7 @@ def test_check_zoo_smoke_compat_workers_and_learn_with_warm_up(zoo, tmp_path, mo
     out = tmp_path / 'zoo'
     rc = zoo.main(['--smoke', '--out', str(out), '--mixers', 'hgrn2', 'linear_attn', '--routes', 'uni', 'bi',
                    '--configs', osp.join(ROOT, 'configs', 'linear_attn', 'linear-attn-t_1xb64_shapes-48px.py'),
-                   '--warm'])
+                   '--warm', '--work-dir', str(tmp_path / 'work')])
     res = json.load(open(out / 'zoo_gpu.json'))
     cells = {(c['mixer'], c['hybrid'], c['route']): c['r32'] for c in res['compat']}
     assert set(cells) == {(m, h, r) for m in ('hgrn2', 'linear_attn') for h in (False, True) for r in ('uni', 'bi')}
@@ -145,6 +145,7 @@ def test_check_zoo_smoke_compat_workers_and_learn_with_warm_up(zoo, tmp_path, mo
     (row,) = res['learn']
     assert row['rc'] == 0 and len(row['per_epoch']) == 2 and 0 <= row['top1'] <= 100  # 2 epochs of 8 images
     assert row['warm']['rc'] == 0 and row['seconds'] > 0
+    assert (tmp_path / 'work' / 'linear-attn-t_1xb64_shapes-48px' / 'epoch_2.pth').is_file()
     assert row['ok'] is False and rc == 1  # 8 images do not reach 90 %: reported, and the exit code says so
     md = (out / 'zoo_gpu.md').read_text()
     assert 'cells: 32 px 8 ok, 0 fail, 0 not run' in md and '| hgrn2 (hybrid) | ok | ok |' in md

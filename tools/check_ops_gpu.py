@@ -17,10 +17,13 @@ launch.
 
 Each case: inputs drawn in float64 and rounded to the dtype; the op on CUDA tensors of that dtype; the family's
 reference on float64 copies of the same rounded inputs (on the GPU: plain torch); one backward with the same
-random cotangents (rounded to the outputs' dtypes). Every output and input gradient is judged by
-``||x - R|| / ||ref||``, R the float64 reference rounded to x's dtype where that dtype cannot represent it
-(``judged_err``; the raw ``||x - ref|| / ||ref||`` is reported beside it); pass below 1e-4 (fp32) / 1e-2
-(bf16, fp16); NaN / Inf fail; an exception fails its case only. All cases run in worker subprocesses (one
+random cotangents (rounded to the outputs' dtypes; a gradient autograd reports as None, an input that reaches no
+output, is zero). Every output and input gradient is judged by ``||x - R|| / ||ref||``, R the float64 reference,
+or where x's dtype cannot represent it (below its smallest normal) the dtype value next to it on x's side
+(``judged_err``); by ``||x - R|| / scale`` where ``||ref||`` is zero or below ``ABS_FLOOR`` of the case scale
+(``case_scales``: the largest RMS of the case's other references times sqrt(x's element count)); the raw
+``||x - ref|| / ||ref||`` and ``max |x - ref|`` are recorded beside it. Pass below 1e-4 (fp32) / 1e-2 (bf16,
+fp16); NaN / Inf fail; an exception fails its case only. All cases run in worker subprocesses (one
 group per op, dtype and K, several groups at once): an illegal memory access kills only its worker, whose
 finished cases are kept and whose other cases re-run in a fresh worker. Outputs under ``--out``:
 ``results.json`` (every case) and ``table.md`` (op x dtype: cases run / passed / worst error / failures),
@@ -621,46 +624,106 @@ DTYPE_SHORT = {'float32': 'fp32', 'bfloat16': 'bf16', 'float16': 'fp16'}
 
 # --------------------------------------------------------------------------------------------- one case
 
-def rel_err(torch, x, ref):
-    """``||x - ref|| / ||ref||`` in float64 (inf on a shape mismatch or one side missing, nan if x is not
-    finite)."""
-    if x is None or ref is None:
-        return None if x is None and ref is None else float('inf')
-    x = x.detach().double()
-    ref = ref.detach().double()
+# A reference whose norm is at or below this share of the case scale (``case_scales``) is judged by absolute error:
+# relative error is ill-posed there (an exact 0, or float64 rounding noise ~1e-16 of the scale, of a quantity
+# that is 0 in exact arithmetic); the smallest true gradients of the sweep (dg after -20 log gates) are ~1e-9 of it.
+ABS_FLOOR = 1e-13
+
+
+def _pair(torch, x, ref):
+    """``((x, ref), None)`` in float64, or ``(None, e)`` with the error to report instead: None when both are None,
+    inf when the shapes differ, nan when x is not finite. A gradient that autograd reports as None (the input
+    reaches no output, as RWKV6's gate of a one-token sequence without a final state) is zero: zeros of the
+    other's shape stand in for it."""
+    if x is None and ref is None:
+        return None, None
+    if x is None:
+        ref = ref.detach().double()
+        x = torch.zeros_like(ref)
+    else:
+        x = x.detach().double()
+        ref = torch.zeros_like(x) if ref is None else ref.detach().double()
     if x.shape != ref.shape:
-        return float('inf')
+        return None, float('inf')
     if not bool(torch.isfinite(x).all()):
-        return float('nan')
-    rn = ref.norm().item()
-    dn = (x - ref).norm().item()
+        return None, float('nan')
+    return (x, ref), None
+
+
+def _ratio(dn, rn):
     return dn / rn if rn > 0 else (0.0 if dn == 0 else float('inf'))
 
 
-def representable(torch, ref, dtype):
-    """The float64 reference as the output's dtype can hold it: elements below the dtype's smallest normal
-    (fp16: 6.1e-5; fp32 and bf16: 1.2e-38) rounded to the dtype, where the spacing is absolute (fp16: 6e-8, so
-    a gate gradient of ~1e-9 is 0 in any fp16 kernel), every other element exact. Only fp16 outputs change in
+def rel_err(torch, x, ref):
+    """``||x - ref|| / ||ref||`` in float64 (``_pair``'s value instead where it gives one; inf for a non-zero x
+    against a zero ref)."""
+    p, e = _pair(torch, x, ref)
+    return e if p is None else _ratio((p[0] - p[1]).norm().item(), p[1].norm().item())
+
+
+def max_abs_err(torch, x, ref):
+    """``max |x - ref|`` in float64 (``_pair``'s value instead where it gives one): recorded for every output, the
+    magnitude that a relative error cannot give when the reference is zero."""
+    p, e = _pair(torch, x, ref)
+    return e if p is None else ((p[0] - p[1]).abs().max().item() if p[0].numel() else 0.0)
+
+
+def representable(torch, ref, dtype, x=None):
+    """The float64 reference as an output of ``dtype`` can hold it. Elements below the dtype's smallest normal
+    (fp16: 6.1e-5; fp32 and bf16: 1.2e-38), where its spacing is absolute (fp16: 6e-8, so a gate gradient of
+    ~1e-9 is 0 in any fp16 kernel): without ``x``, ``ref`` rounded to the dtype (to nearest); with ``x`` (the
+    output), the one of the two dtype values next to ``ref`` that is nearer to ``x`` (either is a faithful
+    rounding; which of them a kernel gives turns on its last fp32 bits: a value 1e-3 off in fp32 rounds to the
+    other one for some elements, a whole step there). Every other element exact. Only fp16 outputs change in
     practice."""
     ref = ref.detach().double()
-    if dtype == torch.float64:
+    if dtype == torch.float64 or not dtype.is_floating_point:
         return ref
-    tiny = torch.finfo(dtype).tiny
-    return torch.where(ref.abs() < tiny, ref.to(dtype).double(), ref)
+    fi = torch.finfo(dtype)
+    small = ref.abs() < fi.tiny
+    if x is None:
+        return torch.where(small, ref.to(dtype).double(), ref)
+    step = fi.tiny * fi.eps   # the subnormal spacing: 2^-24 (fp16), 2^-133 (bf16), 2^-149 (fp32)
+    lo, hi = torch.floor(ref / step) * step, torch.ceil(ref / step) * step
+    return torch.where(small, torch.minimum(torch.maximum(x.detach().double(), lo), hi), ref)
 
 
-def judged_err(torch, x, ref):
-    """The error a case is judged by: ``||x - R|| / ||ref||`` with ``R = representable(ref)``, the float64
-    reference rounded to the output's dtype where that dtype cannot represent it (subnormal and underflowing
-    elements). A correctly rounded output scores 0 there instead of ~1; an output that is not the rounded value
-    (noise, a zeroed gradient that the dtype could hold, cancellation error above the subnormal spacing) still
-    scores its distance from it, relative to the float64 norm; elsewhere it equals ``rel_err``."""
-    if x is None or ref is None or x.shape != ref.shape or not bool(torch.isfinite(x.detach()).all()):
-        return rel_err(torch, x, ref)
-    r = representable(torch, ref, x.dtype)
-    rn = ref.detach().double().norm().item()
-    dn = (x.detach().double() - r).norm().item()
-    return dn / rn if rn > 0 else (0.0 if dn == 0 else float('inf'))
+def judged_err(torch, x, ref, scale=None):
+    """The error a case is judged by: ``||x - R|| / ||ref||`` with ``R = representable(ref, x's dtype, x)``:
+    where the dtype cannot represent the float64 reference (subnormal and underflowing elements) R is the dtype
+    value next to it on x's side, so a faithfully rounded output scores 0 there instead of ~1; an output off by
+    more (noise, a zeroed gradient that the dtype could hold, cancellation error above the subnormal spacing)
+    still scores its distance beyond that value, relative to the float64 norm; elsewhere R is the reference.
+    When ``||ref||`` is at or below ``ABS_FLOOR * scale`` (zero: an input that reaches no output; ``scale`` from
+    ``case_scales``) the relative error is ill-posed and the absolute one is judged: ``||x - R|| / scale``.
+    A None gradient counts as zeros (``_pair``)."""
+    p, e = _pair(torch, x, ref)
+    if p is None:
+        return e
+    xd, rd = p
+    dn = (xd - representable(torch, rd, x.dtype if x is not None else torch.float64, xd)).norm().item()
+    rn = rd.norm().item()
+    return dn / scale if scale and rn <= ABS_FLOOR * scale else _ratio(dn, rn)
+
+
+def case_scales(torch, pairs):
+    """Per output / gradient name, the scale its absolute error is judged against when its own reference is zero
+    or tiny (``judged_err``): the largest RMS of the case's other float64 references (outputs and gradients, e.g.
+    dq, dk, dv for dg), times the square root of its own element count, i.e. the norm it would have if its
+    elements were as large as those. None when no other reference is non-zero."""
+    stats = {}
+    for k, (x, ref) in pairs.items():
+        if ref is not None:
+            r = ref.detach().double()
+            n = r.norm().item()
+            if r.numel() and n > 0 and math.isfinite(n):
+                stats[k] = n / math.sqrt(r.numel())
+    out = {}
+    for k, (x, ref) in pairs.items():
+        t = ref if ref is not None else x
+        rms = [v for j, v in stats.items() if j != k]
+        out[k] = max(rms) * math.sqrt(t.numel()) if rms and t is not None else None
+    return out
 
 
 def prepare(torch, spec, c, dev):
@@ -702,14 +765,20 @@ def run_case(torch, spec, c, dev, impl):
     gr = torch.autograd.grad(lr, list(tr.values()), allow_unused=True)
     for n, a, b in zip(tk, gk, gr):
         pairs['d' + n] = (a, b)
-    errs = {k: judged_err(torch, a, b) for k, (a, b) in pairs.items()}
+    scales = case_scales(torch, pairs)
+    errs = {k: judged_err(torch, a, b, scales[k]) for k, (a, b) in pairs.items()}
     raw = {k: rel_err(torch, a, b) for k, (a, b) in pairs.items()}
+    max_abs = {k: max_abs_err(torch, a, b) for k, (a, b) in pairs.items()}
+    # the outputs judged by absolute error (reference zero or tiny), with the scale they were judged against
+    absolute = {k: scales[k] for k, (a, b) in pairs.items() if errs[k] is not None and scales[k] and
+                (b is None or b.detach().double().norm().item() <= ABS_FLOOR * scales[k])}
     tol = TOL[c['dtype']]
     worst = max((e if math.isfinite(e) else math.inf for e in errs.values() if e is not None), default=0.0)
     worst_raw = max((e if math.isfinite(e) else math.inf for e in raw.values() if e is not None), default=0.0)
     bad = {k: e for k, e in errs.items() if e is not None and not e < tol}
-    return {'status': 'fail' if bad else 'pass', 'errors': errs, 'raw_errors': raw, 'worst': worst,
-            'worst_raw': worst_raw, 'message': f'above {tol}: {sorted(bad)}' if bad else ''}
+    return {'status': 'fail' if bad else 'pass', 'errors': errs, 'raw_errors': raw, 'max_abs': max_abs,
+            'absolute': absolute, 'worst': worst, 'worst_raw': worst_raw,
+            'message': f'above {tol}: {sorted(bad)}' if bad else ''}
 
 
 class _LaunchCounter:
@@ -1014,9 +1083,16 @@ def rounding_notes(records):
         tol = TOL.get(r['dtype'])
         for k, raw in (r.get('raw_errors') or {}).items():
             j = r['errors'].get(k)
-            if raw is not None and j is not None and not raw < tol and j < tol:
+            if raw is not None and j is not None and not raw < tol and j < tol and k not in r.get('absolute', {}):
                 out.append(f"{r['id']} {k}: raw {_fmt(raw)}, judged {_fmt(j)}")
     return out
+
+
+def absolute_notes(records):
+    """The outputs judged by absolute error (float64 reference zero or below ABS_FLOOR of the case scale): the
+    largest |x - ref|, the scale and the judged error of each."""
+    return [f"{r['id']} {k}: max |x - ref| {_fmt(r['max_abs'].get(k))}, scale {_fmt(s)}, judged "
+            f"{_fmt(r['errors'].get(k))}" for r in records for k, s in sorted((r.get('absolute') or {}).items())]
 
 
 def invalid_line(records):
@@ -1156,8 +1232,8 @@ def main(argv=None):
         json.dump(report, f, indent=1, default=str)
     extra = [invalid_line(inval)] if inval else []
     notes = rounding_notes(sweep)
-    extra.append(f'Judged against the reference rounded to the output dtype where it cannot hold it (raw error '
-                 f'at or above the tolerance, judged below): {len(notes)} outputs' +
+    extra.append(f'Judged against the reference rounded to the output dtype (either neighbour) where the dtype '
+                 f'cannot hold it (raw error at or above the tolerance, judged below): {len(notes)} outputs' +
                  (': ' + '; '.join(notes[:20]) + (f'; ... {len(notes) - 20} more' if len(notes) > 20 else '')
                   if notes else ''))
     if 'memcheck' in report:
@@ -1179,6 +1255,11 @@ def main(argv=None):
     md = table(sweep)
     with open(os.path.join(out_dir, 'table.md'), 'w') as f:
         f.write(head + '\n\n' + md + '\n' + ''.join('\n' + e + '\n' for e in extra))
+    absn = absolute_notes(sweep)
+    extra.append(f'Judged by absolute error ||x - ref|| / scale (float64 reference zero or below {ABS_FLOOR:g} of the '
+                 f'case scale): {len(absn)} outputs' + (': ' + '; '.join(absn[:20]) +
+                                                         (f'; ... {len(absn) - 20} more' if len(absn) > 20 else '')
+                                                         if absn else ''))
     print('\n'.join(extra))
     print(head)
     print(md)

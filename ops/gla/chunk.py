@@ -31,12 +31,13 @@ Two paths share the state kernels (``_fwd_h_kernel``, ``_bwd_dh_kernel``) and ga
   ``_bwd_dk_kernel`` each walk the sub-blocks and re-form the intra-chunk scores.
 
 Backward: the gate cumsums are the forward's (kept for the backward, option ``gla_keep_cumsum``), the states are
-recomputed (``_fwd_h_kernel``), state gradients run right to left
-(``_bwd_dh_kernel``), then the chunk-parallel kernels of the path. Gate gradients use
-``dL/db_t = q_t * dq_t - k_t * dk_t`` (value gate: ``o_t * do_t - v_t * dv_t``) plus the final-state term,
-followed by a reverse cumulative sum over time (``_revcumsum_kernel``); on the sub-block path the dq kernel writes
-``q * dq`` (fp32) into the key-gate buffer and the dk kernel (launched after it) subtracts ``k * dk``; on the
-A path ``_bwd_inter_kernel`` writes the difference. Every pair of tokens (t, s) enters these buffers at both ends;
+recomputed (``_fwd_h_kernel``), state gradients run right to left (``_bwd_dh_kernel``), then the chunk-parallel
+kernels of the path. Gate gradients use ``dL/db_t = q_t * dq_t - k_t * dk_t`` (value gate: ``o_t * do_t - v_t *
+dv_t``), summed over the later tokens of t's chunk (``_revcumsum_kernel``) plus what the later chunks and the
+final state add, in closed form: ``<S, dS>`` at the chunk's end (``_boundary_terms``; with the bonus ``rk`` of
+``_bwd_dh_kernel``), so that no rounding error is carried from chunk to chunk (one sum over the sequence let them
+grow as sqrt(N)); on the sub-block path the dq kernel writes ``q * dq`` (fp32) into the key-gate buffer and the
+dk kernel (launched after it) subtracts ``k * dk``; on the A path ``_bwd_inter_kernel`` writes the difference. Every pair of tokens (t, s) enters these buffers at both ends;
 the pairs whose gate factor is exp(0) over an empty range of gates cancel exactly and are kept out of them (added
 to dq / dk / dv only): t == s, the last token's final-state path, and with the bonus the pairs (t, t - 1) (inside
 a chunk: ``dAa`` / masked sub-block scores; across a chunk boundary and with h0: the states' boundary terms
@@ -55,7 +56,7 @@ from ..common.varlen import PackedSeqs
 from .chunk_a import _bwd_A, _fwd_A
 from .chunk_subblock import _bwd_sub, _fwd_sub
 from .launch import _lowp
-from .state import _bwd_dh, _fwd_h, _gate_cumsum, _revcumsum
+from .state import _boundary_terms, _bwd_dh, _final_terms, _fwd_h, _gate_cumsum, _revcumsum
 
 
 def _use_A(gv):
@@ -108,8 +109,8 @@ def gla_bwd(q, k, v, gk, gv, u, scale, h0, oex, do, dht, meta, reverse, A=None, 
     adj = u is not None and gk is not None
     h, _, ht, yq = _fwd_h(k, v, gkb, gks, gvb, gvs, h0, need_ht, meta, GK, reverse, ieee, lowp=lowp,
                           do=do if adj else None)
-    dh, dh0, zk = _bwd_dh(q, do, gkb, gk, gvb, gv, u, dht, h0, scale, meta, GK, reverse, ieee, lowp,
-                          v=v if adj else None)
+    dh, dh0, zk, rk = _bwd_dh(q, do, gkb, gk, gvb, gv, u, dht, h0, scale, meta, GK, reverse, ieee, lowp,
+                              v=v if adj else None, h=h, yq=yq)
     if A is not None:
         dq, dk, dv, dbk, dbq = _bwd_A(q, k, v, gkb, gk, gks, u, scale, h, dh, A, do, meta, GK, reverse, ieee, lowp,
                                       yq, zk)
@@ -117,25 +118,22 @@ def gla_bwd(q, k, v, gk, gv, u, scale, h0, oex, do, dht, meta, reverse, A=None, 
     else:
         dq, dk, dv, dbk, dbv, dbq = _bwd_sub(q, k, v, gkb, gk, gks, gv, gvb, gvs, u, scale, h, dh, oex, do, meta, GK,
                                              reverse, ieee, lowp, yq, zk)
-    rows = meta.last_logical_rows(reverse)
     dgk = dgv = du = None
+    # the gate gradient of a token is summed within its chunk; what the later chunks add is taken in closed form
+    # from the states (_boundary_terms; with the bonus rk from _bwd_dh, without the pairs of gate factor exp(0))
     if gk is not None:
-        if dht is not None and ht is not None:
-            term = (dht.float() * ht).sum(-1)                     # [S, H, K]
-            if GK == 1:
-                term = term.sum(-1)                                # [S, H]
-            flat = dbk.view(-1, *dbk.shape[2:])
-            flat.index_add_(0, rows, term)
-        dgk = _revcumsum(dbk, meta, reverse)
+        if adj:
+            carry = _final_terms(rk.sum(1), dht, ht, meta)
+        else:
+            bnd = _boundary_terms(h, dh, ht, meta)
+            carry = bnd.sum(-1)
+        dgk = _revcumsum(dbk, meta, reverse, carry if GK == 2 else carry.sum(-1))
         if dbq is not None:
             dgk = dgk - dbq
         dgk = dgk.to(gk.dtype)
     if gv is not None:
-        if dht is not None and ht is not None:
-            term = (dht.float() * ht).sum(-2)                     # [S, H, V]
-            flat = dbv.view(-1, *dbv.shape[2:])
-            flat.index_add_(0, rows, term)
-        dgv = _revcumsum(dbv, meta, reverse).to(gv.dtype)
+        bnd = bnd if gk is not None else _boundary_terms(h, dh, ht, meta)
+        dgv = _revcumsum(dbv, meta, reverse, bnd.sum(-2)).to(gv.dtype)
     if u is not None:
         dov = (do.float() * v.float()).sum(-1, keepdim=True)
         du = (scale * dov * q.float() * k.float()).sum((0, 1)).to(u.dtype)

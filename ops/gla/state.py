@@ -34,41 +34,29 @@ def _cumsum_kernel(g, out, suf, cu, chunk_seq, chunk_idx, N, NT, H, D,
 
 
 @triton.jit
-def _revcumsum_kernel(x, out, cu, chunk_off, N, NT, H, D,
+def _revcumsum_kernel(x, out, carry, cu, chunk_off, N, NT, H, D,
                       C: tl.constexpr, BD: tl.constexpr, SCALAR: tl.constexpr, REVERSE: tl.constexpr,
                       VARLEN: tl.constexpr):
-    """out_t = sum_{t' >= t} x_t' over logical time of each sequence (fp32)."""
+    """out_t = sum_{t' >= t} x_t' over the rows of t's chunk (logical time, fp32) plus that chunk's entry of
+    ``carry`` ([chunks, H, D] or [chunks, H]: the sum over the sequence's later rows, given in closed form, so that
+    no rounding error is carried from chunk to chunk)."""
     i_d, i_nh = tl.program_id(0), tl.program_id(1)
     i_n, i_h, bos, eos, c0 = seq_info(i_nh, cu, chunk_off, N, NT, H, VARLEN)
     L = eos - bos
-    nt = tl.cdiv(L, C)
-    if SCALAR:
-        carry = tl.zeros([1], dtype=tl.float32)
-        for j in range(nt):
-            it = nt - 1 - j
-            t = it * C + tl.arange(0, C)
-            m = t < L
-            r = phys_row(t, bos, eos, REVERSE)
+    for it in range(tl.cdiv(L, C)):
+        t = it * C + tl.arange(0, C)
+        m = t < L
+        r = phys_row(t, bos, eos, REVERSE)
+        if SCALAR:
             xt = tl.load(x + r.to(tl.int64) * H + i_h, mask=m, other=0.).to(tl.float32)
-            cs = tl.cumsum(xt, axis=0)
-            tot = tl.sum(xt, axis=0)
-            y = carry + tot - cs + xt
+            y = tl.load(carry + ((c0 + it) * H + i_h).to(tl.int64)) + tl.sum(xt, axis=0) - tl.cumsum(xt, axis=0) + xt
             tl.store(out + r.to(tl.int64) * H + i_h, y, mask=m)
-            carry += tot
-    else:
-        c = i_d * BD + tl.arange(0, BD)
-        carry = tl.zeros([BD], dtype=tl.float32)
-        for j in range(nt):
-            it = nt - 1 - j
-            t = it * C + tl.arange(0, C)
-            m = t < L
-            r = phys_row(t, bos, eos, REVERSE)
+        else:
+            c = i_d * BD + tl.arange(0, BD)
             xt = load_tile(x, r, m, c, D, H * D, i_h * D)
-            cs = tl.cumsum(xt, axis=0)
-            tot = tl.sum(xt, axis=0)
-            y = carry[None, :] + tot[None, :] - cs + xt
+            y = load_row(carry, c0 + it, c, D, H * D, i_h * D)[None, :] + tl.sum(xt, axis=0)[None, :] \
+                - tl.cumsum(xt, axis=0) + xt
             store_tile(out, y, r, m, c, D, H * D, i_h * D)
-            carry += tot
 
 
 @triton.jit
@@ -136,13 +124,16 @@ def _fwd_h_kernel(k, v, gkb, gks, gvb, gvs, h, h0, ht, ht_ex, do, yq, cu, chunk_
 
 
 @triton.jit
-def _bwd_dh_kernel(q, do, gkb, gkr, gvb, dh, dht, dh0, v, zk, cu, chunk_off, scale, N, NT, H, K, V,
+def _bwd_dh_kernel(q, do, gkb, gkr, gvb, dh, dht, dh0, v, zk, h, yq, rk, cu, chunk_off, scale, N, NT, H, K, V,
                    C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, GK: tl.constexpr, GV: tl.constexpr,
                    USE_U: tl.constexpr, USE_DHT: tl.constexpr, STORE_DH0: tl.constexpr, ADJ: tl.constexpr,
                    REVERSE: tl.constexpr, VARLEN: tl.constexpr, IEEE: tl.constexpr, LOWP: tl.constexpr):
     """Right to left over chunks: dh[c] = gradient of the state after chunk c; dh0 = gradient of h0. ADJ (bonus
     form): also zk[c, i_v] = this V block's part of dh_ex[c] @ v_last, dh_ex[c] being dh[c] without the next
-    chunk's first token (zero for the last chunk: dht): the gate-gradient part of the chunk's last row."""
+    chunk's first token (zero for the last chunk: dht): the gate-gradient part of the chunk's last row; and
+    rk[c, i_v] = this V block's part of the key-gate gradient that the later chunks add to chunk c (before the
+    last one), <S, dS> without the pair (next chunk's first token, chunk's last token), whose gate factor is
+    exp(0): rowsum(h[c + 1] * dh_ex[c]) + scale * q_first(c + 1) * yq[c + 1] (h_ex[c + 1] @ do_first)."""
     i_k, i_v, i_nh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     i_n, i_h, bos, eos, c0 = seq_info(i_nh, cu, chunk_off, N, NT, H, VARLEN)
     DT = q.dtype.element_ty if LOWP else tl.float32
@@ -162,8 +153,15 @@ def _bwd_dh_kernel(q, do, gkb, gkr, gvb, dh, dht, dh0, v, zk, cu, chunk_off, sca
         tl.store(dh + ((c0 + it) * H + i_h).to(tl.int64) * K * V + okv, dS, mask=mkv)
         if ADJ:
             v_l = load_row(v, phys_row(tl.minimum(it * C + C, L) - 1, bos, eos, REVERSE), cv, V, H * V, i_h * V)
-            tl.store(zk + (((c0 + it) * tl.num_programs(1) + i_v) * H + i_h).to(tl.int64) * K + ck,
-                     tl.sum(dS_ex * v_l[None, :], axis=1), mask=ck < K)
+            o_kv = (((c0 + it) * tl.num_programs(1) + i_v) * H + i_h).to(tl.int64) * K + ck
+            tl.store(zk + o_kv, tl.sum(dS_ex * v_l[None, :], axis=1), mask=ck < K)
+            # the next chunk's share of the gate gradient (zero after the last chunk: its final-state term is
+            # added on the host)
+            nx = it + 1 < nt
+            h_n = tl.load(h + ((c0 + it + 1) * H + i_h).to(tl.int64) * K * V + okv, mask=mkv & nx, other=0.)
+            q_n = load_row(q, phys_row(tl.minimum(it * C + C, L - 1), bos, eos, REVERSE), ck, K, H * K, i_h * K)
+            y_n = tl.load(yq + o_kv + tl.num_programs(1) * H * K, mask=(ck < K) & nx, other=0.)
+            tl.store(rk + o_kv, tl.sum(h_n * dS_ex, axis=1) + scale * q_n * y_n, mask=ck < K)
         t = it * C + ar
         m = t < L
         r = phys_row(t, bos, eos, REVERSE)
@@ -226,15 +224,52 @@ def _gate_cumsum(g, meta, reverse):
     return out, suf
 
 
-def _revcumsum(x, meta, reverse):
+def _revcumsum(x, meta, reverse, carry):
+    """Reverse cumulative sum over each sequence of a per-token buffer ([B, N, H, D] or [B, N, H]) given the sum
+    over every later chunk (``carry``, per chunk: [chunks, H, D] or [chunks, H]): within each chunk, plus that."""
     scalar = x.dim() == 3
     D = 1 if scalar else x.shape[-1]
     BD = 1 if scalar else min(64, _pow2(D))
     out = alloc(x.shape, x.dtype, x.device)
     grid = (1 if scalar else triton.cdiv(D, BD), meta.nseq * meta.H)
-    _revcumsum_kernel[grid](x, out, meta.cu, meta.chunk_off, meta.N, meta.NT, meta.H, D, C=meta.C, BD=BD,
-                            SCALAR=scalar, REVERSE=reverse, VARLEN=meta.varlen)
+    _revcumsum_kernel[grid](x, out, carry.contiguous(), meta.cu, meta.chunk_off, meta.N, meta.NT, meta.H, D,
+                            C=meta.C, BD=BD, SCALAR=scalar, REVERSE=reverse, VARLEN=meta.varlen)
     return out
+
+
+def _chunk_seqs(meta, T, device):
+    """(sequence of every chunk row, whether it is its sequence's last chunk), [T] each."""
+    seq = meta.chunk_seq.long() if meta.varlen else torch.arange(T, device=device) // meta.NT
+    last = torch.ones(T, dtype=torch.bool, device=device)
+    last[:-1] = seq[1:] != seq[:-1]
+    return seq, last
+
+
+def _boundary_terms(h, dh, ht_ex, meta):
+    """<S, dS> at every chunk end, S the state after the chunk and dS its gradient, as an fp32 [chunks, H, K, V]
+    product (``h`` of the next chunk times ``dh``; at a sequence's last chunk ``ht_ex`` (the final state without
+    its last token's k v^T, or zero) times ``dh`` there, which is dht). Summed over V (key gates) or K (value
+    gates), it is the gate gradient that every later token of the sequence adds to the tokens of the chunk, in
+    closed form: the reverse cumulative sum then runs within chunks only (``_revcumsum(carry=...)``) and its
+    rounding errors no longer add up over the sequence (they grew as sqrt(N): GSA bf16 dL/dg 1.06e-2 at
+    N = 4097). Without the RWKV6 bonus no term of it has gate factor exp(0), so no O(1) parts cancel in it (the
+    bonus form's share comes from _bwd_dh_kernel, rk)."""
+    T = h.shape[0]
+    prod = torch.empty_like(dh)
+    if T == 0:
+        return prod
+    seq, last = _chunk_seqs(meta, T, h.device)
+    torch.mul(h[1:], dh[:-1], out=prod[:-1])
+    prod[last] = ht_ex[seq[last]] * dh[last] if ht_ex is not None else 0.
+    return prod
+
+
+def _final_terms(carry, dht, ht_ex, meta):
+    """Adds <ht_ex, dht> summed over V ([S, H, K]) to ``carry`` ([chunks, H, K]) at each sequence's last chunk."""
+    if dht is not None and ht_ex is not None and carry.shape[0]:
+        seq, last = _chunk_seqs(meta, carry.shape[0], carry.device)
+        carry[last] += (dht.float() * ht_ex).sum(-1)[seq[last]]
+    return carry
 
 
 def _fwd_h(k, v, gkb, gks, gvb, gvs, h0, store_ht, meta, GK, reverse, ieee, lowp=None, do=None):
@@ -258,9 +293,10 @@ def _fwd_h(k, v, gkb, gks, gvb, gvs, h0, store_ht, meta, GK, reverse, ieee, lowp
     return h, (ht if store_ht else None), (ht_ex if store_ht else None), yq
 
 
-def _bwd_dh(q, do, gkb, gk, gvb, gv, u, dht, h0, scale, meta, GK, reverse, ieee, lowp, v=None):
+def _bwd_dh(q, do, gkb, gk, gvb, gv, u, dht, h0, scale, meta, GK, reverse, ieee, lowp, v=None, h=None, yq=None):
     """State gradients right to left: dh (after every chunk), dh0 (None without h0), and with ``v`` (the bonus
-    form) zk ``[chunks, NV, H, K]``: partial sums of dh_ex @ v_last (see _bwd_dh_kernel), else None."""
+    form; then also ``h`` and ``yq`` from ``_fwd_h(do=...)``) zk and rk ``[chunks, NV, H, K]``: partial sums of
+    dh_ex @ v_last and of the later chunks' key-gate gradient share (see _bwd_dh_kernel), else None."""
     K, V = q.shape[-1], do.shape[-1]
     H = meta.H
     BKh, BVh = _state_blocks(K, V, meta.nseq * H)
@@ -268,9 +304,11 @@ def _bwd_dh(q, do, gkb, gk, gvb, gv, u, dht, h0, scale, meta, GK, reverse, ieee,
     dh = alloc((meta.total_chunks, H, K, V), torch.float32, q.device)
     dh0 = alloc((meta.nseq, H, K, V), torch.float32, q.device) if h0 is not None else None
     zk = alloc((meta.total_chunks, NV, H, K), torch.float32, q.device) if v is not None else None
+    rk = alloc((meta.total_chunks, NV, H, K), torch.float32, q.device) if v is not None else None
     _bwd_dh_kernel[(triton.cdiv(K, BKh), NV, meta.nseq * H)](
         q, do, _or(gkb, q), _or(gk, q), _or(gvb, q), dh, _or(dht, dh), _or(dh0, dh), _or(v, do), _or(zk, dh),
-        meta.cu, meta.chunk_off, scale, meta.N, meta.NT, H, K, V, C=meta.C, BK=BKh, BV=BVh, GK=GK,
-        GV=gv is not None, USE_U=u is not None, USE_DHT=dht is not None, STORE_DH0=h0 is not None,
-        ADJ=v is not None, REVERSE=reverse, VARLEN=meta.varlen, IEEE=_prec(ieee), LOWP=lowp)
-    return dh, dh0, zk
+        _or(h, dh), _or(yq, dh), _or(rk, dh), meta.cu, meta.chunk_off, scale, meta.N, meta.NT, H, K, V, C=meta.C,
+        BK=BKh, BV=BVh, GK=GK, GV=gv is not None, USE_U=u is not None, USE_DHT=dht is not None,
+        STORE_DH0=h0 is not None, ADJ=v is not None, REVERSE=reverse, VARLEN=meta.varlen, IEEE=_prec(ieee),
+        LOWP=lowp)
+    return dh, dh0, zk, rk

@@ -140,15 +140,16 @@ _STRONG = [  # gate, gv, u, gla_a_path, reverse, cu_seqlens
 @pytest.mark.parametrize('gate,gv,u,a_path,reverse,cu', _STRONG)
 def test_strong_gates_gate_gradient_buffers(monkeypatch, gate, gv, u, a_path, reverse, cu):
     """fp32 at strong gates (exact fp32 dots in the interpreter): every gradient within 1e-5 of float64, and every
-    entry of the per-token gate-gradient buffers (what the reverse cumsum sums, the final-state term included)
-    below 1e-6 (they are ~1e-8 when every term carries a gate factor; the bonus forms held 10-40 before its pairs
-    were left out, a failure here whatever the dot precision). Before, value gates left ~5e-7 in the buffers
+    entry of the per-token gate-gradient buffers (what the reverse cumsum sums within each chunk) and of the
+    closed-form share of the later chunks (the final-state term included) below 1e-6 (they are ~1e-8 when every
+    term carries a gate factor; the bonus forms held 10-40 before its pairs were left out, a failure here whatever
+    the dot precision). Before, value gates left ~5e-7 in the buffers
     (o * do and v * dv agreeing to fp32 rounding), caught by the relative errors (1e2 and 4e10 here)."""
     seen = []
 
-    def record(x, meta, reverse):
-        seen.append(x.abs().max().item())
-        return revcumsum(x, meta, reverse)
+    def record(x, meta, reverse, carry):
+        seen.append(max(x.abs().max().item(), carry.abs().max().item()))
+        return revcumsum(x, meta, reverse, carry)
 
     revcumsum = chunk._revcumsum
     monkeypatch.setattr(chunk, '_revcumsum', record)
@@ -157,6 +158,43 @@ def test_strong_gates_gate_gradient_buffers(monkeypatch, gate, gv, u, a_path, re
         _check(B, 70 if cu is not None else 40, 1, 16, 16, gate=gate, gv=gv, u=u, h0=True, reverse=reverse, cu=cu,
                chunk_size=32, strength='-20')
     assert len(seen) == (gate != 'none') + gv and max(seen) < 1e-6, seen
+
+
+@pytest.mark.parametrize('gate,gv,u,reverse,cu', [('vector', False, True, True, [0, 1, 40, 70]),
+                                                    ('scalar', False, False, False, None),
+                                                    ('none', True, False, True, None)])
+def test_gate_gradient_errors_stay_in_their_chunk(monkeypatch, gate, gv, u, reverse, cu):
+    """An error in a token's gate-gradient term reaches the gate gradients of its own chunk only: the later chunks'
+    share is taken in closed form from the states. Every term is biased by delta here (as rounding would): each
+    gate gradient moves by delta times the number of its chunk's tokens from it on, at most chunk_size * delta.
+    Before, one reverse cumulative sum over the sequence carried every later chunk's errors into a token (here up
+    to 70 delta; on the GPU the tf32 rounding of the terms added up as sqrt(N): GSA bf16 dL/dg 1.06e-2 at N = 4097)."""
+    C, N, delta = 16, 70, 1e-3
+    torch.manual_seed(0)
+    ins = _inputs(1, N, 1, 16, 16, gate, gv, u, True, 1 if cu is None else len(cu) - 1, torch.float32)
+    cus = torch.tensor(cu, dtype=torch.int32) if cu is not None else None
+    revcumsum = chunk._revcumsum
+
+    def dgate():
+        xs = [x.detach().clone().requires_grad_(True) if x is not None else None for x in ins]
+        q, k, v, g, gvv, uu, hh = xs
+        o, ht = chunk_gla_triton(q, k, v, gk=g, gv=gvv, u=uu, initial_state=hh, output_final_state=True,
+                                 cu_seqlens=cus, reverse=reverse, chunk_size=C)
+        gen = torch.Generator().manual_seed(1)
+        loss = (o * torch.randn(o.shape, generator=gen)).sum() + (ht * torch.randn(ht.shape, generator=gen)).sum()
+        return torch.autograd.grad(loss, g if gate != 'none' else gvv)[0]
+
+    exact = dgate()
+    monkeypatch.setattr(chunk, '_revcumsum', lambda x, meta, rev, carry: revcumsum(x + delta, meta, rev, carry))
+    moved = (dgate() - exact) / delta
+    bounds = cu if cu is not None else [0, N]
+    want = torch.zeros(N)
+    for a, e in zip(bounds[:-1], bounds[1:]):
+        t = torch.arange(e - a)                                     # logical time in the sequence
+        left = torch.minimum((t // C + 1) * C, torch.tensor(e - a)) - t    # tokens of t's chunk from t on
+        want[a:e] = (left.flip(0) if reverse else left).float()
+    want = want.view(1, N, 1, *([1] if moved.dim() == 4 else []))
+    assert (moved - want).abs().max() < 1e-2, (moved - want).abs().max()
 
 
 def _tf32_operands(monkeypatch):

@@ -79,3 +79,22 @@ def test_gsa_public_op():
     assert torch.allclose(o, o2, atol=1e-5)
     with pytest.raises(ValueError, match='g'):
         gsa(q, q, q, s, g[..., :2])
+
+
+def test_gsa_16bit_gates_pass_fp32(monkeypatch):
+    # both passes take the slot gate in fp32, so that its two gradients add in fp32 and round to g's dtype once
+    import vla_mm.ops.gsa as gsa_mod
+    seen = []
+    real = gsa_mod.chunk_gla_op
+
+    def record(q, k, v, gk, gv, *args):
+        seen.append((gk if gk is not None else gv).dtype)
+        return real(q, k, v, gk, gv, *args)
+
+    monkeypatch.setattr(gsa_mod, 'chunk_gla_op', record)
+    q, k, v = (torch.randn(1, 20, 1, 16).bfloat16() for _ in range(3))
+    s = torch.randn(1, 20, 1, 8).softmax(-1).bfloat16()
+    g = F.logsigmoid(torch.randn(1, 20, 1, 8)).bfloat16().requires_grad_(True)
+    o, _ = gsa_triton(q, k, v, s, g, chunk_size=16)
+    dg, = torch.autograd.grad(o.float().sum(), g)
+    assert seen == [torch.float32, torch.float32] and dg.dtype == torch.bfloat16 and torch.isfinite(dg).all()

@@ -3,26 +3,89 @@ the operand-precision switch, and the exact arithmetic of sub-blocks (see ``chun
 import triton
 import triton.language as tl
 
-from ..common.jit import load_row, load_tile, phys_row
+from ..common.jit import chunk_info, load_row, load_tile, phys_row, store_tile
 
 NEG_INF = tl.constexpr(float('-inf'))
+
+
+@triton.jit
+def _rows(t0, ar, L, bos, eos, REVERSE: tl.constexpr):
+    """Rows ``t0 + ar`` of a sequence of ``L`` tokens ``[bos, eos)``: (logical times, mask t < L, physical rows)."""
+    t = t0 + ar
+    m = t < L
+    return t, m, phys_row(t, bos, eos, REVERSE)
+
+
+@triton.jit
+def _chunk_rows(i_c, i_bh, cu, chunk_seq, chunk_idx, N, NT, H, C: tl.constexpr, REVERSE: tl.constexpr,
+                VARLEN: tl.constexpr):
+    """All rows of chunk program (i_c, i_bh) (grid of ``ChunkTable``): (head, chunk index in its sequence, chunk
+    row of the state buffers, bos, eos, sequence length, offsets 0..C-1, logical times, mask, physical rows)."""
+    i_n, i_h, i_t, bos, eos, hc = chunk_info(i_c, i_bh, cu, chunk_seq, chunk_idx, N, NT, H, VARLEN)
+    L = eos - bos
+    ac = tl.arange(0, C)
+    t, m, r = _rows(i_t * C, ac, L, bos, eos, REVERSE)
+    return i_h, i_t, hc, bos, eos, L, ac, t, m, r
+
+
+@triton.jit
+def _htile(ptr, r, m, c, D, H, i_h):
+    """fp32 tile [rows r (mask m), columns c < D] of head ``i_h`` of a ``[rows, H * D]`` tensor."""
+    return load_tile(ptr, r, m, c, D, H * D, i_h * D)
+
+
+@triton.jit
+def _hrow(ptr, r, c, D, H, i_h):
+    """fp32 vector of columns c < D of row r, head ``i_h``, of a ``[rows, H * D]`` tensor."""
+    return load_row(ptr, r, c, D, H * D, i_h * D)
+
+
+@triton.jit
+def _hstore(ptr, x, r, m, c, D, H, i_h):
+    store_tile(ptr, x, r, m, c, D, H * D, i_h * D)
+
+
+@triton.jit
+def _decay(x, g, m):
+    """``x * exp(g)`` on the rows of mask ``m``, 0 on the others (``g``: sums of log gates, <= 0)."""
+    return x * tl.exp(tl.where(m[:, None], g, NEG_INF))
+
+
+@triton.jit
+def _bonus(u, i_h, ck, K, USE_U: tl.constexpr):
+    """The RWKV6 bonus of head ``i_h``, fp32 [BK]; 0. (unused) without it."""
+    if USE_U:
+        uu = tl.load(u + i_h * K + ck, mask=ck < K, other=0.).to(tl.float32)
+    else:
+        uu = 0.
+    return uu
 
 
 @triton.jit
 def _gtile(ptr, r, m, c, D, H, i_h, G: tl.constexpr):
     """Gate tile: [BS, BD] for per-dimension gates (G == 2), [BS, 1] for one gate per head (G == 1)."""
     if G == 2:
-        x = load_tile(ptr, r, m, c, D, H * D, i_h * D)
+        x = _htile(ptr, r, m, c, D, H, i_h)
     else:
         x = tl.load(ptr + r.to(tl.int64) * H + i_h, mask=m, other=0.).to(tl.float32)[:, None]
     return x
 
 
 @triton.jit
+def _qgate(gkb, gkr, r, m, c, K, H, i_h, GK: tl.constexpr, USE_U: tl.constexpr):
+    """The query side's chunk prefix sums of log key gates (tile of ``_gtile``): inclusive, exclusive with the
+    bonus (the current token enters through u, not through the decayed state)."""
+    bq = _gtile(gkb, r, m, c, K, H, i_h, GK)
+    if USE_U:
+        bq = bq - _gtile(gkr, r, m, c, K, H, i_h, GK)
+    return bq
+
+
+@triton.jit
 def _grow(ptr, r, c, D, H, i_h, G: tl.constexpr):
     """Gate row: [1, BD] for G == 2, a scalar for G == 1."""
     if G == 2:
-        x = load_row(ptr, r, c, D, H * D, i_h * D)[None, :]
+        x = _hrow(ptr, r, c, D, H, i_h)[None, :]
     else:
         x = tl.load(ptr + r.to(tl.int64) * H + i_h).to(tl.float32)
     return x
@@ -116,6 +179,25 @@ def _lsuf(g, G: tl.constexpr, BS: tl.constexpr):
 # consecutive same-sign log gates, so it is accurate relative to itself, also for log gates of -20 (a difference
 # of two large cumulative sums would lose ~|cumsum| * 6e-8 in the exponent).
 @triton.jit
+def _diag_col(acc, g_next, gT, R, gR, s, ar, base, t_i, m_i, seq_len, bos, eos, c, D, H, i_h,
+              STRICT: tl.constexpr, REVERSE: tl.constexpr):
+    """Column s of a diagonal sub-block, walked from the diagonal outwards: (the exponent sums ``acc`` advanced by
+    the log gates of row s + 1, ``g_next``; R's row s; the gates' row s; exp(sum_{r in (s, t]} g[r] - gT[t]) for
+    s <= t (s < t), 0 elsewhere)."""
+    ts = base + s
+    ms = ts < seq_len
+    rs = phys_row(ts, bos, eos, REVERSE)
+    acc += tl.where((ar > s)[:, None], g_next[None, :], 0.)
+    R_s = tl.load(R + rs.to(tl.int64) * H * D + i_h * D + c, mask=(c < D) & ms, other=0.).to(tl.float32)
+    g_s = tl.load(gR + rs.to(tl.int64) * H * D + i_h * D + c, mask=(c < D) & ms, other=0.).to(tl.float32)
+    if STRICT:
+        keep = (t_i > ts) & m_i
+    else:
+        keep = (t_i >= ts) & m_i
+    return acc, R_s, g_s, tl.exp(tl.where(keep[:, None], acc - gT, NEG_INF))
+
+
+@triton.jit
 def _diag_scores(L_, gT, R, gR, base, t_i, m_i, seq_len, bos, eos, c, D, H, i_h,
                  BS: tl.constexpr, STRICT: tl.constexpr, REVERSE: tl.constexpr):
     """M[t, s] = sum_d L_[t, d] R[s, d] exp(sum_{r in (s, t]} g[r, d] - gT[t, d]) for s <= t (s < t)."""
@@ -125,17 +207,8 @@ def _diag_scores(L_, gT, R, gR, base, t_i, m_i, seq_len, bos, eos, c, D, H, i_h,
     g_next = tl.sum(tl.zeros_like(L_), axis=0)
     for jj in range(BS):
         s = BS - 1 - jj
-        ts = base + s
-        ms = ts < seq_len
-        rs = phys_row(ts, bos, eos, REVERSE)
-        acc += tl.where((ar > s)[:, None], g_next[None, :], 0.)
-        R_s = tl.load(R + rs.to(tl.int64) * H * D + i_h * D + c, mask=(c < D) & ms, other=0.).to(tl.float32)
-        g_s = tl.load(gR + rs.to(tl.int64) * H * D + i_h * D + c, mask=(c < D) & ms, other=0.).to(tl.float32)
-        if STRICT:
-            keep = (t_i > ts) & m_i
-        else:
-            keep = (t_i >= ts) & m_i
-        e = tl.exp(tl.where(keep[:, None], acc - gT, NEG_INF))
+        acc, R_s, g_s, e = _diag_col(acc, g_next, gT, R, gR, s, ar, base, t_i, m_i, seq_len, bos, eos, c, D, H, i_h,
+                                     STRICT, REVERSE)
         a = tl.sum(L_ * R_s[None, :] * e, axis=1)
         M = tl.where(ar[None, :] == s, a[:, None], M)
         g_next = g_s
@@ -152,17 +225,8 @@ def _diag_gmm(M, gT, R, gR, base, t_i, m_i, seq_len, bos, eos, c, D, H, i_h,
     g_next = tl.zeros([BD], dtype=tl.float32)
     for jj in range(BS):
         s = BS - 1 - jj
-        ts = base + s
-        ms = ts < seq_len
-        rs = phys_row(ts, bos, eos, REVERSE)
-        acc += tl.where((ar > s)[:, None], g_next[None, :], 0.)
-        R_s = tl.load(R + rs.to(tl.int64) * H * D + i_h * D + c, mask=(c < D) & ms, other=0.).to(tl.float32)
-        g_s = tl.load(gR + rs.to(tl.int64) * H * D + i_h * D + c, mask=(c < D) & ms, other=0.).to(tl.float32)
-        if STRICT:
-            keep = (t_i > ts) & m_i
-        else:
-            keep = (t_i >= ts) & m_i
-        e = tl.exp(tl.where(keep[:, None], acc - gT, NEG_INF))
+        acc, R_s, g_s, e = _diag_col(acc, g_next, gT, R, gR, s, ar, base, t_i, m_i, seq_len, bos, eos, c, D, H, i_h,
+                                     STRICT, REVERSE)
         mcol = tl.sum(tl.where(ar[None, :] == s, M, 0.), axis=1)
         Y += mcol[:, None] * R_s[None, :] * e
         g_next = g_s

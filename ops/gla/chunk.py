@@ -32,18 +32,18 @@ Two paths share the state kernels (``_fwd_h_kernel``, ``_bwd_dh_kernel``) and ga
 
 Backward: the gate cumsums are the forward's (kept for the backward, option ``gla_keep_cumsum``), the states are
 recomputed (``_fwd_h_kernel``), state gradients run right to left (``_bwd_dh_kernel``), then the chunk-parallel
-kernels of the path. Gate gradients use ``dL/db_t = q_t * dq_t - k_t * dk_t`` (value gate: ``o_t * do_t - v_t *
-dv_t``), summed over the later tokens of t's chunk (``_revcumsum_kernel``) plus what the later chunks and the
-final state add, in closed form: ``<S, dS>`` at the chunk's end (``_boundary_terms``; with the bonus ``rk`` of
-``_bwd_dh_kernel``), so that no rounding error is carried from chunk to chunk (one sum over the sequence let them
-grow as sqrt(N)); on the sub-block path the dq kernel writes ``q * dq`` (fp32) into the key-gate buffer and the
-dk kernel (launched after it) subtracts ``k * dk``; on the A path ``_bwd_inter_kernel`` writes the difference. Every pair of tokens (t, s) enters these buffers at both ends;
-the pairs whose gate factor is exp(0) over an empty range of gates cancel exactly and are kept out of them (added
-to dq / dk / dv only): t == s, the last token's final-state path, and with the bonus the pairs (t, t - 1) (inside
-a chunk: ``dAa`` / masked sub-block scores; across a chunk boundary and with h0: the states' boundary terms
-``yq`` / ``zk``); value gates read ``oex``, the output without its t == s terms. Under strong gates (-20 per
-token) those pairs are O(1) while dL/dg is ~1e-7: left in, their halves cancel only up to the rounding of each
-(~1e-3 with tensor-core operands).
+kernels of the path. Gate gradients use ``dL/db_t = q_t * dq_t - k_t * dk_t`` (value gate:
+``o_t * do_t - v_t * dv_t``), summed over the later tokens of t's chunk (``_revcumsum_kernel``) plus what the later
+chunks and the final state add, in closed form: ``<S, dS>`` at the chunk's end (``_boundary_terms``; with the bonus
+``rk`` of ``_bwd_dh_kernel``), so that no rounding error is carried from chunk to chunk (one sum over the sequence
+let them grow as sqrt(N)); on the sub-block path the dq kernel writes ``q * dq`` (fp32) into the key-gate buffer and
+the dk kernel (launched after it) subtracts ``k * dk``; on the A path ``_bwd_inter_kernel`` writes the difference.
+Every pair of tokens (t, s) enters these buffers at both ends; the pairs whose gate factor is exp(0) over an empty
+range of gates cancel exactly and are kept out of them (added to dq / dk / dv only): t == s, the last token's
+final-state path, and with the bonus the pairs (t, t - 1) (inside a chunk: ``dAa`` / masked sub-block scores; across
+a chunk boundary and with h0: the states' boundary terms ``yq`` / ``zk``); value gates read ``oex``, the output
+without its t == s terms. Under strong gates (-20 per token) those pairs are O(1) while dL/dg is ~1e-7: left in,
+their halves cancel only up to the rounding of each (~1e-3 with tensor-core operands).
 
 Files: ``state.py`` (gate cumsums, state kernels: both paths), ``chunk_a.py`` (A path), ``chunk_subblock.py``
 (sub-block path), ``blocks.py`` (``@triton.jit`` helpers of both paths), ``launch.py`` (block sizes, operand

@@ -4,10 +4,11 @@ import torch
 import triton
 import triton.language as tl
 
-from ..common.jit import chunk_info, load_tile, phys_row, store_tile
+from ..common.jit import chunk_info, phys_row
 from ..common.options import alloc
-from .blocks import (NEG_INF, _diag_block_scores, _diag_decay, _diag_gmm, _diag_gmmT, _diag_self_term, _grow,
-                     _gtile, _gvec, _lpre, _lsuf, _mm, _state_tile, _to_ref, _vblock_sum)
+from .blocks import (NEG_INF, _bonus, _chunk_rows, _decay, _diag_block_scores, _diag_decay, _diag_gmm,
+                     _diag_gmmT, _diag_self_term, _grow, _gtile, _gvec, _hstore, _htile, _lpre, _lsuf, _mm, _qgate,
+                     _rows, _state_tile, _to_ref, _vblock_sum)
 from .launch import SUB, _launch_opts, _lowp, _or, _pow2, _prec
 
 # ----------------------------------------------------------------------------------------------------------
@@ -32,11 +33,9 @@ def _fwd_A_kernel(q, k, gkb, gkr, u, A, cu, chunk_seq, chunk_idx, scale, N, NT, 
     ar = tl.arange(0, BS)
     base = i_t * C + i_i * BS
     if base < L:
-        t_i = base + ar
-        m_i = t_i < L
-        r_i = phys_row(t_i, bos, eos, REVERSE)
-        q_i = load_tile(q, r_i, m_i, ck, K, H * K, i_h * K) * scale
-        k_i = load_tile(k, r_i, m_i, ck, K, H * K, i_h * K)
+        t_i, m_i, r_i = _rows(base, ar, L, bos, eos, REVERSE)
+        q_i = _htile(q, r_i, m_i, ck, K, H, i_h) * scale
+        k_i = _htile(k, r_i, m_i, ck, K, H, i_h)
         if GK > 0:
             g_i = _gtile(gkr, r_i, m_i, ck, K, H, i_h, GK)
         else:
@@ -45,29 +44,24 @@ def _fwd_A_kernel(q, k, gkb, gkr, u, A, cu, chunk_seq, chunk_idx, scale, N, NT, 
         if i_i > 0:
             r_ref = phys_row(base - 1, bos, eos, REVERSE)
             if GK > 0:
-                qr = q_i * tl.exp(tl.where(m_i[:, None], _lpre(g_i, USE_U, GK, BS), NEG_INF))
+                qr = _decay(q_i, _lpre(g_i, USE_U, GK, BS), m_i)
                 bk_r = _grow(gkb, r_ref, ck, K, H, i_h, GK)
             else:
                 qr = q_i
                 bk_r = 0.
             for j in range(i_i):
-                t_j = i_t * C + j * BS + ar
-                m_j = t_j < L
-                r_j = phys_row(t_j, bos, eos, REVERSE)
-                k_j = _to_ref(load_tile(k, r_j, m_j, ck, K, H * K, i_h * K), gkr, gkb, bk_r, r_j, m_j, j == i_i - 1,
+                t_j, m_j, r_j = _rows(i_t * C + j * BS, ar, L, bos, eos, REVERSE)
+                k_j = _to_ref(_htile(k, r_j, m_j, ck, K, H, i_h), gkr, gkb, bk_r, r_j, m_j, j == i_i - 1,
                               ck, K, H, i_h, GK, BS)
                 A_ij = _mm(qr.to(DT), tl.trans(k_j.to(DT)), IEEE)
-                store_tile(A, A_ij, r_i, m_i, j * BS + ar, C, H * C, i_h * C)
+                _hstore(A, A_ij, r_i, m_i, j * BS + ar, C, H, i_h)
         # diagonal sub-block (exact)
-        if USE_U:
-            uu = tl.load(u + i_h * K + ck, mask=ck < K, other=0.).to(tl.float32)
-        else:
-            uu = 0.  # unused
+        uu = _bonus(u, i_h, ck, K, USE_U)
         A_ii = _diag_block_scores(q_i, k_i, g_i, uu, k, gkr, base, t_i, m_i, r_i, L, bos, eos, ck, K, H, i_h,
                                   BS, GK, USE_U, REVERSE, DT, IEEE)
-        store_tile(A, A_ii, r_i, m_i, i_i * BS + ar, C, H * C, i_h * C)
+        _hstore(A, A_ii, r_i, m_i, i_i * BS + ar, C, H, i_h)
         for j in range(i_i + 1, C // BS):
-            store_tile(A, tl.zeros([BS, BS], dtype=tl.float32), r_i, m_i, j * BS + ar, C, H * C, i_h * C)
+            _hstore(A, tl.zeros([BS, BS], dtype=tl.float32), r_i, m_i, j * BS + ar, C, H, i_h)
 
 
 @triton.jit
@@ -76,27 +70,20 @@ def _fwd_oA_kernel(q, v, gkb, gkr, h, A, o, cu, chunk_seq, chunk_idx, scale, N, 
                    REVERSE: tl.constexpr, VARLEN: tl.constexpr, IEEE: tl.constexpr, LOWP: tl.constexpr):
     """o = scale * (q * exp(bq)) @ S_chunk_start + A @ v, one chunk (all C rows) per program."""
     i_v, i_c, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    i_n, i_h, i_t, bos, eos, hc = chunk_info(i_c, i_bh, cu, chunk_seq, chunk_idx, N, NT, H, VARLEN)
+    i_h, i_t, hc, bos, eos, L, ac, t, m, r = _chunk_rows(i_c, i_bh, cu, chunk_seq, chunk_idx, N, NT, H, C, REVERSE,
+                                                         VARLEN)
     DT = q.dtype.element_ty if LOWP else tl.float32
-    L = eos - bos
-    ac = tl.arange(0, C)
-    t = i_t * C + ac
-    m = t < L
-    r = phys_row(t, bos, eos, REVERSE)
     cv = i_v * BV + tl.arange(0, BV)
     b_o = tl.zeros([C, BV], dtype=tl.float32)
     for ik in range(tl.cdiv(K, BK)):
         ck = ik * BK + tl.arange(0, BK)
-        qe = load_tile(q, r, m, ck, K, H * K, i_h * K) * scale
+        qe = _htile(q, r, m, ck, K, H, i_h) * scale
         if GK > 0:
-            bq = _gtile(gkb, r, m, ck, K, H, i_h, GK)
-            if USE_U:
-                bq = bq - _gtile(gkr, r, m, ck, K, H, i_h, GK)
-            qe = qe * tl.exp(bq)
+            qe = qe * tl.exp(_qgate(gkb, gkr, r, m, ck, K, H, i_h, GK, USE_U))
         b_o += _mm(qe.to(DT), _state_tile(h, hc, H, i_h, ck, cv, K, V).to(DT), IEEE)
-    a = load_tile(A, r, m, ac, C, H * C, i_h * C)
-    b_o += _mm(a.to(DT), load_tile(v, r, m, cv, V, H * V, i_h * V).to(DT), IEEE)
-    store_tile(o, b_o, r, m, cv, V, H * V, i_h * V)
+    a = _htile(A, r, m, ac, C, H, i_h)
+    b_o += _mm(a.to(DT), _htile(v, r, m, cv, V, H, i_h).to(DT), IEEE)
+    _hstore(o, b_o, r, m, cv, V, H, i_h)
 
 
 @triton.jit
@@ -107,24 +94,20 @@ def _bwd_dA_kernel(v, do, dA, dAa, cu, chunk_seq, chunk_idx, scale, N, NT, H, V,
     with gates): the pairs s = t - 1 (gate factor exp(0)) go to dAa[t] ([B, N, H], 0 at the chunk's first row)
     instead, so that the intra-chunk dq / dk from dA hold no pair whose gate terms cancel."""
     i_c, i_bh = tl.program_id(0), tl.program_id(1)
-    i_n, i_h, i_t, bos, eos, hc = chunk_info(i_c, i_bh, cu, chunk_seq, chunk_idx, N, NT, H, VARLEN)
+    i_h, i_t, hc, bos, eos, L, ac, t, m, r = _chunk_rows(i_c, i_bh, cu, chunk_seq, chunk_idx, N, NT, H, C, REVERSE,
+                                                         VARLEN)
     DT = v.dtype.element_ty if LOWP else tl.float32
-    L = eos - bos
-    ac = tl.arange(0, C)
-    t = i_t * C + ac
-    m = t < L
-    r = phys_row(t, bos, eos, REVERSE)
     acc = tl.zeros([C, C], dtype=tl.float32)
     for iv in range(tl.cdiv(V, BV)):
         cv = iv * BV + tl.arange(0, BV)
-        acc += _mm(load_tile(do, r, m, cv, V, H * V, i_h * V).to(DT),
-                   tl.trans(load_tile(v, r, m, cv, V, H * V, i_h * V).to(DT)), IEEE)
+        acc += _mm(_htile(do, r, m, cv, V, H, i_h).to(DT),
+                   tl.trans(_htile(v, r, m, cv, V, H, i_h).to(DT)), IEEE)
     acc = tl.where(ac[None, :] <= ac[:, None], acc * scale, 0.)
     if ADJ:
         sub = ac[None, :] == ac[:, None] - 1
         tl.store(dAa + r.to(tl.int64) * H + i_h, tl.sum(tl.where(sub, acc, 0.), axis=1), mask=m)
         acc = tl.where(sub, 0., acc)
-    store_tile(dA, acc, r, m, ac, C, H * C, i_h * C)
+    _hstore(dA, acc, r, m, ac, C, H, i_h)
 
 
 @triton.jit
@@ -133,24 +116,20 @@ def _bwd_dvA_kernel(k, gks, A, do, dh, dv, cu, chunk_seq, chunk_idx, N, NT, H, K
                     VARLEN: tl.constexpr, IEEE: tl.constexpr, LOWP: tl.constexpr):
     """dv = A^T @ do + (k * exp(b_last - b)) @ dh, one chunk per program."""
     i_v, i_c, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    i_n, i_h, i_t, bos, eos, hc = chunk_info(i_c, i_bh, cu, chunk_seq, chunk_idx, N, NT, H, VARLEN)
+    i_h, i_t, hc, bos, eos, L, ac, t, m, r = _chunk_rows(i_c, i_bh, cu, chunk_seq, chunk_idx, N, NT, H, C, REVERSE,
+                                                         VARLEN)
     DT = k.dtype.element_ty if LOWP else tl.float32
-    L = eos - bos
-    ac = tl.arange(0, C)
-    t = i_t * C + ac
-    m = t < L
-    r = phys_row(t, bos, eos, REVERSE)
     cv = i_v * BV + tl.arange(0, BV)
     b_dv = tl.zeros([C, BV], dtype=tl.float32)
     for ik in range(tl.cdiv(K, BK)):
         ck = ik * BK + tl.arange(0, BK)
-        ke = load_tile(k, r, m, ck, K, H * K, i_h * K)
+        ke = _htile(k, r, m, ck, K, H, i_h)
         if GK > 0:
-            ke = ke * tl.exp(tl.where(m[:, None], _gtile(gks, r, m, ck, K, H, i_h, GK), NEG_INF))
+            ke = _decay(ke, _gtile(gks, r, m, ck, K, H, i_h, GK), m)
         b_dv += _mm(ke.to(DT), _state_tile(dh, hc, H, i_h, ck, cv, K, V).to(DT), IEEE)
-    a = load_tile(A, r, m, ac, C, H * C, i_h * C)
-    b_dv += _mm(tl.trans(a.to(DT)), load_tile(do, r, m, cv, V, H * V, i_h * V).to(DT), IEEE)
-    store_tile(dv, b_dv, r, m, cv, V, H * V, i_h * V)
+    a = _htile(A, r, m, ac, C, H, i_h)
+    b_dv += _mm(tl.trans(a.to(DT)), _htile(do, r, m, cv, V, H, i_h).to(DT), IEEE)
+    _hstore(dv, b_dv, r, m, cv, V, H, i_h)
 
 
 @triton.jit
@@ -171,9 +150,7 @@ def _bwd_intra_kernel(q, k, gkb, gkr, dA, dqi, dki, cu, chunk_seq, chunk_idx, N,
     ar = tl.arange(0, BS)
     base = i_t * C + i_i * BS
     if base < L:
-        t_i = base + ar
-        m_i = t_i < L
-        r_i = phys_row(t_i, bos, eos, REVERSE)
+        t_i, m_i, r_i = _rows(base, ar, L, bos, eos, REVERSE)
         ci = i_i * BS + ar
         if GK > 0:
             g_i = _gtile(gkr, r_i, m_i, ck, K, H, i_h, GK)
@@ -186,29 +163,23 @@ def _bwd_intra_kernel(q, k, gkb, gkr, dA, dqi, dki, cu, chunk_seq, chunk_idx, N,
             else:
                 bk_r = 0.
             for j in range(i_i):
-                t_j = i_t * C + j * BS + ar
-                m_j = t_j < L
-                r_j = phys_row(t_j, bos, eos, REVERSE)
-                k_j = _to_ref(load_tile(k, r_j, m_j, ck, K, H * K, i_h * K), gkr, gkb, bk_r, r_j, m_j, j == i_i - 1,
+                t_j, m_j, r_j = _rows(i_t * C + j * BS, ar, L, bos, eos, REVERSE)
+                k_j = _to_ref(_htile(k, r_j, m_j, ck, K, H, i_h), gkr, gkb, bk_r, r_j, m_j, j == i_i - 1,
                               ck, K, H, i_h, GK, BS)
-                dA_ij = load_tile(dA, r_i, m_i, j * BS + ar, C, H * C, i_h * C)
+                dA_ij = _htile(dA, r_i, m_i, j * BS + ar, C, H, i_h)
                 dq_i += _mm(dA_ij.to(DT), k_j.to(DT), IEEE)
             if GK > 0:
-                dq_i = dq_i * tl.exp(tl.where(m_i[:, None], _lpre(g_i, USE_U, GK, BS), NEG_INF))
+                dq_i = _decay(dq_i, _lpre(g_i, USE_U, GK, BS), m_i)
         # dk from later sub-blocks j > i (reference row: last row of sub-block j-1)
         dk_i = tl.zeros([BS, BK], dtype=tl.float32)
         for j in range(i_i + 1, NS):
             base_j = i_t * C + j * BS
             if base_j < L:
-                t_j = base_j + ar
-                m_j = t_j < L
-                r_j = phys_row(t_j, bos, eos, REVERSE)
-                q_j = load_tile(q, r_j, m_j, ck, K, H * K, i_h * K)
-                dA_ji = load_tile(dA, r_j, m_j, ci, C, H * C, i_h * C)
+                t_j, m_j, r_j = _rows(base_j, ar, L, bos, eos, REVERSE)
+                q_j = _htile(q, r_j, m_j, ck, K, H, i_h)
+                dA_ji = _htile(dA, r_j, m_j, ci, C, H, i_h)
                 if GK > 0:
-                    q_j = q_j * tl.exp(tl.where(m_j[:, None],
-                                                _lpre(_gtile(gkr, r_j, m_j, ck, K, H, i_h, GK), USE_U, GK, BS),
-                                                NEG_INF))
+                    q_j = _decay(q_j, _lpre(_gtile(gkr, r_j, m_j, ck, K, H, i_h, GK), USE_U, GK, BS), m_j)
                     if j == i_i + 1:
                         fk = tl.exp(_lsuf(g_i, GK, BS))
                     else:
@@ -218,7 +189,7 @@ def _bwd_intra_kernel(q, k, gkb, gkr, dA, dqi, dki, cu, chunk_seq, chunk_idx, N,
                 else:
                     dk_i += _mm(tl.trans(dA_ji.to(DT)), q_j.to(DT), IEEE)
         # diagonal sub-block (exact), strict pairs
-        dA_ii = load_tile(dA, r_i, m_i, ci, C, H * C, i_h * C)
+        dA_ii = _htile(dA, r_i, m_i, ci, C, H, i_h)
         if GK == 2:
             if USE_U:
                 gT = g_i
@@ -231,10 +202,10 @@ def _bwd_intra_kernel(q, k, gkb, gkr, dA, dqi, dki, cu, chunk_seq, chunk_idx, N,
                 dA_ii = dA_ii * _diag_decay(_gvec(gkr, r_i, m_i, H, i_h), t_i, m_i, BS, USE_U, True)
             else:
                 dA_ii = tl.where((t_i[:, None] > t_i[None, :]) & m_i[:, None], dA_ii, 0.)
-            dq_i += _mm(dA_ii.to(DT), load_tile(k, r_i, m_i, ck, K, H * K, i_h * K).to(DT), IEEE)
-            dk_i += _mm(tl.trans(dA_ii.to(DT)), load_tile(q, r_i, m_i, ck, K, H * K, i_h * K).to(DT), IEEE)
-        store_tile(dqi, dq_i, r_i, m_i, ck, K, H * K, i_h * K)
-        store_tile(dki, dk_i, r_i, m_i, ck, K, H * K, i_h * K)
+            dq_i += _mm(dA_ii.to(DT), _htile(k, r_i, m_i, ck, K, H, i_h).to(DT), IEEE)
+            dk_i += _mm(tl.trans(dA_ii.to(DT)), _htile(q, r_i, m_i, ck, K, H, i_h).to(DT), IEEE)
+        _hstore(dqi, dq_i, r_i, m_i, ck, K, H, i_h)
+        _hstore(dki, dk_i, r_i, m_i, ck, K, H, i_h)
 
 
 @triton.jit
@@ -250,28 +221,21 @@ def _bwd_inter_kernel(q, k, v, gkb, gkr, gks, u, h, do, dh, dA, dqi, dki, dAa, y
     the pairs (t, t - 1): inside the chunk (dAa), across the chunk boundary (the first row's inter term without
     the previous token, yq; the last row's without the next one, zk; partial sums over NV value blocks)."""
     i_k, i_c, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    i_n, i_h, i_t, bos, eos, hc = chunk_info(i_c, i_bh, cu, chunk_seq, chunk_idx, N, NT, H, VARLEN)
+    i_h, i_t, hc, bos, eos, L, ac, t, m, r = _chunk_rows(i_c, i_bh, cu, chunk_seq, chunk_idx, N, NT, H, C, REVERSE,
+                                                         VARLEN)
     DT = q.dtype.element_ty if LOWP else tl.float32
-    L = eos - bos
-    ac = tl.arange(0, C)
-    t = i_t * C + ac
-    m = t < L
-    r = phys_row(t, bos, eos, REVERSE)
     ck = i_k * BK + tl.arange(0, BK)
     dq_c = tl.zeros([C, BK], dtype=tl.float32)
     dk_c = tl.zeros([C, BK], dtype=tl.float32)
     for iv in range(tl.cdiv(V, BV)):
         cv = iv * BV + tl.arange(0, BV)
-        dq_c += _mm(load_tile(do, r, m, cv, V, H * V, i_h * V).to(DT),
+        dq_c += _mm(_htile(do, r, m, cv, V, H, i_h).to(DT),
                     tl.trans(_state_tile(h, hc, H, i_h, ck, cv, K, V).to(DT)), IEEE)
-        dk_c += _mm(load_tile(v, r, m, cv, V, H * V, i_h * V).to(DT),
+        dk_c += _mm(_htile(v, r, m, cv, V, H, i_h).to(DT),
                     tl.trans(_state_tile(dh, hc, H, i_h, ck, cv, K, V).to(DT)), IEEE)
     dq_c = dq_c * scale
     if GK > 0:
-        bq = _gtile(gkb, r, m, ck, K, H, i_h, GK)
-        if USE_U:
-            bq = bq - _gtile(gkr, r, m, ck, K, H, i_h, GK)
-        dq_c = dq_c * tl.exp(bq)
+        dq_c = dq_c * tl.exp(_qgate(gkb, gkr, r, m, ck, K, H, i_h, GK, USE_U))
         # the row whose inter-chunk dk term is kept out of the gate gradient (added to dk below): the last token
         # (its final-state path); with the bonus the chunk's last row (its pair with the next chunk's first row)
         if ADJ:
@@ -292,16 +256,16 @@ def _bwd_inter_kernel(q, k, v, gkb, gkr, gks, u, h, do, dh, dA, dqi, dki, dAa, y
             dq_x = tl.sum(tl.where(first, dq_c, 0.), axis=0)[None, :]
             dq_c = tl.where(first, yv[None, :] * scale, dq_c)
             dk_c = tl.where(last, zv[None, :], dk_c)
-    dq_c += load_tile(dqi, r, m, ck, K, H * K, i_h * K)
-    dk_c += load_tile(dki, r, m, ck, K, H * K, i_h * K)
-    q_c = load_tile(q, r, m, ck, K, H * K, i_h * K)
-    k_c = load_tile(k, r, m, ck, K, H * K, i_h * K)
+    dq_c += _htile(dqi, r, m, ck, K, H, i_h)
+    dk_c += _htile(dki, r, m, ck, K, H, i_h)
+    q_c = _htile(q, r, m, ck, K, H, i_h)
+    k_c = _htile(k, r, m, ck, K, H, i_h)
     if GK > 0:
         qdq = q_c * dq_c
         if GK == 2:
-            store_tile(dbk, qdq - k_c * dk_c, r, m, ck, K, H * K, i_h * K)
+            _hstore(dbk, qdq - k_c * dk_c, r, m, ck, K, H, i_h)
             if USE_U:
-                store_tile(dbq, qdq, r, m, ck, K, H * K, i_h * K)
+                _hstore(dbq, qdq, r, m, ck, K, H, i_h)
         else:
             tl.store(dbk + r.to(tl.int64) * H + i_h, tl.sum(qdq - k_c * dk_c, axis=1), mask=m)
             if USE_U:
@@ -320,13 +284,13 @@ def _bwd_inter_kernel(q, k, v, gkb, gkr, gks, u, h, do, dh, dA, dqi, dki, dAa, y
         # the pairs (t, t - 1) inside the chunk: dq_t += dA[t, t-1] k_{t-1}, dk_s += dA[s+1, s] q_{s+1}
         m_p = m & (t > i_t * C)
         a_p = tl.load(dAa + r.to(tl.int64) * H + i_h, mask=m_p, other=0.)
-        dq_c += a_p[:, None] * load_tile(k, phys_row(t - 1, bos, eos, REVERSE), m_p, ck, K, H * K, i_h * K)
+        dq_c += a_p[:, None] * _htile(k, phys_row(t - 1, bos, eos, REVERSE), m_p, ck, K, H, i_h)
         m_n = (t + 1 < L) & (ac < C - 1)
         r_n = phys_row(t + 1, bos, eos, REVERSE)
         a_n = tl.load(dAa + r_n.to(tl.int64) * H + i_h, mask=m_n, other=0.)
-        dk_c += a_n[:, None] * load_tile(q, r_n, m_n, ck, K, H * K, i_h * K)
-    store_tile(dq, dq_c, r, m, ck, K, H * K, i_h * K)
-    store_tile(dk, dk_c, r, m, ck, K, H * K, i_h * K)
+        dk_c += a_n[:, None] * _htile(q, r_n, m_n, ck, K, H, i_h)
+    _hstore(dq, dq_c, r, m, ck, K, H, i_h)
+    _hstore(dk, dk_c, r, m, ck, K, H, i_h)
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -5,10 +5,11 @@ import torch
 import triton
 import triton.language as tl
 
-from ..common.jit import chunk_info, load_row, load_tile, phys_row, store_tile
+from ..common.jit import chunk_info, phys_row
 from ..common.options import alloc
-from .blocks import (NEG_INF, _diag_block_scores, _diag_decay, _diag_gmm, _diag_gmmT, _diag_scores,
-                     _diag_self_term, _grow, _gtile, _gvec, _lpre, _lsuf, _mm, _state_tile, _to_ref, _vblock_sum)
+from .blocks import (NEG_INF, _bonus, _decay, _diag_block_scores, _diag_decay, _diag_gmm, _diag_gmmT,
+                     _diag_scores, _diag_self_term, _grow, _gtile, _gvec, _hrow, _hstore, _htile, _lpre, _lsuf, _mm,
+                     _qgate, _rows, _state_tile, _to_ref, _vblock_sum)
 from .launch import SUB, _launch_opts, _lowp, _or, _pow2, _prec
 
 
@@ -27,18 +28,13 @@ def _fwd_o_kernel(q, k, v, gkb, gkr, gvb, gvr, u, h, o, oex, cu, chunk_seq, chun
     cv = i_v * BV + tl.arange(0, BV)
     ar = tl.arange(0, BS)
     hs = _state_tile(h, hc, H, i_h, ck, cv, K, V)
-    if USE_U:
-        uu = tl.load(u + i_h * K + ck, mask=ck < K, other=0.).to(tl.float32)
-    else:
-        uu = 0.  # unused
+    uu = _bonus(u, i_h, ck, K, USE_U)
     for i in range(C // BS):
         base = i_t * C + i * BS
         if base < L:
-            t_i = base + ar
-            m_i = t_i < L
-            r_i = phys_row(t_i, bos, eos, REVERSE)
-            q_i = load_tile(q, r_i, m_i, ck, K, H * K, i_h * K) * scale
-            k_i = load_tile(k, r_i, m_i, ck, K, H * K, i_h * K)
+            t_i, m_i, r_i = _rows(base, ar, L, bos, eos, REVERSE)
+            q_i = _htile(q, r_i, m_i, ck, K, H, i_h) * scale
+            k_i = _htile(k, r_i, m_i, ck, K, H, i_h)
             # inter-chunk: q_t exp(b_t) @ S (b_t: chunk prefix; exclusive with the bonus)
             if GK > 0:
                 g_i = _gtile(gkr, r_i, m_i, ck, K, H, i_h, GK)
@@ -50,13 +46,13 @@ def _fwd_o_kernel(q, k, v, gkb, gkr, gvb, gvr, u, h, o, oex, cu, chunk_seq, chun
                 g_i = 0.  # unused
                 o_i = _mm(q_i.to(DT), hs.to(DT), IEEE)
             if GV:
-                gv_i = load_tile(gvr, r_i, m_i, cv, V, H * V, i_h * V)
-                o_i = o_i * tl.exp(load_tile(gvb, r_i, m_i, cv, V, H * V, i_h * V))
+                gv_i = _htile(gvr, r_i, m_i, cv, V, H, i_h)
+                o_i = o_i * tl.exp(_htile(gvb, r_i, m_i, cv, V, H, i_h))
             # earlier sub-blocks j < i, reference row r = last row of sub-block i-1
             if i > 0:
                 r_ref = phys_row(tl.maximum(base - 1, 0), bos, eos, REVERSE)
                 if GK > 0:
-                    qr = q_i * tl.exp(tl.where(m_i[:, None], _lpre(g_i, USE_U, GK, BS), NEG_INF))
+                    qr = _decay(q_i, _lpre(g_i, USE_U, GK, BS), m_i)
                     bk_r = _grow(gkb, r_ref, ck, K, H, i_h, GK)
                 else:
                     qr = q_i
@@ -65,18 +61,16 @@ def _fwd_o_kernel(q, k, v, gkb, gkr, gvb, gvr, u, h, o, oex, cu, chunk_seq, chun
                     bv_r = _grow(gvb, r_ref, cv, V, H, i_h, 2)
                 acc = tl.zeros([BS, BV], dtype=tl.float32)
                 for j in range(i):
-                    t_j = i_t * C + j * BS + ar
-                    m_j = t_j < L
-                    r_j = phys_row(t_j, bos, eos, REVERSE)
-                    k_j = _to_ref(load_tile(k, r_j, m_j, ck, K, H * K, i_h * K), gkr, gkb, bk_r, r_j, m_j, j == i - 1,
+                    t_j, m_j, r_j = _rows(i_t * C + j * BS, ar, L, bos, eos, REVERSE)
+                    k_j = _to_ref(_htile(k, r_j, m_j, ck, K, H, i_h), gkr, gkb, bk_r, r_j, m_j, j == i - 1,
                                   ck, K, H, i_h, GK, BS)
                     A = _mm(qr.to(DT), tl.trans(k_j.to(DT)), IEEE)
-                    v_j = load_tile(v, r_j, m_j, cv, V, H * V, i_h * V)
+                    v_j = _htile(v, r_j, m_j, cv, V, H, i_h)
                     if GV:
                         v_j = _to_ref(v_j, gvr, gvb, bv_r, r_j, m_j, j == i - 1, cv, V, H, i_h, 2, BS)
                     acc += _mm(A.to(DT), v_j.to(DT), IEEE)
                 if GV:
-                    acc = acc * tl.exp(tl.where(m_i[:, None], _lpre(gv_i, False, 2, BS), NEG_INF))
+                    acc = _decay(acc, _lpre(gv_i, False, 2, BS), m_i)
                 o_i += acc
             # diagonal sub-block
             A = _diag_block_scores(q_i, k_i, g_i, uu, k, gkr, base, t_i, m_i, r_i, L, bos, eos, ck, K, H, i_h,
@@ -84,13 +78,13 @@ def _fwd_o_kernel(q, k, v, gkb, gkr, gvb, gvr, u, h, o, oex, cu, chunk_seq, chun
             if GV:
                 o_i += _diag_gmm(A, tl.zeros([BS, BV], dtype=tl.float32), v, gvr, base, t_i, m_i, L, bos, eos, cv,
                                  V, H, i_h, BS, BV, True, REVERSE)
-                store_tile(oex, o_i, r_i, m_i, cv, V, H * V, i_h * V)
+                _hstore(oex, o_i, r_i, m_i, cv, V, H, i_h)
                 a_tt = tl.sum(tl.where(ar[:, None] == ar[None, :], A, 0.), axis=1)
-                o_i += a_tt[:, None] * load_tile(v, r_i, m_i, cv, V, H * V, i_h * V)
+                o_i += a_tt[:, None] * _htile(v, r_i, m_i, cv, V, H, i_h)
             else:
-                v_i = load_tile(v, r_i, m_i, cv, V, H * V, i_h * V)
+                v_i = _htile(v, r_i, m_i, cv, V, H, i_h)
                 o_i += _mm(A.to(DT), v_i.to(DT), IEEE)
-            store_tile(o, o_i, r_i, m_i, cv, V, H * V, i_h * V)
+            _hstore(o, o_i, r_i, m_i, cv, V, H, i_h)
 
 
 @triton.jit
@@ -107,41 +101,33 @@ def _bwd_dv_kernel(q, k, v, gkb, gkr, gks, gvb, gvr, gvs, u, oex, do, dh, dv, db
     cv = i_v * BV + tl.arange(0, BV)
     ar = tl.arange(0, BS)
     dhs = _state_tile(dh, hc, H, i_h, ck, cv, K, V)
-    if USE_U:
-        uu = tl.load(u + i_h * K + ck, mask=ck < K, other=0.).to(tl.float32)
-    else:
-        uu = 0.  # unused
+    uu = _bonus(u, i_h, ck, K, USE_U)
     for j in range(C // BS):
         base_j = i_t * C + j * BS
         if base_j < L:
-            t_j = base_j + ar
-            m_j = t_j < L
-            r_j = phys_row(t_j, bos, eos, REVERSE)
-            k_j = load_tile(k, r_j, m_j, ck, K, H * K, i_h * K)
-            q_j = load_tile(q, r_j, m_j, ck, K, H * K, i_h * K) * scale
+            t_j, m_j, r_j = _rows(base_j, ar, L, bos, eos, REVERSE)
+            k_j = _htile(k, r_j, m_j, ck, K, H, i_h)
+            q_j = _htile(q, r_j, m_j, ck, K, H, i_h) * scale
             if GK > 0:
                 g_j = _gtile(gkr, r_j, m_j, ck, K, H, i_h, GK)
-                ke = k_j * tl.exp(tl.where(m_j[:, None], _gtile(gks, r_j, m_j, ck, K, H, i_h, GK), NEG_INF))
+                ke = _decay(k_j, _gtile(gks, r_j, m_j, ck, K, H, i_h, GK), m_j)
             else:
                 g_j = 0.  # unused
                 ke = k_j
             dv_j = _mm(ke.to(DT), dhs.to(DT), IEEE)
             if GV:
-                gv_j = load_tile(gvr, r_j, m_j, cv, V, H * V, i_h * V)
-                dv_j = dv_j * tl.exp(tl.where(m_j[:, None], load_tile(gvs, r_j, m_j, cv, V, H * V, i_h * V), NEG_INF))
+                gv_j = _htile(gvr, r_j, m_j, cv, V, H, i_h)
+                dv_j = _decay(dv_j, _htile(gvs, r_j, m_j, cv, V, H, i_h), m_j)
                 # the last token's final-state path is kept out of the value-gate gradient (see dqk kernel)
                 dv_last = tl.where((t_j == L - 1)[:, None], dv_j, 0.)
             for i in range(j + 1, C // BS):
                 base_i = i_t * C + i * BS
                 if base_i < L:
-                    t_i = base_i + ar
-                    m_i = t_i < L
-                    r_i = phys_row(t_i, bos, eos, REVERSE)
+                    t_i, m_i, r_i = _rows(base_i, ar, L, bos, eos, REVERSE)
                     r_ref = phys_row(base_i - 1, bos, eos, REVERSE)
-                    q_i = load_tile(q, r_i, m_i, ck, K, H * K, i_h * K) * scale
+                    q_i = _htile(q, r_i, m_i, ck, K, H, i_h) * scale
                     if GK > 0:
-                        qr = q_i * tl.exp(tl.where(m_i[:, None], _lpre(_gtile(gkr, r_i, m_i, ck, K, H, i_h, GK),
-                                                                       USE_U, GK, BS), NEG_INF))
+                        qr = _decay(q_i, _lpre(_gtile(gkr, r_i, m_i, ck, K, H, i_h, GK), USE_U, GK, BS), m_i)
                         if i == j + 1:
                             kr = k_j * tl.exp(_lsuf(g_j, GK, BS))
                         else:
@@ -151,34 +137,33 @@ def _bwd_dv_kernel(q, k, v, gkb, gkr, gks, gvb, gvr, gvs, u, oex, do, dh, dv, db
                         qr = q_i
                         kr = k_j
                     A = _mm(qr.to(DT), tl.trans(kr.to(DT)), IEEE)
-                    do_i = load_tile(do, r_i, m_i, cv, V, H * V, i_h * V)
+                    do_i = _htile(do, r_i, m_i, cv, V, H, i_h)
                     if GV:
-                        dd = do_i * tl.exp(tl.where(m_i[:, None], _lpre(load_tile(gvr, r_i, m_i, cv, V, H * V, i_h * V),
-                                                                        False, 2, BS), NEG_INF))
+                        dd = _decay(do_i, _lpre(_htile(gvr, r_i, m_i, cv, V, H, i_h), False, 2, BS), m_i)
                         if i == j + 1:
                             fv = tl.exp(_lsuf(gv_j, 2, BS))
                         else:
-                            fv = tl.exp(load_row(gvb, r_ref, cv, V, H * V, i_h * V)[None, :]
-                                        - load_tile(gvb, r_j, m_j, cv, V, H * V, i_h * V))
+                            fv = tl.exp(_hrow(gvb, r_ref, cv, V, H, i_h)[None, :]
+                                        - _htile(gvb, r_j, m_j, cv, V, H, i_h))
                         dv_j += fv * _mm(tl.trans(A.to(DT)), dd.to(DT), IEEE)
                     else:
                         dv_j += _mm(tl.trans(A.to(DT)), do_i.to(DT), IEEE)
             # diagonal
             A = _diag_block_scores(q_j, k_j, g_j, uu, k, gkr, base_j, t_j, m_j, r_j, L, bos, eos, ck, K, H, i_h,
                                    BS, GK, USE_U, REVERSE, DT, IEEE)
-            do_j = load_tile(do, r_j, m_j, cv, V, H * V, i_h * V)
+            do_j = _htile(do, r_j, m_j, cv, V, H, i_h)
             if GV:
                 # value-gate gradient o * do - v * dv without the t == s terms (they cancel exactly: oex from the
                 # forward, strict pairs here), and without the last token's final-state path
                 dv_j += _diag_gmmT(A, do, 1.0, gvr, base_j, L, bos, eos, cv, V, H, i_h, BS, BV, True, False, REVERSE)
-                oex_j = load_tile(oex, r_j, m_j, cv, V, H * V, i_h * V)
-                v_j = load_tile(v, r_j, m_j, cv, V, H * V, i_h * V)
-                store_tile(dbv, oex_j * do_j - v_j * (dv_j - dv_last), r_j, m_j, cv, V, H * V, i_h * V)
+                oex_j = _htile(oex, r_j, m_j, cv, V, H, i_h)
+                v_j = _htile(v, r_j, m_j, cv, V, H, i_h)
+                _hstore(dbv, oex_j * do_j - v_j * (dv_j - dv_last), r_j, m_j, cv, V, H, i_h)
                 a_tt = tl.sum(tl.where(ar[:, None] == ar[None, :], A, 0.), axis=1)
                 dv_j += a_tt[:, None] * do_j
             else:
                 dv_j += _mm(tl.trans(A.to(DT)), do_j.to(DT), IEEE)
-            store_tile(dv, dv_j, r_j, m_j, cv, V, H * V, i_h * V)
+            _hstore(dv, dv_j, r_j, m_j, cv, V, H, i_h)
 
 
 @triton.jit
@@ -197,6 +182,28 @@ def _bwd_diag_dA(do_m, v_m, v, gvr, base_m, t_m, m_m, L, bos, eos, cv, V, H, i_h
         else:
             dA = tl.where((t_m[:, None] >= t_m[None, :]) & m_m[:, None], dA, 0.)
     return dA
+
+
+@triton.jit
+def _bwd_diag_terms(do, v, gvr, r_m, m_m, base_m, t_m, L, bos, eos, cv, V, H, i_h, dov, dA_tt,
+                    BS: tl.constexpr, GV: tl.constexpr, USE_U: tl.constexpr, ADJ: tl.constexpr,
+                    REVERSE: tl.constexpr, IEEE: tl.constexpr, DT: tl.constexpr):
+    """One value block of a diagonal sub-block's dA (the dq and dk kernels): (do and v tiles, dA without the pairs
+    whose gate factor is exp(0), dov, dA_tt). Those pairs cancel exactly in q * dq - k * dk and are added after the
+    gate gradient is taken: the t == s terms (their do . v summed into dov with the bonus, else dA[t, t] into
+    dA_tt), and with the bonus (ADJ) the pairs (t, t - 1)."""
+    ar = tl.arange(0, BS)
+    do_m = _htile(do, r_m, m_m, cv, V, H, i_h)
+    v_m = _htile(v, r_m, m_m, cv, V, H, i_h)
+    dA = _bwd_diag_dA(do_m, v_m, v, gvr, base_m, t_m, m_m, L, bos, eos, cv, V, H, i_h, BS, GV, USE_U, REVERSE,
+                      IEEE, DT)
+    if USE_U:
+        dov += tl.sum(do_m * v_m, axis=1)
+    else:
+        dA_tt += tl.sum(tl.where(ar[:, None] == ar[None, :], dA, 0.), axis=1)
+    if ADJ:
+        dA = tl.where(ar[None, :] == ar[:, None] - 1, 0., dA)
+    return do_m, v_m, dA, dov, dA_tt
 
 
 # dq and dk: two kernels, each walking the sub-blocks of one chunk. Dynamic loops (not unrolled) keep one
@@ -227,9 +234,7 @@ def _bwd_dq_kernel(q, k, v, gkb, gkr, gvb, gvr, u, h, do, dq, dbk, dbq, yq, cu, 
     for mb in range(C // BS):
         base_m = i_t * C + mb * BS
         if base_m < L:
-            t_m = base_m + ar
-            m_m = t_m < L
-            r_m = phys_row(t_m, bos, eos, REVERSE)
+            t_m, m_m, r_m = _rows(base_m, ar, L, bos, eos, REVERSE)
             r_refm = phys_row(tl.maximum(base_m - 1, 0), bos, eos, REVERSE)
             dq_t = tl.zeros([BS, BK], dtype=tl.float32)
             dov = tl.zeros([BS], dtype=tl.float32)
@@ -238,15 +243,12 @@ def _bwd_dq_kernel(q, k, v, gkb, gkr, gvb, gvr, u, h, do, dq, dbk, dbq, yq, cu, 
             for iv in range(tl.cdiv(V, BV)):
                 cv = iv * BV + tl.arange(0, BV)
                 hs = _state_tile(h, hc, H, i_h, ck, cv, K, V)
-                dd = load_tile(do, r_m, m_m, cv, V, H * V, i_h * V)
+                dd = _htile(do, r_m, m_m, cv, V, H, i_h)
                 if GV:
-                    dd = dd * tl.exp(load_tile(gvb, r_m, m_m, cv, V, H * V, i_h * V))
+                    dd = dd * tl.exp(_htile(gvb, r_m, m_m, cv, V, H, i_h))
                 dq_t += _mm(dd.to(DT), tl.trans(hs.to(DT)), IEEE)
             if GK > 0:
-                bq_m = _gtile(gkb, r_m, m_m, ck, K, H, i_h, GK)
-                if USE_U:
-                    bq_m = bq_m - _gtile(gkr, r_m, m_m, ck, K, H, i_h, GK)
-                dq_t = dq_t * tl.exp(bq_m)
+                dq_t = dq_t * tl.exp(_qgate(gkb, gkr, r_m, m_m, ck, K, H, i_h, GK, USE_U))
             if ADJ:
                 first = (t_m == i_t * C)[:, None]
                 dq_x = tl.where(first, dq_t, 0.)
@@ -258,12 +260,10 @@ def _bwd_dq_kernel(q, k, v, gkb, gkr, gvb, gvr, u, h, do, dq, dbk, dbq, yq, cu, 
             if mb > 0:
                 for iv in range(tl.cdiv(V, BV)):
                     cv = iv * BV + tl.arange(0, BV)
-                    do_m = load_tile(do, r_m, m_m, cv, V, H * V, i_h * V)
+                    do_m = _htile(do, r_m, m_m, cv, V, H, i_h)
                     if GV:
-                        ddr = do_m * tl.exp(tl.where(m_m[:, None],
-                                                     _lpre(load_tile(gvr, r_m, m_m, cv, V, H * V, i_h * V), False, 2, BS),
-                                                     NEG_INF))
-                        bv_rm = load_row(gvb, r_refm, cv, V, H * V, i_h * V)[None, :]
+                        ddr = _decay(do_m, _lpre(_htile(gvr, r_m, m_m, cv, V, H, i_h), False, 2, BS), m_m)
+                        bv_rm = _hrow(gvb, r_refm, cv, V, H, i_h)[None, :]
                     else:
                         ddr = do_m
                     if GK > 0:
@@ -272,40 +272,29 @@ def _bwd_dq_kernel(q, k, v, gkb, gkr, gvb, gvr, u, h, do, dq, dbk, dbq, yq, cu, 
                         bk_rm = 0.
                     dq_off = tl.zeros([BS, BK], dtype=tl.float32)
                     for j in range(mb):
-                        t_j = i_t * C + j * BS + ar
-                        m_j = t_j < L
-                        r_j = phys_row(t_j, bos, eos, REVERSE)
-                        v_j = load_tile(v, r_j, m_j, cv, V, H * V, i_h * V)
+                        t_j, m_j, r_j = _rows(i_t * C + j * BS, ar, L, bos, eos, REVERSE)
+                        v_j = _htile(v, r_j, m_j, cv, V, H, i_h)
                         if GV:
                             v_j = _to_ref(v_j, gvr, gvb, bv_rm, r_j, m_j, j == mb - 1, cv, V, H, i_h, 2, BS)
                         dA = _mm(ddr.to(DT), tl.trans(v_j.to(DT)), IEEE)
                         if ADJ:
                             dA = tl.where((ar[:, None] == 0) & (ar[None, :] == BS - 1) & (j == mb - 1), 0., dA)
-                        k_j = _to_ref(load_tile(k, r_j, m_j, ck, K, H * K, i_h * K), gkr, gkb, bk_rm, r_j, m_j,
+                        k_j = _to_ref(_htile(k, r_j, m_j, ck, K, H, i_h), gkr, gkb, bk_rm, r_j, m_j,
                                       j == mb - 1, ck, K, H, i_h, GK, BS)
                         dq_off += _mm(dA.to(DT), k_j.to(DT), IEEE)
                     if GK > 0:
                         g_m = _gtile(gkr, r_m, m_m, ck, K, H, i_h, GK)
-                        dq_t += dq_off * tl.exp(tl.where(m_m[:, None], _lpre(g_m, USE_U, GK, BS), NEG_INF))
+                        dq_t += _decay(dq_off, _lpre(g_m, USE_U, GK, BS), m_m)
                     else:
                         dq_t += dq_off
             # diagonal sub-block
             for iv in range(tl.cdiv(V, BV)):
                 cv = iv * BV + tl.arange(0, BV)
-                do_m = load_tile(do, r_m, m_m, cv, V, H * V, i_h * V)
-                v_m = load_tile(v, r_m, m_m, cv, V, H * V, i_h * V)
-                dA = _bwd_diag_dA(do_m, v_m, v, gvr, base_m, t_m, m_m, L, bos, eos, cv, V, H, i_h, BS, GV, USE_U,
-                                  REVERSE, IEEE, DT)
-                if USE_U:
-                    dov += tl.sum(do_m * v_m, axis=1)
-                else:
-                    # the t == s terms (gate factor exp(0)) cancel exactly in q*dq - k*dk: added after the gate
-                    # gradient is taken (here and in _bwd_dk_kernel)
-                    dA_tt += tl.sum(tl.where(ar[:, None] == ar[None, :], dA, 0.), axis=1)
+                do_m, v_m, dA, dov, dA_tt = _bwd_diag_terms(do, v, gvr, r_m, m_m, base_m, t_m, L, bos, eos, cv, V,
+                                                            H, i_h, dov, dA_tt, BS, GV, USE_U, ADJ, REVERSE, IEEE,
+                                                            DT)
                 if ADJ:
-                    # the pairs (t, t - 1), likewise (bonus form)
-                    dA = tl.where(ar[None, :] == ar[:, None] - 1, 0., dA)
-                    a_p += tl.sum(do_m * load_tile(v, r_p, m_p, cv, V, H * V, i_h * V), axis=1)
+                    a_p += tl.sum(do_m * _htile(v, r_p, m_p, cv, V, H, i_h), axis=1)
                 if GK == 2:
                     if USE_U:
                         gT = _gtile(gkr, r_m, m_m, ck, K, H, i_h, GK)
@@ -318,23 +307,23 @@ def _bwd_dq_kernel(q, k, v, gkb, gkr, gvb, gvr, u, h, do, dq, dbk, dbq, yq, cu, 
                         dA = dA * _diag_decay(_gvec(gkr, r_m, m_m, H, i_h), t_m, m_m, BS, USE_U, True)
                     else:
                         dA = tl.where((t_m[:, None] > t_m[None, :]) & m_m[:, None], dA, 0.)
-                    k_m = load_tile(k, r_m, m_m, ck, K, H * K, i_h * K)
+                    k_m = _htile(k, r_m, m_m, ck, K, H, i_h)
                     dq_t += _mm(dA.to(DT), k_m.to(DT), IEEE)
             if GK > 0:
-                dbq_t = load_tile(q, r_m, m_m, ck, K, H * K, i_h * K) * scale * dq_t
+                dbq_t = _htile(q, r_m, m_m, ck, K, H, i_h) * scale * dq_t
                 if GK == 2:
-                    store_tile(dbk, dbq_t, r_m, m_m, ck, K, H * K, i_h * K)
+                    _hstore(dbk, dbq_t, r_m, m_m, ck, K, H, i_h)
                     if USE_U:
-                        store_tile(dbq, dbq_t, r_m, m_m, ck, K, H * K, i_h * K)
+                        _hstore(dbq, dbq_t, r_m, m_m, ck, K, H, i_h)
                 else:
                     tl.store(dbk + r_m.to(tl.int64) * H + i_h, tl.sum(dbq_t, axis=1), mask=m_m)
                     if USE_U:
                         tl.store(dbq + r_m.to(tl.int64) * H + i_h, tl.sum(dbq_t, axis=1), mask=m_m)
             if ADJ:
                 # the chunk's first row has no intra-chunk term: its dq is the full inter term
-                dq_t = tl.where(first, dq_x, dq_t) + a_p[:, None] * load_tile(k, r_p, m_p, ck, K, H * K, i_h * K)
-            dq_t += _diag_self_term(dov, dA_tt, load_tile(k, r_m, m_m, ck, K, H * K, i_h * K), u, i_h, ck, K, USE_U)
-            store_tile(dq, dq_t * scale, r_m, m_m, ck, K, H * K, i_h * K)
+                dq_t = tl.where(first, dq_x, dq_t) + a_p[:, None] * _htile(k, r_p, m_p, ck, K, H, i_h)
+            dq_t += _diag_self_term(dov, dA_tt, _htile(k, r_m, m_m, ck, K, H, i_h), u, i_h, ck, K, USE_U)
+            _hstore(dq, dq_t * scale, r_m, m_m, ck, K, H, i_h)
 
 
 @triton.jit
@@ -361,9 +350,7 @@ def _bwd_dk_kernel(q, k, v, gkb, gkr, gks, gvb, gvr, gvs, u, do, dh, dk, dbk, zk
     for mb in range(C // BS):
         base_m = i_t * C + mb * BS
         if base_m < L:
-            t_m = base_m + ar
-            m_m = t_m < L
-            r_m = phys_row(t_m, bos, eos, REVERSE)
+            t_m, m_m, r_m = _rows(base_m, ar, L, bos, eos, REVERSE)
             dk_t = tl.zeros([BS, BK], dtype=tl.float32)
             dov = tl.zeros([BS], dtype=tl.float32)
             dA_tt = tl.zeros([BS], dtype=tl.float32)
@@ -371,9 +358,9 @@ def _bwd_dk_kernel(q, k, v, gkb, gkr, gks, gvb, gvr, gvs, u, do, dh, dk, dbk, zk
             for iv in range(tl.cdiv(V, BV)):
                 cv = iv * BV + tl.arange(0, BV)
                 dhs = _state_tile(dh, hc, H, i_h, ck, cv, K, V)
-                vv = load_tile(v, r_m, m_m, cv, V, H * V, i_h * V)
+                vv = _htile(v, r_m, m_m, cv, V, H, i_h)
                 if GV:
-                    vv = vv * tl.exp(tl.where(m_m[:, None], load_tile(gvs, r_m, m_m, cv, V, H * V, i_h * V), NEG_INF))
+                    vv = _decay(vv, _htile(gvs, r_m, m_m, cv, V, H, i_h), m_m)
                 dk_t += _mm(vv.to(DT), tl.trans(dhs.to(DT)), IEEE)
             if GK > 0:
                 # the last token's final-state path (with the bonus: the chunk's last row's inter term), kept out
@@ -389,34 +376,28 @@ def _bwd_dk_kernel(q, k, v, gkb, gkr, gks, gvb, gvr, gvs, u, do, dh, dk, dbk, zk
             # later sub-blocks i > mb (reference row: last row of sub-block i-1)
             for iv in range(tl.cdiv(V, BV)):
                 cv = iv * BV + tl.arange(0, BV)
-                v_m = load_tile(v, r_m, m_m, cv, V, H * V, i_h * V)
+                v_m = _htile(v, r_m, m_m, cv, V, H, i_h)
                 for i in range(mb + 1, C // BS):
                     base_i = i_t * C + i * BS
                     if base_i < L:
-                        t_i = base_i + ar
-                        m_i = t_i < L
-                        r_i = phys_row(t_i, bos, eos, REVERSE)
+                        t_i, m_i, r_i = _rows(base_i, ar, L, bos, eos, REVERSE)
                         r_ref = phys_row(base_i - 1, bos, eos, REVERSE)
-                        do_i = load_tile(do, r_i, m_i, cv, V, H * V, i_h * V)
+                        do_i = _htile(do, r_i, m_i, cv, V, H, i_h)
                         if GV:
-                            do_i = do_i * tl.exp(tl.where(m_i[:, None],
-                                                          _lpre(load_tile(gvr, r_i, m_i, cv, V, H * V, i_h * V), False, 2,
-                                                                BS), NEG_INF))
+                            do_i = _decay(do_i, _lpre(_htile(gvr, r_i, m_i, cv, V, H, i_h), False, 2, BS), m_i)
                             if i == mb + 1:
-                                vr = v_m * tl.exp(_lsuf(load_tile(gvr, r_m, m_m, cv, V, H * V, i_h * V), 2, BS))
+                                vr = v_m * tl.exp(_lsuf(_htile(gvr, r_m, m_m, cv, V, H, i_h), 2, BS))
                             else:
-                                vr = v_m * tl.exp(load_row(gvb, r_ref, cv, V, H * V, i_h * V)[None, :]
-                                                  - load_tile(gvb, r_m, m_m, cv, V, H * V, i_h * V))
+                                vr = v_m * tl.exp(_hrow(gvb, r_ref, cv, V, H, i_h)[None, :]
+                                                  - _htile(gvb, r_m, m_m, cv, V, H, i_h))
                         else:
                             vr = v_m
                         dA = _mm(do_i.to(DT), tl.trans(vr.to(DT)), IEEE)
                         if ADJ:
                             dA = tl.where((ar[:, None] == 0) & (ar[None, :] == BS - 1) & (i == mb + 1), 0., dA)
-                        q_i = load_tile(q, r_i, m_i, ck, K, H * K, i_h * K) * scale
+                        q_i = _htile(q, r_i, m_i, ck, K, H, i_h) * scale
                         if GK > 0:
-                            q_i = q_i * tl.exp(tl.where(m_i[:, None],
-                                                        _lpre(_gtile(gkr, r_i, m_i, ck, K, H, i_h, GK), USE_U, GK, BS),
-                                                        NEG_INF))
+                            q_i = _decay(q_i, _lpre(_gtile(gkr, r_i, m_i, ck, K, H, i_h, GK), USE_U, GK, BS), m_i)
                             if i == mb + 1:
                                 fk = tl.exp(_lsuf(_gtile(gkr, r_m, m_m, ck, K, H, i_h, GK), GK, BS))
                             else:
@@ -428,17 +409,11 @@ def _bwd_dk_kernel(q, k, v, gkb, gkr, gks, gvb, gvr, gvs, u, do, dh, dk, dbk, zk
             # diagonal sub-block
             for iv in range(tl.cdiv(V, BV)):
                 cv = iv * BV + tl.arange(0, BV)
-                do_m = load_tile(do, r_m, m_m, cv, V, H * V, i_h * V)
-                v_m = load_tile(v, r_m, m_m, cv, V, H * V, i_h * V)
-                dA = _bwd_diag_dA(do_m, v_m, v, gvr, base_m, t_m, m_m, L, bos, eos, cv, V, H, i_h, BS, GV, USE_U,
-                                  REVERSE, IEEE, DT)
-                if USE_U:
-                    dov += tl.sum(do_m * v_m, axis=1)
-                else:
-                    dA_tt += tl.sum(tl.where(ar[:, None] == ar[None, :], dA, 0.), axis=1)
+                do_m, v_m, dA, dov, dA_tt = _bwd_diag_terms(do, v, gvr, r_m, m_m, base_m, t_m, L, bos, eos, cv, V,
+                                                            H, i_h, dov, dA_tt, BS, GV, USE_U, ADJ, REVERSE, IEEE,
+                                                            DT)
                 if ADJ:
-                    dA = tl.where(ar[None, :] == ar[:, None] - 1, 0., dA)
-                    a_n += tl.sum(load_tile(do, r_n, m_n, cv, V, H * V, i_h * V) * v_m, axis=1)
+                    a_n += tl.sum(_htile(do, r_n, m_n, cv, V, H, i_h) * v_m, axis=1)
                 if GK == 2:
                     dk_t += _diag_gmmT(dA, q, scale, gkr, base_m, L, bos, eos, ck, K, H, i_h, BS, BK, True, USE_U,
                                        REVERSE)
@@ -447,25 +422,25 @@ def _bwd_dk_kernel(q, k, v, gkb, gkr, gks, gvb, gvr, gvs, u, do, dh, dk, dbk, zk
                         dA = dA * _diag_decay(_gvec(gkr, r_m, m_m, H, i_h), t_m, m_m, BS, USE_U, True)
                     else:
                         dA = tl.where((t_m[:, None] > t_m[None, :]) & m_m[:, None], dA, 0.)
-                    q_m = load_tile(q, r_m, m_m, ck, K, H * K, i_h * K) * scale
+                    q_m = _htile(q, r_m, m_m, ck, K, H, i_h) * scale
                     dk_t += _mm(tl.trans(dA.to(DT)), q_m.to(DT), IEEE)
             if GK > 0:
-                kdk = load_tile(k, r_m, m_m, ck, K, H * K, i_h * K) * dk_t
+                kdk = _htile(k, r_m, m_m, ck, K, H, i_h) * dk_t
                 if GK == 2:
-                    db_t = load_tile(dbk, r_m, m_m, ck, K, H * K, i_h * K) - kdk
-                    store_tile(dbk, db_t, r_m, m_m, ck, K, H * K, i_h * K)
+                    db_t = _htile(dbk, r_m, m_m, ck, K, H, i_h) - kdk
+                    _hstore(dbk, db_t, r_m, m_m, ck, K, H, i_h)
                 else:
                     db_t = _gvec(dbk, r_m, m_m, H, i_h) - tl.sum(kdk, axis=1)
                     tl.store(dbk + r_m.to(tl.int64) * H + i_h, db_t, mask=m_m)
                 if ADJ:
                     # the chunk's last row has no intra-chunk term: its dk is the full inter term
                     dk_t = tl.where((t_m == t_x)[:, None], dk_last, dk_t) \
-                        + a_n[:, None] * load_tile(q, r_n, m_n, ck, K, H * K, i_h * K) * scale
+                        + a_n[:, None] * _htile(q, r_n, m_n, ck, K, H, i_h) * scale
                 else:
                     dk_t += dk_last
-            q_m = load_tile(q, r_m, m_m, ck, K, H * K, i_h * K) * scale
+            q_m = _htile(q, r_m, m_m, ck, K, H, i_h) * scale
             dk_t += _diag_self_term(dov, dA_tt, q_m, u, i_h, ck, K, USE_U)
-            store_tile(dk, dk_t, r_m, m_m, ck, K, H * K, i_h * K)
+            _hstore(dk, dk_t, r_m, m_m, ck, K, H, i_h)
 
 
 # ----------------------------------------------------------------------------------------------------------

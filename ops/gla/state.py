@@ -5,9 +5,9 @@ import torch
 import triton
 import triton.language as tl
 
-from ..common.jit import chunk_info, load_row, load_tile, phys_row, seq_info, store_tile
+from ..common.jit import chunk_info, phys_row, seq_info
 from ..common.options import alloc
-from .blocks import NEG_INF, _grow, _gtile, _mm
+from .blocks import _decay, _grow, _gtile, _hrow, _hstore, _htile, _mm, _qgate, _rows
 from .launch import _lowp, _or, _pow2, _prec
 
 
@@ -28,9 +28,9 @@ def _cumsum_kernel(g, out, suf, cu, chunk_seq, chunk_idx, N, NT, H, D,
         tl.store(suf + r.to(tl.int64) * H + i_h, tl.cumsum(x, axis=0, reverse=True) - x, mask=m)
     else:
         c = tl.arange(0, BD)
-        x = load_tile(g, r, m, c, D, H * D, i_h * D)
-        store_tile(out, tl.cumsum(x, axis=0), r, m, c, D, H * D, i_h * D)
-        store_tile(suf, tl.cumsum(x, axis=0, reverse=True) - x, r, m, c, D, H * D, i_h * D)
+        x = _htile(g, r, m, c, D, H, i_h)
+        _hstore(out, tl.cumsum(x, axis=0), r, m, c, D, H, i_h)
+        _hstore(suf, tl.cumsum(x, axis=0, reverse=True) - x, r, m, c, D, H, i_h)
 
 
 @triton.jit
@@ -44,19 +44,57 @@ def _revcumsum_kernel(x, out, carry, cu, chunk_off, N, NT, H, D,
     i_n, i_h, bos, eos, c0 = seq_info(i_nh, cu, chunk_off, N, NT, H, VARLEN)
     L = eos - bos
     for it in range(tl.cdiv(L, C)):
-        t = it * C + tl.arange(0, C)
-        m = t < L
-        r = phys_row(t, bos, eos, REVERSE)
+        t, m, r = _rows(it * C, tl.arange(0, C), L, bos, eos, REVERSE)
         if SCALAR:
             xt = tl.load(x + r.to(tl.int64) * H + i_h, mask=m, other=0.).to(tl.float32)
             y = tl.load(carry + ((c0 + it) * H + i_h).to(tl.int64)) + tl.sum(xt, axis=0) - tl.cumsum(xt, axis=0) + xt
             tl.store(out + r.to(tl.int64) * H + i_h, y, mask=m)
         else:
             c = i_d * BD + tl.arange(0, BD)
-            xt = load_tile(x, r, m, c, D, H * D, i_h * D)
-            y = load_row(carry, c0 + it, c, D, H * D, i_h * D)[None, :] + tl.sum(xt, axis=0)[None, :] \
+            xt = _htile(x, r, m, c, D, H, i_h)
+            y = _hrow(carry, c0 + it, c, D, H, i_h)[None, :] + tl.sum(xt, axis=0)[None, :] \
                 - tl.cumsum(xt, axis=0) + xt
-            store_tile(out, y, r, m, c, D, H * D, i_h * D)
+            _hstore(out, y, r, m, c, D, H, i_h)
+
+
+@triton.jit
+def _seq_tile(i_k, i_v, i_nh, cu, chunk_off, N, NT, H, K, V, C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+              VARLEN: tl.constexpr):
+    """Program (i_k, i_v, i_nh) of a state kernel: (head, bos, eos, first chunk row, sequence length, chunks, key /
+    value columns of its state tile, the tile's mask and its offsets in a [K, V] state)."""
+    i_n, i_h, bos, eos, c0 = seq_info(i_nh, cu, chunk_off, N, NT, H, VARLEN)
+    L = eos - bos
+    nt = tl.cdiv(L, C)
+    ck = i_k * BK + tl.arange(0, BK)
+    cv = i_v * BV + tl.arange(0, BV)
+    return i_h, bos, eos, c0, L, nt, ck, cv, (ck[:, None] < K) & (cv[None, :] < V), ck[:, None] * V + cv[None, :]
+
+
+@triton.jit
+def _state_in(ptr, i_nh, okv, mkv, K, V, BK: tl.constexpr, BV: tl.constexpr, USE: tl.constexpr):
+    """fp32 state tile of sequence x head ``i_nh`` of a [S, H, K, V] state (initial state, dht); zeros without."""
+    S = tl.zeros([BK, BV], dtype=tl.float32)
+    if USE:
+        S += tl.load(ptr + i_nh.to(tl.int64) * K * V + okv, mask=mkv, other=0.).to(tl.float32)
+    return S
+
+
+@triton.jit
+def _kdecay(S, gkb, r_last, ck, K, H, i_h, BK: tl.constexpr, GK: tl.constexpr):
+    """A state (or state gradient) tile decayed over a whole chunk by its key gates: rows times exp of the chunk's
+    last prefix sum (read at physical row ``r_last``)."""
+    bl = _grow(gkb, r_last, ck, K, H, i_h, GK)
+    if GK == 2:
+        S = S * tl.exp(tl.reshape(bl, [BK]))[:, None]
+    else:
+        S = S * tl.exp(bl)
+    return S
+
+
+@triton.jit
+def _vdecay(S, gvb, r_last, cv, V, H, i_h):
+    """The same by the value gates: columns times exp of the chunk's last prefix sum."""
+    return S * tl.exp(_hrow(gvb, r_last, cv, V, H, i_h))[None, :]
 
 
 @triton.jit
@@ -68,48 +106,33 @@ def _fwd_h_kernel(k, v, gkb, gks, gvb, gvs, h, h0, ht, ht_ex, do, yq, cu, chunk_
     yq[c, i_v] = this V block's part of h_ex[c] @ do_first, h_ex[c] being h[c] without the newest token's
     k v^T (without h0 for the first chunk): the gate-gradient part of the chunk's first row (see _bwd_A)."""
     i_k, i_v, i_nh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    i_n, i_h, bos, eos, c0 = seq_info(i_nh, cu, chunk_off, N, NT, H, VARLEN)
+    i_h, bos, eos, c0, L, nt, ck, cv, mkv, okv = _seq_tile(i_k, i_v, i_nh, cu, chunk_off, N, NT, H, K, V, C, BK, BV,
+                                                           VARLEN)
     DT = k.dtype.element_ty if LOWP else tl.float32
-    L = eos - bos
-    nt = tl.cdiv(L, C)
-    ck = i_k * BK + tl.arange(0, BK)
-    cv = i_v * BV + tl.arange(0, BV)
-    mkv = (ck[:, None] < K) & (cv[None, :] < V)
-    okv = ck[:, None] * V + cv[None, :]
-    S = tl.zeros([BK, BV], dtype=tl.float32)
-    if USE_H0:
-        S += tl.load(h0 + i_nh.to(tl.int64) * K * V + okv, mask=mkv, other=0.).to(tl.float32)
+    S = _state_in(h0, i_nh, okv, mkv, K, V, BK, BV, USE_H0)
     ar = tl.arange(0, C)
     S_ex = tl.zeros([BK, BV], dtype=tl.float32)
     for it in range(nt):
         tl.store(h + ((c0 + it) * H + i_h).to(tl.int64) * K * V + okv, S, mask=mkv)
         if ADJ:
-            do_f = load_row(do, phys_row(it * C, bos, eos, REVERSE), cv, V, H * V, i_h * V)
+            do_f = _hrow(do, phys_row(it * C, bos, eos, REVERSE), cv, V, H, i_h)
             tl.store(yq + (((c0 + it) * tl.num_programs(1) + i_v) * H + i_h).to(tl.int64) * K + ck,
                      tl.sum(S_ex * do_f[None, :], axis=1), mask=ck < K)
-        t = it * C + ar
-        m = t < L
-        r = phys_row(t, bos, eos, REVERSE)
-        k_c = load_tile(k, r, m, ck, K, H * K, i_h * K)
-        v_c = load_tile(v, r, m, cv, V, H * V, i_h * V)
+        t, m, r = _rows(it * C, ar, L, bos, eos, REVERSE)
+        k_c = _htile(k, r, m, ck, K, H, i_h)
+        v_c = _htile(v, r, m, cv, V, H, i_h)
         t_last = tl.minimum(it * C + C, L) - 1
         r_last = phys_row(t_last, bos, eos, REVERSE)
         if GK > 0:
-            bl = _grow(gkb, r_last, ck, K, H, i_h, GK)
-            if GK == 2:
-                S = S * tl.exp(tl.reshape(bl, [BK]))[:, None]
-            else:
-                S = S * tl.exp(bl)
-            k_c = k_c * tl.exp(tl.where(m[:, None], _gtile(gks, r, m, ck, K, H, i_h, GK), NEG_INF))
+            S = _kdecay(S, gkb, r_last, ck, K, H, i_h, BK, GK)
+            k_c = _decay(k_c, _gtile(gks, r, m, ck, K, H, i_h, GK), m)
         if GV:
-            blv = load_row(gvb, r_last, cv, V, H * V, i_h * V)
-            S = S * tl.exp(blv)[None, :]
-            v_c = v_c * tl.exp(tl.where(m[:, None], load_tile(gvs, r, m, cv, V, H * V, i_h * V), NEG_INF))
+            S = _vdecay(S, gvb, r_last, cv, V, H, i_h)
+            v_c = _decay(v_c, _htile(gvs, r, m, cv, V, H, i_h), m)
         if ADJ:
             # the state without the chunk's last token, then that token's k v^T (gate factor exp(0)) exactly
             S_ex = S + _mm(tl.trans(tl.where((t != t_last)[:, None], k_c, 0.).to(DT)), v_c.to(DT), IEEE)
-            S = S_ex + load_row(k, r_last, ck, K, H * K, i_h * K)[:, None] * load_row(v, r_last, cv, V, H * V,
-                                                                                      i_h * V)[None, :]
+            S = S_ex + _hrow(k, r_last, ck, K, H, i_h)[:, None] * _hrow(v, r_last, cv, V, H, i_h)[None, :]
         else:
             if STORE_HT:
                 if it == nt - 1:
@@ -135,60 +158,43 @@ def _bwd_dh_kernel(q, do, gkb, gkr, gvb, dh, dht, dh0, v, zk, h, yq, rk, cu, chu
     last one), <S, dS> without the pair (next chunk's first token, chunk's last token), whose gate factor is
     exp(0): rowsum(h[c + 1] * dh_ex[c]) + scale * q_first(c + 1) * yq[c + 1] (h_ex[c + 1] @ do_first)."""
     i_k, i_v, i_nh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    i_n, i_h, bos, eos, c0 = seq_info(i_nh, cu, chunk_off, N, NT, H, VARLEN)
+    i_h, bos, eos, c0, L, nt, ck, cv, mkv, okv = _seq_tile(i_k, i_v, i_nh, cu, chunk_off, N, NT, H, K, V, C, BK, BV,
+                                                           VARLEN)
     DT = q.dtype.element_ty if LOWP else tl.float32
-    L = eos - bos
-    nt = tl.cdiv(L, C)
-    ck = i_k * BK + tl.arange(0, BK)
-    cv = i_v * BV + tl.arange(0, BV)
-    mkv = (ck[:, None] < K) & (cv[None, :] < V)
-    okv = ck[:, None] * V + cv[None, :]
-    dS = tl.zeros([BK, BV], dtype=tl.float32)
-    if USE_DHT:
-        dS += tl.load(dht + i_nh.to(tl.int64) * K * V + okv, mask=mkv, other=0.).to(tl.float32)
+    dS = _state_in(dht, i_nh, okv, mkv, K, V, BK, BV, USE_DHT)
     ar = tl.arange(0, C)
     dS_ex = tl.zeros([BK, BV], dtype=tl.float32)
     for j in range(nt):
         it = nt - 1 - j
         tl.store(dh + ((c0 + it) * H + i_h).to(tl.int64) * K * V + okv, dS, mask=mkv)
         if ADJ:
-            v_l = load_row(v, phys_row(tl.minimum(it * C + C, L) - 1, bos, eos, REVERSE), cv, V, H * V, i_h * V)
+            v_l = _hrow(v, phys_row(tl.minimum(it * C + C, L) - 1, bos, eos, REVERSE), cv, V, H, i_h)
             o_kv = (((c0 + it) * tl.num_programs(1) + i_v) * H + i_h).to(tl.int64) * K + ck
             tl.store(zk + o_kv, tl.sum(dS_ex * v_l[None, :], axis=1), mask=ck < K)
             # the next chunk's share of the gate gradient (zero after the last chunk: its final-state term is
             # added on the host)
             nx = it + 1 < nt
             h_n = tl.load(h + ((c0 + it + 1) * H + i_h).to(tl.int64) * K * V + okv, mask=mkv & nx, other=0.)
-            q_n = load_row(q, phys_row(tl.minimum(it * C + C, L - 1), bos, eos, REVERSE), ck, K, H * K, i_h * K)
+            q_n = _hrow(q, phys_row(tl.minimum(it * C + C, L - 1), bos, eos, REVERSE), ck, K, H, i_h)
             y_n = tl.load(yq + o_kv + tl.num_programs(1) * H * K, mask=(ck < K) & nx, other=0.)
             tl.store(rk + o_kv, tl.sum(h_n * dS_ex, axis=1) + scale * q_n * y_n, mask=ck < K)
-        t = it * C + ar
-        m = t < L
-        r = phys_row(t, bos, eos, REVERSE)
-        q_c = load_tile(q, r, m, ck, K, H * K, i_h * K) * scale
-        do_c = load_tile(do, r, m, cv, V, H * V, i_h * V)
+        t, m, r = _rows(it * C, ar, L, bos, eos, REVERSE)
+        q_c = _htile(q, r, m, ck, K, H, i_h) * scale
+        do_c = _htile(do, r, m, cv, V, H, i_h)
         r_last = phys_row(tl.minimum(it * C + C, L) - 1, bos, eos, REVERSE)
         if GK > 0:
-            b = _gtile(gkb, r, m, ck, K, H, i_h, GK)
-            if USE_U:
-                b = b - _gtile(gkr, r, m, ck, K, H, i_h, GK)
-            bl = _grow(gkb, r_last, ck, K, H, i_h, GK)
-            if GK == 2:
-                dS = dS * tl.exp(tl.reshape(bl, [BK]))[:, None]
-            else:
-                dS = dS * tl.exp(bl)
+            b = _qgate(gkb, gkr, r, m, ck, K, H, i_h, GK, USE_U)
+            dS = _kdecay(dS, gkb, r_last, ck, K, H, i_h, BK, GK)
             q_c = q_c * tl.exp(b)
         if GV:
-            bv = load_tile(gvb, r, m, cv, V, H * V, i_h * V)
-            blv = load_row(gvb, r_last, cv, V, H * V, i_h * V)
-            dS = dS * tl.exp(blv)[None, :]
+            bv = _htile(gvb, r, m, cv, V, H, i_h)
+            dS = _vdecay(dS, gvb, r_last, cv, V, H, i_h)
             do_c = do_c * tl.exp(bv)
         if ADJ:
             # without the chunk's first token, then that token's q do^T (gate factor exp(0)) exactly
             r_f = phys_row(it * C, bos, eos, REVERSE)
             dS_ex = dS + _mm(tl.trans(tl.where((t != it * C)[:, None], q_c, 0.).to(DT)), do_c.to(DT), IEEE)
-            dS = dS_ex + (load_row(q, r_f, ck, K, H * K, i_h * K) * scale)[:, None] * load_row(do, r_f, cv, V, H * V,
-                                                                                             i_h * V)[None, :]
+            dS = dS_ex + (_hrow(q, r_f, ck, K, H, i_h) * scale)[:, None] * _hrow(do, r_f, cv, V, H, i_h)[None, :]
         else:
             dS += _mm(tl.trans(q_c.to(DT)), do_c.to(DT), IEEE)
     if STORE_DH0:

@@ -50,23 +50,14 @@ class PackedSeqs:
         b = self.bounds
         return [(s, a, min(a + length, b[s + 1])) for s in range(self.nseq) for a in range(b[s], b[s + 1], length)]
 
-    def last_rows(self, reverse):
-        """Physical row of each sequence's last logical token (where its final state is read), int64 ``[S]``.
-        An empty sequence points at a valid row (its final-state terms are zero)."""
-        if not self.varlen:
-            return _dense_last_rows(self.B, self.N, self.device, reverse)
-        rows = self.cu[:-1].long() if reverse else self.cu[1:].long() - 1
-        return rows.clamp(0, max(self.N - 1, 0))
-
     def chunks(self, C, H):
         return ChunkTable(self, C, H)
 
 
 @functools.lru_cache(maxsize=64)
-def _dense_last_rows(B, N, device, reverse):
-    """``last_rows`` of a dense batch (cached: no small device ops on every call; read-only)."""
-    first = torch.arange(B, device=device) * N
-    return first if reverse else first + N - 1
+def _dense_last_chunks(B, NT, device):
+    """``ChunkTable.last_chunk`` / ``last_seq`` of a dense batch (cached: read-only, no device ops per call)."""
+    return torch.arange(NT - 1, B * NT, NT, device=device), torch.arange(B, device=device)
 
 
 class ChunkTable:
@@ -75,6 +66,8 @@ class ChunkTable:
     Grid of the chunk-parallel kernels: ``(nchunks, nbh)`` = ``(NT, B*H)`` dense, ``(total_chunks, H)`` packed.
     Packed tables (int32): ``chunk_seq`` / ``chunk_idx`` (sequence and index in it of each chunk), ``chunk_off``
     (first chunk of each sequence); dense calls compute these from the program ids (``NT`` chunks per sequence).
+    ``last_chunk`` / ``last_seq`` (int64, dense and packed): the last chunk row of every sequence that has one,
+    and that sequence, for host-sync-free index ops (no boolean masks).
     """
 
     def __init__(self, seqs: PackedSeqs, C, H):
@@ -86,6 +79,7 @@ class ChunkTable:
             self.total_chunks = seqs.B * self.NT
             self.nbh = seqs.B * H
             self.chunk_seq = self.chunk_idx = self.chunk_off = seqs.cu
+            self.last_chunk, self.last_seq = _dense_last_chunks(seqs.B, self.NT, seqs.device)
             return
         b = seqs.bounds
         nts = [cdiv(e - a, C) for a, e in zip(b[:-1], b[1:])]
@@ -95,9 +89,11 @@ class ChunkTable:
         self.NT = 0
         self.total_chunks = self.nchunks = len(seq)
         self.nbh = H
-        tab = torch.tensor(seq + idx + off, dtype=torch.int32).to(seqs.device)    # one host -> device copy
-        n = len(seq)
-        self.chunk_seq, self.chunk_idx, self.chunk_off = tab[:n], tab[n:2 * n], tab[2 * n:]
+        lseq = [s for s, nt in enumerate(nts) if nt]
+        last = [off[s] + nts[s] - 1 for s in lseq]
+        tab = torch.tensor(seq + idx + off + last + lseq, dtype=torch.int64).to(seqs.device)  # one host -> device copy
+        n, S, L = len(seq), len(off), len(lseq)
+        self.chunk_seq, self.chunk_idx, self.chunk_off = (tab[:n].int(), tab[n:2 * n].int(),
+                                                          tab[2 * n:2 * n + S].int())
+        self.last_chunk, self.last_seq = tab[2 * n + S:2 * n + S + L], tab[2 * n + S + L:]
 
-    def last_logical_rows(self, reverse):
-        return self.seqs.last_rows(reverse)

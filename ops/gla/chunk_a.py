@@ -5,7 +5,7 @@ import triton
 import triton.language as tl
 
 from ..common.jit import chunk_info, phys_row
-from ..common.options import alloc
+from ..common.options import alloc, cdiv
 from .blocks import (NEG_INF, _bonus, _chunk_rows, _decay, _diag_block_scores, _diag_decay, _diag_gmm,
                      _diag_gmmT, _diag_self_term, _grow, _gtile, _gvec, _hstore, _htile, _lpre, _lsuf, _mm, _qgate,
                      _rows, _state_tile, _to_ref, _vblock_sum)
@@ -307,7 +307,7 @@ def _fwd_A(q, k, v, gkb, gk, u, h, scale, meta, GK, reverse, ieee, lowp):
         VARLEN=meta.varlen, IEEE=_prec(ieee), LOWP=lowp, **_launch_opts(K, 'fwd_A'))
     o = alloc(v.shape, v.dtype, v.device)
     BK, BV = min(64, _pow2(K)), min(64, _pow2(V))
-    _fwd_oA_kernel[(triton.cdiv(V, BV), meta.nchunks, meta.nbh)](
+    _fwd_oA_kernel[(cdiv(V, BV), meta.nchunks, meta.nbh)](
         q, v, _or(gkb, q), _or(gk, q), h, A, o, meta.cu, meta.chunk_seq, meta.chunk_idx, scale, meta.N, meta.NT,
         meta.H, K, V, C=meta.C, BK=BK, BV=BV, GK=GK, USE_U=u is not None, REVERSE=reverse, VARLEN=meta.varlen,
         IEEE=_prec(ieee), LOWP=lowp, **_launch_opts(K, 'fwd_oA'))
@@ -329,12 +329,12 @@ def _bwd_A(q, k, v, gkb, gk, gks, u, scale, h, dh, A, do, meta, GK, reverse, iee
     _bwd_dA_kernel[(meta.nchunks, meta.nbh)](v, do, dA, _or(dAa, dA), *tabs, scale, meta.N, meta.NT, H, V, C=meta.C,
                                             BV=BV, ADJ=adj, LOWP=lowp, **cm, **_launch_opts(K, 'dA'))
     dv = alloc(v.shape, v.dtype, v.device)
-    _bwd_dvA_kernel[(triton.cdiv(V, BV), meta.nchunks, meta.nbh)](
+    _bwd_dvA_kernel[(cdiv(V, BV), meta.nchunks, meta.nbh)](
         k, _or(gks, k), A, do, dh, dv, *tabs, meta.N, meta.NT, H, K, V, C=meta.C, BK=BK, BV=BV, GK=GK,
         LOWP=_lowp(ieee), **cm, **_launch_opts(K, 'dvA'))
     dqi = alloc(q.shape, torch.float32, q.device)
     dki = alloc(k.shape, torch.float32, k.device)
-    _bwd_intra_kernel[(triton.cdiv(K, BK) * (meta.C // SUB), meta.nchunks, meta.nbh)](
+    _bwd_intra_kernel[(cdiv(K, BK) * (meta.C // SUB), meta.nchunks, meta.nbh)](
         q, k, _or(gkb, q), _or(gk, q), dA, dqi, dki, *tabs, meta.N, meta.NT, H, K, C=meta.C, BS=SUB, BK=BK, GK=GK,
         USE_U=u is not None, LOWP=lowp, **cm, **_launch_opts(K, 'intra'))
     dq = alloc(q.shape, q.dtype, q.device)
@@ -343,7 +343,7 @@ def _bwd_A(q, k, v, gkb, gk, gks, u, scale, h, dh, A, do, meta, GK, reverse, iee
     dbq = alloc(gk.shape, torch.float32, q.device) if (gk is not None and u is not None) else None
     # one gate per head: the gate gradient sums over all of K, so one key block
     BKi = _pow2(K) if GK == 1 else BK
-    _bwd_inter_kernel[(triton.cdiv(K, BKi), meta.nchunks, meta.nbh)](
+    _bwd_inter_kernel[(cdiv(K, BKi), meta.nchunks, meta.nbh)](
         q, k, v, _or(gkb, q), _or(gk, q), _or(gks, q), _or(u, q), h, do, dh, dA, dqi, dki, _or(dAa, dA), _or(yq, dA),
         _or(zk, dA), dq, dk, _or(dbk, q), _or(dbq, q), *tabs, scale, meta.N, meta.NT, H, K, V,
         yq.shape[1] if adj else 0, C=meta.C, BK=BKi, BV=BV, GK=GK, USE_U=u is not None, ADJ=adj, LOWP=lowp, **cm,

@@ -6,7 +6,7 @@ import triton
 import triton.language as tl
 
 from ..common.jit import chunk_info, phys_row
-from ..common.options import alloc
+from ..common.options import alloc, cdiv
 from .blocks import (NEG_INF, _bonus, _decay, _diag_block_scores, _diag_decay, _diag_gmm, _diag_gmmT,
                      _diag_scores, _diag_self_term, _grow, _gtile, _gvec, _hrow, _hstore, _htile, _lpre, _lsuf, _mm,
                      _qgate, _rows, _state_tile, _to_ref, _vblock_sum)
@@ -453,7 +453,7 @@ def _fwd_sub(q, k, v, gkb, gk, gvb, gv, u, h, scale, meta, GK, reverse, ieee, lo
     o = alloc(v.shape, v.dtype, v.device)
     oex = alloc(v.shape, torch.float32, v.device) if gv is not None else None
     BK, BV = _pow2(K), min(64, _pow2(V))
-    grid = (triton.cdiv(V, BV), meta.nchunks, meta.nbh)
+    grid = (cdiv(V, BV), meta.nchunks, meta.nbh)
     _fwd_o_kernel[grid](q, k, v, _or(gkb, q), _or(gk, q), _or(gvb, v), _or(gv, v), _or(u, q), h, o, _or(oex, o),
                         meta.cu, meta.chunk_seq, meta.chunk_idx, scale, meta.N, meta.NT, meta.H, K, V,
                         C=meta.C, BS=SUB, BK=BK, BV=BV, GK=GK, GV=gv is not None, USE_U=u is not None,
@@ -472,7 +472,7 @@ def _bwd_sub(q, k, v, gkb, gk, gks, gv, gvb, gvs, u, scale, h, dh, oex, do, meta
     dv = alloc(v.shape, v.dtype, v.device)
     dbv = alloc(v.shape, torch.float32, v.device) if gv is not None else None
     gates = (_or(gkb, q), _or(gk, q), _or(gks, q), _or(gvb, v), _or(gv, v), _or(gvs, v), _or(u, q))
-    _bwd_dv_kernel[(triton.cdiv(V, BV), meta.nchunks, meta.nbh)](
+    _bwd_dv_kernel[(cdiv(V, BV), meta.nchunks, meta.nbh)](
         q, k, v, *gates, _or(oex, v), do, dh, dv, _or(dbv, v), meta.cu, meta.chunk_seq, meta.chunk_idx, scale,
         meta.N, meta.NT, H, K, V, C=meta.C, BS=SUB, BK=BK, BV=BV, GK=GK, GV=gv is not None,
         USE_U=u is not None, REVERSE=reverse, VARLEN=meta.varlen, IEEE=_prec(ieee),

@@ -2,9 +2,8 @@
 options (defaults here, overrides through ``kernel_options(launch=...)``; names in docs/ops.md)."""
 import os
 
-import triton
 
-from ..common.options import current_options
+from ..common.options import current_options, next_power_of_2
 
 CHUNK = 64
 SUB = 16
@@ -26,7 +25,7 @@ def _prec(ieee):
 
 
 def _pow2(x, lo=16):
-    return max(lo, triton.next_power_of_2(x))
+    return max(lo, next_power_of_2(x))
 
 
 def _launch_opts(K, *names):

@@ -6,7 +6,7 @@ import triton
 import triton.language as tl
 
 from ..common.jit import chunk_info, phys_row, seq_info
-from ..common.options import alloc
+from ..common.options import alloc, cdiv
 from .blocks import _decay, _grow, _gtile, _hrow, _hstore, _htile, _mm, _qgate, _rows
 from .launch import _lowp, _or, _pow2, _prec
 
@@ -208,7 +208,7 @@ def _state_blocks(K, V, nprog):
     """State tiles of the two sequential kernels: smaller tiles when few (sequence, head) pairs would leave
     most of the GPU idle (one program walks all chunks of its tile)."""
     BK, BV = min(64, _pow2(K)), min(64, _pow2(V))
-    while nprog * triton.cdiv(K, BK) * triton.cdiv(V, BV) < 264 and max(BK, BV) > 32:
+    while nprog * cdiv(K, BK) * cdiv(V, BV) < 264 and max(BK, BV) > 32:
         if BV >= BK:
             BV //= 2
         else:
@@ -237,18 +237,10 @@ def _revcumsum(x, meta, reverse, carry):
     D = 1 if scalar else x.shape[-1]
     BD = 1 if scalar else min(64, _pow2(D))
     out = alloc(x.shape, x.dtype, x.device)
-    grid = (1 if scalar else triton.cdiv(D, BD), meta.nseq * meta.H)
+    grid = (1 if scalar else cdiv(D, BD), meta.nseq * meta.H)
     _revcumsum_kernel[grid](x, out, carry.contiguous(), meta.cu, meta.chunk_off, meta.N, meta.NT, meta.H, D,
                             C=meta.C, BD=BD, SCALAR=scalar, REVERSE=reverse, VARLEN=meta.varlen)
     return out
-
-
-def _chunk_seqs(meta, T, device):
-    """(sequence of every chunk row, whether it is its sequence's last chunk), [T] each."""
-    seq = meta.chunk_seq.long() if meta.varlen else torch.arange(T, device=device) // meta.NT
-    last = torch.ones(T, dtype=torch.bool, device=device)
-    last[:-1] = seq[1:] != seq[:-1]
-    return seq, last
 
 
 def _boundary_terms(h, dh, ht_ex, meta):
@@ -264,17 +256,19 @@ def _boundary_terms(h, dh, ht_ex, meta):
     prod = torch.empty_like(dh)
     if T == 0:
         return prod
-    seq, last = _chunk_seqs(meta, T, h.device)
+    rows, seqs = meta.last_chunk, meta.last_seq
     torch.mul(h[1:], dh[:-1], out=prod[:-1])
-    prod[last] = ht_ex[seq[last]] * dh[last] if ht_ex is not None else 0.
+    if ht_ex is not None:
+        prod.index_copy_(0, rows, ht_ex.index_select(0, seqs) * dh.index_select(0, rows))
+    else:
+        prod.index_fill_(0, rows, 0.)
     return prod
 
 
 def _final_terms(carry, dht, ht_ex, meta):
     """Adds <ht_ex, dht> summed over V ([S, H, K]) to ``carry`` ([chunks, H, K]) at each sequence's last chunk."""
     if dht is not None and ht_ex is not None and carry.shape[0]:
-        seq, last = _chunk_seqs(meta, carry.shape[0], carry.device)
-        carry[last] += (dht.float() * ht_ex).sum(-1)[seq[last]]
+        carry.index_add_(0, meta.last_chunk, (dht.float() * ht_ex).sum(-1).index_select(0, meta.last_seq))
     return carry
 
 
@@ -285,12 +279,12 @@ def _fwd_h(k, v, gkb, gks, gvb, gvs, h0, store_ht, meta, GK, reverse, ieee, lowp
     K, V = k.shape[-1], v.shape[-1]
     H = meta.H
     BKh, BVh = _state_blocks(K, V, meta.nseq * H)
-    NV = triton.cdiv(V, BVh)
+    NV = cdiv(V, BVh)
     h = alloc((meta.total_chunks, H, K, V), torch.float32, k.device)
     ht = alloc((meta.nseq, H, K, V), torch.float32, k.device) if store_ht else h
     ht_ex = alloc((meta.nseq, H, K, V), torch.float32, k.device) if store_ht else h
     yq = alloc((meta.total_chunks, NV, H, K), torch.float32, k.device) if do is not None else None
-    grid = (triton.cdiv(K, BKh), NV, meta.nseq * H)
+    grid = (cdiv(K, BKh), NV, meta.nseq * H)
     _fwd_h_kernel[grid](k, v, _or(gkb, k), _or(gks, k), _or(gvb, v), _or(gvs, v), h,
                         h0 if h0 is not None else h, ht, ht_ex, _or(do, v), _or(yq, h), meta.cu, meta.chunk_off,
                         meta.N, meta.NT, H, K, V, C=meta.C, BK=BKh, BV=BVh, GK=GK, GV=gvb is not None,
@@ -306,12 +300,12 @@ def _bwd_dh(q, do, gkb, gk, gvb, gv, u, dht, h0, scale, meta, GK, reverse, ieee,
     K, V = q.shape[-1], do.shape[-1]
     H = meta.H
     BKh, BVh = _state_blocks(K, V, meta.nseq * H)
-    NV = triton.cdiv(V, BVh)
+    NV = cdiv(V, BVh)
     dh = alloc((meta.total_chunks, H, K, V), torch.float32, q.device)
     dh0 = alloc((meta.nseq, H, K, V), torch.float32, q.device) if h0 is not None else None
     zk = alloc((meta.total_chunks, NV, H, K), torch.float32, q.device) if v is not None else None
     rk = alloc((meta.total_chunks, NV, H, K), torch.float32, q.device) if v is not None else None
-    _bwd_dh_kernel[(triton.cdiv(K, BKh), NV, meta.nseq * H)](
+    _bwd_dh_kernel[(cdiv(K, BKh), NV, meta.nseq * H)](
         q, do, _or(gkb, q), _or(gk, q), _or(gvb, q), dh, _or(dht, dh), _or(dh0, dh), _or(v, do), _or(zk, dh),
         _or(h, dh), _or(yq, dh), _or(rk, dh), meta.cu, meta.chunk_off, scale, meta.N, meta.NT, H, K, V, C=meta.C,
         BK=BKh, BV=BVh, GK=GK, GV=gv is not None, USE_U=u is not None, USE_DHT=dht is not None,

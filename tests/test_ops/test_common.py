@@ -8,6 +8,7 @@ import torch
 import triton
 import triton.language as tl
 from torch._subclasses.fake_tensor import FakeTensorMode
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from vla_mm.ops.common import (KernelOptions, PackedSeqs, check_cu_seqlens, check_qkv, current_options,
                                kernel_options, register_op, use_triton)
@@ -282,3 +283,58 @@ def test_packed_sequences_refuse_cuda_graph_capture(monkeypatch):
     monkeypatch.setattr(checks, 'capturing', lambda t: True)
     with pytest.raises(ValueError, match='CUDA graph'):
         checks.check_cu_seqlens(cu, 1, 9)
+
+
+class _HostReads(TorchDispatchMode):
+    """Records the aten calls that read device values on the host: a CUDA-graph capture fails on them (and on a
+    GPU each is a synchronisation)."""
+    aten = torch.ops.aten
+    READS = {aten._local_scalar_dense.default, aten.nonzero.default, aten.masked_select.default,
+             aten.is_nonzero.default}
+    INDEXED = {aten.index.Tensor, aten.index_put_.default, aten.index_put.default, aten._index_put_impl_.default}
+
+    def __init__(self):
+        super().__init__()
+        self.found = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        bool_index = func in self.INDEXED and any(isinstance(i, torch.Tensor) and i.dtype == torch.bool
+                                                 for i in (args[1] or ()))
+        if func in self.READS or bool_index:
+            self.found.append(str(func))
+        return func(*args, **(kwargs or {}))
+
+
+def test_dense_calls_make_no_host_read_of_device_values(monkeypatch):
+    """Forward and backward of every family on the Triton path (interpreter) without packed sequences: no
+    ``.item()``, ``nonzero`` or boolean-mask indexing, so the ops can be captured in a CUDA graph
+    (``torch.compile(mode='reduce-overhead')``)."""
+    import torch.nn.functional as F
+    from vla_mm.ops.common import dispatch
+    from vla_mm.ops.delta_rule import delta_rule
+    from vla_mm.ops.gla import chunk_gla, chunk_rwkv6
+    from vla_mm.ops.gsa import gsa
+    from vla_mm.ops.hgrn import hgrn
+    from vla_mm.ops.linear_attn import linear_attn
+    monkeypatch.setattr(dispatch, 'eager_function_ok', lambda args: True)   # the op's Function under the mode
+    torch.manual_seed(0)
+    B, N, H, D = 2, 20, 1, 16
+    q, k, v = (torch.randn(B, N, H, D, requires_grad=True) for _ in range(3))
+    g = F.logsigmoid(torch.randn(B, N, H, D)).requires_grad_()
+    h0 = torch.randn(B, H, D, D, requires_grad=True)
+    u = torch.randn(H, D, requires_grad=True)
+    beta = torch.rand(B, N, H, requires_grad=True)
+    x, gx = torch.randn(B, N, H * D, requires_grad=True), F.logsigmoid(torch.randn(B, N, H * D)).requires_grad_()
+    s, gs = torch.randn(B, N, H, 4, requires_grad=True), F.logsigmoid(torch.randn(B, N, H, 4)).requires_grad_()
+    calls = {
+        'linear_attn': lambda: linear_attn(q, k, v),
+        'chunk_gla': lambda: sum(t.sum() for t in chunk_gla(q, k, v, g, initial_state=h0, output_final_state=True)),
+        'chunk_rwkv6': lambda: sum(t.sum() for t in chunk_rwkv6(q, k, v, g, u, output_final_state=True)),
+        'delta_rule': lambda: delta_rule(q, F.normalize(k, dim=-1), v, beta, g[..., 0])[0],
+        'hgrn': lambda: hgrn(x, gx)[0],
+        'gsa': lambda: gsa(q, k, v, s, gs)[0],
+    }
+    for name, fn in calls.items():
+        with kernel_options(backend='triton'), _HostReads() as mode:
+            fn().sum().backward()
+        assert mode.found == [], (name, mode.found)

@@ -12,6 +12,19 @@ import torch
 from .options import cdiv, dummy
 
 
+def segments(B, N, cu_seqlens):
+    """``(batch index, first row, end row)`` of every independent sequence (the step references' walk)."""
+    if cu_seqlens is None:
+        return [(b, 0, N) for b in range(B)]
+    cu = [int(x) for x in cu_seqlens.tolist()]
+    return [(0, cu[i], cu[i + 1]) for i in range(len(cu) - 1)]
+
+
+def steps(bos, eos, reverse):
+    """Token indices of one sequence in recurrence order."""
+    return range(eos - 1, bos - 1, -1) if reverse else range(bos, eos)
+
+
 class PackedSeqs:
     """The sequences of one call. ``cu`` is the int32 ``[S + 1]`` device copy of ``cu_seqlens`` (a dummy
     without it); host-side boundaries (``bounds``) are read from the device once, on first use."""

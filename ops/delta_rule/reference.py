@@ -21,13 +21,7 @@ from typing import Optional, Tuple
 
 import torch
 
-
-def _segments(B, N, cu_seqlens):
-    """List of (batch index, start, end) triples, one per independent sequence."""
-    if cu_seqlens is None:
-        return [(b, 0, N) for b in range(B)]
-    cu = [int(x) for x in cu_seqlens.tolist()]
-    return [(0, cu[i], cu[i + 1]) for i in range(len(cu) - 1)]
+from ..common.varlen import segments, steps
 
 
 def delta_rule_recurrent(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, beta: torch.Tensor,
@@ -54,7 +48,7 @@ def delta_rule_recurrent(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, beta
         # all B sequences step together: state [B, H, K, V]
         groups = [(slice(None), 0, N)]
     else:
-        groups = [(slice(0, 1), bos, eos) for _, bos, eos in _segments(B, N, cu_seqlens)]
+        groups = [(slice(0, 1), bos, eos) for _, bos, eos in segments(B, N, cu_seqlens)]
     outs, finals = [], []
     for s, (bsl, bos, eos) in enumerate(groups):
         nb = B if cu_seqlens is None else 1
@@ -62,9 +56,8 @@ def delta_rule_recurrent(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, beta
             h = q.new_zeros(nb, H, K, V)
         else:
             h = (initial_state if cu_seqlens is None else initial_state[s:s + 1]).to(dt)
-        steps = range(eos - 1, bos - 1, -1) if reverse else range(bos, eos)
         o_seg = []
-        for t in steps:
+        for t in steps(bos, eos, reverse):
             kt, vt, bt = k[bsl, t], v[bsl, t], beta[bsl, t]              # [b,H,K], [b,H,V], [b,H]
             if g is not None:
                 h = h * g[bsl, t].exp()[..., None, None]
@@ -106,7 +99,7 @@ def delta_rule_chunked(q, k, v, beta, g=None, scale=None, initial_state=None, ou
         dt = torch.promote_types(dt, initial_state.dtype)
     q, k, v, beta = q.to(dt), k.to(dt), v.to(dt), beta.to(dt)
     g = None if g is None else g.to(dt)
-    segs = _segments(B, N, cu_seqlens)
+    segs = segments(B, N, cu_seqlens)
     outs = torch.zeros(B, N, H, V, dtype=dt, device=q.device)
     out_rows = []
     finals = []

@@ -14,6 +14,8 @@ State per head ``S`` of shape ``[K, V]``; with ``gk`` (log key gates) and ``gv``
 """
 import torch
 
+from ..common.varlen import segments, steps
+
 
 def _compute_dtype(*ts):
     return torch.float64 if any(t is not None and t.dtype == torch.float64 for t in ts) else torch.float32
@@ -33,11 +35,7 @@ def gla_recurrent_reference(q, k, v, gk=None, gv=None, u=None, scale=None, initi
     if gv is not None:
         gvf = gv.to(dt)
     uf = u.to(dt) if u is not None else None
-    if cu_seqlens is None:
-        segs = [(b, 0, N) for b in range(B)]
-    else:
-        cu = cu_seqlens.tolist()
-        segs = [(0, cu[i], cu[i + 1]) for i in range(len(cu) - 1)]
+    segs = segments(B, N, cu_seqlens)
     o = torch.zeros(B, N, H, V, dtype=dt, device=q.device)
     finals = []
     for i, (b, bos, eos) in enumerate(segs):
@@ -45,8 +43,7 @@ def gla_recurrent_reference(q, k, v, gk=None, gv=None, u=None, scale=None, initi
             S = initial_state[i].to(dt).clone()
         else:
             S = torch.zeros(H, K, V, dtype=dt, device=q.device)
-        order = range(eos - 1, bos - 1, -1) if reverse else range(bos, eos)
-        for t in order:
+        for t in steps(bos, eos, reverse):
             kv = kf[b, t, :, :, None] * vf[b, t, :, None, :]
             if uf is not None:
                 o[b, t] = torch.einsum('hk,hkv->hv', qf[b, t] * scale, S + uf[:, :, None] * kv)

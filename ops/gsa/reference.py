@@ -11,6 +11,8 @@ slot ``g_t [M]`` (<= 0) and slot write weights ``s_t [M]``::
 """
 import torch
 
+from ..common.varlen import segments, steps
+
 
 def gsa_recurrent_reference(q, k, v, s, g, scale=None, initial_state=None, output_final_state=False,
                             cu_seqlens=None, reverse=False):
@@ -20,11 +22,7 @@ def gsa_recurrent_reference(q, k, v, s, g, scale=None, initial_state=None, outpu
         else torch.float32
     scale = K ** -0.5 if scale is None else scale
     qf, kf, vf, sf, gf = (t.to(dt) for t in (q, k, v, s, g))
-    if cu_seqlens is None:
-        segs = [(b, 0, N) for b in range(B)]
-    else:
-        cu = cu_seqlens.tolist()
-        segs = [(0, cu[i], cu[i + 1]) for i in range(len(cu) - 1)]
+    segs = segments(B, N, cu_seqlens)
     o = torch.zeros(B, N, H, V, dtype=dt, device=q.device)
     fk, fv = [], []
     for i, (b, bos, eos) in enumerate(segs):
@@ -33,8 +31,7 @@ def gsa_recurrent_reference(q, k, v, s, g, scale=None, initial_state=None, outpu
         else:
             hk = torch.zeros(H, K, M, dtype=dt, device=q.device)
             hv = torch.zeros(H, M, V, dtype=dt, device=q.device)
-        order = range(eos - 1, bos - 1, -1) if reverse else range(bos, eos)
-        for t in order:
+        for t in steps(bos, eos, reverse):
             a = gf[b, t].exp()                                               # [H, M]
             hk = hk * a[:, None, :] + kf[b, t, :, :, None] * sf[b, t, :, None, :]
             hv = hv * a[:, :, None] + sf[b, t, :, :, None] * vf[b, t, :, None, :]

@@ -8,6 +8,8 @@ else float32; returns o in x's dtype and the final state [S, D] in the compute d
 """
 import torch
 
+from ..common.varlen import segments, steps
+
 
 def hgrn_recurrent_reference(x, g, initial_state=None, output_final_state=False, cu_seqlens=None, reverse=False,
                              gated_input=True):
@@ -15,17 +17,12 @@ def hgrn_recurrent_reference(x, g, initial_state=None, output_final_state=False,
     dt = torch.float64 if any(t is not None and t.dtype == torch.float64 for t in (x, g, initial_state)) \
         else torch.float32
     xf, gf = x.to(dt), g.to(dt)
-    if cu_seqlens is None:
-        segs = [(b, 0, N) for b in range(B)]
-    else:
-        cu = cu_seqlens.tolist()
-        segs = [(0, cu[i], cu[i + 1]) for i in range(len(cu) - 1)]
+    segs = segments(B, N, cu_seqlens)
     o = torch.zeros(B, N, D, dtype=dt, device=x.device)
     finals = []
     for i, (b, bos, eos) in enumerate(segs):
         h = initial_state[i].to(dt) if initial_state is not None else torch.zeros(D, dtype=dt, device=x.device)
-        order = range(eos - 1, bos - 1, -1) if reverse else range(bos, eos)
-        for t in order:
+        for t in steps(bos, eos, reverse):
             a = gf[b, t].exp()
             inp = -torch.expm1(gf[b, t]) * xf[b, t] if gated_input else xf[b, t]
             h = a * h + inp

@@ -337,3 +337,9 @@ def test_bad_shapes_are_named():
         BiScan()(ident, [x], MixerContext(hw=(H_, W_), ids_keep=kept_ids()))
     with pytest.raises(ValueError, match='per-channel merge weight'):
         gated_bi(5)(ident, [x], MixerContext(hw=(H_, W_)))
+
+
+def test_a_route_without_passes_cannot_be_built():
+    from vla_mm.models.scans.base import ScanRoute
+    with pytest.raises(TypeError, match='passes'):
+        ScanRoute()

@@ -17,6 +17,7 @@ Packed sequences (``ctx.cu_seqlens``): only routes whose passes are all row-majo
 the core passes ``ctx.cu_seqlens`` to its op, which reverses each sequence on its own. Any route that needs an
 index map raises ``ValueError`` (one grid per packed sequence is not known).
 """
+import abc
 import math
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
@@ -78,7 +79,7 @@ def _gather(x, index):
     return torch.gather(x, 1, index.view(*index.shape, *([1] * (x.dim() - 2))).expand(-1, -1, *x.shape[2:]))
 
 
-class ScanRoute(nn.Module):
+class ScanRoute(nn.Module, metaclass=abc.ABCMeta):
     """Base of every route: ``forward(core, inputs, ctx) -> o``.
 
     ``core(*inputs, reverse: bool) -> o [B, N, H, V]`` is a 1-D causal core; ``inputs`` are tensors laid out
@@ -97,8 +98,9 @@ class ScanRoute(nn.Module):
         self._maps_cache: Dict[tuple, Tuple[Optional[torch.Tensor], Optional[torch.Tensor]]] = {}
 
     # ---- what a route is -------------------------------------------------------------------------------------
+    @abc.abstractmethod
     def passes(self, ctx, num_heads: int) -> Sequence[ScanPass]:
-        raise NotImplementedError
+        """The route's passes for ``num_heads`` heads (each subclass says which)."""
 
     def weights(self, passes: Sequence[ScanPass], ctx) -> List[Weight]:
         """Per pass: None (weight 1: sum), a float, or a tensor of ``H * V`` channels (a per-channel weight)."""

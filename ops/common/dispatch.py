@@ -196,62 +196,48 @@ def register_op(name, schema, *, outputs, grads, reference, triton, fake, triton
     bwd = torch.library.custom_op(f'{qual}_backward', backward_impl, mutates_args=(), schema=bwd_schema)
     bwd.register_fake(backward_fake)
 
-    def setup_context(ctx, inputs, output):
-        tensor_idx = [i for i, a in enumerate(inputs) if isinstance(a, torch.Tensor)]
+    def setup_context(ctx, inputs, output, triton_path=None):
+        """Keep the inputs, the outputs, the path and the options for the backward (both autograd routes)."""
+        ctx.tensor_idx = [i for i, a in enumerate(inputs) if isinstance(a, torch.Tensor)]
         ctx.template = [None if isinstance(a, torch.Tensor) else a for a in inputs]
-        ctx.tensor_idx = tensor_idx
-        ctx.triton_path = use_triton(*inputs)
+        ctx.triton_path = use_triton(*inputs) if triton_path is None else triton_path
         ctx.options = current_options()
-        ctx.save_for_backward(*[inputs[i] for i in tensor_idx], *output)
+        ctx.save_for_backward(*[inputs[i] for i in ctx.tensor_idx], *output)
         ctx.set_materialize_grads(False)
 
-    def backward(ctx, grad_outputs):
+    def backward_with(run_backward, ctx, grad_outputs):
+        """The input gradients from what ``setup_context`` kept, ``run_backward`` being the backward custom op
+        (traced route) or its implementation (eager route)."""
         saved = ctx.saved_tensors
         n = len(ctx.tensor_idx)
         args = list(ctx.template)
         for i, t in zip(ctx.tensor_idx, saved[:n]):
             args[i] = t
         with kernel_options(ctx.options):
-            gs = bwd(list(grad_outputs[:outputs]), list(saved[n:]), ctx.triton_path, *args)
+            gs = run_backward(list(grad_outputs[:outputs]), list(saved[n:]), ctx.triton_path, *args)
         result = [None] * len(args)
         for j, i in enumerate(grad_idx):
             if args[i] is not None and ctx.needs_input_grad[i]:
                 result[i] = gs[j]
         return tuple(result)
 
-    fwd.register_autograd(backward, setup_context=setup_context)
+    fwd.register_autograd(lambda ctx, grad_outputs: backward_with(bwd, ctx, grad_outputs),
+                          setup_context=setup_context)
 
     class Eager(torch.autograd.Function):
         """The same forward and backward implementations without the dispatcher (eager calls)."""
 
         @staticmethod
         def forward(ctx, *args):
-            ctx.triton_path = use_triton(*args)
-            outs = run_forward(ctx.triton_path, args)
-            tensor_idx = [i for i, a in enumerate(args) if isinstance(a, torch.Tensor)]
-            ctx.template = [None if isinstance(a, torch.Tensor) else a for a in args]
-            ctx.tensor_idx = tensor_idx
-            ctx.options = current_options()
-            ctx.save_for_backward(*[args[i] for i in tensor_idx], *outs)
-            ctx.set_materialize_grads(False)
+            triton_path = use_triton(*args)
+            outs = run_forward(triton_path, args)
+            setup_context(ctx, args, outs, triton_path)
             ctx.mark_non_differentiable(*outs[outputs:])
             return tuple(outs)
 
         @staticmethod
         def backward(ctx, *grad_outputs):
-            saved = ctx.saved_tensors
-            n = len(ctx.tensor_idx)
-            args = list(ctx.template)
-            for i, t in zip(ctx.tensor_idx, saved[:n]):
-                args[i] = t
-            needed = [args[i] is not None and ctx.needs_input_grad[i] for i in grad_idx]
-            with kernel_options(ctx.options):
-                gs = backward_impl(list(grad_outputs[:outputs]), list(saved[n:]), ctx.triton_path, *args)
-            result = [None] * len(args)
-            for j, i in enumerate(grad_idx):
-                if needed[j]:
-                    result[i] = gs[j]
-            return tuple(result)
+            return backward_with(backward_impl, ctx, grad_outputs)
 
     def op(*args):
         if eager_function_ok(args):

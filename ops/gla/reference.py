@@ -61,11 +61,92 @@ def gla_recurrent_reference(q, k, v, gk=None, gv=None, u=None, scale=None, initi
 
 def gla_chunk_reference(q, k, v, gk=None, gv=None, u=None, scale=None, initial_state=None,
                         output_final_state=False, cu_seqlens=None, reverse=False):
-    """Same function as :func:`gla_recurrent_reference`; used as the CPU path of the public op.
+    """Same function as :func:`gla_recurrent_reference`, computed chunk by chunk: the CPU path of the public op.
 
-    It is the step-by-step recurrence (differentiable through autograd); kept as a separate name so a faster
-    pure-PyTorch form can replace it without touching the tests' ground truth.
+    Batched over B and H, one Python step per chunk of C tokens (16 with vector gates, 64 otherwise); packed
+    sequences run one after another. With G the inclusive cumulative log gates of the chunk and, on the query
+    side, Q = G (Q = G - g, exclusive, with the bonus u), for keys j <= i (j < i with u)::
+
+        o_i = scale * [ (q_i * exp(Q_i))^T S0 + sum_j (q_i . (k_j * exp(Q_i - G_j))) v_j + (q_i . (u * k_i)) v_i ]
+        S_C = exp(G_C) S0 + sum_j (k_j * exp(G_C - G_j)) v_j^T
+
+    (value gates act the same way along V). Every exponent is a difference of cumulative log gates, masked to
+    -inf outside the causal pairs before the exponential, so strong gates underflow instead of overflowing;
+    vector gates build the pair decays as a [C, C, D] tensor per chunk.
     """
-    return gla_recurrent_reference(q, k, v, gk=gk, gv=gv, u=u, scale=scale, initial_state=initial_state,
-                                   output_final_state=output_final_state, cu_seqlens=cu_seqlens,
-                                   reverse=reverse)
+    B, N, H, K = q.shape
+    dt = _compute_dtype(q, k, v, gk, gv, u, initial_state)
+    scale = K ** -0.5 if scale is None else scale
+    ins = [x.to(dt) if x is not None else None for x in (q, k, v, gk, gv)]
+    uf = u.to(dt) if u is not None else None
+    h0 = initial_state.to(dt) if initial_state is not None else None
+    if cu_seqlens is None:
+        o, final = _chunks(*ins, uf, scale, h0, reverse)
+    else:
+        outs, finals = [], []
+        for i, (_, bos, eos) in enumerate(segments(B, N, cu_seqlens)):
+            oi, fi = _chunks(*(x[:, bos:eos] if x is not None else None for x in ins), uf, scale,
+                             h0[i:i + 1] if h0 is not None else None, reverse)
+            outs.append(oi)
+            finals.append(fi)
+        o, final = torch.cat(outs, 1), torch.cat(finals)
+    return o.to(q.dtype), (final if output_final_state else None)
+
+
+def _pair_decay(Qd, G, mask):
+    """exp(Qd_i - G_j) on the pairs of ``mask`` [c, c], 0 elsewhere: [B, H, c(, D)] -> [B, H, c, c(, D)]."""
+    if Qd.dim() == 3:
+        diff, m = Qd[..., :, None] - G[..., None, :], mask
+    else:
+        diff, m = Qd[..., :, None, :] - G[..., None, :, :], mask[:, :, None]
+    return diff.masked_fill(~m, float('-inf')).exp()
+
+
+def _gate(g, u):
+    """(inclusive cumsum G, query-side exponent Q, last row G_C) of one chunk's log gates [B, H, c(, D)]."""
+    G = g.cumsum(2)
+    return G, (G - g if u is not None else G), G[:, :, -1:]
+
+
+def _chunks(q, k, v, gk, gv, u, scale, h0, reverse):
+    """Dense [B, N, H, *] inputs in the compute dtype -> (o [B, N, H, V], final state [B, H, K, V])."""
+    B, N, H, K = q.shape
+    V = v.shape[-1]
+    if reverse:
+        q, k, v, gk, gv = (x.flip(1) if x is not None else None for x in (q, k, v, gk, gv))
+    S = h0 if h0 is not None else q.new_zeros(B, H, K, V)
+    vector = (gk is not None and gk.dim() == 4) or gv is not None
+    C = 16 if vector else 64
+    outs = []
+    for c0 in range(0, N, C):
+        qc, kc, vc = (x[:, c0:c0 + C].transpose(1, 2) for x in (q, k, v))            # [B, H, c, D]
+        c = qc.shape[2]
+        mask = torch.ones(c, c, dtype=torch.bool, device=q.device).tril(-1 if u is not None else 0)
+        qs, kl, vl, S0 = qc, kc, vc, S                                                # decayed operands
+        if gk is None:
+            scores = (qc @ kc.transpose(-1, -2)).masked_fill(~mask, 0.0)
+        elif gk.dim() == 3:                                                           # one gate per head
+            G, Qd, GC = _gate(gk[:, c0:c0 + C].transpose(1, 2), u)
+            scores = (qc @ kc.transpose(-1, -2)) * _pair_decay(Qd, G, mask)
+            qs, kl = qc * Qd.exp()[..., None], kc * (GC - G).exp()[..., None]
+            S = S * GC.exp()[..., None]
+        else:                                                                         # per key dimension
+            G, Qd, GC = _gate(gk[:, c0:c0 + C].transpose(1, 2), u)
+            scores = torch.einsum('bhik,bhjk,bhijk->bhij', qc, kc, _pair_decay(Qd, G, mask))
+            qs, kl = qc * Qd.exp(), kc * (GC - G).exp()
+            S = S * GC.transpose(-1, -2).exp()
+        if gv is None:
+            o = qs @ S0 + scores @ vc
+        else:                                                                         # per value dimension
+            Gv, Qv, GvC = _gate(gv[:, c0:c0 + C].transpose(1, 2), u)
+            o = (qs @ S0) * Qv.exp() + torch.einsum('bhij,bhjv,bhijv->bhiv', scores, vc, _pair_decay(Qv, Gv, mask))
+            vl = vc * (GvC - Gv).exp()
+            S = S * GvC.exp()
+        if u is not None:
+            o = o + (qc * u[:, None, :] * kc).sum(-1, keepdim=True) * vc
+        S = S + kl.transpose(-1, -2) @ vl
+        outs.append(o * scale)
+    o = torch.cat(outs, 2).transpose(1, 2) if outs else q.new_zeros(B, N, H, V)
+    if reverse:
+        o = o.flip(1)
+    return o, S

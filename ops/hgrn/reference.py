@@ -17,15 +17,23 @@ def hgrn_recurrent_reference(x, g, initial_state=None, output_final_state=False,
     dt = torch.float64 if any(t is not None and t.dtype == torch.float64 for t in (x, g, initial_state)) \
         else torch.float32
     xf, gf = x.to(dt), g.to(dt)
-    segs = segments(B, N, cu_seqlens)
-    o = torch.zeros(B, N, D, dtype=dt, device=x.device)
-    finals = []
-    for i, (b, bos, eos) in enumerate(segs):
-        h = initial_state[i].to(dt) if initial_state is not None else torch.zeros(D, dtype=dt, device=x.device)
+    if cu_seqlens is None:                      # dense: all B sequences step together
+        groups = [(slice(None), 0, N, initial_state)]
+    else:
+        groups = [(slice(b, b + 1), bos, eos, None if initial_state is None else initial_state[i:i + 1])
+                  for i, (b, bos, eos) in enumerate(segments(B, N, cu_seqlens))]
+    outs, finals = [], []
+    for bsl, bos, eos, h0 in groups:
+        nb = B if cu_seqlens is None else 1
+        h = h0.to(dt) if h0 is not None else torch.zeros(nb, D, dtype=dt, device=x.device)
+        o_seg = []
         for t in steps(bos, eos, reverse):
-            a = gf[b, t].exp()
-            inp = -torch.expm1(gf[b, t]) * xf[b, t] if gated_input else xf[b, t]
-            h = a * h + inp
-            o[b, t] = h
+            gt = gf[bsl, t]
+            h = gt.exp() * h + (-torch.expm1(gt) * xf[bsl, t] if gated_input else xf[bsl, t])
+            o_seg.append(h)
+        if reverse:
+            o_seg = o_seg[::-1]
+        outs.append(torch.stack(o_seg, 1) if o_seg else xf.new_zeros(nb, 0, D))
         finals.append(h)
-    return o.to(x.dtype), (torch.stack(finals) if output_final_state else None)
+    o = torch.cat(outs, 1) if cu_seqlens is not None else outs[0]
+    return o.to(x.dtype), (torch.cat(finals) if output_final_state else None)

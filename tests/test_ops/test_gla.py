@@ -366,3 +366,30 @@ def test_fwd_A_default_launch():
     assert launch._launch_opts(64, 'fwd_oA')['num_warps'] == 4
     with kernel_options(launch={'fwd_A': dict(num_warps=4, num_stages=1)}):
         assert launch._launch_opts(64, 'fwd_A') == dict(num_warps=4, num_stages=1)
+
+
+@pytest.mark.parametrize('gate,strength', [('none', None), ('scalar', None), ('vector', None), ('vector', '-20'),
+                                           ('scalar', '-20')])
+@pytest.mark.parametrize('gv,u', [(False, False), (True, False), (False, True)])
+def test_cpu_chunk_form_equals_step_reference(gate, strength, gv, u):
+    """The op's CPU path (``gla_chunk_reference``: chunks, batched over B and H) is the step-by-step recurrence:
+    output, final state and every gradient in float64, over N not a multiple of the chunk, reverse, initial
+    state, and packed sequences with one-token and empty ones."""
+    from vla_mm.ops.gla.reference import gla_chunk_reference
+    print(f'seed={torch.seed()}')
+    for N, reverse, h0, cu in [(1, False, False, None), (37, False, True, None), (70, True, True, None),
+                               (70, False, True, [0, 1, 1, 30, 70]), (19, True, False, [0, 18, 19])]:
+        B = 1 if cu else 2
+        nseq = len(cu) - 1 if cu else B
+        cus = torch.tensor(cu) if cu else None
+        ins = _inputs(B, N, 2, 8, 5, gate, gv, u, h0, nseq, torch.float64, strength)
+        leaves = [x.requires_grad_() for x in ins if x is not None]
+        grads = []
+        for f in (gla_chunk_reference, gla_recurrent_reference):
+            o, ht = f(ins[0], ins[1], ins[2], gk=ins[3], gv=ins[4], u=ins[5], initial_state=ins[6], scale=0.7,
+                      output_final_state=True, cu_seqlens=cus, reverse=reverse)
+            w = torch.linspace(-1, 1, o.numel(), dtype=o.dtype).reshape(o.shape)
+            grads.append([o, ht, *torch.autograd.grad((o * w).sum() + 0.3 * ht.sum(), leaves)])
+        for a, b in zip(*grads):
+            err = ((a - b).norm() / b.norm().clamp_min(1.0)).item()  # absolute below 1 (a gate's zero gradient)
+            assert err < 1e-10, (N, reverse, h0, cu, err)

@@ -116,3 +116,16 @@ def test_hgrn_strided_inputs():
     o2, _ = hgrn_triton(xc, gc, reverse=True, chunk_size=16)
     grads2 = torch.autograd.grad(o2, (xc, gc), do)
     assert torch.equal(o, o2) and all(torch.equal(a, b) for a, b in zip(grads, grads2))
+
+
+@pytest.mark.parametrize('reverse', [False, True])
+def test_reference_dense_batch_equals_packed(reverse):
+    """The reference steps a dense batch all at once (the op's CPU path): the same as each sequence alone."""
+    x, g = torch.randn(3, 9, 4, dtype=torch.float64), F.logsigmoid(torch.randn(3, 9, 4, dtype=torch.float64))
+    h0 = torch.randn(3, 4, dtype=torch.float64)
+    o, ht = hgrn_recurrent_reference(x, g, initial_state=h0, output_final_state=True, reverse=reverse)
+    cu = torch.tensor([0, 9, 18, 27])
+    o2, ht2 = hgrn_recurrent_reference(x.reshape(1, 27, 4), g.reshape(1, 27, 4), initial_state=h0,
+                                       output_final_state=True, cu_seqlens=cu, reverse=reverse)
+    torch.testing.assert_close(o, o2.reshape(3, 9, 4), rtol=0, atol=0)
+    torch.testing.assert_close(ht, ht2, rtol=0, atol=0)

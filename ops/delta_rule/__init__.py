@@ -40,8 +40,8 @@ def _no_state(q):
 
 
 def _reference(q, k, v, beta, g, scale, initial_state, output_final_state, cu_seqlens, reverse):
-    o, ht = delta_rule_recurrent(q, k, v, beta, g, scale=scale, initial_state=initial_state,
-                                 output_final_state=output_final_state, cu_seqlens=cu_seqlens, reverse=reverse)
+    o, ht = delta_rule_chunked(q, k, v, beta, g, scale=scale, initial_state=initial_state,
+                               output_final_state=output_final_state, cu_seqlens=cu_seqlens, reverse=reverse)
     return o.to(q.dtype), (ht if ht is not None else _no_state(q))
 
 
@@ -111,7 +111,7 @@ def delta_rule(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, beta: torch.Te
         the Triton path; the reference computes in the promoted input dtype (float32 at least).
 
     Dispatch (the custom op ``vla_mm::delta_rule``): CUDA tensors -> Triton kernels (:mod:`.chunk`), CPU
-    tensors, float64 inputs or ``VLA_OPS_REFERENCE=1`` -> the step-by-step PyTorch reference.
+    tensors, float64 inputs or ``VLA_OPS_REFERENCE=1`` -> :func:`delta_rule_chunked` (plain PyTorch, batched).
     """
     _check(q, k, v, beta, g, initial_state, cu_seqlens)
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)

@@ -91,59 +91,50 @@ def delta_rule_chunked(q, k, v, beta, g=None, scale=None, initial_state=None, ou
     strong decay underflows to 0 instead of overflowing.
     """
     B, N, H, K = q.shape
-    V = v.shape[-1]
     if scale is None:
         scale = K ** -0.5
     dt = torch.promote_types(q.dtype, torch.float32)
     if initial_state is not None:
         dt = torch.promote_types(dt, initial_state.dtype)
-    q, k, v, beta = q.to(dt), k.to(dt), v.to(dt), beta.to(dt)
-    g = None if g is None else g.to(dt)
-    segs = segments(B, N, cu_seqlens)
-    outs = torch.zeros(B, N, H, V, dtype=dt, device=q.device)
-    out_rows = []
-    finals = []
-    for s, (b, bos, eos) in enumerate(segs):
-        idx = torch.arange(bos, eos, device=q.device)
-        if reverse:
-            idx = idx.flip(0)
-        h = q.new_zeros(H, K, V) if initial_state is None else initial_state[s].to(dt)
-        o_seq = []
-        for c0 in range(0, eos - bos, chunk_size):
-            ii = idx[c0:c0 + chunk_size]
-            qc, kc, vc, bc = (x[b, ii].transpose(0, 1) for x in (q, k, v, beta))   # [H, C, .]
-            C = ii.numel()
-            if g is None:
-                G = qc.new_zeros(H, C)
-            else:
-                G = g[b, ii].transpose(0, 1).cumsum(-1)
-            diff = G[:, :, None] - G[:, None, :]                                   # G_r - G_i
-            causal = torch.ones(C, C, dtype=torch.bool, device=q.device).tril()
-            strict = causal.tril(-1)
-            dec_strict = torch.where(strict, diff, torch.full_like(diff, float('-inf'))).exp()
-            dec_causal = torch.where(causal, diff, torch.full_like(diff, float('-inf'))).exp()
-            A = bc[..., None] * (kc @ kc.transpose(-1, -2)) * dec_strict
-            eye = torch.eye(C, dtype=dt, device=q.device)
-            T = torch.linalg.solve_triangular(eye + A, eye.expand(H, C, C), upper=False, unitriangular=True)
-            W = T @ (kc * (bc * G.exp())[..., None])
-            Ut = T @ (vc * bc[..., None])
-            U = Ut - W @ h
-            P = (qc @ kc.transpose(-1, -2)) * dec_causal
-            oc = scale * ((qc * G.exp()[..., None]) @ h + P @ U)
-            o_seq.append((ii, oc))
-            Gl = G[:, -1:]
-            h = Gl.exp()[..., None] * h + (kc * (Gl - G).exp()[..., None]).transpose(-1, -2) @ U
-        for ii, oc in o_seq:
-            out_rows.append((b, ii, oc))
-        finals.append(h)
-    # Scatter without in-place ops on a leaf (keeps autograd happy).
-    index_parts, value_parts = [], []
-    for b, ii, oc in out_rows:
-        index_parts.append(b * N + ii)
-        value_parts.append(oc.transpose(0, 1))
-    flat = outs.reshape(B * N, H, V)
-    if index_parts:
-        flat = flat.index_copy(0, torch.cat(index_parts), torch.cat(value_parts))
-    o = flat.reshape(B, N, H, V)
-    final = torch.stack(finals) if output_final_state else None
-    return o, final
+    ins = [q.to(dt), k.to(dt), v.to(dt), beta.to(dt), None if g is None else g.to(dt)]
+    h0 = None if initial_state is None else initial_state.to(dt)
+    if cu_seqlens is None:                        # all B sequences together
+        o, final = _ut_chunks(*ins, scale, h0, reverse, chunk_size)
+    else:
+        outs, finals = [], []
+        for s, (_, bos, eos) in enumerate(segments(B, N, cu_seqlens)):
+            o_s, f_s = _ut_chunks(*(x[:, bos:eos] if x is not None else None for x in ins), scale,
+                                  None if h0 is None else h0[s:s + 1], reverse, chunk_size)
+            outs.append(o_s)
+            finals.append(f_s)
+        o, final = torch.cat(outs, 1), torch.cat(finals)
+    return o, (final if output_final_state else None)
+
+
+def _ut_chunks(q, k, v, beta, g, scale, h0, reverse, C):
+    """Dense [B, N, H, *] inputs in the compute dtype -> (o [B, N, H, V], final state [B, H, K, V])."""
+    B, N, H, K = q.shape
+    V = v.shape[-1]
+    if reverse:
+        q, k, v, beta, g = (x.flip(1) if x is not None else None for x in (q, k, v, beta, g))
+    h = q.new_zeros(B, H, K, V) if h0 is None else h0
+    outs = []
+    for c0 in range(0, N, C):
+        qc, kc, vc = (x[:, c0:c0 + C].transpose(1, 2) for x in (q, k, v))      # [B, H, c, D]
+        bc = beta[:, c0:c0 + C].transpose(1, 2)                               # [B, H, c]
+        c = qc.shape[2]
+        G = qc.new_zeros(B, H, c) if g is None else g[:, c0:c0 + C].transpose(1, 2).cumsum(-1)
+        diff = G[..., :, None] - G[..., None, :]                              # G_r - G_i
+        causal = torch.ones(c, c, dtype=torch.bool, device=q.device).tril()
+        strict = causal.tril(-1)
+        A = bc[..., None] * (kc @ kc.transpose(-1, -2)) * diff.masked_fill(~strict, float('-inf')).exp()
+        eye = torch.eye(c, dtype=q.dtype, device=q.device)
+        T = torch.linalg.solve_triangular(eye + A, eye.expand(B, H, c, c), upper=False, unitriangular=True)
+        W = T @ (kc * (bc * G.exp())[..., None])
+        U = T @ (vc * bc[..., None]) - W @ h
+        P = (qc @ kc.transpose(-1, -2)) * diff.masked_fill(~causal, float('-inf')).exp()
+        outs.append(scale * ((qc * G.exp()[..., None]) @ h + P @ U))
+        Gl = G[..., -1:]
+        h = Gl.exp()[..., None] * h + (kc * (Gl - G).exp()[..., None]).transpose(-1, -2) @ U
+    o = torch.cat(outs, 2).transpose(1, 2) if outs else q.new_zeros(B, N, H, V)
+    return (o.flip(1) if reverse else o), h

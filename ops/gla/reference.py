@@ -70,9 +70,10 @@ def gla_chunk_reference(q, k, v, gk=None, gv=None, u=None, scale=None, initial_s
         o_i = scale * [ (q_i * exp(Q_i))^T S0 + sum_j (q_i . (k_j * exp(Q_i - G_j))) v_j + (q_i . (u * k_i)) v_i ]
         S_C = exp(G_C) S0 + sum_j (k_j * exp(G_C - G_j)) v_j^T
 
-    (value gates act the same way along V). Every exponent is a difference of cumulative log gates, masked to
-    -inf outside the causal pairs before the exponential, so strong gates underflow instead of overflowing;
-    vector gates build the pair decays as a [C, C, D] tensor per chunk.
+    (value gates act the same way along V). Vector gates whose cumulative log gates stay within +-40 in the
+    chunk (+-300 in float64) factor the pair decay as exp(Q_i) * exp(-G_j) into the two matmul operands; a
+    chunk with stronger gates builds the pair decays as a [C, C, D] tensor instead, each exponent a difference
+    masked to -inf outside the causal pairs, so strong gates underflow instead of overflowing.
     """
     B, N, H, K = q.shape
     dt = _compute_dtype(q, k, v, gk, gv, u, initial_state)
@@ -108,6 +109,11 @@ def _gate(g, u):
     return G, (G - g if u is not None else G), G[:, :, -1:]
 
 
+def _factorable(G):
+    """Can exp(Q_i - G_j) be split into exp(Q_i) exp(-G_j) without overflow or underflow in G's dtype?"""
+    return bool(G.abs().amax() < (300.0 if G.dtype == torch.float64 else 40.0))
+
+
 def _chunks(q, k, v, gk, gv, u, scale, h0, reverse):
     """Dense [B, N, H, *] inputs in the compute dtype -> (o [B, N, H, V], final state [B, H, K, V])."""
     B, N, H, K = q.shape
@@ -132,14 +138,21 @@ def _chunks(q, k, v, gk, gv, u, scale, h0, reverse):
             S = S * GC.exp()[..., None]
         else:                                                                         # per key dimension
             G, Qd, GC = _gate(gk[:, c0:c0 + C].transpose(1, 2), u)
-            scores = torch.einsum('bhik,bhjk,bhijk->bhij', qc, kc, _pair_decay(Qd, G, mask))
             qs, kl = qc * Qd.exp(), kc * (GC - G).exp()
+            if _factorable(G):
+                scores = (qs @ (kc * (-G).exp()).transpose(-1, -2)).masked_fill(~mask, 0.0)
+            else:
+                scores = torch.einsum('bhik,bhjk,bhijk->bhij', qc, kc, _pair_decay(Qd, G, mask))
             S = S * GC.transpose(-1, -2).exp()
         if gv is None:
             o = qs @ S0 + scores @ vc
         else:                                                                         # per value dimension
             Gv, Qv, GvC = _gate(gv[:, c0:c0 + C].transpose(1, 2), u)
-            o = (qs @ S0) * Qv.exp() + torch.einsum('bhij,bhjv,bhijv->bhiv', scores, vc, _pair_decay(Qv, Gv, mask))
+            if _factorable(Gv):
+                o = (qs @ S0 + scores @ (vc * (-Gv).exp())) * Qv.exp()
+            else:
+                o = (qs @ S0) * Qv.exp() + torch.einsum('bhij,bhjv,bhijv->bhiv', scores, vc,
+                                                        _pair_decay(Qv, Gv, mask))
             vl = vc * (GvC - Gv).exp()
             S = S * GvC.exp()
         if u is not None:

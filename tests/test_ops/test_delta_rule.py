@@ -287,13 +287,21 @@ def test_reverse_equals_flipped_forward():
     assert rel(o_r, o_f.flip(1)) < 1e-6 and rel(h_r, h_f) < 1e-6
 
 
-@pytest.mark.parametrize('gate,reverse', [(True, False), (False, True)])
-def test_chunked_reference_matches_recurrent(gate, reverse):
-    q, k, v, beta, g, h0 = make_inputs(2, 77, 2, 8, 12, gate=gate, h0=True, g_kind='mixed')
-    o1, h1 = delta_rule_recurrent(q, k, v, beta, g, initial_state=h0, output_final_state=True, reverse=reverse)
-    o2, h2 = delta_rule_chunked(q, k, v, beta, g, initial_state=h0, output_final_state=True, reverse=reverse,
-                                chunk_size=16)
-    assert rel(o2, o1) < 1e-12 and rel(h2, h1) < 1e-12
+@pytest.mark.parametrize('gate,reverse,cu', [(True, False, None), (False, True, None), (True, True, [0, 1, 1, 40, 77]),
+                                            (False, False, [0, 76, 77])])
+def test_chunked_reference_matches_recurrent(gate, reverse, cu):
+    """The CPU path (chunked UT form, batched over B) is the step-by-step recurrence: output, final state and
+    every gradient in float64, dense and packed (with empty and one-token sequences)."""
+    cus = torch.tensor(cu) if cu else None
+    ins = make_inputs(1 if cu else 2, 77, 2, 8, 12, gate=gate, h0=True, g_kind='mixed', S=len(cu) - 1 if cu else None)
+    leaves = [x.requires_grad_() for x in ins if x is not None]
+    got = []
+    for f, kw in ((delta_rule_recurrent, {}), (delta_rule_chunked, dict(chunk_size=16))):
+        o, h = f(*ins[:5], initial_state=ins[5], output_final_state=True, reverse=reverse, cu_seqlens=cus, **kw)
+        w = torch.linspace(-1, 1, o.numel(), dtype=o.dtype).reshape(o.shape)
+        got.append([o, h, *torch.autograd.grad((o * w).sum() + 0.3 * h.sum(), leaves)])
+    for a, b in zip(got[1], got[0]):
+        assert rel(a, b) < 1e-10
 
 
 def test_public_op_cpu_dispatch_and_grads():

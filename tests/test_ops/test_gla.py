@@ -393,3 +393,16 @@ def test_cpu_chunk_form_equals_step_reference(gate, strength, gv, u):
         for a, b in zip(*grads):
             err = ((a - b).norm() / b.norm().clamp_min(1.0)).item()  # absolute below 1 (a gate's zero gradient)
             assert err < 1e-10, (N, reverse, h0, cu, err)
+
+
+@pytest.mark.parametrize('strength', [-0.1, -2.4, -20.0])   # factored decays, at the +-40 bound, per-pair decays
+@pytest.mark.parametrize('which', ['gk', 'gv'])
+def test_cpu_chunk_form_fp32_accuracy(strength, which):
+    """In float32 the CPU path keeps fp32 accuracy against the float64 recurrence at every gate strength (the
+    factored exp(Q_i) exp(-G_j) form is taken while the chunk's cumulative log gates stay within +-40)."""
+    from vla_mm.ops.gla.reference import gla_chunk_reference
+    q, k, v = torch.randn(2, 70, 2, 8), torch.randn(2, 70, 2, 8), torch.randn(2, 70, 2, 8)
+    g = strength * (0.5 + torch.rand(2, 70, 2, 8)).clamp(max=1.0)
+    o, _ = gla_chunk_reference(q, k, v, **{which: g})
+    o2, _ = gla_recurrent_reference(q.double(), k.double(), v.double(), **{which: g.double()})
+    assert _rel(o, o2) < 1e-6

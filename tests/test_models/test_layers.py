@@ -38,14 +38,14 @@ def make_block(**kw):
 
 
 @pytest.mark.parametrize('ffn_type', ['mlp', 'glu'])
-@pytest.mark.parametrize('norm', ['LN', 'RMSNorm'])
+@pytest.mark.parametrize('norm', ['LN', 'RMSNorm', 'FusedLN', 'FusedRMSNorm'])
 @pytest.mark.parametrize('layer_scale', [0.0, 0.5])
 def test_block_is_the_prenorm_residual_formula(ffn_type, norm, layer_scale):
     block = make_block(ffn_type=ffn_type, norm_cfg=dict(type=norm, eps=1e-6), layer_scale_init_value=layer_scale)
     x = torch.randn(2, HW[0] * HW[1], DIM, dtype=torch.float64)
 
     def normed(t, mod):
-        if norm == 'LN':
+        if norm.endswith('LN'):
             return F.layer_norm(t, (DIM, ), mod.weight, mod.bias, 1e-6)
         return t * torch.rsqrt(t.square().mean(-1, keepdim=True) + 1e-6) * mod.weight
 
@@ -59,7 +59,7 @@ def test_block_is_the_prenorm_residual_formula(ffn_type, norm, layer_scale):
         f = block.ffn.w3(F.silu(a) * b)
     want = y + (block.ffn.gamma2.weight if layer_scale else 1.0) * f
     torch.testing.assert_close(block(x, MixerContext(hw=HW)), want, rtol=1e-12, atol=1e-12)
-    assert isinstance(block.norm1, torch.nn.LayerNorm if norm == 'LN' else torch.nn.RMSNorm)
+    assert isinstance(block.norm1, torch.nn.LayerNorm if norm.endswith('LN') else torch.nn.RMSNorm)
     assert block.mixer.num_heads == 2 and block.mixer.layer_idx == 3  # build_mixer filled what the mixer takes
 
 
@@ -141,8 +141,33 @@ def test_block_and_backbone_make_no_copies(count_copies, build_backbone, images,
     assert copies == collections.Counter(expected) + collections.Counter(lepe), copies
 
 
+@pytest.mark.parametrize('norm', ['FusedLN', 'FusedRMSNorm'])
+def test_fused_norms_through_the_kernel_equal_torchs(norm):
+    """A block with the fused norm on the Triton path (interpreter) = the same block with torch's norm: output
+    and every parameter gradient; under autocast the norm writes the autocast dtype on either path."""
+    from vla_mm.ops.common import kernel_options
+    plain = make_block(norm_cfg=dict(type='LN' if norm == 'FusedLN' else 'RMSNorm', eps=1e-6)).float()
+    fused = make_block(norm_cfg=dict(type=norm, eps=1e-6)).float()
+    fused.load_state_dict(plain.state_dict())
+    x = torch.randn(2, HW[0] * HW[1], DIM)
+    outs = []
+    for block, backend in ((plain, 'auto'), (fused, 'triton')):
+        with kernel_options(backend=backend):
+            y = block(x, MixerContext(hw=HW))
+            y.square().sum().backward()
+        outs.append([y] + [p.grad for p in block.parameters()])
+    for a, b in zip(*outs):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    for backend in ('auto', 'triton'):
+        with kernel_options(backend=backend), torch.autocast('cpu', dtype=torch.bfloat16):
+            assert fused.norm1(x).dtype == torch.bfloat16
+        assert fused.norm1(x).dtype == torch.float32
+
+
 def test_norms_by_config():
     assert isinstance(build_norm(dict(type='LN', eps=1e-6), 8), torch.nn.LayerNorm)
+    fused = build_norm(dict(type='FusedLN', eps=1e-6), 8)
+    assert type(fused).__name__ == 'FusedLayerNorm' and fused.eps == 1e-6
     rms = build_norm(dict(type='RMSNorm', eps=1e-6), 8)
     assert isinstance(rms, torch.nn.RMSNorm) and rms.eps == 1e-6
     gn = build_norm(dict(type='GN', num_groups=2), 8)

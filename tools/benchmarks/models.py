@@ -23,7 +23,11 @@ Models, each an image classifier (backbone, mean pool over tokens, linear head, 
   timm_op    timm's ``vit_small_patch16_224`` (no class token, final norm on every token, average pool: the same
              tokens and layers as ours) with our ``vla_mm.ops.linear_attn.linear_attn`` in each block's attention
              (timm's qkv / proj kept);
-  timm_sdpa  the same timm ViT-S with its own attention (``F.scaled_dot_product_attention``).
+  timm_sdpa  the same timm ViT-S with its own attention (``F.scaled_dot_product_attention``);
+  ours_ln    (only when asked for) ``ours`` with torch's LayerNorm (``norm_cfg=dict(type='LN')``) instead of the
+             backbones' default fused one (``FusedLN``, ``vla_mm.ops.norm``): the A/B of the fused norm.
+cuDNN's autotuner is on (``torch.backends.cudnn.benchmark``, as timm's own benchmark sets it: the patch
+convolution's default algorithm took 2.2 ms a step at 1024 px; ``--no-cudnn-benchmark`` turns it off).
 Train step: forward under bf16 autocast, cross-entropy, backward, AdamW step (fp32 weights). Inference:
 ``torch.inference_mode`` + bf16 autocast. After ``--warmup`` steps, three runs of ``--steps`` / 3 back-to-back
 steps (CUDA events around each run), images/s = batch / (median run time / steps per run); peak memory =
@@ -70,6 +74,7 @@ ZOO_BASES = osp.join(common.ROOT, 'configs', '_base_', 'models', 'isotropic')
 TIMM_NAME = 'vit_small_patch16_224'
 MODELS = ('ours', 'timm_op', 'timm_sdpa')
 SDPA = 'timm_sdpa'
+OURS_TORCH_NORM = 'ours_ln'
 # ours has no class token and takes the final norm on every token before the mean: timm the same way
 TIMM_KWARGS = dict(class_token=False, global_pool='avg', fc_norm=False)
 SMOKE_ARCH = dict(embed_dims=32, num_layers=2, num_heads=2)
@@ -215,6 +220,8 @@ def build_timm(res, a, device, with_op, layers=None):
 def build(name, res, a, device, bcfg, layers=None):
     if name == 'ours':
         return build_ours(bcfg, res, a, device, layers)
+    if name == OURS_TORCH_NORM:
+        return build_ours(dict(bcfg, norm_cfg=dict(type='LN', eps=1e-6)), res, a, device, layers)
     if name.startswith('timm_'):
         return build_timm(res, a, device, with_op=name == 'timm_op', layers=layers)
     return build_ours(mixer_backbone(name, a), res, a, device, layers)
@@ -705,8 +712,8 @@ def parse_args(argv=None):
     p.add_argument('--out', required=True)
     p.add_argument('--res', default='224,512,1024,2048,4096')
     p.add_argument('--batch', default='256,64,16,4,1', help='one batch per resolution')
-    p.add_argument('--models', default=None, help="of ours,timm_op,timm_sdpa ('none' for none; default: all three, "
-                                                  "or timm_sdpa alone with --mixers)")
+    p.add_argument('--models', default=None, help="of ours,timm_op,timm_sdpa,ours_ln ('none' for none; default: the "
+                                                  "first three, or timm_sdpa alone with --mixers)")
     p.add_argument('--mixers', default='', help="zoo mixers whose Small models are timed, comma-separated, or 'all'")
     p.add_argument('--routes', default='uni', help='scan routes of the directional --mixers, e.g. uni,bi,cross')
     p.add_argument('--route-res', default='', help='resolutions of the route variants (default: every --res)')
@@ -719,6 +726,8 @@ def parse_args(argv=None):
     p.add_argument('--drop-path', dest='drop_path', type=float, default=0.0,
                    help='drop_path_rate of every model (default 0: the step times the same work)')
     p.add_argument('--no-amp', dest='amp', action='store_false')
+    p.add_argument('--cudnn-benchmark', action=argparse.BooleanOptionalAction, default=True,
+                   help="cuDNN's autotuner (torch.backends.cudnn.benchmark; default on, as in timm's benchmark)")
     p.add_argument('--profile', default='', help='resolution(s) whose train steps are profiled (eager)')
     p.add_argument('--profile-rows', dest='profile_rows', type=int, default=20)
     p.add_argument('--warm', dest='warm', action='store_true', default=None,
@@ -777,6 +786,7 @@ def main(argv=None):
         report(res, a.out)
         print(open(osp.join(a.out, 'models.md')).read())
         return 0
+    torch.backends.cudnn.benchmark = a.cudnn_benchmark
     if a.warm_one:  # a warm-up child: compile, report on stdout, write nothing under --out
         device = torch.device('cuda' if torch.cuda.is_available() and not a.smoke else 'cpu')
         a.amp = a.amp and device.type == 'cuda'

@@ -180,6 +180,22 @@ def make_gsa(B, H, N, K, V, dtype, device):
     return x
 
 
+def make_layer_norm(B, H, N, K, V, dtype, device):
+    """The residual stream of a ViT under autocast: x [B, N, C = H * K] fp32, fp32 weight and bias; ``dtype`` is
+    the output's (the autocast dtype)."""
+    C = H * K
+    return dict(x=torch.randn(B, N, C, device=device), w=torch.randn(C, device=device),
+                b=torch.randn(C, device=device), out_dtype=dtype)
+
+
+def _torch_layer_norm():
+    """What autocast runs: ``F.layer_norm`` in fp32, then the cast the next matmul makes."""
+    def prepare(x):
+        return {n: (x[n].detach().clone().requires_grad_() if n in ('x', 'w', 'b') else x[n]) for n in x}
+    return Peer(lambda p: F.layer_norm(p['x'], p['x'].shape[-1:], p['w'], p['b'], 1e-6).to(p['out_dtype']),
+                prepare, cuda_only=False, note='F.layer_norm (fp32) + cast to the output dtype')
+
+
 def make_selective_scan(B, H, N, K, V, dtype, device, state=16):
     """mamba's layout: u, delta [B, D, L] with D = H * K channels, A [D, state], B, C [B, state, L]."""
     D = H * K
@@ -238,6 +254,7 @@ def _specs():
     from vla_mm.ops.gsa import gsa, gsa_recurrent_reference
     from vla_mm.ops.hgrn import hgrn, hgrn_recurrent_reference
     from vla_mm.ops.linear_attn import linear_attn, linear_attn_reference
+    from vla_mm.ops.norm import layer_norm, norm_reference
 
     def gla_ref(x):
         return gla_recurrent_reference(x['q'], x['k'], x['v'], gk=x.get('g'), u=x.get('u'),
@@ -306,6 +323,12 @@ def _specs():
                grads=('q', 'k', 'v', 's', 'g'), note=f'gated slot attention, M = {GSA_SLOTS[0]} slots',
                peers=dict(fla=_fla('fla.ops.gsa', 'chunk_gsa',
                                    lambda f, p: f(p['q'], p['k'], p['v'], p['s'], p['g'])))),
+        OpSpec('layer_norm', make_layer_norm,
+               lambda x: layer_norm(x['x'], x['w'], x['b'], 1e-6, out_dtype=x['out_dtype']),
+               lambda x: norm_reference(x['x'], x['w'], x['b'], 1e-6, out_dtype=torch.float64),
+               grads=('x', 'w', 'b'), causal=False,
+               note='LayerNorm over C = H * K of fp32 x, output in the run dtype (a ViT block under autocast)',
+               peers=dict(torch=_torch_layer_norm())),
         # later families: the peers are timed now; ours joins when vla_mm.ops.<family> exists
         OpSpec('selective_scan', make_selective_scan, None, grads=('u', 'delta', 'B', 'C'),
                note='Mamba selective scan, D = H * K channels, state 16 (ours: not in the tree yet)',
@@ -600,7 +623,7 @@ def parse_args(argv=None):
     p.add_argument('--slots', type=int, default=64, help='GSA slots M')
     p.add_argument('--dtype', default='bf16', choices=['bf16', 'fp16', 'fp32'])
     p.add_argument('--modes', default='fwd,fwdbwd')
-    p.add_argument('--peers', default='fla,sdpa,mamba,vrwkv', help="comma-separated, or 'none'")
+    p.add_argument('--peers', default='fla,sdpa,mamba,vrwkv,torch', help="comma-separated, or 'none'")
     p.add_argument('--B-at', dest='B_at', type=int, default=4096,
                    help='B is the batch at this N; at other N the batch is B * B_at / N (at least 1), so every N '
                         'moves about the same tokens (8x12x4096, 2x12x16384, 1x12x65536); 0: B at every N')

@@ -19,7 +19,7 @@ from mmcv.cnn.bricks.transformer import PatchEmbed
 from mmengine.model import BaseModule
 
 from ...registry import MODELS
-from ..layers import MixerBlock, build_norm, build_stem, map_view, tokens_to_map
+from ..layers import MixerBlock, build_norm, build_stem, map_view, resolve_norm_cfg, tokens_to_map
 from ..mixers.base import MixerContext
 from ..scans import build_scan
 from .utils import FrozenStagesMixin, freeze, resolve_arch
@@ -76,7 +76,7 @@ class HierarchicalBackbone(FrozenStagesMixin, BaseModule):
 
     def __init__(self, arch='tiny', mixer=dict(type='linear_attn'), scan=None, attn_layers=(),
                  attn_mixer=dict(type='transformer'), img_size=224, in_channels=3, stem='patch', patch_size=4,
-                 mlp_ratio=4.0, ffn_type='mlp', norm_cfg=dict(type='LN', eps=1e-6),
+                 mlp_ratio=4.0, ffn_type='mlp', norm_cfg=dict(type='FusedLN', eps=1e-6),
                  downsample=dict(kernel_size=3, stride=2, padding=1), out_indices=(0, 1, 2, 3), drop_path_rate=0.0,
                  drop_rate=0.0, layer_scale_init_value=0.0, frozen_stages=-1, norm_eval=False, with_cp=False,
                  init_cfg=None):
@@ -99,7 +99,7 @@ class HierarchicalBackbone(FrozenStagesMixin, BaseModule):
 
         self.patch_embed = build_stem(stem, in_channels, dims[0], patch_size, norm_cfg=norm_cfg)
         self.downsamples = nn.ModuleList([
-            PatchEmbed(dims[i], dims[i + 1], norm_cfg=norm_cfg, **downsample) for i in range(self.num_stages - 1)])
+            PatchEmbed(dims[i], dims[i + 1], norm_cfg=resolve_norm_cfg(norm_cfg), **downsample) for i in range(self.num_stages - 1)])
         attn_layers = {i % self.num_layers for i in attn_layers}
         dpr = torch.linspace(0, drop_path_rate, self.num_layers).tolist()
         self.stages, routes, k = nn.ModuleList(), [], 0

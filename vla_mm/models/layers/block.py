@@ -48,7 +48,8 @@ class MixerBlock(BaseModule):
         mlp_ratio (float): hidden width of the feed-forward half, in units of ``dim``.
         ffn_type (str): 'mlp' (Linear-act-Linear) or 'glu' (SwiGLU).
         act_cfg (dict): activation of the 'mlp' feed-forward.
-        norm_cfg (dict): ``dict(type='LN', eps=1e-6)`` or ``dict(type='RMSNorm', eps=1e-6)`` (any registered norm).
+        norm_cfg (dict): ``dict(type='FusedLN', eps=1e-6)`` (``'LN'``: torch's LayerNorm), ``'FusedRMSNorm'``,
+            ``'RMSNorm'`` (any registered norm).
         drop_rate (float): dropout inside the 'mlp' feed-forward.
         drop_path_rate (float): stochastic depth of both residual branches.
         layer_scale_init_value (float): per-channel residual scale (CaiT) starting at this value; 0 turns it off.
@@ -56,8 +57,8 @@ class MixerBlock(BaseModule):
     """
 
     def __init__(self, dim, mixer, num_heads=None, layer_idx=0, mlp_ratio=4.0, ffn_type='mlp',
-                 act_cfg=dict(type='GELU'), norm_cfg=dict(type='LN', eps=1e-6), drop_rate=0.0, drop_path_rate=0.0,
-                 layer_scale_init_value=0.0, with_cp=False, init_cfg=None):
+                 act_cfg=dict(type='GELU'), norm_cfg=dict(type='FusedLN', eps=1e-6), drop_rate=0.0,
+                 drop_path_rate=0.0, layer_scale_init_value=0.0, with_cp=False, init_cfg=None):
         super().__init__(init_cfg=init_cfg)
         self.with_cp = with_cp
         self.norm1 = build_norm(norm_cfg, dim)

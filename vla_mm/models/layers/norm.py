@@ -1,27 +1,81 @@
-"""Norm layers from configs: mmcv's ``build_norm_layer`` over vla_mm's registry, which adds ``RMSNorm``.
+"""Norm layers from configs: mmcv's ``build_norm_layer`` over vla_mm's registry, which adds ``RMSNorm`` and the
+fused ``FusedLN`` / ``FusedRMSNorm``.
 
 ``dict(type='LN', eps=1e-6)`` and every other norm of MMEngine's root registry (``BN``, ``GN``, ``SyncBN``...)
 resolve as in mmcv; ``dict(type='RMSNorm', eps=1e-6)`` is ``torch.nn.RMSNorm`` (mmcv 2.1.0 registers none).
+``dict(type='FusedLN', eps=1e-6)`` / ``dict(type='FusedRMSNorm', eps=1e-6)`` are ``nn.LayerNorm`` /
+``nn.RMSNorm`` (same parameters and state dict) computed by :func:`vla_mm.ops.norm.layer_norm`: one Triton pass
+on CUDA that writes the autocast dtype directly (see :class:`FusedLayerNorm`).
 ``LayerNorm2d`` (a channel LayerNorm of ``[B, C, H, W]`` maps) is mmpretrain's: it returns NCHW-contiguous maps,
 which mmcv's RoIAlign needs (it reads raw memory as NCHW; see ``vla_mm/compat/mmcv_ops.py``).
 """
+import torch
 import torch.nn as nn
 from mmcv.cnn import build_norm_layer
 from mmpretrain.models.utils import LayerNorm2d
 
+from vla_mm.ops.common import use_triton
+from vla_mm.ops.norm import layer_norm
 from ...registry import MODELS
 
-__all__ = ['build_norm', 'LayerNorm2d']
+__all__ = ['build_norm', 'resolve_norm_cfg', 'LayerNorm2d', 'FusedLayerNorm', 'FusedRMSNorm']
 
 MODELS.register_module('RMSNorm', module=nn.RMSNorm)
 
 
-def build_norm(cfg, num_features):
-    """The norm module of ``cfg`` (``type`` a registered name or a class) over ``num_features`` channels."""
+def _out_dtype(x):
+    """The dtype the next autocast matmul would cast the norm's output to (x's dtype outside autocast)."""
+    dev = x.device.type
+    return torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else x.dtype
+
+
+def _fused_ok(module, x):
+    """Does this call take the Triton op? Not for traced calls (``torch.compile``: Inductor fuses torch's norm
+    itself; ``torch.jit``: FLOP counting), multi-dimensional normalized shapes, or where the op would run its
+    reference (CPU: torch's own norm is the faster reference there)."""
+    return (len(module.normalized_shape) == 1 and not (torch.compiler.is_compiling() or torch.jit.is_tracing())
+            and use_triton(x, module.weight))
+
+
+@MODELS.register_module('FusedLN')
+class FusedLayerNorm(nn.LayerNorm):
+    """``nn.LayerNorm`` over the last dimension through :func:`vla_mm.ops.norm.layer_norm`.
+
+    Under autocast the output is in the autocast dtype (bf16), where ``nn.LayerNorm`` returns fp32 that the next
+    matmul casts to bf16 in a separate pass: the same values reach that matmul. Consumers that are not autocast
+    matmuls see the bf16 value. ``torch.compile``, ``torch.jit`` and CPU tensors run ``nn.LayerNorm`` and cast
+    its output the same way.
+    """
+
+    def forward(self, x):
+        if not _fused_ok(self, x):
+            return super().forward(x).to(_out_dtype(x))
+        return layer_norm(x, self.weight, self.bias, self.eps, out_dtype=_out_dtype(x))
+
+
+@MODELS.register_module('FusedRMSNorm')
+class FusedRMSNorm(nn.RMSNorm):
+    """``nn.RMSNorm`` through :func:`vla_mm.ops.norm.layer_norm` (``rms=True``); as :class:`FusedLayerNorm`."""
+
+    def forward(self, x):
+        if not _fused_ok(self, x):
+            return super().forward(x).to(_out_dtype(x))
+        eps = self.eps if self.eps is not None else torch.finfo(x.dtype).eps
+        return layer_norm(x, self.weight, None, eps, rms=True, out_dtype=_out_dtype(x))
+
+
+def resolve_norm_cfg(cfg):
+    """``cfg`` with its ``type`` name replaced by the class (vla_mm's registry, then MMEngine's root), so that
+    mmcv's own ``build_norm_layer`` calls (``PatchEmbed``...) find vla_mm's norms whatever the default scope."""
     cfg = dict(cfg)
     if isinstance(cfg.get('type'), str):
-        cls = MODELS.get(cfg['type'])  # vla_mm's registry, then MMEngine's root (whatever the default scope)
+        cls = MODELS.get(cfg['type'])
         if cls is None:
             raise KeyError(f"norm type {cfg['type']!r} is not registered (vla_mm or MMEngine's root registry)")
         cfg['type'] = cls
-    return build_norm_layer(cfg, num_features)[1]
+    return cfg
+
+
+def build_norm(cfg, num_features):
+    """The norm module of ``cfg`` (``type`` a registered name or a class) over ``num_features`` channels."""
+    return build_norm_layer(resolve_norm_cfg(cfg), num_features)[1]

@@ -5,9 +5,10 @@ are padded at the bottom / right, so dense tasks take any size such as 1333x800)
 stem with the same interface and padding.
 """
 import torch.nn as nn
-from mmcv.cnn import build_norm_layer
 from mmcv.cnn.bricks.transformer import AdaptivePadding, PatchEmbed
 from mmengine.model import BaseModule
+
+from .norm import build_norm, resolve_norm_cfg
 
 __all__ = ['PatchEmbed', 'ConvStem', 'STEMS', 'build_stem']
 
@@ -38,7 +39,7 @@ class ConvStem(BaseModule):
                 c = out
         layers.append(nn.Conv2d(c, embed_dims, 1))
         self.projection = nn.Sequential(*layers)
-        self.norm = build_norm_layer(norm_cfg, embed_dims)[1] if norm_cfg else None
+        self.norm = build_norm(norm_cfg, embed_dims) if norm_cfg else None
 
 
 def _patch(in_channels, embed_dims, patch_size, norm_cfg=None, **kwargs):
@@ -56,4 +57,5 @@ def build_stem(stem, in_channels, embed_dims, patch_size, norm_cfg=None):
     kind = cfg.pop('type', 'patch')
     if kind not in STEMS:
         raise KeyError(f'stem {kind!r} is not one of {sorted(STEMS)}')
+    norm_cfg = resolve_norm_cfg(norm_cfg) if norm_cfg else None
     return STEMS[kind](in_channels, embed_dims, patch_size, norm_cfg=norm_cfg, **cfg)

@@ -1,0 +1,96 @@
+"""LayerNorm and RMSNorm over the last dimension, fused: statistics, affine and the output cast in one pass.
+
+Public op: :func:`layer_norm` (the custom op ``vla_mm::layer_norm``; ``rms=True`` is RMSNorm). Reference:
+:func:`norm_reference`. What it saves against ``torch.nn.functional.layer_norm`` under autocast: the output is
+written in the autocast dtype directly (``out_dtype``), where autocast runs LayerNorm in fp32 and the next
+matmul casts its fp32 output again; the backward computes the weight and bias gradients from per-program
+partial sums in the same pass as the input gradient.
+"""
+from typing import Optional
+
+import torch
+
+from ..common import check_dtype, check_same_device, kernel_options, register_op, use_triton
+from .kernel import MAX_C, norm_bwd, norm_fwd
+from .reference import norm_reference
+
+__all__ = ['layer_norm', 'layer_norm_triton', 'norm_reference', 'MAX_C']
+
+_DTYPES = {'': None, 'float32': torch.float32, 'bfloat16': torch.bfloat16, 'float16': torch.float16,
+           'float64': torch.float64}
+
+
+def _out_dtype(x, name):
+    return _DTYPES[name] or x.dtype
+
+
+def _check(x, weight, bias, out_dtype):
+    check_dtype('x', x, allow_float64=True)
+    check_same_device(x=x, weight=weight, bias=bias)
+    if x.dim() < 1 or x.shape[-1] < 1:
+        raise ValueError(f'x must be [..., C] with C >= 1, got shape {tuple(x.shape)}')
+    C = x.shape[-1]
+    if C > MAX_C:
+        raise ValueError(f'the normalized dimension C = {C} is over {MAX_C}')
+    for name, t in (('weight', weight), ('bias', bias)):
+        if t is not None:
+            check_dtype(name, t, allow_float64=True)
+            if t.shape != (C,):
+                raise ValueError(f'{name} must be [C] = [{C}], got {tuple(t.shape)}')
+    if out_dtype not in _DTYPES.values() or (out_dtype is not None and not out_dtype.is_floating_point):
+        raise ValueError(f'out_dtype must be one of float32, bfloat16, float16, float64 or None, got {out_dtype}')
+
+
+def _reference(x, weight, bias, eps, rms, out_dtype):
+    return (norm_reference(x, weight, bias, eps, rms, _out_dtype(x, out_dtype)),)
+
+
+def _triton(x, weight, bias, eps, rms, out_dtype):
+    y, mean, rstd = norm_fwd(x, weight, bias, eps, rms, _out_dtype(x, out_dtype))
+    return (y,), (mean, rstd)
+
+
+def _triton_backward(grads, outputs, saved, x, weight, bias, eps, rms, out_dtype):
+    dy = grads[0] if grads[0] is not None else torch.zeros_like(outputs[0])
+    return list(norm_bwd(dy, x, weight, bias, saved[0], saved[1], rms))
+
+
+def _fake(x, weight, bias, eps, rms, out_dtype):
+    outs = [x.new_empty(x.shape, dtype=_out_dtype(x, out_dtype))]
+    if use_triton(x, weight, bias):
+        M = x.numel() // x.shape[-1]
+        outs += [x.new_empty((M,), dtype=torch.float32), x.new_empty((M,), dtype=torch.float32)]
+    return outs
+
+
+_norm_op = register_op(
+    'layer_norm', '(Tensor x, Tensor? weight, Tensor? bias, float eps, bool rms, str out_dtype)',
+    outputs=1, grads=('x', 'weight', 'bias'), reference=_reference, triton=_triton,
+    triton_backward=_triton_backward, fake=_fake)
+
+_NAMES = {v: k for k, v in _DTYPES.items()}
+
+
+def layer_norm(x: torch.Tensor, weight: Optional[torch.Tensor] = None, bias: Optional[torch.Tensor] = None,
+               eps: float = 1e-5, *, rms: bool = False, out_dtype: Optional[torch.dtype] = None) -> torch.Tensor:
+    """LayerNorm (``rms=False``) or RMSNorm (``rms=True``, no mean, bias allowed) of x over its last dimension.
+
+    Args:
+        x: ``[..., C]`` (fp32, fp16, bf16; float64 takes the reference), C <= ``MAX_C``; any layout (rows are
+            read in place when the last dimension is contiguous, else copied).
+        weight, bias: ``[C]`` or None (any float dtype; the gradients come back in their dtypes).
+        eps: added to the variance (mean square).
+        out_dtype: dtype of y (default x's): ``torch.bfloat16`` under autocast writes what the next matmul reads.
+
+    Returns:
+        y ``[..., C]``; statistics and arithmetic in fp32 (float64 for float64 x).
+    """
+    _check(x, weight, bias, out_dtype)
+    return _norm_op(x, weight, bias, float(eps), bool(rms), _NAMES[out_dtype])[0]
+
+
+def layer_norm_triton(x, weight=None, bias=None, eps=1e-5, *, rms=False, out_dtype=None):
+    """The Triton kernels whatever the device (CPU tensors need ``TRITON_INTERPRET=1``)."""
+    _check(x, weight, bias, out_dtype)
+    with kernel_options(backend='triton'):
+        return _norm_op(x, weight, bias, float(eps), bool(rms), _NAMES[out_dtype])[0]

@@ -1,0 +1,140 @@
+"""Triton kernels of LayerNorm / RMSNorm over the last dimension (forward and backward).
+
+x is seen as ``[M, C]`` rows (row stride ``sx``, unit column stride). Forward: one program per ``BM`` rows,
+statistics in fp32, ``y = (x - mean) * rstd * w + b`` (RMSNorm: ``y = x * rstd * w``) written straight in the
+output dtype (under autocast the bf16 the next matmul reads, so no separate cast pass); mean and rstd ``[M]``
+fp32 are kept for the backward. Backward: a fixed number of programs, each over a contiguous range of rows:
+``dx`` per row, and the weight / bias gradients summed over the program's rows in fp32 registers, written as
+one partial row per program and summed over programs by the host (no atomics: repeatable bits).
+"""
+import torch
+import triton
+import triton.language as tl
+
+from ..common.options import cdiv, next_power_of_2, num_sms
+
+MAX_C = 65536
+_TILE = dict(fwd=4096, bwd=2048)  # elements of one [BM, BC] register tile (8 or 16 per thread)
+
+
+@triton.jit
+def _ln_fwd_kernel(x, w, b, y, mean, rstd, M, C, sx, sy, eps,
+                   RMS: tl.constexpr, HAS_W: tl.constexpr, HAS_B: tl.constexpr, BM: tl.constexpr,
+                   BC: tl.constexpr):
+    rows = (tl.program_id(0) * BM + tl.arange(0, BM)).to(tl.int64)
+    cols = tl.arange(0, BC)
+    rm, cm = rows < M, cols < C
+    msk = rm[:, None] & cm[None, :]
+    xv = tl.load(x + rows[:, None] * sx + cols[None, :], mask=msk, other=0.0).to(tl.float32)
+    if RMS:
+        mu = tl.zeros([BM], dtype=tl.float32)
+        xc = xv
+    else:
+        mu = tl.sum(xv, axis=1) / C
+        xc = tl.where(cm[None, :], xv - mu[:, None], 0.0)
+    rs = 1.0 / tl.sqrt(tl.sum(xc * xc, axis=1) / C + eps)
+    yv = xc * rs[:, None]
+    if HAS_W:
+        yv = yv * tl.load(w + cols, mask=cm, other=0.0).to(tl.float32)[None, :]
+    if HAS_B:
+        yv = yv + tl.load(b + cols, mask=cm, other=0.0).to(tl.float32)[None, :]
+    tl.store(y + rows[:, None] * sy + cols[None, :], yv.to(y.dtype.element_ty), mask=msk)
+    tl.store(mean + rows, mu, mask=rm)
+    tl.store(rstd + rows, rs, mask=rm)
+
+
+@triton.jit
+def _ln_bwd_kernel(x, w, dy, dx, mean, rstd, dw_part, db_part, M, C, sx, sdy, sdx, rows_per_prog,
+                   RMS: tl.constexpr, HAS_W: tl.constexpr, HAS_B: tl.constexpr, BM: tl.constexpr,
+                   BC: tl.constexpr):
+    pid = tl.program_id(0)
+    start = pid * rows_per_prog
+    end = tl.minimum(start + rows_per_prog, M)
+    cols = tl.arange(0, BC)
+    cm = cols < C
+    if HAS_W:
+        wv = tl.load(w + cols, mask=cm, other=0.0).to(tl.float32)
+    dw_acc = tl.zeros([BC], dtype=tl.float32)
+    db_acc = tl.zeros([BC], dtype=tl.float32)
+    for r0 in range(start, end, BM):
+        rows = (r0 + tl.arange(0, BM)).to(tl.int64)
+        rm = rows < end
+        msk = rm[:, None] & cm[None, :]
+        xv = tl.load(x + rows[:, None] * sx + cols[None, :], mask=msk, other=0.0).to(tl.float32)
+        g = tl.load(dy + rows[:, None] * sdy + cols[None, :], mask=msk, other=0.0).to(tl.float32)
+        mu = tl.load(mean + rows, mask=rm, other=0.0)
+        rs = tl.load(rstd + rows, mask=rm, other=0.0)
+        xhat = tl.where(msk, (xv - mu[:, None]) * rs[:, None], 0.0)
+        if HAS_W:
+            wg = g * wv[None, :]
+        else:
+            wg = g
+        c1 = tl.sum(xhat * wg, axis=1) / C
+        if RMS:
+            dxv = (wg - xhat * c1[:, None]) * rs[:, None]
+        else:
+            c2 = tl.sum(wg, axis=1) / C
+            dxv = (wg - xhat * c1[:, None] - c2[:, None]) * rs[:, None]
+        tl.store(dx + rows[:, None] * sdx + cols[None, :], dxv.to(dx.dtype.element_ty), mask=msk)
+        if HAS_W:
+            dw_acc += tl.sum(g * xhat, axis=0)
+        if HAS_B:
+            db_acc += tl.sum(g, axis=0)
+    if HAS_W:
+        tl.store(dw_part + pid * C + cols, dw_acc, mask=cm)
+    if HAS_B:
+        tl.store(db_part + pid * C + cols, db_acc, mask=cm)
+
+
+def _blocks(C, kind):
+    BC = max(16, next_power_of_2(C))
+    BM = max(1, min(64, _TILE[kind] // BC))
+    num_warps = 8 if BC * BM >= 2048 else 4
+    return BM, BC, num_warps
+
+
+def rows_of(t, C):
+    """``t`` as ``[M, C]`` rows with unit column stride (a view when the layout allows, else a copy)."""
+    t2 = t.reshape(-1, C)
+    return t2 if t2.stride(-1) == 1 or t2.shape[0] == 0 else t2.contiguous()
+
+
+def norm_fwd(x, weight, bias, eps, rms, out_dtype):
+    """(y in ``out_dtype``, mean [M], rstd [M]) of x [..., C]."""
+    C = x.shape[-1]
+    x2 = rows_of(x, C)
+    M = x2.shape[0]
+    y = torch.empty((M, C), dtype=out_dtype, device=x.device)
+    mean = torch.empty(M, dtype=torch.float32, device=x.device)
+    rstd = torch.empty(M, dtype=torch.float32, device=x.device)
+    if M:
+        BM, BC, num_warps = _blocks(C, 'fwd')
+        _ln_fwd_kernel[(cdiv(M, BM),)](
+            x2, weight if weight is not None else x2, bias if bias is not None else x2, y, mean, rstd, M, C,
+            x2.stride(0), y.stride(0), eps, RMS=rms, HAS_W=weight is not None, HAS_B=bias is not None, BM=BM,
+            BC=BC, num_warps=num_warps)
+    return y.view(x.shape), mean, rstd
+
+
+def norm_bwd(dy, x, weight, bias, mean, rstd, rms):
+    """(dx in x's dtype, dweight or None, dbias or None)."""
+    C = x.shape[-1]
+    x2, dy2 = rows_of(x, C), rows_of(dy, C)
+    M = x2.shape[0]
+    dx = torch.empty((M, C), dtype=x.dtype, device=x.device)
+    has_w, has_b = weight is not None, bias is not None
+    BM, BC, num_warps = _blocks(C, 'bwd')
+    progs = max(1, min(cdiv(M, BM), 4 * num_sms(x.device)))
+    rows_per_prog = cdiv(cdiv(M, progs), BM) * BM if M else BM
+    progs = max(1, cdiv(M, rows_per_prog))
+    part = torch.empty((2 if has_w and has_b else 1, progs, C), dtype=torch.float32, device=x.device)
+    dw_part, db_part = part[0], part[-1]
+    if M:
+        _ln_bwd_kernel[(progs,)](
+            x2, weight if has_w else x2, dy2, dx, mean, rstd, dw_part, db_part, M, C, x2.stride(0), dy2.stride(0),
+            dx.stride(0), rows_per_prog, RMS=rms, HAS_W=has_w, HAS_B=has_b, BM=BM, BC=BC, num_warps=num_warps)
+    else:
+        part.zero_()
+    dw = dw_part.sum(0).to(weight.dtype) if has_w else None
+    db = db_part.sum(0).to(bias.dtype) if has_b else None
+    return dx.view(x.shape), dw, db

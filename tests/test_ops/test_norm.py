@@ -1,0 +1,101 @@
+"""Fused LayerNorm / RMSNorm: Triton kernels (interpreter on CPU) against the float64 reference.
+
+Output and the gradients of x, weight and bias by relative error: < 1e-5 for fp32, < 1e-2 for bf16 / fp16
+(inputs or outputs); outputs start NaN-filled in ``poison`` mode where the kernel allocates them.
+"""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from vla_mm.ops.norm import MAX_C, layer_norm, layer_norm_triton, norm_reference
+
+
+def _rel(a, b):
+    a, b = a.double(), b.double()
+    assert torch.isfinite(a).all(), 'non-finite values'
+    return ((a - b).norm() / b.norm().clamp_min(1e-300)).item()
+
+
+def _check(shape, dtype=torch.float32, out_dtype=None, rms=False, affine=(True, True), strided=False, eps=1e-6):
+    print(f'seed={torch.seed()}')
+    C = shape[-1]
+    x = torch.randn(*shape) * 3 + 1.5
+    if strided:                                  # rows with a gap: a [M, 2C] buffer, every second half
+        x = torch.randn(*shape[:-1], 2 * C)[..., :C] * 3 + 1.5
+    w = torch.randn(C) if affine[0] else None
+    b = torch.randn(C) if affine[1] else None
+    ins = [t.to(dtype).requires_grad_() if i == 0 else t.requires_grad_() for i, t in enumerate((x, w, b))
+           if t is not None]
+    xi = ins[0]
+    wi = ins[1] if affine[0] else None
+    bi = ins[-1] if affine[1] else None
+    y = layer_norm_triton(xi, wi, bi, eps, rms=rms, out_dtype=out_dtype)
+    assert y.dtype == (out_dtype or dtype) and y.shape == x.shape
+    dy = torch.randn(y.shape).to(y.dtype)
+    gr = torch.autograd.grad(y, ins, dy)
+    ref = [t.detach().double().requires_grad_() for t in ins]
+    y2 = norm_reference(ref[0], ref[1] if affine[0] else None, ref[-1] if affine[1] else None, eps, rms, torch.float64)
+    gr2 = torch.autograd.grad(y2, ref, dy.double())
+    assert all(g.dtype == t.dtype for g, t in zip(gr, ins))
+    tol = 1e-5 if dtype == torch.float32 and out_dtype in (None, torch.float32) else 1e-2
+    errs = {'y': _rel(y, y2), **{f'd{i}': _rel(a, c) for i, (a, c) in enumerate(zip(gr, gr2))}}
+    print(errs)
+    assert max(errs.values()) < tol, errs
+
+
+@pytest.mark.parametrize('shape,rms', [((1, 1), False), ((3, 5, 7), False), ((70, 384), False), ((2, 33, 96), True),
+                                      ((130, 17), True), ((5, 1000), False)])
+def test_norm_fp32(shape, rms):
+    _check(shape, rms=rms)
+
+
+@pytest.mark.parametrize('affine', [(False, False), (True, False), (False, True)])
+def test_norm_without_weight_or_bias(affine):
+    _check((9, 24), affine=affine)
+    _check((9, 24), affine=affine, rms=True)
+
+
+def test_norm_strided_rows_and_16bit():
+    _check((2, 9, 40), strided=True)
+    _check((40, 64), dtype=torch.bfloat16)
+    _check((40, 64), dtype=torch.float16, rms=True)
+
+
+@pytest.mark.parametrize('rms', [False, True])
+def test_norm_writes_the_autocast_dtype(rms):
+    """fp32 x (the residual stream) with a bf16 output: the rounding of the fp32 result, gradients in fp32."""
+    _check((70, 96), out_dtype=torch.bfloat16, rms=rms)
+
+
+def test_norm_many_programs_in_backward(monkeypatch):
+    """More rows than one program's share: the weight / bias partial sums of several programs add up."""
+    from vla_mm.ops.norm import kernel
+    monkeypatch.setattr(kernel, 'num_sms', lambda device: 3)
+    _check((1000, 48))
+
+
+def test_public_op_cpu_matches_torch_and_checks():
+    x = torch.randn(4, 7, 32, requires_grad=True)
+    w, b = torch.randn(32, requires_grad=True), torch.randn(32, requires_grad=True)
+    y = layer_norm(x, w, b, 1e-6)                     # CPU -> reference
+    torch.testing.assert_close(y, F.layer_norm(x, (32,), w, b, 1e-6), rtol=1e-6, atol=1e-5)
+    torch.testing.assert_close(layer_norm(x, w, None, 1e-6, rms=True), F.rms_norm(x, (32,), w, 1e-6),
+                               rtol=1e-6, atol=1e-5)
+    assert layer_norm(x, w, b, out_dtype=torch.bfloat16).dtype == torch.bfloat16
+    assert layer_norm(torch.zeros(0, 32), w, b).shape == (0, 32)
+    with pytest.raises(ValueError, match='weight'):
+        layer_norm(x, torch.randn(31))
+    with pytest.raises(ValueError, match='C = '):
+        layer_norm(torch.randn(2, MAX_C + 1))
+    with pytest.raises(ValueError, match='out_dtype'):
+        layer_norm(x, out_dtype=torch.int32)
+
+
+def test_norm_compiles_fullgraph():
+    x = torch.randn(3, 5, 16, requires_grad=True)
+    w = torch.randn(16, requires_grad=True)
+    f = torch.compile(lambda t, u: layer_norm(t, u, None, 1e-6) * 2, fullgraph=True, backend='aot_eager')
+    y = f(x, w)
+    torch.testing.assert_close(y, layer_norm(x, w, None, 1e-6) * 2)
+    y.sum().backward()
+    assert x.grad is not None and w.grad is not None

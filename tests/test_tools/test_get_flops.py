@@ -155,6 +155,20 @@ def test_rms_norm_is_counted_like_layer_norm():
         lambda x, w: F.layer_norm(x, (16, ), w, w), x, w)[0] == 2 * 7 * 16 * 5
 
 
+def test_fused_norm_op_is_counted_like_layer_norm():
+    """The real ``vla_mm::layer_norm`` custom op (what a traced call of the op records) counts as mmengine counts
+    ``aten::layer_norm``; the FusedLN module traces torch's norm itself."""
+    from vla_mm.models.layers import FusedLayerNorm
+    from vla_mm.ops.norm import layer_norm
+    x, w = torch.randn(2, 7, 16), torch.ones(16)
+    flops, uncounted = get_flops.analyze(Call(lambda x, w: layer_norm(x, w, w)), (x, w), get_flops.op_handles())
+    assert flops.total() == 2 * 7 * 16 * 5 and not uncounted and flops.by_operator()['layer_norm'] == flops.total()
+    flops, _ = get_flops.analyze(Call(lambda x: layer_norm(x)), (x, ), get_flops.op_handles())
+    assert flops.total() == 2 * 7 * 16 * 4
+    flops, uncounted = get_flops.analyze(FusedLayerNorm(16), (x, ), get_flops.op_handles())
+    assert flops.total() == 2 * 7 * 16 * 5 and not uncounted
+
+
 def test_sdpa_is_counted():
     q, k, v = (torch.randn(2, 3, 50, 8) for _ in range(3))
     full = 2 * 3 * 50 * 50 * (8 + 8)

@@ -176,6 +176,12 @@ def gsa_handle(inputs, outputs):
     return gsa_macs(B, N, H, K, V, args['s'][-1], _chunk(args, N))
 
 
+def layer_norm_handle(inputs, outputs):
+    """As mmengine counts ``aten::layer_norm``: 5 per element with an affine weight, 4 without."""
+    args = op_args(outputs)
+    return math.prod(args['x']) * (5 if _gated(args.get('weight')) else 4)
+
+
 def sdpa_handle(inputs, outputs):
     args = op_args(outputs)
     q, k, v = (_get(args, n) for n in ('query', 'key', 'value'))
@@ -184,7 +190,7 @@ def sdpa_handle(inputs, outputs):
 
 # op name -> handle: the torch.library custom ops and the autograd Functions of their Triton paths
 HANDLES = {'linear_attn': linear_attn_handle, 'chunk_gla': chunk_gla_handle, 'delta_rule': delta_rule_handle,
-           'hgrn': hgrn_handle, 'gsa': gsa_handle}
+           'hgrn': hgrn_handle, 'gsa': gsa_handle, 'layer_norm': layer_norm_handle}
 PYTHON_OPS = {'LinearAttnFunction': linear_attn_handle, 'ChunkGLAFunction': chunk_gla_handle,
               'DeltaRuleFunction': delta_rule_handle, 'HGRNFunction': hgrn_handle}
 

@@ -1,6 +1,8 @@
-"""LayerNorm and RMSNorm over the last dimension, fused: statistics, affine and the output cast in one pass.
+"""LayerNorm and RMSNorm over the last dimension, fused: statistics, affine, an optional swish gate and the output
+cast in one pass.
 
-Public op: :func:`layer_norm` (the custom op ``vla_mm::layer_norm``; ``rms=True`` is RMSNorm). Reference:
+Public op: :func:`layer_norm` (the custom op ``vla_mm::layer_norm``; ``rms=True`` is RMSNorm; ``gate``: times
+``swish(gate)``, the gated output norm of GLA, RetNet, HGRN and others). Reference:
 :func:`norm_reference`. What it saves against ``torch.nn.functional.layer_norm`` under autocast: the output is
 written in the autocast dtype directly (``out_dtype``), where autocast runs LayerNorm in fp32 and the next
 matmul casts its fp32 output again; the backward computes the weight and bias gradients from per-program
@@ -24,9 +26,13 @@ def _out_dtype(x, name):
     return _DTYPES[name] or x.dtype
 
 
-def _check(x, weight, bias, out_dtype):
+def _check(x, weight, bias, out_dtype, gate=None):
     check_dtype('x', x, allow_float64=True)
-    check_same_device(x=x, weight=weight, bias=bias)
+    check_same_device(x=x, weight=weight, bias=bias, gate=gate)
+    if gate is not None:
+        check_dtype('gate', gate, allow_float64=True)
+        if gate.shape != x.shape:
+            raise ValueError(f'gate must have the shape of x {tuple(x.shape)}, got {tuple(gate.shape)}')
     if x.dim() < 1 or x.shape[-1] < 1:
         raise ValueError(f'x must be [..., C] with C >= 1, got shape {tuple(x.shape)}')
     C = x.shape[-1]
@@ -41,39 +47,41 @@ def _check(x, weight, bias, out_dtype):
         raise ValueError(f'out_dtype must be one of float32, bfloat16, float16, float64 or None, got {out_dtype}')
 
 
-def _reference(x, weight, bias, eps, rms, out_dtype):
-    return (norm_reference(x, weight, bias, eps, rms, _out_dtype(x, out_dtype)),)
+def _reference(x, weight, bias, gate, eps, rms, out_dtype):
+    return (norm_reference(x, weight, bias, eps, rms, _out_dtype(x, out_dtype), gate),)
 
 
-def _triton(x, weight, bias, eps, rms, out_dtype):
-    y, mean, rstd = norm_fwd(x, weight, bias, eps, rms, _out_dtype(x, out_dtype))
+def _triton(x, weight, bias, gate, eps, rms, out_dtype):
+    y, mean, rstd = norm_fwd(x, weight, bias, eps, rms, _out_dtype(x, out_dtype), gate)
     return (y,), (mean, rstd)
 
 
-def _triton_backward(grads, outputs, saved, x, weight, bias, eps, rms, out_dtype):
+def _triton_backward(grads, outputs, saved, x, weight, bias, gate, eps, rms, out_dtype):
     dy = grads[0] if grads[0] is not None else torch.zeros_like(outputs[0])
-    return list(norm_bwd(dy, x, weight, bias, saved[0], saved[1], rms))
+    return list(norm_bwd(dy, x, weight, bias, saved[0], saved[1], rms, gate))
 
 
-def _fake(x, weight, bias, eps, rms, out_dtype):
+def _fake(x, weight, bias, gate, eps, rms, out_dtype):
     outs = [x.new_empty(x.shape, dtype=_out_dtype(x, out_dtype))]
-    if use_triton(x, weight, bias):
+    if use_triton(x, weight, bias, gate):
         M = x.numel() // x.shape[-1]
         outs += [x.new_empty((M,), dtype=torch.float32), x.new_empty((M,), dtype=torch.float32)]
     return outs
 
 
 _norm_op = register_op(
-    'layer_norm', '(Tensor x, Tensor? weight, Tensor? bias, float eps, bool rms, str out_dtype)',
-    outputs=1, grads=('x', 'weight', 'bias'), reference=_reference, triton=_triton,
+    'layer_norm', '(Tensor x, Tensor? weight, Tensor? bias, Tensor? gate, float eps, bool rms, str out_dtype)',
+    outputs=1, grads=('x', 'weight', 'bias', 'gate'), reference=_reference, triton=_triton,
     triton_backward=_triton_backward, fake=_fake)
 
 _NAMES = {v: k for k, v in _DTYPES.items()}
 
 
 def layer_norm(x: torch.Tensor, weight: Optional[torch.Tensor] = None, bias: Optional[torch.Tensor] = None,
-               eps: float = 1e-5, *, rms: bool = False, out_dtype: Optional[torch.dtype] = None) -> torch.Tensor:
-    """LayerNorm (``rms=False``) or RMSNorm (``rms=True``, no mean, bias allowed) of x over its last dimension.
+               eps: float = 1e-5, *, rms: bool = False, out_dtype: Optional[torch.dtype] = None,
+               gate: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """LayerNorm (``rms=False``) or RMSNorm (``rms=True``, no mean, bias allowed) of x over its last dimension,
+    times ``swish(gate)`` when a gate is given.
 
     Args:
         x: ``[..., C]`` (fp32, fp16, bf16; float64 takes the reference), C <= ``MAX_C``; any layout (rows are
@@ -81,16 +89,17 @@ def layer_norm(x: torch.Tensor, weight: Optional[torch.Tensor] = None, bias: Opt
         weight, bias: ``[C]`` or None (any float dtype; the gradients come back in their dtypes).
         eps: added to the variance (mean square).
         out_dtype: dtype of y (default x's): ``torch.bfloat16`` under autocast writes what the next matmul reads.
+        gate: optional, x's shape (any float dtype): y is multiplied by ``gate * sigmoid(gate)`` (in fp32).
 
     Returns:
         y ``[..., C]``; statistics and arithmetic in fp32 (float64 for float64 x).
     """
-    _check(x, weight, bias, out_dtype)
-    return _norm_op(x, weight, bias, float(eps), bool(rms), _NAMES[out_dtype])[0]
+    _check(x, weight, bias, out_dtype, gate)
+    return _norm_op(x, weight, bias, gate, float(eps), bool(rms), _NAMES[out_dtype])[0]
 
 
-def layer_norm_triton(x, weight=None, bias=None, eps=1e-5, *, rms=False, out_dtype=None):
+def layer_norm_triton(x, weight=None, bias=None, eps=1e-5, *, rms=False, out_dtype=None, gate=None):
     """The Triton kernels whatever the device (CPU tensors need ``TRITON_INTERPRET=1``)."""
-    _check(x, weight, bias, out_dtype)
+    _check(x, weight, bias, out_dtype, gate)
     with kernel_options(backend='triton'):
-        return _norm_op(x, weight, bias, float(eps), bool(rms), _NAMES[out_dtype])[0]
+        return _norm_op(x, weight, bias, gate, float(eps), bool(rms), _NAMES[out_dtype])[0]

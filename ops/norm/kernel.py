@@ -1,8 +1,9 @@
-"""Triton kernels of LayerNorm / RMSNorm over the last dimension (forward and backward).
+"""Triton kernels of LayerNorm / RMSNorm over the last dimension (forward and backward), optionally times
+``swish(gate)`` (the gated output norm of GLA, RetNet, HGRN, ...).
 
 x is seen as ``[M, C]`` rows (row stride ``sx``, unit column stride). Forward: one program per ``BM`` rows,
-statistics in fp32, ``y = (x - mean) * rstd * w + b`` (RMSNorm: ``y = x * rstd * w``) written straight in the
-output dtype (under autocast the bf16 the next matmul reads, so no separate cast pass); mean and rstd ``[M]``
+statistics in fp32, ``y = (x - mean) * rstd * w + b`` (RMSNorm: ``y = x * rstd * w``; gated: times
+``gate * sigmoid(gate)``) written straight in the output dtype (under autocast the bf16 the next matmul reads, so no separate cast pass); mean and rstd ``[M]``
 fp32 are kept for the backward. Backward: a fixed number of programs, each over a contiguous range of rows:
 ``dx`` per row, and the weight / bias gradients summed over the program's rows in fp32 registers, written as
 one partial row per program and summed over programs by the host (no atomics: repeatable bits).
@@ -18,9 +19,9 @@ _TILE = dict(fwd=4096, bwd=2048)  # elements of one [BM, BC] register tile (8 or
 
 
 @triton.jit
-def _ln_fwd_kernel(x, w, b, y, mean, rstd, M, C, sx, sy, eps,
-                   RMS: tl.constexpr, HAS_W: tl.constexpr, HAS_B: tl.constexpr, BM: tl.constexpr,
-                   BC: tl.constexpr):
+def _ln_fwd_kernel(x, w, b, gate, y, mean, rstd, M, C, sx, sg, sy, eps,
+                   RMS: tl.constexpr, HAS_W: tl.constexpr, HAS_B: tl.constexpr, GATE: tl.constexpr,
+                   BM: tl.constexpr, BC: tl.constexpr):
     rows = (tl.program_id(0) * BM + tl.arange(0, BM)).to(tl.int64)
     cols = tl.arange(0, BC)
     rm, cm = rows < M, cols < C
@@ -38,15 +39,18 @@ def _ln_fwd_kernel(x, w, b, y, mean, rstd, M, C, sx, sy, eps,
         yv = yv * tl.load(w + cols, mask=cm, other=0.0).to(tl.float32)[None, :]
     if HAS_B:
         yv = yv + tl.load(b + cols, mask=cm, other=0.0).to(tl.float32)[None, :]
+    if GATE:
+        z = tl.load(gate + rows[:, None] * sg + cols[None, :], mask=msk, other=0.0).to(tl.float32)
+        yv = yv * z * tl.sigmoid(z)
     tl.store(y + rows[:, None] * sy + cols[None, :], yv.to(y.dtype.element_ty), mask=msk)
     tl.store(mean + rows, mu, mask=rm)
     tl.store(rstd + rows, rs, mask=rm)
 
 
 @triton.jit
-def _ln_bwd_kernel(x, w, dy, dx, mean, rstd, dw_part, db_part, M, C, sx, sdy, sdx, rows_per_prog,
-                   RMS: tl.constexpr, HAS_W: tl.constexpr, HAS_B: tl.constexpr, BM: tl.constexpr,
-                   BC: tl.constexpr):
+def _ln_bwd_kernel(x, w, b, gate, dy, dx, dgate, mean, rstd, dw_part, db_part, M, C, sx, sg, sdy, sdx, sdg,
+                   rows_per_prog, RMS: tl.constexpr, HAS_W: tl.constexpr, HAS_B: tl.constexpr, GATE: tl.constexpr,
+                   BM: tl.constexpr, BC: tl.constexpr):
     pid = tl.program_id(0)
     start = pid * rows_per_prog
     end = tl.minimum(start + rows_per_prog, M)
@@ -54,6 +58,8 @@ def _ln_bwd_kernel(x, w, dy, dx, mean, rstd, dw_part, db_part, M, C, sx, sdy, sd
     cm = cols < C
     if HAS_W:
         wv = tl.load(w + cols, mask=cm, other=0.0).to(tl.float32)
+    if GATE and HAS_B:
+        bv = tl.load(b + cols, mask=cm, other=0.0).to(tl.float32)
     dw_acc = tl.zeros([BC], dtype=tl.float32)
     db_acc = tl.zeros([BC], dtype=tl.float32)
     for r0 in range(start, end, BM):
@@ -65,6 +71,18 @@ def _ln_bwd_kernel(x, w, dy, dx, mean, rstd, dw_part, db_part, M, C, sx, sdy, sd
         mu = tl.load(mean + rows, mask=rm, other=0.0)
         rs = tl.load(rstd + rows, mask=rm, other=0.0)
         xhat = tl.where(msk, (xv - mu[:, None]) * rs[:, None], 0.0)
+        if GATE:
+            # y = n * swish(z) with n the affine norm: dn = dy * swish(z), dz = dy * n * swish'(z)
+            z = tl.load(gate + rows[:, None] * sg + cols[None, :], mask=msk, other=0.0).to(tl.float32)
+            sz = tl.sigmoid(z)
+            n = xhat
+            if HAS_W:
+                n = n * wv[None, :]
+            if HAS_B:
+                n = n + bv[None, :]
+            dz = g * n * sz * (1.0 + z * (1.0 - sz))
+            tl.store(dgate + rows[:, None] * sdg + cols[None, :], dz.to(dgate.dtype.element_ty), mask=msk)
+            g = g * z * sz
         if HAS_W:
             wg = g * wv[None, :]
         else:
@@ -99,10 +117,11 @@ def rows_of(t, C):
     return t2 if t2.stride(-1) == 1 or t2.shape[0] == 0 else t2.contiguous()
 
 
-def norm_fwd(x, weight, bias, eps, rms, out_dtype):
-    """(y in ``out_dtype``, mean [M], rstd [M]) of x [..., C]."""
+def norm_fwd(x, weight, bias, eps, rms, out_dtype, gate=None):
+    """(y in ``out_dtype``, mean [M], rstd [M]) of x [..., C] (times ``swish(gate)``, gate of x's shape)."""
     C = x.shape[-1]
     x2 = rows_of(x, C)
+    g2 = rows_of(gate, C) if gate is not None else x2
     M = x2.shape[0]
     y = torch.empty((M, C), dtype=out_dtype, device=x.device)
     mean = torch.empty(M, dtype=torch.float32, device=x.device)
@@ -110,18 +129,20 @@ def norm_fwd(x, weight, bias, eps, rms, out_dtype):
     if M:
         BM, BC, num_warps = _blocks(C, 'fwd')
         _ln_fwd_kernel[(cdiv(M, BM),)](
-            x2, weight if weight is not None else x2, bias if bias is not None else x2, y, mean, rstd, M, C,
-            x2.stride(0), y.stride(0), eps, RMS=rms, HAS_W=weight is not None, HAS_B=bias is not None, BM=BM,
-            BC=BC, num_warps=num_warps)
+            x2, weight if weight is not None else x2, bias if bias is not None else x2, g2, y, mean, rstd, M, C,
+            x2.stride(0), g2.stride(0), y.stride(0), eps, RMS=rms, HAS_W=weight is not None,
+            HAS_B=bias is not None, GATE=gate is not None, BM=BM, BC=BC, num_warps=num_warps)
     return y.view(x.shape), mean, rstd
 
 
-def norm_bwd(dy, x, weight, bias, mean, rstd, rms):
-    """(dx in x's dtype, dweight or None, dbias or None)."""
+def norm_bwd(dy, x, weight, bias, mean, rstd, rms, gate=None):
+    """(dx in x's dtype, dweight or None, dbias or None, dgate in gate's dtype or None)."""
     C = x.shape[-1]
     x2, dy2 = rows_of(x, C), rows_of(dy, C)
+    g2 = rows_of(gate, C) if gate is not None else x2
     M = x2.shape[0]
     dx = torch.empty((M, C), dtype=x.dtype, device=x.device)
+    dg = torch.empty((M, C), dtype=gate.dtype, device=x.device) if gate is not None else dx
     has_w, has_b = weight is not None, bias is not None
     BM, BC, num_warps = _blocks(C, 'bwd')
     progs = max(1, min(cdiv(M, BM), 4 * num_sms(x.device)))
@@ -131,10 +152,11 @@ def norm_bwd(dy, x, weight, bias, mean, rstd, rms):
     dw_part, db_part = part[0], part[-1]
     if M:
         _ln_bwd_kernel[(progs,)](
-            x2, weight if has_w else x2, dy2, dx, mean, rstd, dw_part, db_part, M, C, x2.stride(0), dy2.stride(0),
-            dx.stride(0), rows_per_prog, RMS=rms, HAS_W=has_w, HAS_B=has_b, BM=BM, BC=BC, num_warps=num_warps)
+            x2, weight if has_w else x2, bias if has_b else x2, g2, dy2, dx, dg, mean, rstd, dw_part, db_part, M,
+            C, x2.stride(0), g2.stride(0), dy2.stride(0), dx.stride(0), dg.stride(0), rows_per_prog, RMS=rms,
+            HAS_W=has_w, HAS_B=has_b, GATE=gate is not None, BM=BM, BC=BC, num_warps=num_warps)
     else:
         part.zero_()
     dw = dw_part.sum(0).to(weight.dtype) if has_w else None
     db = db_part.sum(0).to(bias.dtype) if has_b else None
-    return dx.view(x.shape), dw, db
+    return dx.view(x.shape), dw, db, (dg.view(gate.shape) if gate is not None else None)

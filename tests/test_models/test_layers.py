@@ -211,3 +211,26 @@ def test_token_map_views():
     torch.testing.assert_close(m[:, :, 1, 2], x[:, 1 * 5 + 2])
     nchw = tokens_to_map(x, HW)
     assert nchw.is_contiguous() and torch.equal(nchw, m)
+
+
+@pytest.mark.parametrize('gated', [False, True])
+def test_mixer_output_norm_through_the_kernel_equals_torchs(gated):
+    """The mixers' per-head output norm (RMSNorm times swish(gate)) on the fused Triton op (interpreter) = torch's
+    ops: output and the gradients of x, gate and weight, in the 16-bit dtype the mixers hand it."""
+    from vla_mm.models.mixers._common import GatedRMSNorm
+    from vla_mm.ops.common import kernel_options
+    norm = GatedRMSNorm(16)
+    with torch.no_grad():
+        norm.weight.add_(0.3 * torch.randn(16))
+    x = torch.randn(2, 5, 3, 16).bfloat16().requires_grad_()
+    gate = torch.randn(2, 5, 3, 16).bfloat16().requires_grad_() if gated else None
+    outs = []
+    for backend in ('auto', 'triton'):
+        with kernel_options(backend=backend):
+            y = norm(x, gate)
+        dy = torch.linspace(-1, 1, y.numel()).reshape(y.shape).bfloat16()
+        leaves = [x, norm.weight] + ([gate] if gated else [])
+        outs.append([y, *torch.autograd.grad(y, leaves, dy)])
+    assert outs[1][0].dtype == torch.bfloat16
+    for a, b in zip(*outs):
+        torch.testing.assert_close(a.float(), b.float(), rtol=2e-2, atol=2e-2)

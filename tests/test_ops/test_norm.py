@@ -16,26 +16,26 @@ def _rel(a, b):
     return ((a - b).norm() / b.norm().clamp_min(1e-300)).item()
 
 
-def _check(shape, dtype=torch.float32, out_dtype=None, rms=False, affine=(True, True), strided=False, eps=1e-6):
+def _check(shape, dtype=torch.float32, out_dtype=None, rms=False, affine=(True, True), strided=False, eps=1e-6,
+           gate=False):
     print(f'seed={torch.seed()}')
     C = shape[-1]
     x = torch.randn(*shape) * 3 + 1.5
     if strided:                                  # rows with a gap: a [M, 2C] buffer, every second half
         x = torch.randn(*shape[:-1], 2 * C)[..., :C] * 3 + 1.5
-    w = torch.randn(C) if affine[0] else None
-    b = torch.randn(C) if affine[1] else None
-    ins = [t.to(dtype).requires_grad_() if i == 0 else t.requires_grad_() for i, t in enumerate((x, w, b))
-           if t is not None]
-    xi = ins[0]
-    wi = ins[1] if affine[0] else None
-    bi = ins[-1] if affine[1] else None
-    y = layer_norm_triton(xi, wi, bi, eps, rms=rms, out_dtype=out_dtype)
+    named = dict(x=x.to(dtype), weight=torch.randn(C) if affine[0] else None,
+                 bias=torch.randn(C) if affine[1] else None,
+                 gate=(torch.randn(*shape[:-1], 2 * C)[..., C:] * 2).to(dtype) if gate else None)
+    named = {n: t.requires_grad_() for n, t in named.items() if t is not None}
+    ins = list(named.values())
+    y = layer_norm_triton(named['x'], named.get('weight'), named.get('bias'), eps, rms=rms, out_dtype=out_dtype,
+                          gate=named.get('gate'))
     assert y.dtype == (out_dtype or dtype) and y.shape == x.shape
     dy = torch.randn(y.shape).to(y.dtype)
     gr = torch.autograd.grad(y, ins, dy)
-    ref = [t.detach().double().requires_grad_() for t in ins]
-    y2 = norm_reference(ref[0], ref[1] if affine[0] else None, ref[-1] if affine[1] else None, eps, rms, torch.float64)
-    gr2 = torch.autograd.grad(y2, ref, dy.double())
+    ref = {n: t.detach().double().requires_grad_() for n, t in named.items()}
+    y2 = norm_reference(ref['x'], ref.get('weight'), ref.get('bias'), eps, rms, torch.float64, ref.get('gate'))
+    gr2 = torch.autograd.grad(y2, list(ref.values()), dy.double())
     assert all(g.dtype == t.dtype for g, t in zip(gr, ins))
     tol = 1e-5 if dtype == torch.float32 and out_dtype in (None, torch.float32) else 1e-2
     errs = {'y': _rel(y, y2), **{f'd{i}': _rel(a, c) for i, (a, c) in enumerate(zip(gr, gr2))}}
@@ -67,6 +67,14 @@ def test_norm_writes_the_autocast_dtype(rms):
     _check((70, 96), out_dtype=torch.bfloat16, rms=rms)
 
 
+@pytest.mark.parametrize('rms,affine,dtype', [(True, (True, False), torch.float32), (True, (True, False), torch.bfloat16),
+                                              (False, (True, True), torch.float32), (True, (False, False), torch.float32)])
+def test_gated_norm(rms, affine, dtype):
+    """times swish(gate) (the mixers' output norm: per-head RMSNorm, fp32 weight, 16-bit x and gate), gate read
+    through its row stride; every gradient, the gate's included."""
+    _check((3, 11, 32), dtype=dtype, rms=rms, affine=affine, gate=True)
+
+
 def test_norm_many_programs_in_backward(monkeypatch):
     """More rows than one program's share: the weight / bias partial sums of several programs add up."""
     from vla_mm.ops.norm import kernel
@@ -89,6 +97,11 @@ def test_public_op_cpu_matches_torch_and_checks():
         layer_norm(torch.randn(2, MAX_C + 1))
     with pytest.raises(ValueError, match='out_dtype'):
         layer_norm(x, out_dtype=torch.int32)
+    with pytest.raises(ValueError, match='gate'):
+        layer_norm(x, w, gate=torch.randn(4, 7, 31))
+    g = torch.randn(4, 7, 32)
+    torch.testing.assert_close(layer_norm(x, w, None, 1e-6, rms=True, gate=g),
+                               F.rms_norm(x, (32,), w, 1e-6) * F.silu(g), rtol=1e-6, atol=1e-5)
 
 
 def test_norm_compiles_fullgraph():

@@ -196,6 +196,20 @@ def _torch_layer_norm():
                 prepare, cuda_only=False, note='F.layer_norm (fp32) + cast to the output dtype')
 
 
+def make_gated_rms_norm(B, H, N, K, V, dtype, device):
+    """A mixer's output norm: o and the gate [B, N, H, V] in the run dtype, an fp32 weight [V] (RMSNorm per head)."""
+    return dict(x=_randn(B, N, H, V, dtype=dtype, device=device), gate=_randn(B, N, H, V, dtype=dtype, device=device),
+                w=torch.randn(V, device=device))
+
+
+def _torch_gated_rms_norm():
+    """What the mixers ran before the fused op: RMSNorm in fp32 times swish(gate), cast back."""
+    def prepare(x):
+        return {n: x[n].detach().clone().requires_grad_() for n in x}
+    return Peer(lambda p: (F.rms_norm(p['x'].float(), p['x'].shape[-1:], p['w'], 1e-5) * F.silu(p['gate'].float()))
+                .to(p['x'].dtype), prepare, cuda_only=False, note='F.rms_norm (fp32) * silu(gate), cast back')
+
+
 def make_selective_scan(B, H, N, K, V, dtype, device, state=16):
     """mamba's layout: u, delta [B, D, L] with D = H * K channels, A [D, state], B, C [B, state, L]."""
     D = H * K
@@ -329,6 +343,12 @@ def _specs():
                grads=('x', 'w', 'b'), causal=False,
                note='LayerNorm over C = H * K of fp32 x, output in the run dtype (a ViT block under autocast)',
                peers=dict(torch=_torch_layer_norm())),
+        OpSpec('gated_rms_norm', make_gated_rms_norm,
+               lambda x: layer_norm(x['x'], x['w'], None, 1e-5, rms=True, gate=x['gate']),
+               lambda x: norm_reference(x['x'], x['w'], None, 1e-5, True, torch.float64, x['gate']),
+               grads=('x', 'gate', 'w'), causal=False,
+               note='per-head RMSNorm times swish(gate) over V (the output norm of GLA, RetNet, HGRN, ...)',
+               peers=dict(torch=_torch_gated_rms_norm())),
         # later families: the peers are timed now; ours joins when vla_mm.ops.<family> exists
         OpSpec('selective_scan', make_selective_scan, None, grads=('u', 'delta', 'B', 'C'),
                note='Mamba selective scan, D = H * K channels, state 16 (ours: not in the tree yet)',

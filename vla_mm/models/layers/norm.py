@@ -18,7 +18,7 @@ from vla_mm.ops.common import use_triton
 from vla_mm.ops.norm import layer_norm
 from ...registry import MODELS
 
-__all__ = ['build_norm', 'resolve_norm_cfg', 'LayerNorm2d', 'FusedLayerNorm', 'FusedRMSNorm']
+__all__ = ['build_norm', 'resolve_norm_cfg', 'fused_norm_ok', 'LayerNorm2d', 'FusedLayerNorm', 'FusedRMSNorm']
 
 MODELS.register_module('RMSNorm', module=nn.RMSNorm)
 
@@ -29,12 +29,15 @@ def _out_dtype(x):
     return torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else x.dtype
 
 
+def fused_norm_ok(*tensors):
+    """Does a norm of these tensors take the Triton op? Not under tracing (``torch.compile``: Inductor fuses
+    torch's norm itself; ``torch.jit``: FLOP counting) nor where the op would run its reference (CPU: torch's own
+    norm is the faster reference there)."""
+    return not (torch.compiler.is_compiling() or torch.jit.is_tracing()) and use_triton(*tensors)
+
+
 def _fused_ok(module, x):
-    """Does this call take the Triton op? Not for traced calls (``torch.compile``: Inductor fuses torch's norm
-    itself; ``torch.jit``: FLOP counting), multi-dimensional normalized shapes, or where the op would run its
-    reference (CPU: torch's own norm is the faster reference there)."""
-    return (len(module.normalized_shape) == 1 and not (torch.compiler.is_compiling() or torch.jit.is_tracing())
-            and use_triton(x, module.weight))
+    return len(module.normalized_shape) == 1 and fused_norm_ok(x, module.weight)
 
 
 @MODELS.register_module('FusedLN')

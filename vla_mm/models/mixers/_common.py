@@ -19,6 +19,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from vla_mm.ops.norm import layer_norm
+
+from ..layers.norm import fused_norm_ok
+
 __all__ = ['qkv_widths',
            'head_slice', 'shift_tokens', 'ShortConv', 'GatedRMSNorm', 'low_rank', 'LowerBound', 'upcast', 'rotary',
            'running_lse', 'normalised_writes', 'FEATURE_MAPS']
@@ -154,7 +158,8 @@ class ShortConv(nn.Module):
 
 class GatedRMSNorm(nn.Module):
     """RMSNorm over the last dimension, in float32, optionally times ``swish(gate)`` (flash-linear-attention's
-    ``FusedRMSNormGated`` / ``RMSNorm``: the output norm and gate of GLA, RetNet, HGRN, HGRN2, lightnet)."""
+    ``FusedRMSNormGated`` / ``RMSNorm``: the output norm and gate of GLA, RetNet, HGRN, HGRN2, lightnet). Eager
+    CUDA calls take one fused pass (:func:`vla_mm.ops.norm.layer_norm` with ``gate``), the rest torch's ops."""
 
     def __init__(self, dim: int, eps: float = 1e-5, elementwise_affine: bool = True):
         super().__init__()
@@ -162,6 +167,8 @@ class GatedRMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim)) if elementwise_affine else None
 
     def forward(self, x, gate=None):
+        if (gate is None or gate.shape == x.shape) and fused_norm_ok(x, gate):
+            return layer_norm(x, self.weight, None, self.eps, rms=True, gate=gate)
         w = upcast(self.weight) if self.weight is not None else None
         y = F.rms_norm(upcast(x), (x.shape[-1],), w, self.eps)
         if gate is not None:

@@ -19,6 +19,7 @@ from vla_mm.ops.gla import chunk_gla, chunk_retention
 from vla_mm.ops.gsa import gsa
 from vla_mm.ops.hgrn import hgrn
 from vla_mm.ops.linear_attn import linear_attn
+from vla_mm.ops.norm import layer_norm
 
 
 def _gen(seed=0):
@@ -97,6 +98,16 @@ def _delta(q, k, v, beta, g, h0):
     return delta_rule(q, k, v, beta, g, initial_state=h0, output_final_state=True, cu_seqlens=cu, reverse=True)
 
 
+def _norm_inputs():
+    g = _gen(7)
+    return dict(x=torch.randn(2, 5, 3, 16, generator=g), w=torch.randn(16, generator=g),
+                gate=torch.randn(2, 5, 3, 16, generator=g))
+
+
+def _norm(x, w, gate):
+    return (layer_norm(x, w, None, 1e-5, rms=True, gate=gate), layer_norm(x, w, w, 1e-6, out_dtype=torch.float64))
+
+
 CASES = {
     'linear_attn': (_la, _la_inputs, 'linear_attn'),
     'linear_attn_varlen': (_la_varlen, _la_inputs, 'linear_attn'),
@@ -105,6 +116,7 @@ CASES = {
     'gsa': (_gsa, _gsa_inputs, 'chunk_gla'),
     'hgrn': (_hgrn, _hgrn_inputs, 'hgrn'),
     'delta_rule': (_delta, _delta_inputs, 'delta_rule'),
+    'layer_norm': (_norm, _norm_inputs, 'layer_norm'),
 }
 
 
@@ -122,7 +134,7 @@ def _run(fn, inputs):
 # every case through the reference; the Triton path (interpreter: slow) once per op
 @pytest.mark.parametrize('case, path', [(c, 'reference') for c in CASES] +
                          [('linear_attn', 'triton'), ('chunk_gla', 'triton'), ('hgrn', 'triton'),
-                          ('delta_rule', 'triton')])
+                          ('delta_rule', 'triton'), ('layer_norm', 'triton')])
 def test_compiled_equals_eager(case, path):
     fn, make, op = CASES[case]
     inputs = make()
@@ -159,13 +171,17 @@ def _opcheck_args(name):
         q, k, v = (torch.randn(1, 6, 1, 8, generator=g).requires_grad_() for _ in range(3))
         beta = torch.rand(1, 6, 1, generator=g).requires_grad_()
         return torch.ops.vla_mm.delta_rule.default, (q, k, v, beta, None, 0.5, None, True, None, False)
+    if name == 'layer_norm':
+        x, gate = (torch.randn(2, 3, 8, generator=g).requires_grad_() for _ in range(2))
+        w, b = (torch.randn(8, generator=g).requires_grad_() for _ in range(2))
+        return torch.ops.vla_mm.layer_norm.default, (x, w, b, gate, 1e-5, False, 'bfloat16')
     x = torch.randn(1, 6, 4, generator=g).requires_grad_()
     gg = F.logsigmoid(torch.randn(1, 6, 4, generator=g)).requires_grad_()
     return torch.ops.vla_mm.hgrn.default, (x, gg, None, None, True, False, True, 16)
 
 
 @pytest.mark.parametrize('path', ['reference', 'triton'])
-@pytest.mark.parametrize('name', ['linear_attn', 'chunk_gla', 'hgrn', 'delta_rule'])
+@pytest.mark.parametrize('name', ['linear_attn', 'chunk_gla', 'hgrn', 'delta_rule', 'layer_norm'])
 def test_opcheck(name, path):
     op, args = _opcheck_args(name)
     with kernel_options(backend=path):

@@ -55,7 +55,7 @@ TOL = {'float32': 1e-4, 'bfloat16': 1e-2, 'float16': 1e-2}
 # errors after which the CUDA context is lost: the worker records the case and exits
 STICKY_ERRORS = ('illegal memory access', 'CUDA error', 'Triton Error [CUDA]', 'misaligned address',
                  'unspecified launch failure', 'illegal instruction')
-FAMILIES = ('linear_attn', 'gla', 'gsa', 'hgrn', 'delta_rule')
+FAMILIES = ('linear_attn', 'gla', 'gsa', 'hgrn', 'delta_rule', 'norm')
 RISKY_K = 96          # 16-bit cases at K >= this run in their own worker per op (issue 15's crash)
 B, H = 1, 2
 
@@ -336,18 +336,51 @@ class DeltaRule(_Recurrent):
         return {'o': o, 'final_state': ht}
 
 
+class LayerNorm(Op):
+    """The fused norm over C = H * K channels of [B, N, C] rows (V unused): LayerNorm or RMSNorm, with weight and
+    bias, weight only or neither, optionally times swish(gate), y in x's dtype or fp32 (the autocast case the
+    other way round: fp32 x, 16-bit y, is what the run dtype's rounding of y covers)."""
+    name = 'layer_norm'
+    axes = {'rms': (False, True), 'affine': ('both', 'weight', 'none'), 'gated': (False, True),
+            'out': ('same', 'float32')}
+    uses_v = False
+
+    def make(self, torch, c, gen, dev):
+        C, N = H * c['K'], c['N']
+        t = {'x': torch.randn(B, N, C, generator=gen, dtype=torch.float64, device=dev) * 2 + 0.5}
+        if c['affine'] != 'none':
+            t['w'] = torch.randn(C, generator=gen, dtype=torch.float64, device=dev)
+        if c['affine'] == 'both':
+            t['b'] = torch.randn(C, generator=gen, dtype=torch.float64, device=dev)
+        if c['gated']:
+            t['gate'] = torch.randn(B, N, C, generator=gen, dtype=torch.float64, device=dev) * 2
+        return t, {}
+
+    def run(self, t, c, extra, impl):
+        norm = self.ops.norm
+        fn = norm.layer_norm_triton if impl == 'triton' else norm.layer_norm
+        import torch
+        out = torch.float32 if c['out'] == 'float32' else None
+        return {'o': fn(t['x'], t.get('w'), t.get('b'), 1e-5, rms=c['rms'], out_dtype=out, gate=t.get('gate'))}
+
+    def ref(self, t, c, extra):
+        import torch
+        return {'o': self.ops.norm.norm_reference(t['x'], t.get('w'), t.get('b'), 1e-5, c['rms'], torch.float64,
+                                                  t.get('gate'))}
+
+
 def make_ops(ops):
     return [LinearAttn(ops), ChunkGLA(ops), GLAWrapper(ops, 'chunk_linear_attn', 'none'),
             GLAWrapper(ops, 'chunk_simple_gla', 'scalar'), GLAWrapper(ops, 'chunk_retention', 'none'),
             GLAWrapper(ops, 'chunk_rwkv6', 'vector', 'u'), GSA(ops), HGRN(ops), DeltaRule(ops, False),
-            DeltaRule(ops, True)]
+            DeltaRule(ops, True), LayerNorm(ops)]
 
 
 OP_AXES = {'linear_attn': LinearAttn.axes, 'chunk_gla': ChunkGLA.axes, 'chunk_linear_attn': _Recurrent.axes,
            'chunk_simple_gla': _Recurrent.axes, 'chunk_retention': _Recurrent.axes, 'chunk_rwkv6': _Recurrent.axes,
            'gsa': GSA.axes, 'hgrn': HGRN.axes,
            'delta_rule': {k: v for k, v in _Recurrent.axes.items() if k != 'gates'},
-           'gated_delta_rule': _Recurrent.axes}
+           'gated_delta_rule': _Recurrent.axes, 'layer_norm': LayerNorm.axes}
 WRAPPERS = ('chunk_linear_attn', 'chunk_simple_gla', 'chunk_retention', 'chunk_rwkv6')
 OP_RULES = {'linear_attn': (LinearAttn.rules, LinearAttn.repair)}
 
@@ -418,7 +451,7 @@ def design(ops=None, dtypes=DTYPES, Ks=KS, Vs=VS, Ns=NS):
     for c in cases:
         if c.get('packed') and c['N'] == 1:
             c['packed'] = False
-        if c['op'] == 'hgrn':
+        if c['op'] in ('hgrn', 'layer_norm'):
             c['V'] = 0
         c['id'] = case_id(c)
         if c['id'] not in seen:
@@ -446,6 +479,8 @@ INVALID = (
     ('delta_rule', 'cu_seqlens_range', 'cu_seqlens must rise'),
     ('gated_delta_rule', 'g_per_key', 'g must be [B, N, H]'),
     ('gated_delta_rule', 'cu_seqlens_device', 'on one device'),
+    ('layer_norm', 'gate_shape', 'gate must have the shape of x'),
+    ('layer_norm', 'weight_shape', 'weight must be [C]'),
 )
 
 
@@ -473,6 +508,8 @@ MUTATIONS = {
     'g_per_key': ({}, lambda torch, t, e: t.update(g=t['g'][..., None].expand(*t['q'].shape).contiguous())),
     'cu_seqlens_device': ({'packed': True}, lambda torch, t, e: e.update(
         cu_seqlens=_other_device(torch, e['cu_seqlens']))),
+    'gate_shape': ({'gated': True}, lambda torch, t, e: t.update(gate=t['gate'][..., :-1].contiguous())),
+    'weight_shape': ({'affine': 'weight'}, lambda torch, t, e: t.update(w=t['w'][:-1].contiguous())),
 }
 
 
@@ -482,7 +519,7 @@ def invalid_cases(ops=None, dtype='bfloat16'):
     for op, mut, expect in INVALID:
         if ops and op not in ops:
             continue
-        c = dict({'op': op, 'dtype': dtype, 'K': 64, 'V': 0 if op == 'hgrn' else 48, 'N': 65},
+        c = dict({'op': op, 'dtype': dtype, 'K': 64, 'V': 0 if op in ('hgrn', 'layer_norm') else 48, 'N': 65},
                  **{a: v[0] for a, v in OP_AXES[op].items()})
         if op == 'chunk_gla':
             c.update(gate='scalar', extra='plain')
@@ -506,10 +543,10 @@ DTYPE_PRIORITY = ('bfloat16', 'float32', 'float16')
 # and the growth with K (the delta rule's 'ieee' dots at K > 64 spill; the other kernels barely grow).
 FIRST_S = {'linear_attn': 11, 'chunk_gla': 14, 'chunk_linear_attn': 10, 'chunk_simple_gla': 11,
            'chunk_retention': 9, 'chunk_rwkv6': 11.5, 'gsa': 17, 'hgrn': 4.5, 'delta_rule': 12.5,
-           'gated_delta_rule': 12.5}
+           'gated_delta_rule': 12.5, 'layer_norm': 3}
 NEXT_SHARE = {'linear_attn': 0.2, 'chunk_gla': 0.4, 'chunk_linear_attn': 0.45, 'chunk_simple_gla': 0.45,
               'chunk_retention': 0.45, 'chunk_rwkv6': 0.5, 'gsa': 0.6, 'hgrn': 0.3, 'delta_rule': 0.6,
-              'gated_delta_rule': 0.6}
+              'gated_delta_rule': 0.6, 'layer_norm': 0.5}
 K_GROWTH = {'delta': {16: 0.6, 32: 0.7, 48: 0.9, 64: 1.0, 96: 1.8, 128: 3.0, 192: 4.8, 256: 6.5},
             'other': {16: 0.8, 32: 0.85, 48: 0.9, 64: 1.0, 96: 1.1, 128: 1.15, 192: 1.25, 256: 1.3}}
 FP32_FACTOR = 1.3
@@ -1115,8 +1152,10 @@ def smoke_cases():
         c.update(h0=True, final=True) if 'h0' in c else None
         if op == 'chunk_gla':
             c.update(gate='vector', extra='u', reverse=True)
-        if op == 'hgrn':
+        if op in ('hgrn', 'layer_norm'):
             c['V'] = 0
+        if op == 'layer_norm':
+            c.update(rms=True, gated=True)
         cases.append(c)
     cases.append(dict(base, op='gated_delta_rule', dtype='bfloat16', K=96, V=24, N=5,
                       **{a: v[0] for a, v in OP_AXES['gated_delta_rule'].items()}))

@@ -161,6 +161,21 @@ def _work_item(tab, pid_c, CH, N, VARLEN: tl.constexpr):
 
 
 @triton.jit
+def _program(tab, CH, N, H, VARLEN: tl.constexpr):
+    """(batch, head, V block, sequence, first row, end row) of this program: chunk ``program_id(0)`` of (batch,
+    head) ``program_id(1)``, V block ``program_id(2)``."""
+    pid_c = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    vb = tl.program_id(2)
+    b = (pid_bh // H).to(tl.int64)
+    h = pid_bh % H
+    seq, start, end = _work_item(tab, pid_c, CH, N, VARLEN)
+    if not VARLEN:
+        seq = b
+    return b, h, vb, seq, start, end
+
+
+@triton.jit
 def _seq_consts(ntab, seq, n_const, scale, eps, HAS_NTAB: tl.constexpr, SCALE_INV_N: tl.constexpr,
                 EPS_N: tl.constexpr):
     if HAS_NTAB:
@@ -195,6 +210,22 @@ def _load_rope(c_ptr, s_ptr, b, h, offs_n, rm, scb, scn, sch, scd, ssb, ssn, ssh
     return c.to(tl.float32), s.to(tl.float32)
 
 
+@triton.jit
+def _feature_rows(ptr, b, h, offs_n, rm, offs_k, kmask, sb, sn, sh, sk, cos_ptr, sin_ptr, scb, scn, sch, scd, ssb,
+                  ssn, ssh, ssd, K, FMAP: tl.constexpr, P: tl.constexpr, P_INT: tl.constexpr, FEPS: tl.constexpr,
+                  ROPE: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
+    """Rows ``offs_n`` of q or k: (x in fp32, phi(x), phi(x) rotated, the rotation's cos and sin)."""
+    x = tl.load(ptr + b * sb + h * sh + offs_n[:, None] * sn + offs_k[None, :] * sk,
+                mask=rm[:, None] & kmask[None, :], other=0.0).to(tl.float32)
+    f = _phi(x, kmask[None, :], FMAP, P, P_INT, FEPS)
+    if ROPE:
+        c, s = _load_rope(cos_ptr, sin_ptr, b, h, offs_n, rm, scb, scn, sch, scd, ssb, ssn, ssh, ssd, K // 2, BK)
+        r = _rot(f, c, s, BN, BK)
+    else:
+        c, s, r = 0.0, 0.0, f
+    return x, f, r, c, s
+
+
 # --------------------------------------------------------------------------------------------------------------
 # F1: states S, z
 # --------------------------------------------------------------------------------------------------------------
@@ -207,14 +238,7 @@ def _fwd_state_kernel(
         FMAP: tl.constexpr, P: tl.constexpr, P_INT: tl.constexpr, FEPS: tl.constexpr,
         NORMALIZE: tl.constexpr, ROPE: tl.constexpr, HAS_MASK: tl.constexpr, VARLEN: tl.constexpr,
         IEEE: tl.constexpr, EMU: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr):
-    pid_c = tl.program_id(0)
-    pid_bh = tl.program_id(1)
-    vb = tl.program_id(2)
-    b = (pid_bh // H).to(tl.int64)
-    h = pid_bh % H
-    seq, start, end = _work_item(tab_ptr, pid_c, CH, N, VARLEN)
-    if not VARLEN:
-        seq = b
+    b, h, vb, seq, start, end = _program(tab_ptr, CH, N, H, VARLEN)
     offs_k = tl.arange(0, BK)
     offs_v = vb * BV + tl.arange(0, BV)
     kmask = offs_k < K
@@ -266,14 +290,7 @@ def _fwd_out_kernel(
         NORMALIZE: tl.constexpr, ROPE: tl.constexpr, HAS_MASK: tl.constexpr, VARLEN: tl.constexpr,
         HAS_NTAB: tl.constexpr, SCALE_INV_N: tl.constexpr, EPS_N: tl.constexpr,
         IEEE: tl.constexpr, EMU: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr):
-    pid_c = tl.program_id(0)
-    pid_bh = tl.program_id(1)
-    vb = tl.program_id(2)
-    b = (pid_bh // H).to(tl.int64)
-    h = pid_bh % H
-    seq, start, end = _work_item(tab_ptr, pid_c, CH, N, VARLEN)
-    if not VARLEN:
-        seq = b
+    b, h, vb, seq, start, end = _program(tab_ptr, CH, N, H, VARLEN)
     sc, ep = _seq_consts(ntab_ptr, seq, n_const, scale, eps, HAS_NTAB, SCALE_INV_N, EPS_N)
     offs_k = tl.arange(0, BK)
     offs_v = vb * BV + tl.arange(0, BV)
@@ -290,15 +307,8 @@ def _fwd_out_kernel(
         offs_n = (n0 + tl.arange(0, BN)).to(tl.int64)
         rm = offs_n < end
         valid = _valid_rows(mask_ptr, b, offs_n, rm, smb, smn, HAS_MASK)
-        x = tl.load(q_ptr + b * sqb + h * sqh + offs_n[:, None] * sqn + offs_k[None, :] * sqk,
-                    mask=rm[:, None] & kmask[None, :], other=0.0).to(tl.float32)
-        fq = _phi(x, kmask[None, :], FMAP, P, P_INT, FEPS)
-        if ROPE:
-            c, s = _load_rope(cos_ptr, sin_ptr, b, h, offs_n, rm, scb, scn, sch, scd, ssb, ssn, ssh, ssd,
-                              K // 2, BK)
-            rq = _rot(fq, c, s, BN, BK)
-        else:
-            rq = fq
+        x, fq, rq, c, s = _feature_rows(q_ptr, b, h, offs_n, rm, offs_k, kmask, sqb, sqn, sqh, sqk, cos_ptr, sin_ptr,
+                                        scb, scn, sch, scd, ssb, ssn, ssh, ssd, K, FMAP, P, P_INT, FEPS, ROPE, BN, BK)
         num = _dot(rq, S, IEEE, EMU)
         if NORMALIZE:
             den = tl.sum(fq * z[None, :], axis=1) + ep
@@ -326,14 +336,7 @@ def _bwd_q_kernel(
         DO_DS: tl.constexpr, DO_DQ: tl.constexpr, NV: tl.constexpr,
         IEEE: tl.constexpr, EMU: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr):
     """DO_DS: accumulate dS[:, vb] (vb = program_id(2)). DO_DQ: write dq and accumulate dz (all V blocks)."""
-    pid_c = tl.program_id(0)
-    pid_bh = tl.program_id(1)
-    vb = tl.program_id(2)
-    b = (pid_bh // H).to(tl.int64)
-    h = pid_bh % H
-    seq, start, end = _work_item(tab_ptr, pid_c, CH, N, VARLEN)
-    if not VARLEN:
-        seq = b
+    b, h, vb, seq, start, end = _program(tab_ptr, CH, N, H, VARLEN)
     sc, ep = _seq_consts(ntab_ptr, seq, n_const, scale, eps, HAS_NTAB, SCALE_INV_N, EPS_N)
     offs_k = tl.arange(0, BK)
     kmask = offs_k < K
@@ -353,15 +356,8 @@ def _bwd_q_kernel(
         offs_n = (n0 + tl.arange(0, BN)).to(tl.int64)
         rm = offs_n < end
         valid = _valid_rows(mask_ptr, b, offs_n, rm, smb, smn, HAS_MASK)
-        x = tl.load(q_ptr + b * sqb + h * sqh + offs_n[:, None] * sqn + offs_k[None, :] * sqk,
-                    mask=rm[:, None] & kmask[None, :], other=0.0).to(tl.float32)
-        fq = _phi(x, kmask[None, :], FMAP, P, P_INT, FEPS)
-        if ROPE:
-            c, s = _load_rope(cos_ptr, sin_ptr, b, h, offs_n, rm, scb, scn, sch, scd, ssb, ssn, ssh, ssd,
-                              K // 2, BK)
-            rq = _rot(fq, c, s, BN, BK)
-        else:
-            rq = fq
+        x, fq, rq, c, s = _feature_rows(q_ptr, b, h, offs_n, rm, offs_k, kmask, sqb, sqn, sqh, sqk, cos_ptr, sin_ptr,
+                                        scb, scn, sch, scd, ssb, ssn, ssh, ssd, K, FMAP, P, P_INT, FEPS, ROPE, BN, BK)
         if NORMALIZE:
             den = tl.sum(fq * z[None, :], axis=1) + ep
             inv = sc / den
@@ -421,13 +417,7 @@ def _bwd_kv_kernel(
         FMAP: tl.constexpr, P: tl.constexpr, P_INT: tl.constexpr, FEPS: tl.constexpr,
         NORMALIZE: tl.constexpr, ROPE: tl.constexpr, HAS_MASK: tl.constexpr, VARLEN: tl.constexpr,
         NV: tl.constexpr, IEEE: tl.constexpr, EMU: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr):
-    pid_c = tl.program_id(0)
-    pid_bh = tl.program_id(1)
-    b = (pid_bh // H).to(tl.int64)
-    h = pid_bh % H
-    seq, start, end = _work_item(tab_ptr, pid_c, CH, N, VARLEN)
-    if not VARLEN:
-        seq = b
+    b, h, _, seq, start, end = _program(tab_ptr, CH, N, H, VARLEN)
     offs_k = tl.arange(0, BK)
     kmask = offs_k < K
     base = seq * H + h
@@ -443,15 +433,8 @@ def _bwd_kv_kernel(
         offs_n = (n0 + tl.arange(0, BN)).to(tl.int64)
         rm = offs_n < end
         valid = _valid_rows(mask_ptr, b, offs_n, rm, smb, smn, HAS_MASK)
-        x = tl.load(k_ptr + b * skb + h * skh + offs_n[:, None] * skn + offs_k[None, :] * skk,
-                    mask=rm[:, None] & kmask[None, :], other=0.0).to(tl.float32)
-        fk = _phi(x, kmask[None, :], FMAP, P, P_INT, FEPS)
-        if ROPE:
-            c, s = _load_rope(cos_ptr, sin_ptr, b, h, offs_n, rm, scb, scn, sch, scd, ssb, ssn, ssh, ssd,
-                              K // 2, BK)
-            rk = _rot(fk, c, s, BN, BK)
-        else:
-            rk = fk
+        x, fk, rk, c, s = _feature_rows(k_ptr, b, h, offs_n, rm, offs_k, kmask, skb, skn, skh, skk, cos_ptr, sin_ptr,
+                                        scb, scn, sch, scd, ssb, ssn, ssh, ssd, K, FMAP, P, P_INT, FEPS, ROPE, BN, BK)
         acc = tl.zeros([BN, BK], dtype=tl.float32)
         for j in tl.static_range(NV):
             offs_v = j * BV + tl.arange(0, BV)

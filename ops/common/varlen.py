@@ -20,6 +20,20 @@ def segments(B, N, cu_seqlens):
     return [(0, cu[i], cu[i + 1]) for i in range(len(cu) - 1)]
 
 
+def per_sequence(fn, tensors, h0, B, N, cu_seqlens):
+    """``fn(*tensors, h0) -> (o, final)`` on the dense batch (token dim 1), or, with ``cu_seqlens``, on each packed
+    sequence's slice of the tokens with its own initial state row, outputs concatenated along the tokens and the
+    final states along the sequences (the batched CPU paths' walk over packed sequences)."""
+    if cu_seqlens is None:
+        return fn(*tensors, h0)
+    outs, finals = [], []
+    for i, (_, bos, eos) in enumerate(segments(B, N, cu_seqlens)):
+        o, f = fn(*(t[:, bos:eos] if t is not None else None for t in tensors), None if h0 is None else h0[i:i + 1])
+        outs.append(o)
+        finals.append(f)
+    return torch.cat(outs, 1), torch.cat(finals)
+
+
 def steps(bos, eos, reverse):
     """Token indices of one sequence in recurrence order."""
     return range(eos - 1, bos - 1, -1) if reverse else range(bos, eos)

@@ -17,11 +17,12 @@ Both accept ``cu_seqlens`` (packed sequences, ``B == 1``) and ``reverse=True`` (
 token of each sequence to the first, starting from ``initial_state`` at the right end). The references may build
 flipped index copies; the Triton kernels do not.
 """
+from functools import partial
 from typing import Optional, Tuple
 
 import torch
 
-from ..common.varlen import segments, steps
+from ..common.varlen import per_sequence, segments, steps
 
 
 def delta_rule_recurrent(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, beta: torch.Tensor,
@@ -98,20 +99,12 @@ def delta_rule_chunked(q, k, v, beta, g=None, scale=None, initial_state=None, ou
         dt = torch.promote_types(dt, initial_state.dtype)
     ins = [q.to(dt), k.to(dt), v.to(dt), beta.to(dt), None if g is None else g.to(dt)]
     h0 = None if initial_state is None else initial_state.to(dt)
-    if cu_seqlens is None:                        # all B sequences together
-        o, final = _ut_chunks(*ins, scale, h0, reverse, chunk_size)
-    else:
-        outs, finals = [], []
-        for s, (_, bos, eos) in enumerate(segments(B, N, cu_seqlens)):
-            o_s, f_s = _ut_chunks(*(x[:, bos:eos] if x is not None else None for x in ins), scale,
-                                  None if h0 is None else h0[s:s + 1], reverse, chunk_size)
-            outs.append(o_s)
-            finals.append(f_s)
-        o, final = torch.cat(outs, 1), torch.cat(finals)
+    o, final = per_sequence(partial(_ut_chunks, scale=scale, reverse=reverse, C=chunk_size), ins, h0, B, N,
+                            cu_seqlens)
     return o, (final if output_final_state else None)
 
 
-def _ut_chunks(q, k, v, beta, g, scale, h0, reverse, C):
+def _ut_chunks(q, k, v, beta, g, h0, scale, reverse, C):
     """Dense [B, N, H, *] inputs in the compute dtype -> (o [B, N, H, V], final state [B, H, K, V])."""
     B, N, H, K = q.shape
     V = v.shape[-1]

@@ -12,9 +12,11 @@ State per head ``S`` of shape ``[K, V]``; with ``gk`` (log key gates) and ``gv``
 ``gk`` is ``[B, N, H, K]`` (per key dimension) or ``[B, N, H]`` (one gate per head, broadcast over K);
 ``gv`` is ``[B, N, H, V]``. ``reverse=True`` runs t = N-1 ... 0 (the state flows right to left).
 """
+from functools import partial
+
 import torch
 
-from ..common.varlen import segments, steps
+from ..common.varlen import per_sequence, segments, steps
 
 
 def _compute_dtype(*ts):
@@ -81,16 +83,7 @@ def gla_chunk_reference(q, k, v, gk=None, gv=None, u=None, scale=None, initial_s
     ins = [x.to(dt) if x is not None else None for x in (q, k, v, gk, gv)]
     uf = u.to(dt) if u is not None else None
     h0 = initial_state.to(dt) if initial_state is not None else None
-    if cu_seqlens is None:
-        o, final = _chunks(*ins, uf, scale, h0, reverse)
-    else:
-        outs, finals = [], []
-        for i, (_, bos, eos) in enumerate(segments(B, N, cu_seqlens)):
-            oi, fi = _chunks(*(x[:, bos:eos] if x is not None else None for x in ins), uf, scale,
-                             h0[i:i + 1] if h0 is not None else None, reverse)
-            outs.append(oi)
-            finals.append(fi)
-        o, final = torch.cat(outs, 1), torch.cat(finals)
+    o, final = per_sequence(partial(_chunks, u=uf, scale=scale, reverse=reverse), ins, h0, B, N, cu_seqlens)
     return o.to(q.dtype), (final if output_final_state else None)
 
 
@@ -114,7 +107,7 @@ def _factorable(G):
     return bool(G.abs().amax() < (300.0 if G.dtype == torch.float64 else 40.0))
 
 
-def _chunks(q, k, v, gk, gv, u, scale, h0, reverse):
+def _chunks(q, k, v, gk, gv, h0, u, scale, reverse):
     """Dense [B, N, H, *] inputs in the compute dtype -> (o [B, N, H, V], final state [B, H, K, V])."""
     B, N, H, K = q.shape
     V = v.shape[-1]

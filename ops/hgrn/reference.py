@@ -6,9 +6,11 @@
 x, g: [B, N, D] (g = log forget gate, <= 0); output o_t = h_t. Computes in float64 if any input is float64,
 else float32; returns o in x's dtype and the final state [S, D] in the compute dtype.
 """
+from functools import partial
+
 import torch
 
-from ..common.varlen import segments, steps
+from ..common.varlen import per_sequence, steps
 
 
 def hgrn_recurrent_reference(x, g, initial_state=None, output_final_state=False, cu_seqlens=None, reverse=False,
@@ -17,23 +19,20 @@ def hgrn_recurrent_reference(x, g, initial_state=None, output_final_state=False,
     dt = torch.float64 if any(t is not None and t.dtype == torch.float64 for t in (x, g, initial_state)) \
         else torch.float32
     xf, gf = x.to(dt), g.to(dt)
-    if cu_seqlens is None:                      # dense: all B sequences step together
-        groups = [(slice(None), 0, N, initial_state)]
-    else:
-        groups = [(slice(b, b + 1), bos, eos, None if initial_state is None else initial_state[i:i + 1])
-                  for i, (b, bos, eos) in enumerate(segments(B, N, cu_seqlens))]
-    outs, finals = [], []
-    for bsl, bos, eos, h0 in groups:
-        nb = B if cu_seqlens is None else 1
-        h = h0.to(dt) if h0 is not None else torch.zeros(nb, D, dtype=dt, device=x.device)
-        o_seg = []
-        for t in steps(bos, eos, reverse):
-            gt = gf[bsl, t]
-            h = gt.exp() * h + (-torch.expm1(gt) * xf[bsl, t] if gated_input else xf[bsl, t])
-            o_seg.append(h)
-        if reverse:
-            o_seg = o_seg[::-1]
-        outs.append(torch.stack(o_seg, 1) if o_seg else xf.new_zeros(nb, 0, D))
-        finals.append(h)
-    o = torch.cat(outs, 1) if cu_seqlens is not None else outs[0]
-    return o.to(x.dtype), (torch.cat(finals) if output_final_state else None)
+    h0 = initial_state.to(dt) if initial_state is not None else None
+    o, final = per_sequence(partial(_scan, reverse=reverse, gated_input=gated_input), (xf, gf), h0, B, N,
+                            cu_seqlens)
+    return o.to(x.dtype), (final if output_final_state else None)
+
+
+def _scan(x, g, h0, reverse, gated_input):
+    """Dense [B, n, D] inputs in the compute dtype, all B sequences stepping together -> (o, final [B, D])."""
+    B, n, D = x.shape
+    h = h0 if h0 is not None else x.new_zeros(B, D)
+    outs = []
+    for t in steps(0, n, reverse):
+        h = g[:, t].exp() * h + (-torch.expm1(g[:, t]) * x[:, t] if gated_input else x[:, t])
+        outs.append(h)
+    if reverse:
+        outs = outs[::-1]
+    return (torch.stack(outs, 1) if outs else x.new_zeros(B, 0, D)), h

@@ -156,18 +156,18 @@ def test_model_benchmark_smoke(tmp_path):
     assert '## ours' in prof and 'aten::contiguous' in prof
 
 
-def test_model_benchmark_ours_ln_is_ours_with_torchs_norm(tmp_path):
-    """The fused-norm A/B: ``ours_ln`` builds the same backbone with torch's LayerNorm (same parameters), and the
+def test_model_benchmark_ours_fused_ln_is_ours_with_the_fused_norm(tmp_path):
+    """The fused-norm A/B: ``ours_fused_ln`` builds the same backbone with our fused LayerNorm (same parameters), the
     norm ops get their specs (our op and the torch peer, checked against float64)."""
     from vla_mm.models.layers import FusedLayerNorm
     models = load('models')
     a = models.parse_args(['--smoke', '--out', str(tmp_path)])
     bcfg = models.backbone_cfg(a)
-    ours, ln = (models.build(n, 32, a, torch.device('cpu'), bcfg) for n in ('ours', 'ours_ln'))
-    norms = [[type(m) for m in x.modules() if isinstance(m, torch.nn.LayerNorm)] for x in (ours, ln)]
-    assert norms[0] and all(t is FusedLayerNorm for t in norms[0])
-    assert len(norms[1]) == len(norms[0]) and all(t is torch.nn.LayerNorm for t in norms[1])
-    assert sum(p.numel() for p in ours.parameters()) == sum(p.numel() for p in ln.parameters())
+    ours, fused = (models.build(n, 32, a, torch.device('cpu'), bcfg) for n in ('ours', 'ours_fused_ln'))
+    norms = [[type(m) for m in x.modules() if isinstance(m, torch.nn.LayerNorm)] for x in (ours, fused)]
+    assert norms[0] and all(t is torch.nn.LayerNorm for t in norms[0])
+    assert len(norms[1]) == len(norms[0]) and all(t is FusedLayerNorm for t in norms[1])
+    assert sum(p.numel() for p in ours.parameters()) == sum(p.numel() for p in fused.parameters())
     ops = load('ops')
     assert ops.main(['--smoke', '--out', str(tmp_path / 'ops'), '--ops', 'layer_norm,gated_rms_norm']) == 0
     res = json.load(open(tmp_path / 'ops' / 'results.json'))

@@ -24,8 +24,8 @@ Models, each an image classifier (backbone, mean pool over tokens, linear head, 
              tokens and layers as ours) with our ``vla_mm.ops.linear_attn.linear_attn`` in each block's attention
              (timm's qkv / proj kept);
   timm_sdpa  the same timm ViT-S with its own attention (``F.scaled_dot_product_attention``);
-  ours_ln    (only when asked for) ``ours`` with torch's LayerNorm (``norm_cfg=dict(type='LN')``) instead of the
-             backbones' default fused one (``FusedLN``, ``vla_mm.ops.norm``): the A/B of the fused norm.
+  ours_fused_ln  (only when asked for) ``ours`` with the fused LayerNorm op (``norm_cfg=dict(type='FusedLN')``,
+             ``vla_mm.ops.norm``) instead of the backbones' default torch LayerNorm: the A/B of the fused norm.
 cuDNN's autotuner is on (``torch.backends.cudnn.benchmark``, as timm's own benchmark sets it: the patch
 convolution's default algorithm took 2.2 ms a step at 1024 px; ``--no-cudnn-benchmark`` turns it off).
 Train step: forward under bf16 autocast, cross-entropy, backward, AdamW step (fp32 weights). Inference:
@@ -74,7 +74,7 @@ ZOO_BASES = osp.join(common.ROOT, 'configs', '_base_', 'models', 'isotropic')
 TIMM_NAME = 'vit_small_patch16_224'
 MODELS = ('ours', 'timm_op', 'timm_sdpa')
 SDPA = 'timm_sdpa'
-OURS_TORCH_NORM = 'ours_ln'
+OURS_FUSED_NORM = 'ours_fused_ln'
 # ours has no class token and takes the final norm on every token before the mean: timm the same way
 TIMM_KWARGS = dict(class_token=False, global_pool='avg', fc_norm=False)
 SMOKE_ARCH = dict(embed_dims=32, num_layers=2, num_heads=2)
@@ -220,8 +220,8 @@ def build_timm(res, a, device, with_op, layers=None):
 def build(name, res, a, device, bcfg, layers=None):
     if name == 'ours':
         return build_ours(bcfg, res, a, device, layers)
-    if name == OURS_TORCH_NORM:
-        return build_ours(dict(bcfg, norm_cfg=dict(type='LN', eps=1e-6)), res, a, device, layers)
+    if name == OURS_FUSED_NORM:
+        return build_ours(dict(bcfg, norm_cfg=dict(type='FusedLN', eps=1e-6)), res, a, device, layers)
     if name.startswith('timm_'):
         return build_timm(res, a, device, with_op=name == 'timm_op', layers=layers)
     return build_ours(mixer_backbone(name, a), res, a, device, layers)
@@ -712,7 +712,7 @@ def parse_args(argv=None):
     p.add_argument('--out', required=True)
     p.add_argument('--res', default='224,512,1024,2048,4096')
     p.add_argument('--batch', default='256,64,16,4,1', help='one batch per resolution')
-    p.add_argument('--models', default=None, help="of ours,timm_op,timm_sdpa,ours_ln ('none' for none; default: the "
+    p.add_argument('--models', default=None, help="of ours,timm_op,timm_sdpa,ours_fused_ln ('none' for none; default: the "
                                                   "first three, or timm_sdpa alone with --mixers)")
     p.add_argument('--mixers', default='', help="zoo mixers whose Small models are timed, comma-separated, or 'all'")
     p.add_argument('--routes', default='uni', help='scan routes of the directional --mixers, e.g. uni,bi,cross')

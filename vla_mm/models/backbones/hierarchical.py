@@ -76,7 +76,7 @@ class HierarchicalBackbone(FrozenStagesMixin, BaseModule):
 
     def __init__(self, arch='tiny', mixer=dict(type='linear_attn'), scan=None, attn_layers=(),
                  attn_mixer=dict(type='transformer'), img_size=224, in_channels=3, stem='patch', patch_size=4,
-                 mlp_ratio=4.0, ffn_type='mlp', norm_cfg=dict(type='FusedLN', eps=1e-6),
+                 mlp_ratio=4.0, ffn_type='mlp', norm_cfg=dict(type='LN', eps=1e-6),
                  downsample=dict(kernel_size=3, stride=2, padding=1), out_indices=(0, 1, 2, 3), drop_path_rate=0.0,
                  drop_rate=0.0, layer_scale_init_value=0.0, frozen_stages=-1, norm_eval=False, with_cp=False,
                  init_cfg=None):

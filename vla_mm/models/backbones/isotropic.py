@@ -83,7 +83,7 @@ class IsotropicBackbone(FrozenStagesMixin, BaseModule):
 
     def __init__(self, arch='tiny', mixer=dict(type='linear_attn'), scan=None, attn_layers=(),
                  attn_mixer=dict(type='transformer'), img_size=224, patch_size=16, in_channels=3, stem='patch',
-                 out_indices=-1, out_type='featmap', final_norm=True, norm_cfg=dict(type='FusedLN', eps=1e-6),
+                 out_indices=-1, out_type='featmap', final_norm=True, norm_cfg=dict(type='LN', eps=1e-6),
                  ffn_type='mlp', drop_path_rate=0.0, drop_rate=0.0, layer_scale_init_value=0.0,
                  use_abs_pos_embed=True, interpolate_mode='bicubic', frozen_stages=-1, norm_eval=False,
                  with_cp=False, init_cfg=None):

@@ -48,7 +48,7 @@ class MixerBlock(BaseModule):
         mlp_ratio (float): hidden width of the feed-forward half, in units of ``dim``.
         ffn_type (str): 'mlp' (Linear-act-Linear) or 'glu' (SwiGLU).
         act_cfg (dict): activation of the 'mlp' feed-forward.
-        norm_cfg (dict): ``dict(type='FusedLN', eps=1e-6)`` (``'LN'``: torch's LayerNorm), ``'FusedRMSNorm'``,
+        norm_cfg (dict): ``dict(type='LN', eps=1e-6)`` (torch's LayerNorm; ``'FusedLN'``: ours), ``'FusedRMSNorm'``,
             ``'RMSNorm'`` (any registered norm).
         drop_rate (float): dropout inside the 'mlp' feed-forward.
         drop_path_rate (float): stochastic depth of both residual branches.
@@ -57,7 +57,7 @@ class MixerBlock(BaseModule):
     """
 
     def __init__(self, dim, mixer, num_heads=None, layer_idx=0, mlp_ratio=4.0, ffn_type='mlp',
-                 act_cfg=dict(type='GELU'), norm_cfg=dict(type='FusedLN', eps=1e-6), drop_rate=0.0,
+                 act_cfg=dict(type='GELU'), norm_cfg=dict(type='LN', eps=1e-6), drop_rate=0.0,
                  drop_path_rate=0.0, layer_scale_init_value=0.0, with_cp=False, init_cfg=None):
         super().__init__(init_cfg=init_cfg)
         self.with_cp = with_cp

@@ -39,7 +39,7 @@ TASKS = {
     'mask-rcnn_{hy}-t_sfp-fpn_1x_coco': 'mask-rcnn_linear-attn-t_sfp-fpn_1x_coco',
 }
 # the shapes classification jobs whose peak lr is not the default job's 3e-3 (they collapsed in its warm-up)
-SHAPES_LR = dict({n: 1.5e-3 for n in ('abc', 'gla', 'hgrn', 'hgrn2', 'lightnet', 'retnet')}, rwkv6=2e-3)
+SHAPES_LR = {n: 1.5e-3 for n in ('abc', 'gla', 'hgrn', 'hgrn2', 'lightnet', 'retnet', 'rwkv6')}
 # hybrid configs of every LINEAR mixer: (stem, the pure config it inherits); softmax attention in every other block
 HYBRIDS = {
     '{hy}-t-hybrid_1xb64_shapes-48px': '{hy}-t_1xb64_shapes-48px',

@@ -240,7 +240,8 @@ def test_lightnet_params_small():
 
 
 # --------------------------------------------------------------------------------------------------------- rwkv6
-@pytest.mark.parametrize('cfg', [dict(type='rwkv6')])
+# init='zero': the default RWKV schedule starts W_o at zero (a silent branch), which the shared checks cannot see through
+@pytest.mark.parametrize('cfg', [dict(type='rwkv6', init='zero')])
 def test_rwkv6_checks(cfg):
     check_mixer(cfg)
 
@@ -305,6 +306,46 @@ def test_rwkv6_params_small():
                  + C_ * rw + rw * K + K  # decay LoRA
                  + K + 2 * V + V * C_)  # bonus, GroupNorm, o
     assert n_params(make(dict(type='rwkv6'), dim=C_, num_heads=Hs)) == published
+
+
+def test_rwkv6_init_follows_the_depth_and_survives_the_backbone_init(tmp_path):
+    """``init='rwkv'``: RWKV-LM's v6 schedule per layer, applied again after the backbone's TruncNormal (which
+    redraws every Linear) and before a ``Pretrained`` checkpoint (which must win); ``init='zero'``: fla's zeros."""
+    from vla_mm.registry import MODELS
+    cfg = dict(type='vla_mm.IsotropicBackbone', arch=dict(embed_dims=32, num_layers=3, num_heads=2), img_size=16,
+               patch_size=8, mixer=dict(type='rwkv6'))
+    bb = MODELS.build(cfg)
+    bb.init_weights()
+    K = bb.layers[0].mixer.key_dim
+    n = torch.arange(K) / (K - 1)
+    for l, layer in enumerate(bb.layers):
+        m = layer.mixer
+        assert (m.layer_idx, m.num_layers) == (l, 3)
+        r01, r1 = l / 2, 1 - l / 3
+        torch.testing.assert_close(m.w_proj[2].bias.detach(), -6 + 5 * n ** (0.7 + 1.3 * r01))
+        assert not m.x_down.weight.any() and not m.w_proj[0].weight.any()
+        assert 0 < m.x_up[0].weight.abs().max() <= 0.01
+        ddd = torch.arange(32) / 32
+        torch.testing.assert_close(m.x_mu.detach(), 1 - ddd ** r1)
+        torch.testing.assert_close(m.x_up[3].bias.detach(), 1 - (ddd ** r1 + 0.3 * r01))  # v
+        torch.testing.assert_close(m.bonus.detach().flatten(), r01 * (1 - n) + ((torch.arange(K) + 1) % 3 - 1) * 0.1)
+    # decays start slow: exp(-exp(w_0)) in [exp(-e^-1), exp(-e^-6)]
+    decay = torch.exp(-bb.layers[0].mixer.w_proj[2].bias.exp())
+    assert decay.min() > 0.69 and decay.max() > 0.997
+    # a checkpoint loaded through init_cfg keeps its own values
+    with torch.no_grad():
+        for p in bb.parameters():
+            p.add_(1.0)
+    torch.save(bb.state_dict(), tmp_path / 'bb.pth')
+    loaded = MODELS.build(dict(cfg, init_cfg=dict(type='Pretrained', checkpoint=str(tmp_path / 'bb.pth'))))
+    loaded.init_weights()
+    for (k, a), b in zip(bb.state_dict().items(), loaded.state_dict().values()):
+        torch.testing.assert_close(a, b, msg=k)
+    zero = make(dict(type='rwkv6', init='zero', num_layers=3), layer_idx=1)
+    for t in [zero.x_mu, zero.bonus, zero.w_proj[2].bias] + [up.bias for up in zero.x_up]:
+        assert not t.any()
+    with pytest.raises(ValueError, match='init'):
+        make(dict(type='rwkv6', init='fancy'))
 
 
 # ------------------------------------------------------------------------------------------------ head groups

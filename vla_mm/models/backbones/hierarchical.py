@@ -16,7 +16,7 @@ import copy
 import torch
 import torch.nn as nn
 from mmcv.cnn.bricks.transformer import PatchEmbed
-from mmengine.model import BaseModule
+from mmengine.model import BaseModule, ModuleList
 
 from ...registry import MODELS
 from ..layers import MixerBlock, build_norm, build_stem, map_view, resolve_norm_cfg, tokens_to_map
@@ -102,15 +102,17 @@ class HierarchicalBackbone(FrozenStagesMixin, BaseModule):
             PatchEmbed(dims[i], dims[i + 1], norm_cfg=resolve_norm_cfg(norm_cfg), **downsample) for i in range(self.num_stages - 1)])
         attn_layers = {i % self.num_layers for i in attn_layers}
         dpr = torch.linspace(0, drop_path_rate, self.num_layers).tolist()
-        self.stages, routes, k = nn.ModuleList(), [], 0
+        # mmengine's ModuleList: init_weights reaches the blocks' mixers (their own schedules run after init_cfg)
+        self.stages, routes, k = ModuleList(), [], 0
         for i in range(self.num_stages):
-            blocks = nn.ModuleList()
+            blocks = ModuleList()
             grid = tuple(-(-s // (patch_size * 2 ** i)) for s in self.img_size)
             for _ in range(depths[i]):
                 blocks.append(MixerBlock(dims[i], copy.deepcopy(attn_mixer if k in attn_layers else mixers[i]),
                                          num_heads=heads[i], layer_idx=k, mlp_ratio=mlp_ratios[i], ffn_type=ffn_type,
                                          norm_cfg=norm_cfg, drop_rate=drop_rate, drop_path_rate=dpr[k],
-                                         layer_scale_init_value=layer_scale_init_value, with_cp=with_cp))
+                                         layer_scale_init_value=layer_scale_init_value, with_cp=with_cp,
+                                         num_layers=self.num_layers))
                 routes.append(build_scan(scan, hw=grid, channels=getattr(blocks[-1].mixer, 'value_dim', dims[i])))
                 k += 1
             self.stages.append(blocks)

@@ -22,7 +22,7 @@ import copy
 import torch
 import torch.nn as nn
 from mmengine.logging import MMLogger
-from mmengine.model import BaseModule
+from mmengine.model import BaseModule, ModuleList
 from mmengine.model.weight_init import trunc_normal_
 
 from ...registry import MODELS
@@ -117,11 +117,12 @@ class IsotropicBackbone(FrozenStagesMixin, BaseModule):
 
         attn_layers = {self._index(i, 'attn_layers') for i in attn_layers}
         dpr = torch.linspace(0, drop_path_rate, self.num_layers).tolist()
-        self.layers = nn.ModuleList([
+        # mmengine's ModuleList: init_weights reaches the blocks' mixers (their own schedules run after init_cfg)
+        self.layers = ModuleList([
             MixerBlock(self.embed_dims, copy.deepcopy(attn_mixer if i in attn_layers else mixer),
                        num_heads=self.num_heads, layer_idx=i, mlp_ratio=arch.get('mlp_ratio', 4.0),
                        ffn_type=ffn_type, norm_cfg=norm_cfg, drop_rate=drop_rate, drop_path_rate=dpr[i],
-                       layer_scale_init_value=layer_scale_init_value, with_cp=with_cp)
+                       layer_scale_init_value=layer_scale_init_value, with_cp=with_cp, num_layers=self.num_layers)
             for i in range(self.num_layers)])
         self.attn_layers = sorted(attn_layers)
         # a gated merge weighs the core's output: value_dim wide where a mixer expands its values

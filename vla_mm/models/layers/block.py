@@ -45,6 +45,7 @@ class MixerBlock(BaseModule):
             are filled in where the mixer takes them and the config leaves them out.
         num_heads (int, optional): default head count for the mixer.
         layer_idx (int): the block's index in its backbone.
+        num_layers (int, optional): the backbone's depth, for mixers whose initialisation follows the depth.
         mlp_ratio (float): hidden width of the feed-forward half, in units of ``dim``.
         ffn_type (str): 'mlp' (Linear-act-Linear) or 'glu' (SwiGLU).
         act_cfg (dict): activation of the 'mlp' feed-forward.
@@ -58,11 +59,11 @@ class MixerBlock(BaseModule):
 
     def __init__(self, dim, mixer, num_heads=None, layer_idx=0, mlp_ratio=4.0, ffn_type='mlp',
                  act_cfg=dict(type='GELU'), norm_cfg=dict(type='LN', eps=1e-6), drop_rate=0.0,
-                 drop_path_rate=0.0, layer_scale_init_value=0.0, with_cp=False, init_cfg=None):
+                 drop_path_rate=0.0, layer_scale_init_value=0.0, with_cp=False, num_layers=None, init_cfg=None):
         super().__init__(init_cfg=init_cfg)
         self.with_cp = with_cp
         self.norm1 = build_norm(norm_cfg, dim)
-        self.mixer = build_mixer(mixer, dim=dim, num_heads=num_heads, layer_idx=layer_idx)
+        self.mixer = build_mixer(mixer, dim=dim, num_heads=num_heads, layer_idx=layer_idx, num_layers=num_layers)
         self.gamma1 = LayerScale(dim, scale=layer_scale_init_value) if layer_scale_init_value else nn.Identity()
         self.drop_path = DropPath(drop_path_rate) if drop_path_rate > 0 else nn.Identity()
         self.norm2 = build_norm(norm_cfg, dim)

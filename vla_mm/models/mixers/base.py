@@ -13,7 +13,9 @@ one small :class:`MixerContext`, built once per forward by the backbone and hand
 * ``layer_idx``: the block's index (routes that change with depth, e.g. alternating directions, read it).
 
 A mixer declares its own constructor arguments (``dim`` always; ``num_heads`` only if it takes heads) and is
-built by :func:`build_mixer`, which fills ``num_heads`` / ``layer_idx`` only when the mixer's signature takes them.
+built by :func:`build_mixer`, which fills ``num_heads`` / ``layer_idx`` / ``num_layers`` (the backbone's depth) only
+when the mixer's signature takes them. A mixer with its own initialisation schedule defines ``init_weights()``: the
+backbones call it after their ``init_cfg`` (which redraws every Linear) and before a ``Pretrained`` checkpoint.
 
 Directional mixers (``directional = True``: GLA, RetNet, DeltaNet, HGRN, RWKV, ...) express their recurrence
 as a *core* ``core(*inputs, reverse=False) -> o`` over tensors laid out ``[B, N, H, *]`` and call

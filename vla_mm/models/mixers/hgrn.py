@@ -30,7 +30,8 @@ class HGRNMixer(BaseMixer):
         dim (int): channels C of the tokens.
         num_heads (int): channel groups a multi-head route may scan differently (no effect otherwise).
         expand_ratio (float): recurrence width ``C * expand_ratio`` (published 1).
-        num_layers (int, optional): the backbone's depth; with ``layer_idx > 0`` it turns on the lower bound.
+        num_layers (int, optional): the backbone's depth (filled in by the backbones); with ``layer_idx > 0`` it
+            turns on the lower bound.
         layer_idx (int): the block's index (the first layer has no lower bound).
         use_short_conv (bool): short convolutions (no activation) on the input and forget projections
             (published False).

@@ -30,7 +30,8 @@ class HGRN2Mixer(BaseMixer):
         dim (int): channels C of the tokens.
         num_heads (int): heads; the input (value) head size is ``C / num_heads``.
         expand_ratio (int, optional): state expansion, the forget / query size per head (None: ``C / num_heads``).
-        num_layers (int, optional): the backbone's depth; with ``layer_idx > 0`` it turns on the lower bound.
+        num_layers (int, optional): the backbone's depth (filled in by the backbones); with ``layer_idx > 0`` it
+            turns on the lower bound.
         layer_idx (int): the block's index (the first layer has no lower bound).
         use_short_conv (bool): short convolutions (no activation) on q, f, i (published False).
         conv_size (int), conv_bias (bool): the short convolutions' kernel size and bias.

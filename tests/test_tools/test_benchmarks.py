@@ -137,7 +137,7 @@ def test_model_benchmark_smoke(tmp_path):
     models = load('models')
     out = tmp_path / 'models'
     assert models.main(['--smoke', '--out', str(out), '--res', '32', '--batch', '2', '--profile', '32',
-                        '--steps', '1']) == 0
+                        '--profile-modes', 'eager,compile', '--steps', '1']) == 0
     res = json.load(open(out / 'results.json'))
     ours = [r for r in res['rows'] if r['model'] == 'ours']
     assert {r['mode'] for r in ours} == {'eager', 'compile'}
@@ -154,6 +154,10 @@ def test_model_benchmark_smoke(tmp_path):
     assert '## train, eager' in md and '## infer, compile' in md and 'ours / timm SDPA' in md
     prof = (out / 'profile_32.md').read_text()
     assert '## ours' in prof and 'aten::contiguous' in prof
+    prof = (out / 'profile_32_compile.md').read_text()
+    assert '(2 steps, compile,' in prof and '## ours' in prof
+    assert set(res['profile']) == {'32', '32_compile'} and 'ours' in res['profile']['32_compile']
+    assert '(32 px, compile; profile_32_compile.md' in md
 
 
 def test_model_benchmark_ours_fused_ln_is_ours_with_the_fused_norm(tmp_path):

@@ -35,7 +35,8 @@ steps (CUDA events around each run), images/s = batch / (median run time / steps
 train/infer) catches and reports its own failure (an out-of-memory, a compile error); the eager cases all run
 before any compiled one, and a case that would pass ``--deadline`` is skipped and recorded. ``--profile RES``:
 torch.profiler of two train steps of each model (route variants aside) at RES (top kernels by CUDA time, the
-share of the step's kernel time of each, ``aten::contiguous`` / copy counts). ``--route-res 224,1024``: the route
+share of the step's kernel time of each, ``aten::contiguous`` / copy counts), eager, and with ``--profile-modes
+eager,compile`` also compiled (``profile_<RES>_compile.md``). ``--route-res 224,1024``: the route
 variants only at these resolutions (the route-cost table needs no more).
 
 ``--warm`` (default on CUDA): before the timed cases, one process per model (one block deep: the same shapes,
@@ -417,15 +418,24 @@ def top_kernels(rows, n=3):
     return total, [(r['name'], r['ms_per_iter'], r['ms_per_iter'] / total if total else None) for r in kern[:n]]
 
 
-def profile_models(res, batch, a, device, bcfg, names, out, log):
-    """Two profiled train steps of each model at ``res`` (eager): top kernels, contiguous / copy counts."""
-    md = [f'# Train-step profile at {res} px, batch {batch} (2 steps, eager, {a.env.get("device")})', '']
+def profile_tag(res, mode):
+    """Key and file suffix of a profile: ``1024`` (eager) or ``1024_compile``."""
+    return f'{res}' if mode == 'eager' else f'{res}_{mode}'
+
+
+def profile_models(res, batch, a, device, bcfg, names, out, log, mode='eager'):
+    """Two profiled train steps of each model at ``res`` (eager, or under ``torch.compile`` after two more warm-up
+    steps so that no compile or recompile falls in the profile): top kernels, contiguous / copy counts."""
+    md = [f'# Train-step profile at {res} px, batch {batch} (2 steps, {mode}, {a.env.get("device")})', '']
     summary = {}
     for name in names:
         def one():
             model = build(name, res, a, device, bcfg).train()
-            table, rows = common.profile(train_step_fn(model, batch, res, a, device), iters=2, row_limit=a.profile_rows,
-                                         device=device)
+            run = torch.compile(model, backend=a.compile_backend, mode=a.compile_mode) if mode == 'compile' else model
+            step = train_step_fn(run, batch, res, a, device)
+            for _ in range(2 if mode == 'compile' else 0):
+                step()
+            table, rows = common.profile(step, iters=2, row_limit=a.profile_rows, device=device)
             copies = {k: dict(count=sum(r['count'] for r in rows if r['name'] == k),
                               ms=sum(r['ms_per_iter'] for r in rows if r['name'] == k))
                       for k in ('aten::contiguous', 'aten::copy_', 'aten::clone')}
@@ -442,7 +452,7 @@ def profile_models(res, batch, a, device, bcfg, names, out, log):
                 'no GPU kernels recorded (CPU run)', '', '```', table, '```', ''])
         common.guarded(log, f'profile {name} {res}', one)
         _release(device)
-    common.write_text(osp.join(out, f'profile_{res}.md'), '\n'.join(md))
+    common.write_text(osp.join(out, f'profile_{profile_tag(res, mode)}.md'), '\n'.join(md))
     return summary
 
 
@@ -567,13 +577,15 @@ def route_tables(rows, mode, kinds):
 def profile_table(profile):
     """Markdown: per profiled resolution and model, the step's kernel time and its longest kernels."""
     md = []
-    for res, per in (profile or {}).items():
+    for tag, per in (profile or {}).items():
+        res, _, mode = str(tag).partition('_')
         table = []
         for name, s in per.items():
             ks = s.get('kernels') or []
             table.append(dict(model=name, ms=s.get('kernel_ms'), top='; '.join(
                 f"`{k['name'][:60]}` {k['share']:.0%}" for k in ks[:3] if k.get('share') is not None) or '-'))
-        md += [f'## which kernels a train step spends its time in ({res} px; profile_{res}.md has the tables)', '',
+        md += [f'## which kernels a train step spends its time in ({res} px, {mode or "eager"}; profile_{tag}.md has '
+               'the tables)', '',
                common.md_table(table, [('model', 'model'), ('kernel ms / step', 'ms'),
                                        ('longest kernels (share of the kernel time)', 'top')]), '']
     return md
@@ -728,7 +740,9 @@ def parse_args(argv=None):
     p.add_argument('--no-amp', dest='amp', action='store_false')
     p.add_argument('--cudnn-benchmark', action=argparse.BooleanOptionalAction, default=True,
                    help="cuDNN's autotuner (torch.backends.cudnn.benchmark; default on, as in timm's benchmark)")
-    p.add_argument('--profile', default='', help='resolution(s) whose train steps are profiled (eager)')
+    p.add_argument('--profile', default='', help='resolution(s) whose train steps are profiled')
+    p.add_argument('--profile-modes', dest='profile_modes', default='eager',
+                   help="modes whose train steps --profile profiles, of --modes (e.g. 'eager,compile')")
     p.add_argument('--profile-rows', dest='profile_rows', type=int, default=20)
     p.add_argument('--warm', dest='warm', action='store_true', default=None,
                    help="compile Triton's kernels in parallel processes first (default: on CUDA)")
@@ -773,6 +787,7 @@ def parse_args(argv=None):
     a.models = [m for m in a.models.split(',') if m and m != 'none']
     a.modes, a.kinds = a.modes.split(','), a.kinds.split(',')
     a.profile = [int(r) for r in str(a.profile).split(',') if r]
+    a.profile_modes = [m for m in str(a.profile_modes).split(',') if m]
     return a
 
 
@@ -842,14 +857,14 @@ def main(argv=None):
                 log(' '.join(f'{k}={common.fmt(v)}' for k, v in row.items()))
                 common.write_json(out_json, res)
                 common.guarded(log, 'report', report, res, a.out, plot=False)  # a killed call keeps its table
-        if mode == 'eager':
+        if mode in a.profile_modes:
             for pr in a.profile:
                 if deadline.expired(60):
-                    res['notes'].append(f'profile at {pr} skipped (deadline)')
+                    res['notes'].append(f'profile at {pr} ({mode}) skipped (deadline)')
                     continue
                 b = a.batch[a.res.index(pr)] if pr in a.res else 1
-                res.setdefault('profile', {})[pr] = profile_models(pr, b, a, device, bcfg,
-                                                                   [n for n in names if '@' not in n], a.out, log)
+                res.setdefault('profile', {})[profile_tag(pr, mode)] = profile_models(
+                    pr, b, a, device, bcfg, [n for n in names if '@' not in n], a.out, log, mode)
                 common.write_json(out_json, res)
     common.write_json(out_json, res)
     common.guarded(log, 'report', report, res, a.out)

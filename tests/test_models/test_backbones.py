@@ -140,6 +140,20 @@ def test_hierarchical_pyramid_outputs():
         HierarchicalBackbone(arch='nano', mixer=[dict(type='linear_attn')] * 2)
 
 
+def test_backbones_give_mixers_their_depth():
+    """Both backbones fill ``num_layers`` in (global block index and total depth): HGRN's lower bound is on from
+    the second block without the config naming the depth; a config's own value wins."""
+    iso = IsotropicBackbone(arch=dict(embed_dims=32, num_layers=3, num_heads=2), img_size=32, patch_size=8,
+                            mixer=dict(type='hgrn'))
+    assert [b.mixer.lower_bound is not None for b in iso.layers] == [False, True, True]
+    hier = HierarchicalBackbone(arch='nano', img_size=64, mixer=dict(type='rwkv6'))
+    blocks = [b for stage in hier.stages for b in stage]
+    assert [(b.mixer.layer_idx, b.mixer.num_layers) for b in blocks] == [(i, len(blocks)) for i in range(len(blocks))]
+    own = IsotropicBackbone(arch=dict(embed_dims=32, num_layers=3, num_heads=2), img_size=32, patch_size=8,
+                            mixer=dict(type='rwkv6', num_layers=12))
+    assert all(b.mixer.num_layers == 12 for b in own.layers)
+
+
 def test_pyramid_upernet_config_runs_on_cpu():
     """The example pyramid's UperNet config (shrunk to the nano sizes) through mmseg's EncoderDecoder: pyramid
     outputs -> UPerHead logits at stride 4, and a loss with gradients."""

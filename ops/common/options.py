@@ -78,6 +78,14 @@ class KernelOptions:
             out.update(self.launch.get(n, {}))
         return out
 
+    def settings(self, name, defaults):
+        """A kernel's launch settings: ``defaults`` under ``launch[name]``, whose keys must be among them."""
+        extra = self.launch_for(name)
+        unknown = set(extra) - set(defaults)
+        if unknown:
+            raise ValueError(f'launch[{name!r}] takes {sorted(defaults)}, got {sorted(unknown)}')
+        return {**defaults, **extra}
+
     def key(self):
         """A hashable form (for caches of launch plans)."""
         return self._key

@@ -482,13 +482,7 @@ def _blocks(K, V, ieee, cfg):
 
 def launch_config():
     """This family's launch settings: ``LAUNCH_DEFAULTS`` under the options' ``launch['linear_attn']``."""
-    cfg = dict(LAUNCH_DEFAULTS)
-    extra = current_options().launch_for('linear_attn')
-    unknown = set(extra) - set(cfg)
-    if unknown:
-        raise ValueError(f"launch['linear_attn'] takes {sorted(cfg)}, got {sorted(unknown)}")
-    cfg.update(extra)
-    return cfg
+    return current_options().settings('linear_attn', LAUNCH_DEFAULTS)
 
 
 @functools.lru_cache(maxsize=None)

@@ -12,10 +12,14 @@ import torch
 import triton
 import triton.language as tl
 
-from ..common.options import cdiv, next_power_of_2, num_sms
+from ..common.options import cdiv, current_options, next_power_of_2, num_sms
 
 MAX_C = 65536
-_TILE = dict(fwd=4096, bwd=2048)  # elements of one [BM, BC] register tile (8 or 16 per thread)
+# launch settings per pass (kernel_options(launch={'norm_fwd' | 'norm_bwd': {...}}) overrides them): elements of one
+# [BM, BC] register tile, warps (None: 8 from 2048 elements, else 4), backward programs per SM and the stages of its
+# row loop (1: no software pipelining; more is to be A/B'd on the device first)
+LAUNCH_DEFAULTS = dict(norm_fwd=dict(tile=4096, num_warps=None),
+                       norm_bwd=dict(tile=2048, num_warps=None, progs_per_sm=4, loop_stages=1))
 
 
 @triton.jit
@@ -50,7 +54,7 @@ def _ln_fwd_kernel(x, w, b, gate, y, mean, rstd, M, C, sx, sg, sy, eps,
 @triton.jit
 def _ln_bwd_kernel(x, w, b, gate, dy, dx, dgate, mean, rstd, dw_part, db_part, M, C, sx, sg, sdy, sdx, sdg,
                    rows_per_prog, RMS: tl.constexpr, HAS_W: tl.constexpr, HAS_B: tl.constexpr, GATE: tl.constexpr,
-                   BM: tl.constexpr, BC: tl.constexpr):
+                   BM: tl.constexpr, BC: tl.constexpr, STAGES: tl.constexpr):
     pid = tl.program_id(0)
     start = pid * rows_per_prog
     end = tl.minimum(start + rows_per_prog, M)
@@ -62,7 +66,7 @@ def _ln_bwd_kernel(x, w, b, gate, dy, dx, dgate, mean, rstd, dw_part, db_part, M
         bv = tl.load(b + cols, mask=cm, other=0.0).to(tl.float32)
     dw_acc = tl.zeros([BC], dtype=tl.float32)
     db_acc = tl.zeros([BC], dtype=tl.float32)
-    for r0 in range(start, end, BM):
+    for r0 in tl.range(start, end, BM, num_stages=STAGES):  # STAGES > 1: the next rows load (cp.async) meanwhile
         rows = (r0 + tl.arange(0, BM)).to(tl.int64)
         rm = rows < end
         msk = rm[:, None] & cm[None, :]
@@ -104,10 +108,15 @@ def _ln_bwd_kernel(x, w, b, gate, dy, dx, dgate, mean, rstd, dw_part, db_part, M
         tl.store(db_part + pid * C + cols, db_acc, mask=cm)
 
 
-def _blocks(C, kind):
+def launch_config(kind):
+    """``LAUNCH_DEFAULTS[kind]`` under the options' ``launch[kind]`` (kind: 'norm_fwd' or 'norm_bwd')."""
+    return current_options().settings(kind, LAUNCH_DEFAULTS[kind])
+
+
+def _blocks(C, cfg):
     BC = max(16, next_power_of_2(C))
-    BM = max(1, min(64, _TILE[kind] // BC))
-    num_warps = 8 if BC * BM >= 2048 else 4
+    BM = max(1, min(64, cfg['tile'] // BC))
+    num_warps = cfg['num_warps'] or (8 if BC * BM >= 2048 else 4)
     return BM, BC, num_warps
 
 
@@ -127,7 +136,7 @@ def norm_fwd(x, weight, bias, eps, rms, out_dtype, gate=None):
     mean = torch.empty(M, dtype=torch.float32, device=x.device)
     rstd = torch.empty(M, dtype=torch.float32, device=x.device)
     if M:
-        BM, BC, num_warps = _blocks(C, 'fwd')
+        BM, BC, num_warps = _blocks(C, launch_config('norm_fwd'))
         _ln_fwd_kernel[(cdiv(M, BM),)](
             x2, weight if weight is not None else x2, bias if bias is not None else x2, g2, y, mean, rstd, M, C,
             x2.stride(0), g2.stride(0), y.stride(0), eps, RMS=rms, HAS_W=weight is not None,
@@ -144,8 +153,9 @@ def norm_bwd(dy, x, weight, bias, mean, rstd, rms, gate=None):
     dx = torch.empty((M, C), dtype=x.dtype, device=x.device)
     dg = torch.empty((M, C), dtype=gate.dtype, device=x.device) if gate is not None else dx
     has_w, has_b = weight is not None, bias is not None
-    BM, BC, num_warps = _blocks(C, 'bwd')
-    progs = max(1, min(cdiv(M, BM), 4 * num_sms(x.device)))
+    cfg = launch_config('norm_bwd')
+    BM, BC, num_warps = _blocks(C, cfg)
+    progs = max(1, min(cdiv(M, BM), cfg['progs_per_sm'] * num_sms(x.device)))
     rows_per_prog = cdiv(cdiv(M, progs), BM) * BM if M else BM
     progs = max(1, cdiv(M, rows_per_prog))
     part = torch.empty((2 if has_w and has_b else 1, progs, C), dtype=torch.float32, device=x.device)
@@ -154,7 +164,8 @@ def norm_bwd(dy, x, weight, bias, mean, rstd, rms, gate=None):
         _ln_bwd_kernel[(progs,)](
             x2, weight if has_w else x2, bias if has_b else x2, g2, dy2, dx, dg, mean, rstd, dw_part, db_part, M,
             C, x2.stride(0), g2.stride(0), dy2.stride(0), dx.stride(0), dg.stride(0), rows_per_prog, RMS=rms,
-            HAS_W=has_w, HAS_B=has_b, GATE=gate is not None, BM=BM, BC=BC, num_warps=num_warps)
+            HAS_W=has_w, HAS_B=has_b, GATE=gate is not None, BM=BM, BC=BC, STAGES=cfg['loop_stages'],
+            num_warps=num_warps)
     else:
         part.zero_()
     dw = dw_part.sum(0).to(weight.dtype) if has_w else None

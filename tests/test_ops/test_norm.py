@@ -82,6 +82,21 @@ def test_norm_many_programs_in_backward(monkeypatch):
     _check((1000, 48))
 
 
+def test_norm_launch_options():
+    """``kernel_options(launch={'norm_fwd' / 'norm_bwd': ...})`` (what ops.py --launch A/Bs on the device):
+    other tiles, warps, programs per SM and loop stages give the same results; an unknown key is refused."""
+    from vla_mm.ops.common import kernel_options
+    from vla_mm.ops.norm import kernel
+    with kernel_options(launch=dict(norm_fwd=dict(tile=1024, num_warps=2),
+                                    norm_bwd=dict(tile=512, num_warps=4, progs_per_sm=1, loop_stages=2))):
+        assert kernel.launch_config('norm_bwd') == dict(tile=512, num_warps=4, progs_per_sm=1, loop_stages=2)
+        assert kernel._blocks(96, kernel.launch_config('norm_fwd')) == (8, 128, 2)
+        _check((300, 96))
+    with pytest.raises(ValueError, match="launch\\['norm_bwd'\\] takes"):
+        with kernel_options(launch=dict(norm_bwd=dict(rows=4))):
+            _check((4, 8))
+
+
 def test_public_op_cpu_matches_torch_and_checks():
     x = torch.randn(4, 7, 32, requires_grad=True)
     w, b = torch.randn(32, requires_grad=True), torch.randn(32, requires_grad=True)

@@ -20,6 +20,7 @@ import argparse
 import contextlib
 import importlib
 import importlib.util
+import json
 import os
 import os.path as osp
 import sys
@@ -667,6 +668,9 @@ def parse_args(argv=None):
                    help="ours through vla_mm.ops.common.kernel_options(backend=...): 'triton' on CPU tensors runs "
                         "the kernels in Triton's interpreter (TRITON_INTERPRET=1), 'reference' times the PyTorch "
                         'reference')
+    p.add_argument('--launch', type=json.loads, default=None,
+                   help='launch options of our kernels for the whole run, as JSON: kernel_options(launch=...), e.g. '
+                        '\'{"norm_bwd": {"tile": 4096}}\' (names in docs/ops.md); one run per setting is an A/B')
     p.add_argument('--smoke', action='store_true', help='CPU, tiny shapes, float32 (CI)')
     if '--smoke' in (sys.argv[1:] if argv is None else argv):  # tiny defaults; explicit options still win
         p.set_defaults(N='16,32', B=1, H=2, K=8, V=8, dtype='fp32', slots=4, check_N=16, check_B=1, check_H=2,
@@ -677,10 +681,8 @@ def parse_args(argv=None):
 
 def main(argv=None):
     a = parse_args(argv)
-    if a.backend == 'auto':
-        return run_benchmark(a)
     from vla_mm.ops.common import kernel_options
-    with kernel_options(backend=a.backend):
+    with kernel_options(backend=a.backend, launch=a.launch or {}):
         return run_benchmark(a)
 
 

@@ -173,7 +173,9 @@ def test_model_benchmark_ours_fused_ln_is_ours_with_the_fused_norm(tmp_path):
     assert len(norms[1]) == len(norms[0]) and all(t is FusedLayerNorm for t in norms[1])
     assert sum(p.numel() for p in ours.parameters()) == sum(p.numel() for p in fused.parameters())
     ops = load('ops')
-    assert ops.main(['--smoke', '--out', str(tmp_path / 'ops'), '--ops', 'layer_norm,gated_rms_norm']) == 0
+    assert ops.main(['--smoke', '--out', str(tmp_path / 'ops'), '--ops', 'layer_norm,gated_rms_norm',
+                     '--backend', 'triton', '--launch', '{"norm_bwd": {"loop_stages": 2, "progs_per_sm": 1}}']) == 0
     res = json.load(open(tmp_path / 'ops' / 'results.json'))
+    assert res['args']['launch'] == dict(norm_bwd=dict(loop_stages=2, progs_per_sm=1))
     assert [c['op'] for c in res['checks']] == ['layer_norm', 'gated_rms_norm'] and all(c['ok'] for c in res['checks'])
     assert all(r['torch_fwdbwd_ms'] > 0 for r in res['bench'])

@@ -240,7 +240,8 @@ def test_lightnet_params_small():
 
 
 # --------------------------------------------------------------------------------------------------------- rwkv6
-# init='zero': the default RWKV schedule starts W_o at zero (a silent branch), which the shared checks cannot see through
+# init='zero': the default RWKV schedule starts W_o at zero (a silent branch), which the shared checks cannot
+# see through
 @pytest.mark.parametrize('cfg', [dict(type='rwkv6', init='zero')])
 def test_rwkv6_checks(cfg):
     check_mixer(cfg)

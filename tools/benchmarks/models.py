@@ -317,6 +317,12 @@ def _release(device):
         torch.cuda.empty_cache()
 
 
+def in_mode(model, mode, a):
+    """``model`` as a case of ``mode`` runs it: itself (eager) or ``torch.compile``d (``--compile-backend``,
+    ``--compile-mode``)."""
+    return torch.compile(model, backend=a.compile_backend, mode=a.compile_mode) if mode == 'compile' else model
+
+
 def run_case(name, res, batch, mode, a, device, bcfg):
     """One model at one resolution in one mode: train and inference figures (or the error of each)."""
     row = dict(model=name, res=res, batch=batch, mode=mode)
@@ -325,7 +331,7 @@ def run_case(name, res, batch, mode, a, device, bcfg):
     try:
         model = build(name, res, a, device, bcfg)
         row['params_M'] = sum(p.numel() for p in model.parameters()) / 1e6
-        run = torch.compile(model, backend=a.compile_backend, mode=a.compile_mode) if mode == 'compile' else model
+        run = in_mode(model, mode, a)
         for kind, make in (('train', train_step_fn), ('infer', infer_fn)):
             if kind not in a.kinds:
                 continue
@@ -431,9 +437,9 @@ def profile_models(res, batch, a, device, bcfg, names, out, log, mode='eager'):
     for name in names:
         def one():
             model = build(name, res, a, device, bcfg).train()
-            run = torch.compile(model, backend=a.compile_backend, mode=a.compile_mode) if mode == 'compile' else model
-            step = train_step_fn(run, batch, res, a, device)
-            for _ in range(2 if mode == 'compile' else 0):
+            step = train_step_fn(in_mode(model, mode, a), batch, res, a, device)
+            if mode == 'compile':
+                step()
                 step()
             table, rows = common.profile(step, iters=2, row_limit=a.profile_rows, device=device)
             copies = {k: dict(count=sum(r['count'] for r in rows if r['name'] == k),
@@ -724,8 +730,8 @@ def parse_args(argv=None):
     p.add_argument('--out', required=True)
     p.add_argument('--res', default='224,512,1024,2048,4096')
     p.add_argument('--batch', default='256,64,16,4,1', help='one batch per resolution')
-    p.add_argument('--models', default=None, help="of ours,timm_op,timm_sdpa,ours_fused_ln ('none' for none; default: the "
-                                                  "first three, or timm_sdpa alone with --mixers)")
+    p.add_argument('--models', default=None, help="of ours,timm_op,timm_sdpa,ours_fused_ln ('none' for none; "
+                                                  "default: the first three, or timm_sdpa alone with --mixers)")
     p.add_argument('--mixers', default='', help="zoo mixers whose Small models are timed, comma-separated, or 'all'")
     p.add_argument('--routes', default='uni', help='scan routes of the directional --mixers, e.g. uni,bi,cross')
     p.add_argument('--route-res', default='', help='resolutions of the route variants (default: every --res)')

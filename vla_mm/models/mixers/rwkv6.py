@@ -16,8 +16,9 @@ schedule over the depth, as Vision-RWKV keeps it: per channel ``i`` of ``C`` and
 l/L))``; the decay base ``w_0[n] = -6 + 5 (n/(K-1))^(0.7 + 1.3 l/(L-1))`` over the K key channels (slow decays,
 ``exp(-exp(w_0))`` in 0.9975..0.69); the bonus ``u[n] = l/(L-1) (1 - n/(K-1)) + 0.1 ((n+1) mod 3 - 1)``; the LoRAs'
 down projections zero and up projections uniform in +-0.01; ``W_o`` zero (the block's time-mix branch starts
-silent). ``W_r, W_k, W_v, W_g`` keep the backbone's initialisation. ``init='zero'`` is flash-linear-attention's (``mu``, the mix biases and ``u`` at zero, the decay base
-zero: every decay starts at ``exp(-1)``); with it the shapes job collapsed in bf16 on the H200 (docs/results.md).
+silent). ``W_r, W_k, W_v, W_g`` keep the backbone's initialisation. ``init='zero'`` is flash-linear-attention's
+(``mu``, the mix biases and ``u`` at zero, the decay base zero: every decay starts at ``exp(-1)``); with it the
+shapes job collapsed in bf16 on the H200 (docs/results.md).
 Cost under routes: every pass runs the time-mix projections (bi: 2x, cross: 4x, as the recurrence); under
 ``multi_head_2d`` each of the D head groups also runs them for all heads and keeps its own (D x the projections).
 """
@@ -99,9 +100,9 @@ class RWKV6Mixer(BaseMixer):
         dim, K = self.x_mu.numel(), self.key_dim
         ddd = torch.arange(dim, dtype=torch.float64) / dim
         n = torch.arange(K, dtype=torch.float64) / max(K - 1, 1)
-        mu = {'r': 1 - ddd ** (0.5 * r1), 'w': 1 - ddd ** r1, 'k': 1 - ddd ** r1,
-              'v': 1 - (ddd ** r1 + 0.3 * r01), 'g': 1 - ddd ** (0.5 * r1)}
-        self.x_mu.copy_(1 - ddd ** r1)
+        full, half = 1 - ddd ** r1, 1 - ddd ** (0.5 * r1)
+        mu = {'r': half, 'w': full, 'k': full, 'v': full - 0.3 * r01, 'g': half}
+        self.x_mu.copy_(full)
         for name, up in zip(MIXES, ups):
             up.bias.copy_(mu[name])
             nn.init.uniform_(up.weight, -0.01, 0.01)

@@ -247,38 +247,57 @@ def make_inputs(shape, dtype, opts, scale=1.0):
 
 
 def check_kernel(shape, dtype, fm, opts, scale=1.0):
+    """Relative errors of the kernel's output and gradients against float64, and the bound each must meet:
+    ``TOL[dtype]``, or in fp32 four times the plain fp32 reference's own error where that is larger (the focused
+    map's gradient is ill-conditioned for some draws: one in a few thousand loses 1e-5 in any fp32 code)."""
     (q, k, v), kw = make_inputs(shape, dtype, opts, scale)
     q, k, v = (t.requires_grad_() for t in (q, k, v))
     o = linear_attn_triton(q, k, v, feature_map=fm, **kw)
     assert o.dtype == v.dtype and o.shape == v.shape[:3] + (v.shape[-1],)
-    g = randn(*o.shape)
-    dq, dk, dv = torch.autograd.grad(o, (q, k, v), g.to(o.dtype))
-    q64, k64, v64 = (t.detach().double().requires_grad_() for t in (q, k, v))
-    ref = linear_attn_reference(q64, k64, v64, feature_map=fm, **kw)
-    rq, rk, rv = torch.autograd.grad(ref, (q64, k64, v64), g.to(o.dtype).double())
-    errs = {n: rel_err(a, b) for n, a, b in (('o', o, ref), ('dq', dq, rq), ('dk', dk, rk), ('dv', dv, rv))}
-    for n, t in (('o', o), ('dq', dq), ('dk', dk), ('dv', dv)):
+    g = randn(*o.shape).to(o.dtype)
+    got = (o, *torch.autograd.grad(o, (q, k, v), g))
+    for n, t in zip(NAMES, got):
         assert torch.isfinite(t).all(), f'{n} has NaN/Inf (unwritten elements are NaN-poisoned)'
     if 'key_padding_mask' in kw:   # padded tokens: zero output and zero gradients
         pad = ~kw['key_padding_mask']
-        for n, t in (('o', o), ('dq', dq), ('dk', dk), ('dv', dv)):
+        for n, t in zip(NAMES, got):
             assert (t[pad] == 0).all(), f'{n} not zero at padded tokens'
-    return errs
+    ref = reference_with_grads((q, k, v), g, fm, kw, torch.float64)
+    errs = {n: rel_err(a, b) for n, a, b in zip(NAMES, got, ref)}
+    bounds = dict.fromkeys(NAMES, TOL[dtype])
+    if dtype == F32:
+        ref32 = reference_with_grads((q, k, v), g, fm, kw, torch.float32)
+        bounds = {n: max(TOL[F32], 4 * rel_err(a, b)) for n, a, b in zip(NAMES, ref32, ref)}
+    return errs, bounds
+
+
+NAMES = ('o', 'dq', 'dk', 'dv')
+
+
+def reference_with_grads(qkv, g, fm, kw, dtype):
+    """(o, dq, dk, dv) of the plain reference on ``qkv`` cast to ``dtype``."""
+    leaves = [t.detach().to(dtype).requires_grad_() for t in qkv]
+    o = linear_attn_reference(*leaves, feature_map=fm, **kw)
+    return (o, *torch.autograd.grad(o, leaves, g.to(dtype)))
+
+
+def within(errs, bounds):
+    return all(errs[n] < bounds[n] for n in errs)
 
 
 @pytest.mark.parametrize('shape, dtype, fm, opts', KCASES,
                          ids=[f'{"x".join(map(str, s))}-{str(d)[6:]}-{f}-{"-".join(o)}' for s, d, f, o in KCASES])
 def test_kernel_matches_float64_reference(poison, shape, dtype, fm, opts):
-    errs = check_kernel(shape, dtype, fm, opts)
-    print(shape, dtype, fm, opts, errs)
-    assert all(e < TOL[dtype] for e in errs.values()), errs
+    errs, bounds = check_kernel(shape, dtype, fm, opts)
+    print(shape, dtype, fm, opts, errs, bounds)
+    assert within(errs, bounds), (errs, bounds)
 
 
 @pytest.mark.parametrize('dtype, fm', [(BF16, 'elu1'), (F16, 'focused'), (BF16, 'relu'), (F16, 'elu1')])
 def test_kernel_large_magnitude_half_inputs(poison, dtype, fm):
     """Inputs of magnitude ~1e3: the states and the normalizer stay in fp32, no overflow, still accurate."""
-    errs = check_kernel((2, 197, 2, 64, 32), dtype, fm, {}, scale=1e3 if dtype == BF16 else 3e2)
-    assert all(e < TOL[dtype] for e in errs.values()), errs
+    errs, bounds = check_kernel((2, 197, 2, 64, 32), dtype, fm, {}, scale=1e3 if dtype == BF16 else 3e2)
+    assert within(errs, bounds), (errs, bounds)
 
 
 def test_kernel_no_grad_and_public_dispatch_env(poison, monkeypatch):
@@ -309,8 +328,8 @@ def test_kernel_deterministic_mode(poison, shape, opts):
         det = plan()
         assert det.deterministic and det.chunks['red'][0] == nseq
         assert det.chunks['map'][:2] == default.chunks['map'][:2]  # the streaming kernels keep their split
-        errs = check_kernel(shape, F32, 'elu1', opts)
-        assert all(e < TOL[F32] for e in errs.values()), errs
+        errs, bounds = check_kernel(shape, F32, 'elu1', opts)
+        assert within(errs, bounds), (errs, bounds)
         o1 = linear_attn_triton(q, k, v, **kw)
         o2 = linear_attn_triton(q, k, v, **kw)
         assert torch.equal(o1, o2)

@@ -79,12 +79,8 @@ class KernelOptions:
         return out
 
     def settings(self, name, defaults):
-        """A kernel's launch settings: ``defaults`` under ``launch[name]``, whose keys must be among them."""
-        extra = self.launch_for(name)
-        unknown = set(extra) - set(defaults)
-        if unknown:
-            raise ValueError(f'launch[{name!r}] takes {sorted(defaults)}, got {sorted(unknown)}')
-        return {**defaults, **extra}
+        """A kernel's launch settings: ``defaults`` under ``launch[name]``."""
+        return {**defaults, **self.launch_for(name)}
 
     def key(self):
         """A hashable form (for caches of launch plans)."""
@@ -95,6 +91,40 @@ class KernelOptions:
 
     def __hash__(self):
         return hash(self.key())
+
+
+# launch entry name -> the keys it takes; each family declares its names once, at import (declare_launch)
+_LAUNCH_KEYS = {}
+TRITON_LAUNCH_KEYS = ('num_warps', 'num_stages')
+
+
+def declare_launch(keys, *names):
+    """Declare launch entry ``names`` a family reads and the ``keys`` each takes; :func:`kernel_options`
+    refuses any other name or key (a misspelt entry would otherwise be ignored without a word)."""
+    for n in names:
+        _LAUNCH_KEYS[n] = tuple(sorted(keys))
+
+
+@functools.lru_cache(maxsize=None)
+def _import_families():
+    """Import every module of every op family (their declarations come with them)."""
+    import importlib
+    import pkgutil
+    parent = __name__.rsplit('.', 2)[0]
+    for info in pkgutil.walk_packages(importlib.import_module(parent).__path__, prefix=parent + '.'):
+        importlib.import_module(info.name)
+
+
+def check_launch(launch):
+    """ValueError for a ``launch`` entry no family declared, or a key its kernel does not take."""
+    if any(name not in _LAUNCH_KEYS for name in launch):
+        _import_families()
+    for name, entry in launch.items():
+        if name not in _LAUNCH_KEYS:
+            raise ValueError(f'launch: no kernel reads {name!r}; declared names: {sorted(_LAUNCH_KEYS)}')
+        unknown = set(entry) - set(_LAUNCH_KEYS[name])
+        if unknown:
+            raise ValueError(f'launch[{name!r}] takes {list(_LAUNCH_KEYS[name])}, got {sorted(unknown)}')
 
 
 _OPTIONS = contextvars.ContextVar('vla_mm_kernel_options', default=KernelOptions())
@@ -116,6 +146,7 @@ def kernel_options(options: KernelOptions = None, **changes):
     if 'launch' in changes:
         changes['launch'] = {**base.launch, **changes['launch']}
     new = dataclasses.replace(base, **changes) if changes else base
+    check_launch(new.launch)
     token = _OPTIONS.set(new)
     try:
         yield new

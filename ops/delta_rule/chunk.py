@@ -36,6 +36,7 @@ import triton
 import triton.language as tl
 
 from ..common import PackedSeqs, alloc, cdiv, current_options, kernel_options, next_power_of_2
+from ..common.options import TRITON_LAUNCH_KEYS, declare_launch
 from ..common.jit import chunk_info as _chunk_at, phys_row, seq_info as _seq_at
 
 BT = 64                  # chunk length (the blocked inversion in ``_prep_kernel`` is written for 4 x 16 rows)
@@ -45,6 +46,7 @@ MIN_PROGRAMS_STATE = 96  # the sequential kernels narrow their V block until S *
 # Launch settings per kernel (measurements behind them: docs/benchmarks/recurrent_delta.md).
 LAUNCH = MappingProxyType({name: MappingProxyType(dict(num_warps=w, num_stages=1)) for name, w in (
     ('prep', 8), ('state', 4), ('out', 8), ('dstate', 8), ('grads_wy', 8), ('grads_qk', 8))})
+declare_launch(TRITON_LAUNCH_KEYS, *('delta_rule_' + n for n in LAUNCH))
 
 
 def _launch(name):

@@ -2,11 +2,11 @@
 options (defaults here, overrides through ``kernel_options(launch=...)``; names in docs/ops.md)."""
 import os
 
-
-from ..common.options import current_options, next_power_of_2
+from ..common.options import TRITON_LAUNCH_KEYS, current_options, declare_launch, next_power_of_2
 
 CHUNK = 64
 SUB = 16
+declare_launch(TRITON_LAUNCH_KEYS, 'fwd_A', 'fwd_oA', 'dA', 'dvA', 'intra', 'inter', 'fwd_o', 'dv', 'dq', 'dk', 'dqk')
 
 
 def _or(t, dummy):

@@ -26,7 +26,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ..common.options import alloc, cdiv, current_options, dummy, next_power_of_2, num_sms
+from ..common.options import alloc, cdiv, current_options, declare_launch, dummy, next_power_of_2, num_sms
 from ..common.varlen import PackedSeqs
 
 FOCUS_EPS = 1e-6
@@ -35,6 +35,7 @@ _FMAP = MappingProxyType({'identity': 0, 'elu1': 1, 'relu': 2, 'focused': 3})
 # programs per SM of the reducing (F1, B1) and of the streaming (F2, B2) kernels
 LAUNCH_DEFAULTS = MappingProxyType(dict(block_n=None, num_warps=None, num_stages=None, programs_per_sm_reduce=4,
                                         programs_per_sm_map=16))
+declare_launch(LAUNCH_DEFAULTS, 'linear_attn')
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ..common.options import cdiv, current_options, next_power_of_2, num_sms
+from ..common.options import cdiv, current_options, declare_launch, next_power_of_2, num_sms
 
 MAX_C = 65536
 # launch settings per pass (kernel_options(launch={'norm_fwd' | 'norm_bwd': {...}}) overrides them): elements of one
@@ -20,6 +20,8 @@ MAX_C = 65536
 # row loop (1: no software pipelining; more is to be A/B'd on the device first)
 LAUNCH_DEFAULTS = dict(norm_fwd=dict(tile=4096, num_warps=None),
                        norm_bwd=dict(tile=2048, num_warps=None, progs_per_sm=4, loop_stages=1))
+declare_launch(LAUNCH_DEFAULTS['norm_fwd'], 'norm_fwd')
+declare_launch(LAUNCH_DEFAULTS['norm_bwd'], 'norm_bwd')
 
 
 @triton.jit

@@ -338,3 +338,22 @@ def test_dense_calls_make_no_host_read_of_device_values(monkeypatch):
         with kernel_options(backend='triton'), _HostReads() as mode:
             fn().sum().backward()
         assert mode.found == [], (name, mode.found)
+
+
+def test_launch_entries_are_declared_and_checked():
+    """Every family declares the launch names it reads; a misspelt name or key is refused when the options are
+    entered (the kernels would otherwise ignore it without a word)."""
+    names = ('fwd_A', 'dqk', 'delta_rule_state', 'delta_rule_grads_qk')   # families not imported yet load here
+    with kernel_options(launch={**{n: dict(num_warps=2) for n in names}, 'linear_attn': dict(block_n=32),
+                                'norm_bwd': dict(loop_stages=2), 'norm_fwd': dict(tile=1024)}) as o:
+        assert dict(o.launch_for('delta_rule_state')) == dict(num_warps=2)
+    with pytest.raises(ValueError, match="no kernel reads 'fwd_a'"):
+        with kernel_options(launch={'fwd_a': dict(num_warps=2)}):
+            pass
+    with pytest.raises(ValueError, match=r"launch\['dq'\] takes \['num_stages', 'num_warps'\], got \['num_warp'\]"):
+        with kernel_options(launch={'dq': dict(num_warp=2)}):
+            pass
+    with pytest.raises(ValueError, match='no kernel reads'):
+        with kernel_options(KernelOptions(launch={'delta_rule_statee': dict(num_warps=2)})):
+            pass
+    assert current_options() == KernelOptions()

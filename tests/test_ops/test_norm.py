@@ -92,7 +92,7 @@ def test_norm_launch_options():
         assert kernel.launch_config('norm_bwd') == dict(tile=512, num_warps=4, progs_per_sm=1, loop_stages=2)
         assert kernel._blocks(96, kernel.launch_config('norm_fwd')) == (8, 128, 2)
         _check((300, 96))
-    with pytest.raises(ValueError, match="launch\\['norm_bwd'\\] takes"):
+    with pytest.raises(ValueError, match=r"launch\['norm_bwd'\] takes"):
         with kernel_options(launch=dict(norm_bwd=dict(rows=4))):
             _check((4, 8))
 

@@ -137,10 +137,16 @@ def test_model_benchmark_smoke(tmp_path):
     models = load('models')
     out = tmp_path / 'models'
     assert models.main(['--smoke', '--out', str(out), '--res', '32', '--batch', '2', '--profile', '32',
-                        '--profile-modes', 'eager,compile', '--steps', '1']) == 0
+                        '--profile-modes', 'eager,compile', '--steps', '1', '--host-probe', '32',
+                        '--launch', '{"norm_bwd": {"tile": 1}}']) == 0
     res = json.load(open(out / 'results.json'))
-    ours = [r for r in res['rows'] if r['model'] == 'ours']
-    assert {r['mode'] for r in ours} == {'eager', 'compile'}
+    assert res['args']['launch'] == {'norm_bwd': {'tile': 1}}
+    probes = [r for r in res['rows'] if r.get('probe') == 'host']
+    assert sorted((r['model'], r['mode'], r['res'], r['batch']) for r in probes if r['model'] == 'ours') == [
+        ('ours', 'compile', 32, 1), ('ours', 'eager', 32, 1)]
+    assert all(r['train_ms'] > 0 and 'infer_ms' not in r for r in probes)
+    ours = [r for r in res['rows'] if r['model'] == 'ours' and 'probe' not in r]
+    assert {r['mode'] for r in ours} == {'eager', 'compile'} and all(r['batch'] == 2 for r in ours)
     for r in ours:
         assert 'error' not in r and r['train_img_s'] > 0 and r['infer_img_s'] > 0, r
         assert r['params_M'] == pytest.approx(
@@ -158,6 +164,9 @@ def test_model_benchmark_smoke(tmp_path):
     assert '(2 steps, compile,' in prof and '## ours' in prof
     assert set(res['profile']) == {'32', '32_compile'} and 'ours' in res['profile']['32_compile']
     assert '(32 px, compile; profile_32_compile.md' in md
+    assert '## host time of a train step (32 px, batch 1' in md
+    with pytest.raises(ValueError, match="no kernel reads 'norm_bwdd'"):
+        models.main(['--smoke', '--out', str(tmp_path / 'bad'), '--launch', '{"norm_bwdd": {"tile": 1}}'])
 
 
 def test_model_benchmark_ours_fused_ln_is_ours_with_the_fused_norm(tmp_path):

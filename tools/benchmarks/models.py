@@ -37,7 +37,11 @@ before any compiled one, and a case that would pass ``--deadline`` is skipped an
 torch.profiler of two train steps of each model (route variants aside) at RES (top kernels by CUDA time, the
 share of the step's kernel time of each, ``aten::contiguous`` / copy counts), eager, and with ``--profile-modes
 eager,compile`` also compiled (``profile_<RES>_compile.md``). ``--route-res 224,1024``: the route
-variants only at these resolutions (the route-cost table needs no more).
+variants only at these resolutions (the route-cost table needs no more). ``--host-probe 32``: one more train
+case per model and mode at 32 px, batch 1, where the GPU has almost nothing to do: its step time is the host's
+(Python, autograd, launches), tabled beside the timed steps (a step about as long is host-bound).
+``--launch JSON``: our kernels' launch options for the whole run (``kernel_options(launch=...)``; the fused
+norm's backward tiles, for one).
 
 ``--warm`` (default on CUDA): before the timed cases, one process per model (one block deep: the same shapes,
 strides and launch choices as the full depth) runs a train step and an inference call at every resolution and
@@ -323,8 +327,9 @@ def in_mode(model, mode, a):
     return torch.compile(model, backend=a.compile_backend, mode=a.compile_mode) if mode == 'compile' else model
 
 
-def run_case(name, res, batch, mode, a, device, bcfg):
-    """One model at one resolution in one mode: train and inference figures (or the error of each)."""
+def run_case(name, res, batch, mode, a, device, bcfg, kinds=None):
+    """One model at one resolution in one mode: train and inference figures (or the error of each); ``kinds``:
+    of ``--kinds``."""
     row = dict(model=name, res=res, batch=batch, mode=mode)
     t0 = time.time()
     model = None
@@ -333,7 +338,7 @@ def run_case(name, res, batch, mode, a, device, bcfg):
         row['params_M'] = sum(p.numel() for p in model.parameters()) / 1e6
         run = in_mode(model, mode, a)
         for kind, make in (('train', train_step_fn), ('infer', infer_fn)):
-            if kind not in a.kinds:
+            if kind not in (kinds or a.kinds):
                 continue
             model.train(kind == 'train')
             try:
@@ -464,19 +469,20 @@ def profile_models(res, batch, a, device, bcfg, names, out, log, mode='eager'):
 
 # ----------------------------------------------------------------------------------------------- report
 def _rows_of(rows, mode, call=None):
-    return [r for r in rows if r['mode'] == mode and (call is None or r.get('call', 0) == call)]
+    return [r for r in rows if r['mode'] == mode and (call is None or r.get('call', 0) == call) and 'probe' not in r]
 
 
 def _lookup(rows, model, res, mode, call):
     for r in rows:
-        if r['model'] == model and r['res'] == res and r['mode'] == mode and r.get('call', 0) == call:
+        if r['model'] == model and r['res'] == res and r['mode'] == mode and r.get('call', 0) == call \
+                and 'probe' not in r:
             return r
     return None
 
 
 def _first_with(rows, model, res, mode, key):
     """The first row (in call order) of ``model`` at ``res`` that has ``key``, else the first at all."""
-    cands = [r for r in rows if r['model'] == model and r['res'] == res and r['mode'] == mode]
+    cands = [r for r in rows if r['model'] == model and r['res'] == res and r['mode'] == mode and 'probe' not in r]
     return next((r for r in cands if key in r), cands[0] if cands else None)
 
 
@@ -597,6 +603,24 @@ def profile_table(profile):
     return md
 
 
+def host_table(rows):
+    """Markdown: the host-probe step (``--host-probe``) of each model and mode beside its timed steps."""
+    probes = [r for r in rows if r.get('probe') == 'host' and r.get('train_ms') is not None]
+    if not probes:
+        return []
+    table = []
+    for p in probes:
+        steps = [r for r in rows if r['model'] == p['model'] and r['mode'] == p['mode'] and 'probe' not in r
+                 and r.get('call', 0) == p.get('call', 0) and r.get('train_ms') is not None]
+        table.append(dict(model=p['model'], mode=p['mode'], host=p['train_ms'], steps=', '.join(
+            f"{r['train_ms']:.1f} at {r['res']}" for r in steps) or '-'))
+    return [f"## host time of a train step ({probes[0]['res']} px, batch 1: almost no GPU work)", '',
+            'Where a resolution\'s step takes about the host time, that step is host-bound (Python, autograd and '
+            'launches set its time, not the kernels).', '',
+            common.md_table(table, [('model', 'model'), ('mode', 'mode'), ('host ms / step', 'host'),
+                                    ('ms / step at the timed resolutions', 'steps')]), '']
+
+
 def report(res, out, plot=True):
     """models.md (and models.png with ``plot``) from the results so far (one call's, or merged ones)."""
     rows = res['rows']
@@ -641,6 +665,7 @@ def report(res, out, plot=True):
                 md += zoo_tables(rows, mode, kind)
         md += route_tables(rows, mode, args['kinds'])
     md += profile_table(res.get('profile'))
+    md += host_table(rows)
     errs = [f"- {r['model']} {r['res']} {r['mode']}{' (call %d)' % r['call'] if 'call' in r else ''} {k}: {v}"
             for r in rows for k, v in r.items() if k.endswith('error') or k == 'skipped']
     if errs:
@@ -750,6 +775,12 @@ def parse_args(argv=None):
     p.add_argument('--profile-modes', dest='profile_modes', default='eager',
                    help="modes whose train steps --profile profiles, of --modes (e.g. 'eager,compile')")
     p.add_argument('--profile-rows', dest='profile_rows', type=int, default=20)
+    p.add_argument('--host-probe', dest='host_probe', type=int, default=0, metavar='RES',
+                   help='also time a train step of each model at RES px, batch 1 (e.g. 32): almost no GPU work, so '
+                        'its time is the host\'s (Python, autograd, launches); 0: off')
+    p.add_argument('--launch', type=json.loads, default=None,
+                   help='launch options of our kernels for the whole run, as JSON: kernel_options(launch=...), e.g. '
+                        '\'{"norm_bwd": {"tile": 1, "num_warps": 4}}\' (names in docs/ops.md)')
     p.add_argument('--warm', dest='warm', action='store_true', default=None,
                    help="compile Triton's kernels in parallel processes first (default: on CUDA)")
     p.add_argument('--no-warm', dest='warm', action='store_false')
@@ -807,6 +838,14 @@ def main(argv=None):
         report(res, a.out)
         print(open(osp.join(a.out, 'models.md')).read())
         return 0
+    import vla_mm  # noqa: F401  (registers the vla_mm scope)
+    from vla_mm.ops.common import kernel_options
+    with kernel_options(launch=a.launch or {}):
+        return run(a, argv)
+
+
+def run(a, argv):
+    """The timed cases of one call (or one warm-up child) under ``--launch``."""
     torch.backends.cudnn.benchmark = a.cudnn_benchmark
     if a.warm_one:  # a warm-up child: compile, report on stdout, write nothing under --out
         device = torch.device('cuda' if torch.cuda.is_available() and not a.smoke else 'cpu')
@@ -863,6 +902,14 @@ def main(argv=None):
                 log(' '.join(f'{k}={common.fmt(v)}' for k, v in row.items()))
                 common.write_json(out_json, res)
                 common.guarded(log, 'report', report, res, a.out, plot=False)  # a killed call keeps its table
+        if a.host_probe:
+            for name in (n for n in names if '@' not in n):
+                if deadline.expired(need):
+                    continue
+                row = dict(run_case(name, a.host_probe, 1, mode, a, device, bcfg, kinds=('train',)), probe='host')
+                res['rows'].append(row)
+                log(' '.join(f'{k}={common.fmt(v)}' for k, v in row.items()))
+                common.write_json(out_json, res)
         if mode in a.profile_modes:
             for pr in a.profile:
                 if deadline.expired(60):

@@ -154,6 +154,11 @@ def kernel_options(options: KernelOptions = None, **changes):
         _OPTIONS.reset(token)
 
 
+def interpreting() -> bool:
+    """Is Triton's CPU interpreter on (``TRITON_INTERPRET=1``)? Kernels then emulate what it computes wrongly."""
+    return os.environ.get('TRITON_INTERPRET', '0') not in ('', '0')
+
+
 def alloc(shape, dtype, device):
     """An output buffer: ``torch.empty``, or NaN-filled under ``poison`` / ``VLA_OPS_POISON=1``."""
     if current_options().poison or os.environ.get('VLA_OPS_POISON', '0') not in ('', '0'):

@@ -1,8 +1,6 @@
 """Host-side launch helpers of the gated linear attention kernels: chunk sizes, operand precision, launch
 options (defaults here, overrides through ``kernel_options(launch=...)``; names in docs/ops.md)."""
-import os
-
-from ..common.options import TRITON_LAUNCH_KEYS, current_options, declare_launch, next_power_of_2
+from ..common.options import TRITON_LAUNCH_KEYS, current_options, declare_launch, interpreting, next_power_of_2
 
 CHUNK = 64
 SUB = 16
@@ -15,7 +13,7 @@ def _or(t, dummy):
 
 def _lowp(ieee):
     # Triton's CPU interpreter (3.8) computes bf16 tl.dot wrongly: there, dots run in fp32
-    return (not ieee) and os.environ.get('TRITON_INTERPRET', '0') in ('', '0')
+    return (not ieee) and not interpreting()
 
 
 def _prec(ieee):

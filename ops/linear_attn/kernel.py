@@ -26,7 +26,8 @@ import torch
 import triton
 import triton.language as tl
 
-from ..common.options import alloc, cdiv, current_options, declare_launch, dummy, next_power_of_2, num_sms
+from ..common.options import (alloc, cdiv, current_options, declare_launch, dummy, interpreting, next_power_of_2,
+                              num_sms)
 from ..common.varlen import PackedSeqs
 
 FOCUS_EPS = 1e-6
@@ -585,7 +586,7 @@ class _Plan:
         p_int = int(p) if p.is_integer() and 1 <= p <= 16 else 0
         self.consts = dict(FMAP=_FMAP[feature_map], P=p, P_INT=p_int, FEPS=FOCUS_EPS, NORMALIZE=normalize,
                            ROPE=self.rope, HAS_MASK=self.has_mask, VARLEN=self.varlen,
-                           IEEE=ieee, EMU=dev.type != 'cuda')
+                           IEEE=ieee, EMU=interpreting())
         self.seq_consts = dict(self.consts, HAS_NTAB=self.has_ntab, SCALE_INV_N=scale is None and not normalize,
                                EPS_N=norm == 'linfusion')
 

@@ -27,7 +27,8 @@ Precision (:func:`dot_precision`): every intermediate is float32. fp32 inputs us
 in every ``tl.dot``; bf16 / fp16 inputs use tf32 tensor-core dots at K <= 64 and 'ieee' dots at K > 64
 (docs/benchmarks/recurrent_delta.md, "K > 64 in 16-bit": the tf32 build of these kernels at K > 64 died with
 an illegal memory access on Hopper with triton 3.6, the 'ieee' build of the same kernels at the same shapes
-did not).
+did not). ``kernel_options(launch={'delta_rule_<kernel>': {'precision': 'tf32'}})`` sets one kernel's dots for
+16-bit inputs (the device bisection of that fault, docs/benchmarks/device_plan.md).
 """
 from types import MappingProxyType
 
@@ -46,13 +47,20 @@ MIN_PROGRAMS_STATE = 96  # the sequential kernels narrow their V block until S *
 # Launch settings per kernel (measurements behind them: docs/benchmarks/recurrent_delta.md).
 LAUNCH = MappingProxyType({name: MappingProxyType(dict(num_warps=w, num_stages=1)) for name, w in (
     ('prep', 8), ('state', 4), ('out', 8), ('dstate', 8), ('grads_wy', 8), ('grads_qk', 8))})
-declare_launch(TRITON_LAUNCH_KEYS, *('delta_rule_' + n for n in LAUNCH))
+PRECISIONS = ('ieee', 'tf32', 'tf32x3')
+declare_launch(TRITON_LAUNCH_KEYS + ('precision',), *('delta_rule_' + n for n in LAUNCH))
 
 
-def _launch(name):
-    """Launch settings of kernel ``name``: the constants above, overridden by
-    ``kernel_options(launch={'delta_rule_<name>': {...}})``."""
-    return {**LAUNCH[name], **current_options().launch_for('delta_rule_' + name)}
+def _launch(name, dtype, K):
+    """Launch settings of kernel ``name`` (its ``PREC`` included): the constants above and
+    :func:`dot_precision`, overridden by ``kernel_options(launch={'delta_rule_<name>': {...}})``, whose
+    ``precision`` (one of ``PRECISIONS``) applies to 16-bit inputs (fp32 inputs keep 'ieee')."""
+    opts = {**LAUNCH[name], **current_options().launch_for('delta_rule_' + name)}
+    prec = opts.pop('precision', None)
+    if prec is not None and prec not in PRECISIONS:
+        raise ValueError(f"launch['delta_rule_{name}']['precision'] must be one of {PRECISIONS}, got {prec!r}")
+    opts['PREC'] = prec if prec is not None and dtype != torch.float32 else dot_precision(dtype, K)
+    return opts
 
 
 @triton.jit
@@ -564,7 +572,6 @@ def delta_rule_fwd(q, k, v, beta, g, scale, initial_state, output_final_state, c
     use_g = g is not None
     g = g.contiguous() if use_g else beta
     par, grid, seq, S, varlen = _tables(B, N, H, cu_seqlens, dev)
-    prec = dot_precision(q.dtype, K)
     (gs, gd), (ts, _), (ws, _), (us, _), (hs, _) = residual_meta(q, v, g if use_g else None, cu_seqlens)
     G = alloc(gs, gd, dev)
     Tb, W, Ut, U, hb = (alloc(x, torch.float32, dev) for x in (ts, ws, us, us, hs))
@@ -572,16 +579,16 @@ def delta_rule_fwd(q, k, v, beta, g, scale, initial_state, output_final_state, c
     ht = alloc((S, H, K, V), torch.float32, dev) if output_final_state else None
     h0 = initial_state.contiguous() if initial_state is not None else None
     BVs = _bv_state(S, H, V)
-    flags = dict(BT=BT, BK=BK, USE_G=use_g, REVERSE=reverse, PREC=prec, VARLEN=varlen)
+    flags = dict(BT=BT, BK=BK, USE_G=use_g, REVERSE=reverse, VARLEN=varlen)
     if grid[0] * grid[1] > 0:
         _prep_kernel[grid](k, v, beta, g, G if use_g else beta, Tb, W, Ut, *par, H, K, V, BV=BV, **flags,
-                           **_launch('prep'))
+                           **_launch('prep', q.dtype, K))
     _state_kernel[(S * H, cdiv(V, BVs))](
         k, W, Ut, G if use_g else beta, U, hb, h0 if h0 is not None else W, ht if ht is not None else W, *seq,
-        H, K, V, BV=BVs, USE_H0=h0 is not None, STORE_HT=ht is not None, **flags, **_launch('state'))
+        H, K, V, BV=BVs, USE_H0=h0 is not None, STORE_HT=ht is not None, **flags, **_launch('state', q.dtype, K))
     if grid[0] * grid[1] > 0:
         _out_kernel[(*grid, cdiv(V, BV))](q, k, G if use_g else beta, U, hb, o, *par, scale, H, K, V,
-                                                 BV=BV, **flags, **_launch('out'))
+                                                 BV=BV, **flags, **_launch('out', q.dtype, K))
     return (o, ht), (G, Tb, W, U, hb)
 
 
@@ -601,15 +608,14 @@ def delta_rule_bwd(do, dht, residuals, q, k, v, beta, g, scale, initial_state, c
     dht = dht.contiguous() if dht is not None else None
     h0 = initial_state
     par, grid, seq, S, varlen = _tables(B, N, H, cu_seqlens, dev)
-    prec = dot_precision(q.dtype, K)
-    flags = dict(BT=BT, BK=BK, USE_G=use_g, REVERSE=reverse, PREC=prec, VARLEN=varlen)
+    flags = dict(BT=BT, BK=BK, USE_G=use_g, REVERSE=reverse, VARLEN=varlen)
     dU = alloc((B * N, H, V), f32, dev)
     dhb = alloc(hb.shape, f32, dev)
     dh0 = alloc((S, H, K, V), f32, dev) if h0 is not None else None
     BVs = _bv_state(S, H, V)
     _dstate_kernel[(S * H, cdiv(V, BVs))](
         q, k, Gp, W, do, dU, dhb, dht if dht is not None else W, dh0 if dh0 is not None else W, *seq, scale,
-        H, K, V, BV=BVs, USE_DHT=dht is not None, STORE_DH0=dh0 is not None, **flags, **_launch('dstate'))
+        H, K, V, BV=BVs, USE_DHT=dht is not None, STORE_DH0=dh0 is not None, **flags, **_launch('dstate', q.dtype, K))
     dq = alloc(q.shape, q.dtype, dev)
     dk = alloc(k.shape, k.dtype, dev)
     dv = alloc(v.shape, v.dtype, dev)
@@ -619,9 +625,9 @@ def delta_rule_bwd(do, dht, residuals, q, k, v, beta, g, scale, initial_state, c
         dk_part = alloc((B * N, H, K), f32, dev)
         dG_part = alloc((B * N, H), f32, dev) if use_g else dk_part
         _grads_wy_kernel[grid](k, v, beta, Gp, Tb, U, dU, hb, dk_part, dv, dbeta, dG_part, *par, H, K, V,
-                               BV=BV, **flags, **_launch('grads_wy'))
+                               BV=BV, **flags, **_launch('grads_wy', q.dtype, K))
         _grads_qk_kernel[grid](q, k, Gp, U, do, hb, dhb, dk_part, dG_part, dq, dk, dg if use_g else dbeta, *par,
-                               scale, H, K, V, BV=BV, **flags, **_launch('grads_qk'))
+                               scale, H, K, V, BV=BV, **flags, **_launch('grads_qk', q.dtype, K))
     if dh0 is not None:
         dh0 = dh0.to(h0.dtype)
     return dq, dk, dv, dbeta, dg, dh0

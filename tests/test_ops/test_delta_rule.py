@@ -250,6 +250,21 @@ def test_16bit_inputs_above_k64_use_ieee_dots(monkeypatch):
         assert {kw['PREC'] for _, kw in log} == {want}, (dtype, K, log)
 
 
+def test_dot_precision_per_kernel_for_16bit_inputs(monkeypatch):
+    """``launch={'delta_rule_<kernel>': {'precision': ...}}`` sets one kernel's dots (the device bisection of the
+    K > 64 fault: tf32 kernel by kernel); other kernels keep the default, fp32 inputs keep 'ieee', a value
+    outside PRECISIONS is refused."""
+    log = _launches(monkeypatch, torch.bfloat16, 96, launch={'delta_rule_state': dict(precision='tf32')})
+    monkeypatch.undo()
+    prec = {n: kw['PREC'] for n, kw in log}
+    assert prec.pop('_state_kernel') == 'tf32' and set(prec.values()) == {'ieee'}, log
+    log = _launches(monkeypatch, torch.float32, 96, launch={'delta_rule_state': dict(precision='tf32')})
+    monkeypatch.undo()
+    assert {kw['PREC'] for _, kw in log} == {'ieee'}
+    with pytest.raises(ValueError, match="precision'\\] must be one of"):
+        _launches(monkeypatch, torch.bfloat16, 96, launch={'delta_rule_out': dict(precision='bf16')})
+
+
 def test_launch_settings_are_constants_overridable_per_call(monkeypatch):
     log = _launches(monkeypatch, torch.float32, 16, launch={'delta_rule_state': dict(num_warps=2)})
     warps = {n: kw['num_warps'] for n, kw in log}

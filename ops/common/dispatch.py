@@ -166,23 +166,27 @@ def register_op(name, schema, *, outputs, grads, reference, triton, fake, triton
     with_bwd = triton_backward is not None
 
     def run_forward(triton_path, args):
+        """The outputs, then the residuals, as the implementation gives them."""
         if triton_path:
             outs, res = triton(*args) if with_bwd else (triton(*args), ())
         else:
             outs, res = reference(*args), ()
-        return _fresh([*outs, *res], args)
+        return [*outs, *res]
 
     def forward_impl(*args):
-        return run_forward(use_triton(*args), args)
+        return _fresh(run_forward(use_triton(*args), args), args)
 
     def forward_fake(*args):
         return list(fake(*args))
 
-    def backward_impl(grad_outputs, saved, triton_path, *args):
+    def grads_of(grad_outputs, saved, triton_path, *args):
+        """One gradient (None where there is none) per name in ``grads``."""
         if triton_path and with_bwd:
-            gs = triton_backward(list(grad_outputs), saved[:outputs], saved[outputs:], *args)
-        else:
-            gs = recompute_grads(triton if triton_path else reference, args, grad_idx, grad_outputs)
+            return list(triton_backward(list(grad_outputs), saved[:outputs], saved[outputs:], *args))
+        return recompute_grads(triton if triton_path else reference, args, grad_idx, grad_outputs)
+
+    def backward_impl(grad_outputs, saved, triton_path, *args):
+        gs = grads_of(grad_outputs, saved, triton_path, *args)
         inputs = [*grad_outputs, *saved, *args]
         return _fresh([_zeros_or_empty(g, args[i], args) for g, i in zip(gs, grad_idx)], inputs)
 
@@ -224,20 +228,25 @@ def register_op(name, schema, *, outputs, grads, reference, triton, fake, triton
     fwd.register_autograd(lambda ctx, grad_outputs: backward_with(bwd, ctx, grad_outputs),
                           setup_context=setup_context)
 
+    def contiguous_grads(*a):
+        return [g if g is None else g.contiguous() for g in grads_of(*a)]
+
     class Eager(torch.autograd.Function):
-        """The same forward and backward implementations without the dispatcher (eager calls)."""
+        """The same forward and backward implementations without the dispatcher (eager calls): outputs and
+        gradients contiguous as the custom op's, but not copied where they alias an input (autograd wraps an input
+        returned as an output), and a missing gradient stays None."""
 
         @staticmethod
         def forward(ctx, *args):
             triton_path = use_triton(*args)
-            outs = run_forward(triton_path, args)
+            outs = [o.contiguous() for o in run_forward(triton_path, args)]
             setup_context(ctx, args, outs, triton_path)
             ctx.mark_non_differentiable(*outs[outputs:])
             return tuple(outs)
 
         @staticmethod
         def backward(ctx, *grad_outputs):
-            return backward_with(backward_impl, ctx, grad_outputs)
+            return backward_with(contiguous_grads, ctx, grad_outputs)
 
     def op(*args):
         if eager_function_ok(args):

@@ -394,3 +394,38 @@ def test_kernel_launch_options(poison):
     with pytest.raises(ValueError, match='block_m'):
         with kernel_options(launch={'linear_attn': dict(block_m=16)}):
             linear_attn_triton(q, k, v)
+
+
+def test_launch_fallback_when_shared_memory_is_short():
+    """A launch whose blocks ask more shared memory than the GPU has (the backward kernels at K = 256 by the
+    offline report) retries with one stage, then halves the rows until it fits; the fitting options are kept for
+    the next call of the same kernel and blocks; a kernel that never fits raises."""
+    import triton
+    from types import SimpleNamespace
+
+    class Kernel:
+        __name__ = 'probe_kernel_fallback'
+
+        def __init__(self, fits):
+            self.fits, self.calls = fits, []
+
+        def __getitem__(self, grid):
+            def launch(*args, **kw):
+                self.calls.append((kw['num_stages'], kw['BN']))
+                if not self.fits(kw):
+                    raise triton.runtime.errors.OutOfResources(300000, 232448, 'shared memory')
+            return launch
+
+    la_kernel._fallback.cache_clear()
+    P = SimpleNamespace(BN=128, BK=256, BV=64, num_warps=8, num_stages=2)
+    k = Kernel(lambda kw: kw['num_stages'] == 1 and kw['BN'] <= 32)
+    la_kernel._launch(k, (1,), (), dict(X=1), P)
+    assert k.calls == [(2, 128), (1, 128), (1, 64), (1, 32)]
+    k.calls.clear()
+    la_kernel._launch(k, (1,), (), dict(X=1), P)
+    assert k.calls == [(1, 32)]
+    never = Kernel(lambda kw: False)
+    never.__name__ = 'probe_kernel_never_fits'
+    with pytest.raises(triton.runtime.errors.OutOfResources):
+        la_kernel._launch(never, (1,), (), dict(X=1), P)
+    assert never.calls[-1] == (1, 16)

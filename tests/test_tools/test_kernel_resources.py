@@ -1,5 +1,6 @@
 """tools/analysis/kernel_resources.py: our kernels' launches caught on CPU tensors, compiled offline for sm_90,
 registers / spills / shared memory reported per kernel with the launch options the host code chose."""
+import importlib.util
 import json
 import os
 import os.path as osp
@@ -24,8 +25,21 @@ def test_kernel_resources_of_the_norm_follow_its_launch_options(tmp_path):
     for r in rows:
         assert r['launches'] == 1 and r['registers'] > 0 and r['spill_stores'] == 0 and r['shared_kib'] > 0, r
         assert r['num_warps'] == 8  # the default for tiles of 2048 elements or more (64 rows of 64 here)
+        assert 1 <= r['blocks_per_sm'] <= 8
     bwd = run_tool(tmp_path / 'variant', '--ops', 'layer_norm', '--launch',
                    '{"norm_bwd": {"tile": 1, "num_warps": 2}}')[1]
     assert bwd['kernel'] == '_ln_bwd_kernel' and bwd['num_warps'] == 2
     md = (tmp_path / 'variant' / 'resources.md').read_text()
     assert '| layer_norm | _ln_bwd_kernel | 1 |' in md and "launch {'norm_bwd'" in md
+
+
+def test_blocks_per_multiprocessor():
+    """Programs resident on one Hopper SM: bound by registers (256 per warp), shared memory or warps."""
+    spec = importlib.util.spec_from_file_location('kernel_resources', TOOL)
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    assert tool.blocks_per_sm(255, 8, 72 * 1024, 90) == 1     # registers: 8 warps x 32 x 256 = 64K
+    assert tool.blocks_per_sm(46, 8, 4096, 90) == 5           # 48 x 32 per warp -> 5 blocks of 8 warps
+    assert tool.blocks_per_sm(32, 4, 100 * 1024, 90) == 2     # shared memory: 228 KB / 101 KB
+    assert tool.blocks_per_sm(16, 2, 0, 90) == 32             # the block limit
+    assert tool.blocks_per_sm(None, 4, 0, 90) is None

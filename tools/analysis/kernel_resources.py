@@ -24,15 +24,16 @@ import sys
 import tempfile
 import time
 
-os.environ.pop('TRITON_INTERPRET', None)  # compile as for a GPU: no interpreter emulation in the kernels
-
-import torch  # noqa: E402
+import torch
 
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 SMEM_LIMIT = {90: 232448, 80: 166912}  # bytes of shared memory one block may take (opt-in maximum)
+SMEM_PER_SM = {90: 233472, 80: 167936}  # bytes of shared memory per multiprocessor (1 KB of it reserved per block)
+REGS_PER_SM, MAX_WARPS_PER_SM, MAX_BLOCKS_PER_SM = 65536, 64, 32
 COLUMNS = [('op', 'op'), ('kernel', 'kernel'), ('launches', 'launches'), ('grid', 'grid'), ('warps', 'num_warps'),
            ('stages', 'num_stages'), ('registers', 'registers'), ('spill stores B', 'spill_stores'),
-           ('spill loads B', 'spill_loads'), ('shared KiB', 'shared_kib'), ('bar.sync', 'barriers'),
+           ('spill loads B', 'spill_loads'), ('shared KiB', 'shared_kib'), ('blocks / SM', 'blocks_per_sm'),
+           ('bar.sync', 'barriers'),
            ('ld/st.shared', 'shared_ops'), ('note', 'note')]
 
 
@@ -95,6 +96,16 @@ def compile_launch(fn, args, kwargs, arch):
                                        options=options.__dict__)
 
 
+def blocks_per_sm(registers, num_warps, shared, arch):
+    """Programs one multiprocessor holds at once, by registers (allocated 256 per warp), shared memory and warps."""
+    if not registers:
+        return None
+    per_warp = -(-registers * 32 // 256) * 256
+    by_regs = REGS_PER_SM // (per_warp * num_warps)
+    by_smem = SMEM_PER_SM.get(arch, SMEM_PER_SM[90]) // (shared + 1024) if shared else MAX_BLOCKS_PER_SM
+    return min(by_regs, by_smem, MAX_WARPS_PER_SM // num_warps, MAX_BLOCKS_PER_SM)
+
+
 def ptxas_report(ptx, arch):
     """(registers, spill store bytes, spill load bytes) from ``ptxas -v`` of the kernel's PTX."""
     from triton.backends.nvidia.compiler import get_ptxas
@@ -152,6 +163,7 @@ def analyse(a):
                         compiled[key] = dict(
                             num_warps=ck.metadata.num_warps, num_stages=ck.metadata.num_stages, registers=regs,
                             spill_stores=st, spill_loads=ld, shared_kib=round(shared / 1024, 1),
+                            blocks_per_sm=blocks_per_sm(regs, ck.metadata.num_warps, shared, a.arch),
                             barriers=ptx.count('bar.sync'),
                             shared_ops=ptx.count('ld.shared') + ptx.count('st.shared'),
                             note='shared memory over the limit' if shared > SMEM_LIMIT.get(a.arch, 1 << 30) else
@@ -173,8 +185,9 @@ def report(rows, a):
     head = '| ' + ' | '.join(c for c, _ in COLUMNS) + ' |'
     lines = [f'# Kernel resources, offline sm_{a.arch} (B{a.B} H{a.H} N{a.N} K{a.K} V{a.V} {a.dtype}, '
              f'{a.sms} SMs, launch {a.launch or {}})', '',
-             'Forward + backward of each op; registers and spills from ptxas, barriers and shared-memory '
-             'instructions counted in the PTX (static counts, not executions).', '',
+             'Forward + backward of each op; registers and spills from ptxas, programs per multiprocessor from '
+             'registers, shared memory and warps, barriers and shared-memory instructions counted in the PTX '
+             '(static counts, not executions).', '',
              head, '|' + ' --- |' * len(COLUMNS)]
     for r in rows:
         lines.append('| ' + ' | '.join('-' if r.get(k) is None else str(r.get(k)) for _, k in COLUMNS) + ' |')
@@ -202,6 +215,7 @@ def parse_args(argv=None):
 
 
 def main(argv=None):
+    os.environ.pop('TRITON_INTERPRET', None)  # before any kernel is defined: JIT kernels compiled as for a GPU
     a = parse_args(argv)
     sys.path.insert(0, ROOT)
     print(report(analyse(a), a))

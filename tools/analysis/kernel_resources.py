@@ -47,19 +47,15 @@ def load_op_benchmark():
 
 
 @contextlib.contextmanager
-def caught_launches():
-    """Every ``JITFunction.run`` (a Triton launch) recorded as (kernel, args, kwargs, grid) and not run."""
-    from triton.runtime.jit import JITFunction
-    real, launches = JITFunction.run, []
+def caught_launches(mod):
+    """Every Triton launch recorded as (kernel, args, kwargs, grid) and not run (``mod``: ops.py)."""
+    launches = []
 
-    def run(self, *args, grid, warmup, **kwargs):
-        launches.append((self, args, dict(kwargs), grid))
+    def catch(real, kernel, *args, grid, warmup, **kwargs):
+        launches.append((kernel, args, dict(kwargs), grid))
 
-    JITFunction.run = run
-    try:
+    with mod.launches_replaced(catch):
         yield launches
-    finally:
-        JITFunction.run = real
 
 
 @contextlib.contextmanager
@@ -125,13 +121,31 @@ def ptxas_report(ptx, arch):
     return first(r'Used (\d+) registers'), first(r'(\d+) bytes spill stores'), first(r'(\d+) bytes spill loads')
 
 
+def resources(build, arch):
+    """The report's columns of one kernel, compiled by ``build()`` (a compile error is a row, not the end)."""
+    t0 = time.time()
+    try:
+        ck = build()
+        ptx, shared, warps = ck.asm['ptx'], ck.metadata.shared, ck.metadata.num_warps
+        regs, st, ld = ptxas_report(ptx, arch)
+    except Exception as e:  # noqa: BLE001
+        return dict(note=f'compile error: {type(e).__name__}: {str(e)[:120]}')
+    return dict(num_warps=warps, num_stages=ck.metadata.num_stages, registers=regs, spill_stores=st,
+                spill_loads=ld, shared_kib=round(shared / 1024, 1),
+                blocks_per_sm=blocks_per_sm(regs, warps, shared, arch),
+                barriers=ptx.count('bar.sync'), shared_ops=ptx.count('ld.shared') + ptx.count('st.shared'),
+                note='shared memory over the limit' if shared > SMEM_LIMIT.get(arch, 1 << 30) else
+                     ('spills' if (st or 0) > 0 else ''),
+                compile_s=round(time.time() - t0, 1))
+
+
 def op_launches(spec, mod, a, dtype):
     """The launches of our forward + backward of ``spec`` at the requested shape (CPU tensors, nothing run)."""
     from vla_mm.ops.common import kernel_options
     with torch.random.fork_rng():
         torch.manual_seed(0)
         base = spec.make(a.B, a.H, a.N, a.K, a.V, dtype, torch.device('cpu'))
-    with kernel_options(backend='triton', launch=a.launch or {}), multiprocessors(a.sms), caught_launches() as got:
+    with kernel_options(backend='triton', launch=a.launch or {}), multiprocessors(a.sms), caught_launches(mod) as got:
         impl = mod.make_impl(spec, 'ours', base)  # runs one forward (no grad) for the output gradient's shape
         got.clear()
         impl.fwdbwd()
@@ -154,23 +168,7 @@ def analyse(a):
             if key not in per_kernel:
                 per_kernel[key] = dict(op=name, kernel=fn.__name__, launches=0, grid=str(tuple(grid)))
                 if key not in compiled:
-                    t0 = time.time()
-                    try:
-                        ck = build()
-                        regs, st, ld = ptxas_report(ck.asm['ptx'], a.arch)
-                        ptx = ck.asm['ptx']
-                        shared = ck.metadata.shared
-                        compiled[key] = dict(
-                            num_warps=ck.metadata.num_warps, num_stages=ck.metadata.num_stages, registers=regs,
-                            spill_stores=st, spill_loads=ld, shared_kib=round(shared / 1024, 1),
-                            blocks_per_sm=blocks_per_sm(regs, ck.metadata.num_warps, shared, a.arch),
-                            barriers=ptx.count('bar.sync'),
-                            shared_ops=ptx.count('ld.shared') + ptx.count('st.shared'),
-                            note='shared memory over the limit' if shared > SMEM_LIMIT.get(a.arch, 1 << 30) else
-                                 ('spills' if (st or 0) > 0 else ''),
-                            compile_s=round(time.time() - t0, 1))
-                    except Exception as e:  # noqa: BLE001  (one kernel's compile error is a row, not the end)
-                        compiled[key] = dict(note=f'compile error: {type(e).__name__}: {str(e)[:120]}')
+                    compiled[key] = resources(build, a.arch)
                 per_kernel[key].update(compiled[key])
             per_kernel[key]['launches'] += 1
         rows += list(per_kernel.values())

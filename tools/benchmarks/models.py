@@ -473,16 +473,12 @@ def _rows_of(rows, mode, call=None):
 
 
 def _lookup(rows, model, res, mode, call):
-    for r in rows:
-        if r['model'] == model and r['res'] == res and r['mode'] == mode and r.get('call', 0) == call \
-                and 'probe' not in r:
-            return r
-    return None
+    return next((r for r in _rows_of(rows, mode, call) if r['model'] == model and r['res'] == res), None)
 
 
 def _first_with(rows, model, res, mode, key):
     """The first row (in call order) of ``model`` at ``res`` that has ``key``, else the first at all."""
-    cands = [r for r in rows if r['model'] == model and r['res'] == res and r['mode'] == mode and 'probe' not in r]
+    cands = [r for r in _rows_of(rows, mode) if r['model'] == model and r['res'] == res]
     return next((r for r in cands if key in r), cands[0] if cands else None)
 
 
@@ -610,8 +606,8 @@ def host_table(rows):
         return []
     table = []
     for p in probes:
-        steps = [r for r in rows if r['model'] == p['model'] and r['mode'] == p['mode'] and 'probe' not in r
-                 and r.get('call', 0) == p.get('call', 0) and r.get('train_ms') is not None]
+        steps = [r for r in _rows_of(rows, p['mode'], p.get('call', 0))
+                 if r['model'] == p['model'] and r.get('train_ms') is not None]
         table.append(dict(model=p['model'], mode=p['mode'], host=p['train_ms'], steps=', '.join(
             f"{r['train_ms']:.1f} at {r['res']}" for r in steps) or '-'))
     return [f"## host time of a train step ({probes[0]['res']} px, batch 1: almost no GPU work)", '',
@@ -890,6 +886,12 @@ def run(a, argv):
         res['warm'] = warm_all(names, a, argv, log, deadline)
         res['notes'].append(f'Triton warm-up: {len(res["warm"])} processes, {time.time() - t0:.0f} s before the '
                             'timed cases (first-call times below are cache loads)')
+    def record(row):
+        """A finished case: into the results (written at once) and the log."""
+        res['rows'].append(row)
+        log(' '.join(f'{k}={common.fmt(v)}' for k, v in row.items()))
+        common.write_json(out_json, res)
+
     for mode in a.modes:
         need = 20 if mode == 'eager' else 120
         for r, b in zip(a.res, a.batch):
@@ -898,18 +900,13 @@ def run(a, argv):
                     row = dict(model=name, res=r, batch=b, mode=mode, skipped='deadline')
                 else:
                     row = run_case(name, r, b, mode, a, device, bcfg)
-                res['rows'].append(row)
-                log(' '.join(f'{k}={common.fmt(v)}' for k, v in row.items()))
-                common.write_json(out_json, res)
+                record(row)
                 common.guarded(log, 'report', report, res, a.out, plot=False)  # a killed call keeps its table
         if a.host_probe:
             for name in (n for n in names if '@' not in n):
                 if deadline.expired(need):
                     continue
-                row = dict(run_case(name, a.host_probe, 1, mode, a, device, bcfg, kinds=('train',)), probe='host')
-                res['rows'].append(row)
-                log(' '.join(f'{k}={common.fmt(v)}' for k, v in row.items()))
-                common.write_json(out_json, res)
+                record(dict(run_case(name, a.host_probe, 1, mode, a, device, bcfg, kinds=('train',)), probe='host'))
         if mode in a.profile_modes:
             for pr in a.profile:
                 if deadline.expired(60):

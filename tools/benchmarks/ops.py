@@ -485,20 +485,28 @@ def time_case(spec, names, base, modes, bw, a, device):
 
 
 @contextlib.contextmanager
-def _counted_launches(stub=False):
-    """Count Triton kernel launches (``JITFunction.run``); ``stub``: skip them (what our Python alone costs)."""
+def launches_replaced(handler):
+    """Every Triton launch (``JITFunction.run``) goes to ``handler(real_run, kernel, *args, **kwargs)`` instead."""
     from triton.runtime.jit import JITFunction
-    real, box = JITFunction.run, [0]
-
-    def run(self, *args, **kwargs):
-        box[0] += 1
-        return None if stub else real(self, *args, **kwargs)
-
-    JITFunction.run = run
+    real = JITFunction.run
+    JITFunction.run = lambda self, *args, **kwargs: handler(real, self, *args, **kwargs)
     try:
-        yield box
+        yield
     finally:
         JITFunction.run = real
+
+
+@contextlib.contextmanager
+def _counted_launches(stub=False):
+    """Count Triton kernel launches; ``stub``: skip them (what our Python alone costs)."""
+    box = [0]
+
+    def count(real, kernel, *args, **kwargs):
+        box[0] += 1
+        return None if stub else real(kernel, *args, **kwargs)
+
+    with launches_replaced(count):
+        yield box
 
 
 def host_costs(spec, names, a, dtype, device):

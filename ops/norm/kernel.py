@@ -8,6 +8,8 @@ fp32 are kept for the backward. Backward: a fixed number of programs, each over 
 ``dx`` per row, and the weight / bias gradients summed over the program's rows in fp32 registers, written as
 one partial row per program and summed over programs by the host (no atomics: repeatable bits).
 """
+from types import MappingProxyType
+
 import torch
 import triton
 import triton.language as tl
@@ -18,8 +20,9 @@ MAX_C = 65536
 # launch settings per pass (kernel_options(launch={'norm_fwd' | 'norm_bwd': {...}}) overrides them): elements of one
 # [BM, BC] register tile, warps (None: 8 from 2048 elements, else 4), backward programs per SM and the stages of its
 # row loop (1: no software pipelining; more is to be A/B'd on the device first)
-LAUNCH_DEFAULTS = dict(norm_fwd=dict(tile=4096, num_warps=None),
-                       norm_bwd=dict(tile=2048, num_warps=None, progs_per_sm=4, loop_stages=1))
+LAUNCH_DEFAULTS = MappingProxyType(dict(
+    norm_fwd=MappingProxyType(dict(tile=4096, num_warps=None)),
+    norm_bwd=MappingProxyType(dict(tile=2048, num_warps=None, progs_per_sm=4, loop_stages=1))))
 declare_launch(LAUNCH_DEFAULTS['norm_fwd'], 'norm_fwd')
 declare_launch(LAUNCH_DEFAULTS['norm_bwd'], 'norm_bwd')
 

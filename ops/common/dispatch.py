@@ -88,9 +88,10 @@ class _autograd_enabled:
 def eager_function_ok(args) -> bool:
     """May this call skip the custom op and run through the ``autograd.Function``? Only for plain eager calls:
     tracers (dynamo, jit, export), functorch transforms and dispatch modes must see the custom op."""
-    if current_options().eager_path != 'function':
-        return False
+    # tracers first: dynamo before torch 2.13 cannot trace ContextVar.get (a graph break at every op call)
     if torch.compiler.is_compiling() or torch.jit.is_tracing() or torch._C._are_functorch_transforms_active():
+        return False
+    if current_options().eager_path != 'function':
         return False
     if _get_current_dispatch_mode() is not None:
         return False

@@ -1,6 +1,7 @@
 """Every registered token mixer under ``torch.compile(fullgraph=True, backend='aot_eager')``: one graph (a graph
 break, a host read such as ``.tolist()`` / ``.item()`` or a recompile is an error) whose forward and backward
-equal eager (outputs, input gradient, every parameter's gradient). A directional mixer runs without a route and
+equal eager (outputs, input gradient, every parameter's gradient), with dynamo tracing no ``ContextVar`` (as
+before torch 2.13: an options read in a traced call is a graph break there). A directional mixer runs without a route and
 under ``bi`` and ``cross`` in the same compiled call (one compilation per mixer keeps the file within its time
 budget); HGRN also under ``multi_head_2d`` (cores given head sub-ranges), and packed sequences once.
 Tiny: dim 32, 2 heads, a 3 x 5 grid; the ops run their CPU references inside their custom ops."""
@@ -8,6 +9,7 @@ import pytest
 import torch
 
 import vla_mm  # noqa: F401
+from tests.dynamo_compat import contextvars_untraceable
 from tests.test_models.mixer_checks import BATCH, DIM, GRID, HEADS
 from vla_mm.models.mixers.base import MixerContext, build_mixer
 from vla_mm.models.scans import build_scan
@@ -22,7 +24,7 @@ ROUTES = dict(hgrn=('bi', 'cross', dict(type='multi_head_2d', directions=('row_r
 @pytest.fixture(autouse=True)
 def fresh_dynamo():
     torch._dynamo.reset()
-    with torch._dynamo.config.patch(error_on_recompile=True):
+    with torch._dynamo.config.patch(error_on_recompile=True), contextvars_untraceable():
         yield
     torch._dynamo.reset()
 

@@ -239,25 +239,31 @@ def _launches(monkeypatch, dtype, K, **options):
     return log
 
 
-def test_16bit_inputs_above_k64_use_ieee_dots(monkeypatch):
-    """The fix of issue 15's crash: 16-bit inputs at K > 64 launch every kernel with 'ieee' dots (the build that
-    ran clean on the GPU at the shapes where tf32 failed); tf32 stays at K <= 64, fp32 inputs are always 'ieee'."""
-    for dtype, K, want in [(torch.bfloat16, 96, 'ieee'), (torch.float16, 65, 'ieee'), (torch.bfloat16, 64, 'tf32'),
-                           (torch.float32, 32, 'ieee')]:
+def test_16bit_inputs_above_k64_use_ieee_dots_in_the_backward(monkeypatch):
+    """The fix of issue 15's crash: 16-bit inputs at K > 64 launch the backward kernels with 'ieee' dots (the build
+    that ran clean on the GPU where tf32 failed) and the forward kernels with tf32 (clean on Hopper at K = 128,
+    session 10); tf32 everywhere at K <= 64; fp32 inputs always 'ieee'."""
+    fwd = {'_prep_kernel', '_state_kernel', '_out_kernel'}
+    for dtype, K, want_fwd, want_bwd in [(torch.bfloat16, 96, 'tf32', 'ieee'), (torch.float16, 65, 'tf32', 'ieee'),
+                                         (torch.bfloat16, 64, 'tf32', 'tf32'), (torch.float32, 32, 'ieee', 'ieee')]:
         log = _launches(monkeypatch, dtype, K)
         monkeypatch.undo()
         assert sorted(n for n, _ in log) == sorted(KERNELS)
-        assert {kw['PREC'] for _, kw in log} == {want}, (dtype, K, log)
+        prec = {n: kw['PREC'] for n, kw in log}
+        assert prec == {n: want_fwd if n in fwd else want_bwd for n in KERNELS}, (dtype, K, prec)
 
 
 def test_dot_precision_per_kernel_for_16bit_inputs(monkeypatch):
     """``launch={'delta_rule_<kernel>': {'precision': ...}}`` sets one kernel's dots (the device bisection of the
     K > 64 fault: tf32 kernel by kernel); other kernels keep the default, fp32 inputs keep 'ieee', a value
     outside PRECISIONS is refused."""
-    log = _launches(monkeypatch, torch.bfloat16, 96, launch={'delta_rule_state': dict(precision='tf32')})
+    log = _launches(monkeypatch, torch.bfloat16, 96, launch={'delta_rule_dstate': dict(precision='tf32'),
+                                                             'delta_rule_state': dict(precision='ieee')})
     monkeypatch.undo()
     prec = {n: kw['PREC'] for n, kw in log}
-    assert prec.pop('_state_kernel') == 'tf32' and set(prec.values()) == {'ieee'}, log
+    assert (prec.pop('_dstate_kernel'), prec.pop('_state_kernel')) == ('tf32', 'ieee'), log
+    assert prec == {'_prep_kernel': 'tf32', '_out_kernel': 'tf32', '_grads_wy_kernel': 'ieee',
+                    '_grads_qk_kernel': 'ieee'}, log
     log = _launches(monkeypatch, torch.float32, 96, launch={'delta_rule_state': dict(precision='tf32')})
     monkeypatch.undo()
     assert {kw['PREC'] for _, kw in log} == {'ieee'}

@@ -4,9 +4,12 @@
 x is seen as ``[M, C]`` rows (row stride ``sx``, unit column stride). Forward: one program per ``BM`` rows,
 statistics in fp32, ``y = (x - mean) * rstd * w + b`` (RMSNorm: ``y = x * rstd * w``; gated: times
 ``gate * sigmoid(gate)``) written straight in the output dtype (under autocast the bf16 the next matmul reads, so no separate cast pass); mean and rstd ``[M]``
-fp32 are kept for the backward. Backward: a fixed number of programs, each over a contiguous range of rows:
-``dx`` per row, and the weight / bias gradients summed over the program's rows in fp32 registers, written as
-one partial row per program and summed over programs by the host (no atomics: repeatable bits).
+fp32 are kept for the backward. Backward: by default one program per ``BM``-row tile, like the forward (many
+programs resident per SM keep enough loads in flight; the persistent loop below was latency-bound, 630 µs a call
+at [65536, 384] on an H100 against ~90 µs of traffic); ``progs_per_sm`` makes it persistent instead, a fixed
+number of programs each looping over a contiguous range of rows. Either way ``dx`` per row, and the weight /
+bias gradients summed over the program's rows in fp32, written as one partial row per program and summed over
+programs by the host (no atomics: repeatable bits).
 """
 from types import MappingProxyType
 
@@ -18,11 +21,12 @@ from ..common.options import cdiv, current_options, declare_launch, next_power_o
 
 MAX_C = 65536
 # launch settings per pass (kernel_options(launch={'norm_fwd' | 'norm_bwd': {...}}) overrides them): elements of one
-# [BM, BC] register tile, warps (None: 8 from 2048 elements, else 4), backward programs per SM and the stages of its
-# row loop (1: no software pipelining; more is to be A/B'd on the device first)
+# [BM, BC] register tile, warps (None: forward 8 from 2048 elements, else 4; backward 8 elements a thread, 4-16
+# warps), backward programs per SM (None: one per tile; a number: persistent programs looping over rows) and the
+# stages of that row loop (1: no software pipelining)
 LAUNCH_DEFAULTS = MappingProxyType(dict(
     norm_fwd=MappingProxyType(dict(tile=4096, num_warps=None)),
-    norm_bwd=MappingProxyType(dict(tile=2048, num_warps=None, progs_per_sm=4, loop_stages=1))))
+    norm_bwd=MappingProxyType(dict(tile=4096, num_warps=None, progs_per_sm=None, loop_stages=1))))
 declare_launch(LAUNCH_DEFAULTS['norm_fwd'], 'norm_fwd')
 declare_launch(LAUNCH_DEFAULTS['norm_bwd'], 'norm_bwd')
 
@@ -57,60 +61,81 @@ def _ln_fwd_kernel(x, w, b, gate, y, mean, rstd, M, C, sx, sg, sy, eps,
 
 
 @triton.jit
+def _ln_bwd_tile(x, b, gate, dy, dx, dgate, mean, rstd, wv, r0, end, C, sx, sg, sdy, sdx, sdg,
+                 RMS: tl.constexpr, HAS_W: tl.constexpr, HAS_B: tl.constexpr, GATE: tl.constexpr,
+                 SAME_STRIDES: tl.constexpr, BM: tl.constexpr, BC: tl.constexpr):
+    """dx (and dgate) of rows ``r0 + [0, BM)`` below ``end``; returns their ``dy * xhat`` and ``dy`` tiles."""
+    base = tl.cast(r0, tl.int64)  # int64 row base, int32 offsets inside the tile
+    r = tl.arange(0, BM)
+    cols = tl.arange(0, BC)
+    cm = cols < C
+    rm = r0 + r < end
+    msk = rm[:, None] & cm[None, :]
+    off = r[:, None] * sx + cols[None, :]
+    if SAME_STRIDES:  # contiguous rows everywhere: one offset tile for every tensor
+        off_dy, off_dx, off_g = off, off, off
+    else:
+        off_dy = r[:, None] * sdy + cols[None, :]
+        off_dx = r[:, None] * sdx + cols[None, :]
+        off_g = r[:, None] * sg + cols[None, :]
+    xv = tl.load(x + base * sx + off, mask=msk, other=0.0).to(tl.float32)
+    g = tl.load(dy + base * sdy + off_dy, mask=msk, other=0.0).to(tl.float32)
+    mu = tl.load(mean + base + r, mask=rm, other=0.0)
+    rs = tl.load(rstd + base + r, mask=rm, other=0.0)
+    xhat = tl.where(msk, (xv - mu[:, None]) * rs[:, None], 0.0)
+    if GATE:
+        # y = n * swish(z) with n the affine norm: dn = dy * swish(z), dz = dy * n * swish'(z)
+        z = tl.load(gate + base * sg + off_g, mask=msk, other=0.0).to(tl.float32)
+        sz = tl.sigmoid(z)
+        n = xhat
+        if HAS_W:
+            n = n * wv[None, :]
+        if HAS_B:
+            n = n + tl.load(b + cols, mask=cm, other=0.0).to(tl.float32)[None, :]
+        dz = g * n * sz * (1.0 + z * (1.0 - sz))
+        tl.store(dgate + base * sdg + (r[:, None] * sdg + cols[None, :]), dz.to(dgate.dtype.element_ty), mask=msk)
+        g = g * z * sz
+    if HAS_W:
+        wg = g * wv[None, :]
+    else:
+        wg = g
+    c1 = tl.sum(xhat * wg, axis=1) / C
+    if RMS:
+        dxv = (wg - xhat * c1[:, None]) * rs[:, None]
+    else:
+        c2 = tl.sum(wg, axis=1) / C
+        dxv = (wg - xhat * c1[:, None] - c2[:, None]) * rs[:, None]
+    tl.store(dx + base * sdx + off_dx, dxv.to(dx.dtype.element_ty), mask=msk)
+    return g * xhat, g
+
+
+@triton.jit
 def _ln_bwd_kernel(x, w, b, gate, dy, dx, dgate, mean, rstd, dw_part, db_part, M, C, sx, sg, sdy, sdx, sdg,
                    rows_per_prog, RMS: tl.constexpr, HAS_W: tl.constexpr, HAS_B: tl.constexpr, GATE: tl.constexpr,
-                   BM: tl.constexpr, BC: tl.constexpr, STAGES: tl.constexpr):
+                   SAME_STRIDES: tl.constexpr, ONE_TILE: tl.constexpr, BM: tl.constexpr, BC: tl.constexpr,
+                   STAGES: tl.constexpr):
     pid = tl.program_id(0)
     start = pid * rows_per_prog
     end = tl.minimum(start + rows_per_prog, M)
     cols = tl.arange(0, BC)
     cm = cols < C
+    wv = tl.load(w + cols, mask=cm, other=0.0).to(tl.float32) if HAS_W else cols
+    if ONE_TILE:  # one row tile per program: no loop, the partial sums straight from the tile
+        dw_acc, db_acc = _ln_bwd_tile(x, b, gate, dy, dx, dgate, mean, rstd, wv, start, end, C, sx, sg, sdy,
+                                      sdx, sdg, RMS, HAS_W, HAS_B, GATE, SAME_STRIDES, BM, BC)
+    else:
+        # persistent: weight / bias gradients summed as [BM, BC] tiles (elementwise), over rows once at the end
+        dw_acc = tl.zeros([BM, BC], dtype=tl.float32)
+        db_acc = tl.zeros([BM, BC], dtype=tl.float32)
+        for r0 in tl.range(start, end, BM, num_stages=STAGES):  # STAGES > 1: the next rows load meanwhile
+            gx, g = _ln_bwd_tile(x, b, gate, dy, dx, dgate, mean, rstd, wv, r0, end, C, sx, sg, sdy, sdx, sdg,
+                                 RMS, HAS_W, HAS_B, GATE, SAME_STRIDES, BM, BC)
+            dw_acc += gx
+            db_acc += g
     if HAS_W:
-        wv = tl.load(w + cols, mask=cm, other=0.0).to(tl.float32)
-    if GATE and HAS_B:
-        bv = tl.load(b + cols, mask=cm, other=0.0).to(tl.float32)
-    dw_acc = tl.zeros([BC], dtype=tl.float32)
-    db_acc = tl.zeros([BC], dtype=tl.float32)
-    for r0 in tl.range(start, end, BM, num_stages=STAGES):  # STAGES > 1: the next rows load (cp.async) meanwhile
-        rows = (r0 + tl.arange(0, BM)).to(tl.int64)
-        rm = rows < end
-        msk = rm[:, None] & cm[None, :]
-        xv = tl.load(x + rows[:, None] * sx + cols[None, :], mask=msk, other=0.0).to(tl.float32)
-        g = tl.load(dy + rows[:, None] * sdy + cols[None, :], mask=msk, other=0.0).to(tl.float32)
-        mu = tl.load(mean + rows, mask=rm, other=0.0)
-        rs = tl.load(rstd + rows, mask=rm, other=0.0)
-        xhat = tl.where(msk, (xv - mu[:, None]) * rs[:, None], 0.0)
-        if GATE:
-            # y = n * swish(z) with n the affine norm: dn = dy * swish(z), dz = dy * n * swish'(z)
-            z = tl.load(gate + rows[:, None] * sg + cols[None, :], mask=msk, other=0.0).to(tl.float32)
-            sz = tl.sigmoid(z)
-            n = xhat
-            if HAS_W:
-                n = n * wv[None, :]
-            if HAS_B:
-                n = n + bv[None, :]
-            dz = g * n * sz * (1.0 + z * (1.0 - sz))
-            tl.store(dgate + rows[:, None] * sdg + cols[None, :], dz.to(dgate.dtype.element_ty), mask=msk)
-            g = g * z * sz
-        if HAS_W:
-            wg = g * wv[None, :]
-        else:
-            wg = g
-        c1 = tl.sum(xhat * wg, axis=1) / C
-        if RMS:
-            dxv = (wg - xhat * c1[:, None]) * rs[:, None]
-        else:
-            c2 = tl.sum(wg, axis=1) / C
-            dxv = (wg - xhat * c1[:, None] - c2[:, None]) * rs[:, None]
-        tl.store(dx + rows[:, None] * sdx + cols[None, :], dxv.to(dx.dtype.element_ty), mask=msk)
-        if HAS_W:
-            dw_acc += tl.sum(g * xhat, axis=0)
-        if HAS_B:
-            db_acc += tl.sum(g, axis=0)
-    if HAS_W:
-        tl.store(dw_part + pid * C + cols, dw_acc, mask=cm)
+        tl.store(dw_part + pid * C + cols, tl.sum(dw_acc, axis=0), mask=cm)
     if HAS_B:
-        tl.store(db_part + pid * C + cols, db_acc, mask=cm)
+        tl.store(db_part + pid * C + cols, tl.sum(db_acc, axis=0), mask=cm)
 
 
 def launch_config(kind):
@@ -118,11 +143,14 @@ def launch_config(kind):
     return current_options().settings(kind, LAUNCH_DEFAULTS[kind])
 
 
-def _blocks(C, cfg):
+def _blocks(C, cfg, backward=False):
     BC = max(16, next_power_of_2(C))
     BM = max(1, min(64, cfg['tile'] // BC))
-    num_warps = cfg['num_warps'] or (8 if BC * BM >= 2048 else 4)
-    return BM, BC, num_warps
+    if backward:  # 8 elements of each [BM, BC] tile a thread (offline sm_90: 40-55 registers at C = 384 / 768)
+        default_warps = max(4, min(16, BM * BC // 256))
+    else:
+        default_warps = 8 if BC * BM >= 2048 else 4
+    return BM, BC, cfg['num_warps'] or default_warps
 
 
 def rows_of(t, C):
@@ -159,9 +187,10 @@ def norm_bwd(dy, x, weight, bias, mean, rstd, rms, gate=None):
     dg = torch.empty((M, C), dtype=gate.dtype, device=x.device) if gate is not None else dx
     has_w, has_b = weight is not None, bias is not None
     cfg = launch_config('norm_bwd')
-    BM, BC, num_warps = _blocks(C, cfg)
-    progs = max(1, min(cdiv(M, BM), cfg['progs_per_sm'] * num_sms(x.device)))
-    rows_per_prog = cdiv(cdiv(M, progs), BM) * BM if M else BM
+    BM, BC, num_warps = _blocks(C, cfg, backward=True)
+    tiles = max(1, cdiv(M, BM))
+    progs = tiles if cfg['progs_per_sm'] is None else max(1, min(tiles, cfg['progs_per_sm'] * num_sms(x.device)))
+    rows_per_prog = cdiv(tiles, progs) * BM
     progs = max(1, cdiv(M, rows_per_prog))
     part = torch.empty((2 if has_w and has_b else 1, progs, C), dtype=torch.float32, device=x.device)
     dw_part, db_part = part[0], part[-1]
@@ -169,8 +198,9 @@ def norm_bwd(dy, x, weight, bias, mean, rstd, rms, gate=None):
         _ln_bwd_kernel[(progs,)](
             x2, weight if has_w else x2, bias if has_b else x2, g2, dy2, dx, dg, mean, rstd, dw_part, db_part, M,
             C, x2.stride(0), g2.stride(0), dy2.stride(0), dx.stride(0), dg.stride(0), rows_per_prog, RMS=rms,
-            HAS_W=has_w, HAS_B=has_b, GATE=gate is not None, BM=BM, BC=BC, STAGES=cfg['loop_stages'],
-            num_warps=num_warps)
+            HAS_W=has_w, HAS_B=has_b, GATE=gate is not None,
+            SAME_STRIDES=len({x2.stride(0), dy2.stride(0), dx.stride(0)} | ({g2.stride(0), dg.stride(0)} if gate is not None else set())) == 1,
+            ONE_TILE=rows_per_prog == BM, BM=BM, BC=BC, STAGES=cfg['loop_stages'], num_warps=num_warps)
     else:
         part.zero_()
     dw = dw_part.sum(0).to(weight.dtype) if has_w else None

@@ -75,11 +75,17 @@ def test_gated_norm(rms, affine, dtype):
     _check((3, 11, 32), dtype=dtype, rms=rms, affine=affine, gate=True)
 
 
-def test_norm_many_programs_in_backward(monkeypatch):
-    """More rows than one program's share: the weight / bias partial sums of several programs add up."""
+@pytest.mark.parametrize('progs_per_sm', [None, 2])
+def test_norm_many_programs_in_backward(monkeypatch, progs_per_sm):
+    """The weight / bias partial sums of many programs add up: one row tile per program (the default: 1000 rows
+    of 64-row tiles, the last one partial), and persistent programs looping over several tiles (3 SMs x 2: 6
+    programs of 192 rows, the last 40), contiguous and strided rows, gated."""
+    from vla_mm.ops.common import kernel_options
     from vla_mm.ops.norm import kernel
     monkeypatch.setattr(kernel, 'num_sms', lambda device: 3)
-    _check((1000, 48))
+    with kernel_options(launch=dict(norm_bwd=dict(progs_per_sm=progs_per_sm))):
+        _check((1000, 48))
+        _check((1000, 48), strided=True, gate=True, rms=True)
 
 
 def test_norm_launch_options():

@@ -20,12 +20,15 @@ def run_tool(out, *args):
 
 
 def test_kernel_resources_of_the_norm_follow_its_launch_options(tmp_path):
-    rows = run_tool(tmp_path / 'default', '--ops', 'layer_norm')
+    rows = run_tool(tmp_path / 'default', '--ops', 'layer_norm', '--ptx')
     assert [r['kernel'] for r in rows] == ['_ln_fwd_kernel', '_ln_bwd_kernel']
-    for r in rows:
+    # the defaults at tiles of 4096 elements (64 rows of 64 here): forward 8 warps, backward 8 elements a thread
+    for r, warps in zip(rows, (8, 16)):
         assert r['launches'] == 1 and r['registers'] > 0 and r['spill_stores'] == 0 and r['shared_kib'] > 0, r
-        assert r['num_warps'] == 8  # the default for tiles of 2048 elements or more (64 rows of 64 here)
+        assert r['num_warps'] == warps, r
         assert 1 <= r['blocks_per_sm'] <= 8
+    ptx = sorted(p.name for p in (tmp_path / 'default').glob('*.ptx'))
+    assert len(ptx) == 2 and all('.entry' in (tmp_path / 'default' / p).read_text() for p in ptx), ptx
     bwd = run_tool(tmp_path / 'variant', '--ops', 'layer_norm', '--launch',
                    '{"norm_bwd": {"tile": 1, "num_warps": 2}}')[1]
     assert bwd['kernel'] == '_ln_bwd_kernel' and bwd['num_warps'] == 2

@@ -136,7 +136,7 @@ def resources(build, arch):
                 barriers=ptx.count('bar.sync'), shared_ops=ptx.count('ld.shared') + ptx.count('st.shared'),
                 note='shared memory over the limit' if shared > SMEM_LIMIT.get(arch, 1 << 30) else
                      ('spills' if (st or 0) > 0 else ''),
-                compile_s=round(time.time() - t0, 1))
+                compile_s=round(time.time() - t0, 1), ptx=ptx)
 
 
 def op_launches(spec, mod, a, dtype):
@@ -169,6 +169,11 @@ def analyse(a):
                 per_kernel[key] = dict(op=name, kernel=fn.__name__, launches=0, grid=str(tuple(grid)))
                 if key not in compiled:
                     compiled[key] = resources(build, a.arch)
+                    ptx = compiled[key].pop('ptx', None)
+                    if a.ptx and ptx:  # PTX to read (barriers, layouts) beside the report
+                        os.makedirs(a.out, exist_ok=True)
+                        with open(osp.join(a.out, f'{name}{fn.__name__}_{len(compiled)}.ptx'), 'w') as f:
+                            f.write(ptx)
                 per_kernel[key].update(compiled[key])
             per_kernel[key]['launches'] += 1
         rows += list(per_kernel.values())
@@ -209,6 +214,7 @@ def parse_args(argv=None):
     p.add_argument('--arch', type=int, default=90, help='compute capability, e.g. 90 (Hopper)')
     p.add_argument('--launch', type=json.loads, default=None,
                    help='launch options of our kernels, as JSON: kernel_options(launch=...) (names in docs/ops.md)')
+    p.add_argument('--ptx', action='store_true', help='also write each compiled kernel\'s PTX under --out')
     return p.parse_args(argv)
 
 

@@ -14,7 +14,9 @@ Of the keyword contract shared by the op families (``scale``, ``initial_state``,
 sequence, so there is no direction to reverse and no running state to start from or return.
 
 q, k, v may be strided views (e.g. ``qkv(x).reshape(B, N, 3, H, D).unbind(2)`` or a transposed ``[B, H, N, D]``
-tensor): the kernels read them through their strides, without a copy.
+tensor): the kernels read them through their strides, without a copy. ``linear_attn_qkv(qkv)`` takes the packed
+``[B, N, 3, H, D]`` projection itself (the custom op ``vla_mm::linear_attn_qkv``): its backward writes dq, dk, dv
+into one packed gradient, where the views' gradients would be stacked by autograd (a copy of the three).
 
 Reproducibility: the kernels sum the states over blocks of N with fp32 atomics, whose order varies between GPU
 runs (differences of ~1e-7 that training amplifies). Under ``torch.use_deterministic_algorithms(True)`` each
@@ -25,7 +27,8 @@ import torch
 from ..common import check_cu_seqlens, check_dtype, check_same_device, kernel_options, register_op, use_triton
 from .reference import linear_attn_reference as _reference_impl
 
-__all__ = ['linear_attn', 'linear_attn_reference', 'linear_attn_triton', 'FEATURE_MAPS', 'MAX_HEAD_DIM']
+__all__ = ['linear_attn', 'linear_attn_qkv', 'linear_attn_reference', 'linear_attn_triton', 'FEATURE_MAPS',
+           'MAX_HEAD_DIM']
 
 FEATURE_MAPS = ('identity', 'elu1', 'relu', 'focused')
 NORMS = ('standard', 'linfusion')
@@ -139,6 +142,29 @@ _linear_attn_op = register_op(
     fake=_fake)
 
 
+def _unpacked(fn):
+    """``fn`` of the linear_attn op's arguments as a function of the packed op's (qkv first)."""
+    def run(qkv, *opts):
+        return fn(*qkv.unbind(2), *opts)
+    return run
+
+
+def _qkv_triton_backward(grads, outputs, residuals, qkv, *opts):
+    from . import kernel
+    q, k, v = qkv.unbind(2)
+    do = grads[0] if grads[0] is not None else torch.zeros_like(outputs[0])
+    dqkv = torch.empty_like(qkv, memory_format=torch.contiguous_format)
+    kernel.backward(q, k, v, do, residuals[0], _plan(q, v, *opts), out=dqkv.unbind(2))
+    return (dqkv,)
+
+
+_linear_attn_qkv_op = register_op(
+    'linear_attn_qkv', '(Tensor qkv, str feature_map, bool normalize, float? scale, float eps, float focus_power, '
+                       'Tensor? rope_cos, Tensor? rope_sin, str norm, Tensor? key_padding_mask, Tensor? cu_seqlens)',
+    outputs=1, grads=('qkv',), reference=_unpacked(_reference), triton=_unpacked(_triton),
+    triton_backward=_qkv_triton_backward, fake=_unpacked(_fake))
+
+
 def _op_args(q, k, v, feature_map, normalize, scale, eps, focus_power, rope, norm, key_padding_mask, cu_seqlens):
     cos, sin = rope if rope is not None else (None, None)
     return (q, k, v, feature_map, normalize, None if scale is None else float(scale), float(eps),
@@ -152,6 +178,23 @@ def linear_attn(q, k, v, *, feature_map='elu1', normalize=True, scale=None, eps=
     args = (q, k, v, feature_map, normalize, scale, eps, focus_power, rope, norm, key_padding_mask, cu_seqlens)
     _check_args(*args)
     return _linear_attn_op(*_op_args(*args))[0]
+
+
+def linear_attn_qkv(qkv, *, feature_map='elu1', normalize=True, scale=None, eps=1e-6, focus_power=3.0, rope=None,
+                    norm='standard', key_padding_mask=None, cu_seqlens=None, backend=None):
+    """:func:`linear_attn` of ``q, k, v = qkv.unbind(2)`` for a packed ``qkv`` ``[B, N, 3, H, D]`` (a qkv
+    projection reshaped; any strides), with one packed gradient. ``backend``: None (the usual dispatch) or
+    'triton' (the kernels whatever the device, as :func:`linear_attn_triton`)."""
+    if not isinstance(qkv, torch.Tensor) or qkv.dim() != 5 or qkv.shape[2] != 3:
+        raise ValueError(f'qkv must be a [B, N, 3, H, D] tensor, got '
+                         f'{tuple(qkv.shape) if isinstance(qkv, torch.Tensor) else type(qkv).__name__}')
+    args = (*qkv.unbind(2), feature_map, normalize, scale, eps, focus_power, rope, norm, key_padding_mask, cu_seqlens)
+    _check_args(*args)
+    op_args = (qkv, *_op_args(*args)[3:])
+    if backend is None:
+        return _linear_attn_qkv_op(*op_args)[0]
+    with kernel_options(backend=backend):
+        return _linear_attn_qkv_op(*op_args)[0]
 
 
 def linear_attn_triton(q, k, v, *, feature_map='elu1', normalize=True, scale=None, eps=1e-6, focus_power=3.0,

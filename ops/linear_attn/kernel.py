@@ -638,15 +638,14 @@ def forward(q, k, v, P):
     return o, state
 
 
-def backward(q, k, v, do, state, P):
-    """B1 + B2: dq, dk, dv (in the inputs' dtypes) from the forward's state buffer."""
+def backward(q, k, v, do, state, P, out=None):
+    """B1 + B2: dq, dk, dv (in the inputs' dtypes) from the forward's state buffer, written into ``out`` (three
+    tensors of q's, k's and v's shapes, any strides: e.g. the slices of one packed qkv gradient) if given."""
     B, N, H, K, V = P.B, P.N, P.H, P.K, P.V
     S, z = P.state_views(state)
     dstate = torch.zeros_like(state)
     dS, dz = P.state_views(dstate)
-    dq = alloc(q.shape, q.dtype, q.device)
-    dk = alloc(k.shape, k.dtype, k.device)
-    dv = alloc(v.shape, v.dtype, v.device)
+    dq, dk, dv = out if out is not None else (alloc(t.shape, t.dtype, t.device) for t in (q, k, v))
     nr, CHr, tabr = P.chunks['red']
     nm, CHm, tabm = P.chunks['map']
     if nr == 0:

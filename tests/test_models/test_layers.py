@@ -108,6 +108,10 @@ def _copy_free_op(q, k, v, **kwargs):
     return q * k + v  # elementwise on the strided q/k/v views: a fresh contiguous [B, N, H, D]
 
 
+def _copy_free_packed_op(qkv, **kwargs):
+    return _copy_free_op(*qkv.unbind(2))
+
+
 def test_block_and_backbone_make_no_copies(count_copies, build_backbone, images, monkeypatch):
     """One train step (forward + backward): the blocks make no copy. The backbone makes three: the stem's output
     gradient (the tokens are a transposed view of the conv output), the returned NCHW map, and the final norm's
@@ -116,6 +120,7 @@ def test_block_and_backbone_make_no_copies(count_copies, build_backbone, images,
     old layout the residual stream was a transposed view and every LayerNorm copied its input and its gradient:
     4 copies a block.)"""
     monkeypatch.setattr(linear_attn_mod, 'linear_attn', _copy_free_op)  # the op's own internals are not ours
+    monkeypatch.setattr(linear_attn_mod, 'linear_attn_qkv', _copy_free_packed_op)
     x = torch.randn(2, 64, 32, requires_grad=True)
     for ffn_type in ('mlp', 'glu'):
         block = MixerBlock(32, dict(type='linear_attn'), num_heads=2, ffn_type=ffn_type, drop_path_rate=0.1,

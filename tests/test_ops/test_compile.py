@@ -19,7 +19,7 @@ from vla_mm.ops.delta_rule import delta_rule
 from vla_mm.ops.gla import chunk_gla, chunk_retention
 from vla_mm.ops.gsa import gsa
 from vla_mm.ops.hgrn import hgrn
-from vla_mm.ops.linear_attn import linear_attn
+from vla_mm.ops.linear_attn import linear_attn, linear_attn_qkv
 from vla_mm.ops.norm import layer_norm
 
 
@@ -37,6 +37,10 @@ def _la_inputs():
 def _la(x, cos, sin):
     q, k, v = x.unbind(2)
     return (linear_attn(q, k, v, feature_map='focused', rope=(cos, sin)),)
+
+
+def _la_qkv(x, cos, sin):
+    return (linear_attn_qkv(x, feature_map='elu1', rope=(cos, sin)),)
 
 
 def _la_varlen(x, cos, sin):
@@ -112,6 +116,7 @@ def _norm(x, w, gate):
 CASES = {
     'linear_attn': (_la, _la_inputs, 'linear_attn'),
     'linear_attn_varlen': (_la_varlen, _la_inputs, 'linear_attn'),
+    'linear_attn_qkv': (_la_qkv, _la_inputs, 'linear_attn_qkv'),
     'chunk_gla': (_gla, _gla_inputs, 'chunk_gla'),
     'chunk_retention': (_retention, _gla_inputs, 'chunk_gla'),
     'gsa': (_gsa, _gsa_inputs, 'chunk_gla'),
@@ -134,7 +139,7 @@ def _run(fn, inputs):
 
 # every case through the reference; the Triton path (interpreter: slow) once per op
 @pytest.mark.parametrize('case, path', [(c, 'reference') for c in CASES] +
-                         [('linear_attn', 'triton'), ('chunk_gla', 'triton'), ('hgrn', 'triton'),
+                         [('linear_attn', 'triton'), ('linear_attn_qkv', 'triton'), ('chunk_gla', 'triton'), ('hgrn', 'triton'),
                           ('delta_rule', 'triton'), ('layer_norm', 'triton')])
 def test_compiled_equals_eager(case, path):
     fn, make, op = CASES[case]
@@ -164,6 +169,10 @@ def _opcheck_args(name):
         q, k, v = (torch.randn(1, 6, 2, 8, generator=g).requires_grad_() for _ in range(3))
         return torch.ops.vla_mm.linear_attn.default, (q, k, v, 'elu1', True, None, 1e-6, 3.0, None, None,
                                                        'standard', None, None)
+    if name == 'linear_attn_qkv':
+        qkv = torch.randn(1, 6, 3, 2, 8, generator=g).requires_grad_()
+        return torch.ops.vla_mm.linear_attn_qkv.default, (qkv, 'focused', True, None, 1e-6, 3.0, None, None,
+                                                           'standard', None, None)
     if name == 'chunk_gla':
         q, k, v = (torch.randn(1, 6, 1, 8, generator=g).requires_grad_() for _ in range(3))
         gk = F.logsigmoid(torch.randn(1, 6, 1, generator=g)).requires_grad_()
@@ -183,7 +192,7 @@ def _opcheck_args(name):
 
 
 @pytest.mark.parametrize('path', ['reference', 'triton'])
-@pytest.mark.parametrize('name', ['linear_attn', 'chunk_gla', 'hgrn', 'delta_rule', 'layer_norm'])
+@pytest.mark.parametrize('name', ['linear_attn', 'linear_attn_qkv', 'chunk_gla', 'hgrn', 'delta_rule', 'layer_norm'])
 def test_opcheck(name, path):
     op, args = _opcheck_args(name)
     with kernel_options(backend=path):

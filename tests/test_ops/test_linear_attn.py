@@ -384,6 +384,45 @@ def test_kernel_reads_strided_views_without_copies(poison, monkeypatch, layout):
     assert torch.equal(o, o2) and all(torch.equal(a, b) for a, b in zip(grads, grads2))
 
 
+@pytest.mark.parametrize('backend', ['triton', None])
+def test_packed_qkv_op_gives_one_gradient_without_a_stack(poison, backend):
+    """``linear_attn_qkv(qkv)`` on a packed [B, N, 3, H, D] projection: the bits of ``linear_attn`` on its unbound
+    views (kernels in the interpreter, or the CPU reference), and the gradient of qkv comes out of the op as one
+    contiguous tensor: no ``aten.stack`` / ``aten.cat`` in the backward (the views' route stacks dq, dk, dv)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from vla_mm.ops.linear_attn import linear_attn_qkv
+
+    class Ops(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.names = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.names.append(func.__name__)
+            return func(*args, **(kwargs or {}))
+
+    B, N, H, D = 2, 20, 2, 16
+    x = randn(B, N, 3 * H * D)
+    mask = torch.rand(B, N, generator=torch.Generator().manual_seed(3)) > 0.2
+    do = randn(B, N, H, D)
+    opts = dict(feature_map='focused', key_padding_mask=mask)
+    with kernel_options(backend=backend or 'auto'):
+        packed = x.clone().reshape(B, N, 3, H, D).requires_grad_()
+        o = linear_attn_qkv(packed, **opts)
+        with Ops() as seen:
+            g, = torch.autograd.grad(o, packed, do)
+        views = x.clone().reshape(B, N, 3, H, D).requires_grad_()
+        o2 = linear_attn(*views.unbind(2), **opts)
+        g2, = torch.autograd.grad(o2, views, do)
+    assert torch.equal(o, o2) and torch.equal(g, g2)
+    assert g.is_contiguous() and g.shape == packed.shape
+    if backend == 'triton':
+        assert not {'stack', 'cat'} & {n.split('.')[0] for n in seen.names}, seen.names
+    with pytest.raises(ValueError, match='qkv must be'):
+        linear_attn_qkv(x.reshape(B, N, 2, -1, D))
+
+
 def test_kernel_launch_options(poison):
     (q, k, v), kw = make_inputs((2, 40, 2, 32, 16), F32, {})
     ref = linear_attn_reference(q.double(), k.double(), v.double())

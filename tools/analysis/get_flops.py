@@ -149,6 +149,12 @@ def linear_attn_handle(inputs, outputs):
     return linear_attn_macs(*_qkv(args), normalize=_flag(args, 'normalize', True))
 
 
+def linear_attn_qkv_handle(inputs, outputs):
+    args = op_args(outputs)
+    B, N, _, H, D = _get(args, 'qkv')
+    return linear_attn_macs(B, N, H, D, D, normalize=_flag(args, 'normalize', True))
+
+
 def chunk_gla_handle(inputs, outputs):
     args = op_args(outputs)
     B, N, H, K, V = _qkv(args)
@@ -189,7 +195,7 @@ def sdpa_handle(inputs, outputs):
 
 
 # op name -> handle: the torch.library custom ops and the autograd Functions of their Triton paths
-HANDLES = {'linear_attn': linear_attn_handle, 'chunk_gla': chunk_gla_handle, 'delta_rule': delta_rule_handle,
+HANDLES = {'linear_attn': linear_attn_handle, 'linear_attn_qkv': linear_attn_qkv_handle, 'chunk_gla': chunk_gla_handle, 'delta_rule': delta_rule_handle,
            'hgrn': hgrn_handle, 'gsa': gsa_handle, 'layer_norm': layer_norm_handle}
 PYTHON_OPS = {'LinearAttnFunction': linear_attn_handle, 'ChunkGLAFunction': chunk_gla_handle,
               'DeltaRuleFunction': delta_rule_handle, 'HGRNFunction': hgrn_handle}

@@ -9,7 +9,7 @@ Triton kernels on CUDA, the PyTorch reference on CPU. Order-free: a scan route d
 import torch
 import torch.nn as nn
 
-from vla_mm.ops.linear_attn import linear_attn
+from vla_mm.ops.linear_attn import linear_attn, linear_attn_qkv
 
 from ...registry import MIXERS
 from .base import BaseMixer, linear_factory
@@ -50,18 +50,21 @@ class LinearAttention(BaseMixer):
 
     def forward(self, x, ctx):
         B, N, C = x.shape
-        # q, k, v: strided views of the one projection (the op reads them in place)
-        q, k, v = self.qkv(x).reshape(B, N, 3, self.num_heads, C // self.num_heads).unbind(2)
-        o = linear_attn(q, k, v, feature_map=self.feature_map, normalize=self.normalize,
-                        focus_power=self.focus_power, cu_seqlens=ctx.cu_seqlens).reshape(B, N, C)
-        if self.lepe is not None:
-            h, w = ctx.hw
-            if ctx.ids_keep is not None or ctx.cu_seqlens is not None or h * w != N:
-                kept = ' with kept-token ids (MAE)' if ctx.ids_keep is not None else ''
-                raise ValueError(f'the LePE branch needs the full token grid (h * w == N = {N}), got hw = '
-                                 f'{tuple(ctx.hw)}{kept}')
-            # the conv needs a dense input (one copy of v); channels-last, so its output's tokens view below and
-            # the gradient coming back are contiguous (no second copy in the backward)
-            v_map = v.reshape(B, h, w, C).permute(0, 3, 1, 2).contiguous(memory_format=torch.channels_last)
-            o = o + self.lepe(v_map).flatten(2).transpose(1, 2)
+        # one projection, [B, N, 3, H, D]; the op reads q, k, v through their strides (no copy)
+        qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, C // self.num_heads)
+        opts = dict(feature_map=self.feature_map, normalize=self.normalize, focus_power=self.focus_power,
+                    cu_seqlens=ctx.cu_seqlens)
+        if self.lepe is None:  # the packed op: one [B, N, 3, H, D] gradient, no stack of dq, dk, dv
+            return self.proj_drop(self.proj(linear_attn_qkv(qkv, **opts).reshape(B, N, C)))
+        q, k, v = qkv.unbind(2)  # v feeds the LePE branch too: its gradient adds up before the one stack
+        o = linear_attn(q, k, v, **opts).reshape(B, N, C)
+        h, w = ctx.hw
+        if ctx.ids_keep is not None or ctx.cu_seqlens is not None or h * w != N:
+            kept = ' with kept-token ids (MAE)' if ctx.ids_keep is not None else ''
+            raise ValueError(f'the LePE branch needs the full token grid (h * w == N = {N}), got hw = '
+                             f'{tuple(ctx.hw)}{kept}')
+        # the conv needs a dense input (one copy of v); channels-last, so its output's tokens view below and
+        # the gradient coming back are contiguous (no second copy in the backward)
+        v_map = v.reshape(B, h, w, C).permute(0, 3, 1, 2).contiguous(memory_format=torch.channels_last)
+        o = o + self.lepe(v_map).flatten(2).transpose(1, 2)
         return self.proj_drop(self.proj(o))

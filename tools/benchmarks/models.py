@@ -323,8 +323,16 @@ def _release(device):
 
 def in_mode(model, mode, a):
     """``model`` as a case of ``mode`` runs it: itself (eager) or ``torch.compile``d (``--compile-backend``,
-    ``--compile-mode``)."""
-    return torch.compile(model, backend=a.compile_backend, mode=a.compile_mode) if mode == 'compile' else model
+    ``--compile-mode``, ``--fullgraph``)."""
+    if mode != 'compile':
+        return model
+    return torch.compile(model, backend=a.compile_backend, mode=a.compile_mode, fullgraph=a.fullgraph)
+
+
+def dynamo_graphs():
+    """(graphs compiled, graph breaks) so far in this process, from dynamo's counters."""
+    from torch._dynamo.utils import counters
+    return counters['stats']['unique_graphs'], sum(counters['graph_break'].values())
 
 
 def run_case(name, res, batch, mode, a, device, bcfg, kinds=None):
@@ -333,6 +341,7 @@ def run_case(name, res, batch, mode, a, device, bcfg, kinds=None):
     row = dict(model=name, res=res, batch=batch, mode=mode)
     t0 = time.time()
     model = None
+    graphs0 = dynamo_graphs()
     try:
         model = build(name, res, a, device, bcfg)
         row['params_M'] = sum(p.numel() for p in model.parameters()) / 1e6
@@ -352,6 +361,8 @@ def run_case(name, res, batch, mode, a, device, bcfg, kinds=None):
         row['error'] = _error(e)
     del model
     if mode == 'compile':
+        # graphs: one per compiled model and kind when nothing breaks it (a break adds graphs and host time)
+        row['graphs'], row['graph_breaks'] = (n - n0 for n, n0 in zip(dynamo_graphs(), graphs0))
         torch._dynamo.reset()
     _release(device)
     row['case_s'] = time.time() - t0
@@ -666,6 +677,10 @@ def report(res, out, plot=True):
             for r in rows for k, v in r.items() if k.endswith('error') or k == 'skipped']
     if errs:
         md += ['## failed or skipped cases', ''] + errs + ['']
+    broken = [f"- {r['model']} {r['res']}: {r['graphs']} graphs, {r['graph_breaks']} graph breaks"
+              for r in rows if r.get('graph_breaks')]
+    if broken:  # each break adds a graph and its host cost (guards, autograd functions) to every step
+        md += ['## compiled cases with graph breaks', ''] + broken + ['']
     common.write_text(osp.join(out, 'models.md'), '\n'.join(md))
     if plot:
         plot_report(res, out)
@@ -760,6 +775,8 @@ def parse_args(argv=None):
     p.add_argument('--kinds', default='train,infer')
     p.add_argument('--compile-backend', default='inductor')
     p.add_argument('--compile-mode', default=None, help="torch.compile mode, e.g. 'max-autotune-no-cudagraphs'")
+    p.add_argument('--fullgraph', action='store_true',
+                   help='torch.compile(fullgraph=True): a graph break fails the case instead of slowing it')
     p.add_argument('--steps', type=int, default=10)
     p.add_argument('--warmup', type=int, default=3, help='warm-up steps, the first one included')
     p.add_argument('--drop-path', dest='drop_path', type=float, default=0.0,

@@ -32,14 +32,18 @@ declare_launch(LAUNCH_DEFAULTS['norm_bwd'], 'norm_bwd')
 
 
 @triton.jit
-def _ln_fwd_kernel(x, w, b, gate, y, mean, rstd, M, C, sx, sg, sy, eps,
+def _ln_fwd_kernel(x, w, b, gate, y, mean, rstd, res, s_out, M, C, sx, sg, sy, sr, ss, eps,
                    RMS: tl.constexpr, HAS_W: tl.constexpr, HAS_B: tl.constexpr, GATE: tl.constexpr,
-                   BM: tl.constexpr, BC: tl.constexpr):
+                   RES: tl.constexpr, BM: tl.constexpr, BC: tl.constexpr):
     rows = (tl.program_id(0) * BM + tl.arange(0, BM)).to(tl.int64)
     cols = tl.arange(0, BC)
     rm, cm = rows < M, cols < C
     msk = rm[:, None] & cm[None, :]
     xv = tl.load(x + rows[:, None] * sx + cols[None, :], mask=msk, other=0.0).to(tl.float32)
+    if RES:  # pre-norm residual: s = x + res is normalized and written (the next residual stream)
+        xv = xv + tl.load(res + rows[:, None] * sr + cols[None, :], mask=msk, other=0.0).to(tl.float32)
+        xv = xv.to(s_out.dtype.element_ty).to(tl.float32)  # s as stored: what torch's add then norm would see
+        tl.store(s_out + rows[:, None] * ss + cols[None, :], xv.to(s_out.dtype.element_ty), mask=msk)
     if RMS:
         mu = tl.zeros([BM], dtype=tl.float32)
         xc = xv
@@ -61,10 +65,13 @@ def _ln_fwd_kernel(x, w, b, gate, y, mean, rstd, M, C, sx, sg, sy, eps,
 
 
 @triton.jit
-def _ln_bwd_tile(x, b, gate, dy, dx, dgate, mean, rstd, wv, r0, end, C, sx, sg, sdy, sdx, sdg,
+def _ln_bwd_tile(x, b, gate, dy, dx, dgate, ds, dx2, mean, rstd, wv, r0, end, C, sx, sg, sdy, sdx, sdg, sds, sdx2,
                  RMS: tl.constexpr, HAS_W: tl.constexpr, HAS_B: tl.constexpr, GATE: tl.constexpr,
-                 SAME_STRIDES: tl.constexpr, BM: tl.constexpr, BC: tl.constexpr):
-    """dx (and dgate) of rows ``r0 + [0, BM)`` below ``end``; returns their ``dy * xhat`` and ``dy`` tiles."""
+                 HAS_DS: tl.constexpr, DX2: tl.constexpr, SAME_STRIDES: tl.constexpr, BM: tl.constexpr,
+                 BC: tl.constexpr):
+    """dx (and dgate) of rows ``r0 + [0, BM)`` below ``end``, plus ``ds`` (the gradient reaching the pre-norm sum
+    directly) and written again to ``dx2`` in its dtype (the residual's two inputs); returns the rows' ``dy * xhat``
+    and ``dy`` tiles."""
     base = tl.cast(r0, tl.int64)  # int64 row base, int32 offsets inside the tile
     r = tl.arange(0, BM)
     cols = tl.arange(0, BC)
@@ -73,11 +80,13 @@ def _ln_bwd_tile(x, b, gate, dy, dx, dgate, mean, rstd, wv, r0, end, C, sx, sg, 
     msk = rm[:, None] & cm[None, :]
     off = r[:, None] * sx + cols[None, :]
     if SAME_STRIDES:  # contiguous rows everywhere: one offset tile for every tensor
-        off_dy, off_dx, off_g = off, off, off
+        off_dy, off_dx, off_g, off_ds, off_dx2 = off, off, off, off, off
     else:
         off_dy = r[:, None] * sdy + cols[None, :]
         off_dx = r[:, None] * sdx + cols[None, :]
         off_g = r[:, None] * sg + cols[None, :]
+        off_ds = r[:, None] * sds + cols[None, :]
+        off_dx2 = r[:, None] * sdx2 + cols[None, :]
     xv = tl.load(x + base * sx + off, mask=msk, other=0.0).to(tl.float32)
     g = tl.load(dy + base * sdy + off_dy, mask=msk, other=0.0).to(tl.float32)
     mu = tl.load(mean + base + r, mask=rm, other=0.0)
@@ -105,15 +114,19 @@ def _ln_bwd_tile(x, b, gate, dy, dx, dgate, mean, rstd, wv, r0, end, C, sx, sg, 
     else:
         c2 = tl.sum(wg, axis=1) / C
         dxv = (wg - xhat * c1[:, None] - c2[:, None]) * rs[:, None]
+    if HAS_DS:
+        dxv += tl.load(ds + base * sds + off_ds, mask=msk, other=0.0).to(tl.float32)
     tl.store(dx + base * sdx + off_dx, dxv.to(dx.dtype.element_ty), mask=msk)
+    if DX2:
+        tl.store(dx2 + base * sdx2 + off_dx2, dxv.to(dx2.dtype.element_ty), mask=msk)
     return g * xhat, g
 
 
 @triton.jit
-def _ln_bwd_kernel(x, w, b, gate, dy, dx, dgate, mean, rstd, dw_part, db_part, M, C, sx, sg, sdy, sdx, sdg,
-                   rows_per_prog, RMS: tl.constexpr, HAS_W: tl.constexpr, HAS_B: tl.constexpr, GATE: tl.constexpr,
-                   SAME_STRIDES: tl.constexpr, ONE_TILE: tl.constexpr, BM: tl.constexpr, BC: tl.constexpr,
-                   STAGES: tl.constexpr):
+def _ln_bwd_kernel(x, w, b, gate, dy, dx, dgate, ds, dx2, mean, rstd, dw_part, db_part, M, C, sx, sg, sdy, sdx,
+                   sdg, sds, sdx2, rows_per_prog, RMS: tl.constexpr, HAS_W: tl.constexpr, HAS_B: tl.constexpr,
+                   GATE: tl.constexpr, HAS_DS: tl.constexpr, DX2: tl.constexpr, SAME_STRIDES: tl.constexpr,
+                   ONE_TILE: tl.constexpr, BM: tl.constexpr, BC: tl.constexpr, STAGES: tl.constexpr):
     pid = tl.program_id(0)
     start = pid * rows_per_prog
     end = tl.minimum(start + rows_per_prog, M)
@@ -121,15 +134,16 @@ def _ln_bwd_kernel(x, w, b, gate, dy, dx, dgate, mean, rstd, dw_part, db_part, M
     cm = cols < C
     wv = tl.load(w + cols, mask=cm, other=0.0).to(tl.float32) if HAS_W else cols
     if ONE_TILE:  # one row tile per program: no loop, the partial sums straight from the tile
-        dw_acc, db_acc = _ln_bwd_tile(x, b, gate, dy, dx, dgate, mean, rstd, wv, start, end, C, sx, sg, sdy,
-                                      sdx, sdg, RMS, HAS_W, HAS_B, GATE, SAME_STRIDES, BM, BC)
+        dw_acc, db_acc = _ln_bwd_tile(x, b, gate, dy, dx, dgate, ds, dx2, mean, rstd, wv, start, end, C, sx, sg,
+                                      sdy, sdx, sdg, sds, sdx2, RMS, HAS_W, HAS_B, GATE, HAS_DS, DX2, SAME_STRIDES,
+                                      BM, BC)
     else:
         # persistent: weight / bias gradients summed as [BM, BC] tiles (elementwise), over rows once at the end
         dw_acc = tl.zeros([BM, BC], dtype=tl.float32)
         db_acc = tl.zeros([BM, BC], dtype=tl.float32)
         for r0 in tl.range(start, end, BM, num_stages=STAGES):  # STAGES > 1: the next rows load meanwhile
-            gx, g = _ln_bwd_tile(x, b, gate, dy, dx, dgate, mean, rstd, wv, r0, end, C, sx, sg, sdy, sdx, sdg,
-                                 RMS, HAS_W, HAS_B, GATE, SAME_STRIDES, BM, BC)
+            gx, g = _ln_bwd_tile(x, b, gate, dy, dx, dgate, ds, dx2, mean, rstd, wv, r0, end, C, sx, sg, sdy, sdx,
+                                 sdg, sds, sdx2, RMS, HAS_W, HAS_B, GATE, HAS_DS, DX2, SAME_STRIDES, BM, BC)
             dw_acc += gx
             db_acc += g
     if HAS_W:
@@ -159,32 +173,42 @@ def rows_of(t, C):
     return t2 if t2.stride(-1) == 1 or t2.shape[0] == 0 else t2.contiguous()
 
 
-def norm_fwd(x, weight, bias, eps, rms, out_dtype, gate=None):
-    """(y in ``out_dtype``, mean [M], rstd [M]) of x [..., C] (times ``swish(gate)``, gate of x's shape)."""
+def norm_fwd(x, weight, bias, eps, rms, out_dtype, gate=None, residual=None):
+    """(y in ``out_dtype``, mean [M], rstd [M]) of x [..., C] (times ``swish(gate)``, gate of x's shape); with a
+    ``residual`` of x's shape: of ``s = x + residual`` (in their promoted dtype), and s [..., C] as a fourth."""
     C = x.shape[-1]
     x2 = rows_of(x, C)
     g2 = rows_of(gate, C) if gate is not None else x2
+    r2 = rows_of(residual, C) if residual is not None else x2
     M = x2.shape[0]
     y = torch.empty((M, C), dtype=out_dtype, device=x.device)
+    s = torch.empty((M, C), dtype=torch.promote_types(x.dtype, residual.dtype), device=x.device) \
+        if residual is not None else y
     mean = torch.empty(M, dtype=torch.float32, device=x.device)
     rstd = torch.empty(M, dtype=torch.float32, device=x.device)
     if M:
         BM, BC, num_warps = _blocks(C, launch_config('norm_fwd'))
         _ln_fwd_kernel[(cdiv(M, BM),)](
-            x2, weight if weight is not None else x2, bias if bias is not None else x2, g2, y, mean, rstd, M, C,
-            x2.stride(0), g2.stride(0), y.stride(0), eps, RMS=rms, HAS_W=weight is not None,
-            HAS_B=bias is not None, GATE=gate is not None, BM=BM, BC=BC, num_warps=num_warps)
-    return y.view(x.shape), mean, rstd
+            x2, weight if weight is not None else x2, bias if bias is not None else x2, g2, y, mean, rstd, r2, s,
+            M, C, x2.stride(0), g2.stride(0), y.stride(0), r2.stride(0), s.stride(0), eps, RMS=rms,
+            HAS_W=weight is not None, HAS_B=bias is not None, GATE=gate is not None, RES=residual is not None,
+            BM=BM, BC=BC, num_warps=num_warps)
+    out = (y.view(x.shape), mean, rstd)
+    return out + (s.view(x.shape),) if residual is not None else out
 
 
-def norm_bwd(dy, x, weight, bias, mean, rstd, rms, gate=None):
-    """(dx in x's dtype, dweight or None, dbias or None, dgate in gate's dtype or None)."""
+def norm_bwd(dy, x, weight, bias, mean, rstd, rms, gate=None, ds=None, dx2_dtype=None):
+    """(dx in x's dtype, dweight or None, dbias or None, dgate in gate's dtype or None). The pre-norm residual's
+    backward (x = the sum s): ``ds``, the gradient reaching s directly, is added to dx, and ``dx2_dtype`` appends
+    the same gradient in that dtype (the residual's other input)."""
     C = x.shape[-1]
     x2, dy2 = rows_of(x, C), rows_of(dy, C)
     g2 = rows_of(gate, C) if gate is not None else x2
+    ds2 = rows_of(ds, C) if ds is not None else x2
     M = x2.shape[0]
     dx = torch.empty((M, C), dtype=x.dtype, device=x.device)
     dg = torch.empty((M, C), dtype=gate.dtype, device=x.device) if gate is not None else dx
+    dx2 = torch.empty((M, C), dtype=dx2_dtype, device=x.device) if dx2_dtype is not None else dx
     has_w, has_b = weight is not None, bias is not None
     cfg = launch_config('norm_bwd')
     BM, BC, num_warps = _blocks(C, cfg, backward=True)
@@ -195,14 +219,17 @@ def norm_bwd(dy, x, weight, bias, mean, rstd, rms, gate=None):
     part = torch.empty((2 if has_w and has_b else 1, progs, C), dtype=torch.float32, device=x.device)
     dw_part, db_part = part[0], part[-1]
     if M:
+        used = [x2, dy2, dx] + ([g2, dg] if gate is not None else []) + ([ds2] if ds is not None else []) + \
+            ([dx2] if dx2_dtype is not None else [])
         _ln_bwd_kernel[(progs,)](
-            x2, weight if has_w else x2, bias if has_b else x2, g2, dy2, dx, dg, mean, rstd, dw_part, db_part, M,
-            C, x2.stride(0), g2.stride(0), dy2.stride(0), dx.stride(0), dg.stride(0), rows_per_prog, RMS=rms,
-            HAS_W=has_w, HAS_B=has_b, GATE=gate is not None,
-            SAME_STRIDES=len({x2.stride(0), dy2.stride(0), dx.stride(0)} | ({g2.stride(0), dg.stride(0)} if gate is not None else set())) == 1,
+            x2, weight if has_w else x2, bias if has_b else x2, g2, dy2, dx, dg, ds2, dx2, mean, rstd, dw_part,
+            db_part, M, C, x2.stride(0), g2.stride(0), dy2.stride(0), dx.stride(0), dg.stride(0), ds2.stride(0),
+            dx2.stride(0), rows_per_prog, RMS=rms, HAS_W=has_w, HAS_B=has_b, GATE=gate is not None,
+            HAS_DS=ds is not None, DX2=dx2_dtype is not None, SAME_STRIDES=len({t.stride(0) for t in used}) == 1,
             ONE_TILE=rows_per_prog == BM, BM=BM, BC=BC, STAGES=cfg['loop_stages'], num_warps=num_warps)
     else:
         part.zero_()
     dw = dw_part.sum(0).to(weight.dtype) if has_w else None
     db = db_part.sum(0).to(bias.dtype) if has_b else None
-    return dx.view(x.shape), dw, db, (dg.view(gate.shape) if gate is not None else None)
+    out = (dx.view(x.shape), dw, db, (dg.view(gate.shape) if gate is not None else None))
+    return out + (dx2.view(x.shape),) if dx2_dtype is not None else out

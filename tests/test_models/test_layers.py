@@ -146,15 +146,20 @@ def test_block_and_backbone_make_no_copies(count_copies, build_backbone, images,
     assert copies == collections.Counter(expected) + collections.Counter(lepe), copies
 
 
+def _plain_and_fused_blocks(norm):
+    """A block with torch's norm, the same block (same weights) with the fused ``norm``, and an input."""
+    plain = make_block(norm_cfg=dict(type='LN' if norm == 'FusedLN' else 'RMSNorm', eps=1e-6)).float()
+    fused = make_block(norm_cfg=dict(type=norm, eps=1e-6)).float()
+    fused.load_state_dict(plain.state_dict())
+    return plain, fused, torch.randn(2, HW[0] * HW[1], DIM)
+
+
 @pytest.mark.parametrize('norm', ['FusedLN', 'FusedRMSNorm'])
 def test_fused_norms_through_the_kernel_equal_torchs(norm):
     """A block with the fused norm on the Triton path (interpreter) = the same block with torch's norm: output
     and every parameter gradient; under autocast the norm writes the autocast dtype on either path."""
     from vla_mm.ops.common import kernel_options
-    plain = make_block(norm_cfg=dict(type='LN' if norm == 'FusedLN' else 'RMSNorm', eps=1e-6)).float()
-    fused = make_block(norm_cfg=dict(type=norm, eps=1e-6)).float()
-    fused.load_state_dict(plain.state_dict())
-    x = torch.randn(2, HW[0] * HW[1], DIM)
+    plain, fused, x = _plain_and_fused_blocks(norm)
     outs = []
     for block, backend in ((plain, 'auto'), (fused, 'triton')):
         with kernel_options(backend=backend):
@@ -167,6 +172,29 @@ def test_fused_norms_through_the_kernel_equal_torchs(norm):
         with kernel_options(backend=backend), torch.autocast('cpu', dtype=torch.bfloat16):
             assert fused.norm1(x).dtype == torch.bfloat16
         assert fused.norm1(x).dtype == torch.float32
+
+
+@pytest.mark.parametrize('norm', ['FusedLN', 'FusedRMSNorm'])
+def test_fused_norm_takes_the_residual_add_in_its_pass(norm, monkeypatch):
+    """With a fused norm the block's first residual add runs inside norm2's op (``add_layer_norm``, once a block,
+    Triton path in the interpreter): under bf16 autocast (fp32 stream, bf16 branch) the block equals the same block
+    with torch's norm and a separate add, output and every parameter gradient (bf16 tolerance)."""
+    from vla_mm.models.layers import norm as norm_mod
+    from vla_mm.ops.common import kernel_options
+    calls = []
+    real = norm_mod.add_layer_norm
+    monkeypatch.setattr(norm_mod, 'add_layer_norm', lambda *a, **k: calls.append(a[0].dtype) or real(*a, **k))
+    plain, fused, x = _plain_and_fused_blocks(norm)
+    outs = []
+    for block, backend in ((plain, 'auto'), (fused, 'triton')):
+        with kernel_options(backend=backend), torch.autocast('cpu', dtype=torch.bfloat16):
+            y = block(x, MixerContext(hw=HW))
+        y.float().square().sum().backward()
+        outs.append([y.float()] + [p.grad for p in block.parameters()])
+    assert calls == [torch.bfloat16]  # the mixer branch in bf16, the stream in fp32
+    names = ['y'] + [n for n, _ in plain.named_parameters()]
+    errs = {n: ((a - b).norm() / b.norm()).item() for n, a, b in zip(names, *outs)}
+    assert max(errs.values()) < 2e-2, errs
 
 
 def test_norms_by_config():

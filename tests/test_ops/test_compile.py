@@ -20,7 +20,7 @@ from vla_mm.ops.gla import chunk_gla, chunk_retention
 from vla_mm.ops.gsa import gsa
 from vla_mm.ops.hgrn import hgrn
 from vla_mm.ops.linear_attn import linear_attn, linear_attn_qkv
-from vla_mm.ops.norm import layer_norm
+from vla_mm.ops.norm import add_layer_norm, layer_norm
 
 
 def _gen(seed=0):
@@ -113,6 +113,11 @@ def _norm(x, w, gate):
     return (layer_norm(x, w, None, 1e-5, rms=True, gate=gate), layer_norm(x, w, w, 1e-6, out_dtype=torch.float64))
 
 
+def _add_norm(x, w, gate):
+    y, s = add_layer_norm(gate, x, w, w, 1e-6, out_dtype=torch.bfloat16)
+    return y, s * 2
+
+
 CASES = {
     'linear_attn': (_la, _la_inputs, 'linear_attn'),
     'linear_attn_varlen': (_la_varlen, _la_inputs, 'linear_attn'),
@@ -123,6 +128,7 @@ CASES = {
     'hgrn': (_hgrn, _hgrn_inputs, 'hgrn'),
     'delta_rule': (_delta, _delta_inputs, 'delta_rule'),
     'layer_norm': (_norm, _norm_inputs, 'layer_norm'),
+    'add_layer_norm': (_add_norm, _norm_inputs, 'add_layer_norm'),
 }
 
 
@@ -140,7 +146,7 @@ def _run(fn, inputs):
 # every case through the reference; the Triton path (interpreter: slow) once per op
 @pytest.mark.parametrize('case, path', [(c, 'reference') for c in CASES] +
                          [('linear_attn', 'triton'), ('linear_attn_qkv', 'triton'), ('chunk_gla', 'triton'), ('hgrn', 'triton'),
-                          ('delta_rule', 'triton'), ('layer_norm', 'triton')])
+                          ('delta_rule', 'triton'), ('layer_norm', 'triton'), ('add_layer_norm', 'triton')])
 def test_compiled_equals_eager(case, path):
     fn, make, op = CASES[case]
     inputs = make()
@@ -182,6 +188,11 @@ def _opcheck_args(name):
         q, k, v = (torch.randn(1, 6, 1, 8, generator=g).requires_grad_() for _ in range(3))
         beta = torch.rand(1, 6, 1, generator=g).requires_grad_()
         return torch.ops.vla_mm.delta_rule.default, (q, k, v, beta, None, 0.5, None, True, None, False)
+    if name == 'add_layer_norm':
+        x, r = (torch.randn(2, 3, 8, generator=g).requires_grad_() for _ in range(2))
+        w, b = (torch.randn(8, generator=g).requires_grad_() for _ in range(2))
+        return torch.ops.vla_mm.add_layer_norm.default, (x.bfloat16().detach().requires_grad_(), r, w, b, 1e-5,
+                                                         False, 'bfloat16')
     if name == 'layer_norm':
         x, gate = (torch.randn(2, 3, 8, generator=g).requires_grad_() for _ in range(2))
         w, b = (torch.randn(8, generator=g).requires_grad_() for _ in range(2))
@@ -192,7 +203,8 @@ def _opcheck_args(name):
 
 
 @pytest.mark.parametrize('path', ['reference', 'triton'])
-@pytest.mark.parametrize('name', ['linear_attn', 'linear_attn_qkv', 'chunk_gla', 'hgrn', 'delta_rule', 'layer_norm'])
+@pytest.mark.parametrize('name', ['linear_attn', 'linear_attn_qkv', 'chunk_gla', 'hgrn', 'delta_rule', 'layer_norm',
+                                  'add_layer_norm'])
 def test_opcheck(name, path):
     op, args = _opcheck_args(name)
     with kernel_options(backend=path):

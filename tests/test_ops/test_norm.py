@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from vla_mm.ops.norm import MAX_C, layer_norm, layer_norm_triton, norm_reference
+from vla_mm.ops.norm import MAX_C, add_layer_norm, layer_norm, layer_norm_triton, norm_reference
 
 
 def _rel(a, b):
@@ -133,3 +133,41 @@ def test_norm_compiles_fullgraph():
     torch.testing.assert_close(y, layer_norm(x, w, None, 1e-6) * 2)
     y.sum().backward()
     assert x.grad is not None and w.grad is not None
+
+
+@pytest.mark.parametrize('x_dtype, r_dtype, out_dtype, rms, with_ds, strided', [
+    (torch.bfloat16, torch.float32, torch.bfloat16, False, True, False),   # a block under autocast
+    (torch.float32, torch.float32, None, False, False, True),
+    (torch.float32, torch.bfloat16, None, True, True, False),
+    (torch.float16, torch.float16, None, True, True, False)])
+def test_add_layer_norm_matches_float64(x_dtype, r_dtype, out_dtype, rms, with_ds, strided):
+    """``add_layer_norm(x, residual)`` = ``s = x + residual`` then the norm of s, in one pass (kernels in the
+    interpreter): y and s, and the gradients of x, residual (each in its dtype), weight and bias against float64,
+    with a gradient reaching s directly (the next residual add) or not."""
+    from vla_mm.ops.common import kernel_options
+    g = torch.Generator().manual_seed(11)
+    M, C = 70, 96
+    base = torch.randn(M, 2 * C, generator=g)
+    x = (base[:, :C] if strided else base[:, :C].contiguous()).to(x_dtype).requires_grad_()
+    r = (torch.randn(M, C, generator=g) * 3 + 1).to(r_dtype).requires_grad_()
+    w = torch.randn(C, generator=g).requires_grad_()
+    b = None if rms else torch.randn(C, generator=g).requires_grad_()
+    ins = [t for t in (x, r, w, b) if t is not None]
+    with kernel_options(backend='triton', poison=True):
+        y, s = add_layer_norm(x, r, w, b, 1e-6, rms=rms, out_dtype=out_dtype)
+    assert s.dtype == torch.promote_types(x_dtype, r_dtype) and y.dtype == (out_dtype or s.dtype)
+    dy = torch.randn(y.shape, generator=g).to(y.dtype)
+    ds = torch.randn(s.shape, generator=g).to(s.dtype) if with_ds else None
+    outs, cots = ((y, s), (dy, ds)) if with_ds else ((y,), (dy,))
+    grads = torch.autograd.grad(outs, ins, cots)
+    assert [t.dtype for t in grads] == [t.dtype for t in ins]
+    ref = [t.detach().double().requires_grad_() for t in ins]
+    s64 = ref[0] + ref[1]
+    y64 = norm_reference(s64, ref[2], None if rms else ref[3], 1e-6, rms, torch.float64)
+    grads64 = torch.autograd.grad((y64, s64) if with_ds else (y64,), ref, [c.double() for c in cots])
+    tol = 1e-5 if {x_dtype, r_dtype} == {torch.float32} else 1e-2
+    errs = {n: _rel(a, c) for n, a, c in zip(['y', 's', 'dx', 'dres', 'dw', 'db'],
+                                              [y, s, *grads], [y64, s64, *grads64])}
+    assert max(errs.values()) < tol, errs
+    with pytest.raises(ValueError, match='residual must have the shape'):
+        add_layer_norm(x, r[:1], w)

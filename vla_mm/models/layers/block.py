@@ -72,8 +72,13 @@ class MixerBlock(BaseModule):
         self._register_load_state_dict_pre_hook(_rename_old_keys)
 
     def _forward(self, x, ctx):
-        x = x + self.drop_path(self.gamma1(self.mixer(self.norm1(x), ctx)))
-        return self.ffn(self.norm2(x), identity=x)
+        branch = self.drop_path(self.gamma1(self.mixer(self.norm1(x), ctx)))
+        if hasattr(self.norm2, 'add_forward'):  # the fused norms: the residual add inside the norm's pass
+            y, x = self.norm2.add_forward(branch, x)
+        else:
+            x = x + branch
+            y = self.norm2(x)
+        return self.ffn(y, identity=x)
 
     def forward(self, x, ctx):
         if self.with_cp and x.requires_grad:

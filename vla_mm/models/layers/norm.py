@@ -15,7 +15,7 @@ from mmcv.cnn import build_norm_layer
 from mmpretrain.models.utils import LayerNorm2d
 
 from vla_mm.ops.common import use_triton
-from vla_mm.ops.norm import layer_norm
+from vla_mm.ops.norm import add_layer_norm, layer_norm
 from ...registry import MODELS
 
 __all__ = ['build_norm', 'resolve_norm_cfg', 'fused_norm_ok', 'LayerNorm2d', 'FusedLayerNorm', 'FusedRMSNorm']
@@ -23,10 +23,11 @@ __all__ = ['build_norm', 'resolve_norm_cfg', 'fused_norm_ok', 'LayerNorm2d', 'Fu
 MODELS.register_module('RMSNorm', module=nn.RMSNorm)
 
 
-def _out_dtype(x):
-    """The dtype the next autocast matmul would cast the norm's output to (x's dtype outside autocast)."""
+def _out_dtype(x, dtype=None):
+    """The dtype the next autocast matmul would cast the norm's output to (outside autocast ``dtype``, by default
+    x's)."""
     dev = x.device.type
-    return torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else x.dtype
+    return torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else (dtype or x.dtype)
 
 
 def fused_norm_ok(*tensors):
@@ -55,6 +56,16 @@ class FusedLayerNorm(nn.LayerNorm):
             return super().forward(x).to(_out_dtype(x))
         return layer_norm(x, self.weight, self.bias, self.eps, out_dtype=_out_dtype(x))
 
+    def add_forward(self, x, residual):
+        """``(norm(s), s)`` of the pre-norm residual ``s = residual + x`` (a block's stream plus its branch): one
+        pass through :func:`vla_mm.ops.norm.add_layer_norm` where the op runs its kernels, else the add then
+        :meth:`forward`."""
+        if not (_fused_ok(self, x) and fused_norm_ok(residual)):
+            s = residual + x
+            return self(s), s
+        return add_layer_norm(x, residual, self.weight, self.bias, self.eps,
+                              out_dtype=_out_dtype(x, torch.promote_types(x.dtype, residual.dtype)))
+
 
 @MODELS.register_module('FusedRMSNorm')
 class FusedRMSNorm(nn.RMSNorm):
@@ -65,6 +76,15 @@ class FusedRMSNorm(nn.RMSNorm):
             return super().forward(x).to(_out_dtype(x))
         eps = self.eps if self.eps is not None else torch.finfo(x.dtype).eps
         return layer_norm(x, self.weight, None, eps, rms=True, out_dtype=_out_dtype(x))
+
+    def add_forward(self, x, residual):
+        """As :meth:`FusedLayerNorm.add_forward`, RMSNorm."""
+        if not (_fused_ok(self, x) and fused_norm_ok(residual)):
+            s = residual + x
+            return self(s), s
+        s_dtype = torch.promote_types(x.dtype, residual.dtype)
+        eps = self.eps if self.eps is not None else torch.finfo(s_dtype).eps
+        return add_layer_norm(x, residual, self.weight, None, eps, rms=True, out_dtype=_out_dtype(x, s_dtype))
 
 
 def resolve_norm_cfg(cfg):

@@ -20,6 +20,7 @@ import triton.language as tl
 from ..common.options import cdiv, current_options, declare_launch, next_power_of_2, num_sms
 
 MAX_C = 65536
+MIN_ROWS_BWD = 4  # rows of one backward program at least (partial weight / bias rows <= 1/4 of x's)
 # launch settings per pass (kernel_options(launch={'norm_fwd' | 'norm_bwd': {...}}) overrides them): elements of one
 # [BM, BC] register tile, warps (None: forward 8 from 2048 elements, else 4; backward 8 elements a thread, 4-16
 # warps), backward programs per SM (None: one per tile; a number: persistent programs looping over rows) and the
@@ -213,7 +214,10 @@ def norm_bwd(dy, x, weight, bias, mean, rstd, rms, gate=None, ds=None, dx2_dtype
     cfg = launch_config('norm_bwd')
     BM, BC, num_warps = _blocks(C, cfg, backward=True)
     tiles = max(1, cdiv(M, BM))
-    progs = tiles if cfg['progs_per_sm'] is None else max(1, min(tiles, cfg['progs_per_sm'] * num_sms(x.device)))
+    if cfg['progs_per_sm'] is None:  # one tile a program, or as many as make MIN_ROWS_BWD rows (C > 1024)
+        progs = cdiv(tiles, cdiv(MIN_ROWS_BWD, BM))
+    else:
+        progs = max(1, min(tiles, cfg['progs_per_sm'] * num_sms(x.device)))
     rows_per_prog = cdiv(tiles, progs) * BM
     progs = max(1, cdiv(M, rows_per_prog))
     part = torch.empty((2 if has_w and has_b else 1, progs, C), dtype=torch.float32, device=x.device)

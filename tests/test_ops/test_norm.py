@@ -171,3 +171,23 @@ def test_add_layer_norm_matches_float64(x_dtype, r_dtype, out_dtype, rms, with_d
     assert max(errs.values()) < tol, errs
     with pytest.raises(ValueError, match='residual must have the shape'):
         add_layer_norm(x, r[:1], w)
+
+
+@pytest.mark.parametrize('C, rows_per_prog', [(48, 64), (384, 8), (2048, 4), (4096, 4)])
+def test_backward_programs_by_width(monkeypatch, C, rows_per_prog):
+    """The default backward grid: one row tile per program (64 rows at C = 48, 8 at C = 384 with 4096-element
+    tiles), and at least MIN_ROWS_BWD rows where a tile holds fewer (C > 1024: 2 or 1 rows a tile), so the
+    partial weight / bias rows never outnumber a quarter of x's rows; results checked against float64."""
+    from vla_mm.ops.norm import kernel
+    grids = []
+    real = kernel._ln_bwd_kernel
+
+    class Spy:
+        def __getitem__(self, grid):
+            grids.append(grid)
+            return real[grid]
+    monkeypatch.setattr(kernel, '_ln_bwd_kernel', Spy())
+    M = 67
+    _check((M, C))
+    assert grids == [(-(-M // rows_per_prog),)], grids
+    assert rows_per_prog >= kernel.MIN_ROWS_BWD

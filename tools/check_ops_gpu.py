@@ -339,10 +339,13 @@ class DeltaRule(_Recurrent):
 class LayerNorm(Op):
     """The fused norm over C = H * K channels of [B, N, C] rows (V unused): LayerNorm or RMSNorm, with weight and
     bias, weight only or neither, optionally times swish(gate), y in x's dtype or fp32 (the autocast case the
-    other way round: fp32 x, 16-bit y, is what the run dtype's rounding of y covers)."""
+    other way round: fp32 x, 16-bit y, is what the run dtype's rounding of y covers). ``residual``: the
+    pre-norm residual op ``add_layer_norm(x, r)`` (y and the sum s; ungated)."""
     name = 'layer_norm'
     axes = {'rms': (False, True), 'affine': ('both', 'weight', 'none'), 'gated': (False, True),
-            'out': ('same', 'float32')}
+            'out': ('same', 'float32'), 'residual': (False, True)}
+    rules = ((lambda c: c['residual'] and c['gated'], 'add_layer_norm has no gate'),)
+    repair = ('gated',)
     uses_v = False
 
     def make(self, torch, c, gen, dev):
@@ -354,19 +357,27 @@ class LayerNorm(Op):
             t['b'] = torch.randn(C, generator=gen, dtype=torch.float64, device=dev)
         if c['gated']:
             t['gate'] = torch.randn(B, N, C, generator=gen, dtype=torch.float64, device=dev) * 2
+        if c.get('residual'):
+            t['r'] = torch.randn(B, N, C, generator=gen, dtype=torch.float64, device=dev) * 2
         return t, {}
 
     def run(self, t, c, extra, impl):
         norm = self.ops.norm
-        fn = norm.layer_norm_triton if impl == 'triton' else norm.layer_norm
         import torch
         out = torch.float32 if c['out'] == 'float32' else None
+        if c.get('residual'):
+            with self.ops.common.kernel_options(backend='triton' if impl == 'triton' else 'auto'):
+                y, s = norm.add_layer_norm(t['x'], t['r'], t.get('w'), t.get('b'), 1e-5, rms=c['rms'],
+                                           out_dtype=out)
+            return {'o': y, 's': s}
+        fn = norm.layer_norm_triton if impl == 'triton' else norm.layer_norm
         return {'o': fn(t['x'], t.get('w'), t.get('b'), 1e-5, rms=c['rms'], out_dtype=out, gate=t.get('gate'))}
 
     def ref(self, t, c, extra):
         import torch
-        return {'o': self.ops.norm.norm_reference(t['x'], t.get('w'), t.get('b'), 1e-5, c['rms'], torch.float64,
-                                                  t.get('gate'))}
+        x = t['x'] + t['r'] if c.get('residual') else t['x']
+        o = self.ops.norm.norm_reference(x, t.get('w'), t.get('b'), 1e-5, c['rms'], torch.float64, t.get('gate'))
+        return {'o': o, 's': x} if c.get('residual') else {'o': o}
 
 
 def make_ops(ops):
@@ -382,7 +393,7 @@ OP_AXES = {'linear_attn': LinearAttn.axes, 'chunk_gla': ChunkGLA.axes, 'chunk_li
            'delta_rule': {k: v for k, v in _Recurrent.axes.items() if k != 'gates'},
            'gated_delta_rule': _Recurrent.axes, 'layer_norm': LayerNorm.axes}
 WRAPPERS = ('chunk_linear_attn', 'chunk_simple_gla', 'chunk_retention', 'chunk_rwkv6')
-OP_RULES = {'linear_attn': (LinearAttn.rules, LinearAttn.repair)}
+OP_RULES = {'linear_attn': (LinearAttn.rules, LinearAttn.repair), 'layer_norm': (LayerNorm.rules, LayerNorm.repair)}
 
 
 def invalid_reason(c):

@@ -197,6 +197,21 @@ def _torch_layer_norm():
                 prepare, cuda_only=False, note='F.layer_norm (fp32) + cast to the output dtype')
 
 
+def make_add_layer_norm(B, H, N, K, V, dtype, device):
+    """A block's second norm under autocast: the mixer branch x in the run dtype, the fp32 stream r (C = H * K)."""
+    C = H * K
+    return dict(x=_randn(B, N, C, dtype=dtype, device=device), r=torch.randn(B, N, C, device=device),
+                w=torch.randn(C, device=device), b=torch.randn(C, device=device), out_dtype=dtype)
+
+
+def _torch_add_layer_norm():
+    """What a block with torch's norm runs: the add (fp32), F.layer_norm in fp32, the next matmul's cast."""
+    def prepare(x):
+        return {n: (x[n].detach().clone().requires_grad_() if n in ('x', 'r', 'w', 'b') else x[n]) for n in x}
+    return Peer(lambda p: F.layer_norm(p['r'] + p['x'], p['x'].shape[-1:], p['w'], p['b'], 1e-6).to(p['out_dtype']),
+                prepare, cuda_only=False, note='x + r, F.layer_norm (fp32) + cast to the output dtype')
+
+
 def make_gated_rms_norm(B, H, N, K, V, dtype, device):
     """A mixer's output norm: o and the gate [B, N, H, V] in the run dtype, an fp32 weight [V] (RMSNorm per head)."""
     return dict(x=_randn(B, N, H, V, dtype=dtype, device=device), gate=_randn(B, N, H, V, dtype=dtype, device=device),
@@ -269,7 +284,7 @@ def _specs():
     from vla_mm.ops.gsa import gsa, gsa_recurrent_reference
     from vla_mm.ops.hgrn import hgrn, hgrn_recurrent_reference
     from vla_mm.ops.linear_attn import linear_attn, linear_attn_reference
-    from vla_mm.ops.norm import layer_norm, norm_reference
+    from vla_mm.ops.norm import add_layer_norm, layer_norm, norm_reference
 
     def gla_ref(x):
         return gla_recurrent_reference(x['q'], x['k'], x['v'], gk=x.get('g'), u=x.get('u'),
@@ -344,6 +359,12 @@ def _specs():
                grads=('x', 'w', 'b'), causal=False,
                note='LayerNorm over C = H * K of fp32 x, output in the run dtype (a ViT block under autocast)',
                peers=dict(torch=_torch_layer_norm())),
+        OpSpec('add_layer_norm', make_add_layer_norm,
+               lambda x: add_layer_norm(x['x'], x['r'], x['w'], x['b'], 1e-6, out_dtype=x['out_dtype'])[0],
+               lambda x: norm_reference(x['r'] + x['x'], x['w'], x['b'], 1e-6, out_dtype=torch.float64),
+               grads=('x', 'r', 'w', 'b'), causal=False,
+               note='residual add + LayerNorm (x in the run dtype + fp32 stream r; y timed, s kept), as a block',
+               peers=dict(torch=_torch_add_layer_norm())),
         OpSpec('gated_rms_norm', make_gated_rms_norm,
                lambda x: layer_norm(x['x'], x['w'], None, 1e-5, rms=True, gate=x['gate']),
                lambda x: norm_reference(x['x'], x['w'], None, 1e-5, True, torch.float64, x['gate']),

@@ -15,6 +15,9 @@ import time
 
 import pytest
 
+import vla_mm  # noqa: F401  (the whole package first: bind_ops then reuses its ops, not a bare vla_mm that
+#                          would hide vla_mm.models from the tests that run after these in the same process)
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TOOL = os.path.join(ROOT, 'tools', 'check_ops_gpu.py')
 sys.path.insert(0, os.path.join(ROOT, 'tools'))

@@ -27,8 +27,9 @@ Precision (:func:`dot_precision`): every intermediate is float32. fp32 inputs us
 in every ``tl.dot``; bf16 / fp16 inputs use tf32 tensor-core dots, except the backward kernels at K > 64, which
 use 'ieee' dots (docs/benchmarks/recurrent_delta.md, "K > 64 in 16-bit": the tf32 build at K > 64 died with an
 illegal memory access in the backward on Hopper with triton 3.6, the 'ieee' build did not; the forward kernels'
-tf32 builds ran clean there at K = V = 128, one kernel at a time, and 'ieee' made the forward ~50x slower). ``kernel_options(launch={'delta_rule_<kernel>': {'precision': 'tf32'}})`` sets one kernel's dots for
-16-bit inputs (the device bisection of that fault, docs/benchmarks/device_plan.md).
+tf32 builds ran clean there at K = V = 128, one kernel at a time, and 'ieee' made the forward ~50x slower).
+``kernel_options(launch={'delta_rule_<kernel>': {'precision': 'tf32'}})`` sets one kernel's dots for 16-bit
+inputs (the device bisection of that fault, docs/benchmarks/device_plan.md).
 """
 from types import MappingProxyType
 

@@ -195,8 +195,8 @@ def sdpa_handle(inputs, outputs):
 
 
 # op name -> handle: the torch.library custom ops and the autograd Functions of their Triton paths
-HANDLES = {'linear_attn': linear_attn_handle, 'linear_attn_qkv': linear_attn_qkv_handle, 'chunk_gla': chunk_gla_handle, 'delta_rule': delta_rule_handle,
-           'hgrn': hgrn_handle, 'gsa': gsa_handle, 'layer_norm': layer_norm_handle}
+HANDLES = {'linear_attn': linear_attn_handle, 'linear_attn_qkv': linear_attn_qkv_handle, 'chunk_gla': chunk_gla_handle,
+           'delta_rule': delta_rule_handle, 'hgrn': hgrn_handle, 'gsa': gsa_handle, 'layer_norm': layer_norm_handle}
 PYTHON_OPS = {'LinearAttnFunction': linear_attn_handle, 'ChunkGLAFunction': chunk_gla_handle,
               'DeltaRuleFunction': delta_rule_handle, 'HGRNFunction': hgrn_handle}
 

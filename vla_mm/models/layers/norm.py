@@ -41,6 +41,17 @@ def _fused_ok(module, x):
     return len(module.normalized_shape) == 1 and fused_norm_ok(x, module.weight)
 
 
+def _add_norm(module, x, residual, bias, eps, rms):
+    """``(module(s), s)`` with ``s = residual + x``: the fused op where ``module`` takes its kernels, else the add
+    then the module (``eps`` None: the sum's dtype's machine epsilon, as ``nn.RMSNorm``)."""
+    if not (_fused_ok(module, x) and fused_norm_ok(residual)):
+        s = residual + x
+        return module(s), s
+    s_dtype = torch.promote_types(x.dtype, residual.dtype)
+    eps = eps if eps is not None else torch.finfo(s_dtype).eps
+    return add_layer_norm(x, residual, module.weight, bias, eps, rms=rms, out_dtype=_out_dtype(x, s_dtype))
+
+
 @MODELS.register_module('FusedLN')
 class FusedLayerNorm(nn.LayerNorm):
     """``nn.LayerNorm`` over the last dimension through :func:`vla_mm.ops.norm.layer_norm`.
@@ -60,11 +71,7 @@ class FusedLayerNorm(nn.LayerNorm):
         """``(norm(s), s)`` of the pre-norm residual ``s = residual + x`` (a block's stream plus its branch): one
         pass through :func:`vla_mm.ops.norm.add_layer_norm` where the op runs its kernels, else the add then
         :meth:`forward`."""
-        if not (_fused_ok(self, x) and fused_norm_ok(residual)):
-            s = residual + x
-            return self(s), s
-        return add_layer_norm(x, residual, self.weight, self.bias, self.eps,
-                              out_dtype=_out_dtype(x, torch.promote_types(x.dtype, residual.dtype)))
+        return _add_norm(self, x, residual, self.bias, self.eps, rms=False)
 
 
 @MODELS.register_module('FusedRMSNorm')
@@ -79,12 +86,7 @@ class FusedRMSNorm(nn.RMSNorm):
 
     def add_forward(self, x, residual):
         """As :meth:`FusedLayerNorm.add_forward`, RMSNorm."""
-        if not (_fused_ok(self, x) and fused_norm_ok(residual)):
-            s = residual + x
-            return self(s), s
-        s_dtype = torch.promote_types(x.dtype, residual.dtype)
-        eps = self.eps if self.eps is not None else torch.finfo(s_dtype).eps
-        return add_layer_norm(x, residual, self.weight, None, eps, rms=True, out_dtype=_out_dtype(x, s_dtype))
+        return _add_norm(self, x, residual, None, self.eps, rms=True)
 
 
 def resolve_norm_cfg(cfg):

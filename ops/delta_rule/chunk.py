@@ -24,10 +24,10 @@ that reaches -600 after strong decays carries an absolute error of ~4e-5, which 
 of every weak decay after it.
 
 Precision (:func:`dot_precision`): every intermediate is float32. fp32 inputs use ``input_precision='ieee'``
-in every ``tl.dot``; bf16 / fp16 inputs use tf32 tensor-core dots, except the backward kernels at K > 64, which
-use 'ieee' dots (docs/benchmarks/recurrent_delta.md, "K > 64 in 16-bit": the tf32 build at K > 64 died with an
-illegal memory access in the backward on Hopper with triton 3.6, the 'ieee' build did not; the forward kernels'
-tf32 builds ran clean there at K = V = 128, one kernel at a time, and 'ieee' made the forward ~50x slower).
+in every ``tl.dot``; bf16 / fp16 inputs use tf32 tensor-core dots, except ``_dstate`` at K > 64, which uses
+'ieee' dots (docs/benchmarks/recurrent_delta.md, "K > 64 in 16-bit": bisected kernel by kernel on Hopper with
+triton 3.6, only ``_dstate``'s tf32 build dies with an illegal memory access at K = V = 128; the other five run
+clean and pass the float64 checks there, and 'ieee' made the forward ~50x slower).
 ``kernel_options(launch={'delta_rule_<kernel>': {'precision': 'tf32'}})`` sets one kernel's dots for 16-bit
 inputs (the device bisection of that fault, docs/benchmarks/device_plan.md).
 """
@@ -43,8 +43,10 @@ from ..common.jit import chunk_info as _chunk_at, phys_row, seq_info as _seq_at
 
 BT = 64                  # chunk length (the blocked inversion in ``_prep_kernel`` is written for 4 x 16 rows)
 MAX_HEAD_DIM_K = 256     # one [BT, K] tile of q / k / W per program
-MAX_TF32_K = 64          # 16-bit inputs with K above this use 'ieee' dots in the backward (module docstring)
-TF32_ANY_K = ('prep', 'state', 'out')  # kernels whose tf32 build ran clean on Hopper at K = V = 128 in bf16
+MAX_TF32_K = 64          # 16-bit inputs with K above this use 'ieee' dots in _dstate (module docstring)
+# kernels whose tf32 build ran clean on Hopper at K = V = 128 in bf16 and passed float64 checks at N = 1031; _dstate's
+# tf32 build is the one that faults there (illegal memory access, H100, session 11)
+TF32_ANY_K = ('prep', 'state', 'out', 'grads_wy', 'grads_qk')
 MIN_PROGRAMS_STATE = 96  # the sequential kernels narrow their V block until S * H * V blocks reach this
 # Launch settings per kernel (measurements behind them: docs/benchmarks/recurrent_delta.md).
 LAUNCH = MappingProxyType({name: MappingProxyType(dict(num_warps=w, num_stages=1)) for name, w in (
@@ -516,7 +518,7 @@ def _bv_state(S, H, V):
 
 def dot_precision(dtype, K, name):
     """``input_precision`` of kernel ``name``'s ``tl.dot``s: 'ieee' for fp32 inputs, and for 16-bit inputs at
-    K > MAX_TF32_K in the kernels outside ``TF32_ANY_K`` (the backward); else 'tf32'."""
+    K > MAX_TF32_K in the kernels outside ``TF32_ANY_K`` (``_dstate``); else 'tf32'."""
     return 'tf32' if dtype != torch.float32 and (K <= MAX_TF32_K or name in TF32_ANY_K) else 'ieee'
 
 

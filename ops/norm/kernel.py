@@ -4,12 +4,11 @@
 x is seen as ``[M, C]`` rows (row stride ``sx``, unit column stride). Forward: one program per ``BM`` rows,
 statistics in fp32, ``y = (x - mean) * rstd * w + b`` (RMSNorm: ``y = x * rstd * w``; gated: times
 ``gate * sigmoid(gate)``) written straight in the output dtype (under autocast the bf16 the next matmul reads, so no separate cast pass); mean and rstd ``[M]``
-fp32 are kept for the backward. Backward: by default one program per ``BM``-row tile, like the forward (many
-programs resident per SM keep enough loads in flight; the persistent loop below was latency-bound, 630 µs a call
-at [65536, 384] on an H100 against ~90 µs of traffic); ``progs_per_sm`` makes it persistent instead, a fixed
-number of programs each looping over a contiguous range of rows. Either way ``dx`` per row, and the weight /
-bias gradients summed over the program's rows in fp32, written as one partial row per program and summed over
-programs by the host (no atomics: repeatable bits).
+fp32 are kept for the backward. Backward: by default persistent, ``progs_per_sm`` programs per SM each looping
+over a contiguous range of ``BM``-row tiles (H100, [32768, 768] fp32 x: fwd + bwd 0.21 ms against torch's 0.48;
+one program per tile, ``progs_per_sm=None``, took 0.73 ms: docs/benchmarks/benchmarks.md, session 11). Either way
+``dx`` per row, and the weight / bias gradients summed over the program's rows in fp32, written as one partial
+row per program and summed over programs by the host (no atomics: repeatable bits).
 """
 from types import MappingProxyType
 
@@ -23,11 +22,11 @@ MAX_C = 65536
 MIN_ROWS_BWD = 4  # rows of one backward program at least (partial weight / bias rows <= 1/4 of x's)
 # launch settings per pass (kernel_options(launch={'norm_fwd' | 'norm_bwd': {...}}) overrides them): elements of one
 # [BM, BC] register tile, warps (None: forward 8 from 2048 elements, else 4; backward 8 elements a thread, 4-16
-# warps), backward programs per SM (None: one per tile; a number: persistent programs looping over rows) and the
+# warps), backward programs per SM (a number: persistent programs looping over rows; None: one per tile) and the
 # stages of that row loop (1: no software pipelining)
 LAUNCH_DEFAULTS = MappingProxyType(dict(
     norm_fwd=MappingProxyType(dict(tile=4096, num_warps=None)),
-    norm_bwd=MappingProxyType(dict(tile=4096, num_warps=None, progs_per_sm=None, loop_stages=1))))
+    norm_bwd=MappingProxyType(dict(tile=2048, num_warps=None, progs_per_sm=4, loop_stages=1))))
 declare_launch(LAUNCH_DEFAULTS['norm_fwd'], 'norm_fwd')
 declare_launch(LAUNCH_DEFAULTS['norm_bwd'], 'norm_bwd')
 

@@ -435,6 +435,16 @@ def test_kernel_launch_options(poison):
             linear_attn_triton(q, k, v)
 
 
+def test_rope_blocks_default_to_half_the_rows():
+    """16-bit inputs at K = 64: 128-row blocks and 8 warps plain, 64 rows and 8 warps with RoPE (the device's
+    pick, session 11); an explicit block_n / num_warps wins over either."""
+    cfg = dict(la_kernel.LAUNCH_DEFAULTS)
+    assert la_kernel._blocks(64, 64, False, cfg)[::4] == (128, 8)
+    assert la_kernel._blocks(64, 64, False, cfg, rope=True)[::4] == (64, 8)
+    assert la_kernel._blocks(32, 32, False, cfg, rope=True)[::4] == (64, 4)
+    assert la_kernel._blocks(64, 64, False, dict(cfg, block_n=32, num_warps=2), rope=True)[::4] == (32, 2)
+
+
 def test_launch_fallback_when_shared_memory_is_short():
     """A launch whose blocks ask more shared memory than the GPU has (the backward kernels at K = 256 by the
     offline report) retries with one stage, then halves the rows until it fits; the fitting options are kept for

@@ -77,9 +77,9 @@ def test_gated_norm(rms, affine, dtype):
 
 @pytest.mark.parametrize('progs_per_sm', [None, 2])
 def test_norm_many_programs_in_backward(monkeypatch, progs_per_sm):
-    """The weight / bias partial sums of many programs add up: one row tile per program (the default: 1000 rows
-    of 64-row tiles, the last one partial), and persistent programs looping over several tiles (3 SMs x 2: 6
-    programs of 192 rows, the last 40), contiguous and strided rows, gated."""
+    """The weight / bias partial sums of many programs add up: one row tile per program (1000 rows of 32-row
+    tiles, the last one partial), and persistent programs looping over several tiles (3 SMs x 2: 6 programs of
+    192 rows, the last 40), contiguous and strided rows, gated."""
     from vla_mm.ops.common import kernel_options
     from vla_mm.ops.norm import kernel
     monkeypatch.setattr(kernel, 'num_sms', lambda device: 3)
@@ -173,11 +173,16 @@ def test_add_layer_norm_matches_float64(x_dtype, r_dtype, out_dtype, rms, with_d
         add_layer_norm(x, r[:1], w)
 
 
-@pytest.mark.parametrize('C, rows_per_prog', [(48, 64), (384, 8), (2048, 4), (4096, 4)])
-def test_backward_programs_by_width(monkeypatch, C, rows_per_prog):
-    """The default backward grid: one row tile per program (64 rows at C = 48, 8 at C = 384 with 4096-element
-    tiles), and at least MIN_ROWS_BWD rows where a tile holds fewer (C > 1024: 2 or 1 rows a tile), so the
-    partial weight / bias rows never outnumber a quarter of x's rows; results checked against float64."""
+@pytest.mark.parametrize('C, progs_per_sm, rows_per_prog', [
+    (48, 'default', 32), (384, 'default', 8), (2048, 'default', 6),
+    (48, None, 64), (384, None, 8), (2048, None, 4), (4096, None, 4)])
+def test_backward_programs_by_width(monkeypatch, C, progs_per_sm, rows_per_prog):
+    """The backward grid for 67 rows on 3 SMs. Default (persistent, 4 programs per SM over 2048-element tiles):
+    at most 12 programs, each a whole number of row tiles (32 rows at C = 48, two 4-row tiles at C = 384, six
+    1-row tiles at C = 2048). One tile per program (``progs_per_sm=None``, 4096-element tiles): 64 rows at
+    C = 48, 8 at C = 384, and at least MIN_ROWS_BWD rows where a tile holds fewer (C > 1024), so the partial
+    weight / bias rows never outnumber a quarter of x's rows. Results checked against float64."""
+    from vla_mm.ops.common import kernel_options
     from vla_mm.ops.norm import kernel
     grids = []
     real = kernel._ln_bwd_kernel
@@ -187,7 +192,13 @@ def test_backward_programs_by_width(monkeypatch, C, rows_per_prog):
             grids.append(grid)
             return real[grid]
     monkeypatch.setattr(kernel, '_ln_bwd_kernel', Spy())
+    monkeypatch.setattr(kernel, 'num_sms', lambda device: 3)
     M = 67
-    _check((M, C))
+    launch = {} if progs_per_sm == 'default' else dict(norm_bwd=dict(progs_per_sm=None, tile=4096))
+    with kernel_options(launch=launch):
+        _check((M, C))
     assert grids == [(-(-M // rows_per_prog),)], grids
-    assert rows_per_prog >= kernel.MIN_ROWS_BWD
+    if progs_per_sm is None:
+        assert rows_per_prog >= kernel.MIN_ROWS_BWD
+    else:
+        assert grids[0][0] <= 4 * 3

@@ -75,3 +75,16 @@ def store_tile(ptr, x, r, m, c, D, stride, off):
 def load_row(ptr, r, c, D, stride, off):
     """fp32 vector of columns ``c < D`` of row ``r``."""
     return tl.load(ptr + r.to(tl.int64) * stride + off + c, mask=c < D, other=0.).to(tl.float32)
+
+
+@triton.jit
+def dot(a, b, PREC: tl.constexpr):
+    """``tl.dot(a, b)`` in fp32 accumulation; PREC 'bf16' / 'fp16' casts both operands to that 16-bit type first
+    (the 16-bit tensor-core path), else it is ``tl.dot``'s ``input_precision`` ('ieee', 'tf32', 'tf32x3')."""
+    if PREC == 'bf16':
+        out = tl.dot(a.to(tl.bfloat16), b.to(tl.bfloat16))
+    elif PREC == 'fp16':
+        out = tl.dot(a.to(tl.float16), b.to(tl.float16))
+    else:
+        out = tl.dot(a, b, input_precision=PREC)
+    return out

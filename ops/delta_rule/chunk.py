@@ -39,7 +39,7 @@ import triton.language as tl
 
 from ..common import PackedSeqs, alloc, cdiv, current_options, kernel_options, next_power_of_2
 from ..common.options import TRITON_LAUNCH_KEYS, declare_launch
-from ..common.jit import chunk_info as _chunk_at, phys_row, seq_info as _seq_at
+from ..common.jit import chunk_info as _chunk_at, dot as _dot, phys_row, seq_info as _seq_at
 
 BT = 64                  # chunk length (the blocked inversion in ``_prep_kernel`` is written for 4 x 16 rows)
 MAX_HEAD_DIM_K = 256     # one [BT, K] tile of q / k / W per program
@@ -51,7 +51,9 @@ MIN_PROGRAMS_STATE = 96  # the sequential kernels narrow their V block until S *
 # Launch settings per kernel (measurements behind them: docs/benchmarks/recurrent_delta.md).
 LAUNCH = MappingProxyType({name: MappingProxyType(dict(num_warps=w, num_stages=1)) for name, w in (
     ('prep', 8), ('state', 4), ('out', 8), ('dstate', 8), ('grads_wy', 8), ('grads_qk', 8))})
-PRECISIONS = ('ieee', 'tf32', 'tf32x3')
+# dots: fp32 operands as 'ieee' / 'tf32' / 'tf32x3', or 'input': both operands cast to the 16-bit input dtype
+PRECISIONS = ('ieee', 'tf32', 'tf32x3', 'input')
+_INPUT_PREC = {torch.bfloat16: 'bf16', torch.float16: 'fp16'}
 declare_launch(TRITON_LAUNCH_KEYS + ('precision',), *('delta_rule_' + n for n in LAUNCH))
 
 
@@ -64,6 +66,7 @@ def _launch(name, dtype, K):
     if prec is not None and prec not in PRECISIONS:
         raise ValueError(f"launch['delta_rule_{name}']['precision'] must be one of {PRECISIONS}, got {prec!r}")
     opts['PREC'] = prec if prec is not None and dtype != torch.float32 else dot_precision(dtype, K, name)
+    opts['PREC'] = _INPUT_PREC.get(dtype, 'ieee') if opts['PREC'] == 'input' else opts['PREC']
     return opts
 
 
@@ -110,8 +113,8 @@ def _inv_unit_lower(A, SB: tl.constexpr, LOG2: tl.constexpr, PREC: tl.constexpr)
     T = tl.where(r[:, None] == r[None, :], 1., 0.) - A
     P = A
     for _ in tl.static_range(LOG2 - 1):
-        P = tl.dot(P, P, input_precision=PREC)
-        T = T + tl.dot(T, P, input_precision=PREC)
+        P = _dot(P, P, PREC)
+        T = T + _dot(T, P, PREC)
     return T
 
 
@@ -123,7 +126,7 @@ def _blk_A(ki, kj, bi, Gi, Gj, vi, DIAG: tl.constexpr, SB: tl.constexpr, PREC: t
         m = (r[:, None] > r[None, :]) & vi[:, None]
     else:
         m = vi[:, None] & (r[None, :] >= 0)
-    kkt = tl.dot(ki, tl.trans(kj), input_precision=PREC)
+    kkt = _dot(ki, tl.trans(kj), PREC)
     return tl.where(m, bi[:, None] * kkt * tl.exp(tl.where(m, _pdiff(Gi, Gj), 0.)), 0.)
 
 
@@ -197,15 +200,12 @@ def _prep_kernel(k, v, beta, g, G_out, T_out, W_out, Ut_out, cu, chunk_seq, chun
     A30 = _blk_A(k3, k0, b3, G3, G0, v3, False, SB, PREC)
     A31 = _blk_A(k3, k1, b3, G3, G1, v3, False, SB, PREC)
     A32 = _blk_A(k3, k2, b3, G3, G2, v3, False, SB, PREC)
-    T10 = -tl.dot(T11, tl.dot(A10, T00, input_precision=PREC), input_precision=PREC)
-    T21 = -tl.dot(T22, tl.dot(A21, T11, input_precision=PREC), input_precision=PREC)
-    T32 = -tl.dot(T33, tl.dot(A32, T22, input_precision=PREC), input_precision=PREC)
-    T20 = -tl.dot(T22, tl.dot(A20, T00, input_precision=PREC) + tl.dot(A21, T10, input_precision=PREC),
-                  input_precision=PREC)
-    T31 = -tl.dot(T33, tl.dot(A31, T11, input_precision=PREC) + tl.dot(A32, T21, input_precision=PREC),
-                  input_precision=PREC)
-    T30 = -tl.dot(T33, tl.dot(A30, T00, input_precision=PREC) + tl.dot(A31, T10, input_precision=PREC)
-                  + tl.dot(A32, T20, input_precision=PREC), input_precision=PREC)
+    T10 = -_dot(T11, _dot(A10, T00, PREC), PREC)
+    T21 = -_dot(T22, _dot(A21, T11, PREC), PREC)
+    T32 = -_dot(T33, _dot(A32, T22, PREC), PREC)
+    T20 = -_dot(T22, _dot(A20, T00, PREC) + _dot(A21, T10, PREC), PREC)
+    T31 = -_dot(T33, _dot(A31, T11, PREC) + _dot(A32, T21, PREC), PREC)
+    T30 = -_dot(T33, _dot(A30, T00, PREC) + _dot(A31, T10, PREC) + _dot(A32, T20, PREC), PREC)
     tb = T_out + (ic * H + ih).to(tl.int64) * BT * BT
     zero = tl.zeros([SB, SB], dtype=tl.float32)
     _st_tblk(tb, T00, 0, 0, SB, BT)
@@ -228,13 +228,13 @@ def _prep_kernel(k, v, beta, g, G_out, T_out, W_out, Ut_out, cu, chunk_seq, chun
     x1 = k1 * (b1 * tl.exp(G1.to(tl.float32)))[:, None]
     x2 = k2 * (b2 * tl.exp(G2.to(tl.float32)))[:, None]
     x3 = k3 * (b3 * tl.exp(G3.to(tl.float32)))[:, None]
-    _st_rows(W_out, tl.dot(T00, x0, input_precision=PREC), p0, v0, ih, H, K, ck)
-    _st_rows(W_out, tl.dot(T10, x0, input_precision=PREC) + tl.dot(T11, x1, input_precision=PREC),
+    _st_rows(W_out, _dot(T00, x0, PREC), p0, v0, ih, H, K, ck)
+    _st_rows(W_out, _dot(T10, x0, PREC) + _dot(T11, x1, PREC),
              p1, v1, ih, H, K, ck)
-    _st_rows(W_out, tl.dot(T20, x0, input_precision=PREC) + tl.dot(T21, x1, input_precision=PREC)
-             + tl.dot(T22, x2, input_precision=PREC), p2, v2, ih, H, K, ck)
-    _st_rows(W_out, tl.dot(T30, x0, input_precision=PREC) + tl.dot(T31, x1, input_precision=PREC)
-             + tl.dot(T32, x2, input_precision=PREC) + tl.dot(T33, x3, input_precision=PREC),
+    _st_rows(W_out, _dot(T20, x0, PREC) + _dot(T21, x1, PREC)
+             + _dot(T22, x2, PREC), p2, v2, ih, H, K, ck)
+    _st_rows(W_out, _dot(T30, x0, PREC) + _dot(T31, x1, PREC)
+             + _dot(T32, x2, PREC) + _dot(T33, x3, PREC),
              p3, v3, ih, H, K, ck)
     for iv in range(0, tl.cdiv(V, BV)):
         cv = iv * BV + tl.arange(0, BV)
@@ -242,13 +242,13 @@ def _prep_kernel(k, v, beta, g, G_out, T_out, W_out, Ut_out, cu, chunk_seq, chun
         y1 = _ld_rows(v, p1, v1, ih, H, V, cv) * b1[:, None]
         y2 = _ld_rows(v, p2, v2, ih, H, V, cv) * b2[:, None]
         y3 = _ld_rows(v, p3, v3, ih, H, V, cv) * b3[:, None]
-        _st_rows(Ut_out, tl.dot(T00, y0, input_precision=PREC), p0, v0, ih, H, V, cv)
-        _st_rows(Ut_out, tl.dot(T10, y0, input_precision=PREC) + tl.dot(T11, y1, input_precision=PREC),
+        _st_rows(Ut_out, _dot(T00, y0, PREC), p0, v0, ih, H, V, cv)
+        _st_rows(Ut_out, _dot(T10, y0, PREC) + _dot(T11, y1, PREC),
                  p1, v1, ih, H, V, cv)
-        _st_rows(Ut_out, tl.dot(T20, y0, input_precision=PREC) + tl.dot(T21, y1, input_precision=PREC)
-                 + tl.dot(T22, y2, input_precision=PREC), p2, v2, ih, H, V, cv)
-        _st_rows(Ut_out, tl.dot(T30, y0, input_precision=PREC) + tl.dot(T31, y1, input_precision=PREC)
-                 + tl.dot(T32, y2, input_precision=PREC) + tl.dot(T33, y3, input_precision=PREC),
+        _st_rows(Ut_out, _dot(T20, y0, PREC) + _dot(T21, y1, PREC)
+                 + _dot(T22, y2, PREC), p2, v2, ih, H, V, cv)
+        _st_rows(Ut_out, _dot(T30, y0, PREC) + _dot(T31, y1, PREC)
+                 + _dot(T32, y2, PREC) + _dot(T33, y3, PREC),
                  p3, v3, ih, H, V, cv)
 
 
@@ -277,7 +277,7 @@ def _state_kernel(k, W, Ut, G, U_out, h_buf, h0, ht, cu, chunk_off, N, NT,
         mv = valid[:, None] & (cv < V)[None, :]
         w = tl.load(W + (phys[:, None] * H + ih) * K + ck[None, :], mask=mk, other=0.)
         ut = tl.load(Ut + (phys[:, None] * H + ih) * V + cv[None, :], mask=mv, other=0.)
-        u = ut - tl.dot(w, hs, input_precision=PREC)
+        u = ut - _dot(w, hs, PREC)
         tl.store(U_out + (phys[:, None] * H + ih) * V + cv[None, :], u, mask=mv)
         kk = tl.load(k + (phys[:, None] * H + ih) * K + ck[None, :], mask=mk, other=0.).to(tl.float32)
         if USE_G:
@@ -285,9 +285,9 @@ def _state_kernel(k, W, Ut, G, U_out, h_buf, h0, ht, cu, chunk_off, N, NT,
             last = tl.minimum(L - c * BT, BT) - 1
             Gl = tl.sum(tl.where(r == last, Gc, 0.), 0)
             kd = kk * tl.where(valid, tl.exp(tl.where(valid, (Gl - Gc).to(tl.float32), 0.)), 0.)[:, None]
-            hs = hs * tl.exp(Gl.to(tl.float32)) + tl.dot(tl.trans(kd), u, input_precision=PREC)
+            hs = hs * tl.exp(Gl.to(tl.float32)) + _dot(tl.trans(kd), u, PREC)
         else:
-            hs = hs + tl.dot(tl.trans(kk), u, input_precision=PREC)
+            hs = hs + _dot(tl.trans(kk), u, PREC)
     if STORE_HT:
         tl.store(ht + (n * H + ih).to(tl.int64) * K * V + (ck[:, None] * V + cv[None, :]), hs, mask=mh)
 
@@ -312,7 +312,7 @@ def _out_kernel(q, k, G, U, h_buf, o, cu, chunk_seq, chunk_idx, N, NT, scale,
                  mask=(ck < K)[:, None] & (cv < V)[None, :], other=0.)
     u = tl.load(U + (phys[:, None] * H + ih) * V + cv[None, :], mask=mv, other=0.)
     causal = (r[:, None] >= r[None, :]) & valid[:, None]
-    s = tl.dot(qq, tl.trans(kk), input_precision=PREC) * scale
+    s = _dot(qq, tl.trans(kk), PREC) * scale
     if USE_G:
         Gc = tl.load(G + phys * H + ih, mask=valid, other=0.)
         p = tl.where(causal, s * tl.exp(tl.where(causal, _pdiff(Gc, Gc), 0.)), 0.)
@@ -320,7 +320,7 @@ def _out_kernel(q, k, G, U, h_buf, o, cu, chunk_seq, chunk_idx, N, NT, scale,
     else:
         p = tl.where(causal, s, 0.)
         qg = qq * scale
-    out = tl.dot(qg, hs, input_precision=PREC) + tl.dot(p, u, input_precision=PREC)
+    out = _dot(qg, hs, PREC) + _dot(p, u, PREC)
     tl.store(o + (phys[:, None] * H + ih) * V + cv[None, :], out.to(o.dtype.element_ty), mask=mv)
 
 
@@ -354,7 +354,7 @@ def _dstate_kernel(q, k, G, W, do, dU_out, dh_buf, dht, dh0, cu, chunk_off, N, N
         w = tl.load(W + (phys[:, None] * H + ih) * K + ck[None, :], mask=mk, other=0.)
         dout = tl.load(do + (phys[:, None] * H + ih) * V + cv[None, :], mask=mv, other=0.).to(tl.float32)
         # st[i, j] = k_i . q_j ; P^T[i, j] = P[j, i] (nonzero for i <= j)
-        st = tl.dot(kk, tl.trans(qq), input_precision=PREC) * scale
+        st = _dot(kk, tl.trans(qq), PREC) * scale
         upper = (r[:, None] <= r[None, :]) & valid[None, :]
         if USE_G:
             Gc = tl.load(G + phys * H + ih, mask=valid, other=0.)
@@ -367,11 +367,11 @@ def _dstate_kernel(q, k, G, W, do, dU_out, dh_buf, dht, dh0, cu, chunk_off, N, N
             pt = tl.where(upper, st, 0.)
             kd = kk
             qg = qq * scale
-        du = tl.dot(pt, dout, input_precision=PREC) + tl.dot(kd, dh, input_precision=PREC)
+        du = _dot(pt, dout, PREC) + _dot(kd, dh, PREC)
         tl.store(dU_out + (phys[:, None] * H + ih) * V + cv[None, :], du, mask=mv)
         if USE_G:
             dh = dh * tl.exp(Gl.to(tl.float32))
-        dh = dh + tl.dot(tl.trans(qg), dout, input_precision=PREC) - tl.dot(tl.trans(w), du, input_precision=PREC)
+        dh = dh + _dot(tl.trans(qg), dout, PREC) - _dot(tl.trans(w), du, PREC)
     if STORE_DH0:
         tl.store(dh0 + (n * H + ih).to(tl.int64) * K * V + (ck[:, None] * V + cv[None, :]), dh, mask=mh)
 
@@ -401,14 +401,14 @@ def _grads_wy_kernel(k, v, beta, G, T_buf, U, dU, h_buf, dk_part, dv, dbeta, dG_
         mv = valid[:, None] & (cv < V)[None, :]
         mh = (ck < K)[:, None] & (cv < V)[None, :]
         du = tl.load(dU + (phys[:, None] * H + ih) * V + cv[None, :], mask=mv, other=0.)
-        dvb = tl.dot(tl.trans(T), du, input_precision=PREC)
+        dvb = _dot(tl.trans(T), du, PREC)
         tl.store(dv + (phys[:, None] * H + ih) * V + cv[None, :], (dvb * b[:, None]).to(dv.dtype.element_ty), mask=mv)
         vv = tl.load(v + (phys[:, None] * H + ih) * V + cv[None, :], mask=mv, other=0.).to(tl.float32)
         db += tl.sum(dvb * vv, 1)
         h0 = tl.load(h_buf + (ic64 * H + ih) * K * V + (ck[:, None] * V + cv[None, :]), mask=mh, other=0.)
-        dVbH0 += tl.dot(dvb, tl.trans(h0), input_precision=PREC)
+        dVbH0 += _dot(dvb, tl.trans(h0), PREC)
         u = tl.load(U + (phys[:, None] * H + ih) * V + cv[None, :], mask=mv, other=0.)
-        dAa += tl.dot(dvb, tl.trans(u), input_precision=PREC)
+        dAa += _dot(dvb, tl.trans(u), PREC)
     kk = tl.load(k + (phys[:, None] * H + ih) * K + ck[None, :], mask=mk, other=0.).to(tl.float32)
     strict = (r[:, None] > r[None, :]) & valid[:, None]
     if USE_G:
@@ -422,10 +422,10 @@ def _grads_wy_kernel(k, v, beta, G, T_buf, U, dU, h_buf, dk_part, dv, dbeta, dG_
     dk_acc = dKb * (b * eG)[:, None]
     kdb = tl.sum(dKb * kk, 1)
     db += kdb * eG
-    kkt = tl.dot(kk, tl.trans(kk), input_precision=PREC)
+    kkt = _dot(kk, tl.trans(kk), PREC)
     dAD = tl.where(strict, -dAa, 0.) * Ds
     dAg = dAD * b[:, None]
-    dk_acc += tl.dot(dAg, kk, input_precision=PREC) + tl.dot(tl.trans(dAg), kk, input_precision=PREC)
+    dk_acc += _dot(dAg, kk, PREC) + _dot(tl.trans(dAg), kk, PREC)
     aa = dAD * kkt
     db += tl.sum(aa, 1)
     tl.store(dk_part + (phys[:, None] * H + ih) * K + ck[None, :], dk_acc, mask=mk)
@@ -463,9 +463,9 @@ def _grads_qk_kernel(q, k, G, U, do, h_buf, dh_buf, dk_part, dG_part, dq, dk, dg
         dout = tl.load(do + (phys[:, None] * H + ih) * V + cv[None, :], mask=mv, other=0.).to(tl.float32)
         h0 = tl.load(h_buf + (ic64 * H + ih) * K * V + (ck[:, None] * V + cv[None, :]), mask=mh, other=0.)
         dhe = tl.load(dh_buf + (ic64 * H + ih) * K * V + (ck[:, None] * V + cv[None, :]), mask=mh, other=0.)
-        dq1 += tl.dot(dout, tl.trans(h0), input_precision=PREC)
-        dP += tl.dot(dout, tl.trans(u), input_precision=PREC)
-        dKd += tl.dot(u, tl.trans(dhe), input_precision=PREC)
+        dq1 += _dot(dout, tl.trans(h0), PREC)
+        dP += _dot(dout, tl.trans(u), PREC)
+        dKd += _dot(u, tl.trans(dhe), PREC)
         if USE_G:
             sumH += tl.sum(h0 * dhe, 1)
     qq = tl.load(q + (phys[:, None] * H + ih) * K + ck[None, :], mask=mk, other=0.).to(tl.float32)
@@ -483,14 +483,14 @@ def _grads_qk_kernel(q, k, G, U, do, h_buf, dh_buf, dk_part, dG_part, dq, dk, dg
         eG = tl.full([BT], 1., dtype=tl.float32)
         ekd = tl.where(valid, 1., 0.)
     dPs = dP * Dc * scale
-    dq_acc = dq1 * (scale * eG)[:, None] + tl.dot(dPs, kk, input_precision=PREC)
+    dq_acc = dq1 * (scale * eG)[:, None] + _dot(dPs, kk, PREC)
     tl.store(dq + (phys[:, None] * H + ih) * K + ck[None, :], dq_acc.to(dq.dtype.element_ty), mask=mk)
     dk_acc = tl.load(dk_part + (phys[:, None] * H + ih) * K + ck[None, :], mask=mk, other=0.)
-    dk_acc += tl.dot(tl.trans(dPs), qq, input_precision=PREC) + dKd * ekd[:, None]
+    dk_acc += _dot(tl.trans(dPs), qq, PREC) + dKd * ekd[:, None]
     tl.store(dk + (phys[:, None] * H + ih) * K + ck[None, :], dk_acc.to(dk.dtype.element_ty), mask=mk)
     if USE_G:
         dG = tl.sum(qq * dq1, 1) * scale * eG + tl.load(dG_part + phys * H + ih, mask=valid, other=0.)
-        s = tl.dot(qq, tl.trans(kk), input_precision=PREC)
+        s = _dot(qq, tl.trans(kk), PREC)
         strict = (r[:, None] > r[None, :]) & valid[:, None]
         pp = tl.where(strict, dPs * s, 0.)
         dG += tl.sum(pp, 1) - tl.sum(pp, 0)

@@ -118,6 +118,18 @@ def test_kernel_matches_reference(B, N, H, K, V, gate, h0, reverse, dtype):
     check_all(res, dtype)
 
 
+def test_dots_in_the_input_dtype():
+    """``precision='input'`` (every kernel's dots on operands cast to the 16-bit input dtype, fp32 accumulation: the
+    alternative to _dstate's faulting tf32 build at K > 64) stays within the 16-bit tolerance of float64, forward
+    and every gradient, over two chunks with a gate and an initial state at K = 96. fp16 here: the interpreter's
+    bf16 ``tl.dot`` returns garbage (triton 3.8, any bf16 operands); ops.py --check covers bf16 on the GPU."""
+    from vla_mm.ops.common import kernel_options
+    inputs = make_inputs(1, 80, 1, 96, 48, gate=True, h0=True)
+    with kernel_options(launch={'delta_rule_' + n: dict(precision='input') for n in chunk.LAUNCH}):
+        res = run_both(inputs, torch.float16)
+    check_all(res, torch.float16)
+
+
 @pytest.mark.parametrize('g_kind,reverse', [('strong', False), ('weak', True), ('mixed', False), ('mixed', True)])
 def test_strong_and_weak_decay(g_kind, reverse):
     inputs = make_inputs(1, 100, 1, 16, 16, gate=True, h0=True, g_kind=g_kind)
@@ -268,7 +280,7 @@ def test_dot_precision_per_kernel_for_16bit_inputs(monkeypatch):
     monkeypatch.undo()
     assert {kw['PREC'] for _, kw in log} == {'ieee'}
     with pytest.raises(ValueError, match="precision'\\] must be one of"):
-        _launches(monkeypatch, torch.bfloat16, 96, launch={'delta_rule_out': dict(precision='bf16')})
+        _launches(monkeypatch, torch.bfloat16, 96, launch={'delta_rule_out': dict(precision='fp8')})
 
 
 def test_launch_settings_are_constants_overridable_per_call(monkeypatch):

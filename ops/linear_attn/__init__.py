@@ -112,22 +112,29 @@ def _plan(q, v, feature_map, normalize, scale, eps, focus_power, rope_cos, rope_
                        cu_seqlens)
 
 
+def _saves_state(q, v, cu_seqlens):
+    from . import kernel
+    B, N, H, K = q.shape
+    nseq = B if cu_seqlens is None else cu_seqlens.shape[0] - 1
+    return kernel.saves_state(nseq, B * N, H, K, v.shape[-1], q.element_size())
+
+
 def _triton(q, k, v, *opts):
     from . import kernel
     o, state = kernel.forward(q, k, v, _plan(q, v, *opts))
-    return (o,), (state,)
+    return (o,), ((state,) if _saves_state(q, v, opts[-1]) else ())
 
 
 def _triton_backward(grads, outputs, residuals, q, k, v, *opts):
     from . import kernel
     do = grads[0] if grads[0] is not None else torch.zeros_like(outputs[0])
-    return kernel.backward(q, k, v, do, residuals[0], _plan(q, v, *opts))
+    return kernel.backward(q, k, v, do, residuals[0] if residuals else None, _plan(q, v, *opts))
 
 
 def _fake(q, k, v, feature_map, normalize, scale, eps, focus_power, rope_cos, rope_sin, norm, key_padding_mask,
           cu_seqlens):
     o = v.new_empty(v.shape)
-    if not use_triton(q, k, v):
+    if not use_triton(q, k, v) or not _saves_state(q, v, cu_seqlens):
         return (o,)
     B, N, H, K = q.shape
     nseq = B if cu_seqlens is None else cu_seqlens.shape[0] - 1
@@ -154,7 +161,7 @@ def _qkv_triton_backward(grads, outputs, residuals, qkv, *opts):
     q, k, v = qkv.unbind(2)
     do = grads[0] if grads[0] is not None else torch.zeros_like(outputs[0])
     dqkv = torch.empty_like(qkv, memory_format=torch.contiguous_format)
-    kernel.backward(q, k, v, do, residuals[0], _plan(q, v, *opts), out=dqkv.unbind(2))
+    kernel.backward(q, k, v, do, residuals[0] if residuals else None, _plan(q, v, *opts), out=dqkv.unbind(2))
     return (dqkv,)
 
 

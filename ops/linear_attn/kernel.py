@@ -602,6 +602,17 @@ def state_size(nseq, H, K, V):
     return nseq * H * (K * V + K)
 
 
+# the forward's state is kept for the backward when it takes at most this share of q, k and v's bytes; above
+# (few tokens a sequence: ViT-S at 224 px, 196 tokens, K = V = 64 in bf16: 22 %, 25 MB a block at batch 256)
+# the backward recomputes it (F1 again: one more read of k and v) and the op saves nothing but its inputs
+STATE_SAVE_MAX_SHARE = 1 / 16
+
+
+def saves_state(nseq, tokens, H, K, V, itemsize):
+    """Does the forward keep its fp32 state for the backward (else the backward recomputes it)?"""
+    return state_size(nseq, H, K, V) * 4 <= STATE_SAVE_MAX_SHARE * tokens * H * (2 * K + V) * itemsize
+
+
 @functools.lru_cache(maxsize=256)
 def _cached_plan(q_shape, V, dtype, device, feature_map, normalize, scale, eps, focus_power, norm, cfg_items,
                  deterministic):
@@ -621,19 +632,28 @@ def plan(q, v, feature_map, normalize, scale, eps, focus_power, rope, norm, key_
     return _Plan(q, v, feature_map, normalize, scale, eps, focus_power, rope, norm, key_padding_mask, cu_seqlens)
 
 
+def fwd_state(k, v, P):
+    """F1: the fp32 state buffer (S, z; see ``_Plan.state_views``) of k and v (zeros for an empty input)."""
+    B, N, H, K, V = P.B, P.N, P.H, P.K, P.V
+    state = torch.zeros(state_size(P.nseq, H, K, V), dtype=torch.float32, device=k.device)
+    S, z = P.state_views(state)
+    nr, CHr, tabr = P.chunks['red']
+    if nr:
+        _launch(_fwd_state_kernel, (nr, B * H, P.NV),
+                (k, v, S, z, P.mask, tabr, P.cos, P.sin, N, H, K, V, CHr, *k.stride(), *v.stride(), *P.smask,
+                 *P.rope_strides), P.consts, P)
+    return state
+
+
 def forward(q, k, v, P):
     """F1 + F2: o [B, N, H, V] in v's dtype and the fp32 state buffer (S, z; see ``_Plan.state_views``)."""
     B, N, H, K, V = P.B, P.N, P.H, P.K, P.V
-    state = torch.zeros(state_size(P.nseq, H, K, V), dtype=torch.float32, device=q.device)
+    state = fwd_state(k, v, P)
     S, z = P.state_views(state)
     o = alloc((B, N, H, V), v.dtype, v.device)
-    nr, CHr, tabr = P.chunks['red']
     nm, CHm, tabm = P.chunks['map']
-    if nr == 0:
+    if P.chunks['red'][0] == 0:
         return o.zero_(), state
-    _launch(_fwd_state_kernel, (nr, B * H, P.NV),
-            (k, v, S, z, P.mask, tabr, P.cos, P.sin, N, H, K, V, CHr, *k.stride(), *v.stride(), *P.smask,
-             *P.rope_strides), P.consts, P)
     _launch(_fwd_out_kernel, (nm, B * H, P.NV),
             (q, o, S, z, P.mask, tabm, P.ntab, P.cos, P.sin, N, H, K, V, CHm, P.n_const, P.scale, P.eps,
              *q.stride(), *o.stride(), *P.smask, *P.rope_strides), P.seq_consts, P)
@@ -641,9 +661,11 @@ def forward(q, k, v, P):
 
 
 def backward(q, k, v, do, state, P, out=None):
-    """B1 + B2: dq, dk, dv (in the inputs' dtypes) from the forward's state buffer, written into ``out`` (three
-    tensors of q's, k's and v's shapes, any strides: e.g. the slices of one packed qkv gradient) if given."""
+    """B1 + B2: dq, dk, dv (in the inputs' dtypes) from the forward's state buffer (None: recomputed, F1), written
+    into ``out`` (three tensors of q's, k's and v's shapes, any strides: e.g. the slices of one packed qkv
+    gradient) if given."""
     B, N, H, K, V = P.B, P.N, P.H, P.K, P.V
+    state = state if state is not None else fwd_state(k, v, P)
     S, z = P.state_views(state)
     dstate = torch.zeros_like(state)
     dS, dz = P.state_views(dstate)

@@ -435,6 +435,32 @@ def test_kernel_launch_options(poison):
             linear_attn_triton(q, k, v)
 
 
+@pytest.mark.parametrize('N, packed, recompute', [(40, False, True), (128, False, False), (40, True, True)])
+def test_state_recomputed_in_the_backward_for_short_sequences(monkeypatch, N, packed, recompute):
+    """With few tokens a sequence the fp32 state would be a large share of what the op keeps (fp32 K = V = 16:
+    over 1/16 of q, k and v's bytes below 91 tokens): the forward saves nothing but its inputs and the backward
+    runs F1 again; with more it saves the state. Either way the gradients match float64 (plain and packed op)."""
+    from vla_mm.ops.linear_attn import linear_attn_qkv
+    calls = []
+    real = la_kernel.fwd_state
+    monkeypatch.setattr(la_kernel, 'fwd_state', lambda *a: calls.append(1) or real(*a))
+    (q, k, v), _ = make_inputs((2, N, 2, 16, 16), F32, {})
+    do = randn(2, N, 2, 16, dtype=F32)
+    leaves = [t.double().requires_grad_() for t in (q, k, v)]
+    linear_attn_reference(*leaves).backward(do.double())
+    if packed:
+        qkv = torch.stack((q, k, v), 2).requires_grad_()
+        linear_attn_qkv(qkv, backend='triton').backward(do)
+        grads = qkv.grad.unbind(2)
+    else:
+        q, k, v = (t.requires_grad_() for t in (q, k, v))
+        linear_attn_triton(q, k, v).backward(do)
+        grads = (q.grad, k.grad, v.grad)
+    assert len(calls) == (2 if recompute else 1)
+    for g, ref in zip(grads, leaves):
+        assert rel_err(g, ref.grad) < 1e-5
+
+
 def test_rope_blocks_default_to_half_the_rows():
     """16-bit inputs at K = 64: 128-row blocks and 8 warps plain, 64 rows and 8 warps with RoPE (the device's
     pick, session 11); an explicit block_n / num_warps wins over either."""

@@ -137,7 +137,7 @@ def test_model_benchmark_smoke(tmp_path):
     models = load('models')
     out = tmp_path / 'models'
     assert models.main(['--smoke', '--out', str(out), '--res', '32', '--batch', '2', '--profile', '32',
-                        '--profile-modes', 'eager,compile', '--steps', '1', '--host-probe', '32',
+                        '--profile-modes', 'eager,compile', '--steps', '1', '--host-probe', '32', '--host-profile',
                         '--launch', '{"norm_bwd": {"tile": 1}}']) == 0
     res = json.load(open(out / 'results.json'))
     assert res['args']['launch'] == {'norm_bwd': {'tile': 1}}
@@ -145,6 +145,8 @@ def test_model_benchmark_smoke(tmp_path):
     assert sorted((r['model'], r['mode'], r['res'], r['batch']) for r in probes if r['model'] == 'ours') == [
         ('ours', 'compile', 32, 1), ('ours', 'eager', 32, 1)]
     assert all(r['train_ms'] > 0 and 'infer_ms' not in r for r in probes)
+    host_md = (out / 'host_profile.md').read_text()  # the probe steps' cProfile: our model's forward among them
+    assert '## ours, eager: 5 train steps at 32 px' in host_md and 'isotropic.py' in host_md
     ours = [r for r in res['rows'] if r['model'] == 'ours' and 'probe' not in r]
     assert {r['mode'] for r in ours} == {'eager', 'compile'} and all(r['batch'] == 2 for r in ours)
     for r in ours:

@@ -335,9 +335,25 @@ def dynamo_graphs():
     return counters['stats']['unique_graphs'], sum(counters['graph_break'].values())
 
 
-def run_case(name, res, batch, mode, a, device, bcfg, kinds=None):
+def host_profile_of(step, device, steps=5, rows=30):
+    """cProfile of ``steps`` calls of ``step`` (then one synchronisation): the top ``rows`` by own time."""
+    import cProfile
+    import io
+    import pstats
+    pr = cProfile.Profile()
+    pr.enable()
+    for _ in range(steps):
+        step()
+    common.synchronize(device)
+    pr.disable()
+    buf = io.StringIO()
+    pstats.Stats(pr, stream=buf).sort_stats('tottime').print_stats(rows)
+    return buf.getvalue().strip()
+
+
+def run_case(name, res, batch, mode, a, device, bcfg, kinds=None, host_profile=False):
     """One model at one resolution in one mode: train and inference figures (or the error of each); ``kinds``:
-    of ``--kinds``."""
+    of ``--kinds``; ``host_profile``: also a cProfile of train steps (``row['host_profile']``)."""
     row = dict(model=name, res=res, batch=batch, mode=mode)
     t0 = time.time()
     model = None
@@ -351,9 +367,12 @@ def run_case(name, res, batch, mode, a, device, bcfg, kinds=None):
                 continue
             model.train(kind == 'train')
             try:
-                ips, ms, first, peak = measure(make(run, batch, res, a, device), batch, a, device)
+                fn = make(run, batch, res, a, device)
+                ips, ms, first, peak = measure(fn, batch, a, device)
                 row.update({f'{kind}_img_s': ips, f'{kind}_ms': ms, f'{kind}_first_s': first,
                             f'{kind}_peak_GiB': peak})
+                if host_profile and kind == 'train':
+                    row['host_profile'] = host_profile_of(fn, device)
             except Exception as e:  # noqa: BLE001  (an OOM or a compile failure of this case only)
                 row[f'{kind}_error'] = _error(e)
             _release(device)
@@ -682,6 +701,11 @@ def report(res, out, plot=True):
     if broken:  # each break adds a graph and its host cost (guards, autograd functions) to every step
         md += ['## compiled cases with graph breaks', ''] + broken + ['']
     common.write_text(osp.join(out, 'models.md'), '\n'.join(md))
+    profiled = [r for r in rows if r.get('host_profile')]
+    if profiled:
+        common.write_text(osp.join(out, 'host_profile.md'), '\n'.join(
+            f"## {r['model']}, {r['mode']}: 5 train steps at {r['res']} px, batch 1\n\n```\n{r['host_profile']}\n```\n"
+            for r in profiled))
     if plot:
         plot_report(res, out)
 
@@ -788,6 +812,8 @@ def parse_args(argv=None):
     p.add_argument('--profile-modes', dest='profile_modes', default='eager',
                    help="modes whose train steps --profile profiles, of --modes (e.g. 'eager,compile')")
     p.add_argument('--profile-rows', dest='profile_rows', type=int, default=20)
+    p.add_argument('--host-profile', dest='host_profile', action='store_true',
+                   help='with --host-probe: cProfile of 5 host-probe train steps per model and mode (host_profile.md)')
     p.add_argument('--host-probe', dest='host_probe', type=int, default=0, metavar='RES',
                    help='also time a train step of each model at RES px, batch 1 (e.g. 32): almost no GPU work, so '
                         'its time is the host\'s (Python, autograd, launches); 0: off')
@@ -923,7 +949,8 @@ def run(a, argv):
             for name in (n for n in names if '@' not in n):
                 if deadline.expired(need):
                     continue
-                record(dict(run_case(name, a.host_probe, 1, mode, a, device, bcfg, kinds=('train',)), probe='host'))
+                record(dict(run_case(name, a.host_probe, 1, mode, a, device, bcfg, kinds=('train',),
+                                     host_profile=a.host_profile), probe='host'))
         if mode in a.profile_modes:
             for pr in a.profile:
                 if deadline.expired(60):

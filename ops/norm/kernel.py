@@ -232,7 +232,8 @@ def norm_bwd(dy, x, weight, bias, mean, rstd, rms, gate=None, ds=None, dx2_dtype
             ONE_TILE=rows_per_prog == BM, BM=BM, BC=BC, STAGES=cfg['loop_stages'], num_warps=num_warps)
     else:
         part.zero_()
-    dw = dw_part.sum(0).to(weight.dtype) if has_w else None
-    db = db_part.sum(0).to(bias.dtype) if has_b else None
+    sums = part.sum(1)  # one reduction for both partial-row sets
+    dw = sums[0].to(weight.dtype) if has_w else None
+    db = sums[-1].to(bias.dtype) if has_b else None
     out = (dx.view(x.shape), dw, db, (dg.view(gate.shape) if gate is not None else None))
     return out + (dx2.view(x.shape),) if dx2_dtype is not None else out

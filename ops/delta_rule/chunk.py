@@ -27,7 +27,8 @@ Precision (:func:`dot_precision`): every intermediate is float32. fp32 inputs us
 in every ``tl.dot``; bf16 / fp16 inputs use tf32 tensor-core dots, except ``_dstate`` at K > 64, which uses
 'ieee' dots (docs/benchmarks/recurrent_delta.md, "K > 64 in 16-bit": bisected kernel by kernel on Hopper with
 triton 3.6, only ``_dstate``'s tf32 build dies with an illegal memory access at K = V = 128; the other five run
-clean and pass the float64 checks there, and 'ieee' made the forward ~50x slower).
+clean and pass the float64 checks there, and 'ieee' made the forward ~50x slower); above K = 128 (a 256-wide K
+block, never run with tf32 on the GPU) every kernel uses 'ieee'.
 ``kernel_options(launch={'delta_rule_<kernel>': {'precision': 'tf32'}})`` sets one kernel's dots for 16-bit
 inputs (the device bisection of that fault, docs/benchmarks/device_plan.md).
 """
@@ -44,9 +45,11 @@ from ..common.jit import chunk_info as _chunk_at, dot as _dot, phys_row, seq_inf
 BT = 64                  # chunk length (the blocked inversion in ``_prep_kernel`` is written for 4 x 16 rows)
 MAX_HEAD_DIM_K = 256     # one [BT, K] tile of q / k / W per program
 MAX_TF32_K = 64          # 16-bit inputs with K above this use 'ieee' dots in _dstate (module docstring)
-# kernels whose tf32 build ran clean on Hopper at K = V = 128 in bf16 and passed float64 checks at N = 1031; _dstate's
-# tf32 build is the one that faults there (illegal memory access, H100, session 11)
+# kernels whose tf32 build ran clean on Hopper at K = V = 128 in bf16 and passed float64 checks at N = 1031, up to
+# the K block that was run (K <= 128: one 128-wide block); _dstate's tf32 build is the one that faults there
+# (illegal memory access, H100, session 11)
 TF32_ANY_K = ('prep', 'state', 'out', 'grads_wy', 'grads_qk')
+MAX_TF32_K_CHECKED = 128
 MIN_PROGRAMS_STATE = 96  # the sequential kernels narrow their V block until S * H * V blocks reach this
 # Launch settings per kernel (measurements behind them: docs/benchmarks/recurrent_delta.md).
 LAUNCH = MappingProxyType({name: MappingProxyType(dict(num_warps=w, num_stages=1)) for name, w in (
@@ -518,8 +521,10 @@ def _bv_state(S, H, V):
 
 def dot_precision(dtype, K, name):
     """``input_precision`` of kernel ``name``'s ``tl.dot``s: 'ieee' for fp32 inputs, and for 16-bit inputs at
-    K > MAX_TF32_K in the kernels outside ``TF32_ANY_K`` (``_dstate``); else 'tf32'."""
-    return 'tf32' if dtype != torch.float32 and (K <= MAX_TF32_K or name in TF32_ANY_K) else 'ieee'
+    K > MAX_TF32_K in the kernels outside ``TF32_ANY_K`` (``_dstate``) and in every kernel above
+    MAX_TF32_K_CHECKED (a 256-wide K block, never run with tf32 on the GPU); else 'tf32'."""
+    tf32 = K <= MAX_TF32_K or (name in TF32_ANY_K and K <= MAX_TF32_K_CHECKED)
+    return 'tf32' if dtype != torch.float32 and tf32 else 'ieee'
 
 
 def check_kernel_args(B, N, H, K, V, packed=False):

@@ -254,9 +254,11 @@ def _launches(monkeypatch, dtype, K, **options):
 def test_16bit_inputs_above_k64_use_ieee_dots_in_dstate(monkeypatch):
     """The fix of issue 15's crash: 16-bit inputs at K > 64 launch ``_dstate`` with 'ieee' dots (its tf32 build
     faults on Hopper at K = 128, session 11) and every other kernel with tf32 (clean on Hopper at K = 128 and
-    within float64 tolerance at N = 1031, sessions 10-11); tf32 everywhere at K <= 64; fp32 inputs always 'ieee'."""
+    within float64 tolerance at N = 1031, sessions 10-11), up to K = 128; 'ieee' everywhere above (a 256-wide K
+    block, never run with tf32 on the GPU); tf32 everywhere at K <= 64; fp32 inputs always 'ieee'."""
     fwd = {'_prep_kernel', '_state_kernel', '_out_kernel', '_grads_wy_kernel', '_grads_qk_kernel'}
     for dtype, K, want_fwd, want_bwd in [(torch.bfloat16, 96, 'tf32', 'ieee'), (torch.float16, 65, 'tf32', 'ieee'),
+                                         (torch.bfloat16, 129, 'ieee', 'ieee'),
                                          (torch.bfloat16, 64, 'tf32', 'tf32'), (torch.float32, 32, 'ieee', 'ieee')]:
         log = _launches(monkeypatch, dtype, K)
         monkeypatch.undo()

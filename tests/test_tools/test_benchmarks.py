@@ -151,6 +151,7 @@ def test_model_benchmark_smoke(tmp_path):
     assert {r['mode'] for r in ours} == {'eager', 'compile'} and all(r['batch'] == 2 for r in ours)
     for r in ours:
         assert 'error' not in r and r['train_img_s'] > 0 and r['infer_img_s'] > 0, r
+        assert 0 <= r['train_spread'] < 10 and 0 <= r['infer_spread'] < 10, r  # (slowest - fastest) / median run
         if r['mode'] == 'compile':  # one graph for training, one for inference, no break
             assert (r['graphs'], r['graph_breaks']) == (2, 0), r
         assert r['params_M'] == pytest.approx(

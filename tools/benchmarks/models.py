@@ -283,10 +283,13 @@ def infer_fn(model, batch, res, a, device):
     return run
 
 
+NOISY_SPREAD = 0.1  # models.md lists cases whose timed runs differ by more than this share of the median
+
+
 def measure(fn, batch, a, device):
-    """(images/s, ms per step, first-call s, peak GiB) of ``fn``: after the warm-up, three runs of steps / 3
-    back-to-back calls (no synchronisation inside a run, so the host may run ahead as in training), the median
-    run's time per call."""
+    """(images/s, ms per step, first-call s, peak GiB, spread) of ``fn``: after the warm-up, three runs of
+    steps / 3 back-to-back calls (no synchronisation inside a run, so the host may run ahead as in training), the
+    median run's time per call; spread = (slowest - fastest run) / median run."""
     t = time.time()
     fn()
     common.synchronize(device)
@@ -303,7 +306,7 @@ def measure(fn, batch, a, device):
     times = common.time_calls(run, n=3, warmup=0, device=device)
     ms = sorted(times)[1] / per_run
     peak = torch.cuda.max_memory_allocated() / 2 ** 30 if device.type == 'cuda' else None
-    return batch / (ms * 1e-3), ms, first, peak
+    return batch / (ms * 1e-3), ms, first, peak, (max(times) - min(times)) / sorted(times)[1]
 
 
 def timed_at(name, res, a):
@@ -368,9 +371,9 @@ def run_case(name, res, batch, mode, a, device, bcfg, kinds=None, host_profile=F
             model.train(kind == 'train')
             try:
                 fn = make(run, batch, res, a, device)
-                ips, ms, first, peak = measure(fn, batch, a, device)
+                ips, ms, first, peak, spread = measure(fn, batch, a, device)
                 row.update({f'{kind}_img_s': ips, f'{kind}_ms': ms, f'{kind}_first_s': first,
-                            f'{kind}_peak_GiB': peak})
+                            f'{kind}_peak_GiB': peak, f'{kind}_spread': spread})
                 if host_profile and kind == 'train':
                     row['host_profile'] = host_profile_of(fn, device)
             except Exception as e:  # noqa: BLE001  (an OOM or a compile failure of this case only)
@@ -696,6 +699,10 @@ def report(res, out, plot=True):
             for r in rows for k, v in r.items() if k.endswith('error') or k == 'skipped']
     if errs:
         md += ['## failed or skipped cases', ''] + errs + ['']
+    noisy = [f"- {r['model']} {r['res']} {r['mode']} {k[:-7]}: runs differ by {r[k]:.0%} of the median"
+             for r in rows for k in ('train_spread', 'infer_spread') if (r.get(k) or 0) > NOISY_SPREAD]
+    if noisy:  # a ratio between two such cases is only as good as this
+        md += [f'## cases whose three timed runs differ by more than {NOISY_SPREAD:.0%}', ''] + noisy + ['']
     broken = [f"- {r['model']} {r['res']}: {r['graphs']} graphs, {r['graph_breaks']} graph breaks"
               for r in rows if r.get('graph_breaks')]
     if broken:  # each break adds a graph and its host cost (guards, autograd functions) to every step

@@ -57,19 +57,23 @@ LAUNCH = MappingProxyType({name: MappingProxyType(dict(num_warps=w, num_stages=1
 # dots: fp32 operands as 'ieee' / 'tf32' / 'tf32x3', or 'input': both operands cast to the 16-bit input dtype
 PRECISIONS = ('ieee', 'tf32', 'tf32x3', 'input')
 _INPUT_PREC = {torch.bfloat16: 'bf16', torch.float16: 'fp16'}
-declare_launch(TRITON_LAUNCH_KEYS + ('precision',), *('delta_rule_' + n for n in LAUNCH))
+declare_launch(TRITON_LAUNCH_KEYS + ('precision',), *('delta_rule_' + n for n in LAUNCH if n != 'dstate'))
+declare_launch(TRITON_LAUNCH_KEYS + ('precision', 'split_k'), 'delta_rule_dstate')  # split_k: K in two halves
 
 
 def _launch(name, dtype, K):
     """Launch settings of kernel ``name`` (its ``PREC`` included): the constants above and
     :func:`dot_precision`, overridden by ``kernel_options(launch={'delta_rule_<name>': {...}})``, whose
-    ``precision`` (one of ``PRECISIONS``) applies to 16-bit inputs (fp32 inputs keep 'ieee')."""
+    ``precision`` (one of ``PRECISIONS``) applies to 16-bit inputs (fp32 inputs keep 'ieee'); ``_dstate``
+    also takes ``split_k`` (K in two halves: every dot K-wide BK / 2, the shapes of the K <= 64 build)."""
     opts = {**LAUNCH[name], **current_options().launch_for('delta_rule_' + name)}
     prec = opts.pop('precision', None)
     if prec is not None and prec not in PRECISIONS:
         raise ValueError(f"launch['delta_rule_{name}']['precision'] must be one of {PRECISIONS}, got {prec!r}")
     opts['PREC'] = prec if prec is not None and dtype != torch.float32 else dot_precision(dtype, K, name)
     opts['PREC'] = _INPUT_PREC.get(dtype, 'ieee') if opts['PREC'] == 'input' else opts['PREC']
+    if name == 'dstate':
+        opts['KS'] = 2 if opts.pop('split_k', False) and _blocks(K, 1)[0] >= 32 else 1
     return opts
 
 
@@ -328,55 +332,88 @@ def _out_kernel(q, k, G, U, h_buf, o, cu, chunk_seq, chunk_idx, N, NT, scale,
 
 
 @triton.jit
+def _dh_tile(ptr, base, ck, cv, K, V):
+    """Pointers and mask of the [K block, V block] tile ``ck`` x ``cv`` of one [K, V] state at ``base``."""
+    return ptr + base + (ck[:, None] * V + cv[None, :]), (ck < K)[:, None] & (cv < V)[None, :]
+
+
+@triton.jit
 def _dstate_kernel(q, k, G, W, do, dU_out, dh_buf, dht, dh0, cu, chunk_off, N, NT, scale,
                    H, K, V,
                    BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
                    USE_G: tl.constexpr, USE_DHT: tl.constexpr, STORE_DH0: tl.constexpr,
-                   REVERSE: tl.constexpr, PREC: tl.constexpr, VARLEN: tl.constexpr):
+                   REVERSE: tl.constexpr, PREC: tl.constexpr, VARLEN: tl.constexpr, KS: tl.constexpr):
+    """KS = 2: K in two halves of BK / 2 columns (two [BK / 2, BV] state tiles, every dot K-wide BK / 2)."""
     iv = tl.program_id(1)
     n, ih, bos, eos, off = _seq_at(tl.program_id(0), cu, chunk_off, N, NT, H, VARLEN)
     L = eos - bos
     nc = tl.cdiv(L, BT)
     r = tl.arange(0, BT)
-    ck = tl.arange(0, BK)
+    ck = tl.arange(0, BK // KS)
     cv = iv * BV + tl.arange(0, BV)
-    mh = (ck < K)[:, None] & (cv < V)[None, :]
-    dh = tl.zeros([BK, BV], dtype=tl.float32)
+    seq_base = (n * H + ih).to(tl.int64) * K * V
+    dh = tl.zeros([BK // KS, BV], dtype=tl.float32)
+    if KS == 2:
+        ck1 = BK // 2 + ck
+        dh1 = tl.zeros([BK // 2, BV], dtype=tl.float32)
     if USE_DHT:
-        dh = tl.load(dht + (n * H + ih).to(tl.int64) * K * V + (ck[:, None] * V + cv[None, :]),
-                     mask=mh, other=0.).to(tl.float32)
+        pt_, m_ = _dh_tile(dht, seq_base, ck, cv, K, V)
+        dh = tl.load(pt_, mask=m_, other=0.).to(tl.float32)
+        if KS == 2:
+            pt_, m_ = _dh_tile(dht, seq_base, ck1, cv, K, V)
+            dh1 = tl.load(pt_, mask=m_, other=0.).to(tl.float32)
     for cc in range(0, nc):
         c = nc - 1 - cc
         ic = (off + c).to(tl.int64)
-        tl.store(dh_buf + (ic * H + ih).to(tl.int64) * K * V + (ck[:, None] * V + cv[None, :]), dh, mask=mh)
+        chunk_base = (ic * H + ih).to(tl.int64) * K * V
+        pt_, m_ = _dh_tile(dh_buf, chunk_base, ck, cv, K, V)
+        tl.store(pt_, dh, mask=m_)
+        if KS == 2:
+            pt_, m_ = _dh_tile(dh_buf, chunk_base, ck1, cv, K, V)
+            tl.store(pt_, dh1, mask=m_)
         lp, valid, phys = _chunk_rows(bos, eos, c * BT, BT, REVERSE)
-        mk = valid[:, None] & (ck < K)[None, :]
         mv = valid[:, None] & (cv < V)[None, :]
-        qq = tl.load(q + (phys[:, None] * H + ih) * K + ck[None, :], mask=mk, other=0.).to(tl.float32)
-        kk = tl.load(k + (phys[:, None] * H + ih) * K + ck[None, :], mask=mk, other=0.).to(tl.float32)
-        w = tl.load(W + (phys[:, None] * H + ih) * K + ck[None, :], mask=mk, other=0.)
+        qq = _ld_rows(q, phys, valid, ih, H, K, ck)
+        kk = _ld_rows(k, phys, valid, ih, H, K, ck)
+        w = _ld_rows(W, phys, valid, ih, H, K, ck)
         dout = tl.load(do + (phys[:, None] * H + ih) * V + cv[None, :], mask=mv, other=0.).to(tl.float32)
         # st[i, j] = k_i . q_j ; P^T[i, j] = P[j, i] (nonzero for i <= j)
-        st = _dot(kk, tl.trans(qq), PREC) * scale
+        st = _dot(kk, tl.trans(qq), PREC)
+        if KS == 2:
+            qq1 = _ld_rows(q, phys, valid, ih, H, K, ck1)
+            kk1 = _ld_rows(k, phys, valid, ih, H, K, ck1)
+            w1 = _ld_rows(W, phys, valid, ih, H, K, ck1)
+            st += _dot(kk1, tl.trans(qq1), PREC)
+        st = st * scale
         upper = (r[:, None] <= r[None, :]) & valid[None, :]
         if USE_G:
             Gc = tl.load(G + phys * H + ih, mask=valid, other=0.)
             last = tl.minimum(L - c * BT, BT) - 1
             Gl = tl.sum(tl.where(r == last, Gc, 0.), 0)
             pt = tl.where(upper, st * tl.exp(tl.where(upper, -_pdiff(Gc, Gc), 0.)), 0.)
-            kd = kk * tl.where(valid, tl.exp(tl.where(valid, (Gl - Gc).to(tl.float32), 0.)), 0.)[:, None]
-            qg = qq * (scale * tl.exp(Gc.to(tl.float32)))[:, None]
+            fk = tl.where(valid, tl.exp(tl.where(valid, (Gl - Gc).to(tl.float32), 0.)), 0.)
+            fq = scale * tl.exp(Gc.to(tl.float32))
         else:
             pt = tl.where(upper, st, 0.)
-            kd = kk
-            qg = qq * scale
-        du = _dot(pt, dout, PREC) + _dot(kd, dh, PREC)
+            fk = tl.where(valid, 1., 0.)
+            fq = tl.where(valid, scale, 0.)
+        du = _dot(pt, dout, PREC) + _dot(kk * fk[:, None], dh, PREC)
+        if KS == 2:
+            du += _dot(kk1 * fk[:, None], dh1, PREC)
         tl.store(dU_out + (phys[:, None] * H + ih) * V + cv[None, :], du, mask=mv)
         if USE_G:
             dh = dh * tl.exp(Gl.to(tl.float32))
-        dh = dh + _dot(tl.trans(qg), dout, PREC) - _dot(tl.trans(w), du, PREC)
+            if KS == 2:
+                dh1 = dh1 * tl.exp(Gl.to(tl.float32))
+        dh = dh + _dot(tl.trans(qq * fq[:, None]), dout, PREC) - _dot(tl.trans(w), du, PREC)
+        if KS == 2:
+            dh1 = dh1 + _dot(tl.trans(qq1 * fq[:, None]), dout, PREC) - _dot(tl.trans(w1), du, PREC)
     if STORE_DH0:
-        tl.store(dh0 + (n * H + ih).to(tl.int64) * K * V + (ck[:, None] * V + cv[None, :]), dh, mask=mh)
+        pt_, m_ = _dh_tile(dh0, seq_base, ck, cv, K, V)
+        tl.store(pt_, dh, mask=m_)
+        if KS == 2:
+            pt_, m_ = _dh_tile(dh0, seq_base, ck1, cv, K, V)
+            tl.store(pt_, dh1, mask=m_)
 
 
 @triton.jit

@@ -130,6 +130,22 @@ def test_dots_in_the_input_dtype():
     check_all(res, torch.float16)
 
 
+@pytest.mark.parametrize('K,V,dtype,reverse,cu', [(96, 48, torch.float32, False, None),
+                                                   (20, 40, torch.float32, True, [0, 1, 66, 100]),
+                                                   (96, 48, torch.float16, False, None)])
+def test_dstate_with_k_in_two_halves(K, V, dtype, reverse, cu):
+    """``split_k`` (``_dstate`` over K in two halves, two [BK / 2, BV] state tiles: the K <= 64 tile shapes at
+    K = 96 / 128, the candidate for its faulting tf32 build) gives every gradient within tolerance of float64:
+    K = 96 (halves of 64, the second partly masked), K = 20 (halves of 16), gated, initial and final state,
+    reverse with packed sequences (a one-token sequence among them)."""
+    from vla_mm.ops.common import kernel_options
+    inputs = make_inputs(1, 100, 1, K, V, gate=True, h0=True, S=None if cu is None else len(cu) - 1)
+    cu = None if cu is None else torch.tensor(cu, dtype=torch.int32)
+    with kernel_options(launch={'delta_rule_dstate': dict(split_k=True)}):
+        res = run_both(inputs, dtype, reverse=reverse, cu_seqlens=cu)
+    check_all(res, dtype)
+
+
 @pytest.mark.parametrize('g_kind,reverse', [('strong', False), ('weak', True), ('mixed', False), ('mixed', True)])
 def test_strong_and_weak_decay(g_kind, reverse):
     inputs = make_inputs(1, 100, 1, 16, 16, gate=True, h0=True, g_kind=g_kind)

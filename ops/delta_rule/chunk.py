@@ -57,8 +57,12 @@ LAUNCH = MappingProxyType({name: MappingProxyType(dict(num_warps=w, num_stages=1
 # dots: fp32 operands as 'ieee' / 'tf32' / 'tf32x3', or 'input': both operands cast to the 16-bit input dtype
 PRECISIONS = ('ieee', 'tf32', 'tf32x3', 'input')
 _INPUT_PREC = {torch.bfloat16: 'bf16', torch.float16: 'fp16'}
-declare_launch(TRITON_LAUNCH_KEYS + ('precision',), *('delta_rule_' + n for n in LAUNCH if n != 'dstate'))
-declare_launch(TRITON_LAUNCH_KEYS + ('precision', 'split_k'), 'delta_rule_dstate')  # split_k: K in two halves
+# the sequential kernels also take block_v (their V block: a power of two >= 16; default _bv_state's), and
+# _dstate split_k (K in two halves)
+declare_launch(TRITON_LAUNCH_KEYS + ('precision',),
+               *('delta_rule_' + n for n in ('prep', 'out', 'grads_wy', 'grads_qk')))
+declare_launch(TRITON_LAUNCH_KEYS + ('precision', 'block_v'), 'delta_rule_state')
+declare_launch(TRITON_LAUNCH_KEYS + ('precision', 'block_v', 'split_k'), 'delta_rule_dstate')
 
 
 def _launch(name, dtype, K):
@@ -74,6 +78,11 @@ def _launch(name, dtype, K):
     opts['PREC'] = _INPUT_PREC.get(dtype, 'ieee') if opts['PREC'] == 'input' else opts['PREC']
     if name == 'dstate':
         opts['KS'] = 2 if opts.pop('split_k', False) and _blocks(K, 1)[0] >= 32 else 1
+    bv = opts.pop('block_v', None)
+    if bv is not None and (bv < 16 or bv & (bv - 1)):
+        raise ValueError(f"launch['delta_rule_{name}']['block_v'] must be a power of two >= 16, got {bv!r}")
+    if bv is not None:
+        opts['BV'] = bv
     return opts
 
 
@@ -625,14 +634,15 @@ def delta_rule_fwd(q, k, v, beta, g, scale, initial_state, output_final_state, c
     o = alloc((B, N, H, V), q.dtype, dev)
     ht = alloc((S, H, K, V), torch.float32, dev) if output_final_state else None
     h0 = initial_state.contiguous() if initial_state is not None else None
-    BVs = _bv_state(S, H, V)
+    state_opts = _launch('state', q.dtype, K)
+    BVs = state_opts.pop('BV', None) or _bv_state(S, H, V)
     flags = dict(BT=BT, BK=BK, USE_G=use_g, REVERSE=reverse, VARLEN=varlen)
     if grid[0] * grid[1] > 0:
         _prep_kernel[grid](k, v, beta, g, G if use_g else beta, Tb, W, Ut, *par, H, K, V, BV=BV, **flags,
                            **_launch('prep', q.dtype, K))
     _state_kernel[(S * H, cdiv(V, BVs))](
         k, W, Ut, G if use_g else beta, U, hb, h0 if h0 is not None else W, ht if ht is not None else W, *seq,
-        H, K, V, BV=BVs, USE_H0=h0 is not None, STORE_HT=ht is not None, **flags, **_launch('state', q.dtype, K))
+        H, K, V, BV=BVs, USE_H0=h0 is not None, STORE_HT=ht is not None, **flags, **state_opts)
     if grid[0] * grid[1] > 0:
         _out_kernel[(*grid, cdiv(V, BV))](q, k, G if use_g else beta, U, hb, o, *par, scale, H, K, V,
                                                  BV=BV, **flags, **_launch('out', q.dtype, K))
@@ -659,10 +669,11 @@ def delta_rule_bwd(do, dht, residuals, q, k, v, beta, g, scale, initial_state, c
     dU = alloc((B * N, H, V), f32, dev)
     dhb = alloc(hb.shape, f32, dev)
     dh0 = alloc((S, H, K, V), f32, dev) if h0 is not None else None
-    BVs = _bv_state(S, H, V)
+    dstate_opts = _launch('dstate', q.dtype, K)
+    BVs = dstate_opts.pop('BV', None) or _bv_state(S, H, V)
     _dstate_kernel[(S * H, cdiv(V, BVs))](
         q, k, Gp, W, do, dU, dhb, dht if dht is not None else W, dh0 if dh0 is not None else W, *seq, scale,
-        H, K, V, BV=BVs, USE_DHT=dht is not None, STORE_DH0=dh0 is not None, **flags, **_launch('dstate', q.dtype, K))
+        H, K, V, BV=BVs, USE_DHT=dht is not None, STORE_DH0=dh0 is not None, **flags, **dstate_opts)
     dq = alloc(q.shape, q.dtype, dev)
     dk = alloc(k.shape, k.dtype, dev)
     dv = alloc(v.shape, v.dtype, dev)

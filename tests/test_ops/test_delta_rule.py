@@ -308,6 +308,24 @@ def test_launch_settings_are_constants_overridable_per_call(monkeypatch):
     assert all(kw['num_stages'] == 1 for _, kw in log)
 
 
+def test_sequential_kernels_take_a_v_block(monkeypatch):
+    """``block_v`` sets the V block of ``_state`` / ``_dstate`` (the device A/B of their register pressure at
+    K = 128): 32 where the default is 16 (few programs), and results stay within float64 tolerance with V = 48
+    in a full and a half-masked 32-wide block; a V block that is not a power of two >= 16 is refused."""
+    from vla_mm.ops.common import kernel_options
+    launch = {'delta_rule_state': dict(block_v=32), 'delta_rule_dstate': dict(block_v=32)}
+    assert chunk._bv_state(1, 2, 48) == 16
+    log = _launches(monkeypatch, torch.float32, 16, launch=launch)
+    monkeypatch.undo()
+    bv = {n: kw['BV'] for n, kw in log}
+    assert bv['_state_kernel'] == bv['_dstate_kernel'] == 32
+    inputs = make_inputs(1, 70, 2, 16, 48, gate=True, h0=True)
+    with kernel_options(launch=launch):
+        check_all(run_both(inputs, torch.float32), torch.float32)
+    with pytest.raises(ValueError, match='power of two'):
+        _launches(monkeypatch, torch.float32, 16, launch={'delta_rule_state': dict(block_v=24)})
+
+
 def test_kernel_limits_are_value_errors_before_any_launch(monkeypatch):
     monkeypatch.setattr(chunk, 'DeltaRuleFunction', None)   # any launch attempt would fail differently
     big = torch.zeros(()).expand(2 ** 10, 2 ** 12, 4, 256)  # B * N * H * K = 2**32 without memory

@@ -112,17 +112,20 @@ def _plan(q, v, feature_map, normalize, scale, eps, focus_power, rope_cos, rope_
                        cu_seqlens)
 
 
-def _saves_state(q, v, cu_seqlens):
+def _state_numel(q, v, cu_seqlens):
+    """Elements of the fp32 state the forward keeps for the backward (None: it keeps none, the backward
+    recomputes it)."""
     from . import kernel
     B, N, H, K = q.shape
     nseq = B if cu_seqlens is None else cu_seqlens.shape[0] - 1
-    return kernel.saves_state(nseq, B * N, H, K, v.shape[-1], q.element_size())
+    keep = kernel.saves_state(nseq, B * N, H, K, v.shape[-1], q.element_size())
+    return kernel.state_size(nseq, H, K, v.shape[-1]) if keep else None
 
 
 def _triton(q, k, v, *opts):
     from . import kernel
     o, state = kernel.forward(q, k, v, _plan(q, v, *opts))
-    return (o,), ((state,) if _saves_state(q, v, opts[-1]) else ())
+    return (o,), ((state,) if _state_numel(q, v, opts[-1]) is not None else ())
 
 
 def _triton_backward(grads, outputs, residuals, q, k, v, *opts):
@@ -134,11 +137,8 @@ def _triton_backward(grads, outputs, residuals, q, k, v, *opts):
 def _fake(q, k, v, feature_map, normalize, scale, eps, focus_power, rope_cos, rope_sin, norm, key_padding_mask,
           cu_seqlens):
     o = v.new_empty(v.shape)
-    if not use_triton(q, k, v) or not _saves_state(q, v, cu_seqlens):
-        return (o,)
-    B, N, H, K = q.shape
-    nseq = B if cu_seqlens is None else cu_seqlens.shape[0] - 1
-    return o, q.new_empty(nseq * H * (K * v.shape[-1] + K), dtype=torch.float32)
+    numel = _state_numel(q, v, cu_seqlens) if use_triton(q, k, v) else None
+    return (o,) if numel is None else (o, q.new_empty(numel, dtype=torch.float32))
 
 
 _linear_attn_op = register_op(

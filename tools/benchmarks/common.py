@@ -359,3 +359,20 @@ def profile(fn, iters=2, row_limit=15, device=None):
         rows.append(dict(name=e.key, count=e.count / iters, ms_per_iter=t / iters / 1e3, kernel=kernel))
     rows.sort(key=lambda r: -r['ms_per_iter'])
     return table, rows
+
+
+def host_profile(fn, n, device=None, rows=25):
+    """cProfile of ``n`` calls of ``fn`` (no synchronisation inside, one after): the top ``rows`` functions by own
+    time, as text."""
+    import cProfile
+    import io
+    import pstats
+    prof = cProfile.Profile()
+    prof.enable()
+    for _ in range(n):
+        fn()
+    prof.disable()
+    synchronize(device)
+    buf = io.StringIO()
+    pstats.Stats(prof, stream=buf).sort_stats('tottime').print_stats(rows)
+    return buf.getvalue().strip()

@@ -338,22 +338,6 @@ def dynamo_graphs():
     return counters['stats']['unique_graphs'], sum(counters['graph_break'].values())
 
 
-def host_profile_of(step, device, steps=5, rows=30):
-    """cProfile of ``steps`` calls of ``step`` (then one synchronisation): the top ``rows`` by own time."""
-    import cProfile
-    import io
-    import pstats
-    pr = cProfile.Profile()
-    pr.enable()
-    for _ in range(steps):
-        step()
-    common.synchronize(device)
-    pr.disable()
-    buf = io.StringIO()
-    pstats.Stats(pr, stream=buf).sort_stats('tottime').print_stats(rows)
-    return buf.getvalue().strip()
-
-
 def run_case(name, res, batch, mode, a, device, bcfg, kinds=None, host_profile=False):
     """One model at one resolution in one mode: train and inference figures (or the error of each); ``kinds``:
     of ``--kinds``; ``host_profile``: also a cProfile of train steps (``row['host_profile']``)."""
@@ -375,7 +359,7 @@ def run_case(name, res, batch, mode, a, device, bcfg, kinds=None, host_profile=F
                 row.update({f'{kind}_img_s': ips, f'{kind}_ms': ms, f'{kind}_first_s': first,
                             f'{kind}_peak_GiB': peak, f'{kind}_spread': spread})
                 if host_profile and kind == 'train':
-                    row['host_profile'] = host_profile_of(fn, device)
+                    row['host_profile'] = common.host_profile(fn, 5, device, rows=30)
             except Exception as e:  # noqa: BLE001  (an OOM or a compile failure of this case only)
                 row[f'{kind}_error'] = _error(e)
             _release(device)

@@ -564,20 +564,10 @@ def host_costs(spec, names, a, dtype, device):
 def host_profile(spec, a, dtype, device, rows=25):
     """cProfile of ``--host-calls`` forward+backward calls of ours at the host shape: where the host time goes
     (our Python, torch, Triton's launcher), as a markdown section."""
-    import cProfile
-    import io
-    import pstats
     impl = make_impl(spec, 'ours', spec.make(1, 1, a.host_N, a.K, a.V, dtype, device))
     common.host_us(impl.fwdbwd, n=20, device=device)
-    prof = cProfile.Profile()
-    prof.enable()
-    for _ in range(a.host_calls):
-        impl.fwdbwd()
-    prof.disable()
-    common.synchronize(device)
-    buf = io.StringIO()
-    pstats.Stats(prof, stream=buf).sort_stats('tottime').print_stats(rows)
-    return f'## {spec.name}: {a.host_calls} fwd+bwd calls, B1 H1 N{a.host_N}\n\n```\n{buf.getvalue().strip()}\n```\n\n'
+    text = common.host_profile(impl.fwdbwd, a.host_calls, device, rows)
+    return f'## {spec.name}: {a.host_calls} fwd+bwd calls, B1 H1 N{a.host_N}\n\n```\n{text}\n```\n\n'
 
 
 def impl_names(spec, peers, device, log, status):

@@ -4,6 +4,8 @@ tiles of rows of a ``[rows, H * D]`` tensor (row stride ``stride``, head offset 
 import triton
 import triton.language as tl
 
+from .options import interpreting
+
 
 @triton.jit
 def phys_row(t, bos, eos, REVERSE: tl.constexpr):
@@ -78,13 +80,30 @@ def load_row(ptr, r, c, D, stride, off):
 
 
 @triton.jit
+def rne_bf16(x):
+    """fp32 -> nearest bf16 value (ties to even), kept in fp32; finite inputs."""
+    bits = x.to(tl.int32, bitcast=True)
+    bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & -65536
+    return bits.to(tl.float32, bitcast=True)
+
+
+@triton.jit
 def dot(a, b, PREC: tl.constexpr):
     """``tl.dot(a, b)`` in fp32 accumulation; PREC 'bf16' / 'fp16' casts both operands to that 16-bit type first
-    (the 16-bit tensor-core path), else it is ``tl.dot``'s ``input_precision`` ('ieee', 'tf32', 'tf32x3')."""
+    (the 16-bit tensor-core path), 'bf16_emu' rounds them to bf16 and multiplies in fp32 (the same numbers, for
+    Triton's CPU interpreter, whose bf16 ``tl.dot`` is wrong: :func:`dot_prec`), else it is ``tl.dot``'s
+    ``input_precision`` ('ieee', 'tf32', 'tf32x3')."""
     if PREC == 'bf16':
         out = tl.dot(a.to(tl.bfloat16), b.to(tl.bfloat16))
+    elif PREC == 'bf16_emu':
+        out = tl.dot(rne_bf16(a.to(tl.float32)), rne_bf16(b.to(tl.float32)), input_precision='ieee')
     elif PREC == 'fp16':
         out = tl.dot(a.to(tl.float16), b.to(tl.float16))
     else:
         out = tl.dot(a, b, input_precision=PREC)
     return out
+
+
+def dot_prec(prec):
+    """Host side of :func:`dot`: ``prec`` as the kernels take it ('bf16' -> 'bf16_emu' under the interpreter)."""
+    return 'bf16_emu' if prec == 'bf16' and interpreting() else prec

@@ -24,13 +24,13 @@ that reaches -600 after strong decays carries an absolute error of ~4e-5, which 
 of every weak decay after it.
 
 Precision (:func:`dot_precision`): every intermediate is float32. fp32 inputs use ``input_precision='ieee'``
-in every ``tl.dot``; bf16 / fp16 inputs use tf32 tensor-core dots, except ``_dstate`` at K > 64, which uses
-'ieee' dots (docs/benchmarks/recurrent_delta.md, "K > 64 in 16-bit": bisected kernel by kernel on Hopper with
-triton 3.6, only ``_dstate``'s tf32 build dies with an illegal memory access at K = V = 128; the other five run
-clean and pass the float64 checks there, and 'ieee' made the forward ~50x slower); above K = 128 (a 256-wide K
-block, never run with tf32 on the GPU) every kernel uses 'ieee'.
-``kernel_options(launch={'delta_rule_<kernel>': {'precision': 'tf32'}})`` sets one kernel's dots for 16-bit
-inputs (the device bisection of that fault, docs/benchmarks/device_plan.md).
+in every ``tl.dot``; bf16 / fp16 inputs use tf32 tensor-core dots, except ``_dstate`` at 64 < K <= 128, which
+runs its dots on the 16-bit input dtype with K in two halves (``split_k``): its tf32 build at full K dies with
+an illegal memory access at K = V = 128 on Hopper (triton 3.6, session 11), and of the builds that run clean
+and pass the float64 checks at N = 1031 this one is fastest (session 12: delta rule fwd+bwd 4.2 ms at B8 H6
+N4096 against 5.1 for tf32 halves and 34 for 'ieee'; docs/benchmarks/recurrent_delta.md, "K > 64 in 16-bit").
+Above K = 128 (a 256-wide K block, never run with tf32 on the GPU) every kernel uses 'ieee'.
+``kernel_options(launch={'delta_rule_<kernel>': {'precision': ..., 'split_k': ...}})`` overrides one kernel.
 """
 from types import MappingProxyType
 
@@ -40,14 +40,14 @@ import triton.language as tl
 
 from ..common import PackedSeqs, alloc, cdiv, current_options, kernel_options, next_power_of_2
 from ..common.options import TRITON_LAUNCH_KEYS, declare_launch
-from ..common.jit import chunk_info as _chunk_at, dot as _dot, phys_row, seq_info as _seq_at
+from ..common.jit import chunk_info as _chunk_at, dot as _dot, dot_prec, phys_row, seq_info as _seq_at
 
 BT = 64                  # chunk length (the blocked inversion in ``_prep_kernel`` is written for 4 x 16 rows)
 MAX_HEAD_DIM_K = 256     # one [BT, K] tile of q / k / W per program
-MAX_TF32_K = 64          # 16-bit inputs with K above this use 'ieee' dots in _dstate (module docstring)
+MAX_TF32_K = 64          # 16-bit inputs with K above this run _dstate on 16-bit dots, K in halves (module docstring)
 # kernels whose tf32 build ran clean on Hopper at K = V = 128 in bf16 and passed float64 checks at N = 1031, up to
 # the K block that was run (K <= 128: one 128-wide block); _dstate's tf32 build is the one that faults there
-# (illegal memory access, H100, session 11)
+# (illegal memory access, H100, session 11); its 16-bit dots over K halves run clean and fastest (session 12)
 TF32_ANY_K = ('prep', 'state', 'out', 'grads_wy', 'grads_qk')
 MAX_TF32_K_CHECKED = 128
 MIN_PROGRAMS_STATE = 96  # the sequential kernels narrow their V block until S * H * V blocks reach this
@@ -75,9 +75,9 @@ def _launch(name, dtype, K):
     if prec is not None and prec not in PRECISIONS:
         raise ValueError(f"launch['delta_rule_{name}']['precision'] must be one of {PRECISIONS}, got {prec!r}")
     opts['PREC'] = prec if prec is not None and dtype != torch.float32 else dot_precision(dtype, K, name)
-    opts['PREC'] = _INPUT_PREC.get(dtype, 'ieee') if opts['PREC'] == 'input' else opts['PREC']
+    opts['PREC'] = dot_prec(_INPUT_PREC.get(dtype, 'ieee') if opts['PREC'] == 'input' else opts['PREC'])
     if name == 'dstate':
-        opts['KS'] = 2 if opts.pop('split_k', False) and _blocks(K, 1)[0] >= 32 else 1
+        opts['KS'] = 2 if opts.pop('split_k', dstate_split_k(dtype, K)) and _blocks(K, 1)[0] >= 32 else 1
     bv = opts.pop('block_v', None)
     if bv is not None and (bv < 16 or bv & (bv - 1)):
         raise ValueError(f"launch['delta_rule_{name}']['block_v'] must be a power of two >= 16, got {bv!r}")
@@ -566,11 +566,19 @@ def _bv_state(S, H, V):
 
 
 def dot_precision(dtype, K, name):
-    """``input_precision`` of kernel ``name``'s ``tl.dot``s: 'ieee' for fp32 inputs, and for 16-bit inputs at
-    K > MAX_TF32_K in the kernels outside ``TF32_ANY_K`` (``_dstate``) and in every kernel above
-    MAX_TF32_K_CHECKED (a 256-wide K block, never run with tf32 on the GPU); else 'tf32'."""
-    tf32 = K <= MAX_TF32_K or (name in TF32_ANY_K and K <= MAX_TF32_K_CHECKED)
-    return 'tf32' if dtype != torch.float32 and tf32 else 'ieee'
+    """``input_precision`` of kernel ``name``'s ``tl.dot``s: 'ieee' for fp32 inputs; for 16-bit inputs 'input'
+    (the input dtype) in ``_dstate`` at MAX_TF32_K < K <= MAX_TF32_K_CHECKED (see :func:`dstate_split_k`),
+    'ieee' in every kernel above MAX_TF32_K_CHECKED (a 256-wide K block, never run with tf32 on the GPU), else
+    'tf32'."""
+    if dtype == torch.float32 or K > MAX_TF32_K_CHECKED:
+        return 'ieee'
+    return 'tf32' if K <= MAX_TF32_K or name in TF32_ANY_K else 'input'
+
+
+def dstate_split_k(dtype, K):
+    """Whether ``_dstate`` runs over K in two halves by default: 16-bit inputs at MAX_TF32_K < K <=
+    MAX_TF32_K_CHECKED (with 'input' dots: the build that ran clean and fastest at K = 128, session 12)."""
+    return dtype != torch.float32 and MAX_TF32_K < K <= MAX_TF32_K_CHECKED
 
 
 def check_kernel_args(B, N, H, K, V, packed=False):

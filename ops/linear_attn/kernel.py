@@ -28,6 +28,7 @@ import triton.language as tl
 
 from ..common.options import (alloc, cdiv, current_options, declare_launch, dummy, interpreting, next_power_of_2,
                               num_sms)
+from ..common.jit import rne_bf16
 from ..common.varlen import PackedSeqs
 
 FOCUS_EPS = 1e-6
@@ -43,19 +44,11 @@ declare_launch(LAUNCH_DEFAULTS, 'linear_attn')
 # device helpers
 # --------------------------------------------------------------------------------------------------------------
 @triton.jit
-def _rne_bf16(x):
-    """fp32 -> nearest bf16 value (ties to even), kept in fp32; finite inputs."""
-    bits = x.to(tl.int32, bitcast=True)
-    bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & -65536
-    return bits.to(tl.float32, bitcast=True)
-
-
-@triton.jit
 def _to_out(x, ptr, EMU: tl.constexpr):
     """Cast an fp32 tile to the element type of ptr (rounding to nearest under the interpreter too)."""
     if EMU:
         if ptr.dtype.element_ty == tl.bfloat16:
-            x = _rne_bf16(x)
+            x = rne_bf16(x)
     return x.to(ptr.dtype.element_ty)
 
 
@@ -67,7 +60,7 @@ def _dot(a, b, IEEE: tl.constexpr, EMU: tl.constexpr):
         # Triton's CPU interpreter computes bf16 tl.dot wrongly (triton 3.8) and its fp32 -> bf16 cast truncates:
         # round the operands to bf16 (to nearest even), then multiply in fp32, which is what the tensor cores do
         # with bf16 operands and fp32 accumulation.
-        return tl.dot(_rne_bf16(a.to(tl.float32)), _rne_bf16(b.to(tl.float32)), input_precision='ieee')
+        return tl.dot(rne_bf16(a.to(tl.float32)), rne_bf16(b.to(tl.float32)), input_precision='ieee')
     else:
         return tl.dot(a.to(tl.bfloat16), b.to(tl.bfloat16))
 

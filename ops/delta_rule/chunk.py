@@ -24,12 +24,13 @@ that reaches -600 after strong decays carries an absolute error of ~4e-5, which 
 of every weak decay after it.
 
 Precision (:func:`dot_precision`): every intermediate is float32. fp32 inputs use ``input_precision='ieee'``
-in every ``tl.dot``; bf16 / fp16 inputs use tf32 tensor-core dots, except ``_dstate`` at 64 < K <= 128, which
-runs its dots on the 16-bit input dtype with K in two halves (``split_k``): its tf32 build at full K dies with
-an illegal memory access at K = V = 128 on Hopper (triton 3.6, session 11), and of the builds that run clean
-and pass the float64 checks at N = 1031 this one is fastest (session 12: delta rule fwd+bwd 4.2 ms at B8 H6
-N4096 against 5.1 for tf32 halves and 34 for 'ieee'; docs/benchmarks/recurrent_delta.md, "K > 64 in 16-bit").
-Above K = 128 (a 256-wide K block, never run with tf32 on the GPU) every kernel uses 'ieee'.
+in every ``tl.dot``; bf16 / fp16 inputs use tf32 tensor-core dots, and ``_dstate`` at 64 < K <= 128 runs them
+over K in two halves (``split_k``, the K <= 64 tile shapes): its full-K tf32 build dies with an illegal memory
+access at K = V = 128 on Hopper (triton 3.6, session 11); the halves run clean and within float64 tolerance
+there and at every 16-bit K = 96 / 128 case of the GPU sweep that was reached (17 of 22, N = 1 included,
+session 12) at ~1.2x the forward's cost per token (fwd+bwd 5.1 ms at B8 H6 N4096 K = V = 128 against 34 for
+'ieee'). The faster 16-bit dots over halves fault at fp16 K = 96 N = 1 (docs/benchmarks/recurrent_delta.md,
+"K > 64 in 16-bit"). Above K = 128 (a 256-wide K block, never run with tf32 on the GPU) every kernel uses 'ieee'.
 ``kernel_options(launch={'delta_rule_<kernel>': {'precision': ..., 'split_k': ...}})`` overrides one kernel.
 """
 from types import MappingProxyType
@@ -44,10 +45,10 @@ from ..common.jit import chunk_info as _chunk_at, dot as _dot, dot_prec, phys_ro
 
 BT = 64                  # chunk length (the blocked inversion in ``_prep_kernel`` is written for 4 x 16 rows)
 MAX_HEAD_DIM_K = 256     # one [BT, K] tile of q / k / W per program
-MAX_TF32_K = 64          # 16-bit inputs with K above this run _dstate on 16-bit dots, K in halves (module docstring)
+MAX_TF32_K = 64          # 16-bit inputs with K above this run _dstate over K in two halves (module docstring)
 # kernels whose tf32 build ran clean on Hopper at K = V = 128 in bf16 and passed float64 checks at N = 1031, up to
 # the K block that was run (K <= 128: one 128-wide block); _dstate's tf32 build is the one that faults there
-# (illegal memory access, H100, session 11); its 16-bit dots over K halves run clean and fastest (session 12)
+# (illegal memory access, H100, session 11); over K in two halves it runs clean (session 12)
 TF32_ANY_K = ('prep', 'state', 'out', 'grads_wy', 'grads_qk')
 MAX_TF32_K_CHECKED = 128
 MIN_PROGRAMS_STATE = 96  # the sequential kernels narrow their V block until S * H * V blocks reach this
@@ -566,18 +567,15 @@ def _bv_state(S, H, V):
 
 
 def dot_precision(dtype, K, name):
-    """``input_precision`` of kernel ``name``'s ``tl.dot``s: 'ieee' for fp32 inputs; for 16-bit inputs 'input'
-    (the input dtype) in ``_dstate`` at MAX_TF32_K < K <= MAX_TF32_K_CHECKED (see :func:`dstate_split_k`),
-    'ieee' in every kernel above MAX_TF32_K_CHECKED (a 256-wide K block, never run with tf32 on the GPU), else
-    'tf32'."""
-    if dtype == torch.float32 or K > MAX_TF32_K_CHECKED:
-        return 'ieee'
-    return 'tf32' if K <= MAX_TF32_K or name in TF32_ANY_K else 'input'
+    """``input_precision`` of kernel ``name``'s ``tl.dot``s: 'ieee' for fp32 inputs and, for 16-bit inputs,
+    above MAX_TF32_K_CHECKED (a 256-wide K block, never run with tf32 on the GPU), else 'tf32' (``_dstate`` at
+    K > MAX_TF32_K over K in halves: :func:`dstate_split_k`)."""
+    return 'ieee' if dtype == torch.float32 or K > MAX_TF32_K_CHECKED else 'tf32'
 
 
 def dstate_split_k(dtype, K):
     """Whether ``_dstate`` runs over K in two halves by default: 16-bit inputs at MAX_TF32_K < K <=
-    MAX_TF32_K_CHECKED (with 'input' dots: the build that ran clean and fastest at K = 128, session 12)."""
+    MAX_TF32_K_CHECKED (its full-K tf32 build faults at K = 128; the halves run clean, session 12)."""
     return dtype != torch.float32 and MAX_TF32_K < K <= MAX_TF32_K_CHECKED
 
 

@@ -190,6 +190,27 @@ def test_one_token_rwkv6_without_final_state_passes():
     assert rec['errors']['dg'] == 0.0 and rec['max_abs']['dg'] == 0.0 and set(rec['absolute']) == {'dg'}
 
 
+def test_one_token_normalized_linear_attn_judges_dq_dk_by_absolute_error(capsys):
+    """Session 12's sweep failures in the interpreter: normalized linear attention over one token gives
+    o = v * d / (d + eps), so dq, dk are eps-sized in float64 (~1e-8 of dv) and the kernel's are its rounding noise:
+    relative error 1.3 there, judged ||x - ref|| / scale (``Op.cancelled``) 4e-8, within fp32's tolerance; N = 2
+    keeps the relative judgement. ``tools/repro_case.py`` reruns the case by its id and exits 0."""
+    import torch
+    import repro_case
+    ops = T.bind_ops()
+    spec = {s.name: s for s in T.make_ops(ops)}['linear_attn']
+    c = dict(op='linear_attn', dtype='float32', K=16, V=16, N=1, feature_map='elu1', norm='linfusion',
+             normalize=True, packed=False)
+    c['id'] = T.case_id(c)
+    with ops.common.kernel_options(backend='triton'):
+        rec = T.run_case(torch, spec, c, 'cpu', 'triton')
+    assert rec['status'] == 'pass', rec
+    assert set(rec['absolute']) == {'dq', 'dk'} and rec['raw_errors']['dq'] > 0.1 and rec['errors']['dq'] < 1e-6
+    assert spec.cancelled(dict(c, N=2)) == () and spec.cancelled(dict(c, normalize=False)) == ()
+    assert repro_case.main(['--device', 'cpu', '--ids', c['id']]) == 0
+    assert f"{c['id']} pass" in capsys.readouterr().out
+
+
 def test_fp16_strong_gate_rwkv6_gate_gradient_within_one_step(monkeypatch):
     """The H200's fp16 chunk_rwkv6 dg failures (-20 log gates, 3.9e-2 to 6.4e-2), emulated: the backward's fp32
     operands rounded to tf32 as on the GPU. Every float64 dg is below fp16's smallest normal; the kernel's fp16 dg is

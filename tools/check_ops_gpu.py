@@ -878,7 +878,8 @@ def run_invalid(torch, spec, c, dev, impl='op'):
         change(torch, t, extra)
     err = None
     backend = 'triton' if impl == 'triton' else 'auto'
-    with _LaunchCounter() as launches, spec.ops.common.kernel_options(backend=backend):
+    # every launch through Triton's run, where _LaunchCounter sees it (no cached-handle launches)
+    with _LaunchCounter() as launches, spec.ops.common.kernel_options(backend=backend, launch_cache=False):
         try:
             spec.run(t, c, extra, 'op')
         except ValueError as e:
@@ -1339,7 +1340,8 @@ def _env_info():
         import torch
         import triton
         return {'torch': torch.__version__, 'triton': triton.__version__,
-                'gpu': torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+                'gpu': torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+                'launch_cache': os.environ.get('VLA_OPS_LAUNCH_CACHE', '')}  # the workers' (env inherited)
     except Exception as e:   # noqa: BLE001
         return {'error': str(e)}
 

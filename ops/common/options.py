@@ -21,6 +21,8 @@ import torch
 
 BACKENDS = ('auto', 'triton', 'reference')
 EAGER_PATHS = ('function', 'custom_op')
+LAUNCH_CACHE = (False, True, 'verify')
+_LAUNCH_CACHE_ENV = {'': False, '0': False, '1': True, 'verify': 'verify'}
 F32_OPERANDS = ('tf32', 'tf32x3')
 
 
@@ -49,6 +51,9 @@ class KernelOptions:
             recomputed there, less memory held between forward and backward).
         gla_bwd_fp32: 16-bit chunk_gla inputs: fp32 (tf32) operands in the backward's state / dq / dk kernels.
         gla_f32_operands: how those fp32 operands meet the tensor cores: ``'tf32'`` or ``'tf32x3'``.
+        launch_cache: launch kernels through the compiled kernel's cached handle (``ops/common/launch.py``):
+            False, True, or ``'verify'`` (also check every hit against Triton's own choice); default from
+            ``VLA_OPS_LAUNCH_CACHE`` (``1`` / ``verify``), off until the GPU check has run.
     """
     backend: str = 'auto'
     poison: bool = False
@@ -58,6 +63,8 @@ class KernelOptions:
     gla_keep_cumsum: bool = True
     gla_bwd_fp32: bool = True
     gla_f32_operands: str = 'tf32'
+    launch_cache: object = dataclasses.field(
+        default_factory=lambda: _LAUNCH_CACHE_ENV.get(os.environ.get('VLA_OPS_LAUNCH_CACHE', ''), False))
 
     def __post_init__(self):
         if self.backend not in BACKENDS:
@@ -66,6 +73,8 @@ class KernelOptions:
             raise ValueError(f'eager_path must be one of {EAGER_PATHS}, got {self.eager_path!r}')
         if self.gla_f32_operands not in F32_OPERANDS:
             raise ValueError(f'gla_f32_operands must be one of {F32_OPERANDS}, got {self.gla_f32_operands!r}')
+        if not any(self.launch_cache is v for v in LAUNCH_CACHE) and self.launch_cache != 'verify':
+            raise ValueError(f'launch_cache must be one of {LAUNCH_CACHE}, got {self.launch_cache!r}')
         object.__setattr__(self, 'launch', _freeze(self.launch))
         launch = tuple(sorted((n, tuple(sorted(v.items()))) for n, v in self.launch.items()))
         object.__setattr__(self, '_key', tuple((f.name, launch if f.name == 'launch' else getattr(self, f.name))

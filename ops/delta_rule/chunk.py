@@ -40,6 +40,7 @@ import triton
 import triton.language as tl
 
 from ..common import PackedSeqs, alloc, cdiv, current_options, kernel_options, next_power_of_2
+from ..common.launch import jit
 from ..common.options import TRITON_LAUNCH_KEYS, declare_launch
 from ..common.jit import chunk_info as _chunk_at, dot as _dot, dot_prec, phys_row, seq_info as _seq_at
 
@@ -166,7 +167,7 @@ def _st_tblk(base, x, I: tl.constexpr, J: tl.constexpr, SB: tl.constexpr, BT: tl
     tl.store(base + (I * SB + r[:, None]) * BT + J * SB + r[None, :], x)
 
 
-@triton.jit
+@jit
 def _prep_kernel(k, v, beta, g, G_out, T_out, W_out, Ut_out, cu, chunk_seq, chunk_idx, N, NT,
                  H, K, V,
                  BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
@@ -269,7 +270,7 @@ def _prep_kernel(k, v, beta, g, G_out, T_out, W_out, Ut_out, cu, chunk_seq, chun
                  p3, v3, ih, H, V, cv)
 
 
-@triton.jit
+@jit
 def _state_kernel(k, W, Ut, G, U_out, h_buf, h0, ht, cu, chunk_off, N, NT,
                   H, K, V,
                   BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
@@ -309,7 +310,7 @@ def _state_kernel(k, W, Ut, G, U_out, h_buf, h0, ht, cu, chunk_off, N, NT,
         tl.store(ht + (n * H + ih).to(tl.int64) * K * V + (ck[:, None] * V + cv[None, :]), hs, mask=mh)
 
 
-@triton.jit
+@jit
 def _out_kernel(q, k, G, U, h_buf, o, cu, chunk_seq, chunk_idx, N, NT, scale,
                 H, K, V,
                 BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
@@ -347,7 +348,7 @@ def _dh_tile(ptr, base, ck, cv, K, V):
     return ptr + base + (ck[:, None] * V + cv[None, :]), (ck < K)[:, None] & (cv < V)[None, :]
 
 
-@triton.jit
+@jit
 def _dstate_kernel(q, k, G, W, do, dU_out, dh_buf, dht, dh0, cu, chunk_off, N, NT, scale,
                    H, K, V,
                    BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
@@ -426,7 +427,7 @@ def _dstate_kernel(q, k, G, W, do, dU_out, dh_buf, dht, dh0, cu, chunk_off, N, N
             tl.store(pt_, dh1, mask=m_)
 
 
-@triton.jit
+@jit
 def _grads_wy_kernel(k, v, beta, G, T_buf, U, dU, h_buf, dk_part, dv, dbeta, dG_part, cu, chunk_seq, chunk_idx,
                      N, NT,
                      H, K, V,
@@ -486,7 +487,7 @@ def _grads_wy_kernel(k, v, beta, G, T_buf, U, dU, h_buf, dk_part, dv, dbeta, dG_
         tl.store(dG_part + phys * H + ih, dGp, mask=valid)
 
 
-@triton.jit
+@jit
 def _grads_qk_kernel(q, k, G, U, do, h_buf, dh_buf, dk_part, dG_part, dq, dk, dg, cu, chunk_seq, chunk_idx, N,
                      NT, scale,
                      H, K, V,

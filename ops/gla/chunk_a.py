@@ -5,6 +5,7 @@ import triton
 import triton.language as tl
 
 from ..common.jit import chunk_info, phys_row
+from ..common.launch import jit
 from ..common.options import alloc, cdiv
 from .blocks import (NEG_INF, _bonus, _chunk_rows, _decay, _diag_block_scores, _diag_decay, _diag_gmm,
                      _diag_gmmT, _diag_self_term, _grow, _gtile, _gvec, _hstore, _htile, _lpre, _lsuf, _mm, _qgate,
@@ -19,7 +20,7 @@ from .launch import SUB, _launch_opts, _lowp, _or, _pow2, _prec
 # sub-block scheme above (reference rows, exponents <= 0, exact diagonal sub-blocks); the full-chunk kernels hold
 # only [C, *] x [*, *] dots, the sub-block kernels only [BS, *] ones (no mixed dot sizes in one kernel).
 # ----------------------------------------------------------------------------------------------------------
-@triton.jit
+@jit
 def _fwd_A_kernel(q, k, gkb, gkr, u, A, cu, chunk_seq, chunk_idx, scale, N, NT, H, K,
                   C: tl.constexpr, BS: tl.constexpr, BK: tl.constexpr, GK: tl.constexpr, USE_U: tl.constexpr,
                   REVERSE: tl.constexpr, VARLEN: tl.constexpr, IEEE: tl.constexpr, LOWP: tl.constexpr):
@@ -64,7 +65,7 @@ def _fwd_A_kernel(q, k, gkb, gkr, u, A, cu, chunk_seq, chunk_idx, scale, N, NT, 
             _hstore(A, tl.zeros([BS, BS], dtype=tl.float32), r_i, m_i, j * BS + ar, C, H, i_h)
 
 
-@triton.jit
+@jit
 def _fwd_oA_kernel(q, v, gkb, gkr, h, A, o, cu, chunk_seq, chunk_idx, scale, N, NT, H, K, V,
                    C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, GK: tl.constexpr, USE_U: tl.constexpr,
                    REVERSE: tl.constexpr, VARLEN: tl.constexpr, IEEE: tl.constexpr, LOWP: tl.constexpr):
@@ -86,7 +87,7 @@ def _fwd_oA_kernel(q, v, gkb, gkr, h, A, o, cu, chunk_seq, chunk_idx, scale, N, 
     _hstore(o, b_o, r, m, cv, V, H, i_h)
 
 
-@triton.jit
+@jit
 def _bwd_dA_kernel(v, do, dA, dAa, cu, chunk_seq, chunk_idx, scale, N, NT, H, V,
                    C: tl.constexpr, BV: tl.constexpr, ADJ: tl.constexpr, REVERSE: tl.constexpr,
                    VARLEN: tl.constexpr, IEEE: tl.constexpr, LOWP: tl.constexpr):
@@ -110,7 +111,7 @@ def _bwd_dA_kernel(v, do, dA, dAa, cu, chunk_seq, chunk_idx, scale, N, NT, H, V,
     _hstore(dA, acc, r, m, ac, C, H, i_h)
 
 
-@triton.jit
+@jit
 def _bwd_dvA_kernel(k, gks, A, do, dh, dv, cu, chunk_seq, chunk_idx, N, NT, H, K, V,
                     C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, GK: tl.constexpr, REVERSE: tl.constexpr,
                     VARLEN: tl.constexpr, IEEE: tl.constexpr, LOWP: tl.constexpr):
@@ -132,7 +133,7 @@ def _bwd_dvA_kernel(k, gks, A, do, dh, dv, cu, chunk_seq, chunk_idx, N, NT, H, K
     _hstore(dv, b_dv, r, m, cv, V, H, i_h)
 
 
-@triton.jit
+@jit
 def _bwd_intra_kernel(q, k, gkb, gkr, dA, dqi, dki, cu, chunk_seq, chunk_idx, N, NT, H, K,
                       C: tl.constexpr, BS: tl.constexpr, BK: tl.constexpr, GK: tl.constexpr, USE_U: tl.constexpr,
                       REVERSE: tl.constexpr, VARLEN: tl.constexpr, IEEE: tl.constexpr, LOWP: tl.constexpr):
@@ -208,7 +209,7 @@ def _bwd_intra_kernel(q, k, gkb, gkr, dA, dqi, dki, cu, chunk_seq, chunk_idx, N,
         _hstore(dki, dk_i, r_i, m_i, ck, K, H, i_h)
 
 
-@triton.jit
+@jit
 def _bwd_inter_kernel(q, k, v, gkb, gkr, gks, u, h, do, dh, dA, dqi, dki, dAa, yq, zk, dq, dk, dbk, dbq,
                       cu, chunk_seq, chunk_idx, scale, N, NT, H, K, V, NV,
                       C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, GK: tl.constexpr, USE_U: tl.constexpr,

@@ -6,6 +6,7 @@ import triton
 import triton.language as tl
 
 from ..common.jit import chunk_info, phys_row
+from ..common.launch import jit
 from ..common.options import alloc, cdiv
 from .blocks import (NEG_INF, _bonus, _decay, _diag_block_scores, _diag_decay, _diag_gmm, _diag_gmmT,
                      _diag_scores, _diag_self_term, _grow, _gtile, _gvec, _hrow, _hstore, _htile, _lpre, _lsuf, _mm,
@@ -13,7 +14,7 @@ from .blocks import (NEG_INF, _bonus, _decay, _diag_block_scores, _diag_decay, _
 from .launch import SUB, _launch_opts, _lowp, _or, _pow2, _prec
 
 
-@triton.jit
+@jit
 def _fwd_o_kernel(q, k, v, gkb, gkr, gvb, gvr, u, h, o, oex, cu, chunk_seq, chunk_idx, scale, N, NT, H, K, V,
                   C: tl.constexpr, BS: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
                   GK: tl.constexpr, GV: tl.constexpr, USE_U: tl.constexpr, REVERSE: tl.constexpr,
@@ -87,7 +88,7 @@ def _fwd_o_kernel(q, k, v, gkb, gkr, gvb, gvr, u, h, o, oex, cu, chunk_seq, chun
             _hstore(o, o_i, r_i, m_i, cv, V, H, i_h)
 
 
-@triton.jit
+@jit
 def _bwd_dv_kernel(q, k, v, gkb, gkr, gks, gvb, gvr, gvs, u, oex, do, dh, dv, dbv, cu, chunk_seq, chunk_idx, scale,
                    N, NT, H, K, V,
                    C: tl.constexpr, BS: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
@@ -213,7 +214,7 @@ def _bwd_diag_terms(do, v, gvr, r_m, m_m, base_m, t_m, L, bos, eos, cv, V, H, i_
 # diagonal dot pulled the [BS, BK] @ [BK, BV] state dot onto warpsPerCTA [4, 1], where with BS = 16 rows every warp
 # computes the whole product and holds the whole fp32 state tile (128 registers per thread; see
 # docs/benchmarks/recurrent_gla.md for the spills a single dq/dk kernel had).
-@triton.jit
+@jit
 def _bwd_dq_kernel(q, k, v, gkb, gkr, gvb, gvr, u, h, do, dq, dbk, dbq, yq, cu, chunk_seq, chunk_idx,
                    scale, N, NT, H, K, V, NV,
                    C: tl.constexpr, BS: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
@@ -326,7 +327,7 @@ def _bwd_dq_kernel(q, k, v, gkb, gkr, gvb, gvr, u, h, do, dq, dbk, dbq, yq, cu, 
             _hstore(dq, dq_t * scale, r_m, m_m, ck, K, H, i_h)
 
 
-@triton.jit
+@jit
 def _bwd_dk_kernel(q, k, v, gkb, gkr, gks, gvb, gvr, gvs, u, do, dh, dk, dbk, zk, cu, chunk_seq, chunk_idx,
                    scale, N, NT, H, K, V, NV,
                    C: tl.constexpr, BS: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,

@@ -6,12 +6,13 @@ import triton
 import triton.language as tl
 
 from ..common.jit import chunk_info, phys_row, seq_info
+from ..common.launch import jit
 from ..common.options import alloc, cdiv
 from .blocks import _decay, _grow, _gtile, _hrow, _hstore, _htile, _mm, _qgate, _rows
 from .launch import _lowp, _or, _pow2, _prec
 
 
-@triton.jit
+@jit
 def _cumsum_kernel(g, out, suf, cu, chunk_seq, chunk_idx, N, NT, H, D,
                    C: tl.constexpr, BD: tl.constexpr, SCALAR: tl.constexpr, REVERSE: tl.constexpr,
                    VARLEN: tl.constexpr):
@@ -33,7 +34,7 @@ def _cumsum_kernel(g, out, suf, cu, chunk_seq, chunk_idx, N, NT, H, D,
         _hstore(suf, tl.cumsum(x, axis=0, reverse=True) - x, r, m, c, D, H, i_h)
 
 
-@triton.jit
+@jit
 def _revcumsum_kernel(x, out, carry, cu, chunk_off, N, NT, H, D,
                       C: tl.constexpr, BD: tl.constexpr, SCALAR: tl.constexpr, REVERSE: tl.constexpr,
                       VARLEN: tl.constexpr):
@@ -97,7 +98,7 @@ def _vdecay(S, gvb, r_last, cv, V, H, i_h):
     return S * tl.exp(_hrow(gvb, r_last, cv, V, H, i_h))[None, :]
 
 
-@triton.jit
+@jit
 def _fwd_h_kernel(k, v, gkb, gks, gvb, gvs, h, h0, ht, ht_ex, do, yq, cu, chunk_off, N, NT, H, K, V,
                   C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, GK: tl.constexpr, GV: tl.constexpr,
                   USE_H0: tl.constexpr, STORE_HT: tl.constexpr, ADJ: tl.constexpr, REVERSE: tl.constexpr,
@@ -146,7 +147,7 @@ def _fwd_h_kernel(k, v, gkb, gks, gvb, gvs, h, h0, ht, ht_ex, do, yq, cu, chunk_
         tl.store(ht_ex + i_nh.to(tl.int64) * K * V + okv, S_ex, mask=mkv)
 
 
-@triton.jit
+@jit
 def _bwd_dh_kernel(q, do, gkb, gkr, gvb, dh, dht, dh0, v, zk, h, yq, rk, cu, chunk_off, scale, N, NT, H, K, V,
                    C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, GK: tl.constexpr, GV: tl.constexpr,
                    USE_U: tl.constexpr, USE_DHT: tl.constexpr, STORE_DH0: tl.constexpr, ADJ: tl.constexpr,

@@ -16,6 +16,7 @@ import triton
 import triton.language as tl
 
 from ..common.jit import phys_row, seq_bounds
+from ..common.launch import jit
 from ..common.options import alloc, cdiv, next_power_of_2
 from ..common.varlen import PackedSeqs
 
@@ -32,7 +33,7 @@ def _neg_expm1(g):
     return -tl.where(tl.abs(g) < 0.1, s, tl.exp(g) - 1.)
 
 
-@triton.jit
+@jit
 def _hgrn_fwd_kernel(x, g, h0, o, ht, cu, N, D, T: tl.constexpr, BD: tl.constexpr, GATED: tl.constexpr,
                      USE_H0: tl.constexpr, STORE_HT: tl.constexpr, REVERSE: tl.constexpr, VARLEN: tl.constexpr):
     i_d, i_n = tl.program_id(0), tl.program_id(1)
@@ -61,7 +62,7 @@ def _hgrn_fwd_kernel(x, g, h0, o, ht, cu, N, D, T: tl.constexpr, BD: tl.constexp
         tl.store(ht + i_n.to(tl.int64) * D + c, h, mask=mc)
 
 
-@triton.jit
+@jit
 def _hgrn_bwd_kernel(x, g, o, h0, do, dht, dx, dg, dh0, cu, N, D, T: tl.constexpr, BD: tl.constexpr,
                      GATED: tl.constexpr, USE_H0: tl.constexpr, USE_DHT: tl.constexpr, REVERSE: tl.constexpr,
                      VARLEN: tl.constexpr):

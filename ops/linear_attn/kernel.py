@@ -26,6 +26,7 @@ import torch
 import triton
 import triton.language as tl
 
+from ..common.launch import jit
 from ..common.options import (alloc, cdiv, current_options, declare_launch, dummy, interpreting, next_power_of_2,
                               num_sms)
 from ..common.jit import rne_bf16
@@ -224,7 +225,7 @@ def _feature_rows(ptr, b, h, offs_n, rm, offs_k, kmask, sb, sn, sh, sk, cos_ptr,
 # --------------------------------------------------------------------------------------------------------------
 # F1: states S, z
 # --------------------------------------------------------------------------------------------------------------
-@triton.jit
+@jit
 def _fwd_state_kernel(
         k_ptr, v_ptr, S_ptr, z_ptr, mask_ptr, tab_ptr, cos_ptr, sin_ptr,
         N, H, K, V, CH,
@@ -275,7 +276,7 @@ def _fwd_state_kernel(
 # --------------------------------------------------------------------------------------------------------------
 # F2: outputs
 # --------------------------------------------------------------------------------------------------------------
-@triton.jit
+@jit
 def _fwd_out_kernel(
         q_ptr, o_ptr, S_ptr, z_ptr, mask_ptr, tab_ptr, ntab_ptr, cos_ptr, sin_ptr,
         N, H, K, V, CH, n_const, scale, eps,
@@ -319,7 +320,7 @@ def _fwd_out_kernel(
 # --------------------------------------------------------------------------------------------------------------
 # B1: dS, dz (reductions over the queries) and dq
 # --------------------------------------------------------------------------------------------------------------
-@triton.jit
+@jit
 def _bwd_q_kernel(
         q_ptr, do_ptr, dq_ptr, S_ptr, z_ptr, dS_ptr, dz_ptr, mask_ptr, tab_ptr, ntab_ptr, cos_ptr, sin_ptr,
         N, H, K, V, CH, n_const, scale, eps,
@@ -403,7 +404,7 @@ def _bwd_q_kernel(
 # --------------------------------------------------------------------------------------------------------------
 # B2: dk, dv
 # --------------------------------------------------------------------------------------------------------------
-@triton.jit
+@jit
 def _bwd_kv_kernel(
         k_ptr, v_ptr, dk_ptr, dv_ptr, dS_ptr, dz_ptr, mask_ptr, tab_ptr, cos_ptr, sin_ptr,
         N, H, K, V, CH,

@@ -16,6 +16,7 @@ import torch
 import triton
 import triton.language as tl
 
+from ..common.launch import jit
 from ..common.options import cdiv, current_options, declare_launch, next_power_of_2, num_sms
 
 MAX_C = 65536
@@ -31,7 +32,7 @@ declare_launch(LAUNCH_DEFAULTS['norm_fwd'], 'norm_fwd')
 declare_launch(LAUNCH_DEFAULTS['norm_bwd'], 'norm_bwd')
 
 
-@triton.jit
+@jit
 def _ln_fwd_kernel(x, w, b, gate, y, mean, rstd, res, s_out, M, C, sx, sg, sy, sr, ss, eps,
                    RMS: tl.constexpr, HAS_W: tl.constexpr, HAS_B: tl.constexpr, GATE: tl.constexpr,
                    RES: tl.constexpr, BM: tl.constexpr, BC: tl.constexpr):
@@ -122,7 +123,7 @@ def _ln_bwd_tile(x, b, gate, dy, dx, dgate, ds, dx2, mean, rstd, wv, r0, end, C,
     return g * xhat, g
 
 
-@triton.jit
+@jit
 def _ln_bwd_kernel(x, w, b, gate, dy, dx, dgate, ds, dx2, mean, rstd, dw_part, db_part, M, C, sx, sg, sdy, sdx,
                    sdg, sds, sdx2, rows_per_prog, RMS: tl.constexpr, HAS_W: tl.constexpr, HAS_B: tl.constexpr,
                    GATE: tl.constexpr, HAS_DS: tl.constexpr, DX2: tl.constexpr, SAME_STRIDES: tl.constexpr,

@@ -145,7 +145,8 @@ def op_launches(spec, mod, a, dtype):
     with torch.random.fork_rng():
         torch.manual_seed(0)
         base = spec.make(a.B, a.H, a.N, a.K, a.V, dtype, torch.device('cpu'))
-    with kernel_options(backend='triton', launch=a.launch or {}), multiprocessors(a.sms), caught_launches(mod) as got:
+    opts = dict(backend='triton', launch=a.launch or {}, launch_cache=False)  # every launch through Triton's run
+    with kernel_options(**opts), multiprocessors(a.sms), caught_launches(mod) as got:
         impl = mod.make_impl(spec, 'ours', base)  # runs one forward (no grad) for the output gradient's shape
         got.clear()
         impl.fwdbwd()

@@ -519,21 +519,24 @@ def launches_replaced(handler):
 
 @contextlib.contextmanager
 def _counted_launches(stub=False):
-    """Count Triton kernel launches; ``stub``: skip them (what our Python alone costs)."""
+    """Count Triton kernel launches; ``stub``: skip them (what our Python alone costs). Every launch takes
+    Triton's ``run`` here (no cached-handle launches, ``launch_cache=False``)."""
+    from vla_mm.ops.common import kernel_options
     box = [0]
 
     def count(real, kernel, *args, **kwargs):
         box[0] += 1
         return None if stub else real(kernel, *args, **kwargs)
 
-    with launches_replaced(count):
+    with launches_replaced(count), kernel_options(launch_cache=False):
         yield box
 
 
 def host_costs(spec, names, a, dtype, device):
     """Host microseconds per call (no synchronisation between calls) at B1 H1 N64: what launches cost. For ours
     also the breakdown: through the custom op in eager mode (``eager_path='custom_op'``, what the autograd.Function
-    path saves), with every Triton launch skipped (our Python and torch alone), and the launches per call."""
+    path saves), with launches through the compiled kernels' cached handles (``launch_cache=True``), with every
+    Triton launch skipped (our Python and torch alone), and the launches per call."""
     from vla_mm.ops.common import kernel_options
     base = spec.make(1, 1, a.host_N, a.K, a.V, dtype, device)
     row = dict(op=spec.name)
@@ -547,6 +550,9 @@ def host_costs(spec, names, a, dtype, device):
             with kernel_options(eager_path='custom_op'):
                 row['ours_customop_fwd_us'] = common.host_us(impl.fwd_nograd, n=a.host_calls, device=device)
                 row['ours_customop_fwdbwd_us'] = common.host_us(impl.fwdbwd, n=a.host_calls, device=device)
+            with kernel_options(launch_cache=True):
+                row['ours_cached_fwd_us'] = common.host_us(impl.fwd_nograd, n=a.host_calls, device=device)
+                row['ours_cached_fwdbwd_us'] = common.host_us(impl.fwdbwd, n=a.host_calls, device=device)
             with _counted_launches() as box:
                 impl.fwd_nograd()
                 row['ours_fwd_launches'], box[0] = box[0], 0
@@ -620,7 +626,8 @@ def report(res, out):
     if res.get('host'):
         cols = [('op', 'op')] + [(f'{p} {m} µs', f'{p}_{m}_us') for p in ['ours'] + peers for m in ('fwd', 'fwdbwd')]
         cols += [(f'ours {m} {c}', f'ours_{k}{m}_{u}') for k, c, u in (('customop_', 'custom op µs', 'us'),
-                 ('nolaunch_', 'no launch µs', 'us'), ('', 'launches', 'launches')) for m in ('fwd', 'fwdbwd')]
+                 ('cached_', 'cached launch µs', 'us'), ('nolaunch_', 'no launch µs', 'us'),
+                 ('', 'launches', 'launches')) for m in ('fwd', 'fwdbwd')]
         md += [f"## host time per call (B1 H1 N{res['args']['host_N']}, no synchronisation between calls)", '',
                common.md_table(res['host'], cols), '']
     if res.get('checks'):

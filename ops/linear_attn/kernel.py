@@ -490,7 +490,13 @@ def _fallback(key):
 
 
 def _launch(kernel, grid, args, consts, P):
-    """Launch with the plan's blocks; if they do not fit in shared memory, retry with fewer stages and rows."""
+    """Launch with the plan's blocks; if they do not fit in shared memory, retry with fewer stages and rows. The
+    options that launched are kept on the plan per (kernel, constexprs): a cached plan's next call looks them up
+    instead of rebuilding the fallback key (host time on every launch)."""
+    ckey = (kernel, tuple(consts.items()))
+    opts = P.launch_opts.get(ckey)
+    if opts is not None:
+        return kernel[grid](*args, **consts, **opts)
     opts = dict(BN=P.BN, BK=P.BK, BV=P.BV, num_warps=P.num_warps, num_stages=P.num_stages)
     key = (getattr(kernel, 'fn', kernel).__name__, P.BK, P.BV,
            tuple(sorted((k, v) for k, v in consts.items())), tuple(sorted(opts.items())))
@@ -498,7 +504,9 @@ def _launch(kernel, grid, args, consts, P):
     opts = dict(known or opts)
     while True:
         try:
-            return kernel[grid](*args, **consts, **opts)
+            out = kernel[grid](*args, **consts, **opts)
+            P.launch_opts[ckey] = opts
+            return out
         except triton.runtime.errors.OutOfResources:
             if opts['num_stages'] > 1:
                 opts['num_stages'] = 1
@@ -522,6 +530,7 @@ class _Plan:
         dev = q.device
         ieee = q.dtype == torch.float32
         self.B, self.N, self.H, self.K, self.V = B, N, H, K, V
+        self.launch_opts = {}   # (kernel, constexprs) -> the options that launched (_launch)
         self.BN, self.BK, self.BV, self.NV, self.num_warps = _blocks(K, V, ieee, cfg, rope is not None)
         self.num_stages = cfg['num_stages'] or (2 if self.BK * self.BV <= 8192 and not ieee else 1)
         BN = self.BN

@@ -492,15 +492,23 @@ def test_launch_fallback_when_shared_memory_is_short():
             return launch
 
     la_kernel._fallback.cache_clear()
-    P = SimpleNamespace(BN=128, BK=256, BV=64, num_warps=8, num_stages=2)
+
+    def plan():
+        return SimpleNamespace(BN=128, BK=256, BV=64, num_warps=8, num_stages=2, launch_opts={})
+    P = plan()
     k = Kernel(lambda kw: kw['num_stages'] == 1 and kw['BN'] <= 32)
     la_kernel._launch(k, (1,), (), dict(X=1), P)
     assert k.calls == [(2, 128), (1, 128), (1, 64), (1, 32)]
+    assert list(P.launch_opts.values()) == [dict(BN=32, BK=256, BV=64, num_warps=8, num_stages=1)]
+    for p in (P, plan()):  # the plan's own entry, then a new plan through the fallback table
+        k.calls.clear()
+        la_kernel._launch(k, (1,), (), dict(X=1), p)
+        assert k.calls == [(1, 32)]
     k.calls.clear()
-    la_kernel._launch(k, (1,), (), dict(X=1), P)
-    assert k.calls == [(1, 32)]
+    la_kernel._launch(k, (1,), (), dict(X=2), P)   # other constexprs: their own entry
+    assert k.calls == [(2, 128), (1, 128), (1, 64), (1, 32)]
     never = Kernel(lambda kw: False)
     never.__name__ = 'probe_kernel_never_fits'
     with pytest.raises(triton.runtime.errors.OutOfResources):
-        la_kernel._launch(never, (1,), (), dict(X=1), P)
+        la_kernel._launch(never, (1,), (), dict(X=1), plan())
     assert never.calls[-1] == (1, 16)

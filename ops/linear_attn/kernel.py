@@ -635,10 +635,12 @@ def plan(q, v, feature_map, normalize, scale, eps, focus_power, rope, norm, key_
     return _Plan(q, v, feature_map, normalize, scale, eps, focus_power, rope, norm, key_padding_mask, cu_seqlens)
 
 
-def fwd_state(k, v, P):
-    """F1: the fp32 state buffer (S, z; see ``_Plan.state_views``) of k and v (zeros for an empty input)."""
+def fwd_state(k, v, P, state=None):
+    """F1: the fp32 state buffer (S, z; see ``_Plan.state_views``) of k and v (zeros for an empty input), written
+    into ``state`` (a zeroed buffer of ``state_size``) if given."""
     B, N, H, K, V = P.B, P.N, P.H, P.K, P.V
-    state = torch.zeros(state_size(P.nseq, H, K, V), dtype=torch.float32, device=k.device)
+    if state is None:
+        state = torch.zeros(state_size(P.nseq, H, K, V), dtype=torch.float32, device=k.device)
     S, z = P.state_views(state)
     nr, CHr, tabr = P.chunks['red']
     if nr:
@@ -668,9 +670,12 @@ def backward(q, k, v, do, state, P, out=None):
     into ``out`` (three tensors of q's, k's and v's shapes, any strides: e.g. the slices of one packed qkv
     gradient) if given."""
     B, N, H, K, V = P.B, P.N, P.H, P.K, P.V
-    state = state if state is not None else fwd_state(k, v, P)
+    if state is None:  # recomputed: the state and its gradient from one zeroed allocation
+        both = torch.zeros(2 * state_size(P.nseq, H, K, V), dtype=torch.float32, device=k.device)
+        state, dstate = fwd_state(k, v, P, both[:both.numel() // 2]), both[both.numel() // 2:]
+    else:
+        dstate = torch.zeros_like(state)
     S, z = P.state_views(state)
-    dstate = torch.zeros_like(state)
     dS, dz = P.state_views(dstate)
     dq, dk, dv = out if out is not None else (alloc(t.shape, t.dtype, t.device) for t in (q, k, v))
     nr, CHr, tabr = P.chunks['red']

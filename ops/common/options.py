@@ -39,7 +39,7 @@ class KernelOptions:
             ``'triton'`` (the kernels whatever the device: CPU tensors need ``TRITON_INTERPRET=1``; float64 inputs
             still take the reference) or ``'reference'``.
         poison: fill every output buffer with NaN before the kernels write (tests: an unwritten element fails);
-            ``VLA_OPS_POISON=1`` does the same.
+            ``VLA_OPS_POISON=1`` (read at import) sets the default.
         launch: per-kernel launch options by name, merged over each family's defaults (names in docs/ops.md):
             e.g. ``{'fwd_A': dict(num_warps=2)}`` (chunk_gla) or ``{'linear_attn': dict(block_n=64)}``.
         eager_path: how an eager call (no tracer, no dispatch mode) reaches the implementations:
@@ -56,7 +56,8 @@ class KernelOptions:
             ``VLA_OPS_LAUNCH_CACHE`` (``1`` / ``verify``), off until the GPU check has run.
     """
     backend: str = 'auto'
-    poison: bool = False
+    poison: bool = dataclasses.field(
+        default_factory=lambda: os.environ.get('VLA_OPS_POISON', '0') not in ('', '0'))
     launch: Mapping = dataclasses.field(default_factory=dict)
     eager_path: str = 'function'
     gla_a_path: bool = True
@@ -169,8 +170,8 @@ def interpreting() -> bool:
 
 
 def alloc(shape, dtype, device):
-    """An output buffer: ``torch.empty``, or NaN-filled under ``poison`` / ``VLA_OPS_POISON=1``."""
-    if current_options().poison or os.environ.get('VLA_OPS_POISON', '0') not in ('', '0'):
+    """An output buffer: ``torch.empty``, or NaN-filled under ``poison``."""
+    if current_options().poison:
         return torch.full(shape, float('nan'), dtype=dtype, device=device)
     return torch.empty(shape, dtype=dtype, device=device)
 

@@ -18,6 +18,22 @@ from vla_mm.ops.common.jit import chunk_info, load_tile, phys_row, store_tile
 # ------------------------------------------------------------------------------------------------------------
 # options
 # ------------------------------------------------------------------------------------------------------------
+def test_env_variables_set_the_defaults(monkeypatch):
+    """``VLA_OPS_POISON=1`` and ``VLA_OPS_LAUNCH_CACHE`` give the defaults of a new ``KernelOptions`` (read once:
+    the process-wide default is made at import), and a poisoned ``alloc`` is NaN."""
+    from vla_mm.ops.common import alloc
+    monkeypatch.setenv('VLA_OPS_POISON', '1')
+    monkeypatch.setenv('VLA_OPS_LAUNCH_CACHE', 'verify')
+    opts = KernelOptions()
+    assert opts.poison and opts.launch_cache == 'verify'
+    with kernel_options(opts):
+        assert torch.isnan(alloc((3,), torch.float32, 'cpu')).all()
+    monkeypatch.setenv('VLA_OPS_POISON', '0')
+    monkeypatch.setenv('VLA_OPS_LAUNCH_CACHE', '1')
+    opts = KernelOptions()
+    assert not opts.poison and opts.launch_cache is True
+
+
 def test_kernel_options_nest_merge_and_restore():
     assert current_options() == KernelOptions()
     with kernel_options(poison=True, launch={'fwd_A': dict(num_warps=2)}) as outer:

@@ -2,7 +2,7 @@
 float64 step-by-step reference: outputs, final state and the gradients of q, k, v, beta, g and the initial state.
 
 Fresh random inputs each run (the seed is printed); every buffer the kernels allocate is NaN-poisoned first
-(``VLA_OPS_POISON=1``), so an element a kernel forgets to write fails the test. ``test_no_access_outside_buffers``
+(``kernel_options(poison=True)``), so an element a kernel forgets to write fails the test. ``test_no_access_outside_buffers``
 also puts every input, output and scratch buffer between guard bytes: a read outside a buffer brings NaN into
 the results, a write outside changes the guard.
 """
@@ -17,10 +17,12 @@ NAMES = ('q', 'k', 'v', 'beta', 'g', 'initial_state')
 
 
 @pytest.fixture(autouse=True)
-def _poison_and_seed(monkeypatch):
-    monkeypatch.setenv('VLA_OPS_POISON', '1')
+def _poison_and_seed():
+    from vla_mm.ops.common import kernel_options
     seed = torch.seed()
     print(f'seed {seed}')
+    with kernel_options(poison=True):
+        yield
 
 
 def rel(a, b):

@@ -13,10 +13,18 @@ raises if it differs (the GPU check of this module). Under the interpreter, with
 Triton's launch hooks set (profilers) every call takes Triton's path.
 """
 import torch
+import triton
 
 from .options import current_options, interpreting
 
 _INT32 = (-2 ** 31, 2 ** 31)
+# since triton 3.3 a compiled kernel's launcher takes every parameter's value, constexprs included (before: only
+# the others), and the launch hooks live in triton.knobs; older versions keep Triton's own path
+try:
+    from triton import knobs as _knobs
+    SUPPORTED = tuple(int(x) for x in triton.__version__.split('.')[:2]) >= (3, 3)
+except ImportError:
+    _knobs, SUPPORTED = None, False
 
 
 def _spec(v):
@@ -69,7 +77,7 @@ class Kernel:
 
     def launch(self, grid, args, kwargs):
         mode = current_options().launch_cache
-        if not mode or callable(grid) or interpreting() or _hooks_set():
+        if not mode or not SUPPORTED or callable(grid) or interpreting() or _hooks_set():
             return self.jit_fn[grid](*args, **kwargs)
         vals, opts = self.bind(args, kwargs)
         device = torch.cuda.current_device()
@@ -94,13 +102,12 @@ class Kernel:
 
 
 def _hooks_set():
-    from triton import knobs
-    return knobs.runtime.launch_enter_hook is not None or knobs.runtime.launch_exit_hook is not None
+    """Launch hooks (profilers such as proton) read each launch's metadata: those launches take Triton's path."""
+    return _knobs.runtime.launch_enter_hook is not None or _knobs.runtime.launch_exit_hook is not None
 
 
 def jit(fn=None, **kwargs):
     """``triton.jit`` for a kernel that the host launches: the :class:`Kernel` wrapper of the ``JITFunction``."""
-    import triton
     if fn is None:
         return lambda f: Kernel(triton.jit(f, **kwargs))
     return Kernel(triton.jit(fn, **kwargs))

@@ -146,3 +146,12 @@ def test_signature_of_a_real_jit_function():
     assert names == ('x_ptr', 'n', 'eps', 'BLOCK', 'FLAG') and constexpr == (False, False, False, True, True)
     assert defaults['FLAG'] == 0
     assert k.fn is probe  # attributes reach the JITFunction
+
+
+def test_launch_hooks_and_triton_version_gate_the_cache(monkeypatch):
+    """A profiler's launch hook (``triton.knobs.runtime.launch_enter_hook``) sends launches through Triton's path
+    (it reads each launch's metadata); this Triton (>= 3.3: launchers take constexpr values too) is supported."""
+    from triton import knobs
+    assert L.SUPPORTED and not L._hooks_set()
+    monkeypatch.setattr(knobs.runtime, 'launch_enter_hook', lambda metadata: None)
+    assert L._hooks_set()

@@ -9,8 +9,9 @@ call's :class:`triton.compiler.CompiledKernel` directly (``compiled[grid](*args)
 Triton's own path and fills the cache. The key is finer than Triton's (every pointer's 16-byte alignment, every
 integer's ``== 1`` / ``% 16`` / int32 range whatever ``do_not_specialize`` says), so a hit never launches a kernel
 that Triton would not have chosen; ``launch_cache='verify'`` also asks Triton for its kernel on every hit and
-raises if it differs (the GPU check of this module). Under the interpreter, with a callable grid or with
-Triton's launch hooks set (profilers) every call takes Triton's path.
+raises if it differs (the GPU check of this module). The compiled kernel's own launcher runs Triton's launch
+hooks (profilers) as Triton's path does. Under the interpreter or with a callable grid every call takes Triton's
+path.
 """
 import torch
 import triton
@@ -19,12 +20,8 @@ from .options import current_options, interpreting
 
 _INT32 = (-2 ** 31, 2 ** 31)
 # since triton 3.3 a compiled kernel's launcher takes every parameter's value, constexprs included (before: only
-# the others), and the launch hooks live in triton.knobs; older versions keep Triton's own path
-try:
-    from triton import knobs as _knobs
-    SUPPORTED = tuple(int(x) for x in triton.__version__.split('.')[:2]) >= (3, 3)
-except ImportError:
-    _knobs, SUPPORTED = None, False
+# the others); older versions keep Triton's own path
+SUPPORTED = tuple(int(x) for x in triton.__version__.split('.')[:2]) >= (3, 3)
 
 
 def _spec(v):
@@ -77,7 +74,7 @@ class Kernel:
 
     def launch(self, grid, args, kwargs):
         mode = current_options().launch_cache
-        if not mode or not SUPPORTED or callable(grid) or interpreting() or _hooks_set():
+        if not mode or not SUPPORTED or callable(grid) or interpreting():
             return self.jit_fn[grid](*args, **kwargs)
         vals, opts = self.bind(args, kwargs)
         device = torch.cuda.current_device()
@@ -99,11 +96,6 @@ class Kernel:
         grid = tuple(grid) + (1,) * (3 - len(grid))
         compiled[grid](*vals)
         return compiled
-
-
-def _hooks_set():
-    """Launch hooks (profilers such as proton) read each launch's metadata: those launches take Triton's path."""
-    return _knobs.runtime.launch_enter_hook is not None or _knobs.runtime.launch_exit_hook is not None
 
 
 def jit(fn=None, **kwargs):

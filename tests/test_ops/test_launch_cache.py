@@ -51,7 +51,6 @@ class _JitFn:
 @pytest.fixture
 def probe(monkeypatch):
     monkeypatch.setattr(L, 'interpreting', lambda: False)
-    monkeypatch.setattr(L, '_hooks_set', lambda: False)
     monkeypatch.setattr(torch.cuda, 'current_device', lambda: 0)
     return L.Kernel(_JitFn())
 
@@ -148,10 +147,13 @@ def test_signature_of_a_real_jit_function():
     assert k.fn is probe  # attributes reach the JITFunction
 
 
-def test_launch_hooks_and_triton_version_gate_the_cache(monkeypatch):
-    """A profiler's launch hook (``triton.knobs.runtime.launch_enter_hook``) sends launches through Triton's path
-    (it reads each launch's metadata); this Triton (>= 3.3: launchers take constexpr values too) is supported."""
-    from triton import knobs
-    assert L.SUPPORTED and not L._hooks_set()
-    monkeypatch.setattr(knobs.runtime, 'launch_enter_hook', lambda metadata: None)
-    assert L._hooks_set()
+
+def test_triton_version_gates_the_cache(probe, monkeypatch):
+    """Before triton 3.3 launchers took only the non-constexpr values: every call takes Triton's path there."""
+    assert L.SUPPORTED  # this Triton
+    monkeypatch.setattr(L, 'SUPPORTED', False)
+    x = torch.zeros(64)
+    with kernel_options(launch_cache=True):
+        probe[(1,)](x, 64, 0.5, BLOCK=32)
+        probe[(1,)](x, 64, 0.5, BLOCK=32)
+    assert _kinds(probe) == ['triton'] * 2

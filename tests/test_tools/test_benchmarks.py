@@ -174,6 +174,25 @@ def test_model_benchmark_smoke(tmp_path):
         models.main(['--smoke', '--out', str(tmp_path / 'bad'), '--launch', '{"norm_bwdd": {"tile": 1}}'])
 
 
+def test_model_benchmark_cached_suffix_times_the_same_model_with_the_launch_cache(tmp_path, monkeypatch):
+    """``<model>+cached`` builds the model of its base name and times it (and its host profile) under
+    ``kernel_options(launch_cache=True)``; the base model runs without the cache."""
+    from vla_mm.ops.common import current_options
+    models = load('models')
+    a = models.parse_args(['--smoke', '--out', str(tmp_path), '--kinds', 'train'])
+    seen = []
+
+    def measure(fn, batch, a, device):
+        seen.append(current_options().launch_cache)
+        return 1.0, 1.0, 0.0, None, 0.0
+    monkeypatch.setattr(models, 'measure', measure)
+    bcfg = models.backbone_cfg(a)
+    for name in ('ours', 'ours+cached', 'ours_fused_ln+cached'):
+        row = models.run_case(name, 32, 1, 'eager', a, torch.device('cpu'), bcfg)
+        assert row['model'] == name and 'error' not in row and row['params_M'] > 0, row
+    assert seen == [False, True, True]
+
+
 def test_model_benchmark_ours_fused_ln_is_ours_with_the_fused_norm(tmp_path):
     """The fused-norm A/B: ``ours_fused_ln`` builds the same backbone with our fused LayerNorm (same parameters), the
     norm ops get their specs (our op and the torch peer, checked against float64)."""

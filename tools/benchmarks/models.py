@@ -26,6 +26,8 @@ Models, each an image classifier (backbone, mean pool over tokens, linear head, 
   timm_sdpa  the same timm ViT-S with its own attention (``F.scaled_dot_product_attention``);
   ours_fused_ln  (only when asked for) ``ours`` with the fused LayerNorm op (``norm_cfg=dict(type='FusedLN')``,
              ``vla_mm.ops.norm``) instead of the backbones' default torch LayerNorm: the A/B of the fused norm.
+  <model>+cached  (only when asked for) any of our models timed with ``kernel_options(launch_cache=True)``
+             (launches through the compiled kernels' cached handles): the launch cache's A/B in one process.
 cuDNN's autotuner is on (``torch.backends.cudnn.benchmark``, as timm's own benchmark sets it: the patch
 convolution's default algorithm took 2.2 ms a step at 1024 px; ``--no-cudnn-benchmark`` turns it off).
 Train step: forward under bf16 autocast, cross-entropy, backward, AdamW step (fp32 weights). Inference:
@@ -54,6 +56,7 @@ Writes log.txt, results.json (after every case), models.md, models.png and profi
 """
 import argparse
 import ast
+import contextlib
 import copy
 import gc
 import glob
@@ -80,6 +83,7 @@ TIMM_NAME = 'vit_small_patch16_224'
 MODELS = ('ours', 'timm_op', 'timm_sdpa')
 SDPA = 'timm_sdpa'
 OURS_FUSED_NORM = 'ours_fused_ln'
+CACHED = '+cached'   # model-name suffix: the same model timed with launch_cache=True
 # ours has no class token and takes the final norm on every token before the mean: timm the same way
 TIMM_KWARGS = dict(class_token=False, global_pool='avg', fc_norm=False)
 SMOKE_ARCH = dict(embed_dims=32, num_layers=2, num_heads=2)
@@ -223,6 +227,7 @@ def build_timm(res, a, device, with_op, layers=None):
 
 
 def build(name, res, a, device, bcfg, layers=None):
+    name = name.removesuffix(CACHED)
     if name == 'ours':
         return build_ours(bcfg, res, a, device, layers)
     if name == OURS_FUSED_NORM:
@@ -341,10 +346,12 @@ def dynamo_graphs():
 def run_case(name, res, batch, mode, a, device, bcfg, kinds=None, host_profile=False):
     """One model at one resolution in one mode: train and inference figures (or the error of each); ``kinds``:
     of ``--kinds``; ``host_profile``: also a cProfile of train steps (``row['host_profile']``)."""
+    from vla_mm.ops.common import kernel_options
     row = dict(model=name, res=res, batch=batch, mode=mode)
     t0 = time.time()
     model = None
     graphs0 = dynamo_graphs()
+    cached = (lambda: kernel_options(launch_cache=True)) if name.endswith(CACHED) else contextlib.nullcontext
     try:
         model = build(name, res, a, device, bcfg)
         row['params_M'] = sum(p.numel() for p in model.parameters()) / 1e6
@@ -355,11 +362,13 @@ def run_case(name, res, batch, mode, a, device, bcfg, kinds=None, host_profile=F
             model.train(kind == 'train')
             try:
                 fn = make(run, batch, res, a, device)
-                ips, ms, first, peak, spread = measure(fn, batch, a, device)
+                with cached():
+                    ips, ms, first, peak, spread = measure(fn, batch, a, device)
                 row.update({f'{kind}_img_s': ips, f'{kind}_ms': ms, f'{kind}_first_s': first,
                             f'{kind}_peak_GiB': peak, f'{kind}_spread': spread})
                 if host_profile and kind == 'train':
-                    row['host_profile'] = common.host_profile(fn, 5, device, rows=30)
+                    with cached():
+                        row['host_profile'] = common.host_profile(fn, 5, device, rows=30)
             except Exception as e:  # noqa: BLE001  (an OOM or a compile failure of this case only)
                 row[f'{kind}_error'] = _error(e)
             _release(device)
@@ -781,7 +790,8 @@ def parse_args(argv=None):
     p.add_argument('--out', required=True)
     p.add_argument('--res', default='224,512,1024,2048,4096')
     p.add_argument('--batch', default='256,64,16,4,1', help='one batch per resolution')
-    p.add_argument('--models', default=None, help="of ours,timm_op,timm_sdpa,ours_fused_ln ('none' for none; "
+    p.add_argument('--models', default=None, help="of ours,timm_op,timm_sdpa,ours_fused_ln (+cached: with the "
+                                                  "launch cache) ('none' for none; "
                                                   "default: the first three, or timm_sdpa alone with --mixers)")
     p.add_argument('--mixers', default='', help="zoo mixers whose Small models are timed, comma-separated, or 'all'")
     p.add_argument('--routes', default='uni', help='scan routes of the directional --mixers, e.g. uni,bi,cross')

@@ -72,14 +72,18 @@ class Kernel:
         opts = tuple(sorted((k, v) for k, v in kwargs.items() if k not in defaults))
         return vals, opts
 
+    def key(self, vals, opts, device):
+        """The cache key of a bound call (:meth:`bind`) on ``device``: constexprs by value, the other arguments
+        by what Triton's specialisation reads off them (``_spec``)."""
+        return (device, opts) + tuple(v if c else _spec(v) for v, c in zip(vals, self._signature()[1]))
+
     def launch(self, grid, args, kwargs):
         mode = current_options().launch_cache
         if not mode or not SUPPORTED or callable(grid) or interpreting():
             return self.jit_fn[grid](*args, **kwargs)
         vals, opts = self.bind(args, kwargs)
-        device = torch.cuda.current_device()
         try:
-            key = (device, opts) + tuple(v if c else _spec(v) for v, c in zip(vals, self._signature()[1]))
+            key = self.key(vals, opts, torch.cuda.current_device())
             compiled = self.cache.get(key)
         except TypeError:  # an unhashable constexpr: Triton's path
             return self.jit_fn[grid](*args, **kwargs)

@@ -157,3 +157,20 @@ def test_triton_version_gates_the_cache(probe, monkeypatch):
         probe[(1,)](x, 64, 0.5, BLOCK=32)
         probe[(1,)](x, 64, 0.5, BLOCK=32)
     assert _kinds(probe) == ['triton'] * 2
+
+
+def test_our_key_never_meets_two_of_tritons_specialisations():
+    """Against Triton's real binder (sm_90 target, no GPU needed): every launch of six ops' forward+backward,
+    replayed with misaligned tensors and integers at 1 / 17 / 32 / 2**33 / 0 / -16, gives one Triton
+    specialisation per key of ours (tests/test_ops/launch_key_check.py; a key without the alignment bit, or
+    without the integer properties, fails it)."""
+    import os
+    import subprocess
+    import sys
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    env = {k: v for k, v in os.environ.items() if k != 'TRITON_INTERPRET'}
+    proc = subprocess.run([sys.executable, os.path.join(root, 'tests', 'test_ops', 'launch_key_check.py')], cwd=root,
+                          env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    calls, kernels = (int(w) for w in proc.stdout.split()[1:5:3])
+    assert calls > 1000 and kernels >= 20, proc.stdout

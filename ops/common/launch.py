@@ -45,6 +45,8 @@ class Kernel:
         self.jit_fn = fn
         self.cache = {}
         self._params = None
+        # Triton decides interpreted or compiled when it wraps the function; so does the cache
+        self.cacheable = SUPPORTED and not interpreting()
 
     def _signature(self):
         """(names, constexpr flags, defaults) of the parameters; read on the first cached launch (Triton's
@@ -79,7 +81,7 @@ class Kernel:
 
     def launch(self, grid, args, kwargs):
         mode = current_options().launch_cache
-        if not mode or not SUPPORTED or callable(grid) or interpreting():
+        if not mode or not self.cacheable or callable(grid):
             return self.jit_fn[grid](*args, **kwargs)
         vals, opts = self.bind(args, kwargs)
         try:

@@ -125,9 +125,10 @@ def test_callable_grid_interpreter_and_hooks_take_triton(probe, monkeypatch):
         probe[lambda meta: (1,)](x, 64, 0.5, BLOCK=32)
         probe[lambda meta: (1,)](x, 64, 0.5, BLOCK=32)
         monkeypatch.setattr(L, 'interpreting', lambda: True)
-        probe[(1,)](x, 64, 0.5, BLOCK=32)
-        probe[(1,)](x, 64, 0.5, BLOCK=32)
-    assert _kinds(probe) == ['triton'] * 4 and not probe.cache
+        interpreted = L.Kernel(probe.jit_fn)   # wrapped while the interpreter is on
+        interpreted[(1,)](x, 64, 0.5, BLOCK=32)
+        interpreted[(1,)](x, 64, 0.5, BLOCK=32)
+    assert _kinds(probe) == ['triton'] * 4 and not probe.cache and not interpreted.cache
 
 
 def test_launch_cache_option_values():
@@ -150,13 +151,14 @@ def test_signature_of_a_real_jit_function():
 
 def test_triton_version_gates_the_cache(probe, monkeypatch):
     """Before triton 3.3 launchers took only the non-constexpr values: every call takes Triton's path there."""
-    assert L.SUPPORTED  # this Triton
+    assert L.SUPPORTED and probe.cacheable  # this Triton
     monkeypatch.setattr(L, 'SUPPORTED', False)
+    old = L.Kernel(probe.jit_fn)
     x = torch.zeros(64)
     with kernel_options(launch_cache=True):
-        probe[(1,)](x, 64, 0.5, BLOCK=32)
-        probe[(1,)](x, 64, 0.5, BLOCK=32)
-    assert _kinds(probe) == ['triton'] * 2
+        old[(1,)](x, 64, 0.5, BLOCK=32)
+        old[(1,)](x, 64, 0.5, BLOCK=32)
+    assert _kinds(probe) == ['triton'] * 2 and not old.cacheable
 
 
 def test_our_key_never_meets_two_of_tritons_specialisations():

@@ -593,8 +593,8 @@ def impl_names(spec, peers, device, log, status):
 # ----------------------------------------------------------------------------------------------- report
 def report(res, out):
     rows = res['bench']
-    peers = [p for p in ('fla', 'sdpa', 'mamba', 'vrwkv') if any(f'{p}_fwd_ms' in r or f'{p}_fwdbwd_ms' in r
-                                                                 for r in rows)]
+    peers = [p for p in ('fla', 'sdpa', 'torch', 'mamba', 'vrwkv') if any(f'{p}_fwd_ms' in r or f'{p}_fwdbwd_ms' in r
+                                                                          for r in rows)]
     md = [f"# Op benchmark ({res['env'].get('device')}, {res['args']['dtype']})", '',
           f"torch {res['env'].get('torch')}, triton {res['env'].get('triton')}, fla {res['env'].get('fla', '-')}, "
           f"commit {str(res['env'].get('commit'))[:12]}; copy bandwidth {common.fmt(res.get('copy_TBps'))} TB/s "
@@ -644,8 +644,8 @@ def report(res, out):
         rs = [r for r in rows if r['op'] == op]
         xs = [r['N'] for r in rs]
         series = {}
-        for impl, style in [('ours', '-o'), ('fla', '-s'), ('sdpa', '-^'), ('mamba', '-s'), ('vrwkv', '-s'),
-                            ('floor', 'k:')]:
+        for impl, style in [('ours', '-o'), ('fla', '-s'), ('sdpa', '-^'), ('torch', '-v'), ('mamba', '-s'),
+                            ('vrwkv', '-s'), ('floor', 'k:')]:
             for mode in res['args']['modes']:
                 key = f'{impl}_{mode}_ms'
                 if any(key in r for r in rs):
@@ -744,7 +744,8 @@ def run_benchmark(a):
             common.write_json(out_json, res)
     if a.host:
         for n in names:
-            todo = [i for i in impl_names(specs[n], peers, device, log, {}) if i in ('ours', 'sdpa')]  # no autotuners
+            # ours and the peers without autotuners
+            todo = [i for i in impl_names(specs[n], peers, device, log, {}) if i in ('ours', 'sdpa', 'torch')]
             res['host'].append(host_costs(specs[n], todo, a, dtype, device))
             if a.host_profile and specs[n].ours is not None:
                 with open(osp.join(a.out, 'host_profile.md'), 'a') as f:

@@ -74,7 +74,7 @@ class KernelOptions:
             raise ValueError(f'eager_path must be one of {EAGER_PATHS}, got {self.eager_path!r}')
         if self.gla_f32_operands not in F32_OPERANDS:
             raise ValueError(f'gla_f32_operands must be one of {F32_OPERANDS}, got {self.gla_f32_operands!r}')
-        if not any(self.launch_cache is v for v in LAUNCH_CACHE) and self.launch_cache != 'verify':
+        if not (isinstance(self.launch_cache, bool) or self.launch_cache == 'verify'):
             raise ValueError(f'launch_cache must be one of {LAUNCH_CACHE}, got {self.launch_cache!r}')
         object.__setattr__(self, 'launch', _freeze(self.launch))
         launch = tuple(sorted((n, tuple(sorted(v.items()))) for n, v in self.launch.items()))

@@ -29,7 +29,7 @@ import triton.language as tl
 from ..common.launch import jit
 from ..common.options import (alloc, cdiv, current_options, declare_launch, dummy, interpreting, next_power_of_2,
                               num_sms)
-from ..common.jit import rne_bf16
+from ..common.jit import dot, rne_bf16
 from ..common.varlen import PackedSeqs
 
 FOCUS_EPS = 1e-6
@@ -55,15 +55,13 @@ def _to_out(x, ptr, EMU: tl.constexpr):
 
 @triton.jit
 def _dot(a, b, IEEE: tl.constexpr, EMU: tl.constexpr):
+    """fp32 operands in 'ieee' dots, else bf16 operands (emulated under the interpreter: ``ops.common.jit.dot``)."""
     if IEEE:
-        return tl.dot(a, b, input_precision='ieee')
+        return dot(a, b, 'ieee')
     elif EMU:
-        # Triton's CPU interpreter computes bf16 tl.dot wrongly (triton 3.8) and its fp32 -> bf16 cast truncates:
-        # round the operands to bf16 (to nearest even), then multiply in fp32, which is what the tensor cores do
-        # with bf16 operands and fp32 accumulation.
-        return tl.dot(rne_bf16(a.to(tl.float32)), rne_bf16(b.to(tl.float32)), input_precision='ieee')
+        return dot(a, b, 'bf16_emu')
     else:
-        return tl.dot(a.to(tl.bfloat16), b.to(tl.bfloat16))
+        return dot(a, b, 'bf16')
 
 
 @triton.jit
@@ -671,8 +669,8 @@ def backward(q, k, v, do, state, P, out=None):
     gradient) if given."""
     B, N, H, K, V = P.B, P.N, P.H, P.K, P.V
     if state is None:  # recomputed: the state and its gradient from one zeroed allocation
-        both = torch.zeros(2 * state_size(P.nseq, H, K, V), dtype=torch.float32, device=k.device)
-        state, dstate = fwd_state(k, v, P, both[:both.numel() // 2]), both[both.numel() // 2:]
+        state, dstate = torch.zeros(2, state_size(P.nseq, H, K, V), dtype=torch.float32, device=k.device).unbind(0)
+        state = fwd_state(k, v, P, state)
     else:
         dstate = torch.zeros_like(state)
     S, z = P.state_views(state)

@@ -164,8 +164,11 @@ def kernel_options(options: KernelOptions = None, **changes):
         _OPTIONS.reset(token)
 
 
+@functools.cache
 def interpreting() -> bool:
-    """Is Triton's CPU interpreter on (``TRITON_INTERPRET=1``)? Kernels then emulate what it computes wrongly."""
+    """Is Triton's CPU interpreter on (``TRITON_INTERPRET=1``)? Kernels then emulate what it computes wrongly.
+    Read once: Triton fixes interpreted or compiled when it wraps a kernel at import, so a later change of the
+    variable could only disagree with the kernels (and the lookup sat on every launch's host path)."""
     return os.environ.get('TRITON_INTERPRET', '0') not in ('', '0')
 
 

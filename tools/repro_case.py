@@ -1,6 +1,6 @@
 """Rerun named cases of the GPU sweep (tools/check_ops_gpu.py) one by one, optionally under launch overrides:
-``python tools/repro_case.py --ids ID [ID ...] [--launch JSON ...]``; prints each case's judged and max-abs errors
-and the norms of the float64 references beside the case scales (what decides relative vs absolute judging)."""
+``python tools/repro_case.py --ids ID [ID ...] [--launch JSON ...]``; prints each case's status, judged errors and
+max |x - ref| per output; exits 1 when a case fails."""
 import argparse
 import json
 import os

@@ -31,6 +31,7 @@ the table printed last. Imports only torch, triton and ``vla_mm.ops`` (the ``ops
 else the installed ``vla_mm/ops``; the ``vla_mm`` package itself and MMEngine are not imported).
 """
 import argparse
+import faulthandler
 import importlib
 import importlib.util
 import itertools
@@ -896,6 +897,7 @@ def run_invalid(torch, spec, c, dev, impl='op'):
 
 def worker(args):
     """Runs one group's cases (``--worker FILE``) and appends a JSON line per finished case to ``--results``."""
+    faulthandler.enable()   # a fatal signal (an abort at exit included) prints the Python stack into the log
     import torch
     ops = bind_ops(args.ops_source)
     specs = {s.name: s for s in make_ops(ops)}
@@ -934,11 +936,12 @@ def worker(args):
 
 # ------------------------------------------------------------------------------------------------ parent
 
-def run_groups(groups, args, work_dir, deadline):
+def run_groups(groups, args, work_dir, deadline, exits=None):
     """Runs the groups as worker subprocesses, ``args.jobs`` at a time (a group may carry ``env``, ``impl``,
     ``wrap`` (a command prefix) and ``tag``). A worker that dies (illegal memory access, signal) has its running
     case recorded as a crash and its remaining cases re-queued in a fresh worker (up to 3 times per group).
-    Workers still running ``args.grace`` s past the deadline are killed (their case: 'timeout').
+    Workers still running ``args.grace`` s past the deadline are killed (their case: 'timeout'). A worker that
+    exits non-zero between cases (e.g. aborting at interpreter exit) is appended to ``exits`` with its log's tail.
     Returns {case id: record}."""
     pending = [dict(g, restarts=0) for g in groups]
     running, records = [], {}
@@ -975,8 +978,8 @@ def run_groups(groups, args, work_dir, deadline):
                     done[r['id']] = r
                     if started == r['id']:
                         started = None
-        with open(os.path.join(wdir, w['name'] + '.log')) as f:
-            tail = f.read()[-600:]
+        with open(os.path.join(wdir, w['name'] + '.log'), errors='replace') as f:
+            tail = f.read()[-3000:]
         crashed = next((cid for cid, r in done.items() if r['status'] == 'crash'), None)
         if started and not w['killed'] and rc != 0:
             done[started] = {'status': 'crash', 'errors': {}, 'worst': None,
@@ -1000,6 +1003,8 @@ def run_groups(groups, args, work_dir, deadline):
         for c in rest if why else []:
             records[c['id']] = dict({k: v for k, v in c.items()}, status='not_run', errors={}, worst=None,
                                     message=why, group=w['name'], exit=rc)
+        if rc != 0 and not started and not crashed and not w['killed'] and exits is not None:
+            exits.append({'group': w['name'], 'exit': rc, 'cases_done': len(done), 'log_tail': tail})
         n_ok = sum(r['status'] == 'pass' for r in done.values())
         print(f"[{w['name']}] exit {rc}: {n_ok}/{len(done)} passed" + (f', crash at {crashed}' if crashed else '')
               + (f', {len(rest)} re-queued' if rest and not why else ''), flush=True)
@@ -1267,8 +1272,10 @@ def main(argv=None):
                 groups = groups[:args.jobs] + mc + groups[args.jobs:]
         if args.compile:
             compile_proc = start_compile(args)
-    records = run_groups(groups, args, work_dir, deadline)
+    exits = []
+    records = run_groups(groups, args, work_dir, deadline, exits)
     report['work_dir'] = work_dir
+    report['worker_exits'] = exits
     allrecs = [r for r in records.values() if not r['id'].endswith('|memcheck')]
     inval = [r for r in allrecs if r.get('invalid')]
     sweep = [r for r in allrecs if not r.get('invalid')]
@@ -1312,6 +1319,9 @@ def main(argv=None):
                                            f" ({r['worst']:.1e})") for r in c['ops']) or 'no result')
             + f" (exit {c['exit']})")
     s = report['summary']
+    if exits:
+        extra.append(f'Workers that exited non-zero after their last case ({len(exits)}; results.json '
+                     f'"worker_exits" has their logs): ' + ', '.join(f"{e['group']} ({e['exit']})" for e in exits))
     head = (f"{len(allrecs)} cases in {report['seconds']} s: {s['pass']} passed, {s['fail']} failed, "
             f"{s['error']} errors, {s['crash']} crashed, {s['timeout']} timed out, {s['not_run']} not reached")
     md = table(sweep)
@@ -1325,7 +1335,7 @@ def main(argv=None):
     print('\n'.join(extra))
     print(head)
     print(md)
-    return 0 if s['fail'] + s['error'] + s['crash'] + s['timeout'] == 0 else 1
+    return 0 if s['fail'] + s['error'] + s['crash'] + s['timeout'] + len(exits) == 0 else 1
 
 
 def _work_dir(args):

@@ -137,7 +137,14 @@ def recompute_grads(fn, args, grad_idx, grad_outputs):
     return [by_idx.get(i) for i in grad_idx]
 
 
-def register_op(name, schema, *, outputs, grads, reference, triton, fake, triton_backward=None):
+def _stand_in(t):
+    """A one-element tensor expanded to ``t``'s shape (dtype and device too): what the backward keeps of a tensor
+    whose values it does not read."""
+    return t.new_empty(()).expand(t.shape)
+
+
+def register_op(name, schema, *, outputs, grads, reference, triton, fake, triton_backward=None, saves=None,
+                saves_outputs=None):
     """Define ``vla_mm::<name>`` and ``vla_mm::<name>_backward``; return ``op(*args) -> tuple of outputs``.
 
     Args:
@@ -154,6 +161,11 @@ def register_op(name, schema, *, outputs, grads, reference, triton, fake, triton
             own would run (:func:`use_triton` answers the same on fake tensors); metadata only.
         triton_backward: ``triton_backward(grad_outputs, outputs, residuals, *args)`` -> one gradient (or None)
             per name in ``grads``; ``grad_outputs`` holds None for an output that received no gradient.
+        saves: names of the tensor arguments whose values ``triton_backward`` reads (default: all); on the Triton
+            path the others reach it as stand-ins of their shape, dtype and device (:func:`_stand_in`), so the
+            autograd graph does not keep them alive (e.g. a block's residual branch after a fused add + norm).
+        saves_outputs: indices of the outputs whose values ``triton_backward`` reads (default: all); the others
+            as ``saves``. The residuals are always kept.
 
     Float64 inputs and empty outputs need nothing special: the reference handles float64 (:func:`use_triton`).
     """
@@ -165,6 +177,11 @@ def register_op(name, schema, *, outputs, grads, reference, triton, fake, triton
         raise ValueError(f'grads {sorted(unknown)} are not arguments of {qual}{schema}')
     grad_idx = [arg_names.index(n) for n in grads]
     with_bwd = triton_backward is not None
+    unknown = set(saves or ()) - set(arg_names)
+    if unknown:
+        raise ValueError(f'saves {sorted(unknown)} are not arguments of {qual}{schema}')
+    drop_args = set() if saves is None else {i for i, n in enumerate(arg_names) if n not in saves}
+    drop_outs = set() if saves_outputs is None else set(range(outputs)) - set(saves_outputs)
 
     def run_forward(triton_path, args):
         """The outputs, then the residuals, as the implementation gives them."""
@@ -207,7 +224,9 @@ def register_op(name, schema, *, outputs, grads, reference, triton, fake, triton
         ctx.template = [None if isinstance(a, torch.Tensor) else a for a in inputs]
         ctx.triton_path = use_triton(*inputs) if triton_path is None else triton_path
         ctx.options = current_options()
-        ctx.save_for_backward(*[inputs[i] for i in ctx.tensor_idx], *output)
+        slim = ctx.triton_path and with_bwd
+        ctx.save_for_backward(*[_stand_in(inputs[i]) if slim and i in drop_args else inputs[i] for i in ctx.tensor_idx],
+                              *[_stand_in(o) if slim and j in drop_outs else o for j, o in enumerate(output)])
         ctx.set_materialize_grads(False)
 
     def backward_with(run_backward, ctx, grad_outputs):

@@ -78,7 +78,7 @@ def _fake(x, weight, bias, gate, eps, rms, out_dtype):
 _norm_op = register_op(
     'layer_norm', '(Tensor x, Tensor? weight, Tensor? bias, Tensor? gate, float eps, bool rms, str out_dtype)',
     outputs=1, grads=('x', 'weight', 'bias', 'gate'), reference=_reference, triton=_triton,
-    triton_backward=_triton_backward, fake=_fake)
+    triton_backward=_triton_backward, fake=_fake, saves=('x', 'weight', 'bias', 'gate'), saves_outputs=())
 
 _NAMES = {v: k for k, v in _DTYPES.items()}
 
@@ -111,7 +111,7 @@ def _add_fake(x, residual, weight, bias, eps, rms, out_dtype):
 _add_norm_op = register_op(
     'add_layer_norm', '(Tensor x, Tensor residual, Tensor? weight, Tensor? bias, float eps, bool rms, str out_dtype)',
     outputs=2, grads=('x', 'residual', 'weight', 'bias'), reference=_add_reference, triton=_add_triton,
-    triton_backward=_add_triton_backward, fake=_add_fake)
+    triton_backward=_add_triton_backward, fake=_add_fake, saves=('weight', 'bias'), saves_outputs=(1,))
 
 
 def add_layer_norm(x: torch.Tensor, residual: torch.Tensor, weight: Optional[torch.Tensor] = None,

@@ -202,3 +202,41 @@ def test_backward_programs_by_width(monkeypatch, C, progs_per_sm, rows_per_prog)
         assert rows_per_prog >= kernel.MIN_ROWS_BWD
     else:
         assert grids[0][0] <= 4 * 3
+
+
+@pytest.mark.parametrize('eager_path', ['function', 'custom_op'])
+def test_backward_keeps_only_what_it_reads(eager_path):
+    """The Triton backward of ``add_layer_norm`` reads s, the statistics, weight and bias: the branch x, the
+    residual and y are kept as one-element stand-ins (session 13: the kept bf16 branch put a fused-norm ViT-S
+    0.5 GiB over torch's norm at 224 px). ``layer_norm`` keeps x but not y. Gradients still match float64, also
+    with no gradient reaching y."""
+    from vla_mm.ops.common import kernel_options
+    g = torch.Generator().manual_seed(3)
+    M, C = 40, 64
+    x = torch.randn(M, C, generator=g).to(torch.bfloat16).requires_grad_()
+    r = torch.randn(M, C, generator=g).requires_grad_()
+    w, b = torch.randn(C, generator=g).requires_grad_(), torch.randn(C, generator=g).requires_grad_()
+    kept = []
+
+    def pack(t):
+        kept.append(t)
+        return t
+    with kernel_options(backend='triton', eager_path=eager_path), \
+            torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        y, s = add_layer_norm(x, r, w, b, 1e-6, out_dtype=torch.bfloat16)
+        n_add = len(kept)
+        y2 = layer_norm(s, w, b, 1e-6, out_dtype=torch.bfloat16)
+    big = [t for t in kept if t.untyped_storage().nbytes() >= M * C * 2]
+    ptrs = {t.untyped_storage().data_ptr() for t in big[:n_add]}
+    assert s.untyped_storage().data_ptr() in ptrs
+    assert not ptrs & {x.untyped_storage().data_ptr(), r.untyped_storage().data_ptr(),
+                       y.untyped_storage().data_ptr()}
+    ptrs2 = {t.untyped_storage().data_ptr() for t in kept[n_add:] if t.untyped_storage().nbytes() >= M * C * 2}
+    assert ptrs2 == {s.untyped_storage().data_ptr()}   # layer_norm: x (= s) only, not y2
+    dy2 = torch.randn(y2.shape, generator=g).to(y2.dtype)
+    grads = torch.autograd.grad(y2, [x, r, w, b], dy2)   # no gradient reaches y: its zeros from the stand-in
+    ref = [t.detach().double().requires_grad_() for t in (x, r, w, b)]
+    s64 = ref[0] + ref[1]
+    grads64 = torch.autograd.grad(norm_reference(s64, ref[2], ref[3], 1e-6, False, torch.float64), ref, dy2.double())
+    errs = [_rel(a, c) for a, c in zip(grads, grads64)]
+    assert max(errs) < 2e-2, errs

@@ -267,3 +267,17 @@ def test_dead_worker_is_reported_and_the_rest_rerun(tmp_path, monkeypatch):
     others = [r for i, r in recs.items() if i != 'hgrn|float32|dies']
     assert len(others) == len(cases) - 1 and all(r['status'] == 'pass' for r in others)
     assert any(r['group'].endswith('-r1') for r in others)
+
+
+def test_worker_aborting_after_its_cases_is_reported(tmp_path):
+    """A worker that finishes its cases and then dies of a signal (session 13: SIGABRT at interpreter exit) keeps
+    its results and is listed with its log's tail."""
+    cases = [c for c in T.smoke_cases() if c['op'] == 'hgrn'][:1]
+    args = argparse.Namespace(device='cpu', ops_source=None, jobs=1, grace=30)
+    exits = []
+    wrap = ['sh', '-c', '"$@"; echo worker-finished; kill -ABRT $$', 'sh']
+    recs = T.run_groups([{'name': 'g', 'cases': cases, 'env': {'VLA_OPS_REFERENCE': '1'}, 'wrap': wrap}], args,
+                        str(tmp_path), deadline=time.time() + 120, exits=exits)
+    assert [r['status'] for r in recs.values()] == ['pass']
+    assert len(exits) == 1 and exits[0]['exit'] == -6 and exits[0]['cases_done'] == 1
+    assert 'worker-finished' in exits[0]['log_tail']

@@ -193,18 +193,19 @@ def test_model_benchmark_cached_suffix_times_the_same_model_with_the_launch_cach
     assert seen == [False, True, True]
 
 
-def test_model_benchmark_ours_fused_ln_is_ours_with_the_fused_norm(tmp_path):
-    """The fused-norm A/B: ``ours_fused_ln`` builds the same backbone with our fused LayerNorm (same parameters), the
-    norm ops get their specs (our op and the torch peer, checked against float64)."""
+def test_model_benchmark_norm_variants_are_ours_with_that_norm(tmp_path):
+    """The fused-norm A/B: ``ours`` (the backbone's default) and ``ours_fused_ln`` have our fused LayerNorm in every
+    norm, ``ours_ln`` torch's, with the same parameters; the norm ops get their specs (our op and the torch peer,
+    checked against float64)."""
     from vla_mm.models.layers import FusedLayerNorm
     models = load('models')
     a = models.parse_args(['--smoke', '--out', str(tmp_path)])
     bcfg = models.backbone_cfg(a)
-    ours, fused = (models.build(n, 32, a, torch.device('cpu'), bcfg) for n in ('ours', 'ours_fused_ln'))
-    norms = [[type(m) for m in x.modules() if isinstance(m, torch.nn.LayerNorm)] for x in (ours, fused)]
-    assert norms[0] and all(t is torch.nn.LayerNorm for t in norms[0])
-    assert len(norms[1]) == len(norms[0]) and all(t is FusedLayerNorm for t in norms[1])
-    assert sum(p.numel() for p in ours.parameters()) == sum(p.numel() for p in fused.parameters())
+    built = [models.build(n, 32, a, torch.device('cpu'), bcfg) for n in ('ours', 'ours_fused_ln', 'ours_ln')]
+    norms = [[type(m) for m in x.modules() if isinstance(m, torch.nn.LayerNorm)] for x in built]
+    assert norms[2] and all(t is torch.nn.LayerNorm for t in norms[2])
+    assert norms[0] == norms[1] == [FusedLayerNorm] * len(norms[2])
+    assert len({sum(p.numel() for p in m.parameters()) for m in built}) == 1
     ops = load('ops')
     assert ops.main(['--smoke', '--out', str(tmp_path / 'ops'), '--ops', 'layer_norm,gated_rms_norm',
                      '--backend', 'triton', '--launch', '{"norm_bwd": {"loop_stages": 2, "progs_per_sm": 1}}']) == 0

@@ -75,7 +75,7 @@ _delta_rule_op = register_op(
     'delta_rule', '(Tensor q, Tensor k, Tensor v, Tensor beta, Tensor? g, float scale, Tensor? initial_state, '
                   'bool output_final_state, Tensor? cu_seqlens, bool reverse)',
     outputs=2, grads=('q', 'k', 'v', 'beta', 'g', 'initial_state'), reference=_reference, triton=_triton,
-    triton_backward=_triton_backward, fake=_fake)
+    triton_backward=_triton_backward, fake=_fake, saves_outputs=())
 
 
 def delta_rule(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, beta: torch.Tensor,

@@ -146,7 +146,7 @@ _linear_attn_op = register_op(
                    'float focus_power, Tensor? rope_cos, Tensor? rope_sin, str norm, Tensor? key_padding_mask, '
                    'Tensor? cu_seqlens)',
     outputs=1, grads=('q', 'k', 'v'), reference=_reference, triton=_triton, triton_backward=_triton_backward,
-    fake=_fake)
+    fake=_fake, saves_outputs=())
 
 
 def _unpacked(fn):
@@ -169,7 +169,7 @@ _linear_attn_qkv_op = register_op(
     'linear_attn_qkv', '(Tensor qkv, str feature_map, bool normalize, float? scale, float eps, float focus_power, '
                        'Tensor? rope_cos, Tensor? rope_sin, str norm, Tensor? key_padding_mask, Tensor? cu_seqlens)',
     outputs=1, grads=('qkv',), reference=_unpacked(_reference), triton=_unpacked(_triton),
-    triton_backward=_qkv_triton_backward, fake=_unpacked(_fake))
+    triton_backward=_qkv_triton_backward, fake=_unpacked(_fake), saves_outputs=())
 
 
 def _op_args(q, k, v, feature_map, normalize, scale, eps, focus_power, rope, norm, key_padding_mask, cu_seqlens):

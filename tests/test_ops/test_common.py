@@ -373,3 +373,48 @@ def test_launch_entries_are_declared_and_checked():
         with kernel_options(KernelOptions(launch={'delta_rule_statee': dict(num_warps=2)})):
             pass
     assert current_options() == KernelOptions()
+
+
+def _sv_reference(x, r, scale):
+    s = x + r
+    return s * scale, s
+
+
+def _sv_triton_backward(grads, outputs, residuals, x, r, scale):
+    g = sum(gr * c for gr, c in zip(grads, (scale, 1.0)) if gr is not None)
+    g = g if torch.is_tensor(g) else torch.zeros(x.shape, dtype=x.dtype, device=x.device)
+    return [g, g.clone()]
+
+
+_saving = register_op('test_saves_nothing', '(Tensor x, Tensor r, float scale)', outputs=2, grads=('x', 'r'),
+                      reference=_sv_reference, triton=lambda *a: (_sv_reference(*a), ()),
+                      triton_backward=_sv_triton_backward,
+                      fake=lambda x, r, scale: [x.new_empty(x.shape), x.new_empty(x.shape)], saves=(),
+                      saves_outputs=())
+
+
+def test_register_op_saves_only_what_the_backward_reads():
+    """``saves`` / ``saves_outputs``: on the Triton path the inputs and outputs the backward does not read are kept
+    as one-element stand-ins of their shape and dtype (eager, through the custom op, and compiled); the reference
+    path keeps them all (its backward recomputes the forward)."""
+    x, r = torch.randn(4, 6, requires_grad=True), torch.randn(4, 6, requires_grad=True)
+    with pytest.raises(ValueError, match='saves'):
+        register_op('test_bad_saves', '(Tensor x)', outputs=1, grads=('x',), reference=None, triton=None,
+                    fake=None, saves=('y',))
+    for path, eager_path, most in (('triton', 'function', 1), ('triton', 'custom_op', 1),
+                                   ('reference', 'function', x.numel())):
+        kept = []
+        with kernel_options(backend=path, eager_path=eager_path), \
+                torch.autograd.graph.saved_tensors_hooks(lambda t: kept.append(t) or t, lambda t: t):
+            y, s = _saving(x, r, 0.5)
+        assert kept and max(t.untyped_storage().nbytes() // t.element_size() for t in kept) == most
+        with kernel_options(backend=path, eager_path=eager_path):
+            gx, gr = torch.autograd.grad((y * 2 + s).sum(), (x, r))
+        torch.testing.assert_close(gx, torch.full_like(x, 2.0))
+        torch.testing.assert_close(gr, torch.full_like(x, 2.0))
+    with kernel_options(backend='triton'):
+        torch._dynamo.reset()
+        comp = torch.compile(lambda a, b: _saving(a, b, 0.5)[0].sum(), fullgraph=True, backend='aot_eager')
+        torch.testing.assert_close(torch.autograd.grad(comp(x, r), x)[0], torch.full_like(x, 0.5))
+        torch._dynamo.reset()
+        torch.library.opcheck(_saving.custom_op, (x, r, 0.5))

@@ -224,9 +224,10 @@ def register_op(name, schema, *, outputs, grads, reference, triton, fake, triton
         ctx.template = [None if isinstance(a, torch.Tensor) else a for a in inputs]
         ctx.triton_path = use_triton(*inputs) if triton_path is None else triton_path
         ctx.options = current_options()
-        slim = ctx.triton_path and with_bwd
-        ctx.save_for_backward(*[_stand_in(inputs[i]) if slim and i in drop_args else inputs[i] for i in ctx.tensor_idx],
-                              *[_stand_in(o) if slim and j in drop_outs else o for j, o in enumerate(output)])
+        slim = ctx.triton_path and with_bwd   # only a backward of our own reads less than everything
+        skip_in, skip_out = (drop_args, drop_outs) if slim else ((), ())
+        ctx.save_for_backward(*[_stand_in(inputs[i]) if i in skip_in else inputs[i] for i in ctx.tensor_idx],
+                              *[_stand_in(o) if j in skip_out else o for j, o in enumerate(output)])
         ctx.set_materialize_grads(False)
 
     def backward_with(run_backward, ctx, grad_outputs):

@@ -22,13 +22,13 @@ from ..common.options import cdiv, current_options, declare_launch, next_power_o
 MAX_C = 65536
 MIN_ROWS_BWD = 4  # rows of one backward program at least (partial weight / bias rows <= 1/4 of x's)
 # launch settings per pass (kernel_options(launch={'norm_fwd' | 'norm_bwd': {...}}) overrides them): elements of one
-# [BM, BC] register tile (backward None: SMALL_C_TILE elements where 256 < C <= 512, else 2048), warps (None: forward
-# 8 from 2048 elements, else 4; backward 8 elements a thread, 4-16 warps), backward programs per SM (a number: persistent programs looping over rows; None: one per tile) and the
-# stages of that row loop (1: no software pipelining)
+# [BM, BC] register tile (backward None: SMALL_C_TILE elements where 256 < C <= 512, else 2048), warps (None:
+# forward 8 from 2048 elements, else 4; backward 8 elements a thread, 4-16 warps), backward programs per SM (a
+# number: persistent programs looping over rows; None: one per tile) and the stages of that row loop (1: none)
 LAUNCH_DEFAULTS = MappingProxyType(dict(
     norm_fwd=MappingProxyType(dict(tile=4096, num_warps=None)),
     norm_bwd=MappingProxyType(dict(tile=None, num_warps=None, progs_per_sm=4, loop_stages=1))))
-# H100, C = 384 (ViT-S), fwd+bwd from a CUDA graph: 1024-element tiles 0.098 ms against 0.120 with 2048 (session 13)
+# backward tile at 256 < C <= 512: 2048 elements leave half the persistent programs waiting for registers (docs/ops.md)
 SMALL_C_TILE = 1024
 declare_launch(LAUNCH_DEFAULTS['norm_fwd'], 'norm_fwd')
 declare_launch(LAUNCH_DEFAULTS['norm_bwd'], 'norm_bwd')

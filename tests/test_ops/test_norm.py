@@ -179,9 +179,9 @@ def test_add_layer_norm_matches_float64(x_dtype, r_dtype, out_dtype, rms, with_d
 def test_backward_programs_by_width(monkeypatch, C, progs_per_sm, rows_per_prog):
     """The backward grid for 67 rows on 3 SMs. Default (persistent, 4 programs per SM over 2048-element tiles,
     1024 at 256 < C <= 512): at most 12 programs, each a whole number of row tiles (32 rows at C = 48, three 2-row
-    tiles at C = 384, six 1-row tiles at C = 2048). One tile per program (``progs_per_sm=None``, 4096-element tiles): 64 rows at
-    C = 48, 8 at C = 384, and at least MIN_ROWS_BWD rows where a tile holds fewer (C > 1024), so the partial
-    weight / bias rows never outnumber a quarter of x's rows. Results checked against float64."""
+    tiles at C = 384, six 1-row tiles at C = 2048). One tile per program (``progs_per_sm=None``, 4096-element
+    tiles): 64 rows at C = 48, 8 at C = 384, and at least MIN_ROWS_BWD rows where a tile holds fewer (C > 1024),
+    so the partial weight / bias rows never outnumber a quarter of x's rows. Results checked against float64."""
     from vla_mm.ops.common import kernel_options
     from vla_mm.ops.norm import kernel
     grids = []

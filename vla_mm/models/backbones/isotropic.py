@@ -66,8 +66,8 @@ class IsotropicBackbone(FrozenStagesMixin, BaseModule):
             ``[B, N, C]``.
         final_norm (bool): apply the final norm to the last block's output.
         norm_cfg (dict): norm of the blocks and the final norm: ``FusedLN`` (default: ``nn.LayerNorm``'s parameters,
-            our fused op in eager CUDA runs; ViT-S train step 1.26-1.30x faster than with torch's at 224-2048 px on
-            the H100, session 13), ``LN`` (torch's), ``FusedRMSNorm``, ``RMSNorm``.
+            our fused op in eager CUDA runs; the faster eager step, docs/models.md), ``LN`` (torch's),
+            ``FusedRMSNorm``, ``RMSNorm``.
         ffn_type (str): 'mlp' or 'glu' feed-forward.
         drop_path_rate (float): stochastic depth, linearly increasing over blocks.
         drop_rate (float): dropout in the feed-forward and after the position embedding.

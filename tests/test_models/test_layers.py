@@ -149,7 +149,7 @@ def test_block_and_backbone_make_no_copies(count_copies, build_backbone, images,
 def _plain_and_fused_blocks(norm):
     """A block with torch's norm, the same block (same weights) with the fused ``norm``, and an input."""
     plain = make_block(norm_cfg=dict(type='LN' if norm == 'FusedLN' else 'RMSNorm', eps=1e-6)).float()
-    fused = make_block(norm_cfg=dict(type=norm, eps=1e-6)).float()
+    fused = make_block(norm_cfg=dict(type=norm, eps=1e-6, min_rows=0)).float()  # the op even at 30 rows
     fused.load_state_dict(plain.state_dict())
     return plain, fused, torch.randn(2, HW[0] * HW[1], DIM)
 
@@ -195,6 +195,30 @@ def test_fused_norm_takes_the_residual_add_in_its_pass(norm, monkeypatch):
     names = ['y'] + [n for n, _ in plain.named_parameters()]
     errs = {n: ((a - b).norm() / b.norm()).item() for n, a, b in zip(names, *outs)}
     assert max(errs.values()) < 2e-2, errs
+
+
+@pytest.mark.parametrize('norm', ['FusedLN', 'FusedRMSNorm'])
+def test_fused_norms_leave_small_inputs_to_torchs_norm(norm, monkeypatch):
+    """Below ``min_rows`` rows the fused norms run torch's (same values, autocast dtype), from it the op; the
+    block's add + norm the same."""
+    from vla_mm.models.layers import norm as norm_mod
+    from vla_mm.ops.common import kernel_options
+    calls = []
+    for name in ('layer_norm', 'add_layer_norm'):
+        real = getattr(norm_mod, name)
+        monkeypatch.setattr(norm_mod, name,
+                            lambda *a, _n=name, _r=real, **k: calls.append((_n, a[0].shape[0])) or _r(*a, **k))
+    assert build_norm(dict(type=norm), 8).min_rows == norm_mod.MIN_ROWS
+    mod = build_norm(dict(type=norm, eps=1e-6, min_rows=6), DIM).float()
+    small, large = torch.randn(1, 5, DIM), torch.randn(2, 3, DIM)  # 5 and 6 rows
+    with kernel_options(backend='triton'), torch.autocast('cpu', dtype=torch.bfloat16):
+        ys = [mod(small), mod(large), mod.add_forward(small, small)[0], mod.add_forward(large, large)[0]]
+    assert calls == [('layer_norm', 2), ('add_layer_norm', 2)]
+    assert all(y.dtype == torch.bfloat16 for y in ys)
+    plain = torch.nn.LayerNorm(DIM, eps=1e-6) if norm == 'FusedLN' else torch.nn.RMSNorm(DIM, eps=1e-6)
+    plain.load_state_dict(mod.state_dict())
+    for y, x in zip(ys, (small, large, 2 * small, 2 * large)):
+        torch.testing.assert_close(y.float(), plain(x), rtol=1e-2, atol=1e-2)
 
 
 def test_norms_by_config():

@@ -18,7 +18,7 @@ from vla_mm.ops.common import use_triton
 from vla_mm.ops.norm import add_layer_norm, layer_norm
 from ...registry import MODELS
 
-__all__ = ['build_norm', 'resolve_norm_cfg', 'fused_norm_ok', 'LayerNorm2d', 'FusedLayerNorm', 'FusedRMSNorm']
+__all__ = ['build_norm', 'resolve_norm_cfg', 'fused_norm_ok', 'MIN_ROWS', 'LayerNorm2d', 'FusedLayerNorm', 'FusedRMSNorm']
 
 MODELS.register_module('RMSNorm', module=nn.RMSNorm)
 
@@ -37,8 +37,14 @@ def fused_norm_ok(*tensors):
     return not (torch.compiler.is_compiling() or torch.jit.is_tracing()) and use_triton(*tensors)
 
 
+# rows under which the fused norms run torch's: there a step is host-bound and the op's ~0.25 ms more host time a
+# call (fwd+bwd, H100 host) outweighs the GPU time it saves (docs/ops.md, "FusedLN below min_rows")
+MIN_ROWS = 32768
+
+
 def _fused_ok(module, x):
-    return len(module.normalized_shape) == 1 and fused_norm_ok(x, module.weight)
+    return (len(module.normalized_shape) == 1 and x.numel() >= module.min_rows * x.shape[-1]
+            and fused_norm_ok(x, module.weight))
 
 
 def _add_norm(module, x, residual, bias, eps, rms):
@@ -59,8 +65,12 @@ class FusedLayerNorm(nn.LayerNorm):
     Under autocast the output is in the autocast dtype (bf16), where ``nn.LayerNorm`` returns fp32 that the next
     matmul casts to bf16 in a separate pass: the same values reach that matmul. Consumers that are not autocast
     matmuls see the bf16 value. ``torch.compile``, ``torch.jit`` and CPU tensors run ``nn.LayerNorm`` and cast
-    its output the same way.
+    its output the same way, and so do inputs of fewer than ``min_rows`` rows (default :data:`MIN_ROWS`).
     """
+
+    def __init__(self, *args, min_rows=MIN_ROWS, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.min_rows = min_rows
 
     def forward(self, x):
         if not _fused_ok(self, x):
@@ -77,6 +87,10 @@ class FusedLayerNorm(nn.LayerNorm):
 @MODELS.register_module('FusedRMSNorm')
 class FusedRMSNorm(nn.RMSNorm):
     """``nn.RMSNorm`` through :func:`vla_mm.ops.norm.layer_norm` (``rms=True``); as :class:`FusedLayerNorm`."""
+
+    def __init__(self, *args, min_rows=MIN_ROWS, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.min_rows = min_rows
 
     def forward(self, x):
         if not _fused_ok(self, x):

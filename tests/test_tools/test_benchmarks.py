@@ -205,6 +205,7 @@ def test_model_benchmark_norm_variants_are_ours_with_that_norm(tmp_path):
     norms = [[type(m) for m in x.modules() if isinstance(m, torch.nn.LayerNorm)] for x in built]
     assert norms[2] and all(t is torch.nn.LayerNorm for t in norms[2])
     assert norms[0] == norms[1] == [FusedLayerNorm] * len(norms[2])
+    assert {m.min_rows for m in built[1].modules() if isinstance(m, FusedLayerNorm)} == {0}  # the op at every size
     assert len({sum(p.numel() for p in m.parameters()) for m in built}) == 1
     ops = load('ops')
     assert ops.main(['--smoke', '--out', str(tmp_path / 'ops'), '--ops', 'layer_norm,gated_rms_norm',

@@ -24,9 +24,9 @@ Models, each an image classifier (backbone, mean pool over tokens, linear head, 
              tokens and layers as ours) with our ``vla_mm.ops.linear_attn.linear_attn`` in each block's attention
              (timm's qkv / proj kept);
   timm_sdpa  the same timm ViT-S with its own attention (``F.scaled_dot_product_attention``);
-  ours_fused_ln, ours_ln  (only when asked for) ``ours`` with the fused LayerNorm op
-             (``norm_cfg=dict(type='FusedLN')``, ``vla_mm.ops.norm``; the isotropic backbone's default since
-             session 13) / with torch's LayerNorm (``'LN'``): the A/B of the fused norm.
+  ours_fused_ln, ours_ln  (only when asked for) ``ours`` with the fused LayerNorm op at every size
+             (``norm_cfg=dict(type='FusedLN', min_rows=0)``, ``vla_mm.ops.norm``; the default ``FusedLN`` takes
+             the op from ``MIN_ROWS`` rows) / with torch's LayerNorm (``'LN'``): the A/B of the fused norm.
   <model>+cached  (only when asked for) any of our models timed with ``kernel_options(launch_cache=True)``
              (launches through the compiled kernels' cached handles): the launch cache's A/B in one process.
 cuDNN's autotuner is on (``torch.backends.cudnn.benchmark``, as timm's own benchmark sets it: the patch
@@ -83,7 +83,8 @@ ZOO_BASES = osp.join(common.ROOT, 'configs', '_base_', 'models', 'isotropic')
 TIMM_NAME = 'vit_small_patch16_224'
 MODELS = ('ours', 'timm_op', 'timm_sdpa')
 SDPA = 'timm_sdpa'
-OURS_NORMS = {'ours_fused_ln': 'FusedLN', 'ours_ln': 'LN'}   # ours with this norm_cfg type
+# ours with this norm_cfg: ours_fused_ln takes the fused op at every size (the default only from MIN_ROWS rows)
+OURS_NORMS = {'ours_fused_ln': dict(type='FusedLN', eps=1e-6, min_rows=0), 'ours_ln': dict(type='LN', eps=1e-6)}
 CACHED = '+cached'   # model-name suffix: the same model timed with launch_cache=True
 # ours has no class token and takes the final norm on every token before the mean: timm the same way
 TIMM_KWARGS = dict(class_token=False, global_pool='avg', fc_norm=False)
@@ -232,7 +233,7 @@ def build(name, res, a, device, bcfg, layers=None):
     if name == 'ours':
         return build_ours(bcfg, res, a, device, layers)
     if name in OURS_NORMS:
-        return build_ours(dict(bcfg, norm_cfg=dict(type=OURS_NORMS[name], eps=1e-6)), res, a, device, layers)
+        return build_ours(dict(bcfg, norm_cfg=OURS_NORMS[name]), res, a, device, layers)
     if name.startswith('timm_'):
         return build_timm(res, a, device, with_op=name == 'timm_op', layers=layers)
     return build_ours(mixer_backbone(name, a), res, a, device, layers)

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from tests.test_models.mixer_checks import check_mixer, check_packed_equals_apart, make, rotate
-from vla_mm.models.mixers._common import shift_tokens
+from vla_mm.models.mixers._common import running_lse, shift_tokens
 from vla_mm.models.mixers.base import MixerContext
 from vla_mm.models.scans import build_scan
 
@@ -97,6 +97,23 @@ def test_shift_tokens_respects_packed_sequences():
     assert shift_tokens(x, 1, cu_seqlens=cu).flatten().tolist() == [0, 1, 2, 0, 4, 5, 6]
     assert shift_tokens(x, 1, reverse=True, cu_seqlens=cu).flatten().tolist() == [2, 3, 0, 5, 6, 7, 0]
     assert shift_tokens(x, 2).flatten().tolist() == [0, 0, 1, 2, 3, 4, 5]
+
+
+@pytest.mark.parametrize('reverse', [False, True])
+def test_running_lse_is_the_log_of_the_running_sum(reverse):
+    """z_t = log sum_{i <= t} exp(s_i) along dim 1 (i >= t when reverse), value and gradient, packed or not."""
+    s = (4 * torch.randn(2, 7, 3, 5, dtype=torch.float64)).requires_grad_()
+    e = s.exp()
+    want = (e.flip(1).cumsum(1).flip(1) if reverse else e.cumsum(1)).log()
+    z = running_lse(s, reverse)
+    torch.testing.assert_close(z, want)
+    w = torch.randn_like(z)
+    got, = torch.autograd.grad((z * w).sum(), s)
+    ref, = torch.autograd.grad((want * w).sum(), s)
+    torch.testing.assert_close(got, ref)
+    # packed: one sequence = the dense call on its tokens
+    packed = running_lse(s[:1], reverse, cu_seqlens=torch.tensor([0, 3, 7]))
+    torch.testing.assert_close(packed[:, 3:], running_lse(s[:1, 3:], reverse))
 
 
 # -------------------------------------------------------------------------------------------------------- retnet

@@ -95,7 +95,11 @@ def running_lse(s: torch.Tensor, reverse: bool = False, cu_seqlens: Optional[tor
     """``z_t = log sum exp(s_i)`` over the pass so far (``i <= t``; ``i >= t`` when ``reverse``) along dim 1,
     restarting at each packed sequence of ``cu_seqlens``."""
     if cu_seqlens is None:
-        return s.flip(1).logcumsumexp(1).flip(1) if reverse else s.logcumsumexp(1)
+        # scanned along the last dim: torch's scan along an outer dim runs one thread per column, serially over the
+        # tokens (2.07 ms a call at [16, 4096, 6, 64] fp32 on an H100, 39 % of lightnet's 1024 px step)
+        t = s.movedim(1, -1)
+        z = t.flip(-1).logcumsumexp(-1).flip(-1) if reverse else t.logcumsumexp(-1)
+        return z.movedim(-1, 1)
     # packed: a log-depth scan (step d adds the partial sum d tokens back, within the sequence), so the lengths
     # are never read on the host
     n = s.shape[1]

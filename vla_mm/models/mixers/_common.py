@@ -154,7 +154,8 @@ class ShortConv(nn.Module):
         o = (win * w).sum(-1)
         if self.bias is not None:
             o = o + self.bias.view(-1, x.shape[-1])[head_slice(heads)]
-        return F.silu(o) if self.activation == 'silu' else o
+        # summed in the weight's fp32, handed on in x's dtype (bf16 under autocast: what the next op's matmuls take)
+        return (F.silu(o) if self.activation == 'silu' else o).to(x.dtype)
 
     def extra_repr(self):
         return f'{self.weight.shape[0]}, kernel_size={self.kernel_size}, activation={self.activation}'

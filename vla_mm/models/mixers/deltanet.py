@@ -94,7 +94,8 @@ class DeltaNet(BaseMixer):
         act = QK_ACTIVATIONS[self.qk_activation]
         if self.qk_activation != 'silu' and act is not None:
             q, k = act(q), act(k)
-        q, k = qk_normalize(q, self.qk_norm), qk_normalize(k, self.qk_norm)
+        # CUDA autocast runs the normalisation in fp32; the op's matmuls take q's dtype (fp32: no tensor cores)
+        q, k = (qk_normalize(t, self.qk_norm).to(v.dtype) for t in (q, k))
         return delta_rule(q, k, v, beta.to(q.dtype), cu_seqlens=cu_seqlens, reverse=reverse)[0]
 
     def forward(self, x, ctx):

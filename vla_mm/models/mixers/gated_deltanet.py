@@ -91,7 +91,8 @@ class GatedDeltaNet(BaseMixer):
                        for conv, t in ((self.q_conv1d, q), (self.k_conv1d, k), (self.v_conv1d, v)))
         else:
             q, k, v = F.silu(q), F.silu(k), F.silu(v)
-        q, k = F.normalize(q, p=2, dim=-1, eps=1e-6), F.normalize(k, p=2, dim=-1, eps=1e-6)
+        # CUDA autocast runs the normalisation in fp32; the op's matmuls take q's dtype (fp32: no tensor cores)
+        q, k = (F.normalize(t, p=2, dim=-1, eps=1e-6).to(v.dtype) for t in (q, k))
         return delta_rule(q, k, v, beta.to(q.dtype), g, cu_seqlens=cu_seqlens, reverse=reverse)[0]
 
     def forward(self, x, ctx):

@@ -18,7 +18,8 @@ from vla_mm.ops.common import use_triton
 from vla_mm.ops.norm import add_layer_norm, layer_norm
 from ...registry import MODELS
 
-__all__ = ['build_norm', 'resolve_norm_cfg', 'fused_norm_ok', 'MIN_ROWS', 'LayerNorm2d', 'FusedLayerNorm', 'FusedRMSNorm']
+__all__ = ['build_norm', 'resolve_norm_cfg', 'fused_norm_ok', 'MIN_ROWS', 'LayerNorm2d', 'FusedLayerNorm',
+           'FusedRMSNorm']
 
 MODELS.register_module('RMSNorm', module=nn.RMSNorm)
 

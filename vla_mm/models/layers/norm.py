@@ -59,8 +59,16 @@ def _add_norm(module, x, residual, bias, eps, rms):
     return add_layer_norm(x, residual, module.weight, bias, eps, rms=rms, out_dtype=_out_dtype(x, s_dtype))
 
 
+class _MinRows:
+    """The ``min_rows`` argument of the fused norms (see :data:`MIN_ROWS`)."""
+
+    def __init__(self, *args, min_rows=MIN_ROWS, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.min_rows = min_rows
+
+
 @MODELS.register_module('FusedLN')
-class FusedLayerNorm(nn.LayerNorm):
+class FusedLayerNorm(_MinRows, nn.LayerNorm):
     """``nn.LayerNorm`` over the last dimension through :func:`vla_mm.ops.norm.layer_norm`.
 
     Under autocast the output is in the autocast dtype (bf16), where ``nn.LayerNorm`` returns fp32 that the next
@@ -68,10 +76,6 @@ class FusedLayerNorm(nn.LayerNorm):
     matmuls see the bf16 value. ``torch.compile``, ``torch.jit`` and CPU tensors run ``nn.LayerNorm`` and cast
     its output the same way, and so do inputs of fewer than ``min_rows`` rows (default :data:`MIN_ROWS`).
     """
-
-    def __init__(self, *args, min_rows=MIN_ROWS, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.min_rows = min_rows
 
     def forward(self, x):
         if not _fused_ok(self, x):
@@ -86,12 +90,8 @@ class FusedLayerNorm(nn.LayerNorm):
 
 
 @MODELS.register_module('FusedRMSNorm')
-class FusedRMSNorm(nn.RMSNorm):
+class FusedRMSNorm(_MinRows, nn.RMSNorm):
     """``nn.RMSNorm`` through :func:`vla_mm.ops.norm.layer_norm` (``rms=True``); as :class:`FusedLayerNorm`."""
-
-    def __init__(self, *args, min_rows=MIN_ROWS, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.min_rows = min_rows
 
     def forward(self, x):
         if not _fused_ok(self, x):

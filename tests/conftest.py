@@ -9,3 +9,20 @@ import os
 
 if os.environ.get('VLA_TEST_GPU', '0') in ('', '0'):
     os.environ.setdefault('TRITON_INTERPRET', '1')
+
+import sys  # noqa: E402
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _restore_default_scope():
+    """A test that loads a config sets MMEngine's default scope (``init_default_scope``), which then redirects
+    every later ``MODELS.build`` of a bare type name to that scope's registry: drop the scopes a test created."""
+    reg = sys.modules.get('mmengine.registry')
+    before = set(reg.DefaultScope._instance_dict) if reg is not None else None
+    yield
+    reg = sys.modules.get('mmengine.registry')
+    if reg is not None:
+        for name in [n for n in reg.DefaultScope._instance_dict if before is None or n not in before]:
+            del reg.DefaultScope._instance_dict[name]

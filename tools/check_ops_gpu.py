@@ -56,7 +56,8 @@ TOL = {'float32': 1e-4, 'bfloat16': 1e-2, 'float16': 1e-2}
 # errors after which the CUDA context is lost: the worker records the case and exits
 STICKY_ERRORS = ('illegal memory access', 'CUDA error', 'Triton Error [CUDA]', 'misaligned address',
                  'unspecified launch failure', 'illegal instruction')
-FAMILIES = ('linear_attn', 'gla', 'gsa', 'hgrn', 'delta_rule', 'norm')
+FAMILIES = ('linear_attn', 'gla', 'gsa', 'hgrn', 'delta_rule', 'norm', 'conv')
+NO_V = ('hgrn', 'layer_norm', 'short_conv')  # ops without a value dim (V = 0 in their cases)
 RISKY_K = 96          # 16-bit cases at K >= this run in their own worker per op (issue 15's crash)
 B, H = 1, 2
 
@@ -390,18 +391,50 @@ class LayerNorm(Op):
         return {'o': o, 's': x} if c.get('residual') else {'o': o}
 
 
+class ShortConv(Op):
+    """The short convolution over C = H * K channels of [B, N, C] tokens (V unused): ``width`` taps, with or
+    without bias and SiLU, forward or reverse, dense or packed (one-token sequences: shorter than the taps)."""
+    name = 'short_conv'
+    axes = {'width': (4, 3, 2), 'bias': (True, False), 'silu': (True, False), 'reverse': (False, True),
+            'packed': (False, True)}
+    uses_v = False
+
+    def make(self, torch, c, gen, dev):
+        C, N = H * c['K'], c['N']
+        t = {'x': torch.randn(B, N, C, generator=gen, dtype=torch.float64, device=dev),
+             'w': torch.randn(C, c['width'], generator=gen, dtype=torch.float64, device=dev) / 2}
+        if c['bias']:
+            t['b'] = torch.randn(C, generator=gen, dtype=torch.float64, device=dev)
+        return t, {}
+
+    def _args(self, c, extra):
+        return dict(activation='silu' if c['silu'] else None, reverse=c['reverse'],
+                    cu_seqlens=extra.get('cu_seqlens'))
+
+    def run(self, t, c, extra, impl):
+        conv = self.ops.conv
+        if impl == 'triton':
+            return {'o': conv.short_conv_triton(t['x'], t['w'], t.get('b'), **self._args(c, extra))}
+        return {'o': conv.short_conv(t['x'], t['w'], t.get('b'), **self._args(c, extra))}
+
+    def ref(self, t, c, extra):
+        a = self._args(c, extra)
+        return {'o': self.ops.conv.short_conv_reference(t['x'], t['w'], t.get('b'), a['activation'], a['reverse'],
+                                                         a['cu_seqlens'])}
+
+
 def make_ops(ops):
     return [LinearAttn(ops), ChunkGLA(ops), GLAWrapper(ops, 'chunk_linear_attn', 'none'),
             GLAWrapper(ops, 'chunk_simple_gla', 'scalar'), GLAWrapper(ops, 'chunk_retention', 'none'),
             GLAWrapper(ops, 'chunk_rwkv6', 'vector', 'u'), GSA(ops), HGRN(ops), DeltaRule(ops, False),
-            DeltaRule(ops, True), LayerNorm(ops)]
+            DeltaRule(ops, True), LayerNorm(ops), ShortConv(ops)]
 
 
 OP_AXES = {'linear_attn': LinearAttn.axes, 'chunk_gla': ChunkGLA.axes, 'chunk_linear_attn': _Recurrent.axes,
            'chunk_simple_gla': _Recurrent.axes, 'chunk_retention': _Recurrent.axes, 'chunk_rwkv6': _Recurrent.axes,
            'gsa': GSA.axes, 'hgrn': HGRN.axes,
            'delta_rule': {k: v for k, v in _Recurrent.axes.items() if k != 'gates'},
-           'gated_delta_rule': _Recurrent.axes, 'layer_norm': LayerNorm.axes}
+           'gated_delta_rule': _Recurrent.axes, 'layer_norm': LayerNorm.axes, 'short_conv': ShortConv.axes}
 WRAPPERS = ('chunk_linear_attn', 'chunk_simple_gla', 'chunk_retention', 'chunk_rwkv6')
 OP_RULES = {'linear_attn': (LinearAttn.rules, LinearAttn.repair), 'layer_norm': (LayerNorm.rules, LayerNorm.repair)}
 
@@ -472,7 +505,7 @@ def design(ops=None, dtypes=DTYPES, Ks=KS, Vs=VS, Ns=NS):
     for c in cases:
         if c.get('packed') and c['N'] == 1:
             c['packed'] = False
-        if c['op'] in ('hgrn', 'layer_norm'):
+        if c['op'] in NO_V:
             c['V'] = 0
         c['id'] = case_id(c)
         if c['id'] not in seen:
@@ -502,6 +535,8 @@ INVALID = (
     ('gated_delta_rule', 'cu_seqlens_device', 'on one device'),
     ('layer_norm', 'gate_shape', 'gate must have the shape of x'),
     ('layer_norm', 'weight_shape', 'weight must be [C]'),
+    ('short_conv', 'taps_above_max', 'weight must be [C, W]'),
+    ('short_conv', 'packed_conv_with_batch', 'cu_seqlens needs packed inputs'),
 )
 
 
@@ -531,6 +566,9 @@ MUTATIONS = {
         cu_seqlens=_other_device(torch, e['cu_seqlens']))),
     'gate_shape': ({'gated': True}, lambda torch, t, e: t.update(gate=t['gate'][..., :-1].contiguous())),
     'weight_shape': ({'affine': 'weight'}, lambda torch, t, e: t.update(w=t['w'][:-1].contiguous())),
+    'taps_above_max': ({'width': 17}, None),
+    'packed_conv_with_batch': ({'packed': True}, lambda torch, t, e: t.update(
+        x=t['x'].expand(2, *t['x'].shape[1:]).contiguous())),
 }
 
 
@@ -540,7 +578,7 @@ def invalid_cases(ops=None, dtype='bfloat16'):
     for op, mut, expect in INVALID:
         if ops and op not in ops:
             continue
-        c = dict({'op': op, 'dtype': dtype, 'K': 64, 'V': 0 if op in ('hgrn', 'layer_norm') else 48, 'N': 65},
+        c = dict({'op': op, 'dtype': dtype, 'K': 64, 'V': 0 if op in NO_V else 48, 'N': 65},
                  **{a: v[0] for a, v in OP_AXES[op].items()})
         if op == 'chunk_gla':
             c.update(gate='scalar', extra='plain')
@@ -564,10 +602,10 @@ DTYPE_PRIORITY = ('bfloat16', 'float32', 'float16')
 # and the growth with K (the delta rule's 'ieee' dots at K > 64 spill; the other kernels barely grow).
 FIRST_S = {'linear_attn': 11, 'chunk_gla': 14, 'chunk_linear_attn': 10, 'chunk_simple_gla': 11,
            'chunk_retention': 9, 'chunk_rwkv6': 11.5, 'gsa': 17, 'hgrn': 4.5, 'delta_rule': 12.5,
-           'gated_delta_rule': 12.5, 'layer_norm': 3}
+           'gated_delta_rule': 12.5, 'layer_norm': 3, 'short_conv': 3}
 NEXT_SHARE = {'linear_attn': 0.2, 'chunk_gla': 0.4, 'chunk_linear_attn': 0.45, 'chunk_simple_gla': 0.45,
               'chunk_retention': 0.45, 'chunk_rwkv6': 0.5, 'gsa': 0.6, 'hgrn': 0.3, 'delta_rule': 0.6,
-              'gated_delta_rule': 0.6, 'layer_norm': 0.5}
+              'gated_delta_rule': 0.6, 'layer_norm': 0.5, 'short_conv': 0.5}
 K_GROWTH = {'delta': {16: 0.6, 32: 0.7, 48: 0.9, 64: 1.0, 96: 1.8, 128: 3.0, 192: 4.8, 256: 6.5},
             'other': {16: 0.8, 32: 0.85, 48: 0.9, 64: 1.0, 96: 1.1, 128: 1.15, 192: 1.25, 256: 1.3}}
 FP32_FACTOR = 1.3
@@ -1180,7 +1218,7 @@ def smoke_cases():
         c.update(h0=True, final=True) if 'h0' in c else None
         if op == 'chunk_gla':
             c.update(gate='vector', extra='u', reverse=True)
-        if op in ('hgrn', 'layer_norm'):
+        if op in NO_V:
             c['V'] = 0
         if op == 'layer_norm':
             c.update(rms=True, gated=True)

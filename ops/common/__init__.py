@@ -13,9 +13,9 @@ from .checks import (SUPPORTED_DTYPES, check_cu_seqlens, check_dtype, check_init
 from .dispatch import force_reference, recompute_grads, register_op, use_triton
 from .options import (KernelOptions, alloc, cdiv, current_options, dummy, kernel_options, next_power_of_2,
                       num_sms)
-from .varlen import ChunkTable, PackedSeqs, segments, steps
+from .varlen import ChunkTable, PackedSeqs, segments, seq_positions, steps
 
 __all__ = ['SUPPORTED_DTYPES', 'check_cu_seqlens', 'check_dtype', 'check_initial_state', 'check_qkv',
            'check_same_device', 'check_shape', 'force_reference', 'recompute_grads', 'register_op', 'use_triton',
            'KernelOptions', 'alloc', 'cdiv', 'current_options', 'dummy', 'kernel_options', 'next_power_of_2', 'num_sms', 'ChunkTable',
-           'PackedSeqs', 'segments', 'steps']
+           'PackedSeqs', 'segments', 'seq_positions', 'steps']

@@ -34,6 +34,14 @@ def per_sequence(fn, tensors, h0, B, N, cu_seqlens):
     return torch.cat(outs, 1), torch.cat(finals)
 
 
+def seq_positions(n, cu_seqlens, reverse=False):
+    """For each of ``n`` packed tokens: its distance to the start (``reverse``: the end) of its sequence, int64 on
+    ``cu_seqlens``' device (device ops only: no host read)."""
+    t = torch.arange(n, device=cu_seqlens.device)
+    seg = torch.searchsorted(cu_seqlens.to(t.dtype), t, right=True) - 1
+    return cu_seqlens[seg + 1].to(t.dtype) - 1 - t if reverse else t - cu_seqlens[seg].to(t.dtype)
+
+
 def steps(bos, eos, reverse):
     """Token indices of one sequence in recurrence order."""
     return range(eos - 1, bos - 1, -1) if reverse else range(bos, eos)

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 
 from tests.dynamo_compat import contextvars_untraceable
 from vla_mm.ops.common import kernel_options
+from vla_mm.ops.conv import short_conv
 from vla_mm.ops.delta_rule import delta_rule
 from vla_mm.ops.gla import chunk_gla, chunk_retention
 from vla_mm.ops.gsa import gsa
@@ -118,6 +119,16 @@ def _add_norm(x, w, gate):
     return y, s * 2
 
 
+def _conv_inputs():
+    g = _gen(8)
+    return dict(x=torch.randn(1, 9, 6, generator=g), w=torch.randn(6, 4, generator=g), b=torch.randn(6, generator=g))
+
+
+def _conv(x, w, b):
+    cu = torch.tensor([0, 2, 9], dtype=torch.int32)
+    return (short_conv(x, w, b, activation='silu', reverse=True, cu_seqlens=cu), short_conv(x[..., :4], w[:4]))
+
+
 CASES = {
     'linear_attn': (_la, _la_inputs, 'linear_attn'),
     'linear_attn_varlen': (_la_varlen, _la_inputs, 'linear_attn'),
@@ -129,6 +140,7 @@ CASES = {
     'delta_rule': (_delta, _delta_inputs, 'delta_rule'),
     'layer_norm': (_norm, _norm_inputs, 'layer_norm'),
     'add_layer_norm': (_add_norm, _norm_inputs, 'add_layer_norm'),
+    'short_conv': (_conv, _conv_inputs, 'short_conv'),
 }
 
 
@@ -146,7 +158,8 @@ def _run(fn, inputs):
 # every case through the reference; the Triton path (interpreter: slow) once per op
 @pytest.mark.parametrize('case, path', [(c, 'reference') for c in CASES] +
                          [('linear_attn', 'triton'), ('linear_attn_qkv', 'triton'), ('chunk_gla', 'triton'), ('hgrn', 'triton'),
-                          ('delta_rule', 'triton'), ('layer_norm', 'triton'), ('add_layer_norm', 'triton')])
+                          ('delta_rule', 'triton'), ('layer_norm', 'triton'), ('add_layer_norm', 'triton'),
+                          ('short_conv', 'triton')])
 def test_compiled_equals_eager(case, path):
     fn, make, op = CASES[case]
     inputs = make()
@@ -197,6 +210,10 @@ def _opcheck_args(name):
         x, gate = (torch.randn(2, 3, 8, generator=g).requires_grad_() for _ in range(2))
         w, b = (torch.randn(8, generator=g).requires_grad_() for _ in range(2))
         return torch.ops.vla_mm.layer_norm.default, (x, w, b, gate, 1e-5, False, 'bfloat16')
+    if name == 'short_conv':
+        x = torch.randn(1, 7, 5, generator=g).requires_grad_()
+        w, b = torch.randn(5, 3, generator=g).requires_grad_(), torch.randn(5, generator=g).requires_grad_()
+        return torch.ops.vla_mm.short_conv.default, (x, w, b, torch.tensor([0, 3, 7]), 'silu', False)
     x = torch.randn(1, 6, 4, generator=g).requires_grad_()
     gg = F.logsigmoid(torch.randn(1, 6, 4, generator=g)).requires_grad_()
     return torch.ops.vla_mm.hgrn.default, (x, gg, None, None, True, False, True, 16)
@@ -204,7 +221,7 @@ def _opcheck_args(name):
 
 @pytest.mark.parametrize('path', ['reference', 'triton'])
 @pytest.mark.parametrize('name', ['linear_attn', 'linear_attn_qkv', 'chunk_gla', 'hgrn', 'delta_rule', 'layer_norm',
-                                  'add_layer_norm'])
+                                  'add_layer_norm', 'short_conv'])
 def test_opcheck(name, path):
     op, args = _opcheck_args(name)
     with kernel_options(backend=path):

@@ -9,22 +9,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from tests.test_ops.kernel_checks import poison, rel_err  # noqa: F401 (poison: an autouse fixture)
 from vla_mm.ops import gla as gla_ops
 from vla_mm.ops.common import kernel_options
 from vla_mm.ops.gla import (chunk, chunk_a, chunk_gla, chunk_gla_triton, chunk_subblock, gla_recurrent_reference,
                             launch, state)
-
-
-@pytest.fixture(autouse=True)
-def poison():
-    with kernel_options(poison=True):
-        yield
-
-
-def _rel(a, b):
-    a, b = a.double(), b.double()
-    assert torch.isfinite(a).all(), 'non-finite values (unwritten or overflowed)'
-    return ((a - b).norm() / b.norm().clamp_min(1e-300)).item()
 
 
 def _log_gates(shape, strength):
@@ -73,8 +62,8 @@ def _check(B, N, H, K, V, gate='vector', gv=False, u=False, h0=True, reverse=Fal
                                       reverse=reverse)
     grads2 = torch.autograd.grad((o2 * do.double()).sum() + (ht2 * dht.double()).sum(), list(ref_in.values()))
     tol = tol or (1e-5 if dtype == torch.float32 else 1e-2)
-    errs = {'o': _rel(o, o2), 'ht': _rel(ht, ht2)}
-    errs.update({f'd{n}': _rel(a, b) for (n, _), a, b in zip(live, grads, grads2)})
+    errs = {'o': rel_err(o, o2), 'ht': rel_err(ht, ht2)}
+    errs.update({f'd{n}': rel_err(a, b) for (n, _), a, b in zip(live, grads, grads2)})
     print(errs)
     bad = {n: e for n, e in errs.items() if not e < tol}
     assert not bad, f'relative error over {tol}: {bad}'
@@ -408,4 +397,4 @@ def test_cpu_chunk_form_fp32_accuracy(strength, which):
     g = strength * (0.5 + torch.rand(2, 70, 2, 8)).clamp(max=1.0)
     o, _ = gla_chunk_reference(q, k, v, **{which: g})
     o2, _ = gla_recurrent_reference(q.double(), k.double(), v.double(), **{which: g.double()})
-    assert _rel(o, o2) < 1e-6
+    assert rel_err(o, o2) < 1e-6

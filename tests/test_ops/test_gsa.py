@@ -5,20 +5,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from vla_mm.ops.common import kernel_options
+from tests.test_ops.kernel_checks import poison, rel_err  # noqa: F401 (poison: an autouse fixture)
 from vla_mm.ops.gsa import gsa, gsa_recurrent_reference, gsa_triton
-
-
-@pytest.fixture(autouse=True)
-def poison():
-    with kernel_options(poison=True):
-        yield
-
-
-def _rel(a, b):
-    a, b = a.double(), b.double()
-    assert torch.isfinite(a).all(), 'non-finite values'
-    return ((a - b).norm() / b.norm().clamp_min(1e-300)).item()
 
 
 def _check(B, N, H, K, V, M, h0=True, reverse=False, cu=None, dtype=torch.float32, chunk_size=32, g=None):
@@ -43,8 +31,8 @@ def _check(B, N, H, K, V, M, h0=True, reverse=False, cu=None, dtype=torch.float3
                                              output_final_state=True, cu_seqlens=cus, reverse=reverse)
     gr2 = torch.autograd.grad((o2 * do.double()).sum() + (hk2 * dk_.double()).sum() + (hv2 * dv_.double()).sum(),
                               ref)
-    errs = {'o': _rel(o, o2), 'hk': _rel(hk, hk2), 'hv': _rel(hv, hv2)}
-    errs.update({n: _rel(a, b) for n, a, b in zip(['dq', 'dk', 'dv', 'ds', 'dg', 'dhk0', 'dhv0'], gr, gr2)})
+    errs = {'o': rel_err(o, o2), 'hk': rel_err(hk, hk2), 'hv': rel_err(hv, hv2)}
+    errs.update({n: rel_err(a, b) for n, a, b in zip(['dq', 'dk', 'dv', 'ds', 'dg', 'dhk0', 'dhv0'], gr, gr2)})
     print(errs)
     tol = 1e-5 if dtype == torch.float32 else 1e-2
     bad = {n: e for n, e in errs.items() if not e < tol}

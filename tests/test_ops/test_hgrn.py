@@ -7,20 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from vla_mm.ops.common import kernel_options
+from tests.test_ops.kernel_checks import poison, rel_err  # noqa: F401 (poison: an autouse fixture)
 from vla_mm.ops.hgrn import hgrn, hgrn_recurrent_reference, hgrn_triton
-
-
-@pytest.fixture(autouse=True)
-def poison():
-    with kernel_options(poison=True):
-        yield
-
-
-def _rel(a, b):
-    a, b = a.double(), b.double()
-    assert torch.isfinite(a).all(), 'non-finite values'
-    return ((a - b).norm() / b.norm().clamp_min(1e-300)).item()
 
 
 def _check(B, N, D, h0=True, reverse=False, cu=None, dtype=torch.float32, gated=True, chunk=16, strength=None):
@@ -39,8 +27,8 @@ def _check(B, N, D, h0=True, reverse=False, cu=None, dtype=torch.float32, gated=
     o2, ht2 = hgrn_recurrent_reference(ref[0], ref[1], initial_state=ref[2] if h0 else None,
                                        output_final_state=True, cu_seqlens=cus, reverse=reverse, gated_input=gated)
     gr2 = torch.autograd.grad((o2 * do.double()).sum() + (ht2 * dht.double()).sum(), ref)
-    errs = {'o': _rel(o, o2), 'ht': _rel(ht, ht2)}
-    errs.update({n: _rel(a, b) for n, a, b in zip(['dx', 'dg', 'dh0'], gr, gr2)})
+    errs = {'o': rel_err(o, o2), 'ht': rel_err(ht, ht2)}
+    errs.update({n: rel_err(a, b) for n, a, b in zip(['dx', 'dg', 'dh0'], gr, gr2)})
     print(errs)
     tol = 1e-5 if dtype == torch.float32 else 1e-2
     bad = {n: e for n, e in errs.items() if not e < tol}
@@ -85,7 +73,7 @@ def test_hgrn_16bit_strong_gates():
         if dtype == torch.float16:
             assert dg2.abs().max() < 3e-8 and not dg.any()
         else:
-            assert _rel(dg, dg2) < 1e-2
+            assert rel_err(dg, dg2) < 1e-2
 
 
 def test_hgrn_bf16():

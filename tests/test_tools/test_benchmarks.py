@@ -208,9 +208,11 @@ def test_model_benchmark_norm_variants_are_ours_with_that_norm(tmp_path):
     assert {m.min_rows for m in built[1].modules() if isinstance(m, FusedLayerNorm)} == {0}  # the op at every size
     assert len({sum(p.numel() for p in m.parameters()) for m in built}) == 1
     ops = load('ops')
-    assert ops.main(['--smoke', '--out', str(tmp_path / 'ops'), '--ops', 'layer_norm,gated_rms_norm',
+    assert ops.main(['--smoke', '--out', str(tmp_path / 'ops'), '--ops', 'layer_norm,gated_rms_norm,short_conv',
                      '--backend', 'triton', '--launch', '{"norm_bwd": {"loop_stages": 2, "progs_per_sm": 1}}']) == 0
     res = json.load(open(tmp_path / 'ops' / 'results.json'))
     assert res['args']['launch'] == dict(norm_bwd=dict(loop_stages=2, progs_per_sm=1))
-    assert [c['op'] for c in res['checks']] == ['layer_norm', 'gated_rms_norm'] and all(c['ok'] for c in res['checks'])
+    assert [c['op'] for c in res['checks']] == ['layer_norm', 'gated_rms_norm', 'short_conv']
+    assert all(c['ok'] for c in res['checks'])
     assert all(r['torch_fwdbwd_ms'] > 0 for r in res['bench'])
+    assert all(r['cudnn_fwdbwd_ms'] > 0 for r in res['bench'] if r['op'] == 'short_conv')  # the conv1d peer

@@ -69,7 +69,7 @@ def test_design_covers_every_axis_with_every_dtype():
         for d in T.DTYPES:
             cd = [c for c in cs if c['dtype'] == d]
             ks = T.KS if op not in T.WRAPPERS else (64, 128)
-            want = dict(axes, N=T.NS, K=ks, **({} if op in ('hgrn', 'layer_norm') else {'V': T.VS}))
+            want = dict(axes, N=T.NS, K=ks, **({} if op in T.NO_V else {'V': T.VS}))
             for axis, values in want.items():
                 for v in values:
                     assert any(c[axis] == v for c in cd), (op, d, axis, v)

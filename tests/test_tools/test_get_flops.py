@@ -169,6 +169,17 @@ def test_fused_norm_op_is_counted_like_layer_norm():
     assert flops.total() == 2 * 7 * 16 * 5 and not uncounted
 
 
+def test_short_conv_op_is_counted_like_a_depthwise_conv():
+    """One multiply-add per token, channel and tap (mmengine's count of the same ``nn.Conv1d(groups=C)``)."""
+    from vla_mm.ops.conv import short_conv
+    x, w = torch.randn(2, 7, 16), torch.randn(16, 3)
+    flops, uncounted = get_flops.analyze(Call(lambda x, w: short_conv(x, w, activation='silu')), (x, w),
+                                         get_flops.op_handles())
+    assert flops.total() == 2 * 7 * 16 * 3 and not uncounted and flops.by_operator()['short_conv'] == flops.total()
+    conv = torch.nn.Conv1d(16, 16, 3, padding=1, groups=16, bias=False)  # 7 outputs of 3 taps, as the op
+    assert get_flops.analyze(conv, (x.transpose(1, 2), ), get_flops.op_handles())[0].total() == flops.total()
+
+
 def test_sdpa_is_counted():
     q, k, v = (torch.randn(2, 3, 50, 8) for _ in range(3))
     full = 2 * 3 * 50 * 50 * (8 + 8)

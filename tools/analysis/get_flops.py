@@ -188,6 +188,12 @@ def layer_norm_handle(inputs, outputs):
     return math.prod(args['x']) * (5 if _gated(args.get('weight')) else 4)
 
 
+def short_conv_handle(inputs, outputs):
+    """A depthwise convolution: one multiply-add per token, channel and tap (as mmengine counts conv)."""
+    args = op_args(outputs)
+    return math.prod(args['x']) * args['weight'][-1]
+
+
 def sdpa_handle(inputs, outputs):
     args = op_args(outputs)
     q, k, v = (_get(args, n) for n in ('query', 'key', 'value'))
@@ -196,7 +202,8 @@ def sdpa_handle(inputs, outputs):
 
 # op name -> handle: the torch.library custom ops and the autograd Functions of their Triton paths
 HANDLES = {'linear_attn': linear_attn_handle, 'linear_attn_qkv': linear_attn_qkv_handle, 'chunk_gla': chunk_gla_handle,
-           'delta_rule': delta_rule_handle, 'hgrn': hgrn_handle, 'gsa': gsa_handle, 'layer_norm': layer_norm_handle}
+           'delta_rule': delta_rule_handle, 'hgrn': hgrn_handle, 'gsa': gsa_handle, 'layer_norm': layer_norm_handle,
+           'short_conv': short_conv_handle}
 PYTHON_OPS = {'LinearAttnFunction': linear_attn_handle, 'ChunkGLAFunction': chunk_gla_handle,
               'DeltaRuleFunction': delta_rule_handle, 'HGRNFunction': hgrn_handle}
 

@@ -2,7 +2,7 @@
 
     source tools/device_prelude.sh --peers && python3 tools/benchmarks/ops.py --out $OUT [--ops all]
         [--N 1024,4096,16384] [--B 8 --H 12 --K 64 --V 64] [--modes fwd,fwdbwd] [--check] [--host] [--graph]
-        [--profile gla_vector@4096] [--peers fla,sdpa,mamba,vrwkv] [--deadline 540]
+        [--profile gla_vector@4096] [--peers fla,sdpa,mamba,vrwkv,torch,cudnn] [--deadline 540]
     python tools/benchmarks/ops.py --smoke --out /tmp/ops_smoke        # CPU, tiny shapes (CI)
 
 For each op spec (``SPECS``: how to make inputs at B, H, N, K, V, dtype; our call; the float64 reference; the
@@ -226,6 +226,34 @@ def _torch_gated_rms_norm():
                 .to(p['x'].dtype), prepare, cuda_only=False, note='F.rms_norm (fp32) * silu(gate), cast back')
 
 
+def make_short_conv(B, H, N, K, V, dtype, device, W=4):
+    """A mixer's short convolution of its keys: x [B, N, C = H * K] in the run dtype, fp32 weight [C, W] and bias."""
+    C = H * K
+    return dict(x=_randn(B, N, C, dtype=dtype, device=device), w=torch.randn(C, W, device=device) / W ** 0.5,
+                b=torch.randn(C, device=device))
+
+
+def _torch_short_conv(kind):
+    """What the mixers ran before the op ('window': the window view times the weight, summed over taps in fp32)
+    or torch's depthwise conv1d (cuDNN) over the transposed tokens; both + bias, SiLU, cast to x's dtype."""
+    def prepare(x):
+        return {n: x[n].detach().clone().requires_grad_() for n in x}
+
+    def window(p):
+        W = p['w'].shape[-1]
+        o = (F.pad(p['x'], [0, 0, W - 1, 0]).unfold(1, W, 1) * p['w']).sum(-1) + p['b']
+        return F.silu(o).to(p['x'].dtype)
+
+    def conv1d(p):
+        W, N = p['w'].shape[-1], p['x'].shape[1]
+        xt = p['x'].transpose(1, 2)
+        o = F.conv1d(xt, p['w'].to(xt.dtype)[:, None], p['b'].to(xt.dtype), padding=W - 1, groups=xt.shape[1])
+        return F.silu(o[..., :N]).transpose(1, 2)
+    return Peer(window if kind == 'window' else conv1d, prepare, cuda_only=False,
+                note='window view * weight, summed in fp32 (the mixers before the op)' if kind == 'window' else
+                'F.conv1d depthwise on [B, C, N] in x\'s dtype (cuDNN)')
+
+
 def make_selective_scan(B, H, N, K, V, dtype, device, state=16):
     """mamba's layout: u, delta [B, D, L] with D = H * K channels, A [D, state], B, C [B, state, L]."""
     D = H * K
@@ -279,6 +307,7 @@ class _BiWKV(torch.autograd.Function):
 
 
 def _specs():
+    from vla_mm.ops.conv import short_conv, short_conv_reference
     from vla_mm.ops.delta_rule import delta_rule, delta_rule_recurrent
     from vla_mm.ops.gla import chunk_gla, chunk_retention, chunk_rwkv6, gla_recurrent_reference, retention_log_decay
     from vla_mm.ops.gsa import gsa, gsa_recurrent_reference
@@ -371,6 +400,13 @@ def _specs():
                grads=('x', 'gate', 'w'), causal=False,
                note='per-head RMSNorm times swish(gate) over V (the output norm of GLA, RetNet, HGRN, ...)',
                peers=dict(torch=_torch_gated_rms_norm())),
+        OpSpec('short_conv', make_short_conv,
+               lambda x: short_conv(x['x'], x['w'], x['b'], activation='silu'),
+               lambda x: short_conv_reference(x['x'], x['w'], x['b'], 'silu'), grads=('x', 'w', 'b'),
+               note='short convolution, 4 taps + bias + SiLU over C = H * K channels (the mixers\' q / k / v conv)',
+               peers=dict(torch=_torch_short_conv('window'), cudnn=_torch_short_conv('conv1d'),
+                          fla=_fla('fla.modules.causal_conv1d', 'causal_conv1d',
+                                   lambda f, p: f(p['x'], p['w'], p['b'], activation='silu')))),
         # later families: the peers are timed now; ours joins when vla_mm.ops.<family> exists
         OpSpec('selective_scan', make_selective_scan, None, grads=('u', 'delta', 'B', 'C'),
                note='Mamba selective scan, D = H * K channels, state 16 (ours: not in the tree yet)',
@@ -593,8 +629,8 @@ def impl_names(spec, peers, device, log, status):
 # ----------------------------------------------------------------------------------------------- report
 def report(res, out):
     rows = res['bench']
-    peers = [p for p in ('fla', 'sdpa', 'torch', 'mamba', 'vrwkv') if any(f'{p}_fwd_ms' in r or f'{p}_fwdbwd_ms' in r
-                                                                          for r in rows)]
+    peers = [p for p in ('fla', 'sdpa', 'torch', 'cudnn', 'mamba', 'vrwkv')
+             if any(f'{p}_fwd_ms' in r or f'{p}_fwdbwd_ms' in r for r in rows)]
     md = [f"# Op benchmark ({res['env'].get('device')}, {res['args']['dtype']})", '',
           f"torch {res['env'].get('torch')}, triton {res['env'].get('triton')}, fla {res['env'].get('fla', '-')}, "
           f"commit {str(res['env'].get('commit'))[:12]}; copy bandwidth {common.fmt(res.get('copy_TBps'))} TB/s "
@@ -670,7 +706,7 @@ def parse_args(argv=None):
     p.add_argument('--slots', type=int, default=64, help='GSA slots M')
     p.add_argument('--dtype', default='bf16', choices=['bf16', 'fp16', 'fp32'])
     p.add_argument('--modes', default='fwd,fwdbwd')
-    p.add_argument('--peers', default='fla,sdpa,mamba,vrwkv,torch', help="comma-separated, or 'none'")
+    p.add_argument('--peers', default='fla,sdpa,mamba,vrwkv,torch,cudnn', help="comma-separated, or 'none'")
     p.add_argument('--B-at', dest='B_at', type=int, default=4096,
                    help='B is the batch at this N; at other N the batch is B * B_at / N (at least 1), so every N '
                         'moves about the same tokens (8x12x4096, 2x12x16384, 1x12x65536); 0: B at every N')
@@ -745,7 +781,7 @@ def run_benchmark(a):
     if a.host:
         for n in names:
             # ours and the peers without autotuners
-            todo = [i for i in impl_names(specs[n], peers, device, log, {}) if i in ('ours', 'sdpa', 'torch')]
+            todo = [i for i in impl_names(specs[n], peers, device, log, {}) if i in ('ours', 'sdpa', 'torch', 'cudnn')]
             res['host'].append(host_costs(specs[n], todo, a, dtype, device))
             if a.host_profile and specs[n].ours is not None:
                 with open(osp.join(a.out, 'host_profile.md'), 'a') as f:

@@ -19,6 +19,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from vla_mm.ops.common.varlen import seq_positions
+from vla_mm.ops.conv import short_conv
 from vla_mm.ops.norm import layer_norm
 
 from ..layers.norm import fused_norm_ok
@@ -51,13 +53,6 @@ def head_slice(heads: Optional[range]) -> slice:
     return slice(None) if heads is None else slice(heads.start, heads.stop)
 
 
-def _seq_pos(n: int, cu_seqlens: torch.Tensor, reverse: bool) -> torch.Tensor:
-    """For each of ``n`` packed tokens: its distance to the start (``reverse``: the end) of its sequence."""
-    t = torch.arange(n, device=cu_seqlens.device)
-    seg = torch.searchsorted(cu_seqlens.to(t.dtype), t, right=True) - 1
-    return cu_seqlens[seg + 1].to(t.dtype) - 1 - t if reverse else t - cu_seqlens[seg].to(t.dtype)
-
-
 def shift_tokens(x: torch.Tensor, j: int = 1, reverse: bool = False,
                  cu_seqlens: Optional[torch.Tensor] = None) -> torch.Tensor:
     """``x [B, N, ...]`` -> the token ``j`` steps earlier in the pass (``x_{t-j}``; ``x_{t+j}`` when ``reverse``),
@@ -70,7 +65,7 @@ def shift_tokens(x: torch.Tensor, j: int = 1, reverse: bool = False,
         return torch.zeros_like(x)
     out = F.pad(x[:, :n - j], pad + [j, 0]) if not reverse else F.pad(x[:, j:], pad + [0, j])
     if cu_seqlens is not None:
-        keep = _seq_pos(n, cu_seqlens, reverse) >= j
+        keep = seq_positions(n, cu_seqlens, reverse) >= j
         out = out * keep.view(1, n, *([1] * (x.dim() - 2))).to(out.dtype)
     return out
 
@@ -103,7 +98,7 @@ def running_lse(s: torch.Tensor, reverse: bool = False, cu_seqlens: Optional[tor
     # packed: a log-depth scan (step d adds the partial sum d tokens back, within the sequence), so the lengths
     # are never read on the host
     n = s.shape[1]
-    pos = _seq_pos(n, cu_seqlens, reverse).view(1, n, *([1] * (s.dim() - 2)))
+    pos = seq_positions(n, cu_seqlens, reverse).view(1, n, *([1] * (s.dim() - 2)))
     z, d = s, 1
     while d < n:
         z = torch.where(pos >= d, torch.logaddexp(z, shift_tokens(z, d, reverse)), z)
@@ -140,22 +135,12 @@ class ShortConv(nn.Module):
         nn.init.uniform_(self.weight, -1 / math.sqrt(kernel_size), 1 / math.sqrt(kernel_size))  # nn.Conv1d's range
 
     def forward(self, x, heads=None, reverse=False, cu_seqlens=None):
-        W = self.kernel_size
-        w = self.weight.view(-1, x.shape[-1], W)[head_slice(heads)]
-        # window j of token t holds x_{t-(W-1)+j} (x_{t+j} under reverse, so tap i sits at j = W-1-i)
-        pad = [0, 0] * (x.dim() - 2) + ([0, W - 1] if reverse else [W - 1, 0])
-        win = F.pad(x, pad).unfold(1, W, 1)  # [B, N, Hs, d, W], a view
-        if reverse:
-            w = w.flip(-1)
-        if cu_seqlens is not None:  # a tap that would read the neighbouring sequence reads zero
-            steps = torch.arange(W, device=x.device)
-            keep = _seq_pos(x.shape[1], cu_seqlens, reverse)[:, None] >= (steps if reverse else W - 1 - steps)
-            w = w * keep.view(x.shape[1], *([1] * (x.dim() - 2)), W).to(w.dtype)
-        o = (win * w).sum(-1)
-        if self.bias is not None:
-            o = o + self.bias.view(-1, x.shape[-1])[head_slice(heads)]
-        # summed in the weight's fp32, handed on in x's dtype (bf16 under autocast: what the next op's matmuls take)
-        return (F.silu(o) if self.activation == 'silu' else o).to(x.dtype)
+        d = x.shape[-1]
+        w = self.weight.view(-1, d, self.kernel_size)[head_slice(heads)].flatten(0, 1)
+        b = self.bias.view(-1, d)[head_slice(heads)].flatten() if self.bias is not None else None
+        # summed in fp32, handed on in x's dtype (bf16 under autocast: what the next op's matmuls take)
+        y = short_conv(x.flatten(2), w, b, activation=self.activation, reverse=reverse, cu_seqlens=cu_seqlens)
+        return y.view(x.shape)
 
     def extra_repr(self):
         return f'{self.weight.shape[0]}, kernel_size={self.kernel_size}, activation={self.activation}'

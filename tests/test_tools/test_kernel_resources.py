@@ -47,3 +47,13 @@ def test_blocks_per_multiprocessor():
     assert tool.blocks_per_sm(32, 4, 100 * 1024, 90) == 2     # shared memory: 228 KB / 101 KB
     assert tool.blocks_per_sm(16, 2, 0, 90) == 32             # the block limit
     assert tool.blocks_per_sm(None, 4, 0, 90) is None
+
+
+def test_short_conv_kernels_compile_for_hopper_on_every_path(tmp_path):
+    """Dense, and packed + reversed + 3 taps: the interpreter ran a packed path that Triton could not compile
+    (an int64 position load returned where the other constexpr branches returned int32; session 15's GPU sweep)."""
+    rows = run_tool(tmp_path, '--ops', 'short_conv,short_conv_packed')
+    assert [(r['op'], r['kernel']) for r in rows] == [(op, k) for op in ('short_conv', 'short_conv_packed')
+                                                      for k in ('_conv_fwd_kernel', '_conv_bwd_kernel')]
+    for r in rows:
+        assert 'compile error' not in r.get('note', '') and r['registers'] > 0 and r['spill_stores'] == 0, r

@@ -233,6 +233,15 @@ def make_short_conv(B, H, N, K, V, dtype, device, W=4):
                 b=torch.randn(C, device=device))
 
 
+def make_short_conv_packed(B, H, N, K, V, dtype, device):
+    """The B sequences packed into one (x [1, B N, C] + cu_seqlens), 3 taps, run right to left: the packed,
+    reversed and non-power-of-two paths of the kernels, at the cost of the plain call's data."""
+    x = make_short_conv(B, H, N, K, V, dtype, device, W=3)
+    x['x'] = x['x'].reshape(1, B * N, -1)
+    x['cu_seqlens'] = torch.arange(0, B * N + 1, N, dtype=torch.int32, device=device)
+    return x
+
+
 def _torch_short_conv(kind):
     """What the mixers ran before the op ('window': the window view times the weight, summed over taps in fp32)
     or torch's depthwise conv1d (cuDNN) over the transposed tokens; both + bias, SiLU, cast to x's dtype."""
@@ -407,6 +416,12 @@ def _specs():
                peers=dict(torch=_torch_short_conv('window'), cudnn=_torch_short_conv('conv1d'),
                           fla=_fla('fla.modules.causal_conv1d', 'causal_conv1d',
                                    lambda f, p: f(p['x'], p['w'], p['b'], activation='silu')))),
+        OpSpec('short_conv_packed', make_short_conv_packed,
+               lambda x: short_conv(x['x'], x['w'], x['b'], activation='silu', reverse=True,
+                                    cu_seqlens=x['cu_seqlens']),
+               lambda x: short_conv_reference(x['x'], x['w'], x['b'], 'silu', True, x['cu_seqlens']),
+               grads=('x', 'w', 'b'), base='short_conv',
+               note='short_conv with the B sequences packed (cu_seqlens), reversed, 3 taps'),
         # later families: the peers are timed now; ours joins when vla_mm.ops.<family> exists
         OpSpec('selective_scan', make_selective_scan, None, grads=('u', 'delta', 'B', 'C'),
                note='Mamba selective scan, D = H * K channels, state 16 (ours: not in the tree yet)',

@@ -25,10 +25,12 @@ from ..common.options import alloc, cdiv, current_options, declare_launch, next_
 MAX_W = 16
 # launch settings (kernel_options(launch={'short_conv_fwd' | 'short_conv_bwd': {...}}) overrides them): token
 # rows and channels of a tile, warps, and for the backward the programs per SM its token-range split aims at
-# (offline sm_90, C = 384 bf16: the backward at 32 x 128 spills at 4 warps, 255 registers; 16 x 64 takes 139)
+# (offline sm_90, C = 384 bf16: the backward at 32 x 128 spills at 4 warps, 255 registers; 16 x 64 takes 139);
+# shared_taps: the backward reads the 2W - 1 tiles around its own once for every neighbour's pre-activation
+# (W x W tile reads before; not yet timed on a GPU)
 LAUNCH_DEFAULTS = MappingProxyType(dict(
     short_conv_fwd=MappingProxyType(dict(block_t=32, block_c=128, num_warps=4)),
-    short_conv_bwd=MappingProxyType(dict(block_t=16, block_c=64, num_warps=4, progs_per_sm=4))))
+    short_conv_bwd=MappingProxyType(dict(block_t=16, block_c=64, num_warps=4, progs_per_sm=4, shared_taps=False))))
 declare_launch(LAUNCH_DEFAULTS['short_conv_fwd'], 'short_conv_fwd')
 declare_launch(LAUNCH_DEFAULTS['short_conv_bwd'], 'short_conv_bwd')
 
@@ -79,7 +81,7 @@ def _conv_fwd_kernel(x, w, b, pos, y, N, C, sxb, sxn, W: tl.constexpr, BT: tl.co
 @jit
 def _conv_bwd_kernel(x, w, b, pos, dy, dx, dw, db, N, C, sxb, sxn, sdb, sdn, tiles_per_prog, W: tl.constexpr,
                      WP: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr, HAS_B: tl.constexpr, SILU: tl.constexpr,
-                     REVERSE: tl.constexpr, VARLEN: tl.constexpr):
+                     REVERSE: tl.constexpr, VARLEN: tl.constexpr, SHARED: tl.constexpr):
     i_c, i_s, i_b = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     c = i_c * BC + tl.arange(0, BC)
     mc = c < C
@@ -92,8 +94,16 @@ def _conv_bwd_kernel(x, w, b, pos, dy, dx, dw, db, N, C, sxb, sxn, sdb, sdn, til
         t = (i_s * tiles_per_prog + it) * BT + tl.arange(0, BT)
         mt = t < N
         p = _pos(pos, t, mt, N, REVERSE, VARLEN)
-        xt = tl.load(xb + t.to(tl.int64)[:, None] * sxn + c[None, :], mask=mt[:, None] & mc[None, :],
-                     other=0.).to(tl.float32)
+        if SILU and SHARED:  # the 2W - 1 tiles around t, o = s - (W - 1) steps later in the pass, read once
+            xs = ()
+            for s in tl.static_range(2 * W - 1):
+                r = t - (s - (W - 1)) if REVERSE else t + (s - (W - 1))
+                xs = xs + (tl.load(xb + r.to(tl.int64)[:, None] * sxn + c[None, :],
+                                   mask=(mt & (r >= 0) & (r < N))[:, None] & mc[None, :], other=0.).to(tl.float32),)
+            xt = xs[W - 1]
+        else:
+            xt = tl.load(xb + t.to(tl.int64)[:, None] * sxn + c[None, :], mask=mt[:, None] & mc[None, :],
+                         other=0.).to(tl.float32)
         dxt = tl.zeros([BT, BC], dtype=tl.float32)
         for j in tl.static_range(W):
             d = W - 1 - j  # x_t is tap j of token u, d steps later in the pass
@@ -104,7 +114,15 @@ def _conv_bwd_kernel(x, w, b, pos, dy, dx, dw, db, N, C, sxb, sxn, sdb, sdn, til
             g = tl.load(dyb + u.to(tl.int64)[:, None] * sdn + c[None, :], mask=ok[:, None] & mc[None, :],
                         other=0.).to(tl.float32)
             if SILU:
-                a = _pre(xb, w, b, u, pu, ok, c, mc, sxn, W, BT, BC, HAS_B, REVERSE)
+                if SHARED:  # tap i of u is the tile d + i of xs (the index spelt in constexprs: d is a variable)
+                    a = tl.zeros([BT, BC], dtype=tl.float32)
+                    for i in tl.static_range(W):
+                        wi = tl.load(w + c * W + i, mask=mc, other=0.).to(tl.float32)
+                        a += tl.where((ok & (pu >= W - 1 - i))[:, None], xs[W - 1 - j + i], 0.) * wi[None, :]
+                    if HAS_B:
+                        a += tl.load(b + c, mask=mc, other=0.).to(tl.float32)[None, :]
+                else:
+                    a = _pre(xb, w, b, u, pu, ok, c, mc, sxn, W, BT, BC, HAS_B, REVERSE)
                 sg = tl.sigmoid(a)
                 g = g * sg * (1. + a * (1. - sg))
             dxt += g * tl.load(w + c * W + j, mask=mc, other=0.).to(tl.float32)[None, :]
@@ -170,5 +188,5 @@ def short_conv_bwd(dy, x, weight, bias, pos, activation, reverse):
         x, weight, bias if bias is not None else weight, pos if pos is not None else weight, dy, dx, dw, db, N, C,
         x.stride(0), x.stride(1), dy.stride(0), dy.stride(1), per_prog, W=W, WP=next_power_of_2(W), BT=BT, BC=BC,
         HAS_B=bias is not None, SILU=activation == 'silu', REVERSE=reverse, VARLEN=pos is not None,
-        num_warps=cfg['num_warps'])
+        SHARED=bool(cfg['shared_taps']), num_warps=cfg['num_warps'])
     return dx, dw.sum(0).to(weight.dtype), (db.sum(0).to(bias.dtype) if bias is not None else None)

@@ -83,3 +83,13 @@ def test_cpu_call_runs_the_reference_and_checks_arguments():
         short_conv(x, w, activation='gelu')
     with pytest.raises(ValueError, match='B == 1'):
         short_conv(torch.randn(2, 5, 8), w, cu_seqlens=torch.tensor([0, 5]))
+
+
+@pytest.mark.parametrize('reverse,cu', [(False, None), (True, [0, 1, 3, 6, 29, 60])])
+def test_short_conv_backward_with_shared_taps(reverse, cu):
+    # the backward variant that reads the 2W - 1 tiles around its own once (launch option shared_taps)
+    launch = {n: dict(v) for n, v in SMALL_TILES.items()}
+    launch['short_conv_bwd']['shared_taps'] = True
+    with kernel_options(launch=launch):
+        _check(1 if cu else 2, 60, 24, reverse=reverse, cu=cu)
+        _check(2, 37, 40, W=3, act='silu', reverse=not reverse, bias=False)

@@ -51,9 +51,13 @@ def test_blocks_per_multiprocessor():
 
 def test_short_conv_kernels_compile_for_hopper_on_every_path(tmp_path):
     """Dense, and packed + reversed + 3 taps: the interpreter ran a packed path that Triton could not compile
-    (an int64 position load returned where the other constexpr branches returned int32; session 15's GPU sweep)."""
-    rows = run_tool(tmp_path, '--ops', 'short_conv,short_conv_packed')
+    (an int64 position load returned where the other constexpr branches returned int32; session 15's GPU sweep);
+    the backward's shared_taps variant too (a tuple index must be spelt in constexprs to compile)."""
+    rows = run_tool(tmp_path / 'default', '--ops', 'short_conv,short_conv_packed')
     assert [(r['op'], r['kernel']) for r in rows] == [(op, k) for op in ('short_conv', 'short_conv_packed')
                                                       for k in ('_conv_fwd_kernel', '_conv_bwd_kernel')]
-    for r in rows:
+    shared = run_tool(tmp_path / 'shared', '--ops', 'short_conv,short_conv_packed', '--launch',
+                      '{"short_conv_bwd": {"shared_taps": true}}')
+    assert [r['kernel'] for r in shared] == [r['kernel'] for r in rows]
+    for r in rows + shared:
         assert 'compile error' not in r.get('note', '') and r['registers'] > 0 and r['spill_stores'] == 0, r

@@ -22,6 +22,7 @@ from vla_mm.ops.gsa import gsa
 from vla_mm.ops.hgrn import hgrn
 from vla_mm.ops.linear_attn import linear_attn, linear_attn_qkv
 from vla_mm.ops.norm import add_layer_norm, layer_norm
+from vla_mm.ops.reduce import sum_rows
 
 
 def _gen(seed=0):
@@ -129,6 +130,10 @@ def _conv(x, w, b):
     return (short_conv(x, w, b, activation='silu', reverse=True, cu_seqlens=cu), short_conv(x[..., :4], w[:4]))
 
 
+def _sum_rows(x, w, b):
+    return (sum_rows(x[..., :4]), )
+
+
 CASES = {
     'linear_attn': (_la, _la_inputs, 'linear_attn'),
     'linear_attn_varlen': (_la_varlen, _la_inputs, 'linear_attn'),
@@ -141,6 +146,7 @@ CASES = {
     'layer_norm': (_norm, _norm_inputs, 'layer_norm'),
     'add_layer_norm': (_add_norm, _norm_inputs, 'add_layer_norm'),
     'short_conv': (_conv, _conv_inputs, 'short_conv'),
+    'sum_rows': (_sum_rows, _conv_inputs, 'sum_rows'),
 }
 
 
@@ -159,7 +165,7 @@ def _run(fn, inputs):
 @pytest.mark.parametrize('case, path', [(c, 'reference') for c in CASES] +
                          [('linear_attn', 'triton'), ('linear_attn_qkv', 'triton'), ('chunk_gla', 'triton'), ('hgrn', 'triton'),
                           ('delta_rule', 'triton'), ('layer_norm', 'triton'), ('add_layer_norm', 'triton'),
-                          ('short_conv', 'triton')])
+                          ('short_conv', 'triton'), ('sum_rows', 'triton')])
 def test_compiled_equals_eager(case, path):
     fn, make, op = CASES[case]
     inputs = make()
@@ -214,6 +220,8 @@ def _opcheck_args(name):
         x = torch.randn(1, 7, 5, generator=g).requires_grad_()
         w, b = torch.randn(5, 3, generator=g).requires_grad_(), torch.randn(5, generator=g).requires_grad_()
         return torch.ops.vla_mm.short_conv.default, (x, w, b, torch.tensor([0, 3, 7]), 'silu', False)
+    if name == 'sum_rows':
+        return torch.ops.vla_mm.sum_rows.default, (torch.randn(2, 7, 5, generator=g).requires_grad_(),)
     x = torch.randn(1, 6, 4, generator=g).requires_grad_()
     gg = F.logsigmoid(torch.randn(1, 6, 4, generator=g)).requires_grad_()
     return torch.ops.vla_mm.hgrn.default, (x, gg, None, None, True, False, True, 16)
@@ -221,7 +229,7 @@ def _opcheck_args(name):
 
 @pytest.mark.parametrize('path', ['reference', 'triton'])
 @pytest.mark.parametrize('name', ['linear_attn', 'linear_attn_qkv', 'chunk_gla', 'hgrn', 'delta_rule', 'layer_norm',
-                                  'add_layer_norm', 'short_conv'])
+                                  'add_layer_norm', 'short_conv', 'sum_rows'])
 def test_opcheck(name, path):
     op, args = _opcheck_args(name)
     with kernel_options(backend=path):

@@ -194,6 +194,11 @@ def short_conv_handle(inputs, outputs):
     return math.prod(args['x']) * args['weight'][-1]
 
 
+def zero_handle(inputs, outputs):
+    """A reduction (``sum_rows``): zero, as mmengine counts reductions."""
+    return 0
+
+
 def sdpa_handle(inputs, outputs):
     args = op_args(outputs)
     q, k, v = (_get(args, n) for n in ('query', 'key', 'value'))
@@ -203,7 +208,7 @@ def sdpa_handle(inputs, outputs):
 # op name -> handle: the torch.library custom ops and the autograd Functions of their Triton paths
 HANDLES = {'linear_attn': linear_attn_handle, 'linear_attn_qkv': linear_attn_qkv_handle, 'chunk_gla': chunk_gla_handle,
            'delta_rule': delta_rule_handle, 'hgrn': hgrn_handle, 'gsa': gsa_handle, 'layer_norm': layer_norm_handle,
-           'short_conv': short_conv_handle}
+           'short_conv': short_conv_handle, 'sum_rows': zero_handle}
 PYTHON_OPS = {'LinearAttnFunction': linear_attn_handle, 'ChunkGLAFunction': chunk_gla_handle,
               'DeltaRuleFunction': delta_rule_handle, 'HGRNFunction': hgrn_handle}
 

@@ -2,7 +2,7 @@
 
     source tools/device_prelude.sh --peers && python3 tools/benchmarks/ops.py --out $OUT [--ops all]
         [--N 1024,4096,16384] [--B 8 --H 12 --K 64 --V 64] [--modes fwd,fwdbwd] [--check] [--host] [--graph]
-        [--profile gla_vector@4096] [--peers fla,sdpa,mamba,vrwkv,torch,cudnn] [--deadline 540]
+        [--profile gla_vector@4096] [--peers fla,sdpa,mamba,vrwkv,torch,cudnn,cublas] [--deadline 540]
     python tools/benchmarks/ops.py --smoke --out /tmp/ops_smoke        # CPU, tiny shapes (CI)
 
 For each op spec (``SPECS``: how to make inputs at B, H, N, K, V, dtype; our call; the float64 reference; the
@@ -226,6 +226,26 @@ def _torch_gated_rms_norm():
                 .to(p['x'].dtype), prepare, cuda_only=False, note='F.rms_norm (fp32) * silu(gate), cast back')
 
 
+def make_sum_rows(B, H, N, K, V, dtype, device):
+    """A linear layer's output gradient: [B N, C = H * K] in the run dtype (the bias gradient sums its rows)."""
+    return dict(x=_randn(B * N, H * K, dtype=dtype, device=device))
+
+
+def _torch_sum_rows(kind):
+    """What autograd runs for a linear layer's bias gradient (``sum(0)`` in the gradient's dtype), or the same
+    sum as a matrix product with a ones row (cuBLAS)."""
+    def prepare(x):
+        return {n: x[n].detach().clone().requires_grad_() for n in x}
+
+    def call(p):
+        if kind == 'sum':
+            return p['x'].sum(0)
+        return (p['x'].new_ones(1, p['x'].shape[0]) @ p['x'])[0]
+    return Peer(call, prepare, cuda_only=False,
+                note='x.sum(0) in x\'s dtype (AddmmBackward\'s bias gradient)' if kind == 'sum' else
+                'ones[1, M] @ x (cuBLAS)')
+
+
 def make_short_conv(B, H, N, K, V, dtype, device, W=4):
     """A mixer's short convolution of its keys: x [B, N, C = H * K] in the run dtype, fp32 weight [C, W] and bias."""
     C = H * K
@@ -323,6 +343,7 @@ def _specs():
     from vla_mm.ops.hgrn import hgrn, hgrn_recurrent_reference
     from vla_mm.ops.linear_attn import linear_attn, linear_attn_reference
     from vla_mm.ops.norm import add_layer_norm, layer_norm, norm_reference
+    from vla_mm.ops.reduce import sum_rows, sum_rows_reference
 
     def gla_ref(x):
         return gla_recurrent_reference(x['q'], x['k'], x['v'], gk=x.get('g'), u=x.get('u'),
@@ -416,6 +437,10 @@ def _specs():
                peers=dict(torch=_torch_short_conv('window'), cudnn=_torch_short_conv('conv1d'),
                           fla=_fla('fla.modules.causal_conv1d', 'causal_conv1d',
                                    lambda f, p: f(p['x'], p['w'], p['b'], activation='silu')))),
+        OpSpec('sum_rows', make_sum_rows, lambda x: sum_rows(x['x']), lambda x: sum_rows_reference(x['x']),
+               grads=('x',), causal=False,
+               note='rows summed (a linear layer\'s bias gradient), [B N, C = H * K]: the forward is what counts',
+               peers=dict(torch=_torch_sum_rows('sum'), cublas=_torch_sum_rows('mm'))),
         OpSpec('short_conv_packed', make_short_conv_packed,
                lambda x: short_conv(x['x'], x['w'], x['b'], activation='silu', reverse=True,
                                     cu_seqlens=x['cu_seqlens']),
@@ -644,7 +669,7 @@ def impl_names(spec, peers, device, log, status):
 # ----------------------------------------------------------------------------------------------- report
 def report(res, out):
     rows = res['bench']
-    peers = [p for p in ('fla', 'sdpa', 'torch', 'cudnn', 'mamba', 'vrwkv')
+    peers = [p for p in ('fla', 'sdpa', 'torch', 'cudnn', 'cublas', 'mamba', 'vrwkv')
              if any(f'{p}_fwd_ms' in r or f'{p}_fwdbwd_ms' in r for r in rows)]
     md = [f"# Op benchmark ({res['env'].get('device')}, {res['args']['dtype']})", '',
           f"torch {res['env'].get('torch')}, triton {res['env'].get('triton')}, fla {res['env'].get('fla', '-')}, "
@@ -721,7 +746,7 @@ def parse_args(argv=None):
     p.add_argument('--slots', type=int, default=64, help='GSA slots M')
     p.add_argument('--dtype', default='bf16', choices=['bf16', 'fp16', 'fp32'])
     p.add_argument('--modes', default='fwd,fwdbwd')
-    p.add_argument('--peers', default='fla,sdpa,mamba,vrwkv,torch,cudnn', help="comma-separated, or 'none'")
+    p.add_argument('--peers', default='fla,sdpa,mamba,vrwkv,torch,cudnn,cublas', help="comma-separated, or 'none'")
     p.add_argument('--B-at', dest='B_at', type=int, default=4096,
                    help='B is the batch at this N; at other N the batch is B * B_at / N (at least 1), so every N '
                         'moves about the same tokens (8x12x4096, 2x12x16384, 1x12x65536); 0: B at every N')
@@ -796,7 +821,7 @@ def run_benchmark(a):
     if a.host:
         for n in names:
             # ours and the peers without autotuners
-            todo = [i for i in impl_names(specs[n], peers, device, log, {}) if i in ('ours', 'sdpa', 'torch', 'cudnn')]
+            todo = [i for i in impl_names(specs[n], peers, device, log, {}) if i in ('ours', 'sdpa', 'torch', 'cudnn', 'cublas')]
             res['host'].append(host_costs(specs[n], todo, a, dtype, device))
             if a.host_profile and specs[n].ours is not None:
                 with open(osp.join(a.out, 'host_profile.md'), 'a') as f:

@@ -195,13 +195,16 @@ def test_model_benchmark_cached_suffix_times_the_same_model_with_the_launch_cach
 
 def test_model_benchmark_norm_variants_are_ours_with_that_norm(tmp_path):
     """The fused-norm A/B: ``ours`` (the backbone's default) and ``ours_fused_ln`` have our fused LayerNorm in every
-    norm, ``ours_ln`` torch's, with the same parameters; the norm ops get their specs (our op and the torch peer,
-    checked against float64)."""
+    norm, ``ours_ln`` torch's, with the same parameters; ``ours_bias_grad`` has every linear a BiasGradLinear; the
+    norm ops get their specs (our op and the torch peer, checked against float64)."""
     from vla_mm.models.layers import FusedLayerNorm
     models = load('models')
     a = models.parse_args(['--smoke', '--out', str(tmp_path)])
     bcfg = models.backbone_cfg(a)
-    built = [models.build(n, 32, a, torch.device('cpu'), bcfg) for n in ('ours', 'ours_fused_ln', 'ours_ln')]
+    built = [models.build(n, 32, a, torch.device('cpu'), bcfg) for n in ('ours', 'ours_fused_ln', 'ours_ln',
+                                                                          'ours_bias_grad')]
+    linears = [[type(m).__name__ for m in x.modules() if isinstance(m, torch.nn.Linear)] for x in built]
+    assert set(linears[0]) == {'Linear'} and linears[3] == ['BiasGradLinear'] * len(linears[0])  # head included
     norms = [[type(m) for m in x.modules() if isinstance(m, torch.nn.LayerNorm)] for x in built]
     assert norms[2] and all(t is torch.nn.LayerNorm for t in norms[2])
     assert norms[0] == norms[1] == [FusedLayerNorm] * len(norms[2])

@@ -27,6 +27,8 @@ Models, each an image classifier (backbone, mean pool over tokens, linear head, 
   ours_fused_ln, ours_ln  (only when asked for) ``ours`` with the fused LayerNorm op at every size
              (``norm_cfg=dict(type='FusedLN', min_rows=0)``, ``vla_mm.ops.norm``; the default ``FusedLN`` takes
              the op from ``MIN_ROWS`` rows) / with torch's LayerNorm (``'LN'``): the A/B of the fused norm.
+  ours_bias_grad  (only when asked for) ``ours`` with every linear layer a ``BiasGradLinear`` (its bias gradient
+             from ``vla_mm.ops.reduce.sum_rows``, not torch's ``sum(0)``): that op's A/B in the model.
   <model>+cached  (only when asked for) any of our models timed with ``kernel_options(launch_cache=True)``
              (launches through the compiled kernels' cached handles): the launch cache's A/B in one process.
 cuDNN's autotuner is on (``torch.backends.cudnn.benchmark``, as timm's own benchmark sets it: the patch
@@ -85,6 +87,8 @@ MODELS = ('ours', 'timm_op', 'timm_sdpa')
 SDPA = 'timm_sdpa'
 # ours with this norm_cfg: ours_fused_ln takes the fused op at every size (the default only from MIN_ROWS rows)
 OURS_NORMS = {'ours_fused_ln': dict(type='FusedLN', eps=1e-6, min_rows=0), 'ours_ln': dict(type='LN', eps=1e-6)}
+# ours with every linear layer's bias gradient from vla_mm.ops.reduce.sum_rows (BiasGradLinear)
+BIAS_GRAD = 'ours_bias_grad'
 CACHED = '+cached'   # model-name suffix: the same model timed with launch_cache=True
 # ours has no class token and takes the final norm on every token before the mean: timm the same way
 TIMM_KWARGS = dict(class_token=False, global_pool='avg', fc_norm=False)
@@ -232,6 +236,9 @@ def build(name, res, a, device, bcfg, layers=None):
     name = name.removesuffix(CACHED)
     if name == 'ours':
         return build_ours(bcfg, res, a, device, layers)
+    if name == BIAS_GRAD:
+        from vla_mm.models.layers import use_bias_grad_op
+        return use_bias_grad_op(build_ours(bcfg, res, a, device, layers))
     if name in OURS_NORMS:
         return build_ours(dict(bcfg, norm_cfg=OURS_NORMS[name]), res, a, device, layers)
     if name.startswith('timm_'):
@@ -792,7 +799,7 @@ def parse_args(argv=None):
     p.add_argument('--out', required=True)
     p.add_argument('--res', default='224,512,1024,2048,4096')
     p.add_argument('--batch', default='256,64,16,4,1', help='one batch per resolution')
-    p.add_argument('--models', default=None, help="of ours,timm_op,timm_sdpa,ours_fused_ln,ours_ln (+cached: with the "
+    p.add_argument('--models', default=None, help="of ours,timm_op,timm_sdpa,ours_fused_ln,ours_ln,ours_bias_grad (+cached: with the "
                                                   "launch cache) ('none' for none; "
                                                   "default: the first three, or timm_sdpa alone with --mixers)")
     p.add_argument('--mixers', default='', help="zoo mixers whose Small models are timed, comma-separated, or 'all'")

@@ -799,9 +799,9 @@ def parse_args(argv=None):
     p.add_argument('--out', required=True)
     p.add_argument('--res', default='224,512,1024,2048,4096')
     p.add_argument('--batch', default='256,64,16,4,1', help='one batch per resolution')
-    p.add_argument('--models', default=None, help="of ours,timm_op,timm_sdpa,ours_fused_ln,ours_ln,ours_bias_grad (+cached: with the "
-                                                  "launch cache) ('none' for none; "
-                                                  "default: the first three, or timm_sdpa alone with --mixers)")
+    p.add_argument('--models', default=None,
+                   help="of ours,timm_op,timm_sdpa,ours_fused_ln,ours_ln,ours_bias_grad (+cached: with the launch "
+                        "cache) ('none' for none; default: the first three, or timm_sdpa alone with --mixers)")
     p.add_argument('--mixers', default='', help="zoo mixers whose Small models are timed, comma-separated, or 'all'")
     p.add_argument('--routes', default='uni', help='scan routes of the directional --mixers, e.g. uni,bi,cross')
     p.add_argument('--route-res', default='', help='resolutions of the route variants (default: every --res)')

@@ -821,7 +821,8 @@ def run_benchmark(a):
     if a.host:
         for n in names:
             # ours and the peers without autotuners
-            todo = [i for i in impl_names(specs[n], peers, device, log, {}) if i in ('ours', 'sdpa', 'torch', 'cudnn', 'cublas')]
+            todo = [i for i in impl_names(specs[n], peers, device, log, {})
+                    if i in ('ours', 'sdpa', 'torch', 'cudnn', 'cublas')]
             res['host'].append(host_costs(specs[n], todo, a, dtype, device))
             if a.host_profile and specs[n].ours is not None:
                 with open(osp.join(a.out, 'host_profile.md'), 'a') as f:

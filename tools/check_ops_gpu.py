@@ -56,8 +56,8 @@ TOL = {'float32': 1e-4, 'bfloat16': 1e-2, 'float16': 1e-2}
 # errors after which the CUDA context is lost: the worker records the case and exits
 STICKY_ERRORS = ('illegal memory access', 'CUDA error', 'Triton Error [CUDA]', 'misaligned address',
                  'unspecified launch failure', 'illegal instruction')
-FAMILIES = ('linear_attn', 'gla', 'gsa', 'hgrn', 'delta_rule', 'norm', 'conv')
-NO_V = ('hgrn', 'layer_norm', 'short_conv')  # ops without a value dim (V = 0 in their cases)
+FAMILIES = ('linear_attn', 'gla', 'gsa', 'hgrn', 'delta_rule', 'norm', 'conv', 'reduce')
+NO_V = ('hgrn', 'layer_norm', 'short_conv', 'sum_rows')  # ops without a value dim (V = 0 in their cases)
 RISKY_K = 96          # 16-bit cases at K >= this run in their own worker per op (issue 15's crash)
 B, H = 1, 2
 
@@ -423,18 +423,41 @@ class ShortConv(Op):
                                                          a['cu_seqlens'])}
 
 
+class SumRows(Op):
+    """The sum over rows of ``[B, N, C = H * K]`` (V unused), contiguous or with strided rows (a column slice)."""
+    name = 'sum_rows'
+    axes = {'strided': (False, True)}
+    uses_v = False
+
+    def make(self, torch, c, gen, dev):
+        C = H * c['K']
+        x = torch.randn(B, c['N'], C + (8 if c['strided'] else 0), generator=gen, dtype=torch.float64, device=dev)
+        return {'x': x}, {}
+
+    def _x(self, t, c):
+        return t['x'][..., :H * c['K']]
+
+    def run(self, t, c, extra, impl):
+        fn = self.ops.reduce.sum_rows_triton if impl == 'triton' else self.ops.reduce.sum_rows
+        return {'o': fn(self._x(t, c))}
+
+    def ref(self, t, c, extra):
+        return {'o': self.ops.reduce.sum_rows_reference(self._x(t, c))}
+
+
 def make_ops(ops):
     return [LinearAttn(ops), ChunkGLA(ops), GLAWrapper(ops, 'chunk_linear_attn', 'none'),
             GLAWrapper(ops, 'chunk_simple_gla', 'scalar'), GLAWrapper(ops, 'chunk_retention', 'none'),
             GLAWrapper(ops, 'chunk_rwkv6', 'vector', 'u'), GSA(ops), HGRN(ops), DeltaRule(ops, False),
-            DeltaRule(ops, True), LayerNorm(ops), ShortConv(ops)]
+            DeltaRule(ops, True), LayerNorm(ops), ShortConv(ops), SumRows(ops)]
 
 
 OP_AXES = {'linear_attn': LinearAttn.axes, 'chunk_gla': ChunkGLA.axes, 'chunk_linear_attn': _Recurrent.axes,
            'chunk_simple_gla': _Recurrent.axes, 'chunk_retention': _Recurrent.axes, 'chunk_rwkv6': _Recurrent.axes,
            'gsa': GSA.axes, 'hgrn': HGRN.axes,
            'delta_rule': {k: v for k, v in _Recurrent.axes.items() if k != 'gates'},
-           'gated_delta_rule': _Recurrent.axes, 'layer_norm': LayerNorm.axes, 'short_conv': ShortConv.axes}
+           'gated_delta_rule': _Recurrent.axes, 'layer_norm': LayerNorm.axes, 'short_conv': ShortConv.axes,
+           'sum_rows': SumRows.axes}
 WRAPPERS = ('chunk_linear_attn', 'chunk_simple_gla', 'chunk_retention', 'chunk_rwkv6')
 OP_RULES = {'linear_attn': (LinearAttn.rules, LinearAttn.repair), 'layer_norm': (LayerNorm.rules, LayerNorm.repair)}
 
@@ -602,10 +625,10 @@ DTYPE_PRIORITY = ('bfloat16', 'float32', 'float16')
 # and the growth with K (the delta rule's 'ieee' dots at K > 64 spill; the other kernels barely grow).
 FIRST_S = {'linear_attn': 11, 'chunk_gla': 14, 'chunk_linear_attn': 10, 'chunk_simple_gla': 11,
            'chunk_retention': 9, 'chunk_rwkv6': 11.5, 'gsa': 17, 'hgrn': 4.5, 'delta_rule': 12.5,
-           'gated_delta_rule': 12.5, 'layer_norm': 3, 'short_conv': 3}
+           'gated_delta_rule': 12.5, 'layer_norm': 3, 'short_conv': 3, 'sum_rows': 2}
 NEXT_SHARE = {'linear_attn': 0.2, 'chunk_gla': 0.4, 'chunk_linear_attn': 0.45, 'chunk_simple_gla': 0.45,
               'chunk_retention': 0.45, 'chunk_rwkv6': 0.5, 'gsa': 0.6, 'hgrn': 0.3, 'delta_rule': 0.6,
-              'gated_delta_rule': 0.6, 'layer_norm': 0.5, 'short_conv': 0.5}
+              'gated_delta_rule': 0.6, 'layer_norm': 0.5, 'short_conv': 0.5, 'sum_rows': 0.3}
 K_GROWTH = {'delta': {16: 0.6, 32: 0.7, 48: 0.9, 64: 1.0, 96: 1.8, 128: 3.0, 192: 4.8, 256: 6.5},
             'other': {16: 0.8, 32: 0.85, 48: 0.9, 64: 1.0, 96: 1.1, 128: 1.15, 192: 1.25, 256: 1.3}}
 FP32_FACTOR = 1.3

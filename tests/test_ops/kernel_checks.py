@@ -8,7 +8,9 @@ from vla_mm.ops.common import kernel_options
 
 @pytest.fixture(autouse=True)
 def poison():
-    """Imported by a test module, runs every test of it under ``kernel_options(poison=True)``."""
+    """Imported by a test module, runs every test of it under ``kernel_options(poison=True)``, from a fresh random
+    seed (printed: a failure can be replayed with ``torch.manual_seed``)."""
+    print(f'seed {torch.seed()}')
     with kernel_options(poison=True):
         yield
 

@@ -10,25 +10,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from tests.test_ops.kernel_checks import poison  # noqa: F401 (an autouse fixture)
+from tests.test_ops.kernel_checks import rel_err as rel
 from vla_mm.ops.delta_rule import chunk, delta_rule, delta_rule_chunked, delta_rule_recurrent, delta_rule_triton
 
 TOL = {torch.float32: 1e-5, torch.bfloat16: 1e-2, torch.float16: 1e-2}
 NAMES = ('q', 'k', 'v', 'beta', 'g', 'initial_state')
-
-
-@pytest.fixture(autouse=True)
-def _poison_and_seed():
-    from vla_mm.ops.common import kernel_options
-    seed = torch.seed()
-    print(f'seed {seed}')
-    with kernel_options(poison=True):
-        yield
-
-
-def rel(a, b):
-    a, b = a.double(), b.double()
-    assert torch.isfinite(a).all(), 'non-finite values in the kernel output'
-    return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
 
 
 def make_inputs(B, N, H, K, V, gate=True, h0=True, g_kind='random', unit_keys=True, S=None):

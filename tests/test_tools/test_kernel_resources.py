@@ -64,9 +64,9 @@ def test_every_op_kernel_compiles_for_hopper(tmp_path):
     """Every kernel every op spec launches (each family, its options, packed and reversed paths) compiles for
     sm_90 on the CPU: the interpreter the kernel tests run on does not compile, so a kernel it runs can still fail
     Triton's compiler on the GPU (session 15: the short convolution's packed path)."""
-    for name, shape in (('k32', ()), ('k128', ('--K', '128', '--V', '128', '--N', '256'))):  # K > 64: other paths
-        rows = run_tool(tmp_path / name, '--ops', 'all', *shape)
-        assert {r['op'] for r in rows} >= {'linear_attn', 'gla_vector', 'rwkv6', 'delta_rule', 'gated_delta_rule',
-                                           'hgrn', 'gsa', 'layer_norm', 'short_conv_packed'}
-        bad = [(r['op'], r['kernel'], r['note'][:200]) for r in rows if 'compile error' in r.get('note', '')]
-        assert not bad and all(r['registers'] > 0 for r in rows), (name, bad)
+    # K = V = 128: the delta rule's and linear_attn's K > 64 paths (one shape: ~70 s of compiles on a cold cache)
+    rows = run_tool(tmp_path, '--ops', 'all', '--K', '128', '--V', '128', '--N', '256')
+    assert {r['op'] for r in rows} >= {'linear_attn', 'gla_vector', 'rwkv6', 'delta_rule', 'gated_delta_rule',
+                                       'hgrn', 'gsa', 'layer_norm', 'short_conv_packed', 'sum_rows'}
+    bad = [(r['op'], r['kernel'], r['note'][:200]) for r in rows if 'compile error' in r.get('note', '')]
+    assert not bad and all(r['registers'] > 0 for r in rows), bad

@@ -24,10 +24,9 @@ from ..common.options import alloc, cdiv, current_options, declare_launch, next_
 
 MAX_W = 16
 # launch settings (kernel_options(launch={'short_conv_fwd' | 'short_conv_bwd': {...}}) overrides them): token
-# rows and channels of a tile, warps, and for the backward the programs per SM its token-range split aims at
-# (offline sm_90, C = 384 bf16: the backward at 32 x 128 spills at 4 warps, 255 registers; 16 x 64 takes 139);
-# shared_taps: the backward reads the 2W - 1 tiles around its own once for every neighbour's pre-activation
-# (W x W tile reads before; not yet timed on a GPU)
+# rows and channels of a tile, warps, and for the backward the programs per SM its token-range split aims at (its
+# smaller tiles: larger ones spill, docs/ops.md) and shared_taps (read the 2W - 1 tiles around a program's own once
+# for every neighbour's pre-activation, instead of W tiles per neighbour)
 LAUNCH_DEFAULTS = MappingProxyType(dict(
     short_conv_fwd=MappingProxyType(dict(block_t=32, block_c=128, num_warps=4)),
     short_conv_bwd=MappingProxyType(dict(block_t=16, block_c=64, num_warps=4, progs_per_sm=4, shared_taps=False))))

@@ -1,10 +1,9 @@
 """The sum over rows: a linear layer's bias gradient (its output gradient summed over the tokens).
 
 Public op: :func:`sum_rows` (the custom op ``vla_mm::sum_rows``). Triton entry point: :func:`sum_rows_triton`.
-Reference: :func:`sum_rows_reference`. Why it exists: in the ViT-S train step at 1024 px (H100, session 14's
-profile) torch's reduction for the 48 linear layers' bias gradients (``AddmmBackward``'s ``sum(0)``) took 3.8 ms of
-the 40 ms step, about twice the time of reading those gradients once; a layer can take its bias gradient from this
-op instead (to be timed: ``tools/benchmarks/ops.py --ops sum_rows``).
+Reference: :func:`sum_rows_reference`. Why it exists: torch's reduction for a linear layer's bias gradient
+(``AddmmBackward``'s ``sum(0)``) runs at about twice the time of reading the gradient once (docs/ops.md, "The sum
+over rows"); :class:`vla_mm.models.layers.BiasGradLinear` takes the bias gradient from this op instead.
 """
 import torch
 

@@ -15,7 +15,7 @@ from ..common.launch import jit
 from ..common.options import alloc, cdiv, current_options, declare_launch, next_power_of_2, num_sms
 
 # launch settings (kernel_options(launch={'sum_rows': {...}}) overrides them): tile rows and columns, warps,
-# programs per multiprocessor (8: 64 KiB of loads in flight an SM at 32 x 128 bf16 tiles; offline sm_90 56 registers)
+# programs per multiprocessor (enough of them to keep each SM's memory pipe full)
 LAUNCH_DEFAULTS = MappingProxyType(dict(sum_rows=MappingProxyType(dict(block_m=32, block_n=128, num_warps=4,
                                                                         progs_per_sm=8))))
 declare_launch(LAUNCH_DEFAULTS['sum_rows'], 'sum_rows')

@@ -1,13 +1,12 @@
 """``BiasGradLinear``: ``nn.Linear`` whose eager CUDA backward takes the bias gradient from
 :func:`vla_mm.ops.reduce.sum_rows` instead of torch's ``sum(0)``.
 
-Why: a linear layer's bias gradient is its output gradient summed over the tokens; in the ViT-S train step at
-1024 px (H100, session 14's profile) torch's reduction for the 48 block linears took 3.8 ms of 40, about twice
-the time of reading those gradients once (docs/ops.md, "The sum over rows"). Same parameters and state dict as
+Why: a linear layer's bias gradient is its output gradient summed over the tokens, which torch's reduction
+reads at about half the memory bandwidth (docs/ops.md, "The sum over rows"). Same parameters and state dict as
 ``nn.Linear``; the forward is ``F.linear`` in the autocast dtype as autocast runs it, the input and weight
 gradients the same matrix products as autograd's. Under ``torch.compile`` / ``torch.jit`` tracing, on CPU and
 without a bias it is ``nn.Linear``. :func:`use_bias_grad_op` turns a model's linear layers into it in place.
-Config: ``dict(type='BiasGradLinear')`` as a mixer's ``linear_cfg``. Opt-in until timed (device_plan SR).
+Config: ``dict(type='BiasGradLinear')`` as a mixer's ``linear_cfg``; opt-in until timed.
 """
 import torch
 import torch.nn as nn

@@ -10,7 +10,7 @@ from typing import Optional
 
 import torch
 
-from ..common import check_dtype, check_same_device, kernel_options, register_op
+from ..common import check_dtype, check_same_device, kernel_options, register_op, use_triton
 from ..common.varlen import seq_positions
 from .kernel import MAX_W, short_conv_bwd, short_conv_fwd
 from .reference import short_conv_reference
@@ -43,25 +43,24 @@ def _check(x, weight, bias, activation, cu_seqlens):
             raise ValueError(f'cu_seqlens needs packed inputs with B == 1, got B = {x.shape[0]}')
 
 
-def _positions(x, cu_seqlens, reverse):
-    return seq_positions(x.shape[1], cu_seqlens, reverse) if cu_seqlens is not None else None
-
-
 def _reference(x, weight, bias, cu_seqlens, activation, reverse):
     return (short_conv_reference(x, weight, bias, activation, reverse, cu_seqlens),)
 
 
 def _triton(x, weight, bias, cu_seqlens, activation, reverse):
-    return (short_conv_fwd(x, weight, bias, _positions(x, cu_seqlens, reverse), activation, reverse),), ()
+    """The output, and for packed sequences the tokens' positions (kept: the backward reads them too)."""
+    pos = seq_positions(x.shape[1], cu_seqlens, reverse) if cu_seqlens is not None else None
+    return (short_conv_fwd(x, weight, bias, pos, activation, reverse),), (() if pos is None else (pos,))
 
 
 def _triton_backward(grads, outputs, saved, x, weight, bias, cu_seqlens, activation, reverse):
     dy = grads[0] if grads[0] is not None else torch.zeros_like(outputs[0])
-    return list(short_conv_bwd(dy, x, weight, bias, _positions(x, cu_seqlens, reverse), activation, reverse))
+    return list(short_conv_bwd(dy, x, weight, bias, saved[0] if saved else None, activation, reverse))
 
 
 def _fake(x, weight, bias, cu_seqlens, activation, reverse):
-    return [x.new_empty(x.shape)]
+    kept = cu_seqlens is not None and use_triton(x, weight, bias, cu_seqlens)
+    return [x.new_empty(x.shape)] + ([x.new_empty((x.shape[1],), dtype=torch.int64)] if kept else [])
 
 
 _conv_op = register_op(

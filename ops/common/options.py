@@ -179,6 +179,12 @@ def alloc(shape, dtype, device):
     return torch.empty(shape, dtype=dtype, device=device)
 
 
+def rows_of(t, C):
+    """``t`` as ``[M, C]`` rows with unit column stride (a view when the layout allows, else a copy)."""
+    t2 = t.reshape(-1, C)
+    return t2 if t2.stride(-1) == 1 or t2.shape[0] == 0 else t2.contiguous()
+
+
 def cdiv(a: int, b: int) -> int:
     """ceil(a / b) of host integers (grids, blocks): plain Python, where ``triton.cdiv`` is a constexpr function
     whose call wrapper costs microseconds on every launch."""

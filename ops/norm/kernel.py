@@ -17,7 +17,7 @@ import triton
 import triton.language as tl
 
 from ..common.launch import jit
-from ..common.options import cdiv, current_options, declare_launch, next_power_of_2, num_sms
+from ..common.options import cdiv, current_options, declare_launch, next_power_of_2, num_sms, rows_of
 
 MAX_C = 65536
 MIN_ROWS_BWD = 4  # rows of one backward program at least (partial weight / bias rows <= 1/4 of x's)
@@ -169,12 +169,6 @@ def _blocks(C, cfg, backward=False):
     else:
         default_warps = 8 if BC * BM >= 2048 else 4
     return BM, BC, cfg['num_warps'] or default_warps
-
-
-def rows_of(t, C):
-    """``t`` as ``[M, C]`` rows with unit column stride (a view when the layout allows, else a copy)."""
-    t2 = t.reshape(-1, C)
-    return t2 if t2.stride(-1) == 1 or t2.shape[0] == 0 else t2.contiguous()
 
 
 def norm_fwd(x, weight, bias, eps, rms, out_dtype, gate=None, residual=None):

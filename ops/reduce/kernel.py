@@ -12,7 +12,7 @@ import triton
 import triton.language as tl
 
 from ..common.launch import jit
-from ..common.options import alloc, cdiv, current_options, declare_launch, next_power_of_2, num_sms
+from ..common.options import alloc, cdiv, current_options, declare_launch, next_power_of_2, num_sms, rows_of
 
 # launch settings (kernel_options(launch={'sum_rows': {...}}) overrides them): tile rows and columns, warps,
 # programs per multiprocessor (enough of them to keep each SM's memory pipe full)
@@ -39,19 +39,17 @@ def _sum_rows_kernel(x, part, M, N, sx, rows_per_prog, BM: tl.constexpr, BN: tl.
 def sum_rows_fwd(x):
     """``x [..., N]`` -> fp32 ``[N]``."""
     N = x.shape[-1]
-    x2 = x.reshape(-1, N)
-    if x2.shape[0] and x2.stride(-1) != 1:
-        x2 = x2.contiguous()
+    x2 = rows_of(x, N)
     M = x2.shape[0]
+    if not M:
+        return torch.zeros(N, dtype=torch.float32, device=x.device)
     cfg = current_options().settings('sum_rows', LAUNCH_DEFAULTS['sum_rows'])
     BN = min(cfg['block_n'], max(16, next_power_of_2(N)))
     BM = cfg['block_m']
     col_blocks = cdiv(N, BN)
-    progs = max(1, min(cdiv(M, BM), cdiv(cfg['progs_per_sm'] * num_sms(x.device), col_blocks)))
+    progs = min(cdiv(M, BM), cdiv(cfg['progs_per_sm'] * num_sms(x.device), col_blocks))
     rows_per_prog = cdiv(cdiv(M, progs), BM) * BM
-    progs = max(1, cdiv(M, rows_per_prog))
-    if not M:
-        return torch.zeros(N, dtype=torch.float32, device=x.device)
+    progs = cdiv(M, rows_per_prog)
     part = alloc((progs, N), torch.float32, x.device)
     _sum_rows_kernel[(col_blocks, progs)](x2, part, M, N, x2.stride(0), rows_per_prog, BM=BM, BN=BN,
                                           num_warps=cfg['num_warps'])

@@ -212,6 +212,11 @@ def _torch_add_layer_norm():
                 prepare, cuda_only=False, note='x + r, F.layer_norm (fp32) + cast to the output dtype')
 
 
+def _fresh_leaves(x):
+    """A peer's inputs: our inputs as new gradient leaves (every input of these ops takes a gradient)."""
+    return {n: x[n].detach().clone().requires_grad_() for n in x}
+
+
 def make_gated_rms_norm(B, H, N, K, V, dtype, device):
     """A mixer's output norm: o and the gate [B, N, H, V] in the run dtype, an fp32 weight [V] (RMSNorm per head)."""
     return dict(x=_randn(B, N, H, V, dtype=dtype, device=device), gate=_randn(B, N, H, V, dtype=dtype, device=device),
@@ -220,10 +225,8 @@ def make_gated_rms_norm(B, H, N, K, V, dtype, device):
 
 def _torch_gated_rms_norm():
     """What the mixers ran before the fused op: RMSNorm in fp32 times swish(gate), cast back."""
-    def prepare(x):
-        return {n: x[n].detach().clone().requires_grad_() for n in x}
     return Peer(lambda p: (F.rms_norm(p['x'].float(), p['x'].shape[-1:], p['w'], 1e-5) * F.silu(p['gate'].float()))
-                .to(p['x'].dtype), prepare, cuda_only=False, note='F.rms_norm (fp32) * silu(gate), cast back')
+                .to(p['x'].dtype), _fresh_leaves, cuda_only=False, note='F.rms_norm (fp32) * silu(gate), cast back')
 
 
 def make_sum_rows(B, H, N, K, V, dtype, device):
@@ -234,14 +237,11 @@ def make_sum_rows(B, H, N, K, V, dtype, device):
 def _torch_sum_rows(kind):
     """What autograd runs for a linear layer's bias gradient (``sum(0)`` in the gradient's dtype), or the same
     sum as a matrix product with a ones row (cuBLAS)."""
-    def prepare(x):
-        return {n: x[n].detach().clone().requires_grad_() for n in x}
-
     def call(p):
         if kind == 'sum':
             return p['x'].sum(0)
         return (p['x'].new_ones(1, p['x'].shape[0]) @ p['x'])[0]
-    return Peer(call, prepare, cuda_only=False,
+    return Peer(call, _fresh_leaves, cuda_only=False,
                 note='x.sum(0) in x\'s dtype (AddmmBackward\'s bias gradient)' if kind == 'sum' else
                 'ones[1, M] @ x (cuBLAS)')
 
@@ -265,9 +265,6 @@ def make_short_conv_packed(B, H, N, K, V, dtype, device):
 def _torch_short_conv(kind):
     """What the mixers ran before the op ('window': the window view times the weight, summed over taps in fp32)
     or torch's depthwise conv1d (cuDNN) over the transposed tokens; both + bias, SiLU, cast to x's dtype."""
-    def prepare(x):
-        return {n: x[n].detach().clone().requires_grad_() for n in x}
-
     def window(p):
         W = p['w'].shape[-1]
         o = (F.pad(p['x'], [0, 0, W - 1, 0]).unfold(1, W, 1) * p['w']).sum(-1) + p['b']
@@ -278,7 +275,7 @@ def _torch_short_conv(kind):
         xt = p['x'].transpose(1, 2)
         o = F.conv1d(xt, p['w'].to(xt.dtype)[:, None], p['b'].to(xt.dtype), padding=W - 1, groups=xt.shape[1])
         return F.silu(o[..., :N]).transpose(1, 2)
-    return Peer(window if kind == 'window' else conv1d, prepare, cuda_only=False,
+    return Peer(window if kind == 'window' else conv1d, _fresh_leaves, cuda_only=False,
                 note='window view * weight, summed in fp32 (the mixers before the op)' if kind == 'window' else
                 'F.conv1d depthwise on [B, C, N] in x\'s dtype (cuDNN)')
 

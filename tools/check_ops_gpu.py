@@ -559,7 +559,7 @@ INVALID = (
     ('layer_norm', 'gate_shape', 'gate must have the shape of x'),
     ('layer_norm', 'weight_shape', 'weight must be [C]'),
     ('short_conv', 'taps_above_max', 'weight must be [C, W]'),
-    ('short_conv', 'packed_conv_with_batch', 'cu_seqlens needs packed inputs'),
+    ('short_conv', 'packed_with_batch', 'cu_seqlens needs packed inputs'),
 )
 
 
@@ -579,8 +579,8 @@ MUTATIONS = {
     'state_shape': ({'h0': True}, lambda torch, t, e: t.update(h0=t['h0'][..., :-1].contiguous())),
     'g_shape': ({}, lambda torch, t, e: t.update(g=t['g'][..., :-1].contiguous())),
     'slots_above_max': ({'M': 300}, None),
-    'packed_with_batch': ({'packed': True}, lambda torch, t, e: t.update(
-        {n: t[n].expand(2, *t[n].shape[1:]).contiguous() for n in ('x', 'g')})),
+    'packed_with_batch': ({'packed': True}, lambda torch, t, e: t.update(  # the token inputs (hgrn: x, g)
+        {n: t[n].expand(2, *t[n].shape[1:]).contiguous() for n in ('x', 'g') if n in t})),
     'beta_shape': ({}, lambda torch, t, e: t.update(beta=t['beta'][..., :1].contiguous())),
     'cu_seqlens_range': ({'packed': True}, lambda torch, t, e: e.update(
         cu_seqlens=torch.cat([e['cu_seqlens'][:-1], e['cu_seqlens'][-1:] - 1]))),
@@ -590,8 +590,6 @@ MUTATIONS = {
     'gate_shape': ({'gated': True}, lambda torch, t, e: t.update(gate=t['gate'][..., :-1].contiguous())),
     'weight_shape': ({'affine': 'weight'}, lambda torch, t, e: t.update(w=t['w'][:-1].contiguous())),
     'taps_above_max': ({'width': 17}, None),
-    'packed_conv_with_batch': ({'packed': True}, lambda torch, t, e: t.update(
-        x=t['x'].expand(2, *t['x'].shape[1:]).contiguous())),
 }
 
 

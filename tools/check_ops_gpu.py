@@ -121,7 +121,6 @@ class Op:
 
     name = ''
     axes = {}
-    uses_v = True
     rules = ()     # (predicate(case), why): option combinations the design must not generate
     repair = ()    # the axes the design changes first to turn an invalid rotation into a valid one
 
@@ -290,7 +289,6 @@ class GSA(_Recurrent):
 class HGRN(_Recurrent):
     name = 'hgrn'
     axes = dict(_Recurrent.axes, gated_input=(True, False))
-    uses_v = False
 
     def make(self, torch, c, gen, dev):
         D = H * c['K']
@@ -357,7 +355,6 @@ class LayerNorm(Op):
             'out': ('same', 'float32'), 'residual': (False, True)}
     rules = ((lambda c: c['residual'] and c['gated'], 'add_layer_norm has no gate'),)
     repair = ('gated',)
-    uses_v = False
 
     def make(self, torch, c, gen, dev):
         C, N = H * c['K'], c['N']
@@ -397,7 +394,6 @@ class ShortConv(Op):
     name = 'short_conv'
     axes = {'width': (4, 3, 2), 'bias': (True, False), 'silu': (True, False), 'reverse': (False, True),
             'packed': (False, True)}
-    uses_v = False
 
     def make(self, torch, c, gen, dev):
         C, N = H * c['K'], c['N']
@@ -427,7 +423,6 @@ class SumRows(Op):
     """The sum over rows of ``[B, N, C = H * K]`` (V unused), contiguous or with strided rows (a column slice)."""
     name = 'sum_rows'
     axes = {'strided': (False, True)}
-    uses_v = False
 
     def make(self, torch, c, gen, dev):
         C = H * c['K']

@@ -19,7 +19,7 @@ SMALL_TILES = {'short_conv_fwd': {'block_t': 16, 'block_c': 16}, 'short_conv_bwd
 def _check(B, N, C, W=4, act='silu', reverse=False, bias=True, cu=None, dtype=torch.float32, strided=False):
     print(f'seed={torch.seed()}')
     cus = torch.tensor(cu) if cu is not None else None
-    x = torch.randn(B, N, 2 * C if strided else C)[..., :C] if strided else torch.randn(B, N, C)
+    x = torch.randn(B, N, 2 * C)[..., :C] if strided else torch.randn(B, N, C)
     ins = [x.to(dtype), torch.randn(C, W) / W ** 0.5] + ([torch.randn(C)] if bias else [])
     ins = [t.requires_grad_(True) for t in ins]
     y = short_conv_triton(ins[0], ins[1], ins[2] if bias else None, act, reverse, cus)

@@ -464,14 +464,14 @@ def _bwd_kv_kernel(
 # --------------------------------------------------------------------------------------------------------------
 # host side
 # --------------------------------------------------------------------------------------------------------------
-def _blocks(K, V, ieee, cfg, rope=False):
+def _blocks(K, V, ieee, cfg, rope=False, focused=False):
     BK = max(16, next_power_of_2(K))
     tile = 4096 if ieee else 8192          # fp32 operands take twice the shared memory
     BV = min(max(16, next_power_of_2(V)), max(16, tile // BK))
     NV = cdiv(V, BV)
-    # RoPE: half the rows at the same warps (its cos / sin tiles: 104 KB of shared memory and a spill in the
-    # backward at 128 rows; fwd + bwd 1.19x the plain call at 64 rows against 1.30x at 128, H100 session 11)
-    BN = cfg['block_n'] or max(16, min(64 if rope else 128, tile // BK))
+    # 64-row tiles: three blocks an SM instead of one, and no spill with RoPE's cos / sin tiles; the focused map
+    # keeps 128 rows, faster than 64 at 8 warps (docs/benchmarks/linear_attn.md, "Occupancy")
+    BN = cfg['block_n'] or max(16, min(128 if focused and not rope else 64, tile // BK))
     num_warps = cfg['num_warps'] or (8 if BN * BK >= (4096 if rope else 8192) else 4)
     return BN, BK, BV, NV, num_warps
 
@@ -529,7 +529,8 @@ class _Plan:
         ieee = q.dtype == torch.float32
         self.B, self.N, self.H, self.K, self.V = B, N, H, K, V
         self.launch_opts = {}   # (kernel, constexprs) -> the options that launched (_launch)
-        self.BN, self.BK, self.BV, self.NV, self.num_warps = _blocks(K, V, ieee, cfg, rope is not None)
+        self.BN, self.BK, self.BV, self.NV, self.num_warps = _blocks(K, V, ieee, cfg, rope is not None,
+                                                                     feature_map == 'focused')
         self.num_stages = cfg['num_stages'] or (2 if self.BK * self.BV <= 8192 and not ieee else 1)
         BN = self.BN
         sms = num_sms(dev)

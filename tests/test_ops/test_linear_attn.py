@@ -461,14 +461,21 @@ def test_state_recomputed_in_the_backward_for_short_sequences(monkeypatch, N, pa
         assert rel_err(g, ref.grad) < 1e-5
 
 
-def test_rope_blocks_default_to_half_the_rows():
-    """16-bit inputs at K = 64: 128-row blocks and 8 warps plain, 64 rows and 8 warps with RoPE (the device's
-    pick, session 11); an explicit block_n / num_warps wins over either."""
+def test_default_blocks_per_feature_map():
+    """16-bit inputs at K = 64: 64-row blocks at 4 warps plain (session 16), 8 warps with RoPE (session 11), 128
+    rows and 8 warps for the focused map; fp32 halves the tile; an explicit block_n / num_warps wins over any."""
     cfg = dict(la_kernel.LAUNCH_DEFAULTS)
-    assert la_kernel._blocks(64, 64, False, cfg)[::4] == (128, 8)
+    assert la_kernel._blocks(64, 64, False, cfg)[::4] == (64, 4)
+    assert la_kernel._blocks(32, 32, False, cfg)[::4] == (64, 4)
+    assert la_kernel._blocks(128, 128, False, cfg)[::4] == (64, 8)
+    assert la_kernel._blocks(64, 64, False, cfg, focused=True)[::4] == (128, 8)
+    assert la_kernel._blocks(64, 64, False, cfg, rope=True, focused=True)[::4] == (64, 8)
     assert la_kernel._blocks(64, 64, False, cfg, rope=True)[::4] == (64, 8)
     assert la_kernel._blocks(32, 32, False, cfg, rope=True)[::4] == (64, 4)
+    assert la_kernel._blocks(64, 64, True, cfg, focused=True)[::4] == (64, 4)
     assert la_kernel._blocks(64, 64, False, dict(cfg, block_n=32, num_warps=2), rope=True)[::4] == (32, 2)
+    assert la_kernel._Plan(torch.empty(1, 8, 2, 64), torch.empty(1, 8, 2, 64, dtype=torch.bfloat16), 'focused',
+                           True, None, 1e-6, 3.0, None, 'none', None, None).BN == 64  # fp32 q: the ieee tile
 
 
 def test_launch_fallback_when_shared_memory_is_short():

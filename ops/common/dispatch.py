@@ -238,8 +238,11 @@ def register_op(name, schema, *, outputs, grads, reference, triton, fake, triton
         args = list(ctx.template)
         for i, t in zip(ctx.tensor_idx, saved[:n]):
             args[i] = t
-        with kernel_options(ctx.options):
+        if ctx.options is current_options():   # the usual case: no kernel_options block to re-enter
             gs = run_backward(list(grad_outputs[:outputs]), list(saved[n:]), ctx.triton_path, *args)
+        else:
+            with kernel_options(ctx.options):
+                gs = run_backward(list(grad_outputs[:outputs]), list(saved[n:]), ctx.triton_path, *args)
         result = [None] * len(args)
         for j, i in enumerate(grad_idx):
             if args[i] is not None and ctx.needs_input_grad[i]:
@@ -271,7 +274,10 @@ def register_op(name, schema, *, outputs, grads, reference, triton, fake, triton
 
     def op(*args):
         if eager_function_ok(args):
-            return Eager.apply(*args)[:outputs]
+            if torch.is_grad_enabled() and any(args[i] is not None and args[i].requires_grad for i in grad_idx):
+                return Eager.apply(*args)[:outputs]
+            # nothing to differentiate: the forward alone, without the autograd.Function's context
+            return tuple(o.contiguous() for o in run_forward(use_triton(*args), args)[:outputs])
         return tuple(fwd(*args)[:outputs])
 
     op.custom_op = fwd

@@ -138,6 +138,7 @@ def check_launch(launch):
 
 
 _OPTIONS = contextvars.ContextVar('vla_mm_kernel_options', default=KernelOptions())
+_OPTION_NAMES = frozenset(f.name for f in dataclasses.fields(KernelOptions))
 
 
 def current_options() -> KernelOptions:
@@ -149,7 +150,7 @@ def kernel_options(options: KernelOptions = None, **changes):
     """Run the block under ``options`` (default: the current ones) with ``changes`` applied; ``launch`` entries
     are merged by name over the current ones. Yields the options in force."""
     base = current_options() if options is None else options
-    unknown = set(changes) - {f.name for f in dataclasses.fields(KernelOptions)}
+    unknown = set(changes) - _OPTION_NAMES
     if unknown:
         raise ValueError(f'unknown kernel option(s) {sorted(unknown)}; known: '
                          f'{[f.name for f in dataclasses.fields(KernelOptions)]}')

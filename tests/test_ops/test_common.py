@@ -1,5 +1,6 @@
 """ops/common: kernel options, the dispatch rule, argument checks, packed-sequence tables, the shared jit helpers
 (a probe kernel under the interpreter) and the custom-op registration helper (a toy op, both backward modes)."""
+import contextlib
 import dataclasses
 import threading
 
@@ -281,6 +282,29 @@ def test_eager_calls_skip_the_dispatcher_with_the_same_results(path):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
     with pytest.raises(ValueError, match='eager_path'):
         kernel_options(eager_path='fast').__enter__()
+
+
+@pytest.mark.parametrize('path', ['reference', 'triton'])
+def test_calls_without_gradients_skip_the_autograd_function(path, monkeypatch):
+    """Nothing to differentiate (grad mode off, or no differentiable input asks for a gradient): the forward runs
+    without the autograd.Function (its context costs host time on every inference call), with the outputs the
+    function gives: the same values, contiguous, no autograd history."""
+    x, h0 = torch.randn(2, 5, 3).transpose(0, 1).contiguous().transpose(0, 1), torch.randn(2, 3)
+    with kernel_options(backend=path):
+        want = _toy.function.apply(x, h0, 0.5, True)[:2]
+        applied = []
+        monkeypatch.setattr(_toy.function, 'apply', lambda *a: applied.append(a))
+        for ctx, req in ((torch.no_grad, True), (contextlib.nullcontext, False)):
+            xs = x.detach().requires_grad_(req)
+            with ctx():
+                got = _toy(xs, h0, 0.5, True)
+            for g, w in zip(got, want):
+                torch.testing.assert_close(g, w, rtol=0, atol=0)
+                assert g.is_contiguous() and g.grad_fn is None and not g.requires_grad
+        assert not applied
+        with pytest.raises(TypeError):   # a differentiable input asking for a gradient takes the function
+            _toy(x.detach().requires_grad_(), h0, 0.5, True)
+    assert applied
 
 
 def test_host_integer_helpers_match_triton():

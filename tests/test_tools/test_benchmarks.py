@@ -3,7 +3,9 @@ are recorded in docs/benchmarks.md)."""
 import importlib.util
 import json
 import math
+import os
 import os.path as osp
+import subprocess
 import sys
 
 import pytest
@@ -117,6 +119,22 @@ class FakeTimmAttention(nn.Module):
     def __init__(self, C, heads):
         super().__init__()
         self.num_heads, self.qkv, self.proj, self.proj_drop = heads, nn.Linear(C, 3 * C), nn.Linear(C, C), nn.Identity()
+
+
+def test_host_cpu_times_the_triton_path_with_launches_skipped(tmp_path):
+    """host_cpu.py: our ops' Triton path on CPU tensors with every launch skipped: the launches it counts are the
+    kernels a fwd+bwd call runs, and the floor (an autograd.Function that only allocates) is cheaper than ours."""
+    env = {k: v for k, v in os.environ.items() if k != 'TRITON_INTERPRET'}   # compiled kernels, never launched
+    args = ['--out', str(tmp_path), '--ops', 'linear_attn,layer_norm,hgrn', '--N', '16', '--K', '16', '--V', '16',
+            '--calls', '5', '--profile']
+    subprocess.run([sys.executable, osp.join(BENCH, 'host_cpu.py'), *args], env=env, check=True, cwd=ROOT)
+    rows = {r['op']: r for r in json.load(open(tmp_path / 'results.json'))['rows']}
+    # linear_attn: state + output, then the recomputed state, dq and dk / dv; one launch each way for the others
+    assert {n: r['launches'] for n, r in rows.items()} == dict(linear_attn=5, layer_norm=2, hgrn=2)
+    for r in rows.values():
+        assert 0 < r['floor_fwdbwd_us'] < r['ours_fwdbwd_us'] and 'norm_bwd' in rows['layer_norm']['profile']
+    text = (tmp_path / 'host_cpu.md').read_text()
+    assert '| linear_attn | 5 |' in text and '## hgrn' in text
 
 
 def test_timm_attention_swap_uses_timm_layout():

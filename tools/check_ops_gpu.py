@@ -288,7 +288,8 @@ class GSA(_Recurrent):
 
 class HGRN(_Recurrent):
     name = 'hgrn'
-    axes = dict(_Recurrent.axes, gated_input=(True, False))
+    # segment 0: the plan's own split; 64: every chunk its own segment (the time-split scan at its finest)
+    axes = dict(_Recurrent.axes, gated_input=(True, False), segment=(0, 64))
 
     def make(self, torch, c, gen, dev):
         D = H * c['K']
@@ -301,7 +302,9 @@ class HGRN(_Recurrent):
 
     def run(self, t, c, extra, impl):
         fn = self.ops.hgrn.hgrn_triton if impl == 'triton' else self.ops.hgrn.hgrn
-        o, ht = fn(t['x'], t['g'], **self._args(t, c, extra))
+        launch = {'hgrn': {'segment': c['segment']}} if c.get('segment') else {}
+        with self.ops.common.kernel_options(launch=launch):
+            o, ht = fn(t['x'], t['g'], **self._args(t, c, extra))
         return {'o': o, 'final_state': ht}
 
     def ref(self, t, c, extra):

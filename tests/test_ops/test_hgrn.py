@@ -3,15 +3,23 @@
 Output, final state and gradients of x, g and the initial state; relative error < 1e-5 (fp32), < 1e-2 (bf16);
 fresh random inputs each run (seed printed); outputs start NaN-filled.
 """
+from types import SimpleNamespace
+
 import pytest
 import torch
 import torch.nn.functional as F
 
 from tests.test_ops.kernel_checks import poison, rel_err  # noqa: F401 (poison: an autouse fixture)
+from vla_mm.ops.common import kernel_options
 from vla_mm.ops.hgrn import hgrn, hgrn_recurrent_reference, hgrn_triton
+from vla_mm.ops.hgrn import scan as hgrn_scan
 
 
-def _check(B, N, D, h0=True, reverse=False, cu=None, dtype=torch.float32, gated=True, chunk=16, strength=None):
+def _check(B, N, D, h0=True, reverse=False, cu=None, dtype=torch.float32, gated=True, chunk=16, strength=None,
+           segment=None):
+    if segment is not None:   # the time-split scan: segments of `segment` tokens, summaries composed in order
+        with kernel_options(launch={'hgrn': {'segment': segment}}):
+            return _check(B, N, D, h0, reverse, cu, dtype, gated, chunk, strength)
     print(f'seed={torch.seed()}')
     S = B if cu is None else len(cu) - 1
     cus = torch.tensor(cu) if cu is not None else None
@@ -49,6 +57,35 @@ def test_hgrn_fp32(N, reverse, h0, gated, chunk):
 @pytest.mark.parametrize('reverse', [False, True])
 def test_hgrn_varlen(reverse):
     _check(1, 75, 20, h0=True, reverse=reverse, cu=[0, 1, 8, 75])
+
+
+@pytest.mark.parametrize('N,reverse,h0,gated,cu,segment', [
+    (100, False, True, True, None, 32),          # 4 segments, the last one partial
+    (100, True, True, False, None, 16),          # a segment a chunk
+    (64, False, False, True, None, 32),          # segments that end where the sequence does
+    (90, True, True, True, [0, 5, 40, 41, 90], 32),   # packed: sequences inside one segment and across three
+    (90, False, False, False, [0, 70, 90], 48),  # a segment that is not a multiple of the chunk: rounded up
+])
+def test_hgrn_segments(N, reverse, h0, gated, cu, segment):
+    _check(1 if cu else 2, N, 20, h0=h0, reverse=reverse, gated=gated, cu=cu, chunk=16, segment=segment)
+
+
+def test_hgrn_segment_plan():
+    """Segments where sequences x channel blocks fill few programs an SM; none where they fill enough, or where a
+    segment would fall under min_segment tokens."""
+    seqs = SimpleNamespace(nseq=1, cu=torch.zeros(1, dtype=torch.int32))
+    cpu = torch.device('cpu')        # one "SM" on the CPU: progs_per_sm is the number of programs aimed at
+    for launch, N, D, want in [({'progs_per_sm': 64}, 2048, 16, (16, 512, 4)),          # capped by min_segment
+                               ({'progs_per_sm': 3}, 2048, 16, (16, 688, 3)),
+                               ({'progs_per_sm': 64, 'min_segment': 1024}, 2048, 16, (16, 1024, 2)),
+                               ({'progs_per_sm': 4}, 2048, 64, (16, 2048, 1)),              # 4 channel blocks
+                               ({'segment': 100}, 1000, 16, (16, 112, 9)),
+                               ({'block_d': 32}, 64, 64, (32, 64, 1))]:
+        with kernel_options(launch={'hgrn': launch}):
+            BD, seg, nseg, (sa, sb) = hgrn_scan._plan(N, D, seqs, 16, cpu)
+        assert (BD, seg, nseg) == want
+        assert sa.shape == ((1, nseg, D) if nseg > 1 else (1,))
+        assert nseg == 1 or sa.data_ptr() != sb.data_ptr()
 
 
 @pytest.mark.parametrize('strength', [-20.0, -1e-4])

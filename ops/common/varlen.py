@@ -101,8 +101,9 @@ class ChunkTable:
     Grid of the chunk-parallel kernels: ``(nchunks, nbh)`` = ``(NT, B*H)`` dense, ``(total_chunks, H)`` packed.
     Packed tables (int32): ``chunk_seq`` / ``chunk_idx`` (sequence and index in it of each chunk), ``chunk_off``
     (first chunk of each sequence); dense calls compute these from the program ids (``NT`` chunks per sequence).
-    ``last_chunk`` / ``last_seq`` (int64, dense and packed): the last chunk row of every sequence that has one,
-    and that sequence, for host-sync-free index ops (no boolean masks).
+    ``max_chunks``: the most chunks of one sequence. ``last_chunk`` / ``last_seq`` (int64, dense and packed):
+    the last chunk row of every sequence that has one, and that sequence, for host-sync-free index ops (no
+    boolean masks).
     """
 
     def __init__(self, seqs: PackedSeqs, C, H):
@@ -110,6 +111,7 @@ class ChunkTable:
         self.varlen, self.nseq, self.cu = seqs.varlen, seqs.nseq, seqs.cu
         if not self.varlen:
             self.NT = cdiv(self.N, C)
+            self.max_chunks = self.NT
             self.nchunks = self.NT
             self.total_chunks = seqs.B * self.NT
             self.nbh = seqs.B * H
@@ -122,6 +124,7 @@ class ChunkTable:
         idx = [i for nt in nts for i in range(nt)]
         off = [0, *itertools.accumulate(nts)][:-1]
         self.NT = 0
+        self.max_chunks = max(nts, default=0)
         self.total_chunks = self.nchunks = len(seq)
         self.nbh = H
         lseq = [s for s, nt in enumerate(nts) if nt]

@@ -1,15 +1,22 @@
 """Gate cumsums and the sequential state kernels of the gated linear attention core (both chunk paths):
 chunk-local prefix / suffix sums of the log gates, the reverse cumulative sum of the gate gradients, the state
 before every chunk (forward, recomputed in the backward) and the state gradients (right to left)."""
+from types import MappingProxyType
+
 import torch
 import triton
 import triton.language as tl
 
 from ..common.jit import chunk_info, phys_row, seq_info
 from ..common.launch import jit
-from ..common.options import alloc, cdiv
+from ..common.options import alloc, cdiv, current_options, declare_launch, dummy, num_sms
 from .blocks import _decay, _grow, _gtile, _hrow, _hstore, _htile, _mm, _qgate, _rows
 from .launch import _lowp, _or, _pow2, _prec
+
+# the sequential state kernels' time split (``kernel_options(launch={'gla_state': {...}})``): programs an SM the
+# segments aim at, the fewest chunks a segment, or a fixed number of chunks a segment
+STATE_LAUNCH = MappingProxyType(dict(progs_per_sm=4, min_segment=8, segment=None))
+declare_launch(STATE_LAUNCH, 'gla_state')
 
 
 @jit
@@ -98,108 +105,185 @@ def _vdecay(S, gvb, r_last, cv, V, H, i_h):
     return S * tl.exp(_hrow(gvb, r_last, cv, V, H, i_h))[None, :]
 
 
+@triton.jit
+def _kexp(gkb, r_last, ck, K, H, i_h, BK: tl.constexpr, GK: tl.constexpr):
+    """The exponent _kdecay applies to a chunk's state rows, as a [BK] vector (a head's one gate broadcast)."""
+    bl = _grow(gkb, r_last, ck, K, H, i_h, GK)
+    if GK == 2:
+        e = tl.reshape(bl, [BK])
+    else:
+        e = tl.zeros([BK], dtype=tl.float32) + bl
+    return e
+
+
+@triton.jit
+def _compose(S, sak, sav, sb, i_nh, i_s, NSEG, ck, cv, mkv, okv, K, V):
+    """The state entering segment i_s: ``S`` (entering segment 0) carried through the summaries of segments
+    0 .. i_s - 1 (rows decayed by exp of the key exponents, columns by the value ones, plus the local state)."""
+    base = i_nh.to(tl.int64) * NSEG
+    for j in range(i_s):
+        ek = tl.exp(tl.load(sak + (base + j) * K + ck, mask=ck < K, other=0.))
+        ev = tl.exp(tl.load(sav + (base + j) * V + cv, mask=cv < V, other=0.))
+        S = S * ek[:, None] * ev[None, :] + tl.load(sb + (base + j) * K * V + okv, mask=mkv, other=0.)
+    return S
+
+
+@triton.jit
+def _summary_store(sak, sav, sb, ak, av, S, i_nh, i_s, NSEG, ck, cv, mkv, okv, K, V):
+    """Segment i_s's summary: key / value gate exponents summed over its chunks and its local final state (the
+    programs of one state row or column store the same exponents)."""
+    base = i_nh.to(tl.int64) * NSEG + i_s
+    tl.store(sak + base * K + ck, ak, mask=ck < K)
+    tl.store(sav + base * V + cv, av, mask=cv < V)
+    tl.store(sb + base * K * V + okv, S, mask=mkv)
+
+
 @jit
-def _fwd_h_kernel(k, v, gkb, gks, gvb, gvs, h, h0, ht, ht_ex, do, yq, cu, chunk_off, N, NT, H, K, V,
-                  C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, GK: tl.constexpr, GV: tl.constexpr,
-                  USE_H0: tl.constexpr, STORE_HT: tl.constexpr, ADJ: tl.constexpr, REVERSE: tl.constexpr,
-                  VARLEN: tl.constexpr, IEEE: tl.constexpr, LOWP: tl.constexpr):
-    """Sequential over chunks: h[c] = state before chunk c; ht = final state. ADJ (bonus form, backward): also
-    yq[c, i_v] = this V block's part of h_ex[c] @ do_first, h_ex[c] being h[c] without the newest token's
-    k v^T (without h0 for the first chunk): the gate-gradient part of the chunk's first row (see _bwd_A)."""
-    i_k, i_v, i_nh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+def _fwd_h_kernel(k, v, gkb, gks, gvb, gvs, h, h0, ht, ht_ex, do, yq, sak, sav, sb, cu, chunk_off, N, NT, H, K, V,
+                  SEGC, NSEG, C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, GK: tl.constexpr,
+                  GV: tl.constexpr, USE_H0: tl.constexpr, STORE_HT: tl.constexpr, ADJ: tl.constexpr,
+                  REVERSE: tl.constexpr, VARLEN: tl.constexpr, IEEE: tl.constexpr, LOWP: tl.constexpr,
+                  SUMMARY: tl.constexpr):
+    """Sequential over the chunks of segment i_s (SEGC chunks; program_id(0) = i_s * NK + i_k): h[c] = state
+    before chunk c; ht = final state. SUMMARY: the segment's summed key / value gate exponents and local final
+    state (from zero) into sak / sav / sb instead; the main pass starts from the state the earlier segments'
+    summaries compose. ADJ (bonus form, backward, one segment): also yq[c, i_v] = this V block's part of
+    h_ex[c] @ do_first, h_ex[c] being h[c] without the newest token's k v^T (without h0 for the first chunk):
+    the gate-gradient part of the chunk's first row (see _bwd_A)."""
+    pid, i_v, i_nh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    i_k = pid % tl.cdiv(K, BK)
+    i_s = pid // tl.cdiv(K, BK)
     i_h, bos, eos, c0, L, nt, ck, cv, mkv, okv = _seq_tile(i_k, i_v, i_nh, cu, chunk_off, N, NT, H, K, V, C, BK, BV,
                                                            VARLEN)
-    DT = k.dtype.element_ty if LOWP else tl.float32
-    S = _state_in(h0, i_nh, okv, mkv, K, V, BK, BV, USE_H0)
-    ar = tl.arange(0, C)
-    S_ex = tl.zeros([BK, BV], dtype=tl.float32)
-    for it in range(nt):
-        tl.store(h + ((c0 + it) * H + i_h).to(tl.int64) * K * V + okv, S, mask=mkv)
-        if ADJ:
-            do_f = _hrow(do, phys_row(it * C, bos, eos, REVERSE), cv, V, H, i_h)
-            tl.store(yq + (((c0 + it) * tl.num_programs(1) + i_v) * H + i_h).to(tl.int64) * K + ck,
-                     tl.sum(S_ex * do_f[None, :], axis=1), mask=ck < K)
-        t, m, r = _rows(it * C, ar, L, bos, eos, REVERSE)
-        k_c = _htile(k, r, m, ck, K, H, i_h)
-        v_c = _htile(v, r, m, cv, V, H, i_h)
-        t_last = tl.minimum(it * C + C, L) - 1
-        r_last = phys_row(t_last, bos, eos, REVERSE)
-        if GK > 0:
-            S = _kdecay(S, gkb, r_last, ck, K, H, i_h, BK, GK)
-            k_c = _decay(k_c, _gtile(gks, r, m, ck, K, H, i_h, GK), m)
-        if GV:
-            S = _vdecay(S, gvb, r_last, cv, V, H, i_h)
-            v_c = _decay(v_c, _htile(gvs, r, m, cv, V, H, i_h), m)
-        if ADJ:
-            # the state without the chunk's last token, then that token's k v^T (gate factor exp(0)) exactly
-            S_ex = S + _mm(tl.trans(tl.where((t != t_last)[:, None], k_c, 0.).to(DT)), v_c.to(DT), IEEE)
-            S = S_ex + _hrow(k, r_last, ck, K, H, i_h)[:, None] * _hrow(v, r_last, cv, V, H, i_h)[None, :]
+    it0 = i_s * SEGC
+    if (it0 < nt) | (i_s == 0):
+        it1 = tl.minimum(nt, it0 + SEGC)
+        DT = k.dtype.element_ty if LOWP else tl.float32
+        if SUMMARY:
+            S = tl.zeros([BK, BV], dtype=tl.float32)
         else:
-            if STORE_HT:
-                if it == nt - 1:
-                    # final state without the last token's own k v^T: the gate-gradient term of the final state
-                    # is taken from it, so that O(1) parts cancelling exactly are never formed (strong decay)
-                    k_ex = tl.where((t != L - 1)[:, None], k_c, 0.)
-                    S_ex = S + _mm(tl.trans(k_ex.to(DT)), v_c.to(DT), IEEE)
-            S += _mm(tl.trans(k_c.to(DT)), v_c.to(DT), IEEE)
-    if STORE_HT:
-        tl.store(ht + i_nh.to(tl.int64) * K * V + okv, S, mask=mkv)
-        tl.store(ht_ex + i_nh.to(tl.int64) * K * V + okv, S_ex, mask=mkv)
+            S = _compose(_state_in(h0, i_nh, okv, mkv, K, V, BK, BV, USE_H0), sak, sav, sb, i_nh, i_s, NSEG, ck, cv,
+                         mkv, okv, K, V)
+        ak = tl.zeros([BK], dtype=tl.float32)
+        av = tl.zeros([BV], dtype=tl.float32)
+        ar = tl.arange(0, C)
+        S_ex = tl.zeros([BK, BV], dtype=tl.float32)
+        for it in range(it0, it1):
+            if not SUMMARY:
+                tl.store(h + ((c0 + it) * H + i_h).to(tl.int64) * K * V + okv, S, mask=mkv)
+            if ADJ:
+                do_f = _hrow(do, phys_row(it * C, bos, eos, REVERSE), cv, V, H, i_h)
+                tl.store(yq + (((c0 + it) * tl.num_programs(1) + i_v) * H + i_h).to(tl.int64) * K + ck,
+                         tl.sum(S_ex * do_f[None, :], axis=1), mask=ck < K)
+            t, m, r = _rows(it * C, ar, L, bos, eos, REVERSE)
+            k_c = _htile(k, r, m, ck, K, H, i_h)
+            v_c = _htile(v, r, m, cv, V, H, i_h)
+            t_last = tl.minimum(it * C + C, L) - 1
+            r_last = phys_row(t_last, bos, eos, REVERSE)
+            if GK > 0:
+                S = _kdecay(S, gkb, r_last, ck, K, H, i_h, BK, GK)
+                k_c = _decay(k_c, _gtile(gks, r, m, ck, K, H, i_h, GK), m)
+                if SUMMARY:
+                    ak += _kexp(gkb, r_last, ck, K, H, i_h, BK, GK)
+            if GV:
+                S = _vdecay(S, gvb, r_last, cv, V, H, i_h)
+                v_c = _decay(v_c, _htile(gvs, r, m, cv, V, H, i_h), m)
+                if SUMMARY:
+                    av += _hrow(gvb, r_last, cv, V, H, i_h)
+            if ADJ:
+                # the state without the chunk's last token, then that token's k v^T (gate factor exp(0)) exactly
+                S_ex = S + _mm(tl.trans(tl.where((t != t_last)[:, None], k_c, 0.).to(DT)), v_c.to(DT), IEEE)
+                S = S_ex + _hrow(k, r_last, ck, K, H, i_h)[:, None] * _hrow(v, r_last, cv, V, H, i_h)[None, :]
+            else:
+                if STORE_HT:
+                    if it == nt - 1:
+                        # final state without the last token's own k v^T: the gate-gradient term of the final
+                        # state is taken from it, so that O(1) parts cancelling exactly are never formed
+                        k_ex = tl.where((t != L - 1)[:, None], k_c, 0.)
+                        S_ex = S + _mm(tl.trans(k_ex.to(DT)), v_c.to(DT), IEEE)
+                S += _mm(tl.trans(k_c.to(DT)), v_c.to(DT), IEEE)
+        if SUMMARY:
+            _summary_store(sak, sav, sb, ak, av, S, i_nh, i_s, NSEG, ck, cv, mkv, okv, K, V)
+        elif STORE_HT:
+            if it1 == nt:
+                tl.store(ht + i_nh.to(tl.int64) * K * V + okv, S, mask=mkv)
+                tl.store(ht_ex + i_nh.to(tl.int64) * K * V + okv, S_ex, mask=mkv)
 
 
 @jit
-def _bwd_dh_kernel(q, do, gkb, gkr, gvb, dh, dht, dh0, v, zk, h, yq, rk, cu, chunk_off, scale, N, NT, H, K, V,
-                   C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, GK: tl.constexpr, GV: tl.constexpr,
-                   USE_U: tl.constexpr, USE_DHT: tl.constexpr, STORE_DH0: tl.constexpr, ADJ: tl.constexpr,
-                   REVERSE: tl.constexpr, VARLEN: tl.constexpr, IEEE: tl.constexpr, LOWP: tl.constexpr):
-    """Right to left over chunks: dh[c] = gradient of the state after chunk c; dh0 = gradient of h0. ADJ (bonus
-    form): also zk[c, i_v] = this V block's part of dh_ex[c] @ v_last, dh_ex[c] being dh[c] without the next
-    chunk's first token (zero for the last chunk: dht): the gate-gradient part of the chunk's last row; and
-    rk[c, i_v] = this V block's part of the key-gate gradient that the later chunks add to chunk c (before the
+def _bwd_dh_kernel(q, do, gkb, gkr, gvb, dh, dht, dh0, v, zk, h, yq, rk, sak, sav, sb, cu, chunk_off, scale, N, NT,
+                   H, K, V, SEGC, NSEG, C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, GK: tl.constexpr,
+                   GV: tl.constexpr, USE_U: tl.constexpr, USE_DHT: tl.constexpr, STORE_DH0: tl.constexpr,
+                   ADJ: tl.constexpr, REVERSE: tl.constexpr, VARLEN: tl.constexpr, IEEE: tl.constexpr,
+                   LOWP: tl.constexpr, SUMMARY: tl.constexpr):
+    """Right to left over the chunks of segment i_s of reversed chunk order (as _fwd_h_kernel's segments):
+    dh[c] = gradient of the state after chunk c; dh0 = gradient of h0; SUMMARY as in _fwd_h_kernel. ADJ (bonus
+    form, one segment): also zk[c, i_v] = this V block's part of dh_ex[c] @ v_last, dh_ex[c] being dh[c] without
+    the next chunk's first token (zero for the last chunk: dht): the gate-gradient part of the chunk's last row;
+    and rk[c, i_v] = this V block's part of the key-gate gradient that the later chunks add to chunk c (before the
     last one), <S, dS> without the pair (next chunk's first token, chunk's last token), whose gate factor is
     exp(0): rowsum(h[c + 1] * dh_ex[c]) + scale * q_first(c + 1) * yq[c + 1] (h_ex[c + 1] @ do_first)."""
-    i_k, i_v, i_nh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    pid, i_v, i_nh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    i_k = pid % tl.cdiv(K, BK)
+    i_s = pid // tl.cdiv(K, BK)
     i_h, bos, eos, c0, L, nt, ck, cv, mkv, okv = _seq_tile(i_k, i_v, i_nh, cu, chunk_off, N, NT, H, K, V, C, BK, BV,
                                                            VARLEN)
-    DT = q.dtype.element_ty if LOWP else tl.float32
-    dS = _state_in(dht, i_nh, okv, mkv, K, V, BK, BV, USE_DHT)
-    ar = tl.arange(0, C)
-    dS_ex = tl.zeros([BK, BV], dtype=tl.float32)
-    for j in range(nt):
-        it = nt - 1 - j
-        tl.store(dh + ((c0 + it) * H + i_h).to(tl.int64) * K * V + okv, dS, mask=mkv)
-        if ADJ:
-            v_l = _hrow(v, phys_row(tl.minimum(it * C + C, L) - 1, bos, eos, REVERSE), cv, V, H, i_h)
-            o_kv = (((c0 + it) * tl.num_programs(1) + i_v) * H + i_h).to(tl.int64) * K + ck
-            tl.store(zk + o_kv, tl.sum(dS_ex * v_l[None, :], axis=1), mask=ck < K)
-            # the next chunk's share of the gate gradient (zero after the last chunk: its final-state term is
-            # added on the host)
-            nx = it + 1 < nt
-            h_n = tl.load(h + ((c0 + it + 1) * H + i_h).to(tl.int64) * K * V + okv, mask=mkv & nx, other=0.)
-            q_n = _hrow(q, phys_row(tl.minimum(it * C + C, L - 1), bos, eos, REVERSE), ck, K, H, i_h)
-            y_n = tl.load(yq + o_kv + tl.num_programs(1) * H * K, mask=(ck < K) & nx, other=0.)
-            tl.store(rk + o_kv, tl.sum(h_n * dS_ex, axis=1) + scale * q_n * y_n, mask=ck < K)
-        t, m, r = _rows(it * C, ar, L, bos, eos, REVERSE)
-        q_c = _htile(q, r, m, ck, K, H, i_h) * scale
-        do_c = _htile(do, r, m, cv, V, H, i_h)
-        r_last = phys_row(tl.minimum(it * C + C, L) - 1, bos, eos, REVERSE)
-        if GK > 0:
-            b = _qgate(gkb, gkr, r, m, ck, K, H, i_h, GK, USE_U)
-            dS = _kdecay(dS, gkb, r_last, ck, K, H, i_h, BK, GK)
-            q_c = q_c * tl.exp(b)
-        if GV:
-            bv = _htile(gvb, r, m, cv, V, H, i_h)
-            dS = _vdecay(dS, gvb, r_last, cv, V, H, i_h)
-            do_c = do_c * tl.exp(bv)
-        if ADJ:
-            # without the chunk's first token, then that token's q do^T (gate factor exp(0)) exactly
-            r_f = phys_row(it * C, bos, eos, REVERSE)
-            dS_ex = dS + _mm(tl.trans(tl.where((t != it * C)[:, None], q_c, 0.).to(DT)), do_c.to(DT), IEEE)
-            dS = dS_ex + (_hrow(q, r_f, ck, K, H, i_h) * scale)[:, None] * _hrow(do, r_f, cv, V, H, i_h)[None, :]
+    j0 = i_s * SEGC
+    if (j0 < nt) | (i_s == 0):
+        j1 = tl.minimum(nt, j0 + SEGC)
+        DT = q.dtype.element_ty if LOWP else tl.float32
+        if SUMMARY:
+            dS = tl.zeros([BK, BV], dtype=tl.float32)
         else:
-            dS += _mm(tl.trans(q_c.to(DT)), do_c.to(DT), IEEE)
-    if STORE_DH0:
-        tl.store(dh0 + i_nh.to(tl.int64) * K * V + okv, dS, mask=mkv)
+            dS = _compose(_state_in(dht, i_nh, okv, mkv, K, V, BK, BV, USE_DHT), sak, sav, sb, i_nh, i_s, NSEG, ck,
+                          cv, mkv, okv, K, V)
+        ak = tl.zeros([BK], dtype=tl.float32)
+        av = tl.zeros([BV], dtype=tl.float32)
+        ar = tl.arange(0, C)
+        dS_ex = tl.zeros([BK, BV], dtype=tl.float32)
+        for j in range(j0, j1):
+            it = nt - 1 - j
+            if not SUMMARY:
+                tl.store(dh + ((c0 + it) * H + i_h).to(tl.int64) * K * V + okv, dS, mask=mkv)
+            if ADJ:
+                v_l = _hrow(v, phys_row(tl.minimum(it * C + C, L) - 1, bos, eos, REVERSE), cv, V, H, i_h)
+                o_kv = (((c0 + it) * tl.num_programs(1) + i_v) * H + i_h).to(tl.int64) * K + ck
+                tl.store(zk + o_kv, tl.sum(dS_ex * v_l[None, :], axis=1), mask=ck < K)
+                # the next chunk's share of the gate gradient (zero after the last chunk: its final-state term is
+                # added on the host)
+                nx = it + 1 < nt
+                h_n = tl.load(h + ((c0 + it + 1) * H + i_h).to(tl.int64) * K * V + okv, mask=mkv & nx, other=0.)
+                q_n = _hrow(q, phys_row(tl.minimum(it * C + C, L - 1), bos, eos, REVERSE), ck, K, H, i_h)
+                y_n = tl.load(yq + o_kv + tl.num_programs(1) * H * K, mask=(ck < K) & nx, other=0.)
+                tl.store(rk + o_kv, tl.sum(h_n * dS_ex, axis=1) + scale * q_n * y_n, mask=ck < K)
+            t, m, r = _rows(it * C, ar, L, bos, eos, REVERSE)
+            q_c = _htile(q, r, m, ck, K, H, i_h) * scale
+            do_c = _htile(do, r, m, cv, V, H, i_h)
+            r_last = phys_row(tl.minimum(it * C + C, L) - 1, bos, eos, REVERSE)
+            if GK > 0:
+                b = _qgate(gkb, gkr, r, m, ck, K, H, i_h, GK, USE_U)
+                dS = _kdecay(dS, gkb, r_last, ck, K, H, i_h, BK, GK)
+                q_c = q_c * tl.exp(b)
+                if SUMMARY:
+                    ak += _kexp(gkb, r_last, ck, K, H, i_h, BK, GK)
+            if GV:
+                bv = _htile(gvb, r, m, cv, V, H, i_h)
+                dS = _vdecay(dS, gvb, r_last, cv, V, H, i_h)
+                do_c = do_c * tl.exp(bv)
+                if SUMMARY:
+                    av += _hrow(gvb, r_last, cv, V, H, i_h)
+            if ADJ:
+                # without the chunk's first token, then that token's q do^T (gate factor exp(0)) exactly
+                r_f = phys_row(it * C, bos, eos, REVERSE)
+                dS_ex = dS + _mm(tl.trans(tl.where((t != it * C)[:, None], q_c, 0.).to(DT)), do_c.to(DT), IEEE)
+                dS = dS_ex + (_hrow(q, r_f, ck, K, H, i_h) * scale)[:, None] * _hrow(do, r_f, cv, V, H, i_h)[None, :]
+            else:
+                dS += _mm(tl.trans(q_c.to(DT)), do_c.to(DT), IEEE)
+        if SUMMARY:
+            _summary_store(sak, sav, sb, ak, av, dS, i_nh, i_s, NSEG, ck, cv, mkv, okv, K, V)
+        elif STORE_DH0:
+            if j1 == nt:
+                tl.store(dh0 + i_nh.to(tl.int64) * K * V + okv, dS, mask=mkv)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -273,6 +357,32 @@ def _final_terms(carry, dht, ht_ex, meta):
     return carry
 
 
+def segments_config():
+    """``STATE_LAUNCH`` under the options' ``launch['gla_state']``."""
+    return current_options().settings('gla_state', STATE_LAUNCH)
+
+
+def _segments(meta, tiles, K, V, device, adj):
+    """(SEGC, NSEG, (sak, sav, sb)): chunks a segment, segments of the longest sequence, and the summaries' fp32
+    buffers ([S * H, NSEG, K], [.., V], [.., K, V]; stand-ins when unsplit). A split walks each chunk twice
+    (summary, then main pass), so it is taken only at three segments or more; the bonus form's boundary terms
+    (``adj``) run unsplit."""
+    cfg = segments_config()
+    most = meta.max_chunks
+    if cfg['segment']:
+        segc = max(1, cfg['segment'])
+    else:
+        nseg = min(cdiv(cfg['progs_per_sm'] * num_sms(device), tiles), most // max(1, cfg['min_segment']))
+        segc = cdiv(most, nseg) if nseg >= 3 else most
+    nseg = cdiv(most, segc) if segc else 1
+    if adj or nseg <= 1:
+        return max(most, 1), 1, (dummy(device, torch.float32),) * 3
+    nh = meta.nseq * meta.H
+    f32 = dict(dtype=torch.float32, device=device)
+    return segc, nseg, (torch.empty((nh, nseg, K), **f32), torch.empty((nh, nseg, V), **f32),
+                        torch.empty((nh, nseg, K, V), **f32))
+
+
 def _fwd_h(k, v, gkb, gks, gvb, gvs, h0, store_ht, meta, GK, reverse, ieee, lowp=None, do=None):
     """States before every chunk h, final state ht and ht_ex (ht without the last token's k v^T; None without
     ``store_ht``), and with ``do`` (the bonus form's backward) yq ``[chunks, NV, H, K]``: partial sums over the
@@ -280,17 +390,20 @@ def _fwd_h(k, v, gkb, gks, gvb, gvs, h0, store_ht, meta, GK, reverse, ieee, lowp
     K, V = k.shape[-1], v.shape[-1]
     H = meta.H
     BKh, BVh = _state_blocks(K, V, meta.nseq * H)
-    NV = cdiv(V, BVh)
+    NK, NV = cdiv(K, BKh), cdiv(V, BVh)
     h = alloc((meta.total_chunks, H, K, V), torch.float32, k.device)
     ht = alloc((meta.nseq, H, K, V), torch.float32, k.device) if store_ht else h
     ht_ex = alloc((meta.nseq, H, K, V), torch.float32, k.device) if store_ht else h
     yq = alloc((meta.total_chunks, NV, H, K), torch.float32, k.device) if do is not None else None
-    grid = (cdiv(K, BKh), NV, meta.nseq * H)
-    _fwd_h_kernel[grid](k, v, _or(gkb, k), _or(gks, k), _or(gvb, v), _or(gvs, v), h,
-                        h0 if h0 is not None else h, ht, ht_ex, _or(do, v), _or(yq, h), meta.cu, meta.chunk_off,
-                        meta.N, meta.NT, H, K, V, C=meta.C, BK=BKh, BV=BVh, GK=GK, GV=gvb is not None,
-                        USE_H0=h0 is not None, STORE_HT=store_ht, ADJ=do is not None, REVERSE=reverse,
-                        VARLEN=meta.varlen, IEEE=_prec(ieee), LOWP=_lowp(ieee) if lowp is None else lowp)
+    SEGC, NSEG, summ = _segments(meta, NK * NV * meta.nseq * H, K, V, k.device, do is not None)
+    args = (k, v, _or(gkb, k), _or(gks, k), _or(gvb, v), _or(gvs, v), h, h0 if h0 is not None else h, ht, ht_ex,
+            _or(do, v), _or(yq, h), *summ, meta.cu, meta.chunk_off, meta.N, meta.NT, H, K, V, SEGC, NSEG)
+    flags = dict(C=meta.C, BK=BKh, BV=BVh, GK=GK, GV=gvb is not None, USE_H0=h0 is not None, STORE_HT=store_ht,
+                 ADJ=do is not None, REVERSE=reverse, VARLEN=meta.varlen, IEEE=_prec(ieee),
+                 LOWP=_lowp(ieee) if lowp is None else lowp)
+    if NSEG > 1:
+        _fwd_h_kernel[(NK * (NSEG - 1), NV, meta.nseq * H)](*args, **flags, SUMMARY=True)
+    _fwd_h_kernel[(NK * NSEG, NV, meta.nseq * H)](*args, **flags, SUMMARY=False)
     return h, (ht if store_ht else None), (ht_ex if store_ht else None), yq
 
 
@@ -301,15 +414,19 @@ def _bwd_dh(q, do, gkb, gk, gvb, gv, u, dht, h0, scale, meta, GK, reverse, ieee,
     K, V = q.shape[-1], do.shape[-1]
     H = meta.H
     BKh, BVh = _state_blocks(K, V, meta.nseq * H)
-    NV = cdiv(V, BVh)
+    NK, NV = cdiv(K, BKh), cdiv(V, BVh)
     dh = alloc((meta.total_chunks, H, K, V), torch.float32, q.device)
     dh0 = alloc((meta.nseq, H, K, V), torch.float32, q.device) if h0 is not None else None
     zk = alloc((meta.total_chunks, NV, H, K), torch.float32, q.device) if v is not None else None
     rk = alloc((meta.total_chunks, NV, H, K), torch.float32, q.device) if v is not None else None
-    _bwd_dh_kernel[(cdiv(K, BKh), NV, meta.nseq * H)](
-        q, do, _or(gkb, q), _or(gk, q), _or(gvb, q), dh, _or(dht, dh), _or(dh0, dh), _or(v, do), _or(zk, dh),
-        _or(h, dh), _or(yq, dh), _or(rk, dh), meta.cu, meta.chunk_off, scale, meta.N, meta.NT, H, K, V, C=meta.C,
-        BK=BKh, BV=BVh, GK=GK, GV=gv is not None, USE_U=u is not None, USE_DHT=dht is not None,
-        STORE_DH0=h0 is not None, ADJ=v is not None, REVERSE=reverse, VARLEN=meta.varlen, IEEE=_prec(ieee),
-        LOWP=lowp)
+    SEGC, NSEG, summ = _segments(meta, NK * NV * meta.nseq * H, K, V, q.device, v is not None)
+    args = (q, do, _or(gkb, q), _or(gk, q), _or(gvb, q), dh, _or(dht, dh), _or(dh0, dh), _or(v, do), _or(zk, dh),
+            _or(h, dh), _or(yq, dh), _or(rk, dh), *summ, meta.cu, meta.chunk_off, scale, meta.N, meta.NT, H, K, V,
+            SEGC, NSEG)
+    flags = dict(C=meta.C, BK=BKh, BV=BVh, GK=GK, GV=gv is not None, USE_U=u is not None, USE_DHT=dht is not None,
+                 STORE_DH0=h0 is not None, ADJ=v is not None, REVERSE=reverse, VARLEN=meta.varlen,
+                 IEEE=_prec(ieee), LOWP=lowp)
+    if NSEG > 1:
+        _bwd_dh_kernel[(NK * (NSEG - 1), NV, meta.nseq * H)](*args, **flags, SUMMARY=True)
+    _bwd_dh_kernel[(NK * NSEG, NV, meta.nseq * H)](*args, **flags, SUMMARY=False)
     return dh, dh0, zk, rk

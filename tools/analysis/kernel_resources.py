@@ -129,7 +129,7 @@ def resources(build, arch):
         ptx, shared, warps = ck.asm['ptx'], ck.metadata.shared, ck.metadata.num_warps
         regs, st, ld = ptxas_report(ptx, arch)
     except Exception as e:  # noqa: BLE001
-        return dict(note=f'compile error: {type(e).__name__}: {str(e)[:120]}')
+        return dict(note=f"compile error: {type(e).__name__}: {str(e)[:120]}", error=f"{type(e).__name__}: {e}")
     return dict(num_warps=warps, num_stages=ck.metadata.num_stages, registers=regs, spill_stores=st,
                 spill_loads=ld, shared_kib=round(shared / 1024, 1),
                 blocks_per_sm=blocks_per_sm(regs, warps, shared, arch),

@@ -173,9 +173,15 @@ class _Recurrent(Op):
             'gates': GATES}
 
 
+def _state_split(ops, c):
+    """Launch options of a case's ``segment`` axis: 1 = the state kernels' time split at one chunk a segment
+    (every state crosses a segment boundary); 0 = the plan's own choice."""
+    return ops.common.kernel_options(launch={'gla_state': {'segment': 1}} if c.get('segment') else {})
+
+
 class ChunkGLA(_Recurrent):
     name = 'chunk_gla'
-    axes = dict(_Recurrent.axes, gate=('none', 'scalar', 'vector'), extra=('plain', 'u', 'gv'))
+    axes = dict(_Recurrent.axes, gate=('none', 'scalar', 'vector'), extra=('plain', 'u', 'gv'), segment=(0, 1))
 
     def make(self, torch, c, gen, dev):
         K, V, N = c['K'], c['V'], c['N']
@@ -196,11 +202,13 @@ class ChunkGLA(_Recurrent):
                     cu_seqlens=extra.get('cu_seqlens'), reverse=c['reverse'])
 
     def run(self, t, c, extra, impl):
-        if impl == 'triton':
-            o, ht = self.ops.gla.chunk_gla_triton(t['q'], t['k'], t['v'], gk=t.get('g'), **self._args(t, c, extra))
-        else:
-            o, ht = self.ops.gla.chunk_gla(t['q'], t['k'], t['v'], t.get('g'), gate=c['gate'],
-                                           **self._args(t, c, extra))
+        with _state_split(self.ops, c):
+            if impl == 'triton':
+                o, ht = self.ops.gla.chunk_gla_triton(t['q'], t['k'], t['v'], gk=t.get('g'),
+                                                      **self._args(t, c, extra))
+            else:
+                o, ht = self.ops.gla.chunk_gla(t['q'], t['k'], t['v'], t.get('g'), gate=c['gate'],
+                                               **self._args(t, c, extra))
         return {'o': o, 'final_state': ht}
 
     def ref(self, t, c, extra):
@@ -255,7 +263,7 @@ class GLAWrapper(ChunkGLA):
 
 class GSA(_Recurrent):
     name = 'gsa'
-    axes = dict(_Recurrent.axes, M=(16, 40))
+    axes = dict(_Recurrent.axes, M=(16, 40), segment=(0, 1))
 
     def make(self, torch, c, gen, dev):
         K, V, N, M = c['K'], c['V'], c['N'], c['M']
@@ -279,7 +287,8 @@ class GSA(_Recurrent):
 
     def run(self, t, c, extra, impl):
         fn = self.ops.gsa.gsa_triton if impl == 'triton' else self.ops.gsa.gsa
-        return self._out(*fn(t['q'], t['k'], t['v'], t['s'], t['g'], **self._args(t, c, extra)))
+        with _state_split(self.ops, c):
+            return self._out(*fn(t['q'], t['k'], t['v'], t['s'], t['g'], **self._args(t, c, extra)))
 
     def ref(self, t, c, extra):
         return self._out(*self.ops.gsa.gsa_recurrent_reference(t['q'], t['k'], t['v'], t['s'], t['g'],

@@ -10,7 +10,7 @@ import triton.language as tl
 from ..common.jit import chunk_info, phys_row, seq_info
 from ..common.launch import jit
 from ..common.options import alloc, cdiv, current_options, declare_launch, dummy, num_sms
-from .blocks import _decay, _grow, _gtile, _hrow, _hstore, _htile, _mm, _qgate, _rows
+from .blocks import _chunk_rows, _decay, _grow, _gtile, _hrow, _hstore, _htile, _mm, _qgate, _rows
 from .launch import _lowp, _or, _pow2, _prec
 
 # the sequential state kernels' time split (``kernel_options(launch={'gla_state': {...}})``): programs an SM the
@@ -42,27 +42,24 @@ def _cumsum_kernel(g, out, suf, cu, chunk_seq, chunk_idx, N, NT, H, D,
 
 
 @jit
-def _revcumsum_kernel(x, out, carry, cu, chunk_off, N, NT, H, D,
+def _revcumsum_kernel(x, out, carry, cu, chunk_seq, chunk_idx, N, NT, H, D,
                       C: tl.constexpr, BD: tl.constexpr, SCALAR: tl.constexpr, REVERSE: tl.constexpr,
                       VARLEN: tl.constexpr):
     """out_t = sum_{t' >= t} x_t' over the rows of t's chunk (logical time, fp32) plus that chunk's entry of
     ``carry`` ([chunks, H, D] or [chunks, H]: the sum over the sequence's later rows, given in closed form, so that
-    no rounding error is carried from chunk to chunk)."""
-    i_d, i_nh = tl.program_id(0), tl.program_id(1)
-    i_n, i_h, bos, eos, c0 = seq_info(i_nh, cu, chunk_off, N, NT, H, VARLEN)
-    L = eos - bos
-    for it in range(tl.cdiv(L, C)):
-        t, m, r = _rows(it * C, tl.arange(0, C), L, bos, eos, REVERSE)
-        if SCALAR:
-            xt = tl.load(x + r.to(tl.int64) * H + i_h, mask=m, other=0.).to(tl.float32)
-            y = tl.load(carry + ((c0 + it) * H + i_h).to(tl.int64)) + tl.sum(xt, axis=0) - tl.cumsum(xt, axis=0) + xt
-            tl.store(out + r.to(tl.int64) * H + i_h, y, mask=m)
-        else:
-            c = i_d * BD + tl.arange(0, BD)
-            xt = _htile(x, r, m, c, D, H, i_h)
-            y = _hrow(carry, c0 + it, c, D, H, i_h)[None, :] + tl.sum(xt, axis=0)[None, :] \
-                - tl.cumsum(xt, axis=0) + xt
-            _hstore(out, y, r, m, c, D, H, i_h)
+    no rounding error is carried from chunk to chunk, and every chunk is a program of its own)."""
+    i_d, i_c, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    i_h, i_t, hc, bos, eos, L, ac, t, m, r = _chunk_rows(i_c, i_bh, cu, chunk_seq, chunk_idx, N, NT, H, C, REVERSE,
+                                                         VARLEN)
+    if SCALAR:
+        xt = tl.load(x + r.to(tl.int64) * H + i_h, mask=m, other=0.).to(tl.float32)
+        y = tl.load(carry + (hc * H + i_h).to(tl.int64)) + tl.sum(xt, axis=0) - tl.cumsum(xt, axis=0) + xt
+        tl.store(out + r.to(tl.int64) * H + i_h, y, mask=m)
+    else:
+        c = i_d * BD + tl.arange(0, BD)
+        xt = _htile(x, r, m, c, D, H, i_h)
+        y = _hrow(carry, hc, c, D, H, i_h)[None, :] + tl.sum(xt, axis=0)[None, :] - tl.cumsum(xt, axis=0) + xt
+        _hstore(out, y, r, m, c, D, H, i_h)
 
 
 @triton.jit
@@ -322,9 +319,9 @@ def _revcumsum(x, meta, reverse, carry):
     D = 1 if scalar else x.shape[-1]
     BD = 1 if scalar else min(64, _pow2(D))
     out = alloc(x.shape, x.dtype, x.device)
-    grid = (1 if scalar else cdiv(D, BD), meta.nseq * meta.H)
-    _revcumsum_kernel[grid](x, out, carry.contiguous(), meta.cu, meta.chunk_off, meta.N, meta.NT, meta.H, D,
-                            C=meta.C, BD=BD, SCALAR=scalar, REVERSE=reverse, VARLEN=meta.varlen)
+    grid = (1 if scalar else cdiv(D, BD), meta.nchunks, meta.nbh)
+    _revcumsum_kernel[grid](x, out, carry.contiguous(), meta.cu, meta.chunk_seq, meta.chunk_idx, meta.N, meta.NT,
+                            meta.H, D, C=meta.C, BD=BD, SCALAR=scalar, REVERSE=reverse, VARLEN=meta.varlen)
     return out
 
 

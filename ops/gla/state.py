@@ -76,6 +76,17 @@ def _seq_tile(i_k, i_v, i_nh, cu, chunk_off, N, NT, H, K, V, C: tl.constexpr, BK
 
 
 @triton.jit
+def _segment_tile(cu, chunk_off, N, NT, H, K, V, C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+                  VARLEN: tl.constexpr):
+    """Program (i_s * NK + i_k, i_v, i_nh) of a time-split state kernel: (i_v, i_nh, segment i_s, then
+    _seq_tile's)."""
+    pid, i_v, i_nh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    i_h, bos, eos, c0, L, nt, ck, cv, mkv, okv = _seq_tile(pid % tl.cdiv(K, BK), i_v, i_nh, cu, chunk_off, N, NT, H,
+                                                           K, V, C, BK, BV, VARLEN)
+    return i_v, i_nh, pid // tl.cdiv(K, BK), i_h, bos, eos, c0, L, nt, ck, cv, mkv, okv
+
+
+@triton.jit
 def _state_in(ptr, i_nh, okv, mkv, K, V, BK: tl.constexpr, BV: tl.constexpr, USE: tl.constexpr):
     """fp32 state tile of sequence x head ``i_nh`` of a [S, H, K, V] state (initial state, dht); zeros without."""
     S = tl.zeros([BK, BV], dtype=tl.float32)
@@ -126,6 +137,19 @@ def _compose(S, sak, sav, sb, i_nh, i_s, NSEG, ck, cv, mkv, okv, K, V):
 
 
 @triton.jit
+def _entry_state(init, USE_INIT: tl.constexpr, SUMMARY: tl.constexpr, sak, sav, sb, i_nh, i_s, NSEG, ck, cv, mkv,
+                 okv, K, V, BK: tl.constexpr, BV: tl.constexpr):
+    """The state tile a program starts its segment from: zero for a summary, else ``init`` ([S, H, K, V]: h0 or
+    dht; zero without) carried through the earlier segments' summaries."""
+    if SUMMARY:
+        S = tl.zeros([BK, BV], dtype=tl.float32)
+    else:
+        S = _compose(_state_in(init, i_nh, okv, mkv, K, V, BK, BV, USE_INIT), sak, sav, sb, i_nh, i_s, NSEG, ck, cv,
+                     mkv, okv, K, V)
+    return S
+
+
+@triton.jit
 def _summary_store(sak, sav, sb, ak, av, S, i_nh, i_s, NSEG, ck, cv, mkv, okv, K, V):
     """Segment i_s's summary: key / value gate exponents summed over its chunks and its local final state (the
     programs of one state row or column store the same exponents)."""
@@ -147,20 +171,13 @@ def _fwd_h_kernel(k, v, gkb, gks, gvb, gvs, h, h0, ht, ht_ex, do, yq, sak, sav, 
     summaries compose. ADJ (bonus form, backward, one segment): also yq[c, i_v] = this V block's part of
     h_ex[c] @ do_first, h_ex[c] being h[c] without the newest token's k v^T (without h0 for the first chunk):
     the gate-gradient part of the chunk's first row (see _bwd_A)."""
-    pid, i_v, i_nh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    i_k = pid % tl.cdiv(K, BK)
-    i_s = pid // tl.cdiv(K, BK)
-    i_h, bos, eos, c0, L, nt, ck, cv, mkv, okv = _seq_tile(i_k, i_v, i_nh, cu, chunk_off, N, NT, H, K, V, C, BK, BV,
-                                                           VARLEN)
+    i_v, i_nh, i_s, i_h, bos, eos, c0, L, nt, ck, cv, mkv, okv = _segment_tile(cu, chunk_off, N, NT, H, K, V, C, BK,
+                                                                               BV, VARLEN)
     it0 = i_s * SEGC
     if (it0 < nt) | (i_s == 0):
         it1 = tl.minimum(nt, it0 + SEGC)
         DT = k.dtype.element_ty if LOWP else tl.float32
-        if SUMMARY:
-            S = tl.zeros([BK, BV], dtype=tl.float32)
-        else:
-            S = _compose(_state_in(h0, i_nh, okv, mkv, K, V, BK, BV, USE_H0), sak, sav, sb, i_nh, i_s, NSEG, ck, cv,
-                         mkv, okv, K, V)
+        S = _entry_state(h0, USE_H0, SUMMARY, sak, sav, sb, i_nh, i_s, NSEG, ck, cv, mkv, okv, K, V, BK, BV)
         ak = tl.zeros([BK], dtype=tl.float32)
         av = tl.zeros([BV], dtype=tl.float32)
         ar = tl.arange(0, C)
@@ -220,20 +237,13 @@ def _bwd_dh_kernel(q, do, gkb, gkr, gvb, dh, dht, dh0, v, zk, h, yq, rk, sak, sa
     and rk[c, i_v] = this V block's part of the key-gate gradient that the later chunks add to chunk c (before the
     last one), <S, dS> without the pair (next chunk's first token, chunk's last token), whose gate factor is
     exp(0): rowsum(h[c + 1] * dh_ex[c]) + scale * q_first(c + 1) * yq[c + 1] (h_ex[c + 1] @ do_first)."""
-    pid, i_v, i_nh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    i_k = pid % tl.cdiv(K, BK)
-    i_s = pid // tl.cdiv(K, BK)
-    i_h, bos, eos, c0, L, nt, ck, cv, mkv, okv = _seq_tile(i_k, i_v, i_nh, cu, chunk_off, N, NT, H, K, V, C, BK, BV,
-                                                           VARLEN)
+    i_v, i_nh, i_s, i_h, bos, eos, c0, L, nt, ck, cv, mkv, okv = _segment_tile(cu, chunk_off, N, NT, H, K, V, C, BK,
+                                                                               BV, VARLEN)
     j0 = i_s * SEGC
     if (j0 < nt) | (i_s == 0):
         j1 = tl.minimum(nt, j0 + SEGC)
         DT = q.dtype.element_ty if LOWP else tl.float32
-        if SUMMARY:
-            dS = tl.zeros([BK, BV], dtype=tl.float32)
-        else:
-            dS = _compose(_state_in(dht, i_nh, okv, mkv, K, V, BK, BV, USE_DHT), sak, sav, sb, i_nh, i_s, NSEG, ck,
-                          cv, mkv, okv, K, V)
+        dS = _entry_state(dht, USE_DHT, SUMMARY, sak, sav, sb, i_nh, i_s, NSEG, ck, cv, mkv, okv, K, V, BK, BV)
         ak = tl.zeros([BK], dtype=tl.float32)
         av = tl.zeros([BV], dtype=tl.float32)
         ar = tl.arange(0, C)

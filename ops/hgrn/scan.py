@@ -46,6 +46,22 @@ def _neg_expm1(g):
     return -tl.where(tl.abs(g) < 0.1, s, tl.exp(g) - 1.)
 
 
+@triton.jit
+def _entry_state(init, USE_INIT: tl.constexpr, SUMMARY: tl.constexpr, sa, sb, i_n, i_s, NSEG, c, mc, D,
+                 BD: tl.constexpr):
+    """(state entering segment i_s, the summaries' row offsets of sequence i_n): zero for a summary, else ``init``
+    ([S, D]: h0 or dht; zero without) carried through the earlier segments' (log gate sum, local state)."""
+    srow = (i_n.to(tl.int64) * NSEG) * D + c
+    h = tl.zeros([BD], dtype=tl.float32)
+    if not SUMMARY:
+        if USE_INIT:
+            h += tl.load(init + i_n.to(tl.int64) * D + c, mask=mc, other=0.).to(tl.float32)
+        for j in range(i_s):
+            a = tl.load(sa + srow + j * D, mask=mc, other=0.)
+            h = tl.load(sb + srow + j * D, mask=mc, other=0.) + tl.exp(a) * h
+    return h, srow
+
+
 @jit
 def _hgrn_fwd_kernel(x, g, h0, o, ht, sa, sb, cu, N, D, SEG, NSEG, T: tl.constexpr, BD: tl.constexpr,
                      GATED: tl.constexpr, USE_H0: tl.constexpr, STORE_HT: tl.constexpr, REVERSE: tl.constexpr,
@@ -61,15 +77,8 @@ def _hgrn_fwd_kernel(x, g, h0, o, ht, sa, sb, cu, N, D, SEG, NSEG, T: tl.constex
         c = i_d * BD + tl.arange(0, BD)
         mc = c < D
         ar = tl.arange(0, T)
-        h = tl.zeros([BD], dtype=tl.float32)
+        h, srow = _entry_state(h0, USE_H0, SUMMARY, sa, sb, i_n, i_s, NSEG, c, mc, D, BD)
         A = tl.zeros([BD], dtype=tl.float32)
-        srow = (i_n.to(tl.int64) * NSEG) * D + c
-        if not SUMMARY:
-            if USE_H0:
-                h += tl.load(h0 + i_n.to(tl.int64) * D + c, mask=mc, other=0.).to(tl.float32)
-            for j in range(i_s):
-                h = tl.load(sb + srow + j * D, mask=mc, other=0.) + tl.exp(
-                    tl.load(sa + srow + j * D, mask=mc, other=0.)) * h
         for it in range(tl.cdiv(t1 - t0, T)):
             t = t0 + it * T + ar
             m = (t < t1)[:, None] & mc[None, :]
@@ -109,15 +118,9 @@ def _hgrn_bwd_kernel(x, g, o, h0, do, dht, dx, dg, dh0, sa, sb, cu, N, D, SEG, N
         c = i_d * BD + tl.arange(0, BD)
         mc = c < D
         ar = tl.arange(0, T)
-        dh = tl.zeros([BD], dtype=tl.float32)
+        dh, srow = _entry_state(dht, USE_DHT, SUMMARY, sa, sb, i_n, i_s, NSEG, c, mc, D, BD)
         A = tl.zeros([BD], dtype=tl.float32)
-        srow = (i_n.to(tl.int64) * NSEG) * D + c
         if not SUMMARY:
-            if USE_DHT:
-                dh += tl.load(dht + i_n.to(tl.int64) * D + c, mask=mc, other=0.).to(tl.float32)
-            for j in range(i_s):
-                dh = tl.load(sb + srow + j * D, mask=mc, other=0.) + tl.exp(
-                    tl.load(sa + srow + j * D, mask=mc, other=0.)) * dh
             if USE_H0:
                 hinit = tl.load(h0 + i_n.to(tl.int64) * D + c, mask=mc, other=0.).to(tl.float32)
             else:

@@ -104,6 +104,22 @@ def test_op_benchmark_runs_the_kernels_in_the_interpreter(tmp_path):
     assert res['checks'][0]['ok'] and res['bench'][0]['ours_fwd_ms'] > 0
 
 
+def test_op_benchmark_launch_list_is_an_ab_in_one_process(tmp_path):
+    """--launch with a JSON list: one run per setting into v1, v2, ..., each under its own launch options."""
+    ops = load('ops')
+    variants = [{}, {'linear_attn': {'block_n': 16, 'num_warps': 2}}]
+    assert ops.main(['--smoke', '--out', str(tmp_path), '--backend', 'triton', '--ops', 'linear_attn', '--N', '16',
+                     '--modes', 'fwd', '--no-host', '--rep', '1', '--launch', json.dumps(variants)]) == 0
+    for i, launch in enumerate(variants):
+        res = json.load(open(tmp_path / f'v{i + 1}' / 'results.json'))
+        assert res['args']['launch'] == launch and res['checks'][0]['ok'] and res['bench'][0]['ours_fwd_ms'] > 0
+    assert not (tmp_path / 'v3').exists()
+    with pytest.raises(ValueError, match='block_q'):   # each setting goes to kernel_options, which checks it
+        ops.main(['--smoke', '--out', str(tmp_path / 'bad'), '--ops', 'linear_attn', '--N', '16', '--modes', 'fwd',
+                  '--no-host', '--no-check', '--rep', '1', '--launch', '[{}, {"linear_attn": {"block_q": 1}}]'])
+    assert (tmp_path / 'bad' / 'v1' / 'results.json').exists()
+
+
 def test_op_benchmark_check_catches_a_wrong_op(tmp_path, monkeypatch):
     ops = load('ops')
     specs = ops._specs()

@@ -24,6 +24,7 @@ import json
 import os
 import os.path as osp
 import sys
+import time
 from dataclasses import dataclass, field
 from typing import Callable, Dict, Optional, Tuple
 
@@ -769,7 +770,8 @@ def parse_args(argv=None):
                         'reference')
     p.add_argument('--launch', type=json.loads, default=None,
                    help='launch options of our kernels for the whole run, as JSON: kernel_options(launch=...), e.g. '
-                        '\'{"norm_bwd": {"tile": 4096}}\' (names in docs/ops.md); one run per setting is an A/B')
+                        '\'{"norm_bwd": {"tile": 4096}}\' (names in docs/ops.md); a JSON list of them is an A/B in '
+                        'one process: one run per setting into --out/v1, v2, ... (the deadline shared out)')
     p.add_argument('--smoke', action='store_true', help='CPU, tiny shapes, float32 (CI)')
     if '--smoke' in (sys.argv[1:] if argv is None else argv):  # tiny defaults; explicit options still win
         p.set_defaults(N='16,32', B=1, H=2, K=8, V=8, dtype='fp32', slots=4, check_N=16, check_B=1, check_H=2,
@@ -781,8 +783,18 @@ def parse_args(argv=None):
 def main(argv=None):
     a = parse_args(argv)
     from vla_mm.ops.common import kernel_options
-    with kernel_options(backend=a.backend, launch=a.launch or {}):
-        return run_benchmark(a)
+    if not isinstance(a.launch, list):
+        with kernel_options(backend=a.backend, launch=a.launch or {}):
+            return run_benchmark(a)
+    # an A/B in one process: the imports, CUDA start-up and peers load once (tens of seconds a run on the GPU
+    # machine), each setting gets an equal share of what is left of the deadline
+    t0, rcs = time.time(), []
+    for i, launch in enumerate(a.launch):
+        b = argparse.Namespace(**dict(vars(a), out=osp.join(a.out, f'v{i + 1}'), launch=launch,
+                                      deadline=(a.deadline - (time.time() - t0)) / (len(a.launch) - i)))
+        with kernel_options(backend=a.backend, launch=launch or {}):
+            rcs.append(run_benchmark(b))
+    return max(rcs, default=0)
 
 
 def run_benchmark(a):

@@ -96,32 +96,33 @@ def _state_in(ptr, i_nh, okv, mkv, K, V, BK: tl.constexpr, BV: tl.constexpr, USE
 
 
 @triton.jit
-def _kdecay(S, gkb, r_last, ck, K, H, i_h, BK: tl.constexpr, GK: tl.constexpr):
-    """A state (or state gradient) tile decayed over a whole chunk by its key gates: rows times exp of the chunk's
-    last prefix sum (read at physical row ``r_last``)."""
-    bl = _grow(gkb, r_last, ck, K, H, i_h, GK)
-    if GK == 2:
-        S = S * tl.exp(tl.reshape(bl, [BK]))[:, None]
-    else:
-        S = S * tl.exp(bl)
-    return S
-
-
-@triton.jit
-def _vdecay(S, gvb, r_last, cv, V, H, i_h):
-    """The same by the value gates: columns times exp of the chunk's last prefix sum."""
-    return S * tl.exp(_hrow(gvb, r_last, cv, V, H, i_h))[None, :]
-
-
-@triton.jit
 def _kexp(gkb, r_last, ck, K, H, i_h, BK: tl.constexpr, GK: tl.constexpr):
-    """The exponent _kdecay applies to a chunk's state rows, as a [BK] vector (a head's one gate broadcast)."""
+    """A chunk's key-gate exponent of the state rows (its last prefix sum, read at physical row ``r_last``), as a
+    [BK] vector (a head's one gate broadcast)."""
     bl = _grow(gkb, r_last, ck, K, H, i_h, GK)
     if GK == 2:
         e = tl.reshape(bl, [BK])
     else:
         e = tl.zeros([BK], dtype=tl.float32) + bl
     return e
+
+
+@triton.jit
+def _chunk_decay(S, ak, av, gkb, gvb, r_last, ck, cv, K, V, H, i_h, BK: tl.constexpr, GK: tl.constexpr,
+                 GV: tl.constexpr, SUMMARY: tl.constexpr):
+    """A state (or state gradient) tile decayed over a whole chunk: rows by exp of the key-gate exponent, columns
+    by exp of the value gates' last prefix sum; a summary pass also adds the exponents to ``ak`` / ``av``."""
+    if GK > 0:
+        ek = _kexp(gkb, r_last, ck, K, H, i_h, BK, GK)
+        S = S * tl.exp(ek)[:, None]
+        if SUMMARY:
+            ak += ek
+    if GV:
+        ev = _hrow(gvb, r_last, cv, V, H, i_h)
+        S = S * tl.exp(ev)[None, :]
+        if SUMMARY:
+            av += ev
+    return S, ak, av
 
 
 @triton.jit
@@ -194,16 +195,11 @@ def _fwd_h_kernel(k, v, gkb, gks, gvb, gvs, h, h0, ht, ht_ex, do, yq, sak, sav, 
             v_c = _htile(v, r, m, cv, V, H, i_h)
             t_last = tl.minimum(it * C + C, L) - 1
             r_last = phys_row(t_last, bos, eos, REVERSE)
+            S, ak, av = _chunk_decay(S, ak, av, gkb, gvb, r_last, ck, cv, K, V, H, i_h, BK, GK, GV, SUMMARY)
             if GK > 0:
-                S = _kdecay(S, gkb, r_last, ck, K, H, i_h, BK, GK)
                 k_c = _decay(k_c, _gtile(gks, r, m, ck, K, H, i_h, GK), m)
-                if SUMMARY:
-                    ak += _kexp(gkb, r_last, ck, K, H, i_h, BK, GK)
             if GV:
-                S = _vdecay(S, gvb, r_last, cv, V, H, i_h)
                 v_c = _decay(v_c, _htile(gvs, r, m, cv, V, H, i_h), m)
-                if SUMMARY:
-                    av += _hrow(gvb, r_last, cv, V, H, i_h)
             if ADJ:
                 # the state without the chunk's last token, then that token's k v^T (gate factor exp(0)) exactly
                 S_ex = S + _mm(tl.trans(tl.where((t != t_last)[:, None], k_c, 0.).to(DT)), v_c.to(DT), IEEE)
@@ -267,18 +263,11 @@ def _bwd_dh_kernel(q, do, gkb, gkr, gvb, dh, dht, dh0, v, zk, h, yq, rk, sak, sa
             q_c = _htile(q, r, m, ck, K, H, i_h) * scale
             do_c = _htile(do, r, m, cv, V, H, i_h)
             r_last = phys_row(tl.minimum(it * C + C, L) - 1, bos, eos, REVERSE)
+            dS, ak, av = _chunk_decay(dS, ak, av, gkb, gvb, r_last, ck, cv, K, V, H, i_h, BK, GK, GV, SUMMARY)
             if GK > 0:
-                b = _qgate(gkb, gkr, r, m, ck, K, H, i_h, GK, USE_U)
-                dS = _kdecay(dS, gkb, r_last, ck, K, H, i_h, BK, GK)
-                q_c = q_c * tl.exp(b)
-                if SUMMARY:
-                    ak += _kexp(gkb, r_last, ck, K, H, i_h, BK, GK)
+                q_c = q_c * tl.exp(_qgate(gkb, gkr, r, m, ck, K, H, i_h, GK, USE_U))
             if GV:
-                bv = _htile(gvb, r, m, cv, V, H, i_h)
-                dS = _vdecay(dS, gvb, r_last, cv, V, H, i_h)
-                do_c = do_c * tl.exp(bv)
-                if SUMMARY:
-                    av += _hrow(gvb, r_last, cv, V, H, i_h)
+                do_c = do_c * tl.exp(_htile(gvb, r, m, cv, V, H, i_h))
             if ADJ:
                 # without the chunk's first token, then that token's q do^T (gate factor exp(0)) exactly
                 r_f = phys_row(it * C, bos, eos, REVERSE)

@@ -183,8 +183,11 @@ def launch_config():
 
 
 def _block(D, nseq, cfg):
-    if cfg['block_d']:
-        return cfg['block_d']
+    BD = cfg['block_d']
+    if BD:
+        if BD < 1 or BD & (BD - 1):
+            raise ValueError(f"launch['hgrn']['block_d'] must be a power of two, got {BD!r}")
+        return BD
     BD = min(64, max(16, next_power_of_2(D)))
     while BD > 16 and nseq * cdiv(D, BD) < 256:
         BD //= 2
@@ -209,11 +212,6 @@ def _plan(N, D, seqs, chunk, device):
     return BD, seg, nseg, torch.empty((2, seqs.nseq, nseg, D), dtype=torch.float32, device=device).unbind(0)
 
 
-def _check_block(BD):
-    if BD < 1 or BD & (BD - 1):
-        raise ValueError(f"launch['hgrn']['block_d'] must be a power of two, got {BD!r}")
-
-
 def hgrn_fwd(x, g, h0, output_final_state, cu_seqlens, reverse, gated_input, chunk):
     """o [B, N, D] in x's dtype and the fp32 final state [S, D] (None unless ``output_final_state``)."""
     x, g = x.contiguous(), g.contiguous()
@@ -223,7 +221,6 @@ def hgrn_fwd(x, g, h0, output_final_state, cu_seqlens, reverse, gated_input, chu
     o = alloc(x.shape, x.dtype, x.device)
     ht = alloc((seqs.nseq, D), torch.float32, x.device) if output_final_state else o
     BD, SEG, NSEG, summ = _plan(N, D, seqs, chunk, x.device)
-    _check_block(BD)
     args = (x, g, h0 if h0 is not None else x, o, ht, *summ, seqs.cu, N, D, SEG, NSEG)
     flags = dict(T=chunk, BD=BD, GATED=gated_input, USE_H0=h0 is not None, STORE_HT=output_final_state,
                  REVERSE=reverse, VARLEN=seqs.varlen)
@@ -240,7 +237,6 @@ def hgrn_bwd(x, g, h0, o, do, dht, cu_seqlens, reverse, gated_input, chunk):
     B, N, D = x.shape
     seqs = PackedSeqs(B, N, cu_seqlens, x.device)
     BD, SEG, NSEG, summ = _plan(N, D, seqs, chunk, x.device)
-    _check_block(BD)
     dx = alloc(x.shape, x.dtype, x.device)
     dg = alloc(g.shape, g.dtype, g.device)
     dh0 = alloc((seqs.nseq, D), torch.float32, x.device) if h0 is not None else None

@@ -3,7 +3,7 @@
 What a call costs the host besides its launches (our Python, torch's allocations and autograd): the part of
 ``ops.py --host``'s "no launch" column that needs no device, so a host-side change can be measured where it is
 made. Each op is timed beside a minimal ``autograd.Function`` that allocates the same outputs and gradients and
-launches nothing (the floor of any Python op), and beside torch's own op where one exists.
+launches nothing (the floor of any Python op).
 
     env -u TRITON_INTERPRET python tools/benchmarks/host_cpu.py --out work_dirs/host_cpu --ops linear_attn,layer_norm
 """
@@ -33,9 +33,8 @@ class _Floor(torch.autograd.Function):
         return (None, *(torch.empty_like(t) for t in ctx.saved_tensors))
 
 
-def floor_impl(spec, base):
-    """fwd / fwd+bwd callables of the floor for ``spec``'s inputs ``base`` (the op's own output shape)."""
-    ours = op_bench.make_impl(spec, 'ours', base)
+def floor_impl(ours):
+    """fwd / fwd+bwd callables of the floor beside our op's ``Impl`` (its output shape, leaves, output gradient)."""
     out, leaves, do = ours.fwd_nograd(), ours.leaves, ours.do
 
     def fwd():
@@ -48,7 +47,7 @@ def floor_impl(spec, base):
 
 
 def measure(spec, a):
-    """One row: µs per call of ours (Triton path, launches skipped), the floor and torch's peer if any."""
+    """One row: µs per call of ours (Triton path, launches skipped) and of the floor, launches per call."""
     from vla_mm.ops.common import kernel_options
     dtype = dict(bf16=torch.bfloat16, fp16=torch.float16, fp32=torch.float32)[a.dtype]
     cpu = torch.device('cpu')
@@ -61,7 +60,7 @@ def measure(spec, a):
         row['launches'] = box[0]
         row['ours_fwd_us'] = common.host_us(impl.fwd_nograd, n=a.calls)
         row['ours_fwdbwd_us'] = common.host_us(impl.fwdbwd, n=a.calls)
-        fwd, fwdbwd = floor_impl(spec, base)
+        fwd, fwdbwd = floor_impl(impl)
         row['floor_fwd_us'] = common.host_us(fwd, n=a.calls)
         row['floor_fwdbwd_us'] = common.host_us(fwdbwd, n=a.calls)
         if a.profile:

@@ -6,7 +6,8 @@ reads at about half the memory bandwidth (docs/ops.md, "The sum over rows"). Sam
 ``nn.Linear``; the forward is ``F.linear`` in the autocast dtype as autocast runs it, the input and weight
 gradients the same matrix products as autograd's. Under ``torch.compile`` / ``torch.jit`` tracing, on CPU and
 without a bias it is ``nn.Linear``. :func:`use_bias_grad_op` turns a model's linear layers into it in place.
-Config: ``dict(type='BiasGradLinear')`` as a mixer's ``linear_cfg``; opt-in until timed.
+Config: ``dict(type='BiasGradLinear')`` as a mixer's ``linear_cfg``. Opt-in: it takes kernel time off the step but
+adds host time, which costs more where the eager step is host-bound (docs/ops.md, "The sum over rows").
 """
 import torch
 import torch.nn as nn

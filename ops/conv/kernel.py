@@ -24,12 +24,12 @@ from ..common.options import alloc, cdiv, current_options, declare_launch, next_
 
 MAX_W = 16
 # launch settings (kernel_options(launch={'short_conv_fwd' | 'short_conv_bwd': {...}}) overrides them): token
-# rows and channels of a tile, warps, and for the backward the programs per SM its token-range split aims at (its
-# smaller tiles: larger ones spill, docs/ops.md) and shared_taps (read the 2W - 1 tiles around a program's own once
-# for every neighbour's pre-activation, instead of W tiles per neighbour)
+# rows and channels of a tile, warps, and for the backward the programs per SM its token-range split aims at
+# (32 x 64 tiles: 32 x 128 ones spill; timings in docs/ops.md) and shared_taps (read the 2W - 1 tiles around a
+# program's own once for every neighbour's pre-activation, instead of W tiles per neighbour)
 LAUNCH_DEFAULTS = MappingProxyType(dict(
     short_conv_fwd=MappingProxyType(dict(block_t=32, block_c=128, num_warps=4)),
-    short_conv_bwd=MappingProxyType(dict(block_t=16, block_c=64, num_warps=4, progs_per_sm=4, shared_taps=False))))
+    short_conv_bwd=MappingProxyType(dict(block_t=32, block_c=64, num_warps=4, progs_per_sm=16, shared_taps=False))))
 declare_launch(LAUNCH_DEFAULTS['short_conv_fwd'], 'short_conv_fwd')
 declare_launch(LAUNCH_DEFAULTS['short_conv_bwd'], 'short_conv_bwd')
 

@@ -72,7 +72,7 @@ def test_hgrn_segments(N, reverse, h0, gated, cu, segment):
 
 def test_hgrn_segment_plan():
     """Segments where sequences x channel blocks fill few programs an SM; none where they fill enough, or where a
-    segment would fall under min_segment tokens."""
+    segment would fall under min_segment tokens; the widest channel block where the sequence is split anyway."""
     seqs = SimpleNamespace(nseq=1, cu=torch.zeros(1, dtype=torch.int32))
     cpu = torch.device('cpu')        # one "SM" on the CPU: progs_per_sm is the number of programs aimed at
     for launch, N, D, want in [({'progs_per_sm': 64}, 2048, 16, (16, 512, 4)),          # capped by min_segment
@@ -80,6 +80,10 @@ def test_hgrn_segment_plan():
                                ({'progs_per_sm': 64, 'min_segment': 1024}, 2048, 16, (16, 1024, 2)),
                                ({'progs_per_sm': 4}, 2048, 64, (16, 2048, 1)),              # 4 channel blocks
                                ({'segment': 100}, 1000, 16, (16, 112, 9)),
+                               # 16 channels would still split (2 segments): the widest block splits further
+                               ({'progs_per_sm': 8}, 2048, 64, (64, 512, 4)),
+                               ({'progs_per_sm': 8, 'block_d': 16}, 2048, 64, (16, 1024, 2)),
+                               ({'segment': 10 ** 6}, 2048, 64, (16, 2048, 1)),            # unsplit: narrow
                                ({'block_d': 32}, 64, 64, (32, 64, 1))]:
         with kernel_options(launch={'hgrn': launch}):
             BD, seg, nseg, (sa, sb) = hgrn_scan._plan(N, D, seqs, 16, cpu)

@@ -641,6 +641,11 @@ def host_costs(spec, names, a, dtype, device):
     return row
 
 
+def batch_at(a, N):
+    """The batch at N: B * B_at / N (at least 1) under --B-at, else B (timed cases and profiles alike)."""
+    return max(1, round(a.B * a.B_at / N)) if a.B_at else a.B
+
+
 def host_profile(spec, a, dtype, device, rows=25):
     """cProfile of ``--host-calls`` forward+backward calls of ours at the host shape: where the host time goes
     (our Python, torch, Triton's launcher), as a markdown section."""
@@ -844,7 +849,7 @@ def run_benchmark(a):
             log(f'{n}: nothing to time here (ours not in the tree, no peer available)')
             continue
         for N in Ns:
-            B = max(1, round(a.B * a.B_at / N)) if a.B_at else a.B
+            B = batch_at(a, N)
             row = dict(op=n, B=B, H=a.H, N=N, K=a.K, V=a.V, shape=f'{B}×{a.H}×{N}×{a.K}×{a.V}')
             if deadline.expired(30):
                 row['skipped'] = 'deadline'
@@ -861,11 +866,11 @@ def run_benchmark(a):
     for item in filter(None, a.profile.split(',')):
         op, N = item.split('@')
         def prof(op=op, N=int(N)):
-            impl = make_impl(specs[op], 'ours', specs[op].make(a.B, a.H, N, a.K, a.V, dtype, device))
+            impl = make_impl(specs[op], 'ours', specs[op].make(batch_at(a, N), a.H, N, a.K, a.V, dtype, device))
             table, rows = common.profile(impl.fwdbwd, iters=5, device=device)
             res.setdefault('profile', {})[item] = rows[:40]
             with open(osp.join(a.out, 'profile.md'), 'a') as f:
-                f.write(f'## {op} fwd+bwd B{a.B} H{a.H} N{N}, 5 iterations\n\n```\n{table}\n```\n\n')
+                f.write(f'## {op} fwd+bwd B{batch_at(a, N)} H{a.H} N{N}, 5 iterations\n\n```\n{table}\n```\n\n')
         common.guarded(log, f'profile {item}', prof)
     common.write_json(out_json, res)
     common.guarded(log, 'report', report, res, a.out)

@@ -56,6 +56,9 @@ MIN_PROGRAMS_STATE = 96  # the sequential kernels narrow their V block until S *
 # Launch settings per kernel (measurements behind them: docs/benchmarks/recurrent_delta.md).
 LAUNCH = MappingProxyType({name: MappingProxyType(dict(num_warps=w, num_stages=1)) for name, w in (
     ('prep', 8), ('state', 4), ('out', 8), ('dstate', 8), ('grads_wy', 8), ('grads_qk', 8))})
+# 16-bit inputs at K <= 64: more, smaller _prep programs (all spill some at 255 registers; timed and
+# float64-checked only there: H100, session 17)
+PREP_WARPS_SMALL_K = 2
 # dots: fp32 operands as 'ieee' / 'tf32' / 'tf32x3', or 'input': both operands cast to the 16-bit input dtype
 PRECISIONS = ('ieee', 'tf32', 'tf32x3', 'input')
 _INPUT_PREC = {torch.bfloat16: 'bf16', torch.float16: 'fp16'}
@@ -72,7 +75,10 @@ def _launch(name, dtype, K):
     :func:`dot_precision`, overridden by ``kernel_options(launch={'delta_rule_<name>': {...}})``, whose
     ``precision`` (one of ``PRECISIONS``) applies to 16-bit inputs (fp32 inputs keep 'ieee'); ``_dstate``
     also takes ``split_k`` (K in two halves: every dot K-wide BK / 2, the shapes of the K <= 64 build)."""
-    opts = {**LAUNCH[name], **current_options().launch_for('delta_rule_' + name)}
+    opts = dict(LAUNCH[name])
+    if name == 'prep' and K <= MAX_TF32_K and dtype != torch.float32:
+        opts['num_warps'] = PREP_WARPS_SMALL_K
+    opts.update(current_options().launch_for('delta_rule_' + name))
     prec = opts.pop('precision', None)
     if prec is not None and prec not in PRECISIONS:
         raise ValueError(f"launch['delta_rule_{name}']['precision'] must be one of {PRECISIONS}, got {prec!r}")

@@ -300,6 +300,14 @@ def test_launch_settings_are_constants_overridable_per_call(monkeypatch):
     warps = {n: kw['num_warps'] for n, kw in log}
     assert warps['_state_kernel'] == 2 and warps['_prep_kernel'] == chunk.LAUNCH['prep']['num_warps']
     assert all(kw['num_stages'] == 1 for _, kw in log)
+    # _prep's warps follow the head size for 16-bit inputs (2 at K <= 64), unless overridden
+    for dtype, K, want in [(torch.bfloat16, 64, chunk.PREP_WARPS_SMALL_K), (torch.bfloat16, 96, 8),
+                           (torch.float32, 64, 8)]:
+        log = _launches(monkeypatch, dtype, K)
+        monkeypatch.undo()
+        assert dict((n, kw['num_warps']) for n, kw in log)['_prep_kernel'] == want, (dtype, K)
+    log = _launches(monkeypatch, torch.bfloat16, 64, launch={'delta_rule_prep': dict(num_warps=4)})
+    assert dict((n, kw['num_warps']) for n, kw in log)['_prep_kernel'] == 4
 
 
 def test_sequential_kernels_take_a_v_block(monkeypatch):

@@ -105,11 +105,13 @@ def test_op_benchmark_runs_the_kernels_in_the_interpreter(tmp_path):
 
 
 def test_op_benchmark_launch_list_is_an_ab_in_one_process(tmp_path):
-    """--launch with a JSON list: one run per setting into v1, v2, ..., each under its own launch options."""
+    """--launch with a JSON list: one run per setting into v1, v2, ..., each under its own launch options; a
+    deadline under twice the case reserve still times every setting (the reserve is kept once, not per share)."""
     ops = load('ops')
     variants = [{}, {'linear_attn': {'block_n': 16, 'num_warps': 2}}]
     assert ops.main(['--smoke', '--out', str(tmp_path), '--backend', 'triton', '--ops', 'linear_attn', '--N', '16',
-                     '--modes', 'fwd', '--no-host', '--rep', '1', '--launch', json.dumps(variants)]) == 0
+                     '--modes', 'fwd', '--no-host', '--rep', '1', '--launch', json.dumps(variants),
+                     '--deadline', str(1.5 * ops.CASE_RESERVE)]) == 0
     for i, launch in enumerate(variants):
         res = json.load(open(tmp_path / f'v{i + 1}' / 'results.json'))
         assert res['args']['launch'] == launch and res['checks'][0]['ok'] and res['bench'][0]['ours_fwd_ms'] > 0
@@ -216,15 +218,19 @@ def test_model_benchmark_cached_suffix_times_the_same_model_with_the_launch_cach
     a = models.parse_args(['--smoke', '--out', str(tmp_path), '--kinds', 'train'])
     seen = []
 
-    def measure(fn, batch, a, device):
-        seen.append(current_options().launch_cache)
+    def measure(fn, batch, a, device, graphs=False):
+        seen.append((current_options().launch_cache, graphs))
         return 1.0, 1.0, 0.0, None, 0.0
     monkeypatch.setattr(models, 'measure', measure)
     bcfg = models.backbone_cfg(a)
     for name in ('ours', 'ours+cached', 'ours_fused_ln+cached'):
         row = models.run_case(name, 32, 1, 'eager', a, torch.device('cpu'), bcfg)
         assert row['model'] == name and 'error' not in row and row['params_M'] > 0, row
-    assert seen == [False, True, True]
+    assert seen == [(False, False), (True, False), (True, False)]
+    # CUDA-graph replay (reduce-overhead) takes its peak memory over every step, the graphs' recording included
+    ro = models.parse_args(['--smoke', '--out', str(tmp_path), '--compile-mode', 'reduce-overhead'])
+    assert models.uses_graphs('compile', ro) and not models.uses_graphs('eager', ro)
+    assert not models.uses_graphs('compile', a)
 
 
 def test_model_benchmark_norm_variants_are_ours_with_that_norm(tmp_path):

@@ -36,7 +36,8 @@ convolution's default algorithm took 2.2 ms a step at 1024 px; ``--no-cudnn-benc
 Train step: forward under bf16 autocast, cross-entropy, backward, AdamW step (fp32 weights). Inference:
 ``torch.inference_mode`` + bf16 autocast. After ``--warmup`` steps, three runs of ``--steps`` / 3 back-to-back
 steps (CUDA events around each run), images/s = batch / (median run time / steps per run); peak memory =
-``torch.cuda.max_memory_allocated`` over the timed steps. Every case (model x resolution x eager/compile x
+``torch.cuda.max_memory_allocated`` over the timed steps (with CUDA graphs, ``--compile-mode reduce-overhead``:
+over every step, since the graphs' memory is taken when they are recorded). Every case (model x resolution x eager/compile x
 train/infer) catches and reports its own failure (an out-of-memory, a compile error); the eager cases all run
 before any compiled one, and a case that would pass ``--deadline`` is skipped and recorded. ``--profile RES``:
 torch.profiler of two train steps of each model (route variants aside) at RES (top kernels by CUDA time, the
@@ -300,17 +301,20 @@ def infer_fn(model, batch, res, a, device):
 NOISY_SPREAD = 0.1  # models.md lists cases whose timed runs differ by more than this share of the median
 
 
-def measure(fn, batch, a, device):
+def measure(fn, batch, a, device, graphs=False):
     """(images/s, ms per step, first-call s, peak GiB, spread) of ``fn``: after the warm-up, three runs of
     steps / 3 back-to-back calls (no synchronisation inside a run, so the host may run ahead as in training), the
-    median run's time per call; spread = (slowest - fastest run) / median run."""
+    median run's time per call; spread = (slowest - fastest run) / median run. ``graphs`` (CUDA-graph replay:
+    its memory pool is allocated when the graph is recorded, in the warm-up): peak over every call."""
+    if graphs and device.type == 'cuda':
+        torch.cuda.reset_peak_memory_stats()
     t = time.time()
     fn()
     common.synchronize(device)
     first = time.time() - t
     for _ in range(max(0, a.warmup - 1)):
         fn()
-    if device.type == 'cuda':
+    if device.type == 'cuda' and not graphs:
         torch.cuda.reset_peak_memory_stats()
     per_run = max(1, a.steps // 3)
 
@@ -352,6 +356,11 @@ def dynamo_graphs():
     return counters['stats']['unique_graphs'], sum(counters['graph_break'].values())
 
 
+def uses_graphs(mode, a):
+    """Whether the compiled step replays CUDA graphs (``torch.compile``'s modes that record them)."""
+    return mode == 'compile' and a.compile_mode in ('reduce-overhead', 'max-autotune')
+
+
 def run_case(name, res, batch, mode, a, device, bcfg, kinds=None, host_profile=False):
     """One model at one resolution in one mode: train and inference figures (or the error of each); ``kinds``:
     of ``--kinds``; ``host_profile``: also a cProfile of train steps (``row['host_profile']``)."""
@@ -372,7 +381,7 @@ def run_case(name, res, batch, mode, a, device, bcfg, kinds=None, host_profile=F
             try:
                 fn = make(run, batch, res, a, device)
                 with cached():
-                    ips, ms, first, peak, spread = measure(fn, batch, a, device)
+                    ips, ms, first, peak, spread = measure(fn, batch, a, device, graphs=uses_graphs(mode, a))
                 row.update({f'{kind}_img_s': ips, f'{kind}_ms': ms, f'{kind}_first_s': first,
                             f'{kind}_peak_GiB': peak, f'{kind}_spread': spread})
                 if host_profile and kind == 'train':

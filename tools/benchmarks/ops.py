@@ -641,6 +641,9 @@ def host_costs(spec, names, a, dtype, device):
     return row
 
 
+CASE_RESERVE = 30.  # seconds a timed case needs left of the deadline to start
+
+
 def batch_at(a, N):
     """The batch at N: B * B_at / N (at least 1) under --B-at, else B (timed cases and profiles alike)."""
     return max(1, round(a.B * a.B_at / N)) if a.B_at else a.B
@@ -792,11 +795,13 @@ def main(argv=None):
         with kernel_options(backend=a.backend, launch=a.launch or {}):
             return run_benchmark(a)
     # an A/B in one process: the imports, CUDA start-up and peers load once (tens of seconds a run on the GPU
-    # machine), each setting gets an equal share of what is left of the deadline
+    # machine), each setting gets an equal share of what is left of the deadline over the one case reserve that
+    # every run keeps (a share under the reserve would skip every case of its run)
     t0, rcs = time.time(), []
     for i, launch in enumerate(a.launch):
+        left = a.deadline - (time.time() - t0)
         b = argparse.Namespace(**dict(vars(a), out=osp.join(a.out, f'v{i + 1}'), launch=launch,
-                                      deadline=(a.deadline - (time.time() - t0)) / (len(a.launch) - i)))
+                                      deadline=max(0., left - CASE_RESERVE) / (len(a.launch) - i) + CASE_RESERVE))
         with kernel_options(backend=a.backend, launch=launch or {}):
             rcs.append(run_benchmark(b))
     return max(rcs, default=0)
@@ -851,7 +856,7 @@ def run_benchmark(a):
         for N in Ns:
             B = batch_at(a, N)
             row = dict(op=n, B=B, H=a.H, N=N, K=a.K, V=a.V, shape=f'{B}×{a.H}×{N}×{a.K}×{a.V}')
-            if deadline.expired(30):
+            if deadline.expired(CASE_RESERVE):
                 row['skipped'] = 'deadline'
                 log(f'{n} N={N}: skipped (deadline)')
             else:

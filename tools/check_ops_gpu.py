@@ -329,7 +329,7 @@ class DeltaRule(_Recurrent):
         super().__init__(ops)
         self.gated = gated
         self.name = 'gated_delta_rule' if gated else 'delta_rule'
-        self.axes = dict(_Recurrent.axes) if gated else {k: v for k, v in _Recurrent.axes.items() if k != 'gates'}
+        self.axes = OP_AXES[self.name]
 
     def make(self, torch, c, gen, dev):
         K, V, N = c['K'], c['V'], c['N']
@@ -348,7 +348,9 @@ class DeltaRule(_Recurrent):
     def run(self, t, c, extra, impl):
         dr = self.ops.delta_rule
         fn = dr.delta_rule_triton if impl == 'triton' else dr.delta_rule
-        o, ht = fn(t['q'], t['k'], t['v'], t['beta'], t.get('g'), **self._args(t, c, extra))
+        launch = {'delta_rule_dstate': {'local': True}} if c.get('local') else {}
+        with self.ops.common.kernel_options(launch=launch):
+            o, ht = fn(t['q'], t['k'], t['v'], t['beta'], t.get('g'), **self._args(t, c, extra))
         return {'o': o, 'final_state': ht}
 
     def ref(self, t, c, extra):
@@ -462,8 +464,9 @@ def make_ops(ops):
 OP_AXES = {'linear_attn': LinearAttn.axes, 'chunk_gla': ChunkGLA.axes, 'chunk_linear_attn': _Recurrent.axes,
            'chunk_simple_gla': _Recurrent.axes, 'chunk_retention': _Recurrent.axes, 'chunk_rwkv6': _Recurrent.axes,
            'gsa': GSA.axes, 'hgrn': HGRN.axes,
-           'delta_rule': {k: v for k, v in _Recurrent.axes.items() if k != 'gates'},
-           'gated_delta_rule': _Recurrent.axes, 'layer_norm': LayerNorm.axes, 'short_conv': ShortConv.axes,
+           # local: _dstate's chunk-local terms from the parallel _dlocal kernel (launch 'delta_rule_dstate')
+           'delta_rule': dict({k: v for k, v in _Recurrent.axes.items() if k != 'gates'}, local=(False, True)),
+           'gated_delta_rule': dict(_Recurrent.axes, local=(False, True)), 'layer_norm': LayerNorm.axes, 'short_conv': ShortConv.axes,
            'sum_rows': SumRows.axes}
 WRAPPERS = ('chunk_linear_attn', 'chunk_simple_gla', 'chunk_retention', 'chunk_rwkv6')
 OP_RULES = {'linear_attn': (LinearAttn.rules, LinearAttn.repair), 'layer_norm': (LayerNorm.rules, LayerNorm.repair)}

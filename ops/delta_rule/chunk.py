@@ -55,7 +55,10 @@ MAX_TF32_K_CHECKED = 128
 MIN_PROGRAMS_STATE = 96  # the sequential kernels narrow their V block until S * H * V blocks reach this
 # Launch settings per kernel (measurements behind them: docs/benchmarks/recurrent_delta.md).
 LAUNCH = MappingProxyType({name: MappingProxyType(dict(num_warps=w, num_stages=1)) for name, w in (
-    ('prep', 8), ('state', 4), ('out', 8), ('dstate', 8), ('grads_wy', 8), ('grads_qk', 8))})
+    ('prep', 8), ('state', 4), ('out', 8), ('dlocal', 4), ('dstate', 8), ('grads_wy', 8), ('grads_qk', 8))})
+# _dstate's chunk-local terms (the causal q.k product with do, and q^T do) from the parallel _dlocal kernel
+# instead of inside the sequential loop: off until timed on the GPU (device_plan D1)
+DSTATE_LOCAL = False
 # 16-bit inputs at K <= 64: more, smaller _prep programs (all spill some at 255 registers; timed and
 # float64-checked only there: H100, session 17)
 PREP_WARPS_SMALL_K = 2
@@ -63,11 +66,11 @@ PREP_WARPS_SMALL_K = 2
 PRECISIONS = ('ieee', 'tf32', 'tf32x3', 'input')
 _INPUT_PREC = {torch.bfloat16: 'bf16', torch.float16: 'fp16'}
 # the sequential kernels also take block_v (their V block: a power of two >= 16; default _bv_state's), and
-# _dstate split_k (K in two halves)
+# _dstate split_k (K in two halves) and local (DSTATE_LOCAL)
 declare_launch(TRITON_LAUNCH_KEYS + ('precision',),
-               *('delta_rule_' + n for n in ('prep', 'out', 'grads_wy', 'grads_qk')))
+               *('delta_rule_' + n for n in ('prep', 'out', 'dlocal', 'grads_wy', 'grads_qk')))
 declare_launch(TRITON_LAUNCH_KEYS + ('precision', 'block_v'), 'delta_rule_state')
-declare_launch(TRITON_LAUNCH_KEYS + ('precision', 'block_v', 'split_k'), 'delta_rule_dstate')
+declare_launch(TRITON_LAUNCH_KEYS + ('precision', 'block_v', 'split_k', 'local'), 'delta_rule_dstate')
 
 
 def _launch(name, dtype, K):
@@ -86,6 +89,7 @@ def _launch(name, dtype, K):
     opts['PREC'] = dot_prec(_INPUT_PREC.get(dtype, 'ieee') if opts['PREC'] == 'input' else opts['PREC'])
     if name == 'dstate':
         opts['KS'] = 2 if opts.pop('split_k', dstate_split_k(dtype, K)) and _blocks(K, 1)[0] >= 32 else 1
+        opts['LOCAL'] = bool(opts.pop('local', DSTATE_LOCAL))
     bv = opts.pop('block_v', None)
     if bv is not None and (bv < 16 or bv & (bv - 1)):
         raise ValueError(f"launch['delta_rule_{name}']['block_v'] must be a power of two >= 16, got {bv!r}")
@@ -355,24 +359,66 @@ def _dh_tile(ptr, base, ck, cv, K, V):
 
 
 @jit
+def _dlocal_kernel(q, k, G, do, dU_out, dh_buf, cu, chunk_seq, chunk_idx, N, NT, scale,
+                   H, K, V,
+                   BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+                   USE_G: tl.constexpr, REVERSE: tl.constexpr, PREC: tl.constexpr, VARLEN: tl.constexpr,
+                   KS: tl.constexpr):
+    """Per chunk (parallel): the terms of ``_dstate``'s step that do not depend on the carried dH, P^T do into
+    dU_out (P the causal decayed q.k scores) and (diag(scale exp(G)) Q)^T do into the chunk's dh_buf slot, which
+    ``_dstate`` reads before it writes the chunk's dH there. KS as in ``_dstate``."""
+    pc, pbh = _chunk_pids(VARLEN)
+    n, ih, c, bos, eos, ic = _chunk_at(pc, pbh, cu, chunk_seq, chunk_idx, N, NT, H, VARLEN)
+    lp, valid, phys = _chunk_rows(bos, eos, c * BT, BT, REVERSE)
+    r = tl.arange(0, BT)
+    ck = tl.arange(0, BK // KS)
+    ck1 = BK // KS + ck
+    qq = _ld_rows(q, phys, valid, ih, H, K, ck)
+    st = _dot(_ld_rows(k, phys, valid, ih, H, K, ck), tl.trans(qq), PREC)
+    if KS == 2:
+        qq1 = _ld_rows(q, phys, valid, ih, H, K, ck1)
+        st += _dot(_ld_rows(k, phys, valid, ih, H, K, ck1), tl.trans(qq1), PREC)
+    upper = (r[:, None] <= r[None, :]) & valid[None, :]
+    if USE_G:
+        Gc = tl.load(G + phys * H + ih, mask=valid, other=0.)
+        pt = tl.where(upper, scale * st * tl.exp(tl.where(upper, -_pdiff(Gc, Gc), 0.)), 0.)
+        fq = scale * tl.exp(Gc.to(tl.float32))
+    else:
+        pt = tl.where(upper, scale * st, 0.)
+        fq = tl.where(valid, scale, 0.)
+    chunk_base = (ic * H + ih).to(tl.int64) * K * V
+    for iv in range(0, tl.cdiv(V, BV)):
+        cv = iv * BV + tl.arange(0, BV)
+        mv = valid[:, None] & (cv < V)[None, :]
+        dout = tl.load(do + (phys[:, None] * H + ih) * V + cv[None, :], mask=mv, other=0.).to(tl.float32)
+        tl.store(dU_out + (phys[:, None] * H + ih) * V + cv[None, :], _dot(pt, dout, PREC), mask=mv)
+        pt_, m_ = _dh_tile(dh_buf, chunk_base, ck, cv, K, V)
+        tl.store(pt_, _dot(tl.trans(qq * fq[:, None]), dout, PREC), mask=m_)
+        if KS == 2:
+            pt_, m_ = _dh_tile(dh_buf, chunk_base, ck1, cv, K, V)
+            tl.store(pt_, _dot(tl.trans(qq1 * fq[:, None]), dout, PREC), mask=m_)
+
+
+@jit
 def _dstate_kernel(q, k, G, W, do, dU_out, dh_buf, dht, dh0, cu, chunk_off, N, NT, scale,
                    H, K, V,
                    BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
                    USE_G: tl.constexpr, USE_DHT: tl.constexpr, STORE_DH0: tl.constexpr,
-                   REVERSE: tl.constexpr, PREC: tl.constexpr, VARLEN: tl.constexpr, KS: tl.constexpr):
-    """KS = 2: K in two halves of BK / 2 columns (two [BK / 2, BV] state tiles, every dot K-wide BK / 2)."""
+                   REVERSE: tl.constexpr, PREC: tl.constexpr, VARLEN: tl.constexpr, KS: tl.constexpr,
+                   LOCAL: tl.constexpr):
+    """KS = 2: K in two halves of BK / 2 columns (two [BK / 2, BV] state tiles, every dot K-wide BK / 2).
+    LOCAL: ``_dlocal_kernel`` has put the chunk-local terms in dU_out and dh_buf (read here, then overwritten)."""
     iv = tl.program_id(1)
     n, ih, bos, eos, off = _seq_at(tl.program_id(0), cu, chunk_off, N, NT, H, VARLEN)
     L = eos - bos
     nc = tl.cdiv(L, BT)
     r = tl.arange(0, BT)
     ck = tl.arange(0, BK // KS)
+    ck1 = BK // KS + ck
     cv = iv * BV + tl.arange(0, BV)
     seq_base = (n * H + ih).to(tl.int64) * K * V
     dh = tl.zeros([BK // KS, BV], dtype=tl.float32)
-    if KS == 2:
-        ck1 = BK // 2 + ck
-        dh1 = tl.zeros([BK // 2, BV], dtype=tl.float32)
+    dh1 = tl.zeros([BK // KS, BV], dtype=tl.float32)
     if USE_DHT:
         pt_, m_ = _dh_tile(dht, seq_base, ck, cv, K, V)
         dh = tl.load(pt_, mask=m_, other=0.).to(tl.float32)
@@ -383,48 +429,65 @@ def _dstate_kernel(q, k, G, W, do, dU_out, dh_buf, dht, dh0, cu, chunk_off, N, N
         c = nc - 1 - cc
         ic = (off + c).to(tl.int64)
         chunk_base = (ic * H + ih).to(tl.int64) * K * V
-        pt_, m_ = _dh_tile(dh_buf, chunk_base, ck, cv, K, V)
-        tl.store(pt_, dh, mask=m_)
-        if KS == 2:
-            pt_, m_ = _dh_tile(dh_buf, chunk_base, ck1, cv, K, V)
-            tl.store(pt_, dh1, mask=m_)
         lp, valid, phys = _chunk_rows(bos, eos, c * BT, BT, REVERSE)
         mv = valid[:, None] & (cv < V)[None, :]
-        qq = _ld_rows(q, phys, valid, ih, H, K, ck)
+        du_ptr = dU_out + (phys[:, None] * H + ih) * V + cv[None, :]
         kk = _ld_rows(k, phys, valid, ih, H, K, ck)
         w = _ld_rows(W, phys, valid, ih, H, K, ck)
-        dout = tl.load(do + (phys[:, None] * H + ih) * V + cv[None, :], mask=mv, other=0.).to(tl.float32)
-        # st[i, j] = k_i . q_j ; P^T[i, j] = P[j, i] (nonzero for i <= j)
-        st = _dot(kk, tl.trans(qq), PREC)
         if KS == 2:
-            qq1 = _ld_rows(q, phys, valid, ih, H, K, ck1)
             kk1 = _ld_rows(k, phys, valid, ih, H, K, ck1)
             w1 = _ld_rows(W, phys, valid, ih, H, K, ck1)
-            st += _dot(kk1, tl.trans(qq1), PREC)
-        st = st * scale
-        upper = (r[:, None] <= r[None, :]) & valid[None, :]
         if USE_G:
             Gc = tl.load(G + phys * H + ih, mask=valid, other=0.)
             last = tl.minimum(L - c * BT, BT) - 1
             Gl = tl.sum(tl.where(r == last, Gc, 0.), 0)
-            pt = tl.where(upper, st * tl.exp(tl.where(upper, -_pdiff(Gc, Gc), 0.)), 0.)
             fk = tl.where(valid, tl.exp(tl.where(valid, (Gl - Gc).to(tl.float32), 0.)), 0.)
             fq = scale * tl.exp(Gc.to(tl.float32))
         else:
-            pt = tl.where(upper, st, 0.)
             fk = tl.where(valid, 1., 0.)
             fq = tl.where(valid, scale, 0.)
-        du = _dot(pt, dout, PREC) + _dot(kk * fk[:, None], dh, PREC)
+        if LOCAL:
+            du = tl.load(du_ptr, mask=mv, other=0.) + _dot(kk * fk[:, None], dh, PREC)
+            pt_, m_ = _dh_tile(dh_buf, chunk_base, ck, cv, K, V)
+            loc = tl.load(pt_, mask=m_, other=0.)
+            if KS == 2:
+                pt_, m_ = _dh_tile(dh_buf, chunk_base, ck1, cv, K, V)
+                loc1 = tl.load(pt_, mask=m_, other=0.)
+        else:
+            qq = _ld_rows(q, phys, valid, ih, H, K, ck)
+            dout = tl.load(do + (phys[:, None] * H + ih) * V + cv[None, :], mask=mv, other=0.).to(tl.float32)
+            # st[i, j] = k_i . q_j ; P^T[i, j] = P[j, i] (nonzero for i <= j)
+            st = _dot(kk, tl.trans(qq), PREC)
+            if KS == 2:
+                qq1 = _ld_rows(q, phys, valid, ih, H, K, ck1)
+                st += _dot(kk1, tl.trans(qq1), PREC)
+            upper = (r[:, None] <= r[None, :]) & valid[None, :]
+            if USE_G:
+                pt = tl.where(upper, scale * st * tl.exp(tl.where(upper, -_pdiff(Gc, Gc), 0.)), 0.)
+            else:
+                pt = tl.where(upper, scale * st, 0.)
+            du = _dot(pt, dout, PREC) + _dot(kk * fk[:, None], dh, PREC)
+            loc = _dot(tl.trans(qq * fq[:, None]), dout, PREC)
+            if KS == 2:
+                loc1 = _dot(tl.trans(qq1 * fq[:, None]), dout, PREC)
         if KS == 2:
             du += _dot(kk1 * fk[:, None], dh1, PREC)
-        tl.store(dU_out + (phys[:, None] * H + ih) * V + cv[None, :], du, mask=mv)
+        tl.store(du_ptr, du, mask=mv)
+        dh_end = dh
+        dh1_end = dh1
         if USE_G:
             dh = dh * tl.exp(Gl.to(tl.float32))
-            if KS == 2:
-                dh1 = dh1 * tl.exp(Gl.to(tl.float32))
-        dh = dh + _dot(tl.trans(qq * fq[:, None]), dout, PREC) - _dot(tl.trans(w), du, PREC)
+            dh1 = dh1 * tl.exp(Gl.to(tl.float32))
+        dh = dh + loc - _dot(tl.trans(w), du, PREC)
         if KS == 2:
-            dh1 = dh1 + _dot(tl.trans(qq1 * fq[:, None]), dout, PREC) - _dot(tl.trans(w1), du, PREC)
+            dh1 = dh1 + loc1 - _dot(tl.trans(w1), du, PREC)
+        # every thread has read its part of this chunk's dh_buf slot (LOCAL) before any overwrites it
+        tl.debug_barrier()
+        pt_, m_ = _dh_tile(dh_buf, chunk_base, ck, cv, K, V)
+        tl.store(pt_, dh_end, mask=m_)
+        if KS == 2:
+            pt_, m_ = _dh_tile(dh_buf, chunk_base, ck1, cv, K, V)
+            tl.store(pt_, dh1_end, mask=m_)
     if STORE_DH0:
         pt_, m_ = _dh_tile(dh0, seq_base, ck, cv, K, V)
         tl.store(pt_, dh, mask=m_)
@@ -684,6 +747,9 @@ def delta_rule_bwd(do, dht, residuals, q, k, v, beta, g, scale, initial_state, c
     dh0 = alloc((S, H, K, V), f32, dev) if h0 is not None else None
     dstate_opts = _launch('dstate', q.dtype, K)
     BVs = dstate_opts.pop('BV', None) or _bv_state(S, H, V)
+    if dstate_opts['LOCAL'] and grid[0] * grid[1] > 0:
+        _dlocal_kernel[grid](q, k, Gp, do, dU, dhb, *par, scale, H, K, V, BV=BV, **flags,
+                             **{**_launch('dlocal', q.dtype, K), 'KS': dstate_opts['KS']})
     _dstate_kernel[(S * H, cdiv(V, BVs))](
         q, k, Gp, W, do, dU, dhb, dht if dht is not None else W, dh0 if dh0 is not None else W, *seq, scale,
         H, K, V, BV=BVs, USE_DHT=dht is not None, STORE_DH0=dh0 is not None, **flags, **dstate_opts)

@@ -137,6 +137,29 @@ def test_dstate_with_k_in_two_halves(K, V, dtype, reverse, cu):
     check_all(res, dtype)
 
 
+@pytest.mark.parametrize('K,V,dtype,reverse,cu,gate', [(20, 80, torch.float32, True, [0, 1, 66, 130], True),
+                                                        (96, 48, torch.bfloat16, False, None, True),
+                                                        (16, 16, torch.float32, False, [0, 64, 65, 130], False)])
+def test_dstate_with_chunk_local_terms_precomputed(monkeypatch, K, V, dtype, reverse, cu, gate):
+    """``local`` (``_dlocal_kernel`` computes _dstate's carry-free terms in parallel, into the dU and dh
+    buffers _dstate then reads and overwrites): every gradient within tolerance of float64, reversed packed
+    sequences with a one-token one, two V blocks, K in two halves (16-bit K = 96), no gate; every buffer
+    guarded: nothing read or written outside it."""
+    from vla_mm.ops.common import kernel_options
+    guard = Guarded()
+    monkeypatch.setattr(chunk, 'alloc', guard.poisoned)
+    launched = []
+    monkeypatch.setattr(chunk, '_dlocal_kernel', _Recorder(chunk._dlocal_kernel, '_dlocal_kernel', launched))
+    inputs = make_inputs(1, 130, 1, K, V, gate=gate, h0=True, S=None if cu is None else len(cu) - 1)
+    cu = None if cu is None else torch.tensor(cu, dtype=torch.int32)
+    with kernel_options(launch={'delta_rule_dstate': dict(local=True)}):
+        res = run_both(inputs, dtype, reverse=reverse, cu_seqlens=cu, place=guard.place)
+    assert [n for n, _ in launched] == ['_dlocal_kernel']
+    assert launched[0][1]['KS'] == (2 if dtype != torch.float32 and K > 64 else 1)
+    assert guard.check() == [], 'a kernel wrote outside its buffer'
+    check_all(res, dtype)
+
+
 @pytest.mark.parametrize('g_kind,reverse', [('strong', False), ('weak', True), ('mixed', False), ('mixed', True)])
 def test_strong_and_weak_decay(g_kind, reverse):
     inputs = make_inputs(1, 100, 1, 16, 16, gate=True, h0=True, g_kind=g_kind)

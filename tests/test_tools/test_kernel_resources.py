@@ -86,3 +86,17 @@ def test_time_split_state_kernels_compile_for_hopper(tmp_path):
     assert kernels.count(('hgrn', '_hgrn_fwd_kernel')) == 2 and kernels.count(('hgrn', '_hgrn_bwd_kernel')) == 2
     # the bonus form's backward keeps its boundary terms on one segment: one state-gradient kernel
     assert kernels.count(('rwkv6', '_bwd_dh_kernel')) == 1
+
+
+def test_delta_rule_local_terms_compile_and_lighten_the_sequential_backward(tmp_path):
+    """``delta_rule_dstate: local`` (the chunk-local terms from the parallel ``_dlocal_kernel``) compiles for
+    sm_90 at K = V = 128 in bf16 (K in two halves) and leaves ``_dstate``'s loop without the spills of its
+    default build there."""
+    args = ('--ops', 'gated_delta_rule', '--K', '128', '--V', '128', '--N', '256')
+    base = {r['kernel']: r for r in run_tool(tmp_path / 'base', *args)}
+    local = {r['kernel']: r for r in run_tool(tmp_path / 'local', *args, '--launch',
+                                                '{"delta_rule_dstate": {"local": true}}')}
+    bad = [(k, r['note'][:200]) for k, r in local.items() if 'compile error' in r.get('note', '')]
+    assert not bad and '_dlocal_kernel' in local and '_dlocal_kernel' not in base, bad
+    assert local['_dstate_kernel']['spill_stores'] == 0 < base['_dstate_kernel']['spill_stores']
+    assert local['_dlocal_kernel']['spill_stores'] == 0

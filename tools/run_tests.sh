@@ -13,7 +13,7 @@ VLA_WHEELHOUSE=$WH bash tools/setup_env.sh
 PY=${VLA_VENV:-$ROOT/.venv}/bin/python
 [ "${VLA_VENV:-}" = system ] && PY=python3
 set +e
-"$PY" -m pytest tests -ra "$@"
+"$PY" -m pytest tests -ra --durations=20 "$@"
 rc=$?
 set -e
 if [ "$rc" = 5 ]; then echo "run_tests.sh: no test ran" >&2; exit 1; fi

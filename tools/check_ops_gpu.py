@@ -225,6 +225,7 @@ class GLAWrapper(ChunkGLA):
     def __init__(self, ops, name, gate, extra='plain'):
         super().__init__(ops)
         self.name, self.gate, self.extra_kind = name, gate, extra
+        self.axes = OP_AXES[name]
 
     def make(self, torch, c, gen, dev):
         c = dict(c, gate=self.gate, extra=self.extra_kind)
@@ -238,6 +239,11 @@ class GLAWrapper(ChunkGLA):
                     reverse=c['reverse'])
 
     def run(self, t, c, extra, impl):
+        # fuse_a: the intra-chunk scores formed inside _fwd_oA_kernel (launch 'fwd_oA')
+        with self.ops.common.kernel_options(launch={'fwd_oA': {'fuse_a': True}} if c.get('fuse_a') else {}):
+            return self._run(t, c, extra)
+
+    def _run(self, t, c, extra):
         gla = self.ops.gla
         if self.name == 'chunk_linear_attn':
             o, ht = gla.chunk_linear_attn(t['q'], t['k'], t['v'], **self._wargs(t, c, extra))
@@ -461,8 +467,11 @@ def make_ops(ops):
             DeltaRule(ops, True), LayerNorm(ops), ShortConv(ops), SumRows(ops)]
 
 
-OP_AXES = {'linear_attn': LinearAttn.axes, 'chunk_gla': ChunkGLA.axes, 'chunk_linear_attn': _Recurrent.axes,
-           'chunk_simple_gla': _Recurrent.axes, 'chunk_retention': _Recurrent.axes, 'chunk_rwkv6': _Recurrent.axes,
+# fuse_a: the one-gate-per-head (or gateless) wrappers with their intra-chunk scores formed in _fwd_oA_kernel
+OP_AXES = {'linear_attn': LinearAttn.axes, 'chunk_gla': ChunkGLA.axes,
+           'chunk_linear_attn': dict(_Recurrent.axes, fuse_a=(False, True)),
+           'chunk_simple_gla': dict(_Recurrent.axes, fuse_a=(False, True)),
+           'chunk_retention': dict(_Recurrent.axes, fuse_a=(False, True)), 'chunk_rwkv6': _Recurrent.axes,
            'gsa': GSA.axes, 'hgrn': HGRN.axes,
            # local: _dstate's chunk-local terms from the parallel _dlocal kernel (launch 'delta_rule_dstate')
            'delta_rule': dict({k: v for k, v in _Recurrent.axes.items() if k != 'gates'}, local=(False, True)),

@@ -10,7 +10,7 @@ from ..common.options import alloc, cdiv
 from .blocks import (NEG_INF, _bonus, _chunk_rows, _decay, _diag_block_scores, _diag_decay, _diag_gmm,
                      _diag_gmmT, _diag_self_term, _grow, _gtile, _gvec, _hstore, _htile, _lpre, _lsuf, _mm, _qgate,
                      _rows, _state_tile, _to_ref, _vblock_sum)
-from .launch import SUB, _launch_opts, _lowp, _or, _pow2, _prec
+from .launch import FUSE_A, SUB, _launch_opts, _lowp, _or, _pow2, _prec
 
 # ----------------------------------------------------------------------------------------------------------
 # intra-chunk matrix path (no value gates): the intra-chunk scores A (forward) and their gradient dA (backward)
@@ -66,23 +66,40 @@ def _fwd_A_kernel(q, k, gkb, gkr, u, A, cu, chunk_seq, chunk_idx, scale, N, NT, 
 
 
 @jit
-def _fwd_oA_kernel(q, v, gkb, gkr, h, A, o, cu, chunk_seq, chunk_idx, scale, N, NT, H, K, V,
+def _fwd_oA_kernel(q, k, v, gkb, gkr, h, A, o, cu, chunk_seq, chunk_idx, scale, N, NT, H, K, V,
                    C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, GK: tl.constexpr, USE_U: tl.constexpr,
-                   REVERSE: tl.constexpr, VARLEN: tl.constexpr, IEEE: tl.constexpr, LOWP: tl.constexpr):
-    """o = scale * (q * exp(bq)) @ S_chunk_start + A @ v, one chunk (all C rows) per program."""
+                   REVERSE: tl.constexpr, VARLEN: tl.constexpr, IEEE: tl.constexpr, LOWP: tl.constexpr,
+                   FUSE_A: tl.constexpr):
+    """o = scale * (q * exp(bq)) @ S_chunk_start + A @ v, one chunk (all C rows) per program. FUSE_A (one gate
+    per head or none, no bonus): A = scale * (q @ k^T) * exp(b_t - b_s) (s <= t) formed here over the same K
+    blocks, with exponents <= 0 on the causal pairs, and stored by the first V block for the backward."""
     i_v, i_c, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     i_h, i_t, hc, bos, eos, L, ac, t, m, r = _chunk_rows(i_c, i_bh, cu, chunk_seq, chunk_idx, N, NT, H, C, REVERSE,
                                                          VARLEN)
     DT = q.dtype.element_ty if LOWP else tl.float32
     cv = i_v * BV + tl.arange(0, BV)
     b_o = tl.zeros([C, BV], dtype=tl.float32)
+    a = tl.zeros([C, C], dtype=tl.float32)
     for ik in range(tl.cdiv(K, BK)):
         ck = ik * BK + tl.arange(0, BK)
-        qe = _htile(q, r, m, ck, K, H, i_h) * scale
+        qs = _htile(q, r, m, ck, K, H, i_h) * scale
+        qe = qs
         if GK > 0:
-            qe = qe * tl.exp(_qgate(gkb, gkr, r, m, ck, K, H, i_h, GK, USE_U))
+            qe = qs * tl.exp(_qgate(gkb, gkr, r, m, ck, K, H, i_h, GK, USE_U))
         b_o += _mm(qe.to(DT), _state_tile(h, hc, H, i_h, ck, cv, K, V).to(DT), IEEE)
-    a = _htile(A, r, m, ac, C, H, i_h)
+        if FUSE_A:
+            a += _mm(qs.to(DT), tl.trans(_htile(k, r, m, ck, K, H, i_h).to(DT)), IEEE)
+    if FUSE_A:
+        causal = (ac[None, :] <= ac[:, None]) & m[:, None] & m[None, :]
+        if GK > 0:
+            b = tl.load(gkb + r.to(tl.int64) * H + i_h, mask=m, other=0.).to(tl.float32)
+            a = a * tl.exp(tl.where(causal, b[:, None] - b[None, :], NEG_INF))
+        else:
+            a = tl.where(causal, a, 0.)
+        if i_v == 0:
+            _hstore(A, a, r, m, ac, C, H, i_h)
+    else:
+        a = _htile(A, r, m, ac, C, H, i_h)
     b_o += _mm(a.to(DT), _htile(v, r, m, cv, V, H, i_h).to(DT), IEEE)
     _hstore(o, b_o, r, m, cv, V, H, i_h)
 
@@ -302,16 +319,19 @@ def _fwd_A(q, k, v, gkb, gk, u, h, scale, meta, GK, reverse, ieee, lowp):
     K, V = q.shape[-1], v.shape[-1]
     # intra-chunk scores once (A, fp32, kept for the backward's dv), then full-chunk matmuls
     A = alloc((*q.shape[:3], meta.C), torch.float32, q.device)
-    _fwd_A_kernel[(meta.C // SUB, meta.nchunks, meta.nbh)](
-        q, k, _or(gkb, q), _or(gk, q), _or(u, q), A, meta.cu, meta.chunk_seq, meta.chunk_idx, scale, meta.N,
-        meta.NT, meta.H, K, C=meta.C, BS=SUB, BK=_pow2(K), GK=GK, USE_U=u is not None, REVERSE=reverse,
-        VARLEN=meta.varlen, IEEE=_prec(ieee), LOWP=lowp, **_launch_opts(K, 'fwd_A'))
+    oa_opts = _launch_opts(K, 'fwd_oA')
+    fuse = bool(oa_opts.pop('fuse_a', FUSE_A)) and GK < 2 and u is None
+    if not fuse:
+        _fwd_A_kernel[(meta.C // SUB, meta.nchunks, meta.nbh)](
+            q, k, _or(gkb, q), _or(gk, q), _or(u, q), A, meta.cu, meta.chunk_seq, meta.chunk_idx, scale, meta.N,
+            meta.NT, meta.H, K, C=meta.C, BS=SUB, BK=_pow2(K), GK=GK, USE_U=u is not None, REVERSE=reverse,
+            VARLEN=meta.varlen, IEEE=_prec(ieee), LOWP=lowp, **_launch_opts(K, 'fwd_A'))
     o = alloc(v.shape, v.dtype, v.device)
     BK, BV = min(64, _pow2(K)), min(64, _pow2(V))
     _fwd_oA_kernel[(cdiv(V, BV), meta.nchunks, meta.nbh)](
-        q, v, _or(gkb, q), _or(gk, q), h, A, o, meta.cu, meta.chunk_seq, meta.chunk_idx, scale, meta.N, meta.NT,
-        meta.H, K, V, C=meta.C, BK=BK, BV=BV, GK=GK, USE_U=u is not None, REVERSE=reverse, VARLEN=meta.varlen,
-        IEEE=_prec(ieee), LOWP=lowp, **_launch_opts(K, 'fwd_oA'))
+        q, k, v, _or(gkb, q), _or(gk, q), h, A, o, meta.cu, meta.chunk_seq, meta.chunk_idx, scale, meta.N,
+        meta.NT, meta.H, K, V, C=meta.C, BK=BK, BV=BV, GK=GK, USE_U=u is not None, REVERSE=reverse,
+        VARLEN=meta.varlen, IEEE=_prec(ieee), LOWP=lowp, FUSE_A=fuse, **oa_opts)
     return o, A
 
 

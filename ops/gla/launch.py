@@ -4,7 +4,12 @@ from ..common.options import TRITON_LAUNCH_KEYS, current_options, declare_launch
 
 CHUNK = 64
 SUB = 16
-declare_launch(TRITON_LAUNCH_KEYS, 'fwd_A', 'fwd_oA', 'dA', 'dvA', 'intra', 'inter', 'fwd_o', 'dv', 'dq', 'dk', 'dqk')
+declare_launch(TRITON_LAUNCH_KEYS, 'fwd_A', 'dA', 'dvA', 'intra', 'inter', 'fwd_o', 'dv', 'dq', 'dk', 'dqk')
+# fwd_oA also takes fuse_a: with one gate per head or none (no bonus), the intra-chunk scores A formed inside
+# _fwd_oA_kernel (one [C, C] product over K, its decays as one exp matrix) instead of by _fwd_A_kernel's
+# sub-blocks: off until timed on the GPU (device_plan D3)
+declare_launch(TRITON_LAUNCH_KEYS + ('fuse_a',), 'fwd_oA')
+FUSE_A = False
 
 
 def _or(t, dummy):

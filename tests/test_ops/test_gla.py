@@ -304,6 +304,22 @@ def test_chunk_gla_A_path(monkeypatch, gate, u, reverse, cu, K, V):
     _check(B, 70, 1, K, V, gate=gate, u=u, h0=True, reverse=reverse, cu=cu, chunk_size=32)
 
 
+@pytest.mark.parametrize('gate,reverse,cu,K,V,strength', [
+    ('scalar', True, [0, 1, 40, 70], 16, 16, None),   # packed with a one-token sequence, reverse
+    ('none', False, None, 16, 16, None),              # no gate: the causal mask alone
+    ('scalar', False, None, 80, 72, None),            # two key and value blocks, masked tails
+    ('scalar', True, None, 16, 16, -20.0),            # strong decays: every off-diagonal pair underflows
+])
+def test_chunk_gla_fused_scores(monkeypatch, gate, reverse, cu, K, V, strength):
+    """``launch={'fwd_oA': {'fuse_a': True}}`` (one gate per head or none): _fwd_oA_kernel forms and stores the
+    intra-chunk scores itself, _fwd_A_kernel never launches, and the forward and every gradient (the backward
+    reads the stored scores) stay within float64 tolerance."""
+    monkeypatch.setattr(chunk_a, '_fwd_A_kernel', _Refuse('_fwd_A_kernel'))
+    with kernel_options(launch={'fwd_oA': {'fuse_a': True}}):
+        _check(1 if cu else 2, 70, 1, K, V, gate=gate, h0=True, reverse=reverse, cu=cu, chunk_size=32,
+               strength=strength)
+
+
 @pytest.mark.parametrize('gate,u', [('vector', True), ('scalar', False)])
 def test_chunk_gla_sub_block_path(monkeypatch, gate, u):
     # gla_a_path=False: the sub-block kernels for calls without value gates (kept for comparison)

@@ -88,15 +88,20 @@ def test_time_split_state_kernels_compile_for_hopper(tmp_path):
     assert kernels.count(('rwkv6', '_bwd_dh_kernel')) == 1
 
 
-def test_delta_rule_local_terms_compile_and_lighten_the_sequential_backward(tmp_path):
-    """``delta_rule_dstate: local`` (the chunk-local terms from the parallel ``_dlocal_kernel``) compiles for
-    sm_90 at K = V = 128 in bf16 (K in two halves) and leaves ``_dstate``'s loop without the spills of its
-    default build there."""
-    args = ('--ops', 'gated_delta_rule', '--K', '128', '--V', '128', '--N', '256')
-    base = {r['kernel']: r for r in run_tool(tmp_path / 'base', *args)}
-    local = {r['kernel']: r for r in run_tool(tmp_path / 'local', *args, '--launch',
-                                                '{"delta_rule_dstate": {"local": true}}')}
-    bad = [(k, r['note'][:200]) for k, r in local.items() if 'compile error' in r.get('note', '')]
-    assert not bad and '_dlocal_kernel' in local and '_dlocal_kernel' not in base, bad
-    assert local['_dstate_kernel']['spill_stores'] == 0 < base['_dstate_kernel']['spill_stores']
-    assert local['_dlocal_kernel']['spill_stores'] == 0
+def test_opt_in_paths_compile_and_local_lightens_the_sequential_backward(tmp_path):
+    """The opt-in kernel paths compile for sm_90 at K = V = 128 in bf16: ``delta_rule_dstate: local`` (the
+    chunk-local terms from the parallel ``_dlocal_kernel``; K in two halves), which leaves ``_dstate``'s loop
+    without the spills of its default build there, and ``fwd_oA: fuse_a`` (simple GLA's scores formed in
+    ``_fwd_oA_kernel``, no ``_fwd_A_kernel``)."""
+    args = ('--K', '128', '--V', '128', '--N', '256')
+    base = {(r['op'], r['kernel']): r for r in run_tool(tmp_path / 'base', '--ops', 'gated_delta_rule', *args)}
+    opt = {(r['op'], r['kernel']): r for r in run_tool(
+        tmp_path / 'opt', '--ops', 'gated_delta_rule,gla_scalar', *args, '--launch',
+        '{"delta_rule_dstate": {"local": true}, "fwd_oA": {"fuse_a": true}}')}
+    bad = [(k, r['note'][:200]) for k, r in opt.items() if 'compile error' in r.get('note', '')]
+    assert not bad and all(r['registers'] > 0 for r in opt.values()), bad
+    dr = 'gated_delta_rule'
+    assert (dr, '_dlocal_kernel') in opt and (dr, '_dlocal_kernel') not in base
+    assert opt[(dr, '_dstate_kernel')]['spill_stores'] == 0 < base[(dr, '_dstate_kernel')]['spill_stores']
+    assert opt[(dr, '_dlocal_kernel')]['spill_stores'] == 0
+    assert ('gla_scalar', '_fwd_oA_kernel') in opt and ('gla_scalar', '_fwd_A_kernel') not in opt

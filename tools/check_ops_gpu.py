@@ -239,8 +239,9 @@ class GLAWrapper(ChunkGLA):
                     reverse=c['reverse'])
 
     def run(self, t, c, extra, impl):
-        # fuse_a: the intra-chunk scores formed inside _fwd_oA_kernel (launch 'fwd_oA')
-        with self.ops.common.kernel_options(launch={'fwd_oA': {'fuse_a': True}} if c.get('fuse_a') else {}):
+        # fuse_a: the intra-chunk scores formed inside _fwd_oA_kernel, the strict-pair dq / dk inside _bwd_dA_kernel
+        fused = {'fwd_oA': {'fuse_a': True}, 'dA': {'fuse_intra': True}}
+        with self.ops.common.kernel_options(launch=fused if c.get('fuse_a') else {}):
             return self._run(t, c, extra)
 
     def _run(self, t, c, extra):

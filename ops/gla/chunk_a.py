@@ -10,7 +10,7 @@ from ..common.options import alloc, cdiv
 from .blocks import (NEG_INF, _bonus, _chunk_rows, _decay, _diag_block_scores, _diag_decay, _diag_gmm,
                      _diag_gmmT, _diag_self_term, _grow, _gtile, _gvec, _hstore, _htile, _lpre, _lsuf, _mm, _qgate,
                      _rows, _state_tile, _to_ref, _vblock_sum)
-from .launch import FUSE_A, SUB, _launch_opts, _lowp, _or, _pow2, _prec
+from .launch import FUSE_A, FUSE_INTRA, SUB, _launch_opts, _lowp, _or, _pow2, _prec
 
 # ----------------------------------------------------------------------------------------------------------
 # intra-chunk matrix path (no value gates): the intra-chunk scores A (forward) and their gradient dA (backward)
@@ -105,12 +105,15 @@ def _fwd_oA_kernel(q, k, v, gkb, gkr, h, A, o, cu, chunk_seq, chunk_idx, scale, 
 
 
 @jit
-def _bwd_dA_kernel(v, do, dA, dAa, cu, chunk_seq, chunk_idx, scale, N, NT, H, V,
-                   C: tl.constexpr, BV: tl.constexpr, ADJ: tl.constexpr, REVERSE: tl.constexpr,
-                   VARLEN: tl.constexpr, IEEE: tl.constexpr, LOWP: tl.constexpr):
+def _bwd_dA_kernel(q, k, v, gkb, do, dA, dAa, dqi, dki, cu, chunk_seq, chunk_idx, scale, N, NT, H, K, V,
+                   C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, GK: tl.constexpr, ADJ: tl.constexpr,
+                   REVERSE: tl.constexpr, VARLEN: tl.constexpr, IEEE: tl.constexpr, LOWP: tl.constexpr,
+                   FUSE_INTRA: tl.constexpr):
     """dA[t, s] = scale * do_t . v_s for s <= t, zero above (fp32 [B, N, H, C], laid out as A). ADJ (bonus form
     with gates): the pairs s = t - 1 (gate factor exp(0)) go to dAa[t] ([B, N, H], 0 at the chunk's first row)
-    instead, so that the intra-chunk dq / dk from dA hold no pair whose gate terms cancel."""
+    instead, so that the intra-chunk dq / dk from dA hold no pair whose gate terms cancel. FUSE_INTRA (one gate
+    per head or none, no bonus): also ``_bwd_intra_kernel``'s strict-pair dq / dk, as full-chunk products with
+    dS = dA * exp(b_t - b_s) (s < t, exponents <= 0): dqi = dS @ k, dki = dS^T @ q."""
     i_c, i_bh = tl.program_id(0), tl.program_id(1)
     i_h, i_t, hc, bos, eos, L, ac, t, m, r = _chunk_rows(i_c, i_bh, cu, chunk_seq, chunk_idx, N, NT, H, C, REVERSE,
                                                          VARLEN)
@@ -126,6 +129,18 @@ def _bwd_dA_kernel(v, do, dA, dAa, cu, chunk_seq, chunk_idx, scale, N, NT, H, V,
         tl.store(dAa + r.to(tl.int64) * H + i_h, tl.sum(tl.where(sub, acc, 0.), axis=1), mask=m)
         acc = tl.where(sub, 0., acc)
     _hstore(dA, acc, r, m, ac, C, H, i_h)
+    if FUSE_INTRA:
+        strict = (ac[None, :] < ac[:, None]) & m[:, None] & m[None, :]
+        if GK > 0:
+            b = tl.load(gkb + r.to(tl.int64) * H + i_h, mask=m, other=0.).to(tl.float32)
+            ds = acc * tl.exp(tl.where(strict, b[:, None] - b[None, :], NEG_INF))
+        else:
+            ds = tl.where(strict, acc, 0.)
+        for ik in range(tl.cdiv(K, BK)):
+            ck = ik * BK + tl.arange(0, BK)
+            _hstore(dqi, _mm(ds.to(DT), _htile(k, r, m, ck, K, H, i_h).to(DT), IEEE), r, m, ck, K, H, i_h)
+            _hstore(dki, _mm(tl.trans(ds.to(DT)), _htile(q, r, m, ck, K, H, i_h).to(DT), IEEE), r, m, ck, K, H,
+                    i_h)
 
 
 @jit
@@ -347,17 +362,21 @@ def _bwd_A(q, k, v, gkb, gk, gks, u, scale, h, dh, A, do, meta, GK, reverse, iee
     adj = yq is not None
     dA = alloc(A.shape, torch.float32, q.device)
     dAa = alloc(q.shape[:3], torch.float32, q.device) if adj else None
-    _bwd_dA_kernel[(meta.nchunks, meta.nbh)](v, do, dA, _or(dAa, dA), *tabs, scale, meta.N, meta.NT, H, V, C=meta.C,
-                                            BV=BV, ADJ=adj, LOWP=lowp, **cm, **_launch_opts(K, 'dA'))
+    dqi = alloc(q.shape, torch.float32, q.device)
+    dki = alloc(k.shape, torch.float32, k.device)
+    da_opts = _launch_opts(K, 'dA')
+    fuse = bool(da_opts.pop('fuse_intra', FUSE_INTRA)) and GK < 2 and u is None
+    _bwd_dA_kernel[(meta.nchunks, meta.nbh)](
+        q, k, v, _or(gkb, q), do, dA, _or(dAa, dA), dqi, dki, *tabs, scale, meta.N, meta.NT, H, K, V, C=meta.C,
+        BK=BK, BV=BV, GK=GK, ADJ=adj, LOWP=lowp, FUSE_INTRA=fuse, **cm, **da_opts)
     dv = alloc(v.shape, v.dtype, v.device)
     _bwd_dvA_kernel[(cdiv(V, BV), meta.nchunks, meta.nbh)](
         k, _or(gks, k), A, do, dh, dv, *tabs, meta.N, meta.NT, H, K, V, C=meta.C, BK=BK, BV=BV, GK=GK,
         LOWP=_lowp(ieee), **cm, **_launch_opts(K, 'dvA'))
-    dqi = alloc(q.shape, torch.float32, q.device)
-    dki = alloc(k.shape, torch.float32, k.device)
-    _bwd_intra_kernel[(cdiv(K, BK) * (meta.C // SUB), meta.nchunks, meta.nbh)](
-        q, k, _or(gkb, q), _or(gk, q), dA, dqi, dki, *tabs, meta.N, meta.NT, H, K, C=meta.C, BS=SUB, BK=BK, GK=GK,
-        USE_U=u is not None, LOWP=lowp, **cm, **_launch_opts(K, 'intra'))
+    if not fuse:
+        _bwd_intra_kernel[(cdiv(K, BK) * (meta.C // SUB), meta.nchunks, meta.nbh)](
+            q, k, _or(gkb, q), _or(gk, q), dA, dqi, dki, *tabs, meta.N, meta.NT, H, K, C=meta.C, BS=SUB, BK=BK,
+            GK=GK, USE_U=u is not None, LOWP=lowp, **cm, **_launch_opts(K, 'intra'))
     dq = alloc(q.shape, q.dtype, q.device)
     dk = alloc(k.shape, k.dtype, k.device)
     dbk = alloc(gk.shape, torch.float32, q.device) if gk is not None else None

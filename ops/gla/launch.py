@@ -4,12 +4,15 @@ from ..common.options import TRITON_LAUNCH_KEYS, current_options, declare_launch
 
 CHUNK = 64
 SUB = 16
-declare_launch(TRITON_LAUNCH_KEYS, 'fwd_A', 'dA', 'dvA', 'intra', 'inter', 'fwd_o', 'dv', 'dq', 'dk', 'dqk')
-# fwd_oA also takes fuse_a: with one gate per head or none (no bonus), the intra-chunk scores A formed inside
-# _fwd_oA_kernel (one [C, C] product over K, its decays as one exp matrix) instead of by _fwd_A_kernel's
-# sub-blocks: off until timed on the GPU (device_plan D3)
+declare_launch(TRITON_LAUNCH_KEYS, 'fwd_A', 'dvA', 'intra', 'inter', 'fwd_o', 'dv', 'dq', 'dk', 'dqk')
+# with one gate per head or none (no bonus), full-chunk products (one exp matrix of decays) instead of the
+# sub-block kernels written for vector gates: fwd_oA's fuse_a forms the scores A inside _fwd_oA_kernel (no
+# _fwd_A_kernel), dA's fuse_intra the strict-pair dq / dk inside _bwd_dA_kernel (no _bwd_intra_kernel); off until
+# timed on the GPU (device_plan D3)
 declare_launch(TRITON_LAUNCH_KEYS + ('fuse_a',), 'fwd_oA')
+declare_launch(TRITON_LAUNCH_KEYS + ('fuse_intra',), 'dA')
 FUSE_A = False
+FUSE_INTRA = False
 
 
 def _or(t, dummy):

@@ -250,6 +250,26 @@ def test_strong_gates_with_inexact_dots(monkeypatch, gate, gv, u, a_path):
         _check(1, 40, 1, 16, 16, gate=gate, gv=gv, u=u, h0=True, chunk_size=32, strength='-20', tol=1e-2)
 
 
+def test_fused_scalar_paths_at_strong_gates(monkeypatch):
+    """The fused one-gate-per-head paths (``fuse_a``, ``fuse_intra``) keep the t == s pairs out of the gate-gradient
+    buffers as the sub-block kernels do: at log gates of -20 the buffers stay below 1e-6 with exact fp32 dots, and
+    the gradients within 1e-2 of float64 with every dot's operands rounded to tf32 (the GPU's case)."""
+    seen = []
+    revcumsum = chunk._revcumsum
+
+    def record(x, meta, reverse, carry):
+        seen.append(max(x.abs().max().item(), carry.abs().max().item()))
+        return revcumsum(x, meta, reverse, carry)
+    monkeypatch.setattr(chunk, '_revcumsum', record)
+    for name in ('_fwd_A_kernel', '_bwd_intra_kernel'):
+        monkeypatch.setattr(chunk_a, name, _Refuse(name))
+    with kernel_options(launch={'fwd_oA': {'fuse_a': True}, 'dA': {'fuse_intra': True}}):
+        _check(2, 40, 1, 16, 16, gate='scalar', h0=True, chunk_size=32, strength='-20')
+        assert len(seen) == 1 and seen[0] < 1e-6, seen
+        _tf32_operands(monkeypatch)
+        _check(1, 40, 1, 16, 16, gate='scalar', h0=True, chunk_size=32, strength='-20', tol=1e-2)
+
+
 def test_value_gate_residuals_opcheck():
     # the value-gate path keeps oex (fp32, o without its t == s terms) for the backward: the fake implementation
     # must describe it (shapes, dtypes) as the Triton forward returns it
@@ -311,13 +331,18 @@ def test_chunk_gla_A_path(monkeypatch, gate, u, reverse, cu, K, V):
     ('scalar', True, None, 16, 16, -20.0),            # strong decays: every off-diagonal pair underflows
 ])
 def test_chunk_gla_fused_scores(monkeypatch, gate, reverse, cu, K, V, strength):
-    """``launch={'fwd_oA': {'fuse_a': True}}`` (one gate per head or none): _fwd_oA_kernel forms and stores the
-    intra-chunk scores itself, _fwd_A_kernel never launches, and the forward and every gradient (the backward
-    reads the stored scores) stay within float64 tolerance."""
-    monkeypatch.setattr(chunk_a, '_fwd_A_kernel', _Refuse('_fwd_A_kernel'))
-    with kernel_options(launch={'fwd_oA': {'fuse_a': True}}):
+    """``launch={'fwd_oA': {'fuse_a': True}, 'dA': {'fuse_intra': True}}`` (one gate per head or none):
+    _fwd_oA_kernel forms and stores the intra-chunk scores itself and _bwd_dA_kernel the strict-pair dq / dk,
+    neither _fwd_A_kernel nor _bwd_intra_kernel launches, and the forward and every gradient (the gate's
+    included) stay within float64 tolerance; with the bonus (u) both keep the sub-block kernels."""
+    for name in ('_fwd_A_kernel', '_bwd_intra_kernel'):
+        monkeypatch.setattr(chunk_a, name, _Refuse(name))
+    with kernel_options(launch={'fwd_oA': {'fuse_a': True}, 'dA': {'fuse_intra': True}}):
         _check(1 if cu else 2, 70, 1, K, V, gate=gate, h0=True, reverse=reverse, cu=cu, chunk_size=32,
                strength=strength)
+        if strength is None and cu is None:
+            with pytest.raises(AssertionError, match='_fwd_A_kernel launched'):
+                _check(2, 40, 1, K, V, gate=gate, u=True, h0=False, chunk_size=32)
 
 
 @pytest.mark.parametrize('gate,u', [('vector', True), ('scalar', False)])

@@ -88,6 +88,18 @@ def rne_bf16(x):
 
 
 @triton.jit
+def pair_diff(Gi, Gj):
+    """Pairwise G_i - G_j in float32 from float64 vectors without a float64 matrix: each G is split into
+    float32 hi + lo parts; hi_i - hi_j is exact when the two are within a factor 2 (Sterbenz) and otherwise
+    the difference is large and its rounding irrelevant to the exp."""
+    hi_i = Gi.to(tl.float32)
+    lo_i = (Gi - hi_i.to(tl.float64)).to(tl.float32)
+    hi_j = Gj.to(tl.float32)
+    lo_j = (Gj - hi_j.to(tl.float64)).to(tl.float32)
+    return (hi_i[:, None] - hi_j[None, :]) + (lo_i[:, None] - lo_j[None, :])
+
+
+@triton.jit
 def dot(a, b, PREC: tl.constexpr):
     """``tl.dot(a, b)`` in fp32 accumulation; PREC 'bf16' / 'fp16' casts both operands to that 16-bit type first
     (the 16-bit tensor-core path), 'bf16_emu' rounds them to bf16 and multiplies in fp32 (the same numbers, for

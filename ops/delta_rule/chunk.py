@@ -42,7 +42,8 @@ import triton.language as tl
 from ..common import PackedSeqs, alloc, cdiv, current_options, kernel_options, next_power_of_2
 from ..common.launch import jit
 from ..common.options import TRITON_LAUNCH_KEYS, declare_launch
-from ..common.jit import chunk_info as _chunk_at, dot as _dot, dot_prec, phys_row, seq_info as _seq_at
+from ..common.jit import chunk_info as _chunk_at, dot as _dot, dot_prec, pair_diff as _pdiff, phys_row
+from ..common.jit import seq_info as _seq_at
 
 BT = 64                  # chunk length (the blocked inversion in ``_prep_kernel`` is written for 4 x 16 rows)
 MAX_HEAD_DIM_K = 256     # one [BT, K] tile of q / k / W per program
@@ -119,18 +120,6 @@ def _chunk_pids(VARLEN: tl.constexpr):
         pc = tl.program_id(1)
         pbh = tl.program_id(0)
     return pc, pbh
-
-
-@triton.jit
-def _pdiff(Gi, Gj):
-    """Pairwise G_i - G_j in float32 from float64 vectors without a float64 matrix: each G is split into
-    float32 hi + lo parts; hi_i - hi_j is exact when the two are within a factor 2 (Sterbenz) and otherwise
-    the difference is large and its rounding irrelevant to the exp."""
-    hi_i = Gi.to(tl.float32)
-    lo_i = (Gi - hi_i.to(tl.float64)).to(tl.float32)
-    hi_j = Gj.to(tl.float32)
-    lo_j = (Gj - hi_j.to(tl.float64)).to(tl.float32)
-    return (hi_i[:, None] - hi_j[None, :]) + (lo_i[:, None] - lo_j[None, :])
 
 
 @triton.jit

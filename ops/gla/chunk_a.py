@@ -8,8 +8,8 @@ from ..common.jit import chunk_info, phys_row
 from ..common.launch import jit
 from ..common.options import alloc, cdiv
 from .blocks import (NEG_INF, _bonus, _chunk_rows, _decay, _diag_block_scores, _diag_decay, _diag_gmm,
-                     _diag_gmmT, _diag_self_term, _grow, _gtile, _gvec, _hstore, _htile, _lpre, _lsuf, _mm, _qgate,
-                     _rows, _state_tile, _to_ref, _vblock_sum)
+                     _diag_gmmT, _diag_self_term, _grow, _gtile, _gvec, _hstore, _htile, _lpre, _lsuf, _mm,
+                     _pair_decays, _qgate, _rows, _state_tile, _to_ref, _vblock_sum)
 from .launch import FUSE_A, FUSE_INTRA, SUB, _launch_opts, _lowp, _or, _pow2, _prec
 
 # ----------------------------------------------------------------------------------------------------------
@@ -71,8 +71,8 @@ def _fwd_oA_kernel(q, k, v, gkb, gkr, h, A, o, cu, chunk_seq, chunk_idx, scale, 
                    REVERSE: tl.constexpr, VARLEN: tl.constexpr, IEEE: tl.constexpr, LOWP: tl.constexpr,
                    FUSE_A: tl.constexpr):
     """o = scale * (q * exp(bq)) @ S_chunk_start + A @ v, one chunk (all C rows) per program. FUSE_A (one gate
-    per head or none, no bonus): A = scale * (q @ k^T) * exp(b_t - b_s) (s <= t) formed here over the same K
-    blocks, with exponents <= 0 on the causal pairs, and stored by the first V block for the backward."""
+    per head or none, no bonus): A = scale * (q @ k^T) * exp(b_t - b_s) (s <= t; ``_pair_decays`` from the raw
+    gates ``gkr``) formed here over the same K blocks, and stored by the first V block for the backward."""
     i_v, i_c, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     i_h, i_t, hc, bos, eos, L, ac, t, m, r = _chunk_rows(i_c, i_bh, cu, chunk_seq, chunk_idx, N, NT, H, C, REVERSE,
                                                          VARLEN)
@@ -90,12 +90,10 @@ def _fwd_oA_kernel(q, k, v, gkb, gkr, h, A, o, cu, chunk_seq, chunk_idx, scale, 
         if FUSE_A:
             a += _mm(qs.to(DT), tl.trans(_htile(k, r, m, ck, K, H, i_h).to(DT)), IEEE)
     if FUSE_A:
-        causal = (ac[None, :] <= ac[:, None]) & m[:, None] & m[None, :]
         if GK > 0:
-            b = tl.load(gkb + r.to(tl.int64) * H + i_h, mask=m, other=0.).to(tl.float32)
-            a = a * tl.exp(tl.where(causal, b[:, None] - b[None, :], NEG_INF))
+            a = a * _pair_decays(gkr, ac, r, m, H, i_h, False)
         else:
-            a = tl.where(causal, a, 0.)
+            a = tl.where((ac[None, :] <= ac[:, None]) & m[:, None] & m[None, :], a, 0.)
         if i_v == 0:
             _hstore(A, a, r, m, ac, C, H, i_h)
     else:
@@ -105,7 +103,7 @@ def _fwd_oA_kernel(q, k, v, gkb, gkr, h, A, o, cu, chunk_seq, chunk_idx, scale, 
 
 
 @jit
-def _bwd_dA_kernel(q, k, v, gkb, do, dA, dAa, dqi, dki, cu, chunk_seq, chunk_idx, scale, N, NT, H, K, V,
+def _bwd_dA_kernel(q, k, v, gk, do, dA, dAa, dqi, dki, cu, chunk_seq, chunk_idx, scale, N, NT, H, K, V,
                    C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, GK: tl.constexpr, ADJ: tl.constexpr,
                    REVERSE: tl.constexpr, VARLEN: tl.constexpr, IEEE: tl.constexpr, LOWP: tl.constexpr,
                    FUSE_INTRA: tl.constexpr):
@@ -113,7 +111,7 @@ def _bwd_dA_kernel(q, k, v, gkb, do, dA, dAa, dqi, dki, cu, chunk_seq, chunk_idx
     with gates): the pairs s = t - 1 (gate factor exp(0)) go to dAa[t] ([B, N, H], 0 at the chunk's first row)
     instead, so that the intra-chunk dq / dk from dA hold no pair whose gate terms cancel. FUSE_INTRA (one gate
     per head or none, no bonus): also ``_bwd_intra_kernel``'s strict-pair dq / dk, as full-chunk products with
-    dS = dA * exp(b_t - b_s) (s < t, exponents <= 0): dqi = dS @ k, dki = dS^T @ q."""
+    dS = dA * exp(b_t - b_s) (s < t; ``_pair_decays`` from the raw gates ``gk``): dqi = dS @ k, dki = dS^T @ q."""
     i_c, i_bh = tl.program_id(0), tl.program_id(1)
     i_h, i_t, hc, bos, eos, L, ac, t, m, r = _chunk_rows(i_c, i_bh, cu, chunk_seq, chunk_idx, N, NT, H, C, REVERSE,
                                                          VARLEN)
@@ -130,12 +128,10 @@ def _bwd_dA_kernel(q, k, v, gkb, do, dA, dAa, dqi, dki, cu, chunk_seq, chunk_idx
         acc = tl.where(sub, 0., acc)
     _hstore(dA, acc, r, m, ac, C, H, i_h)
     if FUSE_INTRA:
-        strict = (ac[None, :] < ac[:, None]) & m[:, None] & m[None, :]
         if GK > 0:
-            b = tl.load(gkb + r.to(tl.int64) * H + i_h, mask=m, other=0.).to(tl.float32)
-            ds = acc * tl.exp(tl.where(strict, b[:, None] - b[None, :], NEG_INF))
+            ds = acc * _pair_decays(gk, ac, r, m, H, i_h, True)
         else:
-            ds = tl.where(strict, acc, 0.)
+            ds = tl.where((ac[None, :] < ac[:, None]) & m[:, None] & m[None, :], acc, 0.)
         for ik in range(tl.cdiv(K, BK)):
             ck = ik * BK + tl.arange(0, BK)
             _hstore(dqi, _mm(ds.to(DT), _htile(k, r, m, ck, K, H, i_h).to(DT), IEEE), r, m, ck, K, H, i_h)
@@ -367,7 +363,7 @@ def _bwd_A(q, k, v, gkb, gk, gks, u, scale, h, dh, A, do, meta, GK, reverse, iee
     da_opts = _launch_opts(K, 'dA')
     fuse = bool(da_opts.pop('fuse_intra', FUSE_INTRA)) and GK < 2 and u is None
     _bwd_dA_kernel[(meta.nchunks, meta.nbh)](
-        q, k, v, _or(gkb, q), do, dA, _or(dAa, dA), dqi, dki, *tabs, scale, meta.N, meta.NT, H, K, V, C=meta.C,
+        q, k, v, _or(gk, q), do, dA, _or(dAa, dA), dqi, dki, *tabs, scale, meta.N, meta.NT, H, K, V, C=meta.C,
         BK=BK, BV=BV, GK=GK, ADJ=adj, LOWP=lowp, FUSE_INTRA=fuse, **cm, **da_opts)
     dv = alloc(v.shape, v.dtype, v.device)
     _bwd_dvA_kernel[(cdiv(V, BV), meta.nchunks, meta.nbh)](

@@ -347,6 +347,18 @@ def _dh_tile(ptr, base, ck, cv, K, V):
     return ptr + base + (ck[:, None] * V + cv[None, :]), (ck < K)[:, None] & (cv < V)[None, :]
 
 
+@triton.jit
+def _scores_pt(st, Gc, valid, r, scale, USE_G: tl.constexpr):
+    """P^T of a chunk from st = K Q^T (st[i, j] = k_i . q_j): scale * st * exp(G_j - G_i) for i <= j (valid j),
+    zero elsewhere; ``Gc`` the chunk's float64 cumulative log gates (unused without a gate)."""
+    upper = (r[:, None] <= r[None, :]) & valid[None, :]
+    if USE_G:
+        pt = tl.where(upper, scale * st * tl.exp(tl.where(upper, -_pdiff(Gc, Gc), 0.)), 0.)
+    else:
+        pt = tl.where(upper, scale * st, 0.)
+    return pt
+
+
 @jit
 def _dlocal_kernel(q, k, G, do, dU_out, dh_buf, cu, chunk_seq, chunk_idx, N, NT, scale,
                    H, K, V,
@@ -361,20 +373,19 @@ def _dlocal_kernel(q, k, G, do, dU_out, dh_buf, cu, chunk_seq, chunk_idx, N, NT,
     lp, valid, phys = _chunk_rows(bos, eos, c * BT, BT, REVERSE)
     r = tl.arange(0, BT)
     ck = tl.arange(0, BK // KS)
-    ck1 = BK // KS + ck
     qq = _ld_rows(q, phys, valid, ih, H, K, ck)
     st = _dot(_ld_rows(k, phys, valid, ih, H, K, ck), tl.trans(qq), PREC)
     if KS == 2:
+        ck1 = BK // 2 + ck
         qq1 = _ld_rows(q, phys, valid, ih, H, K, ck1)
         st += _dot(_ld_rows(k, phys, valid, ih, H, K, ck1), tl.trans(qq1), PREC)
-    upper = (r[:, None] <= r[None, :]) & valid[None, :]
     if USE_G:
         Gc = tl.load(G + phys * H + ih, mask=valid, other=0.)
-        pt = tl.where(upper, scale * st * tl.exp(tl.where(upper, -_pdiff(Gc, Gc), 0.)), 0.)
         fq = scale * tl.exp(Gc.to(tl.float32))
     else:
-        pt = tl.where(upper, scale * st, 0.)
+        Gc = tl.zeros([BT], dtype=tl.float64)
         fq = tl.where(valid, scale, 0.)
+    pt = _scores_pt(st, Gc, valid, r, scale, USE_G)
     chunk_base = (ic * H + ih).to(tl.int64) * K * V
     for iv in range(0, tl.cdiv(V, BV)):
         cv = iv * BV + tl.arange(0, BV)
@@ -403,11 +414,12 @@ def _dstate_kernel(q, k, G, W, do, dU_out, dh_buf, dht, dh0, cu, chunk_off, N, N
     nc = tl.cdiv(L, BT)
     r = tl.arange(0, BT)
     ck = tl.arange(0, BK // KS)
-    ck1 = BK // KS + ck
     cv = iv * BV + tl.arange(0, BV)
     seq_base = (n * H + ih).to(tl.int64) * K * V
     dh = tl.zeros([BK // KS, BV], dtype=tl.float32)
-    dh1 = tl.zeros([BK // KS, BV], dtype=tl.float32)
+    if KS == 2:
+        ck1 = BK // 2 + ck
+        dh1 = tl.zeros([BK // 2, BV], dtype=tl.float32)
     if USE_DHT:
         pt_, m_ = _dh_tile(dht, seq_base, ck, cv, K, V)
         dh = tl.load(pt_, mask=m_, other=0.).to(tl.float32)
@@ -433,6 +445,7 @@ def _dstate_kernel(q, k, G, W, do, dU_out, dh_buf, dht, dh0, cu, chunk_off, N, N
             fk = tl.where(valid, tl.exp(tl.where(valid, (Gl - Gc).to(tl.float32), 0.)), 0.)
             fq = scale * tl.exp(Gc.to(tl.float32))
         else:
+            Gc = tl.zeros([BT], dtype=tl.float64)
             fk = tl.where(valid, 1., 0.)
             fq = tl.where(valid, scale, 0.)
         if LOCAL:
@@ -450,12 +463,7 @@ def _dstate_kernel(q, k, G, W, do, dU_out, dh_buf, dht, dh0, cu, chunk_off, N, N
             if KS == 2:
                 qq1 = _ld_rows(q, phys, valid, ih, H, K, ck1)
                 st += _dot(kk1, tl.trans(qq1), PREC)
-            upper = (r[:, None] <= r[None, :]) & valid[None, :]
-            if USE_G:
-                pt = tl.where(upper, scale * st * tl.exp(tl.where(upper, -_pdiff(Gc, Gc), 0.)), 0.)
-            else:
-                pt = tl.where(upper, scale * st, 0.)
-            du = _dot(pt, dout, PREC) + _dot(kk * fk[:, None], dh, PREC)
+            du = _dot(_scores_pt(st, Gc, valid, r, scale, USE_G), dout, PREC) + _dot(kk * fk[:, None], dh, PREC)
             loc = _dot(tl.trans(qq * fq[:, None]), dout, PREC)
             if KS == 2:
                 loc1 = _dot(tl.trans(qq1 * fq[:, None]), dout, PREC)
@@ -463,10 +471,12 @@ def _dstate_kernel(q, k, G, W, do, dU_out, dh_buf, dht, dh0, cu, chunk_off, N, N
             du += _dot(kk1 * fk[:, None], dh1, PREC)
         tl.store(du_ptr, du, mask=mv)
         dh_end = dh
-        dh1_end = dh1
+        if KS == 2:
+            dh1_end = dh1
         if USE_G:
             dh = dh * tl.exp(Gl.to(tl.float32))
-            dh1 = dh1 * tl.exp(Gl.to(tl.float32))
+            if KS == 2:
+                dh1 = dh1 * tl.exp(Gl.to(tl.float32))
         dh = dh + loc - _dot(tl.trans(w), du, PREC)
         if KS == 2:
             dh1 = dh1 + loc1 - _dot(tl.trans(w1), du, PREC)

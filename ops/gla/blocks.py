@@ -326,11 +326,10 @@ def _diag_block_scores(q_i, k_i, g_i, uu, k, gkr, base, t_i, m_i, r_i, seq_len, 
 @triton.jit
 def _pair_decays(gk, ac, r, m, H, i_h, STRICT: tl.constexpr):
     """exp(b_t - b_s) over a chunk's rows (offsets ``ac``) for one log gate per head (``gk`` [rows, H]), b the
-    chunk's inclusive
-    prefix sums: on the pairs s <= t (s < t if STRICT) of valid rows, 0 elsewhere. The sums are taken in float64
-    and differenced as hi + lo float32 parts (``pair_diff``): a float32 prefix sum at strong gates (-20 a token,
-    -1280 over a chunk) carries absolute errors of ~1e-4, which would be the relative error of every decayed
-    pair and of the gate gradient they make."""
+    chunk's inclusive prefix sums: on the pairs s <= t (s < t if STRICT) of valid rows, 0 elsewhere. The sums are
+    taken in float64 and differenced as hi + lo float32 parts (``pair_diff``): a float32 prefix sum at strong gates
+    (-20 a token, -1280 over a chunk) carries absolute errors of ~1e-4, which would be the relative error of every
+    decayed pair and of the gate gradient they make."""
     b = tl.cumsum(tl.load(gk + r.to(tl.int64) * H + i_h, mask=m, other=0.).to(tl.float64), 0)
     if STRICT:
         pairs = (ac[None, :] < ac[:, None]) & m[:, None] & m[None, :]

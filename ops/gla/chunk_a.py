@@ -79,7 +79,8 @@ def _fwd_oA_kernel(q, k, v, gkb, gkr, h, A, o, cu, chunk_seq, chunk_idx, scale, 
     DT = q.dtype.element_ty if LOWP else tl.float32
     cv = i_v * BV + tl.arange(0, BV)
     b_o = tl.zeros([C, BV], dtype=tl.float32)
-    a = tl.zeros([C, C], dtype=tl.float32)
+    if FUSE_A:
+        a = tl.zeros([C, C], dtype=tl.float32)
     for ik in range(tl.cdiv(K, BK)):
         ck = ik * BK + tl.arange(0, BK)
         qs = _htile(q, r, m, ck, K, H, i_h) * scale

@@ -182,6 +182,11 @@ def launch_config():
     return current_options().settings('hgrn', LAUNCH_DEFAULTS)
 
 
+def _widest(D):
+    """The widest channel block: 64 channels (128-byte bf16 rows), fewer for narrower D, at least 16."""
+    return min(64, max(16, next_power_of_2(D)))
+
+
 def _block(D, nseq, cfg):
     """Channels a program: ``block_d``, else narrowed from 64 (down to 16) until sequences x channel blocks reach
     256 programs."""
@@ -190,7 +195,7 @@ def _block(D, nseq, cfg):
         if BD < 1 or BD & (BD - 1):
             raise ValueError(f"launch['hgrn']['block_d'] must be a power of two, got {BD!r}")
         return BD
-    BD = min(64, max(16, next_power_of_2(D)))
+    BD = _widest(D)
     while BD > 16 and nseq * cdiv(D, BD) < 256:
         BD //= 2
     return BD
@@ -214,9 +219,8 @@ def _plan(N, D, seqs, chunk, device):
     cfg = launch_config()
     BD = _block(D, seqs.nseq, cfg)
     seg = _segments(N, D, BD, seqs, chunk, cfg, device)
-    widest = min(64, max(16, next_power_of_2(D)))
-    if not cfg['block_d'] and BD < widest and cdiv(N, seg) > 1:
-        BD = widest
+    if not cfg['block_d'] and BD < _widest(D) and cdiv(N, seg) > 1:
+        BD = _widest(D)
         seg = _segments(N, D, BD, seqs, chunk, cfg, device)
     nseg = cdiv(N, seg)
     if nseg == 1:

@@ -240,11 +240,8 @@ class GLAWrapper(ChunkGLA):
 
     def run(self, t, c, extra, impl):
         # fuse_a: the intra-chunk scores formed inside _fwd_oA_kernel, the strict-pair dq / dk inside _bwd_dA_kernel
-        launch = {'fwd_oA': {'fuse_a': True}, 'dA': {'fuse_intra': True}} if c.get('fuse_a') else {}
-        if c.get('load_m'):
-            # load_m: the vector-gate diagonal sub-block of _bwd_intra_kernel reads dA from memory, 32-wide key blocks
-            launch = {'intra': {'load_m': True, 'block_k': 32}}
-        with self.ops.common.kernel_options(launch=launch):
+        fused = {'fwd_oA': {'fuse_a': True}, 'dA': {'fuse_intra': True}}
+        with self.ops.common.kernel_options(launch=fused if c.get('fuse_a') else {}):
             return self._run(t, c, extra)
 
     def _run(self, t, c, extra):
@@ -475,13 +472,12 @@ def make_ops(ops):
 OP_AXES = {'linear_attn': LinearAttn.axes, 'chunk_gla': ChunkGLA.axes,
            'chunk_linear_attn': dict(_Recurrent.axes, fuse_a=(False, True)),
            'chunk_simple_gla': dict(_Recurrent.axes, fuse_a=(False, True)),
-           'chunk_retention': dict(_Recurrent.axes, fuse_a=(False, True)),
-           'chunk_rwkv6': dict(_Recurrent.axes, load_m=(False, True)),
+           'chunk_retention': dict(_Recurrent.axes, fuse_a=(False, True)), 'chunk_rwkv6': _Recurrent.axes,
            'gsa': GSA.axes, 'hgrn': HGRN.axes,
            # local: _dstate's chunk-local terms from the parallel _dlocal kernel (launch 'delta_rule_dstate')
            'delta_rule': dict({k: v for k, v in _Recurrent.axes.items() if k != 'gates'}, local=(False, True)),
-           'gated_delta_rule': dict(_Recurrent.axes, local=(False, True)), 'layer_norm': LayerNorm.axes,
-           'short_conv': ShortConv.axes, 'sum_rows': SumRows.axes}
+           'gated_delta_rule': dict(_Recurrent.axes, local=(False, True)), 'layer_norm': LayerNorm.axes, 'short_conv': ShortConv.axes,
+           'sum_rows': SumRows.axes}
 WRAPPERS = ('chunk_linear_attn', 'chunk_simple_gla', 'chunk_retention', 'chunk_rwkv6')
 OP_RULES = {'linear_attn': (LinearAttn.rules, LinearAttn.repair), 'layer_norm': (LayerNorm.rules, LayerNorm.repair)}
 

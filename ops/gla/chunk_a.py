@@ -10,7 +10,7 @@ from ..common.options import alloc, cdiv
 from .blocks import (NEG_INF, _bonus, _chunk_rows, _decay, _diag_block_scores, _diag_decay, _diag_gmm,
                      _diag_gmmT, _diag_self_term, _grow, _gtile, _gvec, _hstore, _htile, _lpre, _lsuf, _mm,
                      _pair_decays, _qgate, _rows, _state_tile, _to_ref, _vblock_sum)
-from .launch import FUSE_A, FUSE_INTRA, LOAD_M, SUB, _launch_opts, _lowp, _or, _pow2, _prec
+from .launch import FUSE_A, FUSE_INTRA, SUB, _launch_opts, _lowp, _or, _pow2, _prec
 
 # ----------------------------------------------------------------------------------------------------------
 # intra-chunk matrix path (no value gates): the intra-chunk scores A (forward) and their gradient dA (backward)
@@ -165,11 +165,9 @@ def _bwd_dvA_kernel(k, gks, A, do, dh, dv, cu, chunk_seq, chunk_idx, N, NT, H, K
 @jit
 def _bwd_intra_kernel(q, k, gkb, gkr, dA, dqi, dki, cu, chunk_seq, chunk_idx, N, NT, H, K,
                       C: tl.constexpr, BS: tl.constexpr, BK: tl.constexpr, GK: tl.constexpr, USE_U: tl.constexpr,
-                      REVERSE: tl.constexpr, VARLEN: tl.constexpr, IEEE: tl.constexpr, LOWP: tl.constexpr,
-                      LOADM: tl.constexpr):
+                      REVERSE: tl.constexpr, VARLEN: tl.constexpr, IEEE: tl.constexpr, LOWP: tl.constexpr):
     """Intra-chunk dq and dk of sub-block program_id(0) % (C // BS), key block program_id(0) // (C // BS), from dA,
-    strict pairs only (s < t; the t == s terms are added by _bwd_inter_kernel), fp32 (LOADM: the vector-gate
-    diagonal sub-block reads dA's columns from memory):
+    strict pairs only (s < t; the t == s terms are added by _bwd_inter_kernel), fp32:
     dq_t = sum_{s<t} dA[t, s] k_s exp(bq_t - b_s),  dk_s = sum_{t>s} dA[t, s] q_t exp(bq_t - b_s)."""
     i_ki, i_c, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     i_n, i_h, i_t, bos, eos, hc = chunk_info(i_c, i_bh, cu, chunk_seq, chunk_idx, N, NT, H, VARLEN)
@@ -227,11 +225,8 @@ def _bwd_intra_kernel(q, k, gkb, gkr, dA, dqi, dki, cu, chunk_seq, chunk_idx, N,
                 gT = g_i
             else:
                 gT = tl.zeros([BS, BK], dtype=tl.float32)
-            dA_p = dA + i_h * C + i_i * BS
-            dq_i += _diag_gmm(dA_ii, dA_p, H * C, gT, k, gkr, base, t_i, m_i, L, bos, eos, ck, K, H, i_h, BS, BK, True,
-                              REVERSE, LOADM)
-            dk_i += _diag_gmmT(dA_ii, dA_p, H * C, q, 1.0, gkr, base, L, bos, eos, ck, K, H, i_h, BS, BK, True, USE_U,
-                               REVERSE, LOADM)
+            dq_i += _diag_gmm(dA_ii, gT, k, gkr, base, t_i, m_i, L, bos, eos, ck, K, H, i_h, BS, BK, True, REVERSE)
+            dk_i += _diag_gmmT(dA_ii, q, 1.0, gkr, base, L, bos, eos, ck, K, H, i_h, BS, BK, True, USE_U, REVERSE)
         else:
             if GK == 1:
                 dA_ii = dA_ii * _diag_decay(_gvec(gkr, r_i, m_i, H, i_h), t_i, m_i, BS, USE_U, True)
@@ -376,11 +371,9 @@ def _bwd_A(q, k, v, gkb, gk, gks, u, scale, h, dh, A, do, meta, GK, reverse, iee
         k, _or(gks, k), A, do, dh, dv, *tabs, meta.N, meta.NT, H, K, V, C=meta.C, BK=BK, BV=BV, GK=GK,
         LOWP=_lowp(ieee), **cm, **_launch_opts(K, 'dvA'))
     if not fuse:
-        in_opts = _launch_opts(K, 'intra')
-        BKi = min(BK, in_opts.pop('block_k', BK))
-        _bwd_intra_kernel[(cdiv(K, BKi) * (meta.C // SUB), meta.nchunks, meta.nbh)](
-            q, k, _or(gkb, q), _or(gk, q), dA, dqi, dki, *tabs, meta.N, meta.NT, H, K, C=meta.C, BS=SUB, BK=BKi,
-            GK=GK, USE_U=u is not None, LOWP=lowp, LOADM=bool(in_opts.pop('load_m', LOAD_M)), **cm, **in_opts)
+        _bwd_intra_kernel[(cdiv(K, BK) * (meta.C // SUB), meta.nchunks, meta.nbh)](
+            q, k, _or(gkb, q), _or(gk, q), dA, dqi, dki, *tabs, meta.N, meta.NT, H, K, C=meta.C, BS=SUB, BK=BK,
+            GK=GK, USE_U=u is not None, LOWP=lowp, **cm, **_launch_opts(K, 'intra'))
     dq = alloc(q.shape, q.dtype, q.device)
     dk = alloc(k.shape, k.dtype, k.device)
     dbk = alloc(gk.shape, torch.float32, q.device) if gk is not None else None

@@ -4,11 +4,7 @@ from ..common.options import TRITON_LAUNCH_KEYS, current_options, declare_launch
 
 CHUNK = 64
 SUB = 16
-declare_launch(TRITON_LAUNCH_KEYS, 'fwd_A', 'dvA', 'inter', 'fwd_o', 'dv', 'dq', 'dk', 'dqk')
-# intra: load_m reads the vector-gate diagonal sub-block's dA columns from memory instead of cutting them out of the
-# register tile (a reduction and a layout change a step); block_k narrows its key blocks; untimed (device_plan D3)
-declare_launch(TRITON_LAUNCH_KEYS + ('load_m', 'block_k'), 'intra')
-LOAD_M = False
+declare_launch(TRITON_LAUNCH_KEYS, 'fwd_A', 'dvA', 'intra', 'inter', 'fwd_o', 'dv', 'dq', 'dk', 'dqk')
 # with one gate per head or none (no bonus), full-chunk products (one exp matrix of decays) instead of the
 # sub-block kernels written for vector gates: fwd_oA's fuse_a forms the scores A inside _fwd_oA_kernel (no
 # _fwd_A_kernel), dA's fuse_intra the strict-pair dq / dk inside _bwd_dA_kernel (no _bwd_intra_kernel); off until

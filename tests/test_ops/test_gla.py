@@ -345,29 +345,6 @@ def test_chunk_gla_fused_scores(monkeypatch, gate, reverse, cu, K, V, strength):
                 _check(2, 40, 1, K, V, gate=gate, u=True, h0=False, chunk_size=32)
 
 
-@pytest.mark.parametrize('u,reverse,cu,K,block_k', [
-    (True, False, [0, 33, 34, 70], 16, 16),   # packed with a one-token sequence, bonus
-    (False, True, None, 40, 16),              # three key blocks of 16, masked tail, reverse
-])
-def test_intra_diagonal_from_memory(monkeypatch, u, reverse, cu, K, block_k):
-    """``launch={'intra': {'load_m': True, 'block_k': ...}}``: _bwd_intra_kernel reads the vector-gate diagonal
-    sub-block's dA columns from memory, over narrower key blocks, and every gradient stays within float64 tolerance."""
-    seen = []
-    kernel = chunk_a._bwd_intra_kernel
-
-    class _Spy:
-        def __getitem__(self, grid):
-            def launch(*args, **kw):
-                seen.append((grid[0], kw['BK'], kw['LOADM']))
-                return kernel[grid](*args, **kw)
-            return launch
-
-    monkeypatch.setattr(chunk_a, '_bwd_intra_kernel', _Spy())
-    with kernel_options(launch={'intra': {'load_m': True, 'block_k': block_k}}):
-        _check(1 if cu else 2, 70, 1, K, 16, gate='vector', u=u, h0=True, reverse=reverse, cu=cu, chunk_size=32)
-    assert seen == [(-(-K // block_k) * 2, block_k, True)]
-
-
 @pytest.mark.parametrize('gate,u', [('vector', True), ('scalar', False)])
 def test_chunk_gla_sub_block_path(monkeypatch, gate, u):
     # gla_a_path=False: the sub-block kernels for calls without value gates (kept for comparison)

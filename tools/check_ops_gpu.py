@@ -476,8 +476,8 @@ OP_AXES = {'linear_attn': LinearAttn.axes, 'chunk_gla': ChunkGLA.axes,
            'gsa': GSA.axes, 'hgrn': HGRN.axes,
            # local: _dstate's chunk-local terms from the parallel _dlocal kernel (launch 'delta_rule_dstate')
            'delta_rule': dict({k: v for k, v in _Recurrent.axes.items() if k != 'gates'}, local=(False, True)),
-           'gated_delta_rule': dict(_Recurrent.axes, local=(False, True)), 'layer_norm': LayerNorm.axes, 'short_conv': ShortConv.axes,
-           'sum_rows': SumRows.axes}
+           'gated_delta_rule': dict(_Recurrent.axes, local=(False, True)), 'layer_norm': LayerNorm.axes,
+           'short_conv': ShortConv.axes, 'sum_rows': SumRows.axes}
 WRAPPERS = ('chunk_linear_attn', 'chunk_simple_gla', 'chunk_retention', 'chunk_rwkv6')
 OP_RULES = {'linear_attn': (LinearAttn.rules, LinearAttn.repair), 'layer_norm': (LayerNorm.rules, LayerNorm.repair)}
 

@@ -58,16 +58,19 @@ MIN_PROGRAMS_STATE = 96  # the sequential kernels narrow their V block until S *
 LAUNCH = MappingProxyType({name: MappingProxyType(dict(num_warps=w, num_stages=1)) for name, w in (
     ('prep', 8), ('state', 4), ('out', 8), ('dlocal', 4), ('dstate', 8), ('grads_wy', 8), ('grads_qk', 8))})
 # _dstate's chunk-local terms (the causal q.k product with do, and q^T do) from the parallel _dlocal kernel
-# instead of inside the sequential loop: off until timed on the GPU (device_plan D1)
-DSTATE_LOCAL = False
-# 16-bit inputs at K <= 64: more, smaller _prep programs (all spill some at 255 registers; timed and
-# float64-checked only there: H100, session 17)
+# instead of inside the sequential loop, for 16-bit inputs up to this K (timed at K = 64, float64-checked up to
+# 192 on Hopper, session 18); above it and for fp32 _dlocal spills more than the in-loop path saves
+DSTATE_LOCAL_MAX_K = 128
+# 16-bit inputs at K <= 64 (MAX_TF32_K): more, smaller _prep programs (all spill some at 255 registers; timed and
+# float64-checked only there: H100, session 17) and the sequential kernels' loads pipelined over two stages
+# (no spill, 89 / 56 KiB shared; H100, session 18)
 PREP_WARPS_SMALL_K = 2
+SEQ_STAGES_SMALL_K = 2
 # dots: fp32 operands as 'ieee' / 'tf32' / 'tf32x3', or 'input': both operands cast to the 16-bit input dtype
 PRECISIONS = ('ieee', 'tf32', 'tf32x3', 'input')
 _INPUT_PREC = {torch.bfloat16: 'bf16', torch.float16: 'fp16'}
 # the sequential kernels also take block_v (their V block: a power of two >= 16; default _bv_state's), and
-# _dstate split_k (K in two halves) and local (DSTATE_LOCAL)
+# _dstate split_k (K in two halves) and local (default: DSTATE_LOCAL_MAX_K)
 declare_launch(TRITON_LAUNCH_KEYS + ('precision',),
                *('delta_rule_' + n for n in ('prep', 'out', 'dlocal', 'grads_wy', 'grads_qk')))
 declare_launch(TRITON_LAUNCH_KEYS + ('precision', 'block_v'), 'delta_rule_state')
@@ -80,8 +83,11 @@ def _launch(name, dtype, K):
     ``precision`` (one of ``PRECISIONS``) applies to 16-bit inputs (fp32 inputs keep 'ieee'); ``_dstate``
     also takes ``split_k`` (K in two halves: every dot K-wide BK / 2, the shapes of the K <= 64 build)."""
     opts = dict(LAUNCH[name])
-    if name == 'prep' and K <= MAX_TF32_K and dtype != torch.float32:
+    small_k = K <= MAX_TF32_K and dtype != torch.float32
+    if name == 'prep' and small_k:
         opts['num_warps'] = PREP_WARPS_SMALL_K
+    if name in ('state', 'dstate') and small_k:
+        opts['num_stages'] = SEQ_STAGES_SMALL_K
     opts.update(current_options().launch_for('delta_rule_' + name))
     prec = opts.pop('precision', None)
     if prec is not None and prec not in PRECISIONS:
@@ -90,7 +96,7 @@ def _launch(name, dtype, K):
     opts['PREC'] = dot_prec(_INPUT_PREC.get(dtype, 'ieee') if opts['PREC'] == 'input' else opts['PREC'])
     if name == 'dstate':
         opts['KS'] = 2 if opts.pop('split_k', dstate_split_k(dtype, K)) and _blocks(K, 1)[0] >= 32 else 1
-        opts['LOCAL'] = bool(opts.pop('local', DSTATE_LOCAL))
+        opts['LOCAL'] = bool(opts.pop('local', dtype != torch.float32 and K <= DSTATE_LOCAL_MAX_K))
     bv = opts.pop('block_v', None)
     if bv is not None and (bv < 16 or bv & (bv - 1)):
         raise ValueError(f"launch['delta_rule_{name}']['block_v'] must be a power of two >= 16, got {bv!r}")

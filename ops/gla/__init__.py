@@ -173,8 +173,9 @@ def chunk_simple_gla(q, k, v, g, *, scale=None, initial_state=None, output_final
 
 def retention_log_decay(num_heads: int, device=None, dtype=torch.float32) -> torch.Tensor:
     """RetNet's fixed per-head decay, in log space: ``log(1 - 2^(-5 - h))``, shape ``[H]``."""
-    h = torch.arange(num_heads, dtype=torch.float64)
-    return torch.log1p(-torch.pow(2.0, -5.0 - h)).to(device=device, dtype=dtype)
+    # formed on ``device``: no host-to-device copy, so a call can be captured in a CUDA graph
+    h = torch.arange(num_heads, dtype=torch.float64, device=device)
+    return torch.log1p(-torch.exp2(-5.0 - h)).to(dtype=dtype)
 
 
 def chunk_retention(q, k, v, *, scale=None, initial_state=None, output_final_state=False, cu_seqlens=None,

@@ -7,12 +7,12 @@ SUB = 16
 declare_launch(TRITON_LAUNCH_KEYS, 'fwd_A', 'dvA', 'intra', 'inter', 'fwd_o', 'dv', 'dq', 'dk', 'dqk')
 # with one gate per head or none (no bonus), full-chunk products (one exp matrix of decays) instead of the
 # sub-block kernels written for vector gates: fwd_oA's fuse_a forms the scores A inside _fwd_oA_kernel (no
-# _fwd_A_kernel), dA's fuse_intra the strict-pair dq / dk inside _bwd_dA_kernel (no _bwd_intra_kernel); off until
-# timed on the GPU (device_plan D3)
+# _fwd_A_kernel), dA's fuse_intra the strict-pair dq / dk inside _bwd_dA_kernel (no _bwd_intra_kernel); on since
+# timed (H100, session 18: simple GLA forward -15 / -18 %, forward + backward -11 / -12 %)
 declare_launch(TRITON_LAUNCH_KEYS + ('fuse_a',), 'fwd_oA')
 declare_launch(TRITON_LAUNCH_KEYS + ('fuse_intra',), 'dA')
-FUSE_A = False
-FUSE_INTRA = False
+FUSE_A = True
+FUSE_INTRA = True
 
 
 def _or(t, dummy):

@@ -331,6 +331,17 @@ def test_launch_settings_are_constants_overridable_per_call(monkeypatch):
         assert dict((n, kw['num_warps']) for n, kw in log)['_prep_kernel'] == want, (dtype, K)
     log = _launches(monkeypatch, torch.bfloat16, 64, launch={'delta_rule_prep': dict(num_warps=4)})
     assert dict((n, kw['num_warps']) for n, kw in log)['_prep_kernel'] == 4
+    # the sequential kernels: two stages for 16-bit K <= 64; _dstate's chunk-local terms from _dlocal for 16-bit
+    # K <= DSTATE_LOCAL_MAX_K; either overridable
+    for dtype, K, stages, local in [(torch.bfloat16, 64, chunk.SEQ_STAGES_SMALL_K, True),
+                                    (torch.float16, 128, 1, True), (torch.bfloat16, 192, 1, False),
+                                    (torch.float32, 64, 1, False)]:
+        st, ds = chunk._launch('state', dtype, K), chunk._launch('dstate', dtype, K)
+        assert (st['num_stages'], ds['num_stages'], ds['LOCAL']) == (stages, stages, local), (dtype, K)
+    from vla_mm.ops.common import kernel_options
+    with kernel_options(launch={'delta_rule_dstate': dict(local=False, num_stages=3)}):
+        ds = chunk._launch('dstate', torch.bfloat16, 64)
+    assert (ds['LOCAL'], ds['num_stages']) == (False, 3)
 
 
 def test_sequential_kernels_take_a_v_block(monkeypatch):

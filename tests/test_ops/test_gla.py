@@ -386,6 +386,26 @@ def test_public_op_dispatch_and_checks():
     assert torch.allclose(o3, o4, atol=1e-6)
 
 
+def test_retention_decay_made_on_the_target_device():
+    """RetNet's decays are formed on the tensors' device, with no host tensor to copy over (a CUDA graph capture
+    refuses the copy; H100, session 18): every tensor the call makes is on ``device``; values log(1 - 2^(-5-h))."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class _Devices(TorchDispatchMode):
+        seen = set()
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            self.seen.update(str(t.device) for t in torch.utils._pytree.tree_leaves(out) if torch.is_tensor(t))
+            return out
+
+    with _Devices() as mode:
+        d = gla_ops.retention_log_decay(3, device='meta', dtype=torch.bfloat16)
+    assert d.device.type == 'meta' and d.dtype == torch.bfloat16 and mode.seen == {'meta'}
+    want = torch.tensor([np.log(1 - 2.0 ** (-5 - h)) for h in range(3)], dtype=torch.float64)
+    assert torch.allclose(gla_ops.retention_log_decay(3, dtype=torch.float64), want, rtol=1e-12, atol=0)
+
+
 class _Count:
     """Wraps a kernel and counts its launches."""
 

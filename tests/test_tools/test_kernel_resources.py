@@ -88,17 +88,18 @@ def test_time_split_state_kernels_compile_for_hopper(tmp_path):
     assert kernels.count(('rwkv6', '_bwd_dh_kernel')) == 1
 
 
-def test_opt_in_paths_compile_and_local_lightens_the_sequential_backward(tmp_path):
-    """The opt-in kernel paths compile for sm_90 at K = V = 128 in bf16: ``delta_rule_dstate: local`` (the
-    chunk-local terms from the parallel ``_dlocal_kernel``; K in two halves), which leaves ``_dstate``'s loop
-    without the spills of its default build there, and ``fwd_oA: fuse_a`` / ``dA: fuse_intra`` (simple GLA's scores
-    formed in ``_fwd_oA_kernel`` and its strict-pair dq / dk in ``_bwd_dA_kernel``: no ``_fwd_A_kernel``, no
+def test_default_paths_compile_and_local_lightens_the_sequential_backward(tmp_path):
+    """The default kernel paths compile for sm_90 at K = V = 128 in bf16 against the ones they replaced: the
+    delta rule's chunk-local backward terms from the parallel ``_dlocal_kernel`` (K in two halves), which leaves
+    ``_dstate``'s loop without the spills of its in-loop build there, and simple GLA's scores formed in
+    ``_fwd_oA_kernel`` and its strict-pair dq / dk in ``_bwd_dA_kernel`` (no ``_fwd_A_kernel``, no
     ``_bwd_intra_kernel``)."""
     args = ('--K', '128', '--V', '128', '--N', '256')
-    base = {(r['op'], r['kernel']): r for r in run_tool(tmp_path / 'base', '--ops', 'gated_delta_rule', *args)}
-    opt = {(r['op'], r['kernel']): r for r in run_tool(
-        tmp_path / 'opt', '--ops', 'gated_delta_rule,gla_scalar', *args, '--launch',
-        '{"delta_rule_dstate": {"local": true}, "fwd_oA": {"fuse_a": true}, "dA": {"fuse_intra": true}}')}
+    base = {(r['op'], r['kernel']): r for r in run_tool(
+        tmp_path / 'base', '--ops', 'gated_delta_rule', *args, '--launch',
+        '{"delta_rule_dstate": {"local": false}, "fwd_oA": {"fuse_a": false}, "dA": {"fuse_intra": false}}')}
+    opt = {(r['op'], r['kernel']): r for r in run_tool(tmp_path / 'opt', '--ops', 'gated_delta_rule,gla_scalar',
+                                                        *args)}
     bad = [(k, r['note'][:200]) for k, r in opt.items() if 'compile error' in r.get('note', '')]
     assert not bad and all(r['registers'] > 0 for r in opt.values()), bad
     dr = 'gated_delta_rule'

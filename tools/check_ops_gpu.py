@@ -240,8 +240,11 @@ class GLAWrapper(ChunkGLA):
 
     def run(self, t, c, extra, impl):
         # fuse_a: the intra-chunk scores formed inside _fwd_oA_kernel, the strict-pair dq / dk inside _bwd_dA_kernel
-        fused = {'fwd_oA': {'fuse_a': True}, 'dA': {'fuse_intra': True}}
-        with self.ops.common.kernel_options(launch=fused if c.get('fuse_a') else {}):
+        launch = {'fwd_oA': {'fuse_a': c['fuse_a']}, 'dA': {'fuse_intra': c['fuse_a']}} if 'fuse_a' in c else {}
+        if 'load_m' in c:
+            # load_m: the vector-gate diagonal sub-block of _bwd_intra_kernel reads dA from memory (the default)
+            launch = {'intra': {'load_m': c['load_m']}}
+        with self.ops.common.kernel_options(launch=launch):
             return self._run(t, c, extra)
 
     def _run(self, t, c, extra):
@@ -355,7 +358,7 @@ class DeltaRule(_Recurrent):
     def run(self, t, c, extra, impl):
         dr = self.ops.delta_rule
         fn = dr.delta_rule_triton if impl == 'triton' else dr.delta_rule
-        launch = {'delta_rule_dstate': {'local': True}} if c.get('local') else {}
+        launch = {'delta_rule_dstate': {'local': c['local']}} if 'local' in c else {}
         with self.ops.common.kernel_options(launch=launch):
             o, ht = fn(t['q'], t['k'], t['v'], t['beta'], t.get('g'), **self._args(t, c, extra))
         return {'o': o, 'final_state': ht}
@@ -472,7 +475,8 @@ def make_ops(ops):
 OP_AXES = {'linear_attn': LinearAttn.axes, 'chunk_gla': ChunkGLA.axes,
            'chunk_linear_attn': dict(_Recurrent.axes, fuse_a=(False, True)),
            'chunk_simple_gla': dict(_Recurrent.axes, fuse_a=(False, True)),
-           'chunk_retention': dict(_Recurrent.axes, fuse_a=(False, True)), 'chunk_rwkv6': _Recurrent.axes,
+           'chunk_retention': dict(_Recurrent.axes, fuse_a=(False, True)),
+           'chunk_rwkv6': dict(_Recurrent.axes, load_m=(False, True)),
            'gsa': GSA.axes, 'hgrn': HGRN.axes,
            # local: _dstate's chunk-local terms from the parallel _dlocal kernel (launch 'delta_rule_dstate')
            'delta_rule': dict({k: v for k, v in _Recurrent.axes.items() if k != 'gates'}, local=(False, True)),

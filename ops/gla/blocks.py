@@ -216,10 +216,13 @@ def _diag_scores(L_, gT, R, gR, base, t_i, m_i, seq_len, bos, eos, c, D, H, i_h,
 
 
 @triton.jit
-def _diag_gmm(M, gT, R, gR, base, t_i, m_i, seq_len, bos, eos, c, D, H, i_h,
-              BS: tl.constexpr, BD: tl.constexpr, STRICT: tl.constexpr, REVERSE: tl.constexpr):
-    """Y[t, d] = sum_s M[t, s] R[s, d] exp(sum_{r in (s, t]} g[r, d] - gT[t, d]) on a diagonal sub-block."""
+def _diag_gmm(M, Mp, ms, gT, R, gR, base, t_i, m_i, seq_len, bos, eos, c, D, H, i_h,
+              BS: tl.constexpr, BD: tl.constexpr, STRICT: tl.constexpr, REVERSE: tl.constexpr, LOADM: tl.constexpr):
+    """Y[t, d] = sum_s M[t, s] R[s, d] exp(sum_{r in (s, t]} g[r, d] - gT[t, d]) on a diagonal sub-block. With LOADM,
+    M's columns are read from memory (``Mp``: its first column, row stride ``ms``) instead of cut out of the tile."""
     ar = tl.arange(0, BS)
+    if LOADM:
+        r_i = phys_row(base + ar, bos, eos, REVERSE).to(tl.int64) * ms
     Y = tl.zeros([BS, BD], dtype=tl.float32)
     acc = tl.zeros([BS, BD], dtype=tl.float32)
     g_next = tl.zeros([BD], dtype=tl.float32)
@@ -227,19 +230,23 @@ def _diag_gmm(M, gT, R, gR, base, t_i, m_i, seq_len, bos, eos, c, D, H, i_h,
         s = BS - 1 - jj
         acc, R_s, g_s, e = _diag_col(acc, g_next, gT, R, gR, s, ar, base, t_i, m_i, seq_len, bos, eos, c, D, H, i_h,
                                      STRICT, REVERSE)
-        mcol = tl.sum(tl.where(ar[None, :] == s, M, 0.), axis=1)
+        if LOADM:
+            mcol = tl.load(Mp + r_i + s, mask=m_i, other=0.)
+        else:
+            mcol = tl.sum(tl.where(ar[None, :] == s, M, 0.), axis=1)
         Y += mcol[:, None] * R_s[None, :] * e
         g_next = g_s
     return Y
 
 
 @triton.jit
-def _diag_gmmT(M, Lp, l_scale, gR, base, seq_len, bos, eos, c, D, H, i_h,
+def _diag_gmmT(M, Mp, ms, Lp, l_scale, gR, base, seq_len, bos, eos, c, D, H, i_h,
                BS: tl.constexpr, BD: tl.constexpr, STRICT: tl.constexpr, SHIFT: tl.constexpr,
-               REVERSE: tl.constexpr):
+               REVERSE: tl.constexpr, LOADM: tl.constexpr):
     """Z[s, d] = sum_t M[t, s] L[t, d] exp(sum_{r in (s, t]} g[r, d] (- g[t, d] if SHIFT)) for s <= t (s < t)
     on a diagonal sub-block. One outer product per row t: L's row is read from memory (times ``l_scale``), M's
-    row is a column of M^T (a within-warp reduction); a sum over t inside a tile would cross warps every step."""
+    row is a column of M^T (a within-warp reduction; with LOADM read from memory as in ``_diag_gmm``); a sum over
+    t inside a tile would cross warps every step."""
     ar = tl.arange(0, BS)
     MT = tl.trans(M)
     Z = tl.zeros([BS, BD], dtype=tl.float32)
@@ -260,7 +267,10 @@ def _diag_gmmT(M, Lp, l_scale, gR, base, seq_len, bos, eos, c, D, H, i_h,
         else:
             keep = (ar <= t) & mt
         e = tl.exp(tl.where(keep[:, None], x, NEG_INF))
-        mrow = tl.sum(tl.where(ar[None, :] == t, MT, 0.), axis=1)
+        if LOADM:
+            mrow = tl.load(Mp + phys_row(tt, bos, eos, REVERSE).to(tl.int64) * ms + ar, mask=mt, other=0.)
+        else:
+            mrow = tl.sum(tl.where(ar[None, :] == t, MT, 0.), axis=1)
         Z += mrow[:, None] * L_t[None, :] * e
     return Z
 

@@ -165,9 +165,11 @@ def _bwd_dvA_kernel(k, gks, A, do, dh, dv, cu, chunk_seq, chunk_idx, N, NT, H, K
 @jit
 def _bwd_intra_kernel(q, k, gkb, gkr, dA, dqi, dki, cu, chunk_seq, chunk_idx, N, NT, H, K,
                       C: tl.constexpr, BS: tl.constexpr, BK: tl.constexpr, GK: tl.constexpr, USE_U: tl.constexpr,
-                      REVERSE: tl.constexpr, VARLEN: tl.constexpr, IEEE: tl.constexpr, LOWP: tl.constexpr):
+                      REVERSE: tl.constexpr, VARLEN: tl.constexpr, IEEE: tl.constexpr, LOWP: tl.constexpr,
+                      LOADM: tl.constexpr):
     """Intra-chunk dq and dk of sub-block program_id(0) % (C // BS), key block program_id(0) // (C // BS), from dA,
-    strict pairs only (s < t; the t == s terms are added by _bwd_inter_kernel), fp32:
+    strict pairs only (s < t; the t == s terms are added by _bwd_inter_kernel), fp32 (LOADM: the vector-gate
+    diagonal sub-block reads dA's columns from memory):
     dq_t = sum_{s<t} dA[t, s] k_s exp(bq_t - b_s),  dk_s = sum_{t>s} dA[t, s] q_t exp(bq_t - b_s)."""
     i_ki, i_c, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     i_n, i_h, i_t, bos, eos, hc = chunk_info(i_c, i_bh, cu, chunk_seq, chunk_idx, N, NT, H, VARLEN)
@@ -225,8 +227,11 @@ def _bwd_intra_kernel(q, k, gkb, gkr, dA, dqi, dki, cu, chunk_seq, chunk_idx, N,
                 gT = g_i
             else:
                 gT = tl.zeros([BS, BK], dtype=tl.float32)
-            dq_i += _diag_gmm(dA_ii, gT, k, gkr, base, t_i, m_i, L, bos, eos, ck, K, H, i_h, BS, BK, True, REVERSE)
-            dk_i += _diag_gmmT(dA_ii, q, 1.0, gkr, base, L, bos, eos, ck, K, H, i_h, BS, BK, True, USE_U, REVERSE)
+            dA_p = dA + i_h * C + i_i * BS
+            dq_i += _diag_gmm(dA_ii, dA_p, H * C, gT, k, gkr, base, t_i, m_i, L, bos, eos, ck, K, H, i_h, BS, BK, True,
+                              REVERSE, LOADM)
+            dk_i += _diag_gmmT(dA_ii, dA_p, H * C, q, 1.0, gkr, base, L, bos, eos, ck, K, H, i_h, BS, BK, True, USE_U,
+                               REVERSE, LOADM)
         else:
             if GK == 1:
                 dA_ii = dA_ii * _diag_decay(_gvec(gkr, r_i, m_i, H, i_h), t_i, m_i, BS, USE_U, True)
@@ -371,9 +376,10 @@ def _bwd_A(q, k, v, gkb, gk, gks, u, scale, h, dh, A, do, meta, GK, reverse, iee
         k, _or(gks, k), A, do, dh, dv, *tabs, meta.N, meta.NT, H, K, V, C=meta.C, BK=BK, BV=BV, GK=GK,
         LOWP=_lowp(ieee), **cm, **_launch_opts(K, 'dvA'))
     if not fuse:
+        in_opts = _launch_opts(K, 'intra')
         _bwd_intra_kernel[(cdiv(K, BK) * (meta.C // SUB), meta.nchunks, meta.nbh)](
             q, k, _or(gkb, q), _or(gk, q), dA, dqi, dki, *tabs, meta.N, meta.NT, H, K, C=meta.C, BS=SUB, BK=BK,
-            GK=GK, USE_U=u is not None, LOWP=lowp, **cm, **_launch_opts(K, 'intra'))
+            GK=GK, USE_U=u is not None, LOWP=lowp, LOADM=bool(in_opts.pop('load_m', u is not None)), **cm, **in_opts)
     dq = alloc(q.shape, q.dtype, q.device)
     dk = alloc(k.shape, k.dtype, k.device)
     dbk = alloc(gk.shape, torch.float32, q.device) if gk is not None else None

@@ -77,8 +77,8 @@ def _fwd_o_kernel(q, k, v, gkb, gkr, gvb, gvr, u, h, o, oex, cu, chunk_seq, chun
             A = _diag_block_scores(q_i, k_i, g_i, uu, k, gkr, base, t_i, m_i, r_i, L, bos, eos, ck, K, H, i_h,
                                    BS, GK, USE_U, REVERSE, DT, IEEE)
             if GV:
-                o_i += _diag_gmm(A, tl.zeros([BS, BV], dtype=tl.float32), v, gvr, base, t_i, m_i, L, bos, eos, cv,
-                                 V, H, i_h, BS, BV, True, REVERSE)
+                o_i += _diag_gmm(A, v, 0, tl.zeros([BS, BV], dtype=tl.float32), v, gvr, base, t_i, m_i, L, bos,
+                                 eos, cv, V, H, i_h, BS, BV, True, REVERSE, False)
                 _hstore(oex, o_i, r_i, m_i, cv, V, H, i_h)
                 a_tt = tl.sum(tl.where(ar[:, None] == ar[None, :], A, 0.), axis=1)
                 o_i += a_tt[:, None] * _htile(v, r_i, m_i, cv, V, H, i_h)
@@ -156,7 +156,8 @@ def _bwd_dv_kernel(q, k, v, gkb, gkr, gks, gvb, gvr, gvs, u, oex, do, dh, dv, db
             if GV:
                 # value-gate gradient o * do - v * dv without the t == s terms (they cancel exactly: oex from the
                 # forward, strict pairs here), and without the last token's final-state path
-                dv_j += _diag_gmmT(A, do, 1.0, gvr, base_j, L, bos, eos, cv, V, H, i_h, BS, BV, True, False, REVERSE)
+                dv_j += _diag_gmmT(A, do, 0, do, 1.0, gvr, base_j, L, bos, eos, cv, V, H, i_h, BS, BV, True, False,
+                                    REVERSE, False)
                 oex_j = _htile(oex, r_j, m_j, cv, V, H, i_h)
                 v_j = _htile(v, r_j, m_j, cv, V, H, i_h)
                 _hstore(dbv, oex_j * do_j - v_j * (dv_j - dv_last), r_j, m_j, cv, V, H, i_h)
@@ -301,8 +302,8 @@ def _bwd_dq_kernel(q, k, v, gkb, gkr, gvb, gvr, u, h, do, dq, dbk, dbq, yq, cu, 
                         gT = _gtile(gkr, r_m, m_m, ck, K, H, i_h, GK)
                     else:
                         gT = tl.zeros([BS, BK], dtype=tl.float32)
-                    dq_t += _diag_gmm(dA, gT, k, gkr, base_m, t_m, m_m, L, bos, eos, ck, K, H, i_h, BS, BK, True,
-                                      REVERSE)
+                    dq_t += _diag_gmm(dA, k, 0, gT, k, gkr, base_m, t_m, m_m, L, bos, eos, ck, K, H, i_h, BS, BK,
+                                      True, REVERSE, False)
                 else:
                     if GK == 1:
                         dA = dA * _diag_decay(_gvec(gkr, r_m, m_m, H, i_h), t_m, m_m, BS, USE_U, True)
@@ -416,8 +417,8 @@ def _bwd_dk_kernel(q, k, v, gkb, gkr, gks, gvb, gvr, gvs, u, do, dh, dk, dbk, zk
                 if ADJ:
                     a_n += tl.sum(_htile(do, r_n, m_n, cv, V, H, i_h) * v_m, axis=1)
                 if GK == 2:
-                    dk_t += _diag_gmmT(dA, q, scale, gkr, base_m, L, bos, eos, ck, K, H, i_h, BS, BK, True, USE_U,
-                                       REVERSE)
+                    dk_t += _diag_gmmT(dA, q, 0, q, scale, gkr, base_m, L, bos, eos, ck, K, H, i_h, BS, BK, True,
+                                       USE_U, REVERSE, False)
                 else:
                     if GK == 1:
                         dA = dA * _diag_decay(_gvec(gkr, r_m, m_m, H, i_h), t_m, m_m, BS, USE_U, True)

@@ -4,7 +4,10 @@ from ..common.options import TRITON_LAUNCH_KEYS, current_options, declare_launch
 
 CHUNK = 64
 SUB = 16
-declare_launch(TRITON_LAUNCH_KEYS, 'fwd_A', 'dvA', 'intra', 'inter', 'fwd_o', 'dv', 'dq', 'dk', 'dqk')
+declare_launch(TRITON_LAUNCH_KEYS, 'fwd_A', 'dvA', 'inter', 'fwd_o', 'dv', 'dq', 'dk', 'dqk')
+# intra: load_m reads the vector-gate diagonal sub-block's dA columns from memory instead of cutting each out of the
+# register tile; default with the bonus (RWKV6 fwd+bwd -5 / -7 %), not without (GLA +1.5 %): H100, session 18
+declare_launch(TRITON_LAUNCH_KEYS + ('load_m',), 'intra')
 # with one gate per head or none (no bonus), full-chunk products (one exp matrix of decays) instead of the
 # sub-block kernels written for vector gates: fwd_oA's fuse_a forms the scores A inside _fwd_oA_kernel (no
 # _fwd_A_kernel), dA's fuse_intra the strict-pair dq / dk inside _bwd_dA_kernel (no _bwd_intra_kernel); on since

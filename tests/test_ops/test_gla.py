@@ -345,6 +345,31 @@ def test_chunk_gla_fused_scores(monkeypatch, gate, reverse, cu, K, V, strength):
                 _check(2, 40, 1, K, V, gate=gate, u=True, h0=False, chunk_size=32)
 
 
+@pytest.mark.parametrize('u,reverse,cu,K,load_m', [
+    (True, False, [0, 33, 34, 70], 16, None),   # packed with a one-token sequence, bonus: from memory by default
+    (False, True, None, 80, True),              # two key blocks, masked tail, reverse: from memory by option
+    (True, False, None, 16, False),             # the bonus with the in-register columns by option
+])
+def test_intra_diagonal_from_memory(monkeypatch, u, reverse, cu, K, load_m):
+    """``_bwd_intra_kernel``'s vector-gate diagonal sub-block with dA's columns read from memory (``LOADM``: the
+    default with the bonus, ``launch={'intra': {'load_m': ...}}`` either way): every gradient within float64
+    tolerance."""
+    seen = []
+    kernel = chunk_a._bwd_intra_kernel
+
+    class _Spy:
+        def __getitem__(self, grid):
+            def launch(*args, **kw):
+                seen.append(kw['LOADM'])
+                return kernel[grid](*args, **kw)
+            return launch
+
+    monkeypatch.setattr(chunk_a, '_bwd_intra_kernel', _Spy())
+    with kernel_options(launch={} if load_m is None else {'intra': {'load_m': load_m}}):
+        _check(1 if cu else 2, 70, 1, K, 16, gate='vector', u=u, h0=True, reverse=reverse, cu=cu, chunk_size=32)
+    assert seen == [u if load_m is None else load_m]
+
+
 @pytest.mark.parametrize('gate,u', [('vector', True), ('scalar', False)])
 def test_chunk_gla_sub_block_path(monkeypatch, gate, u):
     # gla_a_path=False: the sub-block kernels for calls without value gates (kept for comparison)

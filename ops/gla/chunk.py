@@ -74,7 +74,10 @@ def gla_fwd(q, k, v, gk, gv, u, scale, h0, output_final_state, meta, reverse):
     # from this pass: it is computed with the backward's operand precision, so that the two ends round alike
     # (GSA bf16 dL/dg errors of 3e-2 otherwise)
     lowp = _lowp(ieee) and (gv is None or not current_options().gla_bwd_fp32)
-    h, ht, ht_ex, _ = _fwd_h(k, v, gkb, gks, gvb, gvs, h0, output_final_state, meta, GK, reverse, ieee, lowp=lowp)
+    # with 16-bit dots the output kernels round the states to the input dtype as they load them: stored so, the
+    # same numbers at half the traffic
+    h, ht, ht_ex, _ = _fwd_h(k, v, gkb, gks, gvb, gvs, h0, output_final_state, meta, GK, reverse, ieee, lowp=lowp,
+                             h_dtype=k.dtype if lowp else torch.float32)
     oex = A = None
     if _use_A(gv):
         o, A = _fwd_A(q, k, v, gkb, gk, u, h, scale, meta, GK, reverse, ieee, lowp)

@@ -379,20 +379,22 @@ def _segments(meta, tiles, K, V, device, adj):
                         torch.empty((nh, nseg, K, V), **f32))
 
 
-def _fwd_h(k, v, gkb, gks, gvb, gvs, h0, store_ht, meta, GK, reverse, ieee, lowp=None, do=None):
-    """States before every chunk h, final state ht and ht_ex (ht without the last token's k v^T; None without
-    ``store_ht``), and with ``do`` (the bonus form's backward) yq ``[chunks, NV, H, K]``: partial sums over the
-    NV value blocks of h_ex @ do_first (see _fwd_h_kernel), else None."""
+def _fwd_h(k, v, gkb, gks, gvb, gvs, h0, store_ht, meta, GK, reverse, ieee, lowp=None, do=None,
+           h_dtype=torch.float32):
+    """States before every chunk h (stored as ``h_dtype``), final state ht and ht_ex (ht without the last token's
+    k v^T; fp32; None without ``store_ht``), and with ``do`` (the bonus form's backward) yq ``[chunks, NV, H, K]``:
+    partial sums over the NV value blocks of h_ex @ do_first (see _fwd_h_kernel), else None."""
     K, V = k.shape[-1], v.shape[-1]
     H = meta.H
     BKh, BVh = _state_blocks(K, V, meta.nseq * H)
     NK, NV = cdiv(K, BKh), cdiv(V, BVh)
-    h = alloc((meta.total_chunks, H, K, V), torch.float32, k.device)
-    ht = alloc((meta.nseq, H, K, V), torch.float32, k.device) if store_ht else h
-    ht_ex = alloc((meta.nseq, H, K, V), torch.float32, k.device) if store_ht else h
+    h = alloc((meta.total_chunks, H, K, V), h_dtype, k.device)
+    ht = alloc((meta.nseq, H, K, V), torch.float32, k.device) if store_ht else None
+    ht_ex = alloc((meta.nseq, H, K, V), torch.float32, k.device) if store_ht else None
     yq = alloc((meta.total_chunks, NV, H, K), torch.float32, k.device) if do is not None else None
     SEGC, NSEG, summ = _segments(meta, NK * NV * meta.nseq * H, K, V, k.device, do is not None)
-    args = (k, v, _or(gkb, k), _or(gks, k), _or(gvb, v), _or(gvs, v), h, h0 if h0 is not None else h, ht, ht_ex,
+    args = (k, v, _or(gkb, k), _or(gks, k), _or(gvb, v), _or(gvs, v), h, h0 if h0 is not None else h, _or(ht, h),
+            _or(ht_ex, h),
             _or(do, v), _or(yq, h), *summ, meta.cu, meta.chunk_off, meta.N, meta.NT, H, K, V, SEGC, NSEG)
     flags = dict(C=meta.C, BK=BKh, BV=BVh, GK=GK, GV=gvb is not None, USE_H0=h0 is not None, STORE_HT=store_ht,
                  ADJ=do is not None, REVERSE=reverse, VARLEN=meta.varlen, IEEE=_prec(ieee),
@@ -400,7 +402,7 @@ def _fwd_h(k, v, gkb, gks, gvb, gvs, h0, store_ht, meta, GK, reverse, ieee, lowp
     if NSEG > 1:
         _fwd_h_kernel[(NK * (NSEG - 1), NV, meta.nseq * H)](*args, **flags, SUMMARY=True)
     _fwd_h_kernel[(NK * NSEG, NV, meta.nseq * H)](*args, **flags, SUMMARY=False)
-    return h, (ht if store_ht else None), (ht_ex if store_ht else None), yq
+    return h, ht, ht_ex, yq
 
 
 def _bwd_dh(q, do, gkb, gk, gvb, gv, u, dht, h0, scale, meta, GK, reverse, ieee, lowp, v=None, h=None, yq=None):

@@ -411,6 +411,35 @@ def test_public_op_dispatch_and_checks():
     assert torch.allclose(o3, o4, atol=1e-6)
 
 
+def test_forward_states_stored_in_the_input_dtype(monkeypatch):
+    """With 16-bit dots (the GPU's default for bf16 inputs) the forward's per-chunk states are stored in the input
+    dtype, as the output kernels round them when they load them (half the state traffic): the stored states are
+    the fp32 ones rounded, final states stay fp32; fp32 inputs (and the interpreter's fp32 dots) keep fp32 states."""
+    calls = []
+    real = chunk._fwd_h
+
+    def spy(*args, **kw):
+        calls.append(kw['h_dtype'])
+        out = real(*args, **kw)
+        calls.append((real(*args, **dict(kw, h_dtype=torch.bfloat16)), real(*args, **dict(kw, h_dtype=torch.float32))))
+        return out
+
+    monkeypatch.setattr(chunk, '_fwd_h', spy)
+    q, k, v, g, _, _, h0 = _inputs(1, 70, 2, 16, 32, 'vector', False, False, True, 2, torch.bfloat16)
+    cu = torch.tensor([0, 33, 70], dtype=torch.int32)
+    with torch.no_grad():
+        chunk_gla_triton(q, k, v, gk=g, initial_state=h0, output_final_state=True, cu_seqlens=cu, chunk_size=16)
+        monkeypatch.setattr(chunk, '_lowp', lambda ieee: not ieee)     # 16-bit dots, as on the GPU
+        chunk_gla_triton(q, k, v, gk=g, chunk_size=16)
+    fp32_dots, ((h, ht, _, _), (h32, ht32, _, _)), bf16_dots = calls[0], calls[1], calls[2]
+    assert (fp32_dots, bf16_dots) == (torch.float32, torch.bfloat16)
+    assert h.dtype == torch.bfloat16 and ht.dtype == torch.float32 and torch.equal(ht, ht32)
+    # each stored state is a bf16 neighbour of the fp32 one (the GPU rounds to nearest, the interpreter truncates)
+    near = h32.to(torch.bfloat16).float()
+    trunc = (h32.view(torch.int32) & -65536).view(torch.float32)
+    assert ((h.float() == near) | (h.float() == trunc)).all()
+
+
 def test_retention_decay_made_on_the_target_device():
     """RetNet's decays are formed on the tensors' device, with no host tensor to copy over (a CUDA graph capture
     refuses the copy; H100, session 18): every tensor the call makes is on ``device``; values log(1 - 2^(-5-h))."""

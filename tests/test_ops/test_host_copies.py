@@ -90,3 +90,16 @@ def test_the_check_sees_a_host_copy():
 
     seen = _run_fake(lambda: dict(x=torch.randn(4)), run)
     assert len(seen) == 2 and 'cpu -> cuda' in seen[0] and '.item()' in seen[1], seen
+
+
+def test_hierarchical_step_stays_on_the_device():
+    """The pyramid backbone too: four stages with four mixer families, downsampling between them."""
+    from vla_mm.models.backbones import HierarchicalBackbone
+    mixers = [dict(type='gla'), dict(type='rwkv6'), dict(type='gated_deltanet'), dict(type='hgrn')]
+
+    def make():
+        m = HierarchicalBackbone(arch='nano', img_size=64, mixer=mixers, scan=dict(type='cross'))
+        m.init_weights()
+        return dict(model=m, x=torch.randn(2, 3, 64, 96))
+
+    assert _run_fake(make, lambda a: a['model'](a['x'].requires_grad_())) == []

@@ -243,7 +243,7 @@ class GLAWrapper(ChunkGLA):
         launch = {'fwd_oA': {'fuse_a': c['fuse_a']}, 'dA': {'fuse_intra': c['fuse_a']}} if 'fuse_a' in c else {}
         if 'load_m' in c:
             # load_m: the vector-gate diagonal sub-block of _bwd_intra_kernel reads dA from memory (the default)
-            launch = {'intra': {'load_m': c['load_m']}}
+            launch['intra'] = {'load_m': c['load_m']}
         with self.ops.common.kernel_options(launch=launch):
             return self._run(t, c, extra)
 

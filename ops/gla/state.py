@@ -394,8 +394,8 @@ def _fwd_h(k, v, gkb, gks, gvb, gvs, h0, store_ht, meta, GK, reverse, ieee, lowp
     yq = alloc((meta.total_chunks, NV, H, K), torch.float32, k.device) if do is not None else None
     SEGC, NSEG, summ = _segments(meta, NK * NV * meta.nseq * H, K, V, k.device, do is not None)
     args = (k, v, _or(gkb, k), _or(gks, k), _or(gvb, v), _or(gvs, v), h, h0 if h0 is not None else h, _or(ht, h),
-            _or(ht_ex, h),
-            _or(do, v), _or(yq, h), *summ, meta.cu, meta.chunk_off, meta.N, meta.NT, H, K, V, SEGC, NSEG)
+            _or(ht_ex, h), _or(do, v), _or(yq, h), *summ, meta.cu, meta.chunk_off, meta.N, meta.NT, H, K, V, SEGC,
+            NSEG)
     flags = dict(C=meta.C, BK=BKh, BV=BVh, GK=GK, GV=gvb is not None, USE_H0=h0 is not None, STORE_HT=store_ht,
                  ADJ=do is not None, REVERSE=reverse, VARLEN=meta.varlen, IEEE=_prec(ieee),
                  LOWP=_lowp(ieee) if lowp is None else lowp)

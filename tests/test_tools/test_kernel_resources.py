@@ -107,8 +107,8 @@ def test_default_paths_compile_and_local_lightens_the_sequential_backward(tmp_pa
     assert opt[(dr, '_dstate_kernel')]['spill_stores'] == 0 < base[(dr, '_dstate_kernel')]['spill_stores']
     assert opt[(dr, '_dlocal_kernel')]['spill_stores'] == 0
     assert ('gla_scalar', '_fwd_oA_kernel') in opt and ('gla_scalar', '_fwd_A_kernel') not in opt
+    assert ('gla_scalar', '_bwd_dA_kernel') in opt and ('gla_scalar', '_bwd_intra_kernel') not in opt
     # K = 64 (the timed shape): the sequential kernels on two pipeline stages, no spill in them or in _dlocal
     k64 = {r['kernel']: r for r in run_tool(tmp_path / 'k64', '--ops', 'gated_delta_rule', '--N', '256')}
     assert [k64[n]['num_stages'] for n in ('_state_kernel', '_dstate_kernel')] == [2, 2]
     assert [k64[n]['spill_stores'] for n in ('_state_kernel', '_dstate_kernel', '_dlocal_kernel')] == [0, 0, 0]
-    assert ('gla_scalar', '_bwd_dA_kernel') in opt and ('gla_scalar', '_bwd_intra_kernel') not in opt

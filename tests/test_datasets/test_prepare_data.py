@@ -1,5 +1,4 @@
 """tools/prepare_data.py: `check` on empty / correct layouts (real subprocess exit codes), `shapes` CLI."""
-import importlib.util
 import json
 import os
 import os.path as osp
@@ -7,6 +6,8 @@ import subprocess
 import sys
 
 import pytest
+
+from tests.scripts import load_script
 
 REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 TOOL = osp.join(REPO, 'tools', 'prepare_data.py')
@@ -17,10 +18,7 @@ def _run(*args):
 
 
 def _tool():
-    spec = importlib.util.spec_from_file_location('prepare_data', TOOL)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script(TOOL, 'prepare_data')
 
 
 def _touch(path, text='x'):

@@ -4,7 +4,6 @@ makes no host-to-device copy and reads no value back to the host (the backward c
 without a GPU: autograd's engine asks the driver for the device). Either breaks a CUDA-graph capture
 (``torch.compile(mode='reduce-overhead')``) and stalls the stream; ``chunk_retention`` made such a copy every call
 until session 18. Packed sequences are exempt: their chunk tables are planned on the host from ``cu_seqlens``."""
-import importlib.util
 import os.path as osp
 
 import pytest
@@ -13,12 +12,11 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import vla_mm  # noqa: F401
+from tests.scripts import load_script
 from vla_mm.registry import MODELS
 
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
-_spec = importlib.util.spec_from_file_location('bench_ops_specs', osp.join(ROOT, 'tools', 'benchmarks', 'ops.py'))
-BENCH = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(BENCH)
+BENCH = load_script(osp.join(ROOT, 'tools', 'benchmarks', 'ops.py'), 'bench_ops_specs')
 SPECS = [s for s in BENCH._specs().values() if s.ours is not None and 'packed' not in s.name and 'varlen' not in s.name]
 ZOO = ('abc', 'bitnet', 'deltanet', 'gated_deltanet', 'gla', 'gsa', 'hgrn', 'hgrn2', 'lightnet', 'linear_attn',
        'retnet', 'rwkv6', 'transformer')

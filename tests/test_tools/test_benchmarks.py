@@ -12,6 +12,8 @@ import pytest
 import torch
 import torch.nn as nn
 
+from tests.scripts import load_script
+
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 BENCH = osp.join(ROOT, 'tools', 'benchmarks')
 sys.path.insert(0, BENCH)
@@ -20,10 +22,7 @@ import common  # noqa: E402
 
 def load(name):
     """A benchmark script as a module (under a private name: 'ops' and 'models' are common words)."""
-    spec = importlib.util.spec_from_file_location(f'bench_{name}', osp.join(BENCH, f'{name}.py'))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script(osp.join(BENCH, f'{name}.py'), f'bench_{name}')
 
 
 def test_rel_and_tolerance():

@@ -1,11 +1,12 @@
 """tools/analysis/kernel_resources.py: our kernels' launches caught on CPU tensors, compiled offline for sm_90,
 registers / spills / shared memory reported per kernel with the launch options the host code chose."""
-import importlib.util
 import json
 import os
 import os.path as osp
 import subprocess
 import sys
+
+from tests.scripts import load_script
 
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 TOOL = osp.join(ROOT, 'tools', 'analysis', 'kernel_resources.py')
@@ -39,9 +40,7 @@ def test_kernel_resources_of_the_norm_follow_its_launch_options(tmp_path):
 
 def test_blocks_per_multiprocessor():
     """Programs resident on one Hopper SM: bound by registers (256 per warp), shared memory or warps."""
-    spec = importlib.util.spec_from_file_location('kernel_resources', TOOL)
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
+    tool = load_script(TOOL, 'kernel_resources')
     assert tool.blocks_per_sm(255, 8, 72 * 1024, 90) == 1     # registers: 8 warps x 32 x 256 = 64K
     assert tool.blocks_per_sm(46, 8, 4096, 90) == 5           # 48 x 32 per warp -> 5 blocks of 8 warps
     assert tool.blocks_per_sm(32, 4, 100 * 1024, 90) == 2     # shared memory: 228 KB / 101 KB

@@ -1,7 +1,6 @@
 """The zoo's GPU measurement tools on the CPU: tools/benchmarks/models.py with --mixers / --routes / --merge / the
 Triton warm-up, and tools/check_zoo_gpu.py (compat workers, --rest planning, --merge, learn with warm-ups).
 The plan that runs them on the GPU machine is docs/benchmarks/zoo_plan.md."""
-import importlib.util
 import json
 import os.path as osp
 import sys
@@ -9,26 +8,21 @@ import sys
 import pytest
 import torch
 
+from tests.scripts import load_script
+
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 BENCH = osp.join(ROOT, 'tools', 'benchmarks')
 sys.path.insert(0, BENCH)
 
 
-def load(path, name):
-    spec = importlib.util.spec_from_file_location(name, path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
 @pytest.fixture(scope='module')
 def models():
-    return load(osp.join(BENCH, 'models.py'), 'bench_models_zoo')
+    return load_script(osp.join(BENCH, 'models.py'), 'bench_models_zoo')
 
 
 @pytest.fixture(scope='module')
 def zoo():
-    return load(osp.join(ROOT, 'tools', 'check_zoo_gpu.py'), 'check_zoo_gpu_tool')
+    return load_script(osp.join(ROOT, 'tools', 'check_zoo_gpu.py'), 'check_zoo_gpu_tool')
 
 
 # ----------------------------------------------------------------------------------------------- models.py

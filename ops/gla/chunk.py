@@ -53,7 +53,7 @@ import torch
 
 from ..common.options import current_options
 from ..common.varlen import PackedSeqs
-from .chunk_a import _bwd_A, _fwd_A
+from .chunk_a import _a_plan, _bwd_A, _fwd_A
 from .chunk_subblock import _bwd_sub, _fwd_sub
 from .launch import _lowp
 from .state import _boundary_terms, _bwd_dh, _final_terms, _fwd_h, _gate_cumsum, _revcumsum
@@ -87,7 +87,8 @@ def gla_fwd(q, k, v, gk, gv, u, scale, h0, output_final_state, meta, reverse):
 
 
 def gla_bwd(q, k, v, gk, gv, u, scale, h0, oex, do, dht, meta, reverse, A=None, cums=None):
-    """``oex``: with value gates, the forward's output without its t == s terms (gla_fwd), else None. ``cums``:
+    """``oex``: with value gates, the forward's output without its t == s terms (gla_fwd), else None. ``A``: the
+    forward's intra-chunk scores (A path), None where it did not keep them (formed again here). ``cums``:
     the forward's gate cumsums ``(gkb, gks, gvb, gvs)`` (gla_fwd's last output, computed from the same gates,
     meta and direction); None: computed here."""
     GK = 0 if gk is None else (1 if gk.dim() == 3 else 2)
@@ -114,7 +115,7 @@ def gla_bwd(q, k, v, gk, gv, u, scale, h0, oex, do, dht, meta, reverse, A=None, 
                           do=do if adj else None)
     dh, dh0, zk, rk = _bwd_dh(q, do, gkb, gk, gvb, gv, u, dht, h0, scale, meta, GK, reverse, ieee, lowp,
                               v=v if adj else None, h=h, yq=yq)
-    if A is not None:
+    if _use_A(gv):
         dq, dk, dv, dbk, dbq = _bwd_A(q, k, v, gkb, gk, gks, u, scale, h, dh, A, do, meta, GK, reverse, ieee, lowp,
                                       yq, zk)
         dbv = None
@@ -154,7 +155,7 @@ def saved_layout(q, k, v, gk, gv, u, h0):
     nothing)."""
     opts = current_options()
     if opts.gla_a_path and gv is None:
-        names = ['A']
+        names = ['A'] if _a_plan(q.shape[-1], gk, u)[2] else []
     else:
         names = ['oex'] if gv is not None else []
     if opts.gla_keep_cumsum:

@@ -10,7 +10,7 @@ from ..common.options import alloc, cdiv
 from .blocks import (NEG_INF, _bonus, _chunk_rows, _decay, _diag_block_scores, _diag_decay, _diag_gmm,
                      _diag_gmmT, _diag_self_term, _grow, _gtile, _gvec, _hstore, _htile, _lpre, _lsuf, _mm,
                      _pair_decays, _qgate, _rows, _state_tile, _to_ref, _vblock_sum)
-from .launch import FUSE_A, FUSE_INTRA, SUB, _launch_opts, _lowp, _or, _pow2, _prec
+from .launch import FUSE_A, FUSE_INTRA, RECOMPUTE_A, SUB, _launch_opts, _lowp, _or, _pow2, _prec
 
 # ----------------------------------------------------------------------------------------------------------
 # intra-chunk matrix path (no value gates): the intra-chunk scores A (forward) and their gradient dA (backward)
@@ -69,10 +69,11 @@ def _fwd_A_kernel(q, k, gkb, gkr, u, A, cu, chunk_seq, chunk_idx, scale, N, NT, 
 def _fwd_oA_kernel(q, k, v, gkb, gkr, h, A, o, cu, chunk_seq, chunk_idx, scale, N, NT, H, K, V,
                    C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, GK: tl.constexpr, USE_U: tl.constexpr,
                    REVERSE: tl.constexpr, VARLEN: tl.constexpr, IEEE: tl.constexpr, LOWP: tl.constexpr,
-                   FUSE_A: tl.constexpr):
+                   FUSE_A: tl.constexpr, STORE_A: tl.constexpr):
     """o = scale * (q * exp(bq)) @ S_chunk_start + A @ v, one chunk (all C rows) per program. FUSE_A (one gate
     per head or none, no bonus): A = scale * (q @ k^T) * exp(b_t - b_s) (s <= t; ``_pair_decays`` from the raw
-    gates ``gkr``) formed here over the same K blocks, and stored by the first V block for the backward."""
+    gates ``gkr``) formed here over the same K blocks; STORE_A: stored by the first V block for the backward
+    (else ``_bwd_dvA_kernel`` forms it again)."""
     i_v, i_c, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     i_h, i_t, hc, bos, eos, L, ac, t, m, r = _chunk_rows(i_c, i_bh, cu, chunk_seq, chunk_idx, N, NT, H, C, REVERSE,
                                                          VARLEN)
@@ -95,7 +96,7 @@ def _fwd_oA_kernel(q, k, v, gkb, gkr, h, A, o, cu, chunk_seq, chunk_idx, scale, 
             a = a * _pair_decays(gkr, ac, r, m, H, i_h, False)
         else:
             a = tl.where((ac[None, :] <= ac[:, None]) & m[:, None] & m[None, :], a, 0.)
-        if i_v == 0:
+        if STORE_A and i_v == 0:
             _hstore(A, a, r, m, ac, C, H, i_h)
     else:
         a = _htile(A, r, m, ac, C, H, i_h)
@@ -141,23 +142,36 @@ def _bwd_dA_kernel(q, k, v, gk, do, dA, dAa, dqi, dki, cu, chunk_seq, chunk_idx,
 
 
 @jit
-def _bwd_dvA_kernel(k, gks, A, do, dh, dv, cu, chunk_seq, chunk_idx, N, NT, H, K, V,
+def _bwd_dvA_kernel(q, k, gkr, gks, A, do, dh, dv, cu, chunk_seq, chunk_idx, scale, N, NT, H, K, V,
                     C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, GK: tl.constexpr, REVERSE: tl.constexpr,
-                    VARLEN: tl.constexpr, IEEE: tl.constexpr, LOWP: tl.constexpr):
-    """dv = A^T @ do + (k * exp(b_last - b)) @ dh, one chunk per program."""
+                    VARLEN: tl.constexpr, IEEE: tl.constexpr, LOWP: tl.constexpr, FORM_A: tl.constexpr):
+    """dv = A^T @ do + (k * exp(b_last - b)) @ dh, one chunk per program. FORM_A (the forward did not store A:
+    one gate per head or none, no bonus): A formed as ``_fwd_oA_kernel``'s FUSE_A forms it, over the same K
+    blocks."""
     i_v, i_c, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     i_h, i_t, hc, bos, eos, L, ac, t, m, r = _chunk_rows(i_c, i_bh, cu, chunk_seq, chunk_idx, N, NT, H, C, REVERSE,
                                                          VARLEN)
     DT = k.dtype.element_ty if LOWP else tl.float32
     cv = i_v * BV + tl.arange(0, BV)
     b_dv = tl.zeros([C, BV], dtype=tl.float32)
+    if FORM_A:
+        a = tl.zeros([C, C], dtype=tl.float32)
     for ik in range(tl.cdiv(K, BK)):
         ck = ik * BK + tl.arange(0, BK)
-        ke = _htile(k, r, m, ck, K, H, i_h)
+        kt = _htile(k, r, m, ck, K, H, i_h)
+        ke = kt
         if GK > 0:
-            ke = _decay(ke, _gtile(gks, r, m, ck, K, H, i_h, GK), m)
+            ke = _decay(kt, _gtile(gks, r, m, ck, K, H, i_h, GK), m)
         b_dv += _mm(ke.to(DT), _state_tile(dh, hc, H, i_h, ck, cv, K, V).to(DT), IEEE)
-    a = _htile(A, r, m, ac, C, H, i_h)
+        if FORM_A:
+            a += _mm((_htile(q, r, m, ck, K, H, i_h) * scale).to(DT), tl.trans(kt.to(DT)), IEEE)
+    if FORM_A:
+        if GK > 0:
+            a = a * _pair_decays(gkr, ac, r, m, H, i_h, False)
+        else:
+            a = tl.where((ac[None, :] <= ac[:, None]) & m[:, None] & m[None, :], a, 0.)
+    else:
+        a = _htile(A, r, m, ac, C, H, i_h)
     b_dv += _mm(tl.trans(a.to(DT)), _htile(do, r, m, cv, V, H, i_h).to(DT), IEEE)
     _hstore(dv, b_dv, r, m, cv, V, H, i_h)
 
@@ -331,13 +345,22 @@ def _bwd_inter_kernel(q, k, v, gkb, gkr, gks, u, h, do, dh, dA, dqi, dki, dAa, y
 # ----------------------------------------------------------------------------------------------------------
 # host side
 # ----------------------------------------------------------------------------------------------------------
+def _a_plan(K, gk, u):
+    """(launch options of ``_fwd_oA_kernel``, whether it forms A itself, whether the forward stores A for the
+    backward)."""
+    opts = _launch_opts(K, 'fwd_oA')
+    fuse = bool(opts.pop('fuse_a', FUSE_A)) and (gk is None or gk.dim() == 3) and u is None
+    recompute = bool(opts.pop('recompute_a', RECOMPUTE_A))
+    return opts, fuse, not (fuse and recompute)
+
+
 def _fwd_A(q, k, v, gkb, gk, u, h, scale, meta, GK, reverse, ieee, lowp):
-    """Forward chunk kernels of the A path: the intra-chunk scores A (fp32 [B, N, H, C]), then o."""
+    """Forward chunk kernels of the A path: the intra-chunk scores A (fp32 [B, N, H, C]), then o; (o, A or None
+    where the backward forms A again: ``_a_plan``)."""
     K, V = q.shape[-1], v.shape[-1]
+    oa_opts, fuse, store = _a_plan(K, gk, u)
     # intra-chunk scores once (A, fp32, kept for the backward's dv), then full-chunk matmuls
-    A = alloc((*q.shape[:3], meta.C), torch.float32, q.device)
-    oa_opts = _launch_opts(K, 'fwd_oA')
-    fuse = bool(oa_opts.pop('fuse_a', FUSE_A)) and GK < 2 and u is None
+    A = alloc((*q.shape[:3], meta.C), torch.float32, q.device) if store else None
     if not fuse:
         _fwd_A_kernel[(meta.C // SUB, meta.nchunks, meta.nbh)](
             q, k, _or(gkb, q), _or(gk, q), _or(u, q), A, meta.cu, meta.chunk_seq, meta.chunk_idx, scale, meta.N,
@@ -346,23 +369,26 @@ def _fwd_A(q, k, v, gkb, gk, u, h, scale, meta, GK, reverse, ieee, lowp):
     o = alloc(v.shape, v.dtype, v.device)
     BK, BV = min(64, _pow2(K)), min(64, _pow2(V))
     _fwd_oA_kernel[(cdiv(V, BV), meta.nchunks, meta.nbh)](
-        q, k, v, _or(gkb, q), _or(gk, q), h, A, o, meta.cu, meta.chunk_seq, meta.chunk_idx, scale, meta.N,
+        q, k, v, _or(gkb, q), _or(gk, q), h, _or(A, o), o, meta.cu, meta.chunk_seq, meta.chunk_idx, scale, meta.N,
         meta.NT, meta.H, K, V, C=meta.C, BK=BK, BV=BV, GK=GK, USE_U=u is not None, REVERSE=reverse,
-        VARLEN=meta.varlen, IEEE=_prec(ieee), LOWP=lowp, FUSE_A=fuse, **oa_opts)
+        VARLEN=meta.varlen, IEEE=_prec(ieee), LOWP=lowp, FUSE_A=fuse, STORE_A=store, **oa_opts)
     return o, A
 
 
 def _bwd_A(q, k, v, gkb, gk, gks, u, scale, h, dh, A, do, meta, GK, reverse, ieee, lowp, yq=None, zk=None):
     """Backward chunk kernels of the intra-chunk matrix path (no value gates): dA, dv, intra-chunk dq/dk, then
-    dq, dk and the key-gate gradient buffers (dbk = q*dq - k*dk; dbq = q*dq with the bonus). ``yq``, ``zk``: the
-    state kernels' boundary terms of the bonus form with gates (``_fwd_h(do=...)``, ``_bwd_dh(v=...)``)."""
+    dq, dk and the key-gate gradient buffers (dbk = q*dq - k*dk; dbq = q*dq with the bonus). ``A``: the forward's
+    scores, None where it did not store them (``_a_plan``: formed again in ``_bwd_dvA_kernel``). ``yq``, ``zk``:
+    the state kernels' boundary terms of the bonus form with gates (``_fwd_h(do=...)``, ``_bwd_dh(v=...)``)."""
     K, V = q.shape[-1], v.shape[-1]
     H = meta.H
     BK, BV = min(64, _pow2(K)), min(64, _pow2(V))
     cm = dict(REVERSE=reverse, VARLEN=meta.varlen, IEEE=_prec(ieee))
     tabs = (meta.cu, meta.chunk_seq, meta.chunk_idx)
     adj = yq is not None
-    dA = alloc(A.shape, torch.float32, q.device)
+    form_a = A is None
+    assert not form_a or (GK < 2 and u is None), 'A is formed again only with one gate per head or none, no bonus'
+    dA = alloc((*q.shape[:3], meta.C), torch.float32, q.device)
     dAa = alloc(q.shape[:3], torch.float32, q.device) if adj else None
     dqi = alloc(q.shape, torch.float32, q.device)
     dki = alloc(k.shape, torch.float32, k.device)
@@ -373,8 +399,8 @@ def _bwd_A(q, k, v, gkb, gk, gks, u, scale, h, dh, A, do, meta, GK, reverse, iee
         BK=BK, BV=BV, GK=GK, ADJ=adj, LOWP=lowp, FUSE_INTRA=fuse, **cm, **da_opts)
     dv = alloc(v.shape, v.dtype, v.device)
     _bwd_dvA_kernel[(cdiv(V, BV), meta.nchunks, meta.nbh)](
-        k, _or(gks, k), A, do, dh, dv, *tabs, meta.N, meta.NT, H, K, V, C=meta.C, BK=BK, BV=BV, GK=GK,
-        LOWP=_lowp(ieee), **cm, **_launch_opts(K, 'dvA'))
+        q, k, _or(gk, k), _or(gks, k), _or(A, dA), do, dh, dv, *tabs, scale, meta.N, meta.NT, H, K, V, C=meta.C,
+        BK=BK, BV=BV, GK=GK, LOWP=_lowp(ieee), FORM_A=form_a, **cm, **_launch_opts(K, 'dvA'))
     if not fuse:
         in_opts = _launch_opts(K, 'intra')
         _bwd_intra_kernel[(cdiv(K, BK) * (meta.C // SUB), meta.nchunks, meta.nbh)](

@@ -12,10 +12,13 @@ declare_launch(TRITON_LAUNCH_KEYS + ('load_m',), 'intra')
 # sub-block kernels written for vector gates: fwd_oA's fuse_a forms the scores A inside _fwd_oA_kernel (no
 # _fwd_A_kernel), dA's fuse_intra the strict-pair dq / dk inside _bwd_dA_kernel (no _bwd_intra_kernel); on since
 # timed (H100, session 18: simple GLA forward -15 / -18 %, forward + backward -11 / -12 %)
-declare_launch(TRITON_LAUNCH_KEYS + ('fuse_a',), 'fwd_oA')
+# fwd_oA's recompute_a (with fuse_a): the forward does not write the fp32 scores A ([B, N, H, 64], twice o's bytes
+# at bf16); the backward's dv kernel forms them again from q and k, as fla's backward does
+declare_launch(TRITON_LAUNCH_KEYS + ('fuse_a', 'recompute_a'), 'fwd_oA')
 declare_launch(TRITON_LAUNCH_KEYS + ('fuse_intra',), 'dA')
 FUSE_A = True
 FUSE_INTRA = True
+RECOMPUTE_A = True
 
 
 def _or(t, dummy):

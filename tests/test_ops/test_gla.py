@@ -345,6 +345,36 @@ def test_chunk_gla_fused_scores(monkeypatch, gate, reverse, cu, K, V, strength):
                 _check(2, 40, 1, K, V, gate=gate, u=True, h0=False, chunk_size=32)
 
 
+@pytest.mark.parametrize('recompute,gate,reverse,cu', [(None, 'scalar', True, [0, 1, 40, 70]),
+                                                      (False, 'none', False, None)])
+def test_scores_formed_again_in_the_backward(monkeypatch, recompute, gate, reverse, cu):
+    """``fwd_oA``'s ``recompute_a`` (the default with ``fuse_a``): the forward stores no scores A (not among the
+    custom op's residuals, its fake implementation agreeing: opcheck) and ``_bwd_dvA_kernel`` forms them again;
+    off, A is stored and read. Either way every gradient within float64 tolerance."""
+    seen = []
+    for name, flag in (('_fwd_oA_kernel', 'STORE_A'), ('_bwd_dvA_kernel', 'FORM_A')):
+        kernel = getattr(chunk_a, name)
+
+        class _Spy:
+            def __getitem__(self, grid, kernel=kernel, flag=flag):
+                def launch(*args, **kw):
+                    seen.append((flag, kw[flag]))
+                    return kernel[grid](*args, **kw)
+                return launch
+        monkeypatch.setattr(chunk_a, name, _Spy())
+    formed = recompute is None or recompute
+    with kernel_options(launch={} if recompute is None else {'fwd_oA': {'recompute_a': recompute}}):
+        _check(1 if cu else 2, 70, 1, 16, 16, gate=gate, h0=True, reverse=reverse, cu=cu, chunk_size=32)
+        assert seen == [('STORE_A', not formed), ('FORM_A', formed)]
+        g = torch.Generator().manual_seed(5)
+        q, k, v = (torch.randn(1, 40, 2, 16, generator=g).requires_grad_() for _ in range(3))
+        gk = F.logsigmoid(torch.randn(1, 40, 2, generator=g)).requires_grad_() if gate == 'scalar' else None
+        assert ('A' in chunk.saved_layout(q, k, v, gk, None, None, None)) == (not formed)
+        with kernel_options(backend='triton'):
+            torch.library.opcheck(torch.ops.vla_mm.chunk_gla.default, (q, k, v, gk, None, None, 0.5, None, True,
+                                                                       None, reverse, 16))
+
+
 @pytest.mark.parametrize('u,reverse,cu,K,load_m', [
     (True, False, [0, 33, 34, 70], 16, None),   # packed with a one-token sequence, bonus: from memory by default
     (False, True, None, 80, True),              # two key blocks, masked tail, reverse: from memory by option

@@ -144,7 +144,7 @@ def _stand_in(t):
 
 
 def register_op(name, schema, *, outputs, grads, reference, triton, fake, triton_backward=None, saves=None,
-                saves_outputs=None):
+                saves_outputs=None, backward_needs=False):
     """Define ``vla_mm::<name>`` and ``vla_mm::<name>_backward``; return ``op(*args) -> tuple of outputs``.
 
     Args:
@@ -166,6 +166,8 @@ def register_op(name, schema, *, outputs, grads, reference, triton, fake, triton
             autograd graph does not keep them alive (e.g. a block's residual branch after a fused add + norm).
         saves_outputs: indices of the outputs whose values ``triton_backward`` reads (default: all); the others
             as ``saves``. The residuals are always kept.
+        backward_needs: ``triton_backward`` also takes ``needs=`` (a bool per name in ``grads``: whether autograd
+            asked for that gradient), so that it can skip work, or precision, that only an unasked gradient needs.
 
     Float64 inputs and empty outputs need nothing special: the reference handles float64 (:func:`use_triton`).
     """
@@ -197,24 +199,25 @@ def register_op(name, schema, *, outputs, grads, reference, triton, fake, triton
     def forward_fake(*args):
         return list(fake(*args))
 
-    def grads_of(grad_outputs, saved, triton_path, *args):
-        """One gradient (None where there is none) per name in ``grads``."""
+    def grads_of(grad_outputs, saved, triton_path, needs, *args):
+        """One gradient (None where there is none) per name in ``grads``; ``needs``: whether each was asked for."""
         if triton_path and with_bwd:
-            return list(triton_backward(list(grad_outputs), saved[:outputs], saved[outputs:], *args))
+            extra = dict(needs=tuple(needs)) if backward_needs else {}
+            return list(triton_backward(list(grad_outputs), saved[:outputs], saved[outputs:], *args, **extra))
         return recompute_grads(triton if triton_path else reference, args, grad_idx, grad_outputs)
 
-    def backward_impl(grad_outputs, saved, triton_path, *args):
-        gs = grads_of(grad_outputs, saved, triton_path, *args)
+    def backward_impl(grad_outputs, saved, triton_path, needs, *args):
+        gs = grads_of(grad_outputs, saved, triton_path, needs, *args)
         inputs = [*grad_outputs, *saved, *args]
         return _fresh([_zeros_or_empty(g, args[i], args) for g, i in zip(gs, grad_idx)], inputs)
 
-    def backward_fake(grad_outputs, saved, triton_path, *args):
+    def backward_fake(grad_outputs, saved, triton_path, needs, *args):
         return [args[i].new_empty(args[i].shape) if args[i] is not None else _empty_like_device(args)
                 for i in grad_idx]
 
     fwd = torch.library.custom_op(qual, forward_impl, mutates_args=(), schema=f'{schema} -> Tensor[]')
     fwd.register_fake(forward_fake)
-    bwd_schema = f'(Tensor?[] grad_outputs, Tensor[] saved, bool triton_path, {schema[1:]} -> Tensor[]'
+    bwd_schema = f'(Tensor?[] grad_outputs, Tensor[] saved, bool triton_path, bool[] needs, {schema[1:]} -> Tensor[]'
     bwd = torch.library.custom_op(f'{qual}_backward', backward_impl, mutates_args=(), schema=bwd_schema)
     bwd.register_fake(backward_fake)
 
@@ -238,11 +241,12 @@ def register_op(name, schema, *, outputs, grads, reference, triton, fake, triton
         args = list(ctx.template)
         for i, t in zip(ctx.tensor_idx, saved[:n]):
             args[i] = t
+        needs = [bool(ctx.needs_input_grad[i]) for i in grad_idx]
         if ctx.options is current_options():   # the usual case: no kernel_options block to re-enter
-            gs = run_backward(list(grad_outputs[:outputs]), list(saved[n:]), ctx.triton_path, *args)
+            gs = run_backward(list(grad_outputs[:outputs]), list(saved[n:]), ctx.triton_path, needs, *args)
         else:
             with kernel_options(ctx.options):
-                gs = run_backward(list(grad_outputs[:outputs]), list(saved[n:]), ctx.triton_path, *args)
+                gs = run_backward(list(grad_outputs[:outputs]), list(saved[n:]), ctx.triton_path, needs, *args)
         result = [None] * len(args)
         for j, i in enumerate(grad_idx):
             if args[i] is not None and ctx.needs_input_grad[i]:

@@ -49,7 +49,8 @@ class KernelOptions:
             False: the sub-block kernels for every call.
         gla_keep_cumsum: chunk_gla keeps the forward's chunk-local gate cumsums for the backward (False:
             recomputed there, less memory held between forward and backward).
-        gla_bwd_fp32: 16-bit chunk_gla inputs: fp32 (tf32) operands in the backward's state / dq / dk kernels.
+        gla_bwd_fp32: 16-bit chunk_gla inputs: fp32 (tf32) operands in the backward's state / dq / dk kernels
+            where a gate gradient is taken (True), always (``'always'``), or never (False: 16-bit operands).
         gla_f32_operands: how those fp32 operands meet the tensor cores: ``'tf32'`` or ``'tf32x3'``.
         launch_cache: launch kernels through the compiled kernel's cached handle (``ops/common/launch.py``):
             False, True, or ``'verify'`` (also check every hit against Triton's own choice); default from
@@ -62,7 +63,7 @@ class KernelOptions:
     eager_path: str = 'function'
     gla_a_path: bool = True
     gla_keep_cumsum: bool = True
-    gla_bwd_fp32: bool = True
+    gla_bwd_fp32: object = True
     gla_f32_operands: str = 'tf32'
     launch_cache: object = dataclasses.field(
         default_factory=lambda: _LAUNCH_CACHE_ENV.get(os.environ.get('VLA_OPS_LAUNCH_CACHE', ''), False))
@@ -74,6 +75,8 @@ class KernelOptions:
             raise ValueError(f'eager_path must be one of {EAGER_PATHS}, got {self.eager_path!r}')
         if self.gla_f32_operands not in F32_OPERANDS:
             raise ValueError(f'gla_f32_operands must be one of {F32_OPERANDS}, got {self.gla_f32_operands!r}')
+        if not (isinstance(self.gla_bwd_fp32, bool) or self.gla_bwd_fp32 == 'always'):
+            raise ValueError(f"gla_bwd_fp32 must be True, False or 'always', got {self.gla_bwd_fp32!r}")
         if not (isinstance(self.launch_cache, bool) or self.launch_cache == 'verify'):
             raise ValueError(f'launch_cache must be one of {LAUNCH_CACHE}, got {self.launch_cache!r}')
         object.__setattr__(self, 'launch', _freeze(self.launch))

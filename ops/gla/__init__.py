@@ -78,9 +78,9 @@ def _triton(q, k, v, g, gv, u, scale, initial_state, output_final_state, cu_seql
 
 
 def _triton_backward(grads, outputs, saved, q, k, v, g, gv, u, scale, initial_state, output_final_state,
-                     cu_seqlens, reverse, chunk_size):
+                     cu_seqlens, reverse, chunk_size, needs=None):
     return chunk_gla_bwd(grads[0], grads[1], outputs[0], saved, q, k, v, g, gv, u, scale, initial_state,
-                         output_final_state, cu_seqlens, reverse, chunk_size)
+                         output_final_state, cu_seqlens, reverse, chunk_size, needs=needs)
 
 
 def _fake(q, k, v, g, gv, u, scale, initial_state, output_final_state, cu_seqlens, reverse, chunk_size):
@@ -100,7 +100,7 @@ _chunk_gla_op = register_op(
     'chunk_gla', '(Tensor q, Tensor k, Tensor v, Tensor? g, Tensor? gv, Tensor? u, float scale, '
                  'Tensor? initial_state, bool output_final_state, Tensor? cu_seqlens, bool reverse, int chunk_size)',
     outputs=2, grads=('q', 'k', 'v', 'g', 'gv', 'u', 'initial_state'), reference=_reference, triton=_triton,
-    triton_backward=_triton_backward, fake=_fake)
+    triton_backward=_triton_backward, fake=_fake, backward_needs=True)
 
 
 def chunk_gla_op(q, k, v, g, gv, u, scale, initial_state, output_final_state, cu_seqlens, reverse, chunk_size):

@@ -86,11 +86,20 @@ def gla_fwd(q, k, v, gk, gv, u, scale, h0, output_final_state, meta, reverse):
     return o, ht, ht_ex, A, oex, (gkb, gks, gvb, gvs)
 
 
-def gla_bwd(q, k, v, gk, gv, u, scale, h0, oex, do, dht, meta, reverse, A=None, cums=None):
+def _bwd_lowp(ieee, gate_grads):
+    """16-bit operands in the backward's state / dq / dk kernels: unless ``gla_bwd_fp32`` asks for fp32 ones, which
+    it does by default only where a gate gradient is taken (``gate_grads``: dL/dg = q*dq - k*dk cancels; without
+    it the rounding is the forward's, as in fla's backward)."""
+    fp32 = current_options().gla_bwd_fp32
+    return _lowp(ieee) and not (fp32 == 'always' or (fp32 and gate_grads))
+
+
+def gla_bwd(q, k, v, gk, gv, u, scale, h0, oex, do, dht, meta, reverse, A=None, cums=None, dgates=(True, True)):
     """``oex``: with value gates, the forward's output without its t == s terms (gla_fwd), else None. ``A``: the
     forward's intra-chunk scores (A path), None where it did not keep them (formed again here). ``cums``:
     the forward's gate cumsums ``(gkb, gks, gvb, gvs)`` (gla_fwd's last output, computed from the same gates,
-    meta and direction); None: computed here."""
+    meta and direction); None: computed here. ``dgates``: whether the key / value gate gradients are wanted
+    (None returned for an unwanted one)."""
     GK = 0 if gk is None else (1 if gk.dim() == 3 else 2)
     ieee = q.dtype == torch.float32
     if cums is not None:
@@ -99,22 +108,26 @@ def gla_bwd(q, k, v, gk, gv, u, scale, h0, oex, do, dht, meta, reverse, A=None, 
     else:
         gkb, gks = _gate_cumsum(gk, meta, reverse)
         gvb, gvs = _gate_cumsum(gv, meta, reverse)
-    # 16-bit inputs: the backward's state, state-gradient and dq/dk kernels take fp32 operands (tf32 tensor
-    # cores): the gate gradient q*dq - k*dk cancels, and bf16 operands there give dL/dg errors of 2-3e-2 at
-    # N = 4096 (tf32: ~8x smaller operand rounding)
-    lowp = _lowp(ieee) and not current_options().gla_bwd_fp32
+    want_gk, want_gv = gk is not None and dgates[0], gv is not None and dgates[1]
+    # 16-bit inputs with a gate gradient: the backward's state, state-gradient and dq/dk kernels take fp32 operands
+    # (tf32 tensor cores): the gate gradient q*dq - k*dk cancels, and bf16 operands there give dL/dg errors of
+    # 2-3e-2 at N = 4096 (tf32: ~8x smaller operand rounding)
+    lowp = _bwd_lowp(ieee, want_gk or want_gv)
+    # 16-bit operands: the states and state gradients stored in the input dtype (the kernels round them so as
+    # they load them: the same numbers at half the traffic); fp32 where the gate gradients' boundary terms read them
+    st_dtype = k.dtype if lowp and not (want_gk or want_gv) else torch.float32
     # the final-state gate-gradient term (dht * final state without the last token) cancels against the dk/dv
     # terms of that path: the state is taken from this recompute, in the backward's precision, not the forward's
     # (bf16 operands there: GSA dL/dg errors of 2e-2)
-    need_ht = dht is not None and (gk is not None or gv is not None)
+    need_ht = dht is not None and (want_gk or want_gv)
     do = do.contiguous()
     # bonus form with gates: the pairs (t, t - 1) have gate factor exp(0) and cancel exactly in the gate gradient;
     # the state kernels give the chunk-boundary terms without them (yq, zk), the chunk kernels leave them out
     adj = u is not None and gk is not None
     h, _, ht, yq = _fwd_h(k, v, gkb, gks, gvb, gvs, h0, need_ht, meta, GK, reverse, ieee, lowp=lowp,
-                          do=do if adj else None)
+                          do=do if adj else None, h_dtype=st_dtype)
     dh, dh0, zk, rk = _bwd_dh(q, do, gkb, gk, gvb, gv, u, dht, h0, scale, meta, GK, reverse, ieee, lowp,
-                              v=v if adj else None, h=h, yq=yq)
+                              v=v if adj else None, h=h, yq=yq, dh_dtype=st_dtype)
     if _use_A(gv):
         dq, dk, dv, dbk, dbq = _bwd_A(q, k, v, gkb, gk, gks, u, scale, h, dh, A, do, meta, GK, reverse, ieee, lowp,
                                       yq, zk)
@@ -125,7 +138,7 @@ def gla_bwd(q, k, v, gk, gv, u, scale, h0, oex, do, dht, meta, reverse, A=None, 
     dgk = dgv = du = None
     # the gate gradient of a token is summed within its chunk; what the later chunks add is taken in closed form
     # from the states (_boundary_terms; with the bonus rk from _bwd_dh, without the pairs of gate factor exp(0))
-    if gk is not None:
+    if want_gk:
         if adj:
             carry = _final_terms(rk.sum(1), dht, ht, meta)
         else:
@@ -135,8 +148,8 @@ def gla_bwd(q, k, v, gk, gv, u, scale, h0, oex, do, dht, meta, reverse, A=None, 
         if dbq is not None:
             dgk = dgk - dbq
         dgk = dgk.to(gk.dtype)
-    if gv is not None:
-        bnd = bnd if gk is not None else _boundary_terms(h, dh, ht, meta)
+    if want_gv:
+        bnd = bnd if want_gk else _boundary_terms(h, dh, ht, meta)
         dgv = _revcumsum(dbv, meta, reverse, bnd.sum(-2)).to(gv.dtype)
     if u is not None:
         dov = (do.float() * v.float()).sum(-1, keepdim=True)
@@ -188,9 +201,10 @@ def chunk_gla_fwd(q, k, v, gk, gv, u, scale, h0, output_final_state, cu_seqlens,
 
 
 def chunk_gla_bwd(do, dht, o, saved, q, k, v, gk, gv, u, scale, h0, output_final_state, cu_seqlens, reverse,
-                  chunk_size):
+                  chunk_size, needs=None):
     """Triton backward of ``vla_mm::chunk_gla`` from the forward's output ``o`` and residuals ``saved``:
-    (dq, dk, dv, dgk, dgv, du, dh0), None for an input that is None."""
+    (dq, dk, dv, dgk, dgv, du, dh0), None for an input that is None; ``needs``: whether each of them was asked
+    for (None: all; an unasked gate gradient is not computed, and then needs no fp32 operands)."""
     names = saved_layout(q, k, v, gk, gv, u, h0)
     if len(names) != len(saved):
         raise RuntimeError(f'chunk_gla backward expected {names} from the forward, got {len(saved)} tensors: the '
@@ -202,5 +216,6 @@ def chunk_gla_bwd(do, dht, o, saved, q, k, v, gk, gv, u, scale, h0, output_final
     cums = tuple(kept.get(n) for n in ('gkb', 'gks', 'gvb', 'gvs')) if current_options().gla_keep_cumsum else None
     do = torch.zeros_like(o) if do is None else do
     dht = dht.contiguous() if (dht is not None and output_final_state) else None
+    dgates = (True, True) if needs is None else (needs[3], needs[4])
     return gla_bwd(q, k, v, gk, gv, u, scale, h0, kept.get('oex'), do, dht, meta, reverse, A=kept.get('A'),
-                   cums=cums)
+                   cums=cums, dgates=dgates)

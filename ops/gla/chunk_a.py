@@ -10,7 +10,7 @@ from ..common.options import alloc, cdiv
 from .blocks import (NEG_INF, _bonus, _chunk_rows, _decay, _diag_block_scores, _diag_decay, _diag_gmm,
                      _diag_gmmT, _diag_self_term, _grow, _gtile, _gvec, _hstore, _htile, _lpre, _lsuf, _mm,
                      _pair_decays, _qgate, _rows, _state_tile, _to_ref, _vblock_sum)
-from .launch import FUSE_A, FUSE_INTRA, RECOMPUTE_A, SUB, _launch_opts, _lowp, _or, _pow2, _prec
+from .launch import FUSE_A, FUSE_DA, FUSE_INTRA, RECOMPUTE_A, SUB, _launch_opts, _lowp, _or, _pow2, _prec
 
 # ----------------------------------------------------------------------------------------------------------
 # intra-chunk matrix path (no value gates): the intra-chunk scores A (forward) and their gradient dA (backward)
@@ -262,13 +262,15 @@ def _bwd_inter_kernel(q, k, v, gkb, gkr, gks, u, h, do, dh, dA, dqi, dki, dAa, y
                       cu, chunk_seq, chunk_idx, scale, N, NT, H, K, V, NV,
                       C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, GK: tl.constexpr, USE_U: tl.constexpr,
                       ADJ: tl.constexpr, REVERSE: tl.constexpr, VARLEN: tl.constexpr, IEEE: tl.constexpr,
-                      LOWP: tl.constexpr):
+                      LOWP: tl.constexpr, INTRA: tl.constexpr):
     """dq = scale * (do @ h^T) * exp(bq) + intra, dk = (v @ dh^T) * exp(b_last - b) + intra, one chunk and key
-    block per program; the key-gate gradient q * dq - k * dk into dbk (q * dq also into dbq with the bonus), without
-    the terms whose gate factor is exp(0) over an empty range of gates (they cancel exactly in it), which are
-    added to dq / dk afterwards: the t == s terms, the last token's final-state path, and with the bonus (ADJ)
-    the pairs (t, t - 1): inside the chunk (dAa), across the chunk boundary (the first row's inter term without
-    the previous token, yq; the last row's without the next one, zk; partial sums over NV value blocks)."""
+    block per program (INTRA: one gate per head or none, no bonus: the intra-chunk terms formed here as
+    ``_bwd_dA_kernel``'s FUSE_INTRA forms them, dA = scale * tril(do @ v^T) from the same do / v tiles, instead of
+    read from dA / dqi / dki); the key-gate gradient q * dq - k * dk into dbk (q * dq also into dbq with the
+    bonus), without the terms whose gate factor is exp(0) over an empty range of gates (they cancel exactly in it),
+    which are added to dq / dk afterwards: the t == s terms, the last token's final-state path, and with the bonus
+    (ADJ) the pairs (t, t - 1): inside the chunk (dAa), across the chunk boundary (the first row's inter term
+    without the previous token, yq; the last row's without the next one, zk; partial sums over NV value blocks)."""
     i_k, i_c, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     i_h, i_t, hc, bos, eos, L, ac, t, m, r = _chunk_rows(i_c, i_bh, cu, chunk_seq, chunk_idx, N, NT, H, C, REVERSE,
                                                          VARLEN)
@@ -276,12 +278,16 @@ def _bwd_inter_kernel(q, k, v, gkb, gkr, gks, u, h, do, dh, dA, dqi, dki, dAa, y
     ck = i_k * BK + tl.arange(0, BK)
     dq_c = tl.zeros([C, BK], dtype=tl.float32)
     dk_c = tl.zeros([C, BK], dtype=tl.float32)
+    if INTRA:
+        da = tl.zeros([C, C], dtype=tl.float32)
     for iv in range(tl.cdiv(V, BV)):
         cv = iv * BV + tl.arange(0, BV)
-        dq_c += _mm(_htile(do, r, m, cv, V, H, i_h).to(DT),
-                    tl.trans(_state_tile(h, hc, H, i_h, ck, cv, K, V).to(DT)), IEEE)
-        dk_c += _mm(_htile(v, r, m, cv, V, H, i_h).to(DT),
-                    tl.trans(_state_tile(dh, hc, H, i_h, ck, cv, K, V).to(DT)), IEEE)
+        do_t = _htile(do, r, m, cv, V, H, i_h).to(DT)
+        v_t = _htile(v, r, m, cv, V, H, i_h).to(DT)
+        dq_c += _mm(do_t, tl.trans(_state_tile(h, hc, H, i_h, ck, cv, K, V).to(DT)), IEEE)
+        dk_c += _mm(v_t, tl.trans(_state_tile(dh, hc, H, i_h, ck, cv, K, V).to(DT)), IEEE)
+        if INTRA:
+            da += _mm(do_t, tl.trans(v_t), IEEE)
     dq_c = dq_c * scale
     if GK > 0:
         dq_c = dq_c * tl.exp(_qgate(gkb, gkr, r, m, ck, K, H, i_h, GK, USE_U))
@@ -305,10 +311,19 @@ def _bwd_inter_kernel(q, k, v, gkb, gkr, gks, u, h, do, dh, dA, dqi, dki, dAa, y
             dq_x = tl.sum(tl.where(first, dq_c, 0.), axis=0)[None, :]
             dq_c = tl.where(first, yv[None, :] * scale, dq_c)
             dk_c = tl.where(last, zv[None, :], dk_c)
-    dq_c += _htile(dqi, r, m, ck, K, H, i_h)
-    dk_c += _htile(dki, r, m, ck, K, H, i_h)
     q_c = _htile(q, r, m, ck, K, H, i_h)
     k_c = _htile(k, r, m, ck, K, H, i_h)
+    if INTRA:
+        da = tl.where(ac[None, :] <= ac[:, None], da * scale, 0.)
+        if GK > 0:
+            ds = da * _pair_decays(gkr, ac, r, m, H, i_h, True)
+        else:
+            ds = tl.where((ac[None, :] < ac[:, None]) & m[:, None] & m[None, :], da, 0.)
+        dq_c += _mm(ds.to(DT), k_c.to(DT), IEEE)
+        dk_c += _mm(tl.trans(ds.to(DT)), q_c.to(DT), IEEE)
+    else:
+        dq_c += _htile(dqi, r, m, ck, K, H, i_h)
+        dk_c += _htile(dki, r, m, ck, K, H, i_h)
     if GK > 0:
         qdq = q_c * dq_c
         if GK == 2:
@@ -326,7 +341,10 @@ def _bwd_inter_kernel(q, k, v, gkb, gkr, gks, u, h, do, dh, dA, dqi, dki, dAa, y
         else:
             dk_c += dk_x
     # t == s terms: dA[t, t] (scale * do_t . v_t) times k_t / q_t, or u * k_t / u * q_t with the bonus
-    dA_tt = tl.load(dA + r.to(tl.int64) * H * C + i_h * C + ac, mask=m, other=0.)
+    if INTRA:
+        dA_tt = tl.sum(tl.where(ac[None, :] == ac[:, None], da, 0.), axis=1)
+    else:
+        dA_tt = tl.load(dA + r.to(tl.int64) * H * C + i_h * C + ac, mask=m, other=0.)
     dq_c += _diag_self_term(dA_tt, dA_tt, k_c, u, i_h, ck, K, USE_U)
     dk_c += _diag_self_term(dA_tt, dA_tt, q_c, u, i_h, ck, K, USE_U)
     if ADJ:
@@ -388,18 +406,23 @@ def _bwd_A(q, k, v, gkb, gk, gks, u, scale, h, dh, A, do, meta, GK, reverse, iee
     adj = yq is not None
     form_a = A is None
     assert not form_a or (GK < 2 and u is None), 'A is formed again only with one gate per head or none, no bonus'
-    dA = alloc((*q.shape[:3], meta.C), torch.float32, q.device)
-    dAa = alloc(q.shape[:3], torch.float32, q.device) if adj else None
-    dqi = alloc(q.shape, torch.float32, q.device)
-    dki = alloc(k.shape, torch.float32, k.device)
     da_opts = _launch_opts(K, 'dA')
+    ie_opts = _launch_opts(K, 'inter')
     fuse = bool(da_opts.pop('fuse_intra', FUSE_INTRA)) and GK < 2 and u is None
-    _bwd_dA_kernel[(meta.nchunks, meta.nbh)](
-        q, k, v, _or(gk, q), do, dA, _or(dAa, dA), dqi, dki, *tabs, scale, meta.N, meta.NT, H, K, V, C=meta.C,
-        BK=BK, BV=BV, GK=GK, ADJ=adj, LOWP=lowp, FUSE_INTRA=fuse, **cm, **da_opts)
+    # and with fuse_da, the fused intra-chunk terms inside _bwd_inter_kernel: no _bwd_dA_kernel, no dA / dqi / dki
+    merge = bool(ie_opts.pop('fuse_da', FUSE_DA)) and fuse
+    dA = dAa = dqi = dki = None
+    if not merge:
+        dA = alloc((*q.shape[:3], meta.C), torch.float32, q.device)
+        dAa = alloc(q.shape[:3], torch.float32, q.device) if adj else None
+        dqi = alloc(q.shape, torch.float32, q.device)
+        dki = alloc(k.shape, torch.float32, k.device)
+        _bwd_dA_kernel[(meta.nchunks, meta.nbh)](
+            q, k, v, _or(gk, q), do, dA, _or(dAa, dA), dqi, dki, *tabs, scale, meta.N, meta.NT, H, K, V, C=meta.C,
+            BK=BK, BV=BV, GK=GK, ADJ=adj, LOWP=lowp, FUSE_INTRA=fuse, **cm, **da_opts)
     dv = alloc(v.shape, v.dtype, v.device)
     _bwd_dvA_kernel[(cdiv(V, BV), meta.nchunks, meta.nbh)](
-        q, k, _or(gk, k), _or(gks, k), _or(A, dA), do, dh, dv, *tabs, scale, meta.N, meta.NT, H, K, V, C=meta.C,
+        q, k, _or(gk, k), _or(gks, k), _or(A, do), do, dh, dv, *tabs, scale, meta.N, meta.NT, H, K, V, C=meta.C,
         BK=BK, BV=BV, GK=GK, LOWP=_lowp(ieee), FORM_A=form_a, **cm, **_launch_opts(K, 'dvA'))
     if not fuse:
         in_opts = _launch_opts(K, 'intra')
@@ -413,8 +436,8 @@ def _bwd_A(q, k, v, gkb, gk, gks, u, scale, h, dh, A, do, meta, GK, reverse, iee
     # one gate per head: the gate gradient sums over all of K, so one key block
     BKi = _pow2(K) if GK == 1 else BK
     _bwd_inter_kernel[(cdiv(K, BKi), meta.nchunks, meta.nbh)](
-        q, k, v, _or(gkb, q), _or(gk, q), _or(gks, q), _or(u, q), h, do, dh, dA, dqi, dki, _or(dAa, dA), _or(yq, dA),
-        _or(zk, dA), dq, dk, _or(dbk, q), _or(dbq, q), *tabs, scale, meta.N, meta.NT, H, K, V,
-        yq.shape[1] if adj else 0, C=meta.C, BK=BKi, BV=BV, GK=GK, USE_U=u is not None, ADJ=adj, LOWP=lowp, **cm,
-        **_launch_opts(K, 'inter'))
+        q, k, v, _or(gkb, q), _or(gk, q), _or(gks, q), _or(u, q), h, do, dh, _or(dA, do), _or(dqi, do), _or(dki, do),
+        _or(dAa, do), _or(yq, do), _or(zk, do), dq, dk, _or(dbk, q), _or(dbq, q), *tabs, scale, meta.N, meta.NT, H,
+        K, V, yq.shape[1] if adj else 0, C=meta.C, BK=BKi, BV=BV, GK=GK, USE_U=u is not None, ADJ=adj, LOWP=lowp,
+        INTRA=merge, **cm, **ie_opts)
     return dq, dk, dv, dbk, dbq

@@ -4,7 +4,7 @@ from ..common.options import TRITON_LAUNCH_KEYS, current_options, declare_launch
 
 CHUNK = 64
 SUB = 16
-declare_launch(TRITON_LAUNCH_KEYS, 'fwd_A', 'dvA', 'inter', 'fwd_o', 'dv', 'dq', 'dk', 'dqk')
+declare_launch(TRITON_LAUNCH_KEYS, 'fwd_A', 'dvA', 'fwd_o', 'dv', 'dq', 'dk', 'dqk')
 # intra: load_m reads the vector-gate diagonal sub-block's dA columns from memory instead of cutting each out of the
 # register tile; default with the bonus (RWKV6 fwd+bwd -5 / -7 %), not without (GLA +1.5 %): H100, session 18
 declare_launch(TRITON_LAUNCH_KEYS + ('load_m',), 'intra')
@@ -16,9 +16,13 @@ declare_launch(TRITON_LAUNCH_KEYS + ('load_m',), 'intra')
 # at bf16); the backward's dv kernel forms them again from q and k, as fla's backward does
 declare_launch(TRITON_LAUNCH_KEYS + ('fuse_a', 'recompute_a'), 'fwd_oA')
 declare_launch(TRITON_LAUNCH_KEYS + ('fuse_intra',), 'dA')
+# inter's fuse_da (with fuse_intra): _bwd_inter_kernel forms dA and the strict-pair dq / dk itself from the do / v
+# tiles it loads anyway: no _bwd_dA_kernel, and no fp32 dA / dqi / dki written and read back
+declare_launch(TRITON_LAUNCH_KEYS + ('fuse_da',), 'inter')
 FUSE_A = True
 FUSE_INTRA = True
 RECOMPUTE_A = True
+FUSE_DA = True
 
 
 def _or(t, dummy):

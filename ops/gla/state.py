@@ -405,7 +405,8 @@ def _fwd_h(k, v, gkb, gks, gvb, gvs, h0, store_ht, meta, GK, reverse, ieee, lowp
     return h, ht, ht_ex, yq
 
 
-def _bwd_dh(q, do, gkb, gk, gvb, gv, u, dht, h0, scale, meta, GK, reverse, ieee, lowp, v=None, h=None, yq=None):
+def _bwd_dh(q, do, gkb, gk, gvb, gv, u, dht, h0, scale, meta, GK, reverse, ieee, lowp, v=None, h=None, yq=None,
+            dh_dtype=torch.float32):
     """State gradients right to left: dh (after every chunk), dh0 (None without h0), and with ``v`` (the bonus
     form; then also ``h`` and ``yq`` from ``_fwd_h(do=...)``) zk and rk ``[chunks, NV, H, K]``: partial sums of
     dh_ex @ v_last and of the later chunks' key-gate gradient share (see _bwd_dh_kernel), else None."""
@@ -413,7 +414,7 @@ def _bwd_dh(q, do, gkb, gk, gvb, gv, u, dht, h0, scale, meta, GK, reverse, ieee,
     H = meta.H
     BKh, BVh = _state_blocks(K, V, meta.nseq * H)
     NK, NV = cdiv(K, BKh), cdiv(V, BVh)
-    dh = alloc((meta.total_chunks, H, K, V), torch.float32, q.device)
+    dh = alloc((meta.total_chunks, H, K, V), dh_dtype, q.device)
     dh0 = alloc((meta.nseq, H, K, V), torch.float32, q.device) if h0 is not None else None
     zk = alloc((meta.total_chunks, NV, H, K), torch.float32, q.device) if v is not None else None
     rk = alloc((meta.total_chunks, NV, H, K), torch.float32, q.device) if v is not None else None

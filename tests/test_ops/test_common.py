@@ -442,3 +442,38 @@ def test_register_op_saves_only_what_the_backward_reads():
         torch.testing.assert_close(torch.autograd.grad(comp(x, r), x)[0], torch.full_like(x, 0.5))
         torch._dynamo.reset()
         torch.library.opcheck(_saving.custom_op, (x, r, 0.5))
+
+
+_needs_seen = []
+
+
+def _nd_triton_backward(grads, outputs, residuals, x, r, scale, needs):
+    _needs_seen.append(needs)
+    return [grads[0] * scale if needs[0] else None, grads[0] * scale if needs[1] else None]
+
+
+_needing = register_op('test_backward_needs', '(Tensor x, Tensor r, float scale)', outputs=1, grads=('x', 'r'),
+                       reference=lambda x, r, scale: ((x + r) * scale,),
+                       triton=lambda x, r, scale: (((x + r) * scale,), ()),
+                       triton_backward=_nd_triton_backward, fake=lambda x, r, scale: [x.new_empty(x.shape)],
+                       backward_needs=True)
+
+
+def test_register_op_tells_the_backward_which_gradients_were_asked_for():
+    """``backward_needs``: ``triton_backward`` gets ``needs`` (autograd's needs_input_grad of each name in ``grads``)
+    on every route (autograd.Function, custom op, compiled); an unasked gradient it leaves None arrives as None."""
+    x, r = torch.randn(3, 5, requires_grad=True), torch.randn(3, 5)
+    for eager_path in ('function', 'custom_op'):
+        _needs_seen.clear()
+        with kernel_options(backend='triton', eager_path=eager_path):
+            gx, = torch.autograd.grad(_needing(x, r, 2.0)[0].sum(), (x,))
+        assert _needs_seen == [(True, False)], (eager_path, _needs_seen)
+        torch.testing.assert_close(gx, torch.full_like(x, 2.0))
+    _needs_seen.clear()
+    with kernel_options(backend='triton'):
+        torch._dynamo.reset()
+        comp = torch.compile(lambda a, b: _needing(a, b, 2.0)[0].sum(), fullgraph=True, backend='aot_eager')
+        gr, = torch.autograd.grad(comp(x.detach(), r.requires_grad_()), (r,))
+        torch._dynamo.reset()
+    assert _needs_seen == [(False, True)], _needs_seen
+    torch.testing.assert_close(gr, torch.full_like(r, 2.0))

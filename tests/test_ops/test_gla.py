@@ -287,6 +287,67 @@ def test_chunk_gla_bf16_fp16():
     _check(1, 40, 1, 16, 16, gate='vector', h0=True, dtype=torch.float16, chunk_size=32)
 
 
+def test_backward_operands_follow_the_gate_gradients(monkeypatch):
+    """16-bit inputs: the backward takes fp32 operands (and fp32 stored states) only where a gate gradient is
+    taken (``gla_bwd_fp32=True``, the default), always with ``'always'``, never with False; without gates, or with
+    a gate that needs no gradient (RetNet's fixed decays), it takes the input dtype as the forward does."""
+    monkeypatch.setattr(chunk, '_lowp', lambda ieee: not ieee)   # the GPU's rule (the interpreter keeps fp32)
+    table = {(True, True): False, (True, False): True, ('always', False): False, (False, True): True}
+    for (opt, grads), lowp in table.items():
+        with kernel_options(gla_bwd_fp32=opt):
+            assert chunk._bwd_lowp(False, grads) == lowp and not chunk._bwd_lowp(True, grads)
+    with pytest.raises(ValueError, match='gla_bwd_fp32'):
+        with kernel_options(gla_bwd_fp32='fp16'):
+            pass
+
+    class _Stop(Exception):
+        pass
+    seen = []
+
+    def spy(*args, **kw):
+        seen.append(kw['h_dtype'])
+        raise _Stop
+    g = torch.Generator().manual_seed(4)
+    q, k, v = (torch.randn(1, 40, 2, 16, generator=g).bfloat16().requires_grad_() for _ in range(3))
+    gk = F.logsigmoid(torch.randn(1, 40, 2, generator=g)).bfloat16()
+    for gate, wants in ((None, False), (gk, False), (gk.clone().requires_grad_(), True)):
+        monkeypatch.setattr(chunk, '_lowp', lambda ieee: False)
+        o, _ = chunk_gla_triton(q, k, v, gk=gate, chunk_size=16)
+        monkeypatch.setattr(chunk, '_lowp', lambda ieee: not ieee)
+        monkeypatch.setattr(chunk, '_fwd_h', spy)
+        with pytest.raises(_Stop):
+            o.sum().backward()
+        monkeypatch.undo()
+        assert seen[-1] == (torch.float32 if wants else torch.bfloat16), (gate is None, wants, seen)
+        monkeypatch.setattr(chunk, '_lowp', lambda ieee: not ieee)
+
+
+def test_unasked_gate_gradient_is_not_formed(monkeypatch):
+    """RetNet's decays need no gradient: the backward skips the gate-gradient sums (no ``_revcumsum``, no
+    boundary terms) and the other gradients stay within float64 tolerance; asked for, they are formed."""
+    calls = []
+    for name in ('_revcumsum', '_boundary_terms'):
+        fn = getattr(chunk, name)
+        monkeypatch.setattr(chunk, name, lambda *a, fn=fn, name=name: calls.append(name) or fn(*a))
+    g = torch.Generator().manual_seed(6)
+    q, k, v = (torch.randn(2, 70, 2, 16, generator=g, dtype=torch.float64) for _ in range(3))
+    gk = F.logsigmoid(torch.randn(2, 70, 2, generator=g, dtype=torch.float64))
+    live = [t.float().requires_grad_() for t in (q, k, v)]
+    o, ht = chunk_gla_triton(*live, gk=gk.float(), output_final_state=True, chunk_size=32)
+    do, dht = torch.randn_like(o), torch.randn_like(ht)
+    grads = torch.autograd.grad((o * do).sum() + (ht * dht).sum(), live)
+    assert calls == []
+    ref = [t.clone().requires_grad_() for t in (q, k, v)]
+    o2, ht2 = gla_recurrent_reference(*ref, gk=gk, output_final_state=True)
+    grads2 = torch.autograd.grad((o2 * do.double()).sum() + (ht2 * dht.double()).sum(), ref)
+    for a, b in zip((o, *grads), (o2, *grads2)):
+        assert rel_err(a, b) < 1e-5
+    gk32 = gk.float().requires_grad_()
+    o, _ = chunk_gla_triton(*live, gk=gk32, chunk_size=32)
+    torch.autograd.grad(o.sum(), gk32)
+    assert '_revcumsum' in calls and '_boundary_terms' in calls
+
+
 def test_chunk_gla_precision_and_launch_options():
     # the benchmark's knobs: 3xtf32 fp32 operands, bf16 backward operands, per-kernel launch options
     with kernel_options(gla_f32_operands='tf32x3', launch={'dq': dict(num_warps=2), 'dk': dict(num_stages=1)}):
@@ -343,6 +404,31 @@ def test_chunk_gla_fused_scores(monkeypatch, gate, reverse, cu, K, V, strength):
         if strength is None and cu is None:
             with pytest.raises(AssertionError, match='_fwd_A_kernel launched'):
                 _check(2, 40, 1, K, V, gate=gate, u=True, h0=False, chunk_size=32)
+
+
+@pytest.mark.parametrize('gate,fuse_da,cu,K,V', [('scalar', None, [0, 1, 40, 70], 80, 72),   # one 128-wide key block
+                                               ('none', None, None, 80, 16),      # two key blocks
+                                               ('scalar', False, None, 16, 16)])
+def test_intra_terms_inside_the_inter_kernel(monkeypatch, gate, fuse_da, cu, K, V):
+    """``inter``'s ``fuse_da`` (the default with ``fuse_intra``): ``_bwd_inter_kernel`` forms dA and the strict-pair
+    dq / dk itself and ``_bwd_dA_kernel`` does not launch; off, it launches and the inter kernel reads its output.
+    Either way every gradient (the gate's included) within float64 tolerance."""
+    seen = []
+    kernel = chunk_a._bwd_inter_kernel
+
+    class _Spy:
+        def __getitem__(self, grid):
+            def launch(*args, **kw):
+                seen.append(kw['INTRA'])
+                return kernel[grid](*args, **kw)
+            return launch
+    monkeypatch.setattr(chunk_a, '_bwd_inter_kernel', _Spy())
+    merged = fuse_da is None
+    if merged:
+        monkeypatch.setattr(chunk_a, '_bwd_dA_kernel', _Refuse('_bwd_dA_kernel'))
+    with kernel_options(launch={} if merged else {'inter': {'fuse_da': fuse_da}}):
+        _check(1 if cu else 2, 70, 1, K, V, gate=gate, h0=True, reverse=cu is not None, cu=cu, chunk_size=32)
+    assert seen == [merged]
 
 
 @pytest.mark.parametrize('recompute,gate,reverse,cu', [(None, 'scalar', True, [0, 1, 40, 70]),

@@ -119,6 +119,9 @@ def test_op_benchmark_launch_list_is_an_ab_in_one_process(tmp_path):
         ops.main(['--smoke', '--out', str(tmp_path / 'bad'), '--ops', 'linear_attn', '--N', '16', '--modes', 'fwd',
                   '--no-host', '--no-check', '--rep', '1', '--launch', '[{}, {"linear_attn": {"block_q": 1}}]'])
     assert (tmp_path / 'bad' / 'v1' / 'results.json').exists()
+    with pytest.raises(ValueError, match='gla_bwd_fp32'):   # "_options": the other kernel_options fields
+        ops.main(['--smoke', '--out', str(tmp_path / 'opt'), '--ops', 'linear_attn', '--N', '16', '--modes', 'fwd',
+                  '--no-host', '--no-check', '--rep', '1', '--launch', '[{"_options": {"gla_bwd_fp32": "x"}}]'])
 
 
 def test_op_benchmark_check_catches_a_wrong_op(tmp_path, monkeypatch):

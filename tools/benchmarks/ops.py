@@ -779,7 +779,8 @@ def parse_args(argv=None):
     p.add_argument('--launch', type=json.loads, default=None,
                    help='launch options of our kernels for the whole run, as JSON: kernel_options(launch=...), e.g. '
                         '\'{"norm_bwd": {"tile": 4096}}\' (names in docs/ops.md); a JSON list of them is an A/B in '
-                        'one process: one run per setting into --out/v1, v2, ... (the deadline shared out)')
+                        'one process: one run per setting into --out/v1, v2, ... (the deadline shared out); an entry '
+                        '"_options" holds other kernel_options fields, e.g. {"_options": {"gla_bwd_fp32": "always"}}')
     p.add_argument('--smoke', action='store_true', help='CPU, tiny shapes, float32 (CI)')
     if '--smoke' in (sys.argv[1:] if argv is None else argv):  # tiny defaults; explicit options still win
         p.set_defaults(N='16,32', B=1, H=2, K=8, V=8, dtype='fp32', slots=4, check_N=16, check_B=1, check_H=2,
@@ -792,7 +793,7 @@ def main(argv=None):
     a = parse_args(argv)
     from vla_mm.ops.common import kernel_options
     if not isinstance(a.launch, list):
-        with kernel_options(backend=a.backend, launch=a.launch or {}):
+        with kernel_options(backend=a.backend, **_split_launch(a.launch)):
             return run_benchmark(a)
     # an A/B in one process: the imports, CUDA start-up and peers load once (tens of seconds a run on the GPU
     # machine), each setting gets an equal share of what is left of the deadline over the one case reserve that
@@ -802,9 +803,15 @@ def main(argv=None):
         left = a.deadline - (time.time() - t0)
         b = argparse.Namespace(**dict(vars(a), out=osp.join(a.out, f'v{i + 1}'), launch=launch,
                                       deadline=max(0., left - CASE_RESERVE) / (len(a.launch) - i) + CASE_RESERVE))
-        with kernel_options(backend=a.backend, launch=launch or {}):
+        with kernel_options(backend=a.backend, **_split_launch(launch)):
             rcs.append(run_benchmark(b))
     return max(rcs, default=0)
+
+
+def _split_launch(launch):
+    """kernel_options keyword arguments of one --launch setting: its launch entries, and its "_options"."""
+    launch = dict(launch or {})
+    return dict(launch.pop('_options', {}), launch=launch)
 
 
 def run_benchmark(a):

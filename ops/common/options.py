@@ -50,7 +50,8 @@ class KernelOptions:
         gla_keep_cumsum: chunk_gla keeps the forward's chunk-local gate cumsums for the backward (False:
             recomputed there, less memory held between forward and backward).
         gla_bwd_fp32: 16-bit chunk_gla inputs: fp32 (tf32) operands in the backward's state / dq / dk kernels
-            where a gate gradient is taken (True), always (``'always'``), or never (False: 16-bit operands).
+            (True), only where a gate gradient is taken (``'gate_grads'``: without gates, or with gates that need
+            no gradient such as RetNet's decays, 16-bit operands and states as in the forward), or never (False).
         gla_f32_operands: how those fp32 operands meet the tensor cores: ``'tf32'`` or ``'tf32x3'``.
         launch_cache: launch kernels through the compiled kernel's cached handle (``ops/common/launch.py``):
             False, True, or ``'verify'`` (also check every hit against Triton's own choice); default from
@@ -75,8 +76,8 @@ class KernelOptions:
             raise ValueError(f'eager_path must be one of {EAGER_PATHS}, got {self.eager_path!r}')
         if self.gla_f32_operands not in F32_OPERANDS:
             raise ValueError(f'gla_f32_operands must be one of {F32_OPERANDS}, got {self.gla_f32_operands!r}')
-        if not (isinstance(self.gla_bwd_fp32, bool) or self.gla_bwd_fp32 == 'always'):
-            raise ValueError(f"gla_bwd_fp32 must be True, False or 'always', got {self.gla_bwd_fp32!r}")
+        if not (isinstance(self.gla_bwd_fp32, bool) or self.gla_bwd_fp32 == 'gate_grads'):
+            raise ValueError(f"gla_bwd_fp32 must be True, False or 'gate_grads', got {self.gla_bwd_fp32!r}")
         if not (isinstance(self.launch_cache, bool) or self.launch_cache == 'verify'):
             raise ValueError(f'launch_cache must be one of {LAUNCH_CACHE}, got {self.launch_cache!r}')
         object.__setattr__(self, 'launch', _freeze(self.launch))

@@ -87,11 +87,11 @@ def gla_fwd(q, k, v, gk, gv, u, scale, h0, output_final_state, meta, reverse):
 
 
 def _bwd_lowp(ieee, gate_grads):
-    """16-bit operands in the backward's state / dq / dk kernels: unless ``gla_bwd_fp32`` asks for fp32 ones, which
-    it does by default only where a gate gradient is taken (``gate_grads``: dL/dg = q*dq - k*dk cancels; without
-    it the rounding is the forward's, as in fla's backward)."""
+    """16-bit operands in the backward's state / dq / dk kernels: unless ``gla_bwd_fp32`` asks for fp32 ones, always
+    (True, the default) or only where a gate gradient is taken (``'gate_grads'``; ``gate_grads``: dL/dg = q*dq -
+    k*dk cancels; without it the rounding is the forward's, as in fla's backward)."""
     fp32 = current_options().gla_bwd_fp32
-    return _lowp(ieee) and not (fp32 == 'always' or (fp32 and gate_grads))
+    return _lowp(ieee) and not (fp32 is True or (fp32 == 'gate_grads' and gate_grads))
 
 
 def gla_bwd(q, k, v, gk, gv, u, scale, h0, oex, do, dht, meta, reverse, A=None, cums=None, dgates=(True, True)):

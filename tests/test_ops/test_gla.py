@@ -288,11 +288,12 @@ def test_chunk_gla_bf16_fp16():
 
 
 def test_backward_operands_follow_the_gate_gradients(monkeypatch):
-    """16-bit inputs: the backward takes fp32 operands (and fp32 stored states) only where a gate gradient is
-    taken (``gla_bwd_fp32=True``, the default), always with ``'always'``, never with False; without gates, or with
-    a gate that needs no gradient (RetNet's fixed decays), it takes the input dtype as the forward does."""
+    """16-bit inputs: the backward takes fp32 operands (and fp32 stored states) always (``gla_bwd_fp32=True``, the
+    default), never (False), or only where a gate gradient is taken (``'gate_grads'``): without gates, or with a
+    gate that needs no gradient (RetNet's fixed decays), it then takes the input dtype as the forward does."""
     monkeypatch.setattr(chunk, '_lowp', lambda ieee: not ieee)   # the GPU's rule (the interpreter keeps fp32)
-    table = {(True, True): False, (True, False): True, ('always', False): False, (False, True): True}
+    table = {(True, True): False, (True, False): False, ('gate_grads', True): False, ('gate_grads', False): True,
+             (False, True): True}
     for (opt, grads), lowp in table.items():
         with kernel_options(gla_bwd_fp32=opt):
             assert chunk._bwd_lowp(False, grads) == lowp and not chunk._bwd_lowp(True, grads)
@@ -312,7 +313,8 @@ def test_backward_operands_follow_the_gate_gradients(monkeypatch):
     gk = F.logsigmoid(torch.randn(1, 40, 2, generator=g)).bfloat16()
     for gate, wants in ((None, False), (gk, False), (gk.clone().requires_grad_(), True)):
         monkeypatch.setattr(chunk, '_lowp', lambda ieee: False)
-        o, _ = chunk_gla_triton(q, k, v, gk=gate, chunk_size=16)
+        with kernel_options(gla_bwd_fp32='gate_grads'):   # the backward runs under the forward's options
+            o, _ = chunk_gla_triton(q, k, v, gk=gate, chunk_size=16)
         monkeypatch.setattr(chunk, '_lowp', lambda ieee: not ieee)
         monkeypatch.setattr(chunk, '_fwd_h', spy)
         with pytest.raises(_Stop):
@@ -406,13 +408,13 @@ def test_chunk_gla_fused_scores(monkeypatch, gate, reverse, cu, K, V, strength):
                 _check(2, 40, 1, K, V, gate=gate, u=True, h0=False, chunk_size=32)
 
 
-@pytest.mark.parametrize('gate,fuse_da,cu,K,V', [('scalar', None, [0, 1, 40, 70], 80, 72),   # one 128-wide key block
-                                               ('none', None, None, 80, 16),      # two key blocks
-                                               ('scalar', False, None, 16, 16)])
+@pytest.mark.parametrize('gate,fuse_da,cu,K,V', [('scalar', True, [0, 1, 40, 70], 80, 72),   # one 128-wide key block
+                                               ('none', True, None, 80, 16),      # two key blocks
+                                               ('scalar', None, None, 16, 16)])
 def test_intra_terms_inside_the_inter_kernel(monkeypatch, gate, fuse_da, cu, K, V):
-    """``inter``'s ``fuse_da`` (the default with ``fuse_intra``): ``_bwd_inter_kernel`` forms dA and the strict-pair
-    dq / dk itself and ``_bwd_dA_kernel`` does not launch; off, it launches and the inter kernel reads its output.
-    Either way every gradient (the gate's included) within float64 tolerance."""
+    """``inter``'s ``fuse_da`` (with ``fuse_intra``; off by default until timed): ``_bwd_inter_kernel`` forms dA and
+    the strict-pair dq / dk itself and ``_bwd_dA_kernel`` does not launch; off, it launches and the inter kernel
+    reads its output. Either way every gradient (the gate's included) within float64 tolerance."""
     seen = []
     kernel = chunk_a._bwd_inter_kernel
 
@@ -423,10 +425,10 @@ def test_intra_terms_inside_the_inter_kernel(monkeypatch, gate, fuse_da, cu, K, 
                 return kernel[grid](*args, **kw)
             return launch
     monkeypatch.setattr(chunk_a, '_bwd_inter_kernel', _Spy())
-    merged = fuse_da is None
+    merged = bool(fuse_da)
     if merged:
         monkeypatch.setattr(chunk_a, '_bwd_dA_kernel', _Refuse('_bwd_dA_kernel'))
-    with kernel_options(launch={} if merged else {'inter': {'fuse_da': fuse_da}}):
+    with kernel_options(launch={} if fuse_da is None else {'inter': {'fuse_da': fuse_da}}):
         _check(1 if cu else 2, 70, 1, K, V, gate=gate, h0=True, reverse=cu is not None, cu=cu, chunk_size=32)
     assert seen == [merged]
 

@@ -780,7 +780,7 @@ def parse_args(argv=None):
                    help='launch options of our kernels for the whole run, as JSON: kernel_options(launch=...), e.g. '
                         '\'{"norm_bwd": {"tile": 4096}}\' (names in docs/ops.md); a JSON list of them is an A/B in '
                         'one process: one run per setting into --out/v1, v2, ... (the deadline shared out); an entry '
-                        '"_options" holds other kernel_options fields, e.g. {"_options": {"gla_bwd_fp32": "always"}}')
+                        '"_options" holds other kernel_options fields, e.g. {"_options": {"gla_bwd_fp32": false}}')
     p.add_argument('--smoke', action='store_true', help='CPU, tiny shapes, float32 (CI)')
     if '--smoke' in (sys.argv[1:] if argv is None else argv):  # tiny defaults; explicit options still win
         p.set_defaults(N='16,32', B=1, H=2, K=8, V=8, dtype='fp32', slots=4, check_N=16, check_B=1, check_H=2,

@@ -239,12 +239,17 @@ class GLAWrapper(ChunkGLA):
                     reverse=c['reverse'])
 
     def run(self, t, c, extra, impl):
-        # fuse_a: the intra-chunk scores formed inside _fwd_oA_kernel, the strict-pair dq / dk inside _bwd_dA_kernel
-        launch = {'fwd_oA': {'fuse_a': c['fuse_a']}, 'dA': {'fuse_intra': c['fuse_a']}} if 'fuse_a' in c else {}
+        # fuse_a: the intra-chunk scores formed inside _fwd_oA_kernel, the strict-pair dq / dk inside _bwd_dA_kernel;
+        # 'da': those and dA inside _bwd_inter_kernel (inter fuse_da)
+        fa = c.get('fuse_a')
+        launch = {'fwd_oA': {'fuse_a': bool(fa)}, 'dA': {'fuse_intra': bool(fa)},
+                  'inter': {'fuse_da': fa == 'da'}} if 'fuse_a' in c else {}
         if 'load_m' in c:
             # load_m: the vector-gate diagonal sub-block of _bwd_intra_kernel reads dA from memory (the default)
             launch['intra'] = {'load_m': c['load_m']}
-        with self.ops.common.kernel_options(launch=launch):
+        # bwd_fp32: gla_bwd_fp32 ('gate_grads': 16-bit backward operands where no gate gradient is taken)
+        opts = {'gla_bwd_fp32': c['bwd_fp32']} if 'bwd_fp32' in c else {}
+        with self.ops.common.kernel_options(launch=launch, **opts):
             return self._run(t, c, extra)
 
     def _run(self, t, c, extra):
@@ -473,9 +478,9 @@ def make_ops(ops):
 
 # fuse_a: the one-gate-per-head (or gateless) wrappers with their intra-chunk scores formed in _fwd_oA_kernel
 OP_AXES = {'linear_attn': LinearAttn.axes, 'chunk_gla': ChunkGLA.axes,
-           'chunk_linear_attn': dict(_Recurrent.axes, fuse_a=(False, True)),
-           'chunk_simple_gla': dict(_Recurrent.axes, fuse_a=(False, True)),
-           'chunk_retention': dict(_Recurrent.axes, fuse_a=(False, True)),
+           'chunk_linear_attn': dict(_Recurrent.axes, fuse_a=(False, True, 'da'), bwd_fp32=(True, 'gate_grads')),
+           'chunk_simple_gla': dict(_Recurrent.axes, fuse_a=(False, True, 'da')),
+           'chunk_retention': dict(_Recurrent.axes, fuse_a=(False, True, 'da'), bwd_fp32=(True, 'gate_grads')),
            'chunk_rwkv6': dict(_Recurrent.axes, load_m=(False, True)),
            'gsa': GSA.axes, 'hgrn': HGRN.axes,
            # local: _dstate's chunk-local terms from the parallel _dlocal kernel (launch 'delta_rule_dstate')
@@ -483,7 +488,10 @@ OP_AXES = {'linear_attn': LinearAttn.axes, 'chunk_gla': ChunkGLA.axes,
            'gated_delta_rule': dict(_Recurrent.axes, local=(False, True)), 'layer_norm': LayerNorm.axes,
            'short_conv': ShortConv.axes, 'sum_rows': SumRows.axes}
 WRAPPERS = ('chunk_linear_attn', 'chunk_simple_gla', 'chunk_retention', 'chunk_rwkv6')
-OP_RULES = {'linear_attn': (LinearAttn.rules, LinearAttn.repair), 'layer_norm': (LayerNorm.rules, LayerNorm.repair)}
+# the delta rule's local path runs at K <= 128 (_dlocal spills ~70-110 KB a thread above; K = 256: out of memory)
+_LOCAL_RULE = ((lambda c: c['local'] and c['K'] > 128, 'local runs at K <= 128'),), ('local',)
+OP_RULES = {'linear_attn': (LinearAttn.rules, LinearAttn.repair), 'layer_norm': (LayerNorm.rules, LayerNorm.repair),
+            'delta_rule': _LOCAL_RULE, 'gated_delta_rule': _LOCAL_RULE}
 
 
 def invalid_reason(c):

@@ -97,6 +97,10 @@ def _launch(name, dtype, K):
     if name == 'dstate':
         opts['KS'] = 2 if opts.pop('split_k', dstate_split_k(dtype, K)) and _blocks(K, 1)[0] >= 32 else 1
         opts['LOCAL'] = bool(opts.pop('local', dtype != torch.float32 and K <= DSTATE_LOCAL_MAX_K))
+        if opts['LOCAL'] and K > DSTATE_LOCAL_MAX_K:
+            raise ValueError(f"launch['delta_rule_dstate']['local'] runs at K <= {DSTATE_LOCAL_MAX_K} (above, its "
+                             'parallel kernel spills ~70-110 KB a thread and ran out of memory at K = 256), '
+                             f'got K = {K}')
     bv = opts.pop('block_v', None)
     if bv is not None and (bv < 16 or bv & (bv - 1)):
         raise ValueError(f"launch['delta_rule_{name}']['block_v'] must be a power of two >= 16, got {bv!r}")

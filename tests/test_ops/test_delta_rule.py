@@ -342,6 +342,11 @@ def test_launch_settings_are_constants_overridable_per_call(monkeypatch):
     with kernel_options(launch={'delta_rule_dstate': dict(local=False, num_stages=3)}):
         ds = chunk._launch('dstate', torch.bfloat16, 64)
     assert (ds['LOCAL'], ds['num_stages']) == (False, 3)
+    # forced above its K limit, local is refused (its parallel kernel ran out of memory at K = 256 on the GPU)
+    with kernel_options(launch={'delta_rule_dstate': dict(local=True)}):
+        assert chunk._launch('dstate', torch.float32, chunk.DSTATE_LOCAL_MAX_K)['LOCAL']
+        with pytest.raises(ValueError, match='local'):
+            chunk._launch('dstate', torch.float32, chunk.DSTATE_LOCAL_MAX_K + 64)
 
 
 def test_sequential_kernels_take_a_v_block(monkeypatch):

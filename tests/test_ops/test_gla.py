@@ -362,6 +362,23 @@ def test_chunk_gla_precision_and_launch_options():
             pass
 
 
+def _spy_flags(monkeypatch, *kernels):
+    """Launch each (name, constexpr) of ``chunk_a`` as before, recording that constexpr's value per launch, in
+    launch order, into the returned list."""
+    seen = []
+    for name, flag in kernels:
+        kernel = getattr(chunk_a, name)
+
+        class _Spy:
+            def __getitem__(self, grid, kernel=kernel, flag=flag):
+                def launch(*args, **kw):
+                    seen.append(kw[flag])
+                    return kernel[grid](*args, **kw)
+                return launch
+        monkeypatch.setattr(chunk_a, name, _Spy())
+    return seen
+
+
 class _Refuse:
     """Stands in for a kernel that must not be launched."""
 
@@ -415,16 +432,7 @@ def test_intra_terms_inside_the_inter_kernel(monkeypatch, gate, fuse_da, cu, K, 
     """``inter``'s ``fuse_da`` (with ``fuse_intra``; off by default until timed): ``_bwd_inter_kernel`` forms dA and
     the strict-pair dq / dk itself and ``_bwd_dA_kernel`` does not launch; off, it launches and the inter kernel
     reads its output. Either way every gradient (the gate's included) within float64 tolerance."""
-    seen = []
-    kernel = chunk_a._bwd_inter_kernel
-
-    class _Spy:
-        def __getitem__(self, grid):
-            def launch(*args, **kw):
-                seen.append(kw['INTRA'])
-                return kernel[grid](*args, **kw)
-            return launch
-    monkeypatch.setattr(chunk_a, '_bwd_inter_kernel', _Spy())
+    seen = _spy_flags(monkeypatch, ('_bwd_inter_kernel', 'INTRA'))
     merged = bool(fuse_da)
     if merged:
         monkeypatch.setattr(chunk_a, '_bwd_dA_kernel', _Refuse('_bwd_dA_kernel'))
@@ -439,21 +447,11 @@ def test_scores_formed_again_in_the_backward(monkeypatch, recompute, gate, rever
     """``fwd_oA``'s ``recompute_a`` (the default with ``fuse_a``): the forward stores no scores A (not among the
     custom op's residuals, its fake implementation agreeing: opcheck) and ``_bwd_dvA_kernel`` forms them again;
     off, A is stored and read. Either way every gradient within float64 tolerance."""
-    seen = []
-    for name, flag in (('_fwd_oA_kernel', 'STORE_A'), ('_bwd_dvA_kernel', 'FORM_A')):
-        kernel = getattr(chunk_a, name)
-
-        class _Spy:
-            def __getitem__(self, grid, kernel=kernel, flag=flag):
-                def launch(*args, **kw):
-                    seen.append((flag, kw[flag]))
-                    return kernel[grid](*args, **kw)
-                return launch
-        monkeypatch.setattr(chunk_a, name, _Spy())
+    seen = _spy_flags(monkeypatch, ('_fwd_oA_kernel', 'STORE_A'), ('_bwd_dvA_kernel', 'FORM_A'))
     formed = recompute is None or recompute
     with kernel_options(launch={} if recompute is None else {'fwd_oA': {'recompute_a': recompute}}):
         _check(1 if cu else 2, 70, 1, 16, 16, gate=gate, h0=True, reverse=reverse, cu=cu, chunk_size=32)
-        assert seen == [('STORE_A', not formed), ('FORM_A', formed)]
+        assert seen == [not formed, formed]
         g = torch.Generator().manual_seed(5)
         q, k, v = (torch.randn(1, 40, 2, 16, generator=g).requires_grad_() for _ in range(3))
         gk = F.logsigmoid(torch.randn(1, 40, 2, generator=g)).requires_grad_() if gate == 'scalar' else None
@@ -472,17 +470,7 @@ def test_intra_diagonal_from_memory(monkeypatch, u, reverse, cu, K, load_m):
     """``_bwd_intra_kernel``'s vector-gate diagonal sub-block with dA's columns read from memory (``LOADM``: the
     default with the bonus, ``launch={'intra': {'load_m': ...}}`` either way): every gradient within float64
     tolerance."""
-    seen = []
-    kernel = chunk_a._bwd_intra_kernel
-
-    class _Spy:
-        def __getitem__(self, grid):
-            def launch(*args, **kw):
-                seen.append(kw['LOADM'])
-                return kernel[grid](*args, **kw)
-            return launch
-
-    monkeypatch.setattr(chunk_a, '_bwd_intra_kernel', _Spy())
+    seen = _spy_flags(monkeypatch, ('_bwd_intra_kernel', 'LOADM'))
     with kernel_options(launch={} if load_m is None else {'intra': {'load_m': load_m}}):
         _check(1 if cu else 2, 70, 1, K, 16, gate='vector', u=u, h0=True, reverse=reverse, cu=cu, chunk_size=32)
     assert seen == [u if load_m is None else load_m]

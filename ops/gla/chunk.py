@@ -168,7 +168,7 @@ def saved_layout(q, k, v, gk, gv, u, h0):
     nothing)."""
     opts = current_options()
     if opts.gla_a_path and gv is None:
-        names = ['A'] if _a_plan(q.shape[-1], gk, u)[2] else []
+        names = ['A'] if _a_plan(q.shape[-1], v.shape[-1], gk, u)[2] else []
     else:
         names = ['oex'] if gv is not None else []
     if opts.gla_keep_cumsum:

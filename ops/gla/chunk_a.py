@@ -10,7 +10,8 @@ from ..common.options import alloc, cdiv
 from .blocks import (NEG_INF, _bonus, _chunk_rows, _decay, _diag_block_scores, _diag_decay, _diag_gmm,
                      _diag_gmmT, _diag_self_term, _grow, _gtile, _gvec, _hstore, _htile, _lpre, _lsuf, _mm,
                      _pair_decays, _qgate, _rows, _state_tile, _to_ref, _vblock_sum)
-from .launch import FUSE_A, FUSE_DA, FUSE_INTRA, RECOMPUTE_A, SUB, _launch_opts, _lowp, _or, _pow2, _prec
+from .launch import (FUSE_A, FUSE_DA, FUSE_INTRA, RECOMPUTE_A, RECOMPUTE_A_MAX_V, SUB, _launch_opts, _lowp, _or, _pow2,
+                     _prec)
 
 # ----------------------------------------------------------------------------------------------------------
 # intra-chunk matrix path (no value gates): the intra-chunk scores A (forward) and their gradient dA (backward)
@@ -363,12 +364,12 @@ def _bwd_inter_kernel(q, k, v, gkb, gkr, gks, u, h, do, dh, dA, dqi, dki, dAa, y
 # ----------------------------------------------------------------------------------------------------------
 # host side
 # ----------------------------------------------------------------------------------------------------------
-def _a_plan(K, gk, u):
+def _a_plan(K, V, gk, u):
     """(launch options of ``_fwd_oA_kernel``, whether it forms A itself, whether the forward stores A for the
-    backward)."""
+    backward). By default A is formed again only where dv has one value block (each block's program forms it)."""
     opts = _launch_opts(K, 'fwd_oA')
     fuse = bool(opts.pop('fuse_a', FUSE_A)) and (gk is None or gk.dim() == 3) and u is None
-    recompute = bool(opts.pop('recompute_a', RECOMPUTE_A))
+    recompute = bool(opts.pop('recompute_a', RECOMPUTE_A and V <= RECOMPUTE_A_MAX_V))
     return opts, fuse, not (fuse and recompute)
 
 
@@ -376,7 +377,7 @@ def _fwd_A(q, k, v, gkb, gk, u, h, scale, meta, GK, reverse, ieee, lowp):
     """Forward chunk kernels of the A path: the intra-chunk scores A (fp32 [B, N, H, C]), then o; (o, A or None
     where the backward forms A again: ``_a_plan``)."""
     K, V = q.shape[-1], v.shape[-1]
-    oa_opts, fuse, store = _a_plan(K, gk, u)
+    oa_opts, fuse, store = _a_plan(K, V, gk, u)
     # intra-chunk scores once (A, fp32, kept for the backward's dv), then full-chunk matmuls
     A = alloc((*q.shape[:3], meta.C), torch.float32, q.device) if store else None
     if not fuse:

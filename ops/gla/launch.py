@@ -13,7 +13,8 @@ declare_launch(TRITON_LAUNCH_KEYS + ('load_m',), 'intra')
 # _fwd_A_kernel), dA's fuse_intra the strict-pair dq / dk inside _bwd_dA_kernel (no _bwd_intra_kernel); on since
 # timed (H100, session 18: simple GLA forward -15 / -18 %, forward + backward -11 / -12 %)
 # fwd_oA's recompute_a (with fuse_a): the forward does not write the fp32 scores A ([B, N, H, 64], twice o's bytes
-# at bf16); the backward's dv kernel forms them again from q and k, as fla's backward does
+# at bf16); the backward's dv kernel forms them again from q and k, as fla's backward does; default where dv has one
+# value block (V <= 64: timed there, forward -6 to -8 %, H100, session 19; each further block would form A again)
 declare_launch(TRITON_LAUNCH_KEYS + ('fuse_a', 'recompute_a'), 'fwd_oA')
 declare_launch(TRITON_LAUNCH_KEYS + ('fuse_intra',), 'dA')
 # inter's fuse_da (with fuse_intra): _bwd_inter_kernel forms dA and the strict-pair dq / dk itself from the do / v
@@ -23,6 +24,7 @@ declare_launch(TRITON_LAUNCH_KEYS + ('fuse_da',), 'inter')
 FUSE_A = True
 FUSE_INTRA = True
 RECOMPUTE_A = True
+RECOMPUTE_A_MAX_V = 64
 FUSE_DA = False
 
 

@@ -456,6 +456,8 @@ def test_scores_formed_again_in_the_backward(monkeypatch, recompute, gate, rever
         q, k, v = (torch.randn(1, 40, 2, 16, generator=g).requires_grad_() for _ in range(3))
         gk = F.logsigmoid(torch.randn(1, 40, 2, generator=g)).requires_grad_() if gate == 'scalar' else None
         assert ('A' in chunk.saved_layout(q, k, v, gk, None, None, None)) == (not formed)
+        wide = torch.zeros(1, 40, 2, chunk_a.RECOMPUTE_A_MAX_V + 1)   # two value blocks: stored unless asked
+        assert ('A' in chunk.saved_layout(q, k, wide, gk, None, None, None)) == (recompute is None or not formed)
         with kernel_options(backend='triton'):
             torch.library.opcheck(torch.ops.vla_mm.chunk_gla.default, (q, k, v, gk, None, None, 0.5, None, True,
                                                                        None, reverse, 16))

@@ -115,6 +115,12 @@ def test_op_benchmark_launch_list_is_an_ab_in_one_process(tmp_path):
         res = json.load(open(tmp_path / f'v{i + 1}' / 'results.json'))
         assert res['args']['launch'] == launch and res['checks'][0]['ok'] and res['bench'][0]['ours_fwd_ms'] > 0
     assert not (tmp_path / 'v3').exists()
+    ab = (tmp_path / 'ab.md').read_text()   # each setting's times as ratios to v1's, per op and N
+    v1 = json.load(open(tmp_path / 'v1' / 'results.json'))['bench'][0]
+    v2 = json.load(open(tmp_path / 'v2' / 'results.json'))['bench'][0]
+    row = next(line for line in ab.splitlines() if line.startswith('| linear_attn | 16 |')).split('|')
+    assert float(row[7]) == pytest.approx(v2['ours_fwd_ms'] / v1['ours_fwd_ms'], rel=1e-3)
+    assert '"block_n": 16' in ab
     with pytest.raises(ValueError, match='block_q'):   # each setting goes to kernel_options, which checks it
         ops.main(['--smoke', '--out', str(tmp_path / 'bad'), '--ops', 'linear_attn', '--N', '16', '--modes', 'fwd',
                   '--no-host', '--no-check', '--rep', '1', '--launch', '[{}, {"linear_attn": {"block_q": 1}}]'])

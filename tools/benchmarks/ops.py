@@ -805,7 +805,35 @@ def main(argv=None):
                                       deadline=max(0., left - CASE_RESERVE) / (len(a.launch) - i) + CASE_RESERVE))
         with kernel_options(backend=a.backend, **_split_launch(launch)):
             rcs.append(run_benchmark(b))
+    ab_summary(a.out, a.launch)
     return max(rcs, default=0)
+
+
+AB_METRICS = ('ours_fwd_ms', 'ours_fwd_graph_ms', 'ours_fwdbwd_ms', 'ours_fwdbwd_graph_ms')
+
+
+def ab_summary(out, launches):
+    """``out/ab.md``: per op and N, each setting's times as ratios to the first setting's (v1), read back from the
+    runs' results.json (a run that timed nothing leaves its cells empty)."""
+    runs = []
+    for i in range(len(launches)):
+        path = osp.join(out, f'v{i + 1}', 'results.json')
+        rows = json.load(open(path))['bench'] if osp.exists(path) else []
+        runs.append({(r['op'], r['N']): r for r in rows})
+    keys = list(dict.fromkeys(k for run in runs for k in run))
+    rows = []
+    for op, n in keys:
+        base = runs[0].get((op, n), {})
+        row = {'op': op, 'N': n, **{f'v1 {m}': base.get(m) for m in AB_METRICS}}
+        for i, run in enumerate(runs[1:], start=2):
+            row.update({f'v{i} {m}': common.ratio(run.get((op, n), {}).get(m), base.get(m)) for m in AB_METRICS})
+        rows.append(row)
+    short = {m: m[5:-3] for m in AB_METRICS}   # fwd, fwd_graph, fwdbwd, fwdbwd_graph
+    cols = [('op', 'op'), ('N', 'N')] + [(f'v1 {short[m]} ms', f'v1 {m}') for m in AB_METRICS]
+    cols += [(f'v{i} / v1 {short[m]}', f'v{i} {m}') for i in range(2, len(runs) + 1) for m in AB_METRICS]
+    settings = '\n'.join(f'- v{i + 1}: `{json.dumps(launch or {})}`' for i, launch in enumerate(launches))
+    with open(osp.join(out, 'ab.md'), 'w') as f:
+        f.write(f'# A/B in one process\n\n{settings}\n\n{common.md_table(rows, cols)}\n')
 
 
 def _split_launch(launch):

@@ -488,8 +488,9 @@ OP_AXES = {'linear_attn': LinearAttn.axes, 'chunk_gla': ChunkGLA.axes,
            'gated_delta_rule': dict(_Recurrent.axes, local=(False, True)), 'layer_norm': LayerNorm.axes,
            'short_conv': ShortConv.axes, 'sum_rows': SumRows.axes}
 WRAPPERS = ('chunk_linear_attn', 'chunk_simple_gla', 'chunk_retention', 'chunk_rwkv6')
-# the delta rule's local path runs at K <= 128 (_dlocal spills ~70-110 KB a thread above; K = 256: out of memory)
-_LOCAL_RULE = ((lambda c: c['local'] and c['K'] > 128, 'local runs at K <= 128'),), ('local',)
+# the delta rule's local path runs at K <= this (ops/delta_rule DSTATE_LOCAL_MAX_K: the op refuses it above)
+LOCAL_MAX_K = 128
+_LOCAL_RULE = ((lambda c: c['local'] and c['K'] > LOCAL_MAX_K, f'local runs at K <= {LOCAL_MAX_K}'),), ('local',)
 OP_RULES = {'linear_attn': (LinearAttn.rules, LinearAttn.repair), 'layer_norm': (LayerNorm.rules, LayerNorm.repair),
             'delta_rule': _LOCAL_RULE, 'gated_delta_rule': _LOCAL_RULE}
 

@@ -249,7 +249,7 @@ def register_op(name, schema, *, outputs, grads, reference, triton, fake, triton
                 gs = run_backward(list(grad_outputs[:outputs]), list(saved[n:]), ctx.triton_path, needs, *args)
         result = [None] * len(args)
         for j, i in enumerate(grad_idx):
-            if args[i] is not None and ctx.needs_input_grad[i]:
+            if args[i] is not None and needs[j]:
                 result[i] = gs[j]
         return tuple(result)
 

@@ -55,7 +55,7 @@ from ..common.options import current_options
 from ..common.varlen import PackedSeqs
 from .chunk_a import _a_plan, _bwd_A, _fwd_A
 from .chunk_subblock import _bwd_sub, _fwd_sub
-from .launch import _lowp
+from .launch import _gate_kind, _lowp
 from .state import _boundary_terms, _bwd_dh, _final_terms, _fwd_h, _gate_cumsum, _revcumsum
 
 
@@ -66,7 +66,7 @@ def _use_A(gv):
 def gla_fwd(q, k, v, gk, gv, u, scale, h0, output_final_state, meta, reverse):
     """(o, final state or None, final state without the last token's k v^T or None, A or None, o without its
     t == s terms or None (value gates: what dL/dgv reads), gate cumsums)."""
-    GK = 0 if gk is None else (1 if gk.dim() == 3 else 2)
+    GK = _gate_kind(gk)
     ieee = q.dtype == torch.float32
     gkb, gks = _gate_cumsum(gk, meta, reverse)
     gvb, gvs = _gate_cumsum(gv, meta, reverse)
@@ -100,7 +100,7 @@ def gla_bwd(q, k, v, gk, gv, u, scale, h0, oex, do, dht, meta, reverse, A=None, 
     the forward's gate cumsums ``(gkb, gks, gvb, gvs)`` (gla_fwd's last output, computed from the same gates,
     meta and direction); None: computed here. ``dgates``: whether the key / value gate gradients are wanted
     (None returned for an unwanted one)."""
-    GK = 0 if gk is None else (1 if gk.dim() == 3 else 2)
+    GK = _gate_kind(gk)
     ieee = q.dtype == torch.float32
     if cums is not None:
         gkb, gks, gvb, gvs = cums

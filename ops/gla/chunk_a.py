@@ -10,8 +10,8 @@ from ..common.options import alloc, cdiv
 from .blocks import (NEG_INF, _bonus, _chunk_rows, _decay, _diag_block_scores, _diag_decay, _diag_gmm,
                      _diag_gmmT, _diag_self_term, _grow, _gtile, _gvec, _hstore, _htile, _lpre, _lsuf, _mm,
                      _pair_decays, _qgate, _rows, _state_tile, _to_ref, _vblock_sum)
-from .launch import (FUSE_A, FUSE_DA, FUSE_INTRA, RECOMPUTE_A, RECOMPUTE_A_MAX_V, SUB, _launch_opts, _lowp, _or, _pow2,
-                     _prec)
+from .launch import (FUSE_A, FUSE_DA, FUSE_INTRA, RECOMPUTE_A, RECOMPUTE_A_MAX_V, SUB, _gate_kind, _launch_opts,
+                     _lowp, _one_gate, _or, _pow2, _prec)
 
 # ----------------------------------------------------------------------------------------------------------
 # intra-chunk matrix path (no value gates): the intra-chunk scores A (forward) and their gradient dA (backward)
@@ -368,7 +368,7 @@ def _a_plan(K, V, gk, u):
     """(launch options of ``_fwd_oA_kernel``, whether it forms A itself, whether the forward stores A for the
     backward). By default A is formed again only where dv has one value block (each block's program forms it)."""
     opts = _launch_opts(K, 'fwd_oA')
-    fuse = bool(opts.pop('fuse_a', FUSE_A)) and (gk is None or gk.dim() == 3) and u is None
+    fuse = bool(opts.pop('fuse_a', FUSE_A)) and _one_gate(_gate_kind(gk), u)
     recompute = bool(opts.pop('recompute_a', RECOMPUTE_A and V <= RECOMPUTE_A_MAX_V))
     return opts, fuse, not (fuse and recompute)
 
@@ -378,7 +378,8 @@ def _fwd_A(q, k, v, gkb, gk, u, h, scale, meta, GK, reverse, ieee, lowp):
     where the backward forms A again: ``_a_plan``)."""
     K, V = q.shape[-1], v.shape[-1]
     oa_opts, fuse, store = _a_plan(K, V, gk, u)
-    # intra-chunk scores once (A, fp32, kept for the backward's dv), then full-chunk matmuls
+    # intra-chunk scores once (A, fp32; stored for the backward's dv unless it forms them again), then full-chunk
+    # matmuls
     A = alloc((*q.shape[:3], meta.C), torch.float32, q.device) if store else None
     if not fuse:
         _fwd_A_kernel[(meta.C // SUB, meta.nchunks, meta.nbh)](
@@ -406,10 +407,10 @@ def _bwd_A(q, k, v, gkb, gk, gks, u, scale, h, dh, A, do, meta, GK, reverse, iee
     tabs = (meta.cu, meta.chunk_seq, meta.chunk_idx)
     adj = yq is not None
     form_a = A is None
-    assert not form_a or (GK < 2 and u is None), 'A is formed again only with one gate per head or none, no bonus'
+    assert not form_a or _one_gate(GK, u), 'A is formed again only with one gate per head or none, no bonus'
     da_opts = _launch_opts(K, 'dA')
     ie_opts = _launch_opts(K, 'inter')
-    fuse = bool(da_opts.pop('fuse_intra', FUSE_INTRA)) and GK < 2 and u is None
+    fuse = bool(da_opts.pop('fuse_intra', FUSE_INTRA)) and _one_gate(GK, u)
     # and with fuse_da, the fused intra-chunk terms inside _bwd_inter_kernel: no _bwd_dA_kernel, no dA / dqi / dki
     merge = bool(ie_opts.pop('fuse_da', FUSE_DA)) and fuse
     dA = dAa = dqi = dki = None

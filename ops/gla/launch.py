@@ -28,6 +28,16 @@ RECOMPUTE_A_MAX_V = 64
 FUSE_DA = False
 
 
+def _gate_kind(gk):
+    """GK of the kernels: 0 no key gate, 1 one gate per head ([B, N, H]), 2 one per key ([B, N, H, K])."""
+    return 0 if gk is None else (1 if gk.dim() == 3 else 2)
+
+
+def _one_gate(GK, u):
+    """Whether the full-chunk products with one matrix of decays apply: one gate per head or none, no bonus."""
+    return GK < 2 and u is None
+
+
 def _or(t, dummy):
     return t if t is not None else dummy
 

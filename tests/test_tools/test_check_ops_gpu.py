@@ -77,6 +77,10 @@ def test_design_covers_every_axis_with_every_dtype():
                 for N in (65, 1000):
                     assert {c['K'] for c in cd if c['N'] == N} == set(T.KS), (op, d, N)
     assert {c['op'] for c in cases if T.risky(c)} == set(T.OP_AXES)
+    # the delta rule's local path only where the op takes it (above its K limit the op refuses it)
+    from vla_mm.ops.delta_rule import chunk as dr_chunk
+    assert T.LOCAL_MAX_K == dr_chunk.DSTATE_LOCAL_MAX_K
+    assert not [c['id'] for c in cases if c.get('local') and c['K'] > dr_chunk.DSTATE_LOCAL_MAX_K]
     groups = T.groups_of(cases)
     assert all(all(T.risky(c) for c in g['cases']) == g['name'].endswith('-risky') for g in groups)
     assert all(any(T.risky(c) for c in g['cases']) == g['name'].endswith('-risky') for g in groups)

@@ -7,7 +7,7 @@ manager (a ``contextvars`` variable, so settings are per thread / task and alway
 Nothing else in ``ops/`` holds launch state: caches keyed on device or shape are ``functools.lru_cache``.
 An op's backward runs under the options its forward ran with (eager autograd). A ``torch.compile``d graph reads
 them when it runs; the options that change what the forward keeps for the backward (``gla_a_path``,
-``gla_keep_cumsum``) must be the same when it runs as when it was traced.
+``gla_keep_cumsum``, ``delta_rule_residuals``) must be the same when it runs as when it was traced.
 """
 import contextlib
 import contextvars
@@ -24,6 +24,7 @@ EAGER_PATHS = ('function', 'custom_op')
 LAUNCH_CACHE = (False, True, 'verify')
 _LAUNCH_CACHE_ENV = {'': False, '0': False, '1': True, 'verify': 'verify'}
 F32_OPERANDS = ('tf32', 'tf32x3')
+RESIDUAL_DTYPES = ('fp32', 'input')
 
 
 def _freeze(launch):
@@ -53,6 +54,9 @@ class KernelOptions:
             (True), only where a gate gradient is taken (``'gate_grads'``: without gates, or with gates that need
             no gradient such as RetNet's decays, 16-bit operands and states as in the forward), or never (False).
         gla_f32_operands: how those fp32 operands meet the tensor cores: ``'tf32'`` or ``'tf32x3'``.
+        delta_rule_residuals: 16-bit delta_rule inputs: dtype of the per-token / per-chunk intermediates W, U~,
+            U and the chunk states (the forward's traffic and what it keeps for the backward): ``'fp32'`` or
+            ``'input'`` (the inputs' 16-bit dtype, as fla keeps them; arithmetic stays fp32).
         launch_cache: launch kernels through the compiled kernel's cached handle (``ops/common/launch.py``):
             False, True, or ``'verify'`` (also check every hit against Triton's own choice); default from
             ``VLA_OPS_LAUNCH_CACHE`` (``1`` / ``verify``), off until the GPU check has run.
@@ -66,6 +70,7 @@ class KernelOptions:
     gla_keep_cumsum: bool = True
     gla_bwd_fp32: object = True
     gla_f32_operands: str = 'tf32'
+    delta_rule_residuals: str = 'fp32'
     launch_cache: object = dataclasses.field(
         default_factory=lambda: _LAUNCH_CACHE_ENV.get(os.environ.get('VLA_OPS_LAUNCH_CACHE', ''), False))
 
@@ -76,6 +81,9 @@ class KernelOptions:
             raise ValueError(f'eager_path must be one of {EAGER_PATHS}, got {self.eager_path!r}')
         if self.gla_f32_operands not in F32_OPERANDS:
             raise ValueError(f'gla_f32_operands must be one of {F32_OPERANDS}, got {self.gla_f32_operands!r}')
+        if self.delta_rule_residuals not in RESIDUAL_DTYPES:
+            raise ValueError(f'delta_rule_residuals must be one of {RESIDUAL_DTYPES}, '
+                             f'got {self.delta_rule_residuals!r}')
         if not (isinstance(self.gla_bwd_fp32, bool) or self.gla_bwd_fp32 == 'gate_grads'):
             raise ValueError(f"gla_bwd_fp32 must be True, False or 'gate_grads', got {self.gla_bwd_fp32!r}")
         if not (isinstance(self.launch_cache, bool) or self.launch_cache == 'verify'):

@@ -298,14 +298,15 @@ def _state_kernel(k, W, Ut, G, U_out, h_buf, h0, ht, cu, chunk_off, N, NT,
                      mask=mh, other=0.).to(tl.float32)
     for c in range(0, tl.cdiv(L, BT)):
         ic = (off + c).to(tl.int64)
-        tl.store(h_buf + (ic * H + ih).to(tl.int64) * K * V + (ck[:, None] * V + cv[None, :]), hs, mask=mh)
+        tl.store(h_buf + (ic * H + ih).to(tl.int64) * K * V + (ck[:, None] * V + cv[None, :]),
+                 hs.to(h_buf.dtype.element_ty), mask=mh)
         lp, valid, phys = _chunk_rows(bos, eos, c * BT, BT, REVERSE)
         mk = valid[:, None] & (ck < K)[None, :]
         mv = valid[:, None] & (cv < V)[None, :]
-        w = tl.load(W + (phys[:, None] * H + ih) * K + ck[None, :], mask=mk, other=0.)
-        ut = tl.load(Ut + (phys[:, None] * H + ih) * V + cv[None, :], mask=mv, other=0.)
+        w = tl.load(W + (phys[:, None] * H + ih) * K + ck[None, :], mask=mk, other=0.).to(tl.float32)
+        ut = tl.load(Ut + (phys[:, None] * H + ih) * V + cv[None, :], mask=mv, other=0.).to(tl.float32)
         u = ut - _dot(w, hs, PREC)
-        tl.store(U_out + (phys[:, None] * H + ih) * V + cv[None, :], u, mask=mv)
+        tl.store(U_out + (phys[:, None] * H + ih) * V + cv[None, :], u.to(U_out.dtype.element_ty), mask=mv)
         kk = tl.load(k + (phys[:, None] * H + ih) * K + ck[None, :], mask=mk, other=0.).to(tl.float32)
         if USE_G:
             Gc = tl.load(G + phys * H + ih, mask=valid, other=0.)
@@ -336,8 +337,8 @@ def _out_kernel(q, k, G, U, h_buf, o, cu, chunk_seq, chunk_idx, N, NT, scale,
     qq = tl.load(q + (phys[:, None] * H + ih) * K + ck[None, :], mask=mk, other=0.).to(tl.float32)
     kk = tl.load(k + (phys[:, None] * H + ih) * K + ck[None, :], mask=mk, other=0.).to(tl.float32)
     hs = tl.load(h_buf + (ic.to(tl.int64) * H + ih).to(tl.int64) * K * V + (ck[:, None] * V + cv[None, :]),
-                 mask=(ck < K)[:, None] & (cv < V)[None, :], other=0.)
-    u = tl.load(U + (phys[:, None] * H + ih) * V + cv[None, :], mask=mv, other=0.)
+                 mask=(ck < K)[:, None] & (cv < V)[None, :], other=0.).to(tl.float32)
+    u = tl.load(U + (phys[:, None] * H + ih) * V + cv[None, :], mask=mv, other=0.).to(tl.float32)
     causal = (r[:, None] >= r[None, :]) & valid[:, None]
     s = _dot(qq, tl.trans(kk), PREC) * scale
     if USE_G:
@@ -534,9 +535,10 @@ def _grads_wy_kernel(k, v, beta, G, T_buf, U, dU, h_buf, dk_part, dv, dbeta, dG_
         tl.store(dv + (phys[:, None] * H + ih) * V + cv[None, :], (dvb * b[:, None]).to(dv.dtype.element_ty), mask=mv)
         vv = tl.load(v + (phys[:, None] * H + ih) * V + cv[None, :], mask=mv, other=0.).to(tl.float32)
         db += tl.sum(dvb * vv, 1)
-        h0 = tl.load(h_buf + (ic64 * H + ih) * K * V + (ck[:, None] * V + cv[None, :]), mask=mh, other=0.)
+        h0 = tl.load(h_buf + (ic64 * H + ih) * K * V + (ck[:, None] * V + cv[None, :]), mask=mh,
+                     other=0.).to(tl.float32)
         dVbH0 += _dot(dvb, tl.trans(h0), PREC)
-        u = tl.load(U + (phys[:, None] * H + ih) * V + cv[None, :], mask=mv, other=0.)
+        u = tl.load(U + (phys[:, None] * H + ih) * V + cv[None, :], mask=mv, other=0.).to(tl.float32)
         dAa += _dot(dvb, tl.trans(u), PREC)
     kk = tl.load(k + (phys[:, None] * H + ih) * K + ck[None, :], mask=mk, other=0.).to(tl.float32)
     strict = (r[:, None] > r[None, :]) & valid[:, None]
@@ -588,9 +590,10 @@ def _grads_qk_kernel(q, k, G, U, do, h_buf, dh_buf, dk_part, dG_part, dq, dk, dg
         cv = iv * BV + tl.arange(0, BV)
         mv = valid[:, None] & (cv < V)[None, :]
         mh = (ck < K)[:, None] & (cv < V)[None, :]
-        u = tl.load(U + (phys[:, None] * H + ih) * V + cv[None, :], mask=mv, other=0.)
+        u = tl.load(U + (phys[:, None] * H + ih) * V + cv[None, :], mask=mv, other=0.).to(tl.float32)
         dout = tl.load(do + (phys[:, None] * H + ih) * V + cv[None, :], mask=mv, other=0.).to(tl.float32)
-        h0 = tl.load(h_buf + (ic64 * H + ih) * K * V + (ck[:, None] * V + cv[None, :]), mask=mh, other=0.)
+        h0 = tl.load(h_buf + (ic64 * H + ih) * K * V + (ck[:, None] * V + cv[None, :]), mask=mh,
+                     other=0.).to(tl.float32)
         dhe = tl.load(dh_buf + (ic64 * H + ih) * K * V + (ck[:, None] * V + cv[None, :]), mask=mh, other=0.)
         dq1 += _dot(dout, tl.trans(h0), PREC)
         dP += _dot(dout, tl.trans(u), PREC)
@@ -687,8 +690,14 @@ def residual_meta(q, v, g, cu_seqlens):
     S = B if cu_seqlens is None else cu_seqlens.shape[0] - 1
     NT = _nt_bound(B, N, S, cu_seqlens is not None)
     f32 = torch.float32
-    return [((B * N, H) if g is not None else (0,), torch.float64), ((NT, H, BT, BT), f32), ((B * N, H, K), f32),
-            ((B * N, H, V), f32), ((NT, H, K, V), f32)]
+    rt = residual_dtype(q.dtype)
+    return [((B * N, H) if g is not None else (0,), torch.float64), ((NT, H, BT, BT), f32), ((B * N, H, K), rt),
+            ((B * N, H, V), rt), ((NT, H, K, V), rt)]
+
+
+def residual_dtype(dtype):
+    """dtype of W, U~, U and the chunk states for inputs of ``dtype`` (option ``delta_rule_residuals``)."""
+    return dtype if current_options().delta_rule_residuals == 'input' and dtype in _INPUT_PREC else torch.float32
 
 
 def _tables(B, N, H, cu_seqlens, device):
@@ -713,9 +722,10 @@ def delta_rule_fwd(q, k, v, beta, g, scale, initial_state, output_final_state, c
     use_g = g is not None
     g = g.contiguous() if use_g else beta
     par, grid, seq, S, varlen = _tables(B, N, H, cu_seqlens, dev)
-    (gs, gd), (ts, _), (ws, _), (us, _), (hs, _) = residual_meta(q, v, g if use_g else None, cu_seqlens)
+    (gs, gd), (ts, td), (ws, rt), (us, _), (hs, _) = residual_meta(q, v, g if use_g else None, cu_seqlens)
     G = alloc(gs, gd, dev)
-    Tb, W, Ut, U, hb = (alloc(x, torch.float32, dev) for x in (ts, ws, us, us, hs))
+    Tb = alloc(ts, td, dev)
+    W, Ut, U, hb = (alloc(x, rt, dev) for x in (ws, us, us, hs))
     o = alloc((B, N, H, V), q.dtype, dev)
     ht = alloc((S, H, K, V), torch.float32, dev) if output_final_state else None
     h0 = initial_state.contiguous() if initial_state is not None else None

@@ -121,6 +121,28 @@ def test_dots_in_the_input_dtype(dtype):
     check_all(res, dtype)
 
 
+@pytest.mark.parametrize('dtype,reverse,cu', [(torch.bfloat16, False, None), (torch.float16, True, [0, 70, 130])])
+def test_16bit_residuals(dtype, reverse, cu):
+    """``delta_rule_residuals='input'``: W, U~, U and the chunk states are kept in the 16-bit input dtype (fla's
+    choice; half the forward's intermediate traffic): forward and every gradient stay within the 16-bit
+    tolerance of float64 (gated, initial state, packed / reverse, three chunks); fp32 inputs keep fp32 ones."""
+    from vla_mm.ops.common import kernel_options
+    inputs = make_inputs(1, 130, 2, 32, 48, gate=True, h0=True, S=None if cu is None else len(cu) - 1)
+    cu_t = None if cu is None else torch.tensor(cu, dtype=torch.int32)
+    with kernel_options(delta_rule_residuals='input'):
+        res = run_both(inputs, dtype, reverse=reverse, cu_seqlens=cu_t)
+        metas = {dt: [m[1] for m in chunk.residual_meta(inputs[0].to(dt), inputs[2].to(dt), inputs[4], cu_t)]
+                 for dt in (dtype, torch.float32)}
+        _, saved = chunk.delta_rule_fwd(*(x.to(dtype) for x in inputs[:5]), 0.5, None, False, cu_t, reverse)
+    check_all(res, dtype)
+    assert metas[dtype] == [torch.float64, torch.float32, dtype, dtype, dtype]
+    assert metas[torch.float32] == [torch.float64] + [torch.float32] * 4
+    assert [t.dtype for t in saved] == metas[dtype]
+    with pytest.raises(ValueError, match='delta_rule_residuals'):
+        with kernel_options(delta_rule_residuals='bf16'):
+            pass
+
+
 @pytest.mark.parametrize('K,V,dtype,reverse,cu', [(96, 48, torch.float32, False, None),
                                                    (20, 40, torch.float32, True, [0, 1, 66, 100]),
                                                    (96, 48, torch.float16, False, None)])

@@ -51,12 +51,13 @@ class KernelOptions:
         gla_keep_cumsum: chunk_gla keeps the forward's chunk-local gate cumsums for the backward (False:
             recomputed there, less memory held between forward and backward).
         gla_bwd_fp32: 16-bit chunk_gla inputs: fp32 (tf32) operands in the backward's state / dq / dk kernels
-            (True), only where a gate gradient is taken (``'gate_grads'``: without gates, or with gates that need
-            no gradient such as RetNet's decays, 16-bit operands and states as in the forward), or never (False).
+            always (True), only where a gate gradient is taken (``'gate_grads'``, the default: without gates, or
+            with gates that need no gradient such as RetNet's decays, 16-bit operands and states as in the
+            forward), or never (False).
         gla_f32_operands: how those fp32 operands meet the tensor cores: ``'tf32'`` or ``'tf32x3'``.
         delta_rule_residuals: 16-bit delta_rule inputs: dtype of the per-token / per-chunk intermediates W, U~,
-            U and the chunk states (the forward's traffic and what it keeps for the backward): ``'fp32'`` or
-            ``'input'`` (the inputs' 16-bit dtype, as fla keeps them; arithmetic stays fp32).
+            U and the chunk states (the forward's traffic and what it keeps for the backward): ``'input'`` (the
+            default: the inputs' 16-bit dtype, as fla keeps them; arithmetic stays fp32) or ``'fp32'``.
         launch_cache: launch kernels through the compiled kernel's cached handle (``ops/common/launch.py``):
             False, True, or ``'verify'`` (also check every hit against Triton's own choice); default from
             ``VLA_OPS_LAUNCH_CACHE`` (``1`` / ``verify``), off until the GPU check has run.
@@ -68,9 +69,9 @@ class KernelOptions:
     eager_path: str = 'function'
     gla_a_path: bool = True
     gla_keep_cumsum: bool = True
-    gla_bwd_fp32: object = True
+    gla_bwd_fp32: object = 'gate_grads'
     gla_f32_operands: str = 'tf32'
-    delta_rule_residuals: str = 'fp32'
+    delta_rule_residuals: str = 'input'
     launch_cache: object = dataclasses.field(
         default_factory=lambda: _LAUNCH_CACHE_ENV.get(os.environ.get('VLA_OPS_LAUNCH_CACHE', ''), False))
 

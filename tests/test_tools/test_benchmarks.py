@@ -103,28 +103,37 @@ def test_op_benchmark_runs_the_kernels_in_the_interpreter(tmp_path):
     assert res['checks'][0]['ok'] and res['bench'][0]['ours_fwd_ms'] > 0
 
 
-def test_op_benchmark_launch_list_is_an_ab_in_one_process(tmp_path):
-    """--launch with a JSON list: one run per setting into v1, v2, ..., each under its own launch options; a
-    deadline under twice the case reserve still times every setting (the reserve is kept once, not per share)."""
+def test_op_benchmark_launch_list_is_an_ab_in_one_process(tmp_path, monkeypatch):
+    """--launch with a JSON list: one run per op and setting into v1/<op>, v2/<op>, ..., op by op (a deadline
+    that runs out loses the last ops of every setting, not the baseline's cases), each under its own launch
+    options; a deadline under twice the case reserve still times every setting (the reserve is kept once)."""
     ops = load('ops')
     variants = [{}, {'linear_attn': {'block_n': 16, 'num_warps': 2}}]
     assert ops.main(['--smoke', '--out', str(tmp_path), '--backend', 'triton', '--ops', 'linear_attn', '--N', '16',
                      '--modes', 'fwd', '--no-host', '--rep', '1', '--launch', json.dumps(variants),
                      '--deadline', str(1.5 * ops.CASE_RESERVE)]) == 0
     for i, launch in enumerate(variants):
-        res = json.load(open(tmp_path / f'v{i + 1}' / 'results.json'))
+        res = json.load(open(tmp_path / f'v{i + 1}' / 'linear_attn' / 'results.json'))
         assert res['args']['launch'] == launch and res['checks'][0]['ok'] and res['bench'][0]['ours_fwd_ms'] > 0
     assert not (tmp_path / 'v3').exists()
     ab = (tmp_path / 'ab.md').read_text()   # each setting's times as ratios to v1's, per op and N
-    v1 = json.load(open(tmp_path / 'v1' / 'results.json'))['bench'][0]
-    v2 = json.load(open(tmp_path / 'v2' / 'results.json'))['bench'][0]
+    v1 = json.load(open(tmp_path / 'v1' / 'linear_attn' / 'results.json'))['bench'][0]
+    v2 = json.load(open(tmp_path / 'v2' / 'linear_attn' / 'results.json'))['bench'][0]
     row = next(line for line in ab.splitlines() if line.startswith('| linear_attn | 16 |')).split('|')
     assert float(row[7]) == pytest.approx(v2['ours_fwd_ms'] / v1['ours_fwd_ms'], rel=1e-3)
     assert '"block_n": 16' in ab
     with pytest.raises(ValueError, match='block_q'):   # each setting goes to kernel_options, which checks it
         ops.main(['--smoke', '--out', str(tmp_path / 'bad'), '--ops', 'linear_attn', '--N', '16', '--modes', 'fwd',
                   '--no-host', '--no-check', '--rep', '1', '--launch', '[{}, {"linear_attn": {"block_q": 1}}]'])
-    assert (tmp_path / 'bad' / 'v1' / 'results.json').exists()
+    assert (tmp_path / 'bad' / 'v1' / 'linear_attn' / 'results.json').exists()
+    calls = []   # op by op, every setting in turn, each run with its share of what is left
+    monkeypatch.setattr(ops, 'run_benchmark', lambda b: calls.append((b.ops, b.launch, b.deadline)) or 0)
+    ops.main(['--smoke', '--out', str(tmp_path / 'order'), '--ops', 'linear_attn,gla_none', '--launch',
+              '[{}, {"inter": {"num_warps": 8}}]', '--deadline', '150'])
+    assert [c[:2] for c in calls] == [('linear_attn', {}), ('linear_attn', {'inter': {'num_warps': 8}}),
+                                      ('gla_none', {}), ('gla_none', {'inter': {'num_warps': 8}})]
+    assert calls[0][2] == pytest.approx((150 - ops.CASE_RESERVE) / 4 + ops.CASE_RESERVE, abs=1)
+    assert calls[-1][2] == pytest.approx(150, abs=1)   # nothing spent by the stub: all that is left
     with pytest.raises(ValueError, match='gla_bwd_fp32'):   # "_options": the other kernel_options fields
         ops.main(['--smoke', '--out', str(tmp_path / 'opt'), '--ops', 'linear_attn', '--N', '16', '--modes', 'fwd',
                   '--no-host', '--no-check', '--rep', '1', '--launch', '[{"_options": {"gla_bwd_fp32": "x"}}]'])

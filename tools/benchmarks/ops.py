@@ -18,6 +18,7 @@ Writes log.txt, results.json (after every case), ops.md, ops.png (time vs N per 
 """
 import argparse
 import contextlib
+import glob
 import importlib
 import importlib.util
 import json
@@ -796,13 +797,16 @@ def main(argv=None):
         with kernel_options(backend=a.backend, **_split_launch(a.launch)):
             return run_benchmark(a)
     # an A/B in one process: the imports, CUDA start-up and peers load once (tens of seconds a run on the GPU
-    # machine), each setting gets an equal share of what is left of the deadline over the one case reserve that
-    # every run keeps (a share under the reserve would skip every case of its run)
+    # machine). Op by op, every setting in turn (into --out/v<i>/<op>): a deadline that runs out loses the last
+    # ops for every setting, never one setting's cases (the first, the baseline, pays the most compiles). Each
+    # run gets an equal share of what is left over the one case reserve every run keeps.
     t0, rcs = time.time(), []
-    for i, launch in enumerate(a.launch):
+    ops = list(_specs()) if a.ops == 'all' else a.ops.split(',')
+    runs = [(op, i, launch) for op in ops for i, launch in enumerate(a.launch)]
+    for j, (op, i, launch) in enumerate(runs):
         left = a.deadline - (time.time() - t0)
-        b = argparse.Namespace(**dict(vars(a), out=osp.join(a.out, f'v{i + 1}'), launch=launch,
-                                      deadline=max(0., left - CASE_RESERVE) / (len(a.launch) - i) + CASE_RESERVE))
+        b = argparse.Namespace(**dict(vars(a), out=osp.join(a.out, f'v{i + 1}', op), launch=launch, ops=op,
+                                      deadline=max(0., left - CASE_RESERVE) / (len(runs) - j) + CASE_RESERVE))
         with kernel_options(backend=a.backend, **_split_launch(launch)):
             rcs.append(run_benchmark(b))
     ab_summary(a.out, a.launch)
@@ -817,9 +821,9 @@ def ab_summary(out, launches):
     runs' results.json (a run that timed nothing leaves its cells empty)."""
     runs = []
     for i in range(len(launches)):
-        path = osp.join(out, f'v{i + 1}', 'results.json')
-        rows = json.load(open(path))['bench'] if osp.exists(path) else []
-        runs.append({(r['op'], r['N']): r for r in rows})
+        paths = sorted(glob.glob(osp.join(out, f'v{i + 1}', '*', 'results.json')))
+        rows = [r for path in paths for r in json.load(open(path))['bench']]
+        runs.append({(r['op'], r['N']): r for r in rows if 'skipped' not in r})
     keys = list(dict.fromkeys(k for run in runs for k in run))
     rows = []
     for op, n in keys:
@@ -832,6 +836,7 @@ def ab_summary(out, launches):
     cols = [('op', 'op'), ('N', 'N')] + [(f'v1 {short[m]} ms', f'v1 {m}') for m in AB_METRICS]
     cols += [(f'v{i} / v1 {short[m]}', f'v{i} {m}') for i in range(2, len(runs) + 1) for m in AB_METRICS]
     settings = '\n'.join(f'- v{i + 1}: `{json.dumps(launch or {})}`' for i, launch in enumerate(launches))
+    os.makedirs(out, exist_ok=True)
     with open(osp.join(out, 'ab.md'), 'w') as f:
         f.write(f'# A/B in one process\n\n{settings}\n\n{common.md_table(rows, cols)}\n')
 

@@ -23,8 +23,11 @@ differences are formed in float32 from hi + lo parts (``_pdiff``) just before th
 that reaches -600 after strong decays carries an absolute error of ~4e-5, which would become the relative error
 of every weak decay after it.
 
-Precision (:func:`dot_precision`): every intermediate is float32. fp32 inputs use ``input_precision='ieee'``
-in every ``tl.dot``; bf16 / fp16 inputs use tf32 tensor-core dots, and ``_dstate`` at 64 < K <= 128 runs them
+Precision (:func:`dot_precision`): arithmetic is float32; with 16-bit inputs the intermediates W, U~, U and the
+chunk states are stored in the input dtype (``kernel_options(delta_rule_residuals='input')``, the default, as fla
+keeps them; ``'fp32'`` keeps them in float32), T and the gradients' buffers in float32. fp32 inputs use
+``input_precision='ieee'`` in every ``tl.dot``; bf16 / fp16 inputs use tf32 tensor-core dots (``_out`` at K <= 64:
+16-bit operands, OUT_PREC_SMALL_K), and ``_dstate`` at 64 < K <= 128 runs them
 over K in two halves (``split_k``, the K <= 64 tile shapes): its full-K tf32 build dies with an illegal memory
 access at K = V = 128 on Hopper (triton 3.6, session 11); the halves run clean and within float64 tolerance
 there and at every 16-bit K = 96 / 128 case of the GPU sweep that was reached (17 of 22, N = 1 included,

@@ -121,21 +121,24 @@ def test_dots_in_the_input_dtype(dtype):
     check_all(res, dtype)
 
 
-@pytest.mark.parametrize('dtype,reverse,cu', [(torch.bfloat16, False, None), (torch.float16, True, [0, 70, 130])])
-def test_16bit_residuals(dtype, reverse, cu):
-    """``delta_rule_residuals='input'``: W, U~, U and the chunk states are kept in the 16-bit input dtype (fla's
-    choice; half the forward's intermediate traffic): forward and every gradient stay within the 16-bit
-    tolerance of float64 (gated, initial state, packed / reverse, three chunks); fp32 inputs keep fp32 ones."""
+@pytest.mark.parametrize('dtype,reverse,cu,kept', [(torch.bfloat16, False, None, 'input'),
+                                                   (torch.float16, True, [0, 70, 130], 'fp32')])
+def test_16bit_residuals(dtype, reverse, cu, kept):
+    """``delta_rule_residuals``: W, U~, U and the chunk states kept in the 16-bit input dtype (``'input'``, the
+    default: fla's choice, half the forward's intermediate traffic) or in fp32: forward and every gradient stay
+    within the 16-bit tolerance of float64 (gated, initial state, packed / reverse, three chunks) either way;
+    fp32 inputs keep fp32 ones."""
     from vla_mm.ops.common import kernel_options
     inputs = make_inputs(1, 130, 2, 32, 48, gate=True, h0=True, S=None if cu is None else len(cu) - 1)
     cu_t = None if cu is None else torch.tensor(cu, dtype=torch.int32)
-    with kernel_options(delta_rule_residuals='input'):
+    with kernel_options(delta_rule_residuals=kept):
         res = run_both(inputs, dtype, reverse=reverse, cu_seqlens=cu_t)
         metas = {dt: [m[1] for m in chunk.residual_meta(inputs[0].to(dt), inputs[2].to(dt), inputs[4], cu_t)]
                  for dt in (dtype, torch.float32)}
         _, saved = chunk.delta_rule_fwd(*(x.to(dtype) for x in inputs[:5]), 0.5, None, False, cu_t, reverse)
     check_all(res, dtype)
-    assert metas[dtype] == [torch.float64, torch.float32, dtype, dtype, dtype]
+    rt = dtype if kept == 'input' else torch.float32
+    assert metas[dtype] == [torch.float64, torch.float32, rt, rt, rt]
     assert metas[torch.float32] == [torch.float64] + [torch.float32] * 4
     assert [t.dtype for t in saved] == metas[dtype]
     with pytest.raises(ValueError, match='delta_rule_residuals'):
@@ -308,14 +311,18 @@ def test_16bit_inputs_above_k64_run_dstate_over_k_halves(monkeypatch):
     halves (its full-K tf32 build faults on Hopper at K = 128, session 11; the halves ran clean and within float64
     tolerance on every reached K = 96 / 128 case of the GPU sweep, session 12, where 16-bit dots over halves
     faulted at fp16 K = 96 N = 1) and every other kernel with tf32 at full K; 'ieee' and full K everywhere above
-    K = 128 (a 256-wide K block, never run with tf32 on the GPU); full K at K <= 64; fp32 inputs 'ieee'."""
+    K = 128 (a 256-wide K block, never run with tf32 on the GPU); full K at K <= 64 (where ``_out`` takes 16-bit
+    operands instead); fp32 inputs 'ieee'."""
     for dtype, K, want_prec, want_ks in [
             (torch.bfloat16, 96, 'tf32', 2), (torch.float16, 65, 'tf32', 2), (torch.bfloat16, 128, 'tf32', 2),
             (torch.bfloat16, 129, 'ieee', 1), (torch.bfloat16, 64, 'tf32', 1), (torch.float32, 96, 'ieee', 1)]:
         log = _launches(monkeypatch, dtype, K)
         monkeypatch.undo()
         assert sorted(n for n, _ in log) == sorted(KERNELS)
-        assert {n: kw['PREC'] for n, kw in log} == dict.fromkeys(KERNELS, want_prec), (dtype, K)
+        want = dict.fromkeys(KERNELS, want_prec)
+        if dtype != torch.float32 and K <= chunk.MAX_TF32_K:
+            want['_out_kernel'] = chunk.dot_prec('bf16')
+        assert {n: kw['PREC'] for n, kw in log} == want, (dtype, K)
         assert dict(log)['_dstate_kernel']['KS'] == want_ks, (dtype, K)
     log = _launches(monkeypatch, torch.bfloat16, 96, launch={'delta_rule_dstate': dict(split_k=False)})
     monkeypatch.undo()
@@ -353,6 +360,15 @@ def test_launch_settings_are_constants_overridable_per_call(monkeypatch):
         assert dict((n, kw['num_warps']) for n, kw in log)['_prep_kernel'] == want, (dtype, K)
     log = _launches(monkeypatch, torch.bfloat16, 64, launch={'delta_rule_prep': dict(num_warps=4)})
     assert dict((n, kw['num_warps']) for n, kw in log)['_prep_kernel'] == 4
+    monkeypatch.undo()
+    # _out at 16-bit K <= 64: OUT_WARPS_SMALL_K warps, dots on 16-bit operands; above, or fp32, the table's
+    for dtype, K, want in [(torch.bfloat16, 64, (chunk.OUT_WARPS_SMALL_K, chunk.dot_prec('bf16'))),
+                           (torch.float16, 32, (chunk.OUT_WARPS_SMALL_K, chunk.dot_prec('fp16'))),
+                           (torch.bfloat16, 96, (8, 'tf32')), (torch.float32, 64, (8, 'ieee'))]:
+        log = _launches(monkeypatch, dtype, K)
+        monkeypatch.undo()
+        kw = dict(log)['_out_kernel']
+        assert (kw['num_warps'], kw['PREC']) == want, (dtype, K, kw)
     # the sequential kernels: two stages for 16-bit K <= 64; _dstate's chunk-local terms from _dlocal for 16-bit
     # K <= DSTATE_LOCAL_MAX_K; either overridable
     for dtype, K, stages, local in [(torch.bfloat16, 64, chunk.SEQ_STAGES_SMALL_K, True),

@@ -424,15 +424,15 @@ def test_chunk_gla_fused_scores(monkeypatch, gate, reverse, cu, K, V, strength):
                 _check(2, 40, 1, K, V, gate=gate, u=True, h0=False, chunk_size=32)
 
 
-@pytest.mark.parametrize('gate,fuse_da,cu,K,V', [('scalar', True, [0, 1, 40, 70], 80, 72),   # one 128-wide key block
+@pytest.mark.parametrize('gate,fuse_da,cu,K,V', [('scalar', None, [0, 1, 40, 70], 80, 72),   # one 128-wide key block
                                                ('none', True, None, 80, 16),      # two key blocks
-                                               ('scalar', None, None, 16, 16)])
+                                               ('scalar', False, None, 16, 16)])
 def test_intra_terms_inside_the_inter_kernel(monkeypatch, gate, fuse_da, cu, K, V):
-    """``inter``'s ``fuse_da`` (with ``fuse_intra``; off by default until timed): ``_bwd_inter_kernel`` forms dA and
+    """``inter``'s ``fuse_da`` (with ``fuse_intra``; the default, FUSE_DA): ``_bwd_inter_kernel`` forms dA and
     the strict-pair dq / dk itself and ``_bwd_dA_kernel`` does not launch; off, it launches and the inter kernel
     reads its output. Either way every gradient (the gate's included) within float64 tolerance."""
     seen = _spy_flags(monkeypatch, ('_bwd_inter_kernel', 'INTRA'))
-    merged = bool(fuse_da)
+    merged = chunk_a.FUSE_DA if fuse_da is None else fuse_da
     if merged:
         monkeypatch.setattr(chunk_a, '_bwd_dA_kernel', _Refuse('_bwd_dA_kernel'))
     with kernel_options(launch={} if fuse_da is None else {'inter': {'fuse_da': fuse_da}}):

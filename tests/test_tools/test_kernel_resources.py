@@ -92,7 +92,8 @@ def test_default_paths_compile_and_local_lightens_the_sequential_backward(tmp_pa
     delta rule's chunk-local backward terms from the parallel ``_dlocal_kernel`` (K in two halves), which leaves
     ``_dstate``'s loop without the spills of its in-loop build there, and simple GLA's scores formed in
     ``_fwd_oA_kernel`` and its strict-pair dq / dk in ``_bwd_dA_kernel`` (no ``_fwd_A_kernel``, no
-    ``_bwd_intra_kernel``); with ``fuse_da`` (opt-in) those in ``_bwd_inter_kernel``, no ``_bwd_dA_kernel``."""
+    ``_bwd_intra_kernel``), and its strict-pair dq / dk in ``_bwd_inter_kernel`` (``fuse_da``: no
+    ``_bwd_dA_kernel``; without it, in ``_bwd_dA_kernel``)."""
     args = ('--K', '128', '--V', '128', '--N', '256')
     base = {(r['op'], r['kernel']): r for r in run_tool(
         tmp_path / 'base', '--ops', 'gated_delta_rule', *args, '--launch',
@@ -106,10 +107,11 @@ def test_default_paths_compile_and_local_lightens_the_sequential_backward(tmp_pa
     assert opt[(dr, '_dstate_kernel')]['spill_stores'] == 0 < base[(dr, '_dstate_kernel')]['spill_stores']
     assert opt[(dr, '_dlocal_kernel')]['spill_stores'] == 0
     assert ('gla_scalar', '_fwd_oA_kernel') in opt and ('gla_scalar', '_fwd_A_kernel') not in opt
-    assert ('gla_scalar', '_bwd_dA_kernel') in opt and ('gla_scalar', '_bwd_intra_kernel') not in opt
-    merged = {(r['op'], r['kernel']): r for r in run_tool(tmp_path / 'merged', '--ops', 'gla_scalar', *args,
-                                                          '--launch', '{"inter": {"fuse_da": true}}')}
-    assert ('gla_scalar', '_bwd_dA_kernel') not in merged and merged[('gla_scalar', '_bwd_inter_kernel')]['registers']
+    assert ('gla_scalar', '_bwd_dA_kernel') not in opt and ('gla_scalar', '_bwd_intra_kernel') not in opt
+    assert opt[('gla_scalar', '_bwd_inter_kernel')]['registers']
+    apart = {(r['op'], r['kernel']): r for r in run_tool(tmp_path / 'apart', '--ops', 'gla_scalar', *args,
+                                                         '--launch', '{"inter": {"fuse_da": false}}')}
+    assert apart[('gla_scalar', '_bwd_dA_kernel')]['registers'] and ('gla_scalar', '_bwd_intra_kernel') not in apart
     # K = 64 (the timed shape): the sequential kernels on two pipeline stages, no spill in them or in _dlocal
     k64 = {r['kernel']: r for r in run_tool(tmp_path / 'k64', '--ops', 'gated_delta_rule', '--N', '256')}
     assert [k64[n]['num_stages'] for n in ('_state_kernel', '_dstate_kernel')] == [2, 2]

@@ -68,6 +68,8 @@ DSTATE_LOCAL_MAX_K = 128
 # float64-checked only there: H100, session 17) and the sequential kernels' loads pipelined over two stages
 # (no spill, 89 / 56 KiB shared; H100, session 18)
 PREP_WARPS_SMALL_K = 2
+# _prep's W and U~ from T read back whole (launch 'delta_rule_prep' tile_w; session 20, CPU-tested, untimed)
+PREP_TILE_W = False
 # and _out at 4 warps with its dots on 16-bit operands (fp32 accumulation): fwd -29 % / -25 % at N4096 / 16384
 # with 16-bit intermediates (H100, session 20; float64 checks within the 16-bit tolerance)
 OUT_WARPS_SMALL_K = 4
@@ -78,8 +80,10 @@ PRECISIONS = ('ieee', 'tf32', 'tf32x3', 'input')
 _INPUT_PREC = {torch.bfloat16: 'bf16', torch.float16: 'fp16'}
 # the sequential kernels also take block_v (their V block: a power of two >= 16; default _bv_state's), and
 # _dstate split_k (K in two halves) and local (default: DSTATE_LOCAL_MAX_K)
+# _prep also takes tile_w (W and U~ as whole-chunk products; see _prep_kernel; off until timed)
 declare_launch(TRITON_LAUNCH_KEYS + ('precision',),
-               *('delta_rule_' + n for n in ('prep', 'out', 'dlocal', 'grads_wy', 'grads_qk')))
+               *('delta_rule_' + n for n in ('out', 'dlocal', 'grads_wy', 'grads_qk')))
+declare_launch(TRITON_LAUNCH_KEYS + ('precision', 'tile_w'), 'delta_rule_prep')
 declare_launch(TRITON_LAUNCH_KEYS + ('precision', 'block_v'), 'delta_rule_state')
 declare_launch(TRITON_LAUNCH_KEYS + ('precision', 'block_v', 'split_k', 'local'), 'delta_rule_dstate')
 
@@ -103,6 +107,8 @@ def _launch(name, dtype, K):
         raise ValueError(f"launch['delta_rule_{name}']['precision'] must be one of {PRECISIONS}, got {prec!r}")
     opts['PREC'] = prec if prec is not None and dtype != torch.float32 else dot_precision(dtype, K, name)
     opts['PREC'] = dot_prec(_INPUT_PREC.get(dtype, 'ieee') if opts['PREC'] == 'input' else opts['PREC'])
+    if name == 'prep':
+        opts['TILE_W'] = bool(opts.pop('tile_w', PREP_TILE_W))
     if name == 'dstate':
         opts['KS'] = 2 if opts.pop('split_k', dstate_split_k(dtype, K)) and _blocks(K, 1)[0] >= 32 else 1
         opts['LOCAL'] = bool(opts.pop('local', dtype != torch.float32 and K <= DSTATE_LOCAL_MAX_K))
@@ -189,9 +195,12 @@ def _st_tblk(base, x, I: tl.constexpr, J: tl.constexpr, SB: tl.constexpr, BT: tl
 def _prep_kernel(k, v, beta, g, G_out, T_out, W_out, Ut_out, cu, chunk_seq, chunk_idx, N, NT,
                  H, K, V,
                  BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-                 USE_G: tl.constexpr, REVERSE: tl.constexpr, PREC: tl.constexpr, VARLEN: tl.constexpr):
+                 USE_G: tl.constexpr, REVERSE: tl.constexpr, PREC: tl.constexpr, VARLEN: tl.constexpr,
+                 TILE_W: tl.constexpr):
     """Per chunk (parallel): G (chunk-local cumulative log gates), T = (I + A)^-1, W and U~. T is built from
-    16x16 blocks (BT == 64): the four diagonal blocks by the nilpotent product, the others by block substitution."""
+    16x16 blocks (BT == 64): the four diagonal blocks by the nilpotent product, the others by block substitution.
+    TILE_W: W and U~ as whole-chunk products T @ X from T read back after it is stored (one [BT, BT] dot each
+    instead of ten 16-row ones, and no T block or key block held through them)."""
     SB: tl.constexpr = BT // 4
     pc, pbh = _chunk_pids(VARLEN)
     n, ih, c, bos, eos, ic = _chunk_at(pc, pbh, cu, chunk_seq, chunk_idx, N, NT, H, VARLEN)
@@ -260,32 +269,58 @@ def _prep_kernel(k, v, beta, g, G_out, T_out, W_out, Ut_out, cu, chunk_seq, chun
     _st_tblk(tb, T31, 3, 1, SB, BT)
     _st_tblk(tb, T32, 3, 2, SB, BT)
     _st_tblk(tb, T33, 3, 3, SB, BT)
-    x0 = k0 * (b0 * tl.exp(G0.to(tl.float32)))[:, None]
-    x1 = k1 * (b1 * tl.exp(G1.to(tl.float32)))[:, None]
-    x2 = k2 * (b2 * tl.exp(G2.to(tl.float32)))[:, None]
-    x3 = k3 * (b3 * tl.exp(G3.to(tl.float32)))[:, None]
-    _st_rows(W_out, _dot(T00, x0, PREC), p0, v0, ih, H, K, ck)
-    _st_rows(W_out, _dot(T10, x0, PREC) + _dot(T11, x1, PREC),
-             p1, v1, ih, H, K, ck)
-    _st_rows(W_out, _dot(T20, x0, PREC) + _dot(T21, x1, PREC)
-             + _dot(T22, x2, PREC), p2, v2, ih, H, K, ck)
-    _st_rows(W_out, _dot(T30, x0, PREC) + _dot(T31, x1, PREC)
-             + _dot(T32, x2, PREC) + _dot(T33, x3, PREC),
-             p3, v3, ih, H, K, ck)
+    if TILE_W:
+        tl.debug_barrier()   # every thread's T (and G) stores are visible to the whole program
+        _w_u_tiles(k, v, beta, G_out, tb, W_out, Ut_out, bos, eos, c, ih, H, K, V, BT, BK, BV, USE_G, REVERSE,
+                   PREC)
+    else:
+        x0 = k0 * (b0 * tl.exp(G0.to(tl.float32)))[:, None]
+        x1 = k1 * (b1 * tl.exp(G1.to(tl.float32)))[:, None]
+        x2 = k2 * (b2 * tl.exp(G2.to(tl.float32)))[:, None]
+        x3 = k3 * (b3 * tl.exp(G3.to(tl.float32)))[:, None]
+        _st_rows(W_out, _dot(T00, x0, PREC), p0, v0, ih, H, K, ck)
+        _st_rows(W_out, _dot(T10, x0, PREC) + _dot(T11, x1, PREC),
+                 p1, v1, ih, H, K, ck)
+        _st_rows(W_out, _dot(T20, x0, PREC) + _dot(T21, x1, PREC)
+                 + _dot(T22, x2, PREC), p2, v2, ih, H, K, ck)
+        _st_rows(W_out, _dot(T30, x0, PREC) + _dot(T31, x1, PREC)
+                 + _dot(T32, x2, PREC) + _dot(T33, x3, PREC),
+                 p3, v3, ih, H, K, ck)
+        for iv in range(0, tl.cdiv(V, BV)):
+            cv = iv * BV + tl.arange(0, BV)
+            y0 = _ld_rows(v, p0, v0, ih, H, V, cv) * b0[:, None]
+            y1 = _ld_rows(v, p1, v1, ih, H, V, cv) * b1[:, None]
+            y2 = _ld_rows(v, p2, v2, ih, H, V, cv) * b2[:, None]
+            y3 = _ld_rows(v, p3, v3, ih, H, V, cv) * b3[:, None]
+            _st_rows(Ut_out, _dot(T00, y0, PREC), p0, v0, ih, H, V, cv)
+            _st_rows(Ut_out, _dot(T10, y0, PREC) + _dot(T11, y1, PREC),
+                     p1, v1, ih, H, V, cv)
+            _st_rows(Ut_out, _dot(T20, y0, PREC) + _dot(T21, y1, PREC)
+                     + _dot(T22, y2, PREC), p2, v2, ih, H, V, cv)
+            _st_rows(Ut_out, _dot(T30, y0, PREC) + _dot(T31, y1, PREC)
+                     + _dot(T32, y2, PREC) + _dot(T33, y3, PREC),
+                     p3, v3, ih, H, V, cv)
+
+
+@triton.jit
+def _w_u_tiles(k, v, beta, G, tb, W_out, Ut_out, bos, eos, c, ih, H, K, V, BT: tl.constexpr, BK: tl.constexpr,
+               BV: tl.constexpr, USE_G: tl.constexpr, REVERSE: tl.constexpr, PREC: tl.constexpr):
+    """W = T diag(beta exp(G)) K and U~ = T diag(beta) V of one chunk, T [BT, BT] read from ``tb``."""
+    r = tl.arange(0, BT)
+    lp, valid, phys = _chunk_rows(bos, eos, c * BT, BT, REVERSE)
+    T = tl.load(tb + r[:, None] * BT + r[None, :])
+    b = tl.load(beta + phys * H + ih, mask=valid, other=0.).to(tl.float32)
+    ck = tl.arange(0, BK)
+    if USE_G:
+        Gc = tl.load(G + phys * H + ih, mask=valid, other=0.)
+        xw = b * tl.exp(Gc.to(tl.float32))
+    else:
+        xw = b
+    _st_rows(W_out, _dot(T, _ld_rows(k, phys, valid, ih, H, K, ck) * xw[:, None], PREC), phys, valid, ih, H, K, ck)
     for iv in range(0, tl.cdiv(V, BV)):
         cv = iv * BV + tl.arange(0, BV)
-        y0 = _ld_rows(v, p0, v0, ih, H, V, cv) * b0[:, None]
-        y1 = _ld_rows(v, p1, v1, ih, H, V, cv) * b1[:, None]
-        y2 = _ld_rows(v, p2, v2, ih, H, V, cv) * b2[:, None]
-        y3 = _ld_rows(v, p3, v3, ih, H, V, cv) * b3[:, None]
-        _st_rows(Ut_out, _dot(T00, y0, PREC), p0, v0, ih, H, V, cv)
-        _st_rows(Ut_out, _dot(T10, y0, PREC) + _dot(T11, y1, PREC),
-                 p1, v1, ih, H, V, cv)
-        _st_rows(Ut_out, _dot(T20, y0, PREC) + _dot(T21, y1, PREC)
-                 + _dot(T22, y2, PREC), p2, v2, ih, H, V, cv)
-        _st_rows(Ut_out, _dot(T30, y0, PREC) + _dot(T31, y1, PREC)
-                 + _dot(T32, y2, PREC) + _dot(T33, y3, PREC),
-                 p3, v3, ih, H, V, cv)
+        _st_rows(Ut_out, _dot(T, _ld_rows(v, phys, valid, ih, H, V, cv) * b[:, None], PREC), phys, valid, ih, H, V,
+                 cv)
 
 
 @jit

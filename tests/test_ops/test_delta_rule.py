@@ -121,6 +121,27 @@ def test_dots_in_the_input_dtype(dtype):
     check_all(res, dtype)
 
 
+@pytest.mark.parametrize('dtype,reverse,cu,gate', [(torch.float32, True, [0, 1, 70, 130], True),
+                                                  (torch.bfloat16, False, None, False)])
+def test_prep_whole_chunk_products(monkeypatch, dtype, reverse, cu, gate):
+    """``delta_rule_prep``'s ``tile_w``: W and U~ as whole-chunk products from T read back after a barrier (the
+    kernel gets TILE_W; off by default until timed): forward and every gradient within tolerance of float64,
+    gated or not, packed (a one-token sequence, a partial chunk) and reversed, V over two V blocks."""
+    from vla_mm.ops.common import kernel_options
+    S = None if cu is None else len(cu) - 1
+    inputs = make_inputs(1 if cu else 2, 130, 2, 24, 80, gate=gate, h0=True, S=S)
+    cu_t = None if cu is None else torch.tensor(cu, dtype=torch.int32)
+    for tile_w in (None, True):
+        log = []
+        monkeypatch.setattr(chunk, '_prep_kernel', _Recorder(chunk._prep_kernel, '_prep_kernel', log))
+        launch = {} if tile_w is None else {'delta_rule_prep': dict(tile_w=tile_w)}
+        with kernel_options(launch=launch):
+            res = run_both(inputs, dtype, reverse=reverse, cu_seqlens=cu_t)
+        monkeypatch.undo()
+        check_all(res, dtype)
+        assert [kw['TILE_W'] for _, kw in log] == [chunk.PREP_TILE_W if tile_w is None else tile_w]
+
+
 @pytest.mark.parametrize('dtype,reverse,cu,kept', [(torch.bfloat16, False, None, 'input'),
                                                    (torch.float16, True, [0, 70, 130], 'fp32')])
 def test_16bit_residuals(dtype, reverse, cu, kept):

@@ -14,8 +14,9 @@ from .blocks import _chunk_rows, _decay, _grow, _gtile, _hrow, _hstore, _htile, 
 from .launch import _lowp, _or, _pow2, _prec
 
 # the sequential state kernels' time split (``kernel_options(launch={'gla_state': {...}})``): programs an SM the
-# segments aim at, the fewest chunks a segment, or a fixed number of chunks a segment
-STATE_LAUNCH = MappingProxyType(dict(progs_per_sm=4, min_segment=8, segment=None))
+# segments aim at, the fewest chunks a segment, or a fixed number of chunks a segment; split_adj: the bonus
+# form's backward (its boundary terms) splits too (session 20: CPU-tested, compiled offline for sm_90, untimed)
+STATE_LAUNCH = MappingProxyType(dict(progs_per_sm=4, min_segment=8, segment=None, split_adj=False))
 declare_launch(STATE_LAUNCH, 'gla_state')
 
 
@@ -138,30 +139,46 @@ def _compose(S, sak, sav, sb, i_nh, i_s, NSEG, ck, cv, mkv, okv, K, V):
 
 
 @triton.jit
-def _entry_state(init, USE_INIT: tl.constexpr, SUMMARY: tl.constexpr, sak, sav, sb, i_nh, i_s, NSEG, ck, cv, mkv,
-                 okv, K, V, BK: tl.constexpr, BV: tl.constexpr):
-    """The state tile a program starts its segment from: zero for a summary, else ``init`` ([S, H, K, V]: h0 or
-    dht; zero without) carried through the earlier segments' summaries."""
-    if SUMMARY:
-        S = tl.zeros([BK, BV], dtype=tl.float32)
-    else:
-        S = _compose(_state_in(init, i_nh, okv, mkv, K, V, BK, BV, USE_INIT), sak, sav, sb, i_nh, i_s, NSEG, ck, cv,
-                     mkv, okv, K, V)
-    return S
+def _entry_state(init, USE_INIT: tl.constexpr, SUMMARY: tl.constexpr, sak, sav, sb, sbx, i_nh, i_s, NSEG, ck, cv,
+                 mkv, okv, K, V, BK: tl.constexpr, BV: tl.constexpr, ADJ: tl.constexpr):
+    """(S, S_ex): the state tile a program starts its segment from: zero for a summary, else ``init`` ([S, H, K,
+    V]: h0 or dht; zero without) carried through the earlier segments' summaries; ADJ: also that state without
+    the boundary token's outer product (the previous segment's ``sbx`` in place of its ``sb``; zero entering
+    segment 0)."""
+    S = tl.zeros([BK, BV], dtype=tl.float32)
+    S_ex = tl.zeros([BK, BV], dtype=tl.float32)
+    if not SUMMARY:
+        S = _state_in(init, i_nh, okv, mkv, K, V, BK, BV, USE_INIT)
+        if ADJ:
+            S = _compose(S, sak, sav, sb, i_nh, i_s - 1, NSEG, ck, cv, mkv, okv, K, V)
+            if i_s > 0:
+                base = i_nh.to(tl.int64) * NSEG + i_s - 1
+                ek = tl.exp(tl.load(sak + base * K + ck, mask=ck < K, other=0.))
+                ev = tl.exp(tl.load(sav + base * V + cv, mask=cv < V, other=0.))
+                S = S * ek[:, None] * ev[None, :]
+                S_ex = S + tl.load(sbx + base * K * V + okv, mask=mkv, other=0.)
+                S = S + tl.load(sb + base * K * V + okv, mask=mkv, other=0.)
+        else:
+            S = _compose(S, sak, sav, sb, i_nh, i_s, NSEG, ck, cv, mkv, okv, K, V)
+    return S, S_ex
 
 
 @triton.jit
-def _summary_store(sak, sav, sb, ak, av, S, i_nh, i_s, NSEG, ck, cv, mkv, okv, K, V):
+def _summary_store(sak, sav, sb, sbx, ak, av, S, S_ex, i_nh, i_s, NSEG, ck, cv, mkv, okv, K, V, ADJ: tl.constexpr):
     """Segment i_s's summary: key / value gate exponents summed over its chunks and its local final state (the
-    programs of one state row or column store the same exponents)."""
+    programs of one state row or column store the same exponents); ADJ: also that state without its boundary
+    token's outer product."""
     base = i_nh.to(tl.int64) * NSEG + i_s
     tl.store(sak + base * K + ck, ak, mask=ck < K)
     tl.store(sav + base * V + cv, av, mask=cv < V)
     tl.store(sb + base * K * V + okv, S, mask=mkv)
+    if ADJ:
+        tl.store(sbx + base * K * V + okv, S_ex, mask=mkv)
 
 
 @jit
-def _fwd_h_kernel(k, v, gkb, gks, gvb, gvs, h, h0, ht, ht_ex, do, yq, sak, sav, sb, cu, chunk_off, N, NT, H, K, V,
+def _fwd_h_kernel(k, v, gkb, gks, gvb, gvs, h, h0, ht, ht_ex, do, yq, sak, sav, sb, sbx, cu, chunk_off, N, NT, H, K,
+                  V,
                   SEGC, NSEG, C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, GK: tl.constexpr,
                   GV: tl.constexpr, USE_H0: tl.constexpr, STORE_HT: tl.constexpr, ADJ: tl.constexpr,
                   REVERSE: tl.constexpr, VARLEN: tl.constexpr, IEEE: tl.constexpr, LOWP: tl.constexpr,
@@ -169,7 +186,7 @@ def _fwd_h_kernel(k, v, gkb, gks, gvb, gvs, h, h0, ht, ht_ex, do, yq, sak, sav, 
     """Sequential over the chunks of segment i_s (SEGC chunks; program_id(0) = i_s * NK + i_k): h[c] = state
     before chunk c; ht = final state. SUMMARY: the segment's summed key / value gate exponents and local final
     state (from zero) into sak / sav / sb instead; the main pass starts from the state the earlier segments'
-    summaries compose. ADJ (bonus form, backward, one segment): also yq[c, i_v] = this V block's part of
+    summaries compose. ADJ (bonus form, backward): also yq[c, i_v] = this V block's part of
     h_ex[c] @ do_first, h_ex[c] being h[c] without the newest token's k v^T (without h0 for the first chunk):
     the gate-gradient part of the chunk's first row (see _bwd_A)."""
     i_v, i_nh, i_s, i_h, bos, eos, c0, L, nt, ck, cv, mkv, okv = _segment_tile(cu, chunk_off, N, NT, H, K, V, C, BK,
@@ -178,15 +195,15 @@ def _fwd_h_kernel(k, v, gkb, gks, gvb, gvs, h, h0, ht, ht_ex, do, yq, sak, sav, 
     if (it0 < nt) | (i_s == 0):
         it1 = tl.minimum(nt, it0 + SEGC)
         DT = k.dtype.element_ty if LOWP else tl.float32
-        S = _entry_state(h0, USE_H0, SUMMARY, sak, sav, sb, i_nh, i_s, NSEG, ck, cv, mkv, okv, K, V, BK, BV)
+        S, S_ex = _entry_state(h0, USE_H0, SUMMARY, sak, sav, sb, sbx, i_nh, i_s, NSEG, ck, cv, mkv, okv, K, V, BK,
+                               BV, ADJ)
         ak = tl.zeros([BK], dtype=tl.float32)
         av = tl.zeros([BV], dtype=tl.float32)
         ar = tl.arange(0, C)
-        S_ex = tl.zeros([BK, BV], dtype=tl.float32)
         for it in range(it0, it1):
             if not SUMMARY:
                 tl.store(h + ((c0 + it) * H + i_h).to(tl.int64) * K * V + okv, S, mask=mkv)
-            if ADJ:
+            if ADJ and not SUMMARY:
                 do_f = _hrow(do, phys_row(it * C, bos, eos, REVERSE), cv, V, H, i_h)
                 tl.store(yq + (((c0 + it) * tl.num_programs(1) + i_v) * H + i_h).to(tl.int64) * K + ck,
                          tl.sum(S_ex * do_f[None, :], axis=1), mask=ck < K)
@@ -213,7 +230,7 @@ def _fwd_h_kernel(k, v, gkb, gks, gvb, gvs, h, h0, ht, ht_ex, do, yq, sak, sav, 
                         S_ex = S + _mm(tl.trans(k_ex.to(DT)), v_c.to(DT), IEEE)
                 S += _mm(tl.trans(k_c.to(DT)), v_c.to(DT), IEEE)
         if SUMMARY:
-            _summary_store(sak, sav, sb, ak, av, S, i_nh, i_s, NSEG, ck, cv, mkv, okv, K, V)
+            _summary_store(sak, sav, sb, sbx, ak, av, S, S_ex, i_nh, i_s, NSEG, ck, cv, mkv, okv, K, V, ADJ)
         elif STORE_HT:
             if it1 == nt:
                 tl.store(ht + i_nh.to(tl.int64) * K * V + okv, S, mask=mkv)
@@ -221,14 +238,15 @@ def _fwd_h_kernel(k, v, gkb, gks, gvb, gvs, h, h0, ht, ht_ex, do, yq, sak, sav, 
 
 
 @jit
-def _bwd_dh_kernel(q, do, gkb, gkr, gvb, dh, dht, dh0, v, zk, h, yq, rk, sak, sav, sb, cu, chunk_off, scale, N, NT,
+def _bwd_dh_kernel(q, do, gkb, gkr, gvb, dh, dht, dh0, v, zk, h, yq, rk, sak, sav, sb, sbx, cu, chunk_off, scale, N,
+                   NT,
                    H, K, V, SEGC, NSEG, C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, GK: tl.constexpr,
                    GV: tl.constexpr, USE_U: tl.constexpr, USE_DHT: tl.constexpr, STORE_DH0: tl.constexpr,
                    ADJ: tl.constexpr, REVERSE: tl.constexpr, VARLEN: tl.constexpr, IEEE: tl.constexpr,
                    LOWP: tl.constexpr, SUMMARY: tl.constexpr):
     """Right to left over the chunks of segment i_s of reversed chunk order (as _fwd_h_kernel's segments):
     dh[c] = gradient of the state after chunk c; dh0 = gradient of h0; SUMMARY as in _fwd_h_kernel. ADJ (bonus
-    form, one segment): also zk[c, i_v] = this V block's part of dh_ex[c] @ v_last, dh_ex[c] being dh[c] without
+    form): also zk[c, i_v] = this V block's part of dh_ex[c] @ v_last, dh_ex[c] being dh[c] without
     the next chunk's first token (zero for the last chunk: dht): the gate-gradient part of the chunk's last row;
     and rk[c, i_v] = this V block's part of the key-gate gradient that the later chunks add to chunk c (before the
     last one), <S, dS> without the pair (next chunk's first token, chunk's last token), whose gate factor is
@@ -239,16 +257,16 @@ def _bwd_dh_kernel(q, do, gkb, gkr, gvb, dh, dht, dh0, v, zk, h, yq, rk, sak, sa
     if (j0 < nt) | (i_s == 0):
         j1 = tl.minimum(nt, j0 + SEGC)
         DT = q.dtype.element_ty if LOWP else tl.float32
-        dS = _entry_state(dht, USE_DHT, SUMMARY, sak, sav, sb, i_nh, i_s, NSEG, ck, cv, mkv, okv, K, V, BK, BV)
+        dS, dS_ex = _entry_state(dht, USE_DHT, SUMMARY, sak, sav, sb, sbx, i_nh, i_s, NSEG, ck, cv, mkv, okv, K, V,
+                                 BK, BV, ADJ)
         ak = tl.zeros([BK], dtype=tl.float32)
         av = tl.zeros([BV], dtype=tl.float32)
         ar = tl.arange(0, C)
-        dS_ex = tl.zeros([BK, BV], dtype=tl.float32)
         for j in range(j0, j1):
             it = nt - 1 - j
             if not SUMMARY:
                 tl.store(dh + ((c0 + it) * H + i_h).to(tl.int64) * K * V + okv, dS, mask=mkv)
-            if ADJ:
+            if ADJ and not SUMMARY:
                 v_l = _hrow(v, phys_row(tl.minimum(it * C + C, L) - 1, bos, eos, REVERSE), cv, V, H, i_h)
                 o_kv = (((c0 + it) * tl.num_programs(1) + i_v) * H + i_h).to(tl.int64) * K + ck
                 tl.store(zk + o_kv, tl.sum(dS_ex * v_l[None, :], axis=1), mask=ck < K)
@@ -276,7 +294,7 @@ def _bwd_dh_kernel(q, do, gkb, gkr, gvb, dh, dht, dh0, v, zk, h, yq, rk, sak, sa
             else:
                 dS += _mm(tl.trans(q_c.to(DT)), do_c.to(DT), IEEE)
         if SUMMARY:
-            _summary_store(sak, sav, sb, ak, av, dS, i_nh, i_s, NSEG, ck, cv, mkv, okv, K, V)
+            _summary_store(sak, sav, sb, sbx, ak, av, dS, dS_ex, i_nh, i_s, NSEG, ck, cv, mkv, okv, K, V, ADJ)
         elif STORE_DH0:
             if j1 == nt:
                 tl.store(dh0 + i_nh.to(tl.int64) * K * V + okv, dS, mask=mkv)
@@ -359,10 +377,11 @@ def segments_config():
 
 
 def _segments(meta, tiles, K, V, device, adj):
-    """(SEGC, NSEG, (sak, sav, sb)): chunks a segment, segments of the longest sequence, and the summaries' fp32
-    buffers ([S * H, NSEG, K], [.., V], [.., K, V]; stand-ins when unsplit). A split walks each chunk twice
-    (summary, then main pass), so it is taken only at three segments or more; the bonus form's boundary terms
-    (``adj``) run unsplit."""
+    """(SEGC, NSEG, (sak, sav, sb, sbx)): chunks a segment, segments of the longest sequence, and the summaries'
+    fp32 buffers ([S * H, NSEG, K], [.., V], [.., K, V], and for the bonus form's boundary terms (``adj``) the
+    local states without their boundary token's outer product, [.., K, V]; stand-ins when unsplit or unused). A
+    split walks each chunk twice (summary, then main pass), so it is taken only at three segments or more; for the
+    bonus form's backward only with ``split_adj``."""
     cfg = segments_config()
     most = meta.max_chunks
     if cfg['segment']:
@@ -371,12 +390,13 @@ def _segments(meta, tiles, K, V, device, adj):
         nseg = min(cdiv(cfg['progs_per_sm'] * num_sms(device), tiles), most // max(1, cfg['min_segment']))
         segc = cdiv(most, nseg) if nseg >= 3 else most
     nseg = cdiv(most, segc) if segc else 1
-    if adj or nseg <= 1:
-        return max(most, 1), 1, (dummy(device, torch.float32),) * 3
+    if nseg <= 1 or (adj and not cfg['split_adj']):
+        return max(most, 1), 1, (dummy(device, torch.float32),) * 4
     nh = meta.nseq * meta.H
     f32 = dict(dtype=torch.float32, device=device)
+    sbx = torch.empty((nh, nseg, K, V), **f32) if adj else dummy(device, torch.float32)
     return segc, nseg, (torch.empty((nh, nseg, K), **f32), torch.empty((nh, nseg, V), **f32),
-                        torch.empty((nh, nseg, K, V), **f32))
+                        torch.empty((nh, nseg, K, V), **f32), sbx)
 
 
 def _fwd_h(k, v, gkb, gks, gvb, gvs, h0, store_ht, meta, GK, reverse, ieee, lowp=None, do=None,

@@ -91,24 +91,27 @@ def test_chunk_gla_varlen(reverse):
     _check(1, 80, 1, 16, 16, gate='vector', h0=True, reverse=reverse, cu=[0, 1, 8, 80], chunk_size=32)
 
 
-@pytest.mark.parametrize('gate,gv,u,reverse,h0,cu', [
-    ('vector', False, False, False, True, None),
-    ('scalar', False, False, True, False, None),
-    ('none', False, False, False, True, None),
-    ('vector', True, False, True, True, None),           # value gates: columns decay across segments too
-    ('scalar', False, True, False, True, None),          # bonus: the forward splits, its backward boundary terms not
-    ('vector', False, False, True, True, [0, 0, 16, 23, 80]),   # packed: empty, one-chunk and five-chunk sequences
+@pytest.mark.parametrize('gate,gv,u,reverse,h0,cu,seg', [
+    ('vector', False, False, False, True, None, 1),
+    ('scalar', False, False, True, False, None, 1),
+    ('none', False, False, False, True, None, 1),
+    ('vector', True, False, True, True, None, 1),           # value gates: columns decay across segments too
+    ('scalar', False, True, False, True, None, 1),          # bonus: its backward's boundary terms split too
+    ('vector', False, True, True, True, [0, 1, 40, 80], 2),   # RWKV6 form, packed, two chunks a segment
+    ('vector', False, False, True, True, [0, 0, 16, 23, 80], 1),   # packed: empty, one-chunk and five-chunk sequences
 ])
-def test_chunk_gla_state_segments(gate, gv, u, reverse, h0, cu):
-    """The state kernels split in time (one chunk a segment: every state crosses segment boundaries), against
-    the float64 step reference, outputs, final state and every gradient."""
-    with kernel_options(launch={'gla_state': {'segment': 1}}):
+def test_chunk_gla_state_segments(gate, gv, u, reverse, h0, cu, seg):
+    """The state kernels split in time (``seg`` chunks a segment: states cross segment boundaries; the bonus
+    form's boundary terms start each segment from the composed state without its boundary token), against the
+    float64 step reference, outputs, final state and every gradient."""
+    with kernel_options(launch={'gla_state': {'segment': seg, 'split_adj': True}}):
         _check(1 if cu else 2, 80, 1, 16, 16, gate=gate, gv=gv, u=u, h0=h0, reverse=reverse, cu=cu, chunk_size=16)
 
 
 def test_state_segment_plan(monkeypatch):
     """Segments where (sequence, head, state tile) programs fill few slots: three or more, else none (a split walks
-    every chunk twice); the bonus form's boundary terms never; a fixed length when asked."""
+    every chunk twice); the bonus form's boundary terms only with ``split_adj`` (then with one more summary
+    buffer); a fixed length when asked."""
     from vla_mm.ops.common.varlen import ChunkTable, PackedSeqs
     from vla_mm.ops.gla import state
     cpu = torch.device('cpu')     # one "SM" on the CPU: progs_per_sm is the number of programs aimed at
@@ -117,12 +120,14 @@ def test_state_segment_plan(monkeypatch):
                                      ({'progs_per_sm': 12}, 6, False, (40, 1)),   # 2 segments: not worth it
                                      ({'progs_per_sm': 600}, 6, False, (8, 5)),   # min_segment 8 chunks
                                      ({'progs_per_sm': 24}, 6, True, (40, 1)),
+                                     ({'progs_per_sm': 24, 'split_adj': True}, 6, True, (10, 4)),
                                      ({'segment': 7}, 1000, False, (7, 6))]:
         with kernel_options(launch={'gla_state': launch}):
-            segc, nseg, (sak, sav, sb) = state._segments(meta, tiles, 16, 32, cpu, adj)
+            segc, nseg, (sak, sav, sb, sbx) = state._segments(meta, tiles, 16, 32, cpu, adj)
         assert (segc, nseg) == want
         if nseg > 1:
             assert sak.shape == (6, nseg, 16) and sav.shape == (6, nseg, 32) and sb.shape == (6, nseg, 16, 32)
+            assert sbx.shape == ((6, nseg, 16, 32) if adj else (1,)), sbx.shape
 
 
 @pytest.mark.parametrize('reverse', [False, True])

@@ -76,15 +76,15 @@ def test_time_split_state_kernels_compile_for_hopper(tmp_path):
     scan) compile for sm_90: the plan only splits at few programs an SM, so it is forced here (session 16: a
     helper returning from inside a constexpr branch compiled in the interpreter and failed Triton's compiler)."""
     rows = run_tool(tmp_path, '--ops', 'gla_vector,gla_scalar,rwkv6,gsa,hgrn', '--N', '256', '--launch',
-                    '{"gla_state": {"segment": 1}, "hgrn": {"segment": 64}}')
+                    '{"gla_state": {"segment": 1, "split_adj": true}, "hgrn": {"segment": 64}}')
     bad = [(r['op'], r['kernel'], r['note'][:200]) for r in rows if 'compile error' in r.get('note', '')]
     assert not bad and all(r['registers'] > 0 for r in rows), bad
     kernels = [(r['op'], r['kernel']) for r in rows]
     # summary + main pass each: the forward's states, the backward's recomputed states and state gradients
     assert kernels.count(('gla_vector', '_fwd_h_kernel')) == 4 and kernels.count(('gla_vector', '_bwd_dh_kernel')) == 2
     assert kernels.count(('hgrn', '_hgrn_fwd_kernel')) == 2 and kernels.count(('hgrn', '_hgrn_bwd_kernel')) == 2
-    # the bonus form's backward keeps its boundary terms on one segment: one state-gradient kernel
-    assert kernels.count(('rwkv6', '_bwd_dh_kernel')) == 1
+    # split_adj: the bonus form's backward splits its boundary terms as well (summary and main passes)
+    assert kernels.count(('rwkv6', '_bwd_dh_kernel')) == 2 and kernels.count(('rwkv6', '_fwd_h_kernel')) == 4
 
 
 def test_default_paths_compile_and_local_lightens_the_sequential_backward(tmp_path):

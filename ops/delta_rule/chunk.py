@@ -278,28 +278,27 @@ def _prep_kernel(k, v, beta, g, G_out, T_out, W_out, Ut_out, cu, chunk_seq, chun
         x1 = k1 * (b1 * tl.exp(G1.to(tl.float32)))[:, None]
         x2 = k2 * (b2 * tl.exp(G2.to(tl.float32)))[:, None]
         x3 = k3 * (b3 * tl.exp(G3.to(tl.float32)))[:, None]
-        _st_rows(W_out, _dot(T00, x0, PREC), p0, v0, ih, H, K, ck)
-        _st_rows(W_out, _dot(T10, x0, PREC) + _dot(T11, x1, PREC),
-                 p1, v1, ih, H, K, ck)
-        _st_rows(W_out, _dot(T20, x0, PREC) + _dot(T21, x1, PREC)
-                 + _dot(T22, x2, PREC), p2, v2, ih, H, K, ck)
-        _st_rows(W_out, _dot(T30, x0, PREC) + _dot(T31, x1, PREC)
-                 + _dot(T32, x2, PREC) + _dot(T33, x3, PREC),
-                 p3, v3, ih, H, K, ck)
+        _st_tri(W_out, T00, T10, T11, T20, T21, T22, T30, T31, T32, T33, x0, x1, x2, x3, p0, p1, p2, p3, v0, v1, v2,
+                v3, ih, H, K, ck, PREC)
         for iv in range(0, tl.cdiv(V, BV)):
             cv = iv * BV + tl.arange(0, BV)
             y0 = _ld_rows(v, p0, v0, ih, H, V, cv) * b0[:, None]
             y1 = _ld_rows(v, p1, v1, ih, H, V, cv) * b1[:, None]
             y2 = _ld_rows(v, p2, v2, ih, H, V, cv) * b2[:, None]
             y3 = _ld_rows(v, p3, v3, ih, H, V, cv) * b3[:, None]
-            _st_rows(Ut_out, _dot(T00, y0, PREC), p0, v0, ih, H, V, cv)
-            _st_rows(Ut_out, _dot(T10, y0, PREC) + _dot(T11, y1, PREC),
-                     p1, v1, ih, H, V, cv)
-            _st_rows(Ut_out, _dot(T20, y0, PREC) + _dot(T21, y1, PREC)
-                     + _dot(T22, y2, PREC), p2, v2, ih, H, V, cv)
-            _st_rows(Ut_out, _dot(T30, y0, PREC) + _dot(T31, y1, PREC)
-                     + _dot(T32, y2, PREC) + _dot(T33, y3, PREC),
-                     p3, v3, ih, H, V, cv)
+            _st_tri(Ut_out, T00, T10, T11, T20, T21, T22, T30, T31, T32, T33, y0, y1, y2, y3, p0, p1, p2, p3, v0, v1,
+                    v2, v3, ih, H, V, cv, PREC)
+
+
+@triton.jit
+def _st_tri(out, T00, T10, T11, T20, T21, T22, T30, T31, T32, T33, x0, x1, x2, x3, p0, p1, p2, p3, v0, v1, v2, v3,
+            ih, H, D, cols, PREC: tl.constexpr):
+    """The four 16-row blocks of T @ X (T block lower triangular, X in row blocks x0..x3) into rows of ``out``."""
+    _st_rows(out, _dot(T00, x0, PREC), p0, v0, ih, H, D, cols)
+    _st_rows(out, _dot(T10, x0, PREC) + _dot(T11, x1, PREC), p1, v1, ih, H, D, cols)
+    _st_rows(out, _dot(T20, x0, PREC) + _dot(T21, x1, PREC) + _dot(T22, x2, PREC), p2, v2, ih, H, D, cols)
+    _st_rows(out, _dot(T30, x0, PREC) + _dot(T31, x1, PREC) + _dot(T32, x2, PREC) + _dot(T33, x3, PREC),
+             p3, v3, ih, H, D, cols)
 
 
 @triton.jit

@@ -118,7 +118,7 @@ class KernelOptions:
 
 # launch entry name -> the keys it takes; each family declares its names once, at import (declare_launch)
 _LAUNCH_KEYS = {}
-TRITON_LAUNCH_KEYS = ('num_warps', 'num_stages')
+TRITON_LAUNCH_KEYS = ('num_warps', 'num_stages', 'maxnreg')
 
 
 def declare_launch(keys, *names):

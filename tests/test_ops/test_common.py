@@ -390,7 +390,8 @@ def test_launch_entries_are_declared_and_checked():
     with pytest.raises(ValueError, match="no kernel reads 'fwd_a'"):
         with kernel_options(launch={'fwd_a': dict(num_warps=2)}):
             pass
-    with pytest.raises(ValueError, match=r"launch\['dq'\] takes \['num_stages', 'num_warps'\], got \['num_warp'\]"):
+    with pytest.raises(ValueError, match=r"launch\['dq'\] takes \['maxnreg', 'num_stages', 'num_warps'\], "
+                                         r"got \['num_warp'\]"):
         with kernel_options(launch={'dq': dict(num_warp=2)}):
             pass
     with pytest.raises(ValueError, match='no kernel reads'):

@@ -93,7 +93,7 @@ def test_default_paths_compile_and_local_lightens_the_sequential_backward(tmp_pa
     ``_dstate``'s loop without the spills of its in-loop build there, and simple GLA's scores formed in
     ``_fwd_oA_kernel`` and its strict-pair dq / dk in ``_bwd_dA_kernel`` (no ``_fwd_A_kernel``, no
     ``_bwd_intra_kernel``), and its strict-pair dq / dk in ``_bwd_inter_kernel`` (``fuse_da``: no
-    ``_bwd_dA_kernel``; without it, in ``_bwd_dA_kernel``)."""
+    ``_bwd_dA_kernel``; without it, in ``_bwd_dA_kernel``); a ``maxnreg`` launch key caps registers."""
     args = ('--K', '128', '--V', '128', '--N', '256')
     base = {(r['op'], r['kernel']): r for r in run_tool(
         tmp_path / 'base', '--ops', 'gated_delta_rule', *args, '--launch',
@@ -109,9 +109,12 @@ def test_default_paths_compile_and_local_lightens_the_sequential_backward(tmp_pa
     assert ('gla_scalar', '_fwd_oA_kernel') in opt and ('gla_scalar', '_fwd_A_kernel') not in opt
     assert ('gla_scalar', '_bwd_dA_kernel') not in opt and ('gla_scalar', '_bwd_intra_kernel') not in opt
     assert opt[('gla_scalar', '_bwd_inter_kernel')]['registers']
-    apart = {(r['op'], r['kernel']): r for r in run_tool(tmp_path / 'apart', '--ops', 'gla_scalar', *args,
-                                                         '--launch', '{"inter": {"fuse_da": false}}')}
+    apart = {(r['op'], r['kernel']): r for r in run_tool(tmp_path / 'apart', '--ops', 'gla_scalar', *args, '--launch',
+                                                         '{"inter": {"fuse_da": false}, "fwd_oA": {"maxnreg": 96}}')}
     assert apart[('gla_scalar', '_bwd_dA_kernel')]['registers'] and ('gla_scalar', '_bwd_intra_kernel') not in apart
+    # maxnreg (a launch key of every kernel) caps the kernel's registers
+    fwd_oa = ('gla_scalar', '_fwd_oA_kernel')
+    assert apart[fwd_oa]['registers'] <= 96 < opt[fwd_oa]['registers'], (apart[fwd_oa], opt[fwd_oa])
     # K = 64 (the timed shape): the sequential kernels on two pipeline stages, no spill in them or in _dlocal
     k64 = {r['kernel']: r for r in run_tool(tmp_path / 'k64', '--ops', 'gated_delta_rule', '--N', '256')}
     assert [k64[n]['num_stages'] for n in ('_state_kernel', '_dstate_kernel')] == [2, 2]

@@ -127,9 +127,10 @@ def test_op_benchmark_launch_list_is_an_ab_in_one_process(tmp_path, monkeypatch)
                   '--no-host', '--no-check', '--rep', '1', '--launch', '[{}, {"linear_attn": {"block_q": 1}}]'])
     assert (tmp_path / 'bad' / 'v1' / 'linear_attn' / 'results.json').exists()
     calls = []   # op by op, every setting in turn, each run with its share of what is left
-    monkeypatch.setattr(ops, 'run_benchmark', lambda b: calls.append((b.ops, b.launch, b.deadline)) or 0)
+    monkeypatch.setattr(ops, 'run_benchmark', lambda b: calls.append((b.ops, b.launch, b.deadline, b.profile)) or 0)
     ops.main(['--smoke', '--out', str(tmp_path / 'order'), '--ops', 'linear_attn,gla_none', '--launch',
-              '[{}, {"inter": {"num_warps": 8}}]', '--deadline', '150'])
+              '[{}, {"inter": {"num_warps": 8}}]', '--deadline', '150', '--profile', 'gla_none@16'])
+    assert [c[3] for c in calls] == ['', '', 'gla_none@16', 'gla_none@16']   # each op's profiles in its runs
     assert [c[:2] for c in calls] == [('linear_attn', {}), ('linear_attn', {'inter': {'num_warps': 8}}),
                                       ('gla_none', {}), ('gla_none', {'inter': {'num_warps': 8}})]
     assert calls[0][2] == pytest.approx((150 - ops.CASE_RESERVE) / 4 + ops.CASE_RESERVE, abs=1)

@@ -805,7 +805,9 @@ def main(argv=None):
     runs = [(op, i, launch) for op in ops for i, launch in enumerate(a.launch)]
     for j, (op, i, launch) in enumerate(runs):
         left = a.deadline - (time.time() - t0)
+        prof = ','.join(p for p in filter(None, a.profile.split(',')) if p.split('@')[0] == op)
         b = argparse.Namespace(**dict(vars(a), out=osp.join(a.out, f'v{i + 1}', op), launch=launch, ops=op,
+                                      profile=prof,
                                       deadline=max(0., left - CASE_RESERVE) / (len(runs) - j) + CASE_RESERVE))
         with kernel_options(backend=a.backend, **_split_launch(launch)):
             rcs.append(run_benchmark(b))

@@ -177,9 +177,8 @@ def _summary_store(sak, sav, sb, sbx, ak, av, S, S_ex, i_nh, i_s, NSEG, ck, cv, 
 
 
 @jit
-def _fwd_h_kernel(k, v, gkb, gks, gvb, gvs, h, h0, ht, ht_ex, do, yq, sak, sav, sb, sbx, cu, chunk_off, N, NT, H, K,
-                  V,
-                  SEGC, NSEG, C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, GK: tl.constexpr,
+def _fwd_h_kernel(k, v, gkb, gks, gvb, gvs, h, h0, ht, ht_ex, do, yq, sak, sav, sb, sbx, cu, chunk_off, N, NT,
+                  H, K, V, SEGC, NSEG, C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, GK: tl.constexpr,
                   GV: tl.constexpr, USE_H0: tl.constexpr, STORE_HT: tl.constexpr, ADJ: tl.constexpr,
                   REVERSE: tl.constexpr, VARLEN: tl.constexpr, IEEE: tl.constexpr, LOWP: tl.constexpr,
                   SUMMARY: tl.constexpr):
@@ -238,9 +237,8 @@ def _fwd_h_kernel(k, v, gkb, gks, gvb, gvs, h, h0, ht, ht_ex, do, yq, sak, sav, 
 
 
 @jit
-def _bwd_dh_kernel(q, do, gkb, gkr, gvb, dh, dht, dh0, v, zk, h, yq, rk, sak, sav, sb, sbx, cu, chunk_off, scale, N,
-                   NT,
-                   H, K, V, SEGC, NSEG, C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, GK: tl.constexpr,
+def _bwd_dh_kernel(q, do, gkb, gkr, gvb, dh, dht, dh0, v, zk, h, yq, rk, sak, sav, sb, sbx, cu, chunk_off, scale,
+                   N, NT, H, K, V, SEGC, NSEG, C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, GK: tl.constexpr,
                    GV: tl.constexpr, USE_U: tl.constexpr, USE_DHT: tl.constexpr, STORE_DH0: tl.constexpr,
                    ADJ: tl.constexpr, REVERSE: tl.constexpr, VARLEN: tl.constexpr, IEEE: tl.constexpr,
                    LOWP: tl.constexpr, SUMMARY: tl.constexpr):

@@ -117,6 +117,7 @@ def test_op_benchmark_launch_list_is_an_ab_in_one_process(tmp_path, monkeypatch)
         assert res['args']['launch'] == launch and res['checks'][0]['ok'] and res['bench'][0]['ours_fwd_ms'] > 0
     assert not (tmp_path / 'v3').exists()
     ab = (tmp_path / 'ab.md').read_text()   # each setting's times as ratios to v1's, per op and N
+    assert (tmp_path / 'ab.png').stat().st_size > 0   # and their ms against N
     v1 = json.load(open(tmp_path / 'v1' / 'linear_attn' / 'results.json'))['bench'][0]
     v2 = json.load(open(tmp_path / 'v2' / 'linear_attn' / 'results.json'))['bench'][0]
     row = next(line for line in ab.splitlines() if line.startswith('| linear_attn | 16 |')).split('|')

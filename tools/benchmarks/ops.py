@@ -820,10 +820,12 @@ AB_METRICS = ('ours_fwd_ms', 'ours_fwd_graph_ms', 'ours_fwdbwd_ms', 'ours_fwdbwd
 
 def ab_summary(out, launches):
     """``out/ab.md``: per op and N, each setting's times as ratios to the first setting's (v1), read back from the
-    runs' results.json (a run that timed nothing leaves its cells empty)."""
+    runs' results.json (a run that timed nothing leaves its cells empty; ``v<i>/<op>/``, or ``v<i>/`` as runs
+    before session 20 wrote them); ``out/ab.png``: each setting's ms against N, a panel per op and mode."""
     runs = []
     for i in range(len(launches)):
-        paths = sorted(glob.glob(osp.join(out, f'v{i + 1}', '*', 'results.json')))
+        paths = sorted(glob.glob(osp.join(out, f'v{i + 1}', '*', 'results.json'))
+                       + glob.glob(osp.join(out, f'v{i + 1}', 'results.json')))
         rows = [r for path in paths for r in json.load(open(path))['bench']]
         runs.append({(r['op'], r['N']): r for r in rows if 'skipped' not in r})
     keys = list(dict.fromkeys(k for run in runs for k in run))
@@ -841,6 +843,14 @@ def ab_summary(out, launches):
     os.makedirs(out, exist_ok=True)
     with open(osp.join(out, 'ab.md'), 'w') as f:
         f.write(f'# A/B in one process\n\n{settings}\n\n{common.md_table(rows, cols)}\n')
+    panels = []
+    for op in dict.fromkeys(k[0] for k in keys):
+        ns = sorted(n for o, n in keys if o == op)
+        for m in ('ours_fwd_graph_ms', 'ours_fwdbwd_graph_ms'):
+            series = {f'v{i + 1}': (ns, [run.get((op, n), {}).get(m) for n in ns], '') for i, run in enumerate(runs)}
+            panels.append((f'{op} {short[m]}', 'N', 'ms', series))
+    common.plot_panels(osp.join(out, 'ab.png'), panels, title='A/B in one process: settings in ab.md', ncols=4,
+                       logy=False)
 
 
 def _split_launch(launch):

@@ -127,39 +127,31 @@ def _chunk_decay(S, ak, av, gkb, gvb, r_last, ck, cv, K, V, H, i_h, BK: tl.const
 
 
 @triton.jit
-def _compose(S, sak, sav, sb, i_nh, i_s, NSEG, ck, cv, mkv, okv, K, V):
-    """The state entering segment i_s: ``S`` (entering segment 0) carried through the summaries of segments
-    0 .. i_s - 1 (rows decayed by exp of the key exponents, columns by the value ones, plus the local state)."""
-    base = i_nh.to(tl.int64) * NSEG
-    for j in range(i_s):
-        ek = tl.exp(tl.load(sak + (base + j) * K + ck, mask=ck < K, other=0.))
-        ev = tl.exp(tl.load(sav + (base + j) * V + cv, mask=cv < V, other=0.))
-        S = S * ek[:, None] * ev[None, :] + tl.load(sb + (base + j) * K * V + okv, mask=mkv, other=0.)
-    return S
+def _seg_decay(S, sak, sav, seg, ck, cv, K, V):
+    """A state tile carried over summarised segment ``seg`` (a row of sak / sav): rows decayed by exp of its key
+    exponents, columns by exp of its value ones."""
+    ek = tl.exp(tl.load(sak + seg * K + ck, mask=ck < K, other=0.))
+    ev = tl.exp(tl.load(sav + seg * V + cv, mask=cv < V, other=0.))
+    return S * ek[:, None] * ev[None, :]
 
 
 @triton.jit
 def _entry_state(init, USE_INIT: tl.constexpr, SUMMARY: tl.constexpr, sak, sav, sb, sbx, i_nh, i_s, NSEG, ck, cv,
                  mkv, okv, K, V, BK: tl.constexpr, BV: tl.constexpr, ADJ: tl.constexpr):
     """(S, S_ex): the state tile a program starts its segment from: zero for a summary, else ``init`` ([S, H, K,
-    V]: h0 or dht; zero without) carried through the earlier segments' summaries; ADJ: also that state without
-    the boundary token's outer product (the previous segment's ``sbx`` in place of its ``sb``; zero entering
-    segment 0)."""
+    V]: h0 or dht; zero without) carried through the earlier segments' summaries (each decays it and adds its
+    local state); ADJ: also that state without the boundary token's outer product (the previous segment's
+    ``sbx`` in place of its ``sb``; zero entering segment 0)."""
     S = tl.zeros([BK, BV], dtype=tl.float32)
     S_ex = tl.zeros([BK, BV], dtype=tl.float32)
     if not SUMMARY:
         S = _state_in(init, i_nh, okv, mkv, K, V, BK, BV, USE_INIT)
-        if ADJ:
-            S = _compose(S, sak, sav, sb, i_nh, i_s - 1, NSEG, ck, cv, mkv, okv, K, V)
-            if i_s > 0:
-                base = i_nh.to(tl.int64) * NSEG + i_s - 1
-                ek = tl.exp(tl.load(sak + base * K + ck, mask=ck < K, other=0.))
-                ev = tl.exp(tl.load(sav + base * V + cv, mask=cv < V, other=0.))
-                S = S * ek[:, None] * ev[None, :]
-                S_ex = S + tl.load(sbx + base * K * V + okv, mask=mkv, other=0.)
-                S = S + tl.load(sb + base * K * V + okv, mask=mkv, other=0.)
-        else:
-            S = _compose(S, sak, sav, sb, i_nh, i_s, NSEG, ck, cv, mkv, okv, K, V)
+        base = i_nh.to(tl.int64) * NSEG
+        for j in range(i_s):
+            S = _seg_decay(S, sak, sav, base + j, ck, cv, K, V)
+            if ADJ:   # read for the last summary only (its value is what is kept)
+                S_ex = S + tl.load(sbx + (base + j) * K * V + okv, mask=mkv & (j == i_s - 1), other=0.)
+            S = S + tl.load(sb + (base + j) * K * V + okv, mask=mkv, other=0.)
     return S, S_ex
 
 

@@ -14,7 +14,10 @@ from tests.test_ops.kernel_checks import poison  # noqa: F401 (an autouse fixtur
 from tests.test_ops.kernel_checks import rel_err as rel
 from vla_mm.ops.delta_rule import chunk, delta_rule, delta_rule_chunked, delta_rule_recurrent, delta_rule_triton
 
-TOL = {torch.float32: 1e-5, torch.bfloat16: 1e-2, torch.float16: 1e-2}
+# bf16: the default 16-bit residuals (W, U~, U and the chunk states rounded to bf16, as fla keeps them) about double
+# every error against float64: medians 6-7e-3 at K = 96, tails to 1.02e-2 over 24 seeds and two CI runs (fp32
+# residuals: medians 3-4e-3, held to 1e-2 by test_16bit_residuals)
+TOL = {torch.float32: 1e-5, torch.bfloat16: 2e-2, torch.float16: 1e-2}
 NAMES = ('q', 'k', 'v', 'beta', 'g', 'initial_state')
 
 
@@ -142,26 +145,31 @@ def test_prep_whole_chunk_products(monkeypatch, dtype, reverse, cu, gate):
         assert [kw['TILE_W'] for _, kw in log] == [chunk.PREP_TILE_W if tile_w is None else tile_w]
 
 
-@pytest.mark.parametrize('dtype,reverse,cu,kept', [(torch.bfloat16, False, None, 'input'),
-                                                   (torch.float16, True, [0, 70, 130], 'fp32')])
-def test_16bit_residuals(dtype, reverse, cu, kept):
+@pytest.mark.parametrize('dtype,reverse,cu', [(torch.bfloat16, False, None), (torch.float16, True, [0, 70, 130])])
+def test_16bit_residuals(dtype, reverse, cu):
     """``delta_rule_residuals``: W, U~, U and the chunk states kept in the 16-bit input dtype (``'input'``, the
-    default: fla's choice, half the forward's intermediate traffic) or in fp32: forward and every gradient stay
-    within the 16-bit tolerance of float64 (gated, initial state, packed / reverse, three chunks) either way;
-    fp32 inputs keep fp32 ones."""
+    default: fla's choice, half the forward's intermediate traffic) or in fp32, on the same inputs and cotangents:
+    forward and every gradient within tolerance of float64 (gated, initial state, packed / reverse, three chunks),
+    fp32 residuals within 1e-2 and, in bf16, closer to float64 than the bf16 ones; fp32 inputs keep fp32 ones."""
     from vla_mm.ops.common import kernel_options
     inputs = make_inputs(1, 130, 2, 32, 48, gate=True, h0=True, S=None if cu is None else len(cu) - 1)
     cu_t = None if cu is None else torch.tensor(cu, dtype=torch.int32)
-    with kernel_options(delta_rule_residuals=kept):
-        res = run_both(inputs, dtype, reverse=reverse, cu_seqlens=cu_t)
-        metas = {dt: [m[1] for m in chunk.residual_meta(inputs[0].to(dt), inputs[2].to(dt), inputs[4], cu_t)]
-                 for dt in (dtype, torch.float32)}
-        _, saved = chunk.delta_rule_fwd(*(x.to(dtype) for x in inputs[:5]), 0.5, None, False, cu_t, reverse)
-    check_all(res, dtype)
-    rt = dtype if kept == 'input' else torch.float32
-    assert metas[dtype] == [torch.float64, torch.float32, rt, rt, rt]
-    assert metas[torch.float32] == [torch.float64] + [torch.float32] * 4
-    assert [t.dtype for t in saved] == metas[dtype]
+    rng, errs = torch.get_rng_state(), {}
+    for kept in ('input', 'fp32'):
+        torch.set_rng_state(rng)
+        with kernel_options(delta_rule_residuals=kept):
+            res = run_both(inputs, dtype, reverse=reverse, cu_seqlens=cu_t)
+            metas = {dt: [m[1] for m in chunk.residual_meta(inputs[0].to(dt), inputs[2].to(dt), inputs[4], cu_t)]
+                     for dt in (dtype, torch.float32)}
+            _, saved = chunk.delta_rule_fwd(*(x.to(dtype) for x in inputs[:5]), 0.5, None, False, cu_t, reverse)
+        check_all(res, dtype, extra_tol=1.0 if kept == 'input' else 1e-2 / TOL[dtype])
+        errs[kept] = sum(rel(a, b) for a, b in res.values())
+        rt = dtype if kept == 'input' else torch.float32
+        assert metas[dtype] == [torch.float64, torch.float32, rt, rt, rt]
+        assert metas[torch.float32] == [torch.float64] + [torch.float32] * 4
+        assert [t.dtype for t in saved] == metas[dtype]
+    if dtype == torch.bfloat16:
+        assert errs['fp32'] < errs['input'], errs
     with pytest.raises(ValueError, match='delta_rule_residuals'):
         with kernel_options(delta_rule_residuals='bf16'):
             pass

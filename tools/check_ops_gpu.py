@@ -23,9 +23,10 @@ or where x's dtype cannot represent it (below its smallest normal) the dtype val
 (``judged_err``); by ``||x - R|| / scale`` where ``||ref||`` is zero or below ``ABS_FLOOR`` of the case scale
 (``case_scales``: the largest RMS of the case's other references times sqrt(x's element count)); the raw
 ``||x - ref|| / ||ref||`` and ``max |x - ref|`` are recorded beside it. Pass below 1e-4 (fp32) / 1e-2 (bf16,
-fp16; 2e-2 for the bf16 delta rule, whose intermediates are bf16: ``OP_TOL``); NaN / Inf fail; an exception fails its case only. All cases run in worker subprocesses (one
-group per op, dtype and K, several groups at once): an illegal memory access kills only its worker, whose
-finished cases are kept and whose other cases re-run in a fresh worker. Outputs under ``--out``:
+fp16; 2e-2 for the bf16 delta rule, whose intermediates are bf16: ``OP_TOL``); NaN / Inf fail; an exception
+fails its case only. All cases run in worker subprocesses (one group per op, dtype and K, several groups at
+once): an illegal memory access kills only its worker, whose finished cases are kept and whose other cases re-run
+in a fresh worker. Outputs under ``--out``:
 ``results.json`` (every case) and ``table.md`` (op x dtype: cases run / passed / worst error / failures),
 the table printed last. Imports only torch, triton and ``vla_mm.ops`` (the ``ops/`` folder of this checkout,
 else the installed ``vla_mm/ops``; the ``vla_mm`` package itself and MMEngine are not imported).
@@ -56,11 +57,6 @@ TOL = {'float32': 1e-4, 'bfloat16': 1e-2, 'float16': 1e-2}
 # bf16 delta rule: W, U~, U and the chunk states kept in bf16 (delta_rule_residuals='input', the default, as fla
 # keeps them) about double the error of fp32 ones (tests/test_ops/test_delta_rule.py: tails to 1.02e-2 at K = 96)
 OP_TOL = {('delta_rule', 'bfloat16'): 2e-2, ('gated_delta_rule', 'bfloat16'): 2e-2}
-
-
-def tolerance(op, dtype):
-    """The relative-error bound of ``op`` (a record's name, ' [triton]' or not) in ``dtype``."""
-    return OP_TOL.get((op.split(' ')[0], dtype), TOL[dtype])
 # errors after which the CUDA context is lost: the worker records the case and exits
 STICKY_ERRORS = ('illegal memory access', 'CUDA error', 'Triton Error [CUDA]', 'misaligned address',
                  'unspecified launch failure', 'illegal instruction')
@@ -68,6 +64,11 @@ FAMILIES = ('linear_attn', 'gla', 'gsa', 'hgrn', 'delta_rule', 'norm', 'conv', '
 NO_V = ('hgrn', 'layer_norm', 'short_conv', 'sum_rows')  # ops without a value dim (V = 0 in their cases)
 RISKY_K = 96          # 16-bit cases at K >= this run in their own worker per op (issue 15's crash)
 B, H = 1, 2
+
+
+def tolerance(op, dtype):
+    """The relative-error bound of ``op`` (a record's name, ' [triton]' or not) in ``dtype``."""
+    return OP_TOL.get((op.split(' ')[0], dtype), TOL[dtype])
 
 
 def bind_ops(source=None):

@@ -6,6 +6,7 @@ runs with ``PYTHONSAFEPATH=1``, which keeps the script's folder off ``sys.path``
 ``triton.testing.do_bench`` (median, warm-up, CUDA events, L2 flushed before each call); on the CPU (the smoke
 runs of CI) a wall-clock median of the same shape.
 """
+import glob
 import json
 import math
 import os
@@ -271,6 +272,19 @@ def write_json(path, obj):
     with open(tmp, 'w') as f:
         json.dump(_plain(obj), f, indent=1, default=str)
     os.replace(tmp, path)
+
+
+def bench_rows(run):
+    """(rows, env) of one ``ops.py`` run directory: the ``bench`` rows of its ``results.json`` and of its
+    ``<op>/results.json`` (an A/B writes one folder per op), skipped cases left out; env: the last file's."""
+    paths = sorted(glob.glob(osp.join(run, '*', 'results.json')) + glob.glob(osp.join(run, 'results.json')))
+    rows, env = [], {}
+    for path in paths:
+        with open(path) as f:
+            res = json.load(f)
+        rows += [r for r in res['bench'] if 'skipped' not in r]
+        env = res.get('env', env)
+    return rows, env
 
 
 def write_text(path, text):

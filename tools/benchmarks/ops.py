@@ -18,7 +18,6 @@ Writes log.txt, results.json (after every case), ops.md, ops.png (time vs N per 
 """
 import argparse
 import contextlib
-import glob
 import importlib
 import importlib.util
 import json
@@ -824,10 +823,7 @@ def ab_summary(out, launches):
     before session 20 wrote them); ``out/ab.png``: each setting's ms against N, a panel per op and mode."""
     runs = []
     for i in range(len(launches)):
-        paths = sorted(glob.glob(osp.join(out, f'v{i + 1}', '*', 'results.json'))
-                       + glob.glob(osp.join(out, f'v{i + 1}', 'results.json')))
-        rows = [r for path in paths for r in json.load(open(path))['bench']]
-        runs.append({(r['op'], r['N']): r for r in rows if 'skipped' not in r})
+        runs.append({(r['op'], r['N']): r for r in common.bench_rows(osp.join(out, f'v{i + 1}'))[0]})
     keys = list(dict.fromkeys(k for run in runs for k in run))
     rows = []
     for op, n in keys:

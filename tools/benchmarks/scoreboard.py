@@ -11,7 +11,6 @@ figures come from one process (the only ratio the benchmarks count as measured) 
     python tools/benchmarks/scoreboard.py docs/benchmarks/scoreboard.json --out docs/benchmarks/scoreboard
 """
 import argparse
-import glob
 import json
 import os
 import os.path as osp
@@ -34,20 +33,14 @@ def load_run(base, ref, op):
         return rows, ref['source'], ref.get('device', '')
     path, _, other = ref.partition('#')
     run = osp.normpath(osp.join(base, path))
-    files = [osp.join(run, 'results.json')] if osp.isfile(osp.join(run, 'results.json')) else sorted(
-        glob.glob(osp.join(run, '*', 'results.json')))
-    if not files:
-        raise FileNotFoundError(f'no results.json under {run}')
-    want, rows, device = other or op, {}, ''
-    for f in files:
-        res = json.load(open(f))
-        device = res.get('env', {}).get('device', device)
-        for r in res['bench']:
-            if r.get('op') == want and 'skipped' not in r:
-                rows[r['N']] = r
+    found, env = common.bench_rows(run)
+    if not found:
+        raise FileNotFoundError(f'no results.json rows under {run}')
+    want = other or op
+    rows = {r['N']: r for r in found if r.get('op') == want}
     if not rows:
         raise KeyError(f'{want} not in {run}')
-    return rows, osp.relpath(run, base), device
+    return rows, osp.relpath(run, base), env.get('device', '')
 
 
 def pick(ours, peer, prefix, mode):
@@ -74,8 +67,10 @@ def collect(manifest, base):
     for entry in manifest['ops']:
         op, label = entry['op'], entry.get('label', entry['op'])
         ours, ours_run, device = load_run(base, entry['ours'], op)
-        peers = {peer: load_run(base, ref, op) for peer, ref in entry.get('peers', {}).items()}
-        peers = {peer: (rows_, run, dev, _prefix(peer, rows_)) for peer, (rows_, run, dev) in peers.items()}
+        peers = {}
+        for peer, ref in entry.get('peers', {}).items():
+            prows, prun, pdevice = load_run(base, ref, op)
+            peers[peer] = (prows, prun, pdevice, _prefix(peer, prows))
         ns = sorted(ours)
         for mode in MODES:
             graph = all(ours[n].get(f'ours_{mode}_graph_ms') is not None for n in ns)
